@@ -1,0 +1,2 @@
+//! kiln-cli (being written).
+pub fn main() -> i32 { 0 }

@@ -1,0 +1,1 @@
+//! `strategy.matrix` expansion with GitHub's include/exclude rules.

@@ -1,0 +1,1 @@
+//! The job graph: validation, expansion for a dry run, critical-path priorities.

@@ -1,0 +1,329 @@
+//! Workflow files: the model of a GitHub-Actions-syntax workflow as kiln runs it, and the
+//! diagnostics the parser reports.
+//!
+//! The model keeps every value that may hold an expression as written (a `String` or a
+//! [`serde_json::Value`] whose strings may contain `${{ }}`); evaluation happens where the
+//! contexts exist (the planner for matrices and names, the executor for steps). Every job and
+//! step remembers the line it starts on, so that errors found later — at plan or run time —
+//! still name file and line.
+//!
+//! Not here: reading files (the caller passes `&str`), running anything.
+
+mod parse;
+
+pub use parse::{parse_action, parse_workflow};
+
+use std::fmt;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A position in a file, 1-based.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Pos {
+    pub line: u32,
+    pub column: u32,
+}
+
+/// How bad a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// The workflow cannot be used: nothing runs.
+    Error,
+    /// Accepted, but something in the file changes nothing here.
+    Warning,
+}
+
+/// One problem found in a workflow file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// The file as the project names it, e.g. `.github/workflows/ci.yml`.
+    pub file: String,
+    pub pos: Pos,
+    /// The key path, e.g. `jobs.build.steps[2].uses`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(
+            f,
+            "{}:{}:{}: {sev}: {}",
+            self.file, self.pos.line, self.pos.column, self.message
+        )?;
+        if !self.path.is_empty() {
+            write!(f, " (at `{}`)", self.path)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem of one or more files; what a parse returns when anything is an error.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl Diagnostics {
+    pub fn has_errors(&self) -> bool {
+        self.0.iter().any(|d| d.severity == Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter().filter(|d| d.severity == Severity::Error)
+    }
+
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.0.iter().filter(|d| d.severity == Severity::Warning)
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// A parsed workflow file.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Workflow {
+    /// The file as the project names it (`.kiln/workflows/ci.yml`).
+    pub file: String,
+    /// `name:`; GitHub shows the file path when absent.
+    pub name: Option<String>,
+    /// `run-name:` (a template).
+    pub run_name: Option<String>,
+    pub on: Triggers,
+    /// `env:` (values as templates; YAML numbers and booleans are kept as their text).
+    pub env: IndexMap<String, String>,
+    pub defaults: Defaults,
+    pub concurrency: Option<Concurrency>,
+    /// Jobs in declaration order.
+    pub jobs: IndexMap<String, Job>,
+    /// Warnings found while parsing (keys that change nothing here).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Workflow {
+    /// The name GitHub would show: `name:` or the file path.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.file)
+    }
+}
+
+/// `on:` — which events start the workflow.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Triggers {
+    /// Event name → its filters, in file order (`push`, `pull_request`, `release`, …).
+    /// `schedule` and `workflow_dispatch` appear here too (with empty filters), so that
+    /// `events.contains_key(name)` answers "does this event trigger the workflow".
+    pub events: IndexMap<String, EventFilter>,
+    /// `on.schedule[*].cron`.
+    pub schedules: Vec<String>,
+    /// `on.workflow_dispatch.inputs`.
+    pub dispatch_inputs: IndexMap<String, InputSpec>,
+}
+
+/// Filters of one event (`branches`, `tags`, `paths`, `types`, with their `-ignore`s).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EventFilter {
+    pub branches: Vec<String>,
+    pub branches_ignore: Vec<String>,
+    pub tags: Vec<String>,
+    pub tags_ignore: Vec<String>,
+    pub paths: Vec<String>,
+    pub paths_ignore: Vec<String>,
+    pub types: Vec<String>,
+}
+
+/// One `workflow_dispatch` input.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InputSpec {
+    pub description: Option<String>,
+    pub required: bool,
+    pub default: Option<Value>,
+    pub kind: InputKind,
+}
+
+/// The `type:` of a dispatch input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "type", content = "options")]
+pub enum InputKind {
+    String,
+    Boolean,
+    Number,
+    Choice(Vec<String>),
+    Environment,
+}
+
+/// `defaults.run`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Defaults {
+    pub shell: Option<String>,
+    pub working_directory: Option<String>,
+}
+
+/// `concurrency:` (parsed; enforced by the server).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Concurrency {
+    /// The group (a template).
+    pub group: String,
+    /// `cancel-in-progress` (`true`, `false` or an expression).
+    pub cancel_in_progress: String,
+}
+
+/// `environment:` of a job (parsed; policies come later).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EnvironmentRef {
+    /// The name (a template).
+    pub name: String,
+    pub url: Option<String>,
+}
+
+/// One job as written.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Job {
+    /// The job's key under `jobs:`.
+    pub id: String,
+    /// Where the key stands.
+    pub pos: Pos,
+    /// `name:` (a template, may use `matrix`).
+    pub name: Option<String>,
+    pub needs: Vec<String>,
+    /// `if:` as written (with or without `${{ }}`).
+    pub condition: Option<String>,
+    /// `runs-on:` as written (a string, a list, or a group object).
+    pub runs_on: Option<Value>,
+    pub strategy: Option<Strategy>,
+    pub env: IndexMap<String, String>,
+    pub defaults: Defaults,
+    /// `timeout-minutes:` — a number or an expression string. Default 360.
+    pub timeout_minutes: Option<Value>,
+    /// `continue-on-error:` — a bool or an expression string.
+    pub continue_on_error: Option<Value>,
+    /// `outputs:` (templates).
+    pub outputs: IndexMap<String, String>,
+    pub environment: Option<EnvironmentRef>,
+    pub concurrency: Option<Concurrency>,
+    pub steps: Vec<Step>,
+}
+
+/// `strategy:`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Strategy {
+    /// `matrix:` as written: an object (whose values may hold expressions), or one
+    /// expression string such as `${{ fromJSON(needs.setup.outputs.matrix) }}`.
+    pub matrix: Option<Value>,
+    /// `fail-fast:` — a bool or an expression string; default true.
+    pub fail_fast: Option<Value>,
+    /// `max-parallel:` — a number or an expression string.
+    pub max_parallel: Option<Value>,
+}
+
+/// One step as written.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Step {
+    /// Where the step's list item starts.
+    pub pos: Pos,
+    pub id: Option<String>,
+    /// `name:` (a template).
+    pub name: Option<String>,
+    /// `if:` as written.
+    pub condition: Option<String>,
+    pub action: StepAction,
+    pub shell: Option<String>,
+    pub working_directory: Option<String>,
+    pub env: IndexMap<String, String>,
+    /// A bool or an expression string.
+    pub continue_on_error: Option<Value>,
+    /// A number or an expression string.
+    pub timeout_minutes: Option<Value>,
+}
+
+/// What a step does.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepAction {
+    /// `run:` — a script (a template).
+    Run(String),
+    /// `uses:` with its `with:` (values as templates).
+    Uses {
+        uses: String,
+        with: IndexMap<String, String>,
+    },
+}
+
+/// What kind of thing a `uses:` names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsesKind<'a> {
+    /// `actions/checkout@…`: built in (the workspace already holds the project).
+    Checkout,
+    /// `./path/to/action`: a composite action in the project.
+    Local(&'a str),
+    /// `docker://…`.
+    Docker(&'a str),
+    /// `owner/repo[/path]@ref`: not supported yet.
+    Remote(&'a str),
+}
+
+impl StepAction {
+    /// Classify a `uses:` value.
+    pub fn uses_kind(uses: &str) -> UsesKind<'_> {
+        if let Some(rest) = uses.strip_prefix("./") {
+            UsesKind::Local(rest)
+        } else if uses.starts_with("docker://") {
+            UsesKind::Docker(uses)
+        } else if uses
+            .split('@')
+            .next()
+            .is_some_and(|repo| repo.eq_ignore_ascii_case("actions/checkout"))
+        {
+            UsesKind::Checkout
+        } else {
+            UsesKind::Remote(uses)
+        }
+    }
+}
+
+impl Step {
+    /// The name GitHub shows for a step without `name:`.
+    pub fn display_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        match &self.action {
+            StepAction::Run(script) => {
+                let first = script.lines().next().unwrap_or("").trim();
+                format!("Run {first}")
+            }
+            StepAction::Uses { uses, .. } => format!("Run {uses}"),
+        }
+    }
+}
+
+/// A composite action (`action.yml` of a `uses: ./path` step).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Action {
+    pub file: String,
+    pub name: Option<String>,
+    /// `inputs.<id>`: their defaults (templates), `None` when there is none.
+    pub inputs: IndexMap<String, Option<String>>,
+    /// `outputs.<id>.value` (templates over the action's `steps`).
+    pub outputs: IndexMap<String, String>,
+    /// `runs.steps` (only `using: composite` is supported).
+    pub steps: Vec<Step>,
+}

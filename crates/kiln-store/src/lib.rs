@@ -1,0 +1,1 @@
+//! kiln-store (being written).
