@@ -1,1 +1,111 @@
-//! kiln-proto (being written).
+//! kiln's wire types: the JSON shapes that scripts, the web UI and remote workers rely on
+//! (DESIGN.md "HTTP API"), and the documented exit codes of the `kiln` binary.
+//!
+//! These are contracts: a field is added, never renamed or removed. The store returns these
+//! types so that `kiln run --format json`, `kiln runs` and the API print the same thing.
+//! Not here: how they are stored or computed.
+
+use jiff::Timestamp;
+use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus, StepStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Exit codes of the `kiln` binary (DESIGN.md "Command line").
+pub mod exit {
+    /// Everything asked for succeeded.
+    pub const OK: i32 = 0;
+    /// A run, job or package failed.
+    pub const FAILED: i32 = 1;
+    /// The input was invalid and nothing ran.
+    pub const INVALID: i32 = 2;
+    /// kiln itself could not work (store unreachable, data dir not writable, …).
+    pub const INTERNAL: i32 = 3;
+    /// Cancelled by Ctrl-C.
+    pub const CANCELLED: i32 = 130;
+}
+
+/// A project: a source of workflows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Project {
+    pub id: ProjectId,
+    pub name: String,
+    /// A local path or a git URL.
+    pub source: String,
+    /// The id in the project's webhook URL (`/hooks/{hook_id}`).
+    pub hook_id: String,
+    pub created_at: Timestamp,
+}
+
+/// One run of one workflow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Run {
+    pub id: RunId,
+    pub project: ProjectId,
+    /// The workflow's file as the project names it (`.kiln/workflows/ci.yml`).
+    pub workflow: String,
+    /// The workflow's display name.
+    pub workflow_name: String,
+    pub run_number: i64,
+    pub run_attempt: i64,
+    pub status: RunStatus,
+    pub event: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub sha: String,
+    pub inputs: Map<String, Value>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    /// Filled by reads that ask for jobs; empty in listings.
+    pub jobs: Vec<Job>,
+}
+
+/// One job of a run (a matrix instance is one job).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub run: RunId,
+    /// The job's key in the workflow.
+    pub key: String,
+    /// Display name, e.g. `test (ubuntu, 1.75)`.
+    pub name: String,
+    /// The matrix instance's values; `{}` without a matrix.
+    pub matrix: Map<String, Value>,
+    pub status: JobStatus,
+    /// Executions so far.
+    pub attempts: i64,
+    pub max_attempts: i64,
+    /// Keys of the jobs this one needs.
+    pub needs: Vec<String>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub outputs: Map<String, Value>,
+    /// Filled by reads of one run or job.
+    pub steps: Vec<Step>,
+}
+
+/// One step of a job's execution (the latest attempt's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub index: u32,
+    pub name: String,
+    pub status: StepStatus,
+    pub outputs: Map<String, Value>,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One event of the outbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Monotonic in the order readers may see events.
+    pub id: i64,
+    pub at: Timestamp,
+    /// `run.queued`, `job.completed`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub project: Option<ProjectId>,
+    pub run: Option<RunId>,
+    pub job: Option<JobId>,
+    pub data: Value,
+}
