@@ -1,1 +1,51 @@
-//! kiln-engine (being written).
+//! kiln's engine: turns a workflow and a trigger into a recorded run, and schedules its jobs
+//! on local slots, each execution under a lease, every transition committed before it is
+//! acted on.
+//!
+//! Layout:
+//! - [`project`] — reading a project folder: its workflows, its file tree, its revision.
+//! - [`contexts`] — the run-level expression contexts and checks on user-supplied values.
+//! - [`dispatch`] — the dispatcher: one task that owns the truth about active runs, commits
+//!   transitions in groups, and hands jobs to executors (which report over a channel).
+//!
+//! Not here: SQL (`kiln-store`), running a step's processes (`kiln-exec`), printing
+//! (`kiln-cli`). The server (a later issue) reuses the dispatcher unchanged.
+
+pub mod contexts;
+pub mod dispatch;
+pub mod project;
+
+use std::path::PathBuf;
+
+use kiln_core::workflow::Diagnostics;
+
+pub use dispatch::{LocalRun, Progress, RunOutcome, run_local};
+
+/// Why the engine could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The workflows (or what they were given) are invalid: nothing ran.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+    /// The request itself is unusable (unknown workflow, bad input value, …): nothing ran.
+    #[error("{0}")]
+    Usage(String),
+    /// The store failed; what had been committed stays consistent.
+    #[error("failed to use the store: {0}")]
+    Store(#[from] kiln_store::StoreError),
+    /// A file-system call failed.
+    #[error("failed to {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    /// Whether the error is the user's input (exit 2) rather than kiln's (exit 3).
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, Self::Invalid(_) | Self::Usage(_))
+    }
+}

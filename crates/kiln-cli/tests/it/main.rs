@@ -1,0 +1,34 @@
+//! End-to-end tests of the `kiln` binary: real processes, a real store in a temporary data
+//! folder, the documented exit codes and output shapes.
+
+mod errors;
+mod run;
+
+use std::path::Path;
+
+use kiln_testkit::Project;
+
+pub(crate) fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kiln"))
+}
+
+/// `kiln run <project> --data-dir <data> --format json <extra…>`.
+pub(crate) fn run_json(p: &Project, extra: &[&str]) -> kiln_testkit::Outcome {
+    p.kiln(bin())
+        .args(["run"])
+        .args([p.root()])
+        .args(["--format", "json"])
+        .args(extra)
+        .with_data_dir()
+        .output()
+}
+
+/// The job of a run JSON with this display name.
+pub(crate) fn job<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    run["jobs"]
+        .as_array()
+        .expect("jobs array")
+        .iter()
+        .find(|j| j["name"] == name)
+        .unwrap_or_else(|| panic!("no job named {name} in {run:#}"))
+}

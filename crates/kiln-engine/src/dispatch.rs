@@ -1,0 +1,1206 @@
+//! The dispatcher: one task that owns the truth about the runs it drives.
+//!
+//! It `select!`s over executor reports, a lease-renewal tick and cancellation. Each turn it
+//! drains every report already waiting, turns them into store operations plus in-memory
+//! decisions (which jobs become ready, which are skipped, which get a slot), commits all of
+//! them in ONE transaction (group commit), and only then acts: spawns executors for the
+//! leases it was granted and tells the observer what happened. So every transition is durable
+//! before anyone acts on it, and a busy graph costs one transaction per turn, not per job.
+//!
+//! Executors own one job each: they prepare its workspace, call `kiln_exec::run_job`, and
+//! forward what it reports. They never touch the store.
+//!
+//! Not here: parsing (kiln-core), SQL (kiln-store), printing (kiln-cli).
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indexmap::IndexMap;
+use jiff::Timestamp;
+use kiln_core::expr::{self, JobState as ExprState, Scope};
+use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus};
+use kiln_core::plan::{self, PlannedJob};
+use kiln_core::workflow::{Diagnostics, Workflow};
+use kiln_exec::{ExecEvent, JobOutcome, JobSpec};
+use kiln_proto::Run;
+use kiln_store::{NewJob, NewRun, Op, OpResult, Store};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::EngineError;
+use crate::contexts::{Trigger, github_context, resolve_inputs, runner_context};
+use crate::project::Snapshot;
+
+/// How long a local lease lasts without a heartbeat.
+const LEASE_TTL: Duration = Duration::from_secs(60);
+/// How often running jobs' leases are renewed.
+const RENEW_EVERY: Duration = Duration::from_secs(15);
+
+/// What `kiln run` asks the engine to do.
+pub struct LocalRun {
+    pub project: ProjectId,
+    /// The workflows to run, one run each.
+    pub workflows: Vec<Workflow>,
+    pub trigger: Trigger,
+    /// `secrets` context; every value is masked in logs.
+    pub secrets: IndexMap<String, String>,
+    pub snapshot: Arc<Snapshot>,
+    /// Local slots (`--jobs`).
+    pub slots: usize,
+    /// Where job workspaces are made (one folder per job, removed when it ends).
+    pub work_dir: PathBuf,
+    /// The lease owner id of this process.
+    pub owner: String,
+    /// Executions a job may have before an expired lease fails it.
+    pub max_attempts: i64,
+}
+
+/// What happened, for whoever shows progress. Sent only after it was committed.
+#[derive(Clone, Debug)]
+pub enum Progress {
+    RunCreated { run: Run },
+    JobStarted { run: RunId, job: JobId, name: String },
+    JobFinished { run: RunId, job: JobId, name: String, status: JobStatus, elapsed: Duration, error: Option<String> },
+    JobSkipped { run: RunId, job: JobId, name: String },
+    RunFinished { run: RunId, status: RunStatus },
+}
+
+/// How the runs ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub runs: Vec<RunId>,
+    /// Whether Ctrl-C (the cancel token) ended the runs.
+    pub cancelled: bool,
+}
+
+/// Validate everything up front (the `kiln run` contract: invalid input runs nothing), create
+/// one run per workflow, and drive them to the end.
+pub async fn run_local(
+    store: Store,
+    req: LocalRun,
+    progress: mpsc::UnboundedSender<Progress>,
+    cancel: CancellationToken,
+) -> Result<RunOutcome, EngineError> {
+    // Checks that need no store: remote actions, inputs, statically known matrices.
+    let mut problems = Vec::new();
+    let mut prepared = Vec::new();
+    for wf in &req.workflows {
+        problems.extend(plan::check_runnable(wf));
+        let inputs = match resolve_inputs(wf, &req.trigger.inputs) {
+            Ok(i) => i,
+            Err(msg) => return Err(EngineError::Usage(msg)),
+        };
+        prepared.push((wf.clone(), inputs));
+    }
+    if !problems.is_empty() {
+        return Err(EngineError::Invalid(Diagnostics(problems)));
+    }
+
+    let mut d = Dispatcher::new(store, &req, progress);
+    for (wf, inputs) in prepared {
+        d.create_run(Arc::new(wf), inputs).await?;
+    }
+    d.drive(cancel).await
+}
+
+/// Ordering of the ready queue: highest remaining critical path first, then creation order.
+#[derive(PartialEq, Eq)]
+struct Ready {
+    priority: u32,
+    seq: u64,
+    job: JobId,
+}
+
+impl Ord for Ready {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.seq.cmp(&self.seq))
+    }
+}
+
+impl PartialOrd for Ready {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+struct RunState {
+    id: RunId,
+    wf: Arc<Workflow>,
+    number: i64,
+    attempt: i64,
+    /// `github`, `inputs`, `vars`, `secrets`, `runner` — shared by every job of the run.
+    base: Map<String, Value>,
+    keys: IndexMap<String, KeyState>,
+    status: RunStatus,
+    cancelled: bool,
+}
+
+struct KeyState {
+    /// Job instances, once the key's matrix is known.
+    instances: Option<Vec<JobId>>,
+    /// Whether its instances were decided (queued or skipped).
+    decided: bool,
+    priority: u32,
+    fail_fast: bool,
+    max_parallel: Option<usize>,
+    /// Instances waiting for a max-parallel slot of this key.
+    held: Vec<JobId>,
+}
+
+struct JobRec {
+    run: RunId,
+    key: String,
+    name: String,
+    matrix: Map<String, Value>,
+    index: usize,
+    total: usize,
+    status: JobStatus,
+    token: Option<i64>,
+    outputs: Map<String, Value>,
+    continue_on_error: bool,
+    cancel: CancellationToken,
+    log_offset: u64,
+    started: Option<Instant>,
+    seq: u64,
+}
+
+enum Msg {
+    Exec(JobId, ExecEvent),
+    Done(JobId, Box<JobOutcome>),
+}
+
+struct Dispatcher {
+    store: Store,
+    progress: mpsc::UnboundedSender<Progress>,
+    runs: IndexMap<RunId, RunState>,
+    jobs: HashMap<JobId, JobRec>,
+    ready: BinaryHeap<Ready>,
+    /// Jobs leased or running now.
+    busy: usize,
+    slots: usize,
+    seq: u64,
+    ops: Vec<Op>,
+    /// What to tell the observer once `ops` are committed.
+    after: Vec<Progress>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    // Shared by every executor.
+    project: ProjectId,
+    trigger: Trigger,
+    secrets: IndexMap<String, String>,
+    snapshot: Arc<Snapshot>,
+    work_dir: PathBuf,
+    owner: String,
+    max_attempts: i64,
+    cancelled: bool,
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+impl Dispatcher {
+    fn new(store: Store, req: &LocalRun, progress: mpsc::UnboundedSender<Progress>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            store,
+            progress,
+            runs: IndexMap::new(),
+            jobs: HashMap::new(),
+            ready: BinaryHeap::new(),
+            busy: 0,
+            slots: req.slots.max(1),
+            seq: 0,
+            ops: Vec::new(),
+            after: Vec::new(),
+            tx,
+            rx,
+            project: req.project,
+            trigger: req.trigger.clone(),
+            secrets: req.secrets.clone(),
+            snapshot: req.snapshot.clone(),
+            work_dir: req.work_dir.clone(),
+            owner: req.owner.clone(),
+            max_attempts: req.max_attempts.max(1),
+            cancelled: false,
+        }
+    }
+
+    /// Plan the workflow's statically known jobs and record the run with them.
+    async fn create_run(&mut self, wf: Arc<Workflow>, inputs: Map<String, Value>) -> Result<(), EngineError> {
+        let run_id = RunId::new();
+        let workspace = self.work_dir.join("workspace").to_string_lossy().into_owned();
+        // run_number is the store's to assign; plan with a placeholder and fix the context
+        // once the run is recorded.
+        let mut base = Map::new();
+        base.insert(
+            "github".into(),
+            github_context(&self.trigger, &wf, &run_id.to_string(), 0, 1, &workspace),
+        );
+        base.insert("inputs".into(), Value::Object(inputs.clone()));
+        base.insert("vars".into(), json!({}));
+        base.insert(
+            "secrets".into(),
+            Value::Object(
+                self.secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+        base.insert("env".into(), json!({}));
+
+        let planned = plan::dry_run(&wf, &base).map_err(EngineError::Invalid)?;
+        let priorities = plan::critical_path(&wf.jobs);
+
+        let mut keys: IndexMap<String, KeyState> = wf
+            .jobs
+            .keys()
+            .map(|k| {
+                (
+                    k.clone(),
+                    KeyState {
+                        instances: None,
+                        decided: false,
+                        priority: priorities.get(k).copied().unwrap_or(0),
+                        fail_fast: true,
+                        max_parallel: None,
+                        held: Vec::new(),
+                    },
+                )
+            })
+            .collect();
+
+        let mut new_jobs = Vec::new();
+        let mut by_key: IndexMap<String, Vec<PlannedJob>> = IndexMap::new();
+        for p in planned {
+            by_key.entry(p.id.clone()).or_default().push(p);
+        }
+        for (key, entries) in by_key {
+            if entries.iter().any(|p| p.matrix.is_none()) {
+                continue; // its matrix needs other jobs' outputs: expanded when they end
+            }
+            let total = entries.len();
+            let mut ids = Vec::new();
+            for (index, p) in entries.into_iter().enumerate() {
+                let id = JobId::new();
+                let matrix = p.matrix.unwrap_or_default();
+                new_jobs.push(NewJob {
+                    id,
+                    key: key.clone(),
+                    name: p.name.clone(),
+                    matrix: matrix.clone(),
+                    needs: p.needs.clone(),
+                    status: JobStatus::Pending,
+                    max_attempts: self.max_attempts,
+                });
+                self.seq += 1;
+                self.jobs.insert(
+                    id,
+                    JobRec::new(run_id, key.clone(), p.name, matrix, index, total, self.seq),
+                );
+                ids.push(id);
+            }
+            if let Some(ks) = keys.get_mut(&key) {
+                ks.instances = Some(ids);
+            }
+        }
+
+        let run = self
+            .store
+            .create_run(NewRun {
+                id: run_id,
+                project: self.project,
+                workflow: wf.file.clone(),
+                workflow_name: wf.display_name().to_owned(),
+                event: self.trigger.event.clone(),
+                git_ref: self.trigger.git_ref.clone(),
+                sha: self.trigger.sha.clone(),
+                inputs,
+                status: RunStatus::Queued,
+                jobs: new_jobs,
+                at: now(),
+            })
+            .await?;
+        base.insert(
+            "github".into(),
+            github_context(
+                &self.trigger,
+                &wf,
+                &run_id.to_string(),
+                run.run_number,
+                run.run_attempt,
+                &workspace,
+            ),
+        );
+        let _ = self.progress.send(Progress::RunCreated { run: run.clone() });
+        self.runs.insert(
+            run_id,
+            RunState {
+                id: run_id,
+                wf,
+                number: run.run_number,
+                attempt: run.run_attempt,
+                base,
+                keys,
+                status: RunStatus::Queued,
+                cancelled: false,
+            },
+        );
+        Ok(())
+    }
+
+    async fn drive(mut self, cancel: CancellationToken) -> Result<RunOutcome, EngineError> {
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        renew.tick().await;
+        let run_ids: Vec<RunId> = self.runs.keys().copied().collect();
+        // The first turn decides the jobs that need nothing.
+        self.advance_all();
+        self.flush().await?;
+        while !self.all_done() {
+            tokio::select! {
+                msg = self.rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    self.handle(msg);
+                    while let Ok(msg) = self.rx.try_recv() {
+                        self.handle(msg);
+                    }
+                }
+                _ = renew.tick() => self.renew_leases(),
+                _ = cancel.cancelled(), if !self.cancelled => self.cancel_all(),
+            }
+            self.advance_all();
+            self.flush().await?;
+        }
+        Ok(RunOutcome {
+            runs: run_ids,
+            cancelled: self.cancelled,
+        })
+    }
+
+    fn all_done(&self) -> bool {
+        self.runs.values().all(|r| r.status.is_terminal())
+    }
+
+    /// Commit what this turn decided, then act on it.
+    async fn flush(&mut self) -> Result<(), EngineError> {
+        if self.ops.is_empty() {
+            for p in self.after.drain(..) {
+                let _ = self.progress.send(p);
+            }
+            return Ok(());
+        }
+        let ops = std::mem::take(&mut self.ops);
+        let kinds: Vec<Option<JobId>> = ops
+            .iter()
+            .map(|op| match op {
+                Op::GrantLease { job, .. } => Some(*job),
+                _ => None,
+            })
+            .collect();
+        let results = self.store.commit(ops).await?;
+        for p in self.after.drain(..) {
+            let _ = self.progress.send(p);
+        }
+        for (granted, result) in kinds.into_iter().zip(results) {
+            match (granted, result) {
+                (Some(job), OpResult::Lease { token }) => self.spawn(job, token),
+                (Some(job), other) => {
+                    // The store refused a lease we decided on: the in-memory view was wrong.
+                    // Give the slot back and record the job as failed rather than hang.
+                    tracing::warn!(%job, ?other, "lease refused");
+                    self.busy = self.busy.saturating_sub(1);
+                    if let Some(rec) = self.jobs.get_mut(&job) {
+                        rec.status = JobStatus::Failure;
+                    }
+                }
+                (None, OpResult::Refused { reason }) => {
+                    tracing::warn!(?reason, "store refused an operation");
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Exec(job, ev) => self.on_exec(job, ev),
+            Msg::Done(job, outcome) => self.on_done(job, *outcome),
+        }
+    }
+
+    fn on_exec(&mut self, job: JobId, ev: ExecEvent) {
+        let Some(rec) = self.jobs.get_mut(&job) else { return };
+        let Some(token) = rec.token else { return };
+        match ev {
+            ExecEvent::StepStarted { index, name } => {
+                let header = format!("##[step {}] {name}\n", index + 1).into_bytes();
+                let len = header.len() as u64;
+                self.ops.push(Op::LogChunk {
+                    job,
+                    token,
+                    step: index,
+                    offset: rec.log_offset,
+                    data: header,
+                });
+                rec.log_offset += len;
+            }
+            ExecEvent::Log { index, data } => {
+                if data.is_empty() {
+                    return;
+                }
+                let len = data.len() as u64;
+                self.ops.push(Op::LogChunk {
+                    job,
+                    token,
+                    step: index,
+                    offset: rec.log_offset,
+                    data,
+                });
+                rec.log_offset += len;
+            }
+            ExecEvent::StepFinished { step } => {
+                self.ops.push(Op::StepResult { job, token, step });
+            }
+        }
+    }
+
+    fn on_done(&mut self, job: JobId, outcome: JobOutcome) {
+        let Some(rec) = self.jobs.get_mut(&job) else { return };
+        let Some(token) = rec.token.take() else { return };
+        self.busy = self.busy.saturating_sub(1);
+        if let Some(err) = &outcome.error {
+            let line = format!("##[error] {err}\n").into_bytes();
+            let len = line.len() as u64;
+            self.ops.push(Op::LogChunk {
+                job,
+                token,
+                step: u32::MAX,
+                offset: rec.log_offset,
+                data: line,
+            });
+            rec.log_offset += len;
+        }
+        rec.status = outcome.status;
+        rec.outputs = outcome.outputs.clone();
+        rec.continue_on_error = outcome.continue_on_error;
+        let elapsed = rec.started.map(|s| s.elapsed()).unwrap_or_default();
+        self.ops.push(Op::CompleteJob {
+            job,
+            token,
+            status: outcome.status,
+            outputs: outcome.outputs,
+            at: now(),
+        });
+        self.after.push(Progress::JobFinished {
+            run: rec.run,
+            job,
+            name: rec.name.clone(),
+            status: outcome.status,
+            elapsed,
+            error: outcome.error,
+        });
+        let run = rec.run;
+        let key = rec.key.clone();
+        let failed = matches!(outcome.status, JobStatus::Failure | JobStatus::TimedOut)
+            && !rec.continue_on_error;
+
+        // A held sibling (max-parallel) may take the freed place of its key.
+        if let Some(ks) = self.runs.get_mut(&run).and_then(|r| r.keys.get_mut(&key))
+            && !ks.held.is_empty()
+        {
+            let next = ks.held.remove(0);
+            let priority = ks.priority;
+            if let Some(r) = self.jobs.get(&next) {
+                self.ready.push(Ready { priority, seq: r.seq, job: next });
+            }
+        }
+        if failed {
+            self.fail_fast(run, &key, job);
+        }
+    }
+
+    /// `fail-fast`: a failed matrix instance cancels its siblings.
+    fn fail_fast(&mut self, run: RunId, key: &str, failed: JobId) {
+        let Some(ks) = self.runs.get(&run).and_then(|r| r.keys.get(key)) else { return };
+        if !ks.fail_fast {
+            return;
+        }
+        let siblings: Vec<JobId> = ks.instances.clone().unwrap_or_default();
+        for sib in siblings {
+            if sib == failed {
+                continue;
+            }
+            self.cancel_job(sib);
+        }
+    }
+
+    /// Cancel one job: running ones through their token (they report back), the rest at once.
+    fn cancel_job(&mut self, job: JobId) {
+        let Some(rec) = self.jobs.get_mut(&job) else { return };
+        match rec.status {
+            JobStatus::Leased | JobStatus::Running => rec.cancel.cancel(),
+            JobStatus::Pending | JobStatus::Queued | JobStatus::Waiting => {
+                rec.status = JobStatus::Cancelled;
+                self.ops.push(Op::SetJobStatus {
+                    job,
+                    status: JobStatus::Cancelled,
+                    at: now(),
+                });
+                if let Some(ks) = self.runs.get_mut(&rec.run).and_then(|r| r.keys.get_mut(&rec.key)) {
+                    ks.held.retain(|j| *j != job);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ctrl-C: nothing new starts; running jobs are cancelled and report back.
+    fn cancel_all(&mut self) {
+        self.cancelled = true;
+        for run in self.runs.values_mut() {
+            if !run.status.is_terminal() {
+                run.cancelled = true;
+            }
+        }
+        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        for id in ids {
+            self.cancel_job(id);
+        }
+        self.ready.clear();
+    }
+
+    fn renew_leases(&mut self) {
+        let at = now();
+        for (id, rec) in &self.jobs {
+            if let Some(token) = rec.token {
+                self.ops.push(Op::RenewLease {
+                    job: *id,
+                    token,
+                    ttl_ms: LEASE_TTL.as_millis() as i64,
+                    at,
+                });
+            }
+        }
+    }
+
+    /// Decide every job whose needs have ended, fill free slots, and end finished runs.
+    fn advance_all(&mut self) {
+        let run_ids: Vec<RunId> = self.runs.keys().copied().collect();
+        for run in &run_ids {
+            self.decide(*run);
+        }
+        self.fill_slots();
+        for run in run_ids {
+            self.maybe_finish(run);
+        }
+    }
+
+    /// The aggregated result of a job key, as `needs.<key>.result` shows it.
+    fn key_result(&self, run: &RunState, key: &str) -> Option<&'static str> {
+        let ks = run.keys.get(key)?;
+        if !ks.decided {
+            return None;
+        }
+        let ids = ks.instances.as_ref()?;
+        let mut any_failed = false;
+        let mut any_cancelled = false;
+        let mut all_skipped = true;
+        for id in ids {
+            let rec = self.jobs.get(id)?;
+            if !rec.status.is_terminal() {
+                return None;
+            }
+            match rec.status {
+                JobStatus::Failure | JobStatus::TimedOut if !rec.continue_on_error => any_failed = true,
+                JobStatus::Cancelled => any_cancelled = true,
+                _ => {}
+            }
+            if rec.status != JobStatus::Skipped {
+                all_skipped = false;
+            }
+        }
+        Some(if any_failed {
+            "failure"
+        } else if any_cancelled {
+            "cancelled"
+        } else if all_skipped && !ids.is_empty() {
+            "skipped"
+        } else {
+            "success"
+        })
+    }
+
+    fn decide(&mut self, run_id: RunId) {
+        let Some(run) = self.runs.get(&run_id) else { return };
+        if run.status.is_terminal() {
+            return;
+        }
+        let wf = run.wf.clone();
+        let mut decisions = Vec::new();
+        for (key, ks) in &run.keys {
+            if ks.decided {
+                continue;
+            }
+            let Some(job) = wf.jobs.get(key) else { continue };
+            let mut results = Vec::new();
+            let mut ready = true;
+            for need in &job.needs {
+                match self.key_result(run, need) {
+                    Some(r) => results.push((need.clone(), r)),
+                    None => {
+                        ready = false;
+                        break;
+                    }
+                }
+            }
+            if ready {
+                decisions.push((key.clone(), results));
+            }
+        }
+        for (key, results) in decisions {
+            self.decide_key(run_id, &key, &results);
+        }
+    }
+
+    /// All of `key`'s needs have ended: expand its matrix if that waited on them, then queue
+    /// or skip each instance by its `if`.
+    fn decide_key(&mut self, run_id: RunId, key: &str, results: &[(String, &'static str)]) {
+        let Some(run) = self.runs.get(&run_id) else { return };
+        let wf = run.wf.clone();
+        let Some(job) = wf.jobs.get(key) else { return };
+        let cancelled = run.cancelled;
+
+        // needs.<key> = { result, outputs } for the direct needs.
+        let mut needs = Map::new();
+        for (need, result) in results {
+            let mut outputs = Map::new();
+            if let Some(ids) = run.keys.get(need).and_then(|k| k.instances.as_ref()) {
+                for id in ids {
+                    if let Some(rec) = self.jobs.get(id) {
+                        for (k, v) in &rec.outputs {
+                            outputs.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            needs.insert(need.clone(), json!({"result": result, "outputs": outputs}));
+        }
+        let ancestor_failed = self.ancestor_failed(run, key);
+        let all_needs_succeeded = results.iter().all(|(_, r)| *r == "success");
+        let mut ctx = run.base.clone();
+        ctx.insert("needs".into(), Value::Object(needs));
+
+        let scope = Scope {
+            contexts: &ctx,
+            state: ExprState {
+                failed: ancestor_failed,
+                cancelled,
+            },
+            hasher: None,
+        };
+        let fail_fast = plan::fail_fast(job, &ctx);
+        let max_parallel = plan::max_parallel(job, &ctx);
+
+        // Expand a matrix that had to wait for its needs.
+        let instances = match run.keys.get(key).and_then(|k| k.instances.clone()) {
+            Some(ids) => ids,
+            None => {
+                let (new_jobs, ids) = match plan::expand_job(job, &ctx) {
+                    Ok(list) => {
+                        let total = list.len();
+                        let mut new_jobs = Vec::new();
+                        let mut ids = Vec::new();
+                        for (index, inst) in list.into_iter().enumerate() {
+                            let id = JobId::new();
+                            self.seq += 1;
+                            new_jobs.push(NewJob {
+                                id,
+                                key: key.to_owned(),
+                                name: inst.name.clone(),
+                                matrix: inst.matrix.clone(),
+                                needs: job.needs.clone(),
+                                status: JobStatus::Pending,
+                                max_attempts: self.max_attempts,
+                            });
+                            self.jobs.insert(
+                                id,
+                                JobRec::new(run_id, key.to_owned(), inst.name, inst.matrix, index, total, self.seq),
+                            );
+                            ids.push(id);
+                        }
+                        (new_jobs, ids)
+                    }
+                    Err(msg) => {
+                        // The matrix cannot be expanded (bad fromJSON, empty vector, …): one
+                        // failed job that says why, so the run ends and tells the user.
+                        let id = JobId::new();
+                        self.seq += 1;
+                        let name = job.name.clone().unwrap_or_else(|| key.to_owned());
+                        new_jobs_failed(&mut self.ops, run_id, id, key, &name, &job.needs, self.max_attempts);
+                        let mut rec = JobRec::new(run_id, key.to_owned(), name.clone(), Map::new(), 0, 1, self.seq);
+                        rec.status = JobStatus::Failure;
+                        self.jobs.insert(id, rec);
+                        self.after.push(Progress::JobFinished {
+                            run: run_id,
+                            job: id,
+                            name,
+                            status: JobStatus::Failure,
+                            elapsed: Duration::ZERO,
+                            error: Some(format!(
+                                "{}:{}: jobs.{key}.strategy.matrix: {msg}",
+                                wf.file, job.pos.line
+                            )),
+                        });
+                        if let Some(ks) = self.runs.get_mut(&run_id).and_then(|r| r.keys.get_mut(key)) {
+                            ks.instances = Some(vec![id]);
+                            ks.decided = true;
+                        }
+                        return;
+                    }
+                };
+                if !new_jobs.is_empty() {
+                    self.ops.push(Op::AddJobs {
+                        run: run_id,
+                        jobs: new_jobs,
+                        at: now(),
+                    });
+                }
+                ids
+            }
+        };
+
+        // The job's `if`. Without a status function GitHub requires every need to have
+        // succeeded (a skipped need skips its dependents too).
+        let condition = job.condition.as_deref().map(str::trim).filter(|c| !c.is_empty());
+        let uses_status = condition.is_some_and(condition_uses_status);
+        let verdict: Result<bool, String> = if cancelled && !uses_status {
+            Ok(false)
+        } else if !uses_status && !all_needs_succeeded {
+            Ok(false)
+        } else {
+            match condition {
+                None => Ok(!ancestor_failed && !cancelled),
+                Some(c) => expr::eval_condition(c, &scope).map_err(|e| {
+                    format!("{}:{}: jobs.{key}.if: {}", wf.file, job.pos.line, e.message)
+                }),
+            }
+        };
+
+        let priority = run.keys.get(key).map(|k| k.priority).unwrap_or(0);
+        let mut queued = 0usize;
+        let mut held = Vec::new();
+        for id in &instances {
+            let Some(rec) = self.jobs.get_mut(id) else { continue };
+            if rec.status.is_terminal() {
+                continue;
+            }
+            match &verdict {
+                Ok(true) => {
+                    rec.status = JobStatus::Queued;
+                    self.ops.push(Op::SetJobStatus {
+                        job: *id,
+                        status: JobStatus::Queued,
+                        at: now(),
+                    });
+                    if max_parallel.is_some_and(|m| queued >= m.max(1)) {
+                        held.push(*id);
+                    } else {
+                        self.ready.push(Ready { priority, seq: rec.seq, job: *id });
+                    }
+                    queued += 1;
+                }
+                Ok(false) => {
+                    rec.status = JobStatus::Skipped;
+                    self.ops.push(Op::SetJobStatus {
+                        job: *id,
+                        status: JobStatus::Skipped,
+                        at: now(),
+                    });
+                    self.after.push(Progress::JobSkipped {
+                        run: run_id,
+                        job: *id,
+                        name: rec.name.clone(),
+                    });
+                }
+                Err(msg) => {
+                    rec.status = JobStatus::Failure;
+                    new_job_failed_status(&mut self.ops, *id);
+                    self.after.push(Progress::JobFinished {
+                        run: run_id,
+                        job: *id,
+                        name: rec.name.clone(),
+                        status: JobStatus::Failure,
+                        elapsed: Duration::ZERO,
+                        error: Some(msg.clone()),
+                    });
+                }
+            }
+        }
+        if let Some(ks) = self.runs.get_mut(&run_id).and_then(|r| r.keys.get_mut(key)) {
+            ks.instances = Some(instances);
+            ks.decided = true;
+            ks.fail_fast = fail_fast;
+            ks.max_parallel = max_parallel;
+            ks.held = held;
+        }
+    }
+
+    /// Whether any job `key` depends on, directly or not, failed.
+    fn ancestor_failed(&self, run: &RunState, key: &str) -> bool {
+        let mut stack: Vec<&str> = vec![key];
+        let mut seen = std::collections::HashSet::new();
+        while let Some(k) = stack.pop() {
+            let Some(job) = run.wf.jobs.get(k) else { continue };
+            for need in &job.needs {
+                if !seen.insert(need.as_str()) {
+                    continue;
+                }
+                if self.key_result(run, need) == Some("failure") {
+                    return true;
+                }
+                stack.push(need);
+            }
+        }
+        false
+    }
+
+    /// Lease ready jobs onto free slots (committed before their executors start).
+    fn fill_slots(&mut self) {
+        while self.busy < self.slots && !self.cancelled {
+            let Some(next) = self.ready.pop() else { break };
+            let Some(rec) = self.jobs.get_mut(&next.job) else { continue };
+            if rec.status != JobStatus::Queued {
+                continue;
+            }
+            rec.status = JobStatus::Leased;
+            self.busy += 1;
+            let run = rec.run;
+            self.ops.push(Op::GrantLease {
+                job: next.job,
+                owner: self.owner.clone(),
+                ttl_ms: LEASE_TTL.as_millis() as i64,
+                at: now(),
+            });
+            if let Some(r) = self.runs.get_mut(&run)
+                && r.status == RunStatus::Queued
+            {
+                r.status = RunStatus::Running;
+                self.ops.push(Op::SetRunStatus {
+                    run,
+                    status: RunStatus::Running,
+                    at: now(),
+                });
+            }
+        }
+    }
+
+    /// End the run when every job has ended and every key was decided.
+    fn maybe_finish(&mut self, run_id: RunId) {
+        let Some(run) = self.runs.get(&run_id) else { return };
+        if run.status.is_terminal() {
+            return;
+        }
+        let mut failed = false;
+        let mut any_cancelled = false;
+        for ks in run.keys.values() {
+            if !ks.decided {
+                // A key whose needs ended but which was never decided cannot exist; a key
+                // still waiting means the run goes on — unless the run was cancelled, in
+                // which case nothing will decide it.
+                if run.cancelled {
+                    continue;
+                }
+                return;
+            }
+            for id in ks.instances.iter().flatten() {
+                let Some(rec) = self.jobs.get(id) else { continue };
+                if !rec.status.is_terminal() {
+                    return;
+                }
+                match rec.status {
+                    JobStatus::Failure | JobStatus::TimedOut if !rec.continue_on_error => failed = true,
+                    JobStatus::Cancelled => any_cancelled = true,
+                    _ => {}
+                }
+            }
+        }
+        let status = if run.cancelled {
+            RunStatus::Cancelled
+        } else if failed || any_cancelled {
+            RunStatus::Failure
+        } else {
+            RunStatus::Success
+        };
+        if let Some(r) = self.runs.get_mut(&run_id) {
+            r.status = status;
+        }
+        self.ops.push(Op::SetRunStatus {
+            run: run_id,
+            status,
+            at: now(),
+        });
+        self.after.push(Progress::RunFinished { run: run_id, status });
+    }
+
+    /// Start an executor for a granted lease.
+    fn spawn(&mut self, job: JobId, token: i64) {
+        let Some(rec) = self.jobs.get_mut(&job) else { return };
+        rec.token = Some(token);
+        rec.started = Some(Instant::now());
+        rec.status = JobStatus::Running;
+        self.ops.push(Op::StartJob { job, token, at: now() });
+        self.after.push(Progress::JobStarted {
+            run: rec.run,
+            job,
+            name: rec.name.clone(),
+        });
+        let Some(run) = self.runs.get(&rec.run) else { return };
+        let Some(def) = run.wf.jobs.get(&rec.key) else { return };
+        let ks = run.keys.get(&rec.key);
+
+        let dir = self.work_dir.join(job.to_string());
+        let workspace = dir.join("workspace");
+        let temp = dir.join("temp");
+        let ws_str = workspace.to_string_lossy().into_owned();
+        let temp_str = temp.to_string_lossy().into_owned();
+
+        let mut contexts = run.base.clone();
+        if let Some(Value::Object(gh)) = contexts.get_mut("github") {
+            gh.insert("job".into(), Value::String(rec.key.clone()));
+            gh.insert("workspace".into(), Value::String(ws_str.clone()));
+        }
+        contexts.insert("matrix".into(), Value::Object(rec.matrix.clone()));
+        let needs = self.needs_context(run, &rec_key_needs(def));
+        contexts.insert("needs".into(), Value::Object(needs));
+        contexts.insert(
+            "strategy".into(),
+            json!({
+                "fail-fast": ks.map(|k| k.fail_fast).unwrap_or(true),
+                "job-index": rec.index,
+                "job-total": rec.total,
+                "max-parallel": ks.and_then(|k| k.max_parallel).unwrap_or(rec.total),
+            }),
+        );
+        contexts.insert("runner".into(), runner_context(&temp_str));
+        contexts.insert("job".into(), json!({"status": "success", "container": {}, "services": {}}));
+
+        let event_path = temp.join("event.json");
+        let payload = contexts
+            .get("github")
+            .and_then(|g| g.get("event"))
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        let t = &self.trigger;
+        let ref_name = t
+            .git_ref
+            .strip_prefix("refs/heads/")
+            .or_else(|| t.git_ref.strip_prefix("refs/tags/"))
+            .unwrap_or(&t.git_ref)
+            .to_owned();
+        let base_env = vec![
+            ("CI".to_owned(), "true".to_owned()),
+            ("GITHUB_ACTIONS".to_owned(), "true".to_owned()),
+            ("KILN".to_owned(), "true".to_owned()),
+            ("GITHUB_WORKSPACE".to_owned(), ws_str.clone()),
+            ("GITHUB_SHA".to_owned(), t.sha.clone()),
+            ("GITHUB_REF".to_owned(), t.git_ref.clone()),
+            ("GITHUB_REF_NAME".to_owned(), ref_name),
+            (
+                "GITHUB_REF_TYPE".to_owned(),
+                if t.git_ref.starts_with("refs/tags/") { "tag" } else { "branch" }.to_owned(),
+            ),
+            ("GITHUB_EVENT_NAME".to_owned(), t.event.clone()),
+            ("GITHUB_EVENT_PATH".to_owned(), event_path.to_string_lossy().into_owned()),
+            ("GITHUB_REPOSITORY".to_owned(), t.repository.clone()),
+            (
+                "GITHUB_REPOSITORY_OWNER".to_owned(),
+                t.repository.split('/').next().unwrap_or("").to_owned(),
+            ),
+            ("GITHUB_RUN_ID".to_owned(), run.id.to_string()),
+            ("GITHUB_RUN_NUMBER".to_owned(), run.number.to_string()),
+            ("GITHUB_RUN_ATTEMPT".to_owned(), run.attempt.to_string()),
+            ("GITHUB_JOB".to_owned(), rec.key.clone()),
+            ("GITHUB_WORKFLOW".to_owned(), run.wf.display_name().to_owned()),
+            ("GITHUB_WORKFLOW_REF".to_owned(), format!("{}/{}@{}", t.repository, run.wf.file, t.git_ref)),
+            (
+                "GITHUB_ACTOR".to_owned(),
+                std::env::var("USER").unwrap_or_else(|_| "kiln".to_owned()),
+            ),
+            ("GITHUB_SERVER_URL".to_owned(), String::new()),
+            ("GITHUB_API_URL".to_owned(), String::new()),
+            ("RUNNER_OS".to_owned(), "Linux".to_owned()),
+            (
+                "RUNNER_ARCH".to_owned(),
+                contexts
+                    .get("runner")
+                    .and_then(|r| r.get("arch"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("X64")
+                    .to_owned(),
+            ),
+            ("RUNNER_NAME".to_owned(), "kiln".to_owned()),
+            ("RUNNER_TEMP".to_owned(), temp_str.clone()),
+            ("RUNNER_TOOL_CACHE".to_owned(), temp_str.clone()),
+            ("KILN_RUN_ID".to_owned(), run.id.to_string()),
+            ("KILN_JOB_ID".to_owned(), job.to_string()),
+        ];
+        let spec = JobSpec {
+            job: def.clone(),
+            workflow_env: run.wf.env.clone(),
+            workflow_defaults: run.wf.defaults.clone(),
+            contexts,
+            workspace: workspace.clone(),
+            temp_dir: temp.clone(),
+            base_env,
+            inherit_env: true,
+            masks: self.secrets.values().cloned().collect(),
+        };
+        let snapshot = self.snapshot.clone();
+        let tx = self.tx.clone();
+        let cancel = rec.cancel.clone();
+        tokio::spawn(async move {
+            let outcome = execute(job, spec, snapshot, dir, payload, event_path, &tx, cancel).await;
+            let _ = tx.send(Msg::Done(job, Box::new(outcome)));
+        });
+    }
+
+    fn needs_context(&self, run: &RunState, needs: &[String]) -> Map<String, Value> {
+        let mut out = Map::new();
+        for need in needs {
+            let mut outputs = Map::new();
+            if let Some(ids) = run.keys.get(need).and_then(|k| k.instances.as_ref()) {
+                for id in ids {
+                    if let Some(rec) = self.jobs.get(id) {
+                        for (k, v) in &rec.outputs {
+                            outputs.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            let result = self.key_result(run, need).unwrap_or("success");
+            out.insert(need.clone(), json!({"result": result, "outputs": outputs}));
+        }
+        out
+    }
+}
+
+fn rec_key_needs(job: &kiln_core::workflow::Job) -> Vec<String> {
+    job.needs.clone()
+}
+
+fn condition_uses_status(cond: &str) -> bool {
+    let inner = cond
+        .trim()
+        .strip_prefix("${{")
+        .and_then(|s| s.strip_suffix("}}"))
+        .unwrap_or(cond);
+    expr::parse(inner).is_ok_and(|e| e.calls_status_function())
+}
+
+fn new_jobs_failed(
+    ops: &mut Vec<Op>,
+    run: RunId,
+    id: JobId,
+    key: &str,
+    name: &str,
+    needs: &[String],
+    max_attempts: i64,
+) {
+    ops.push(Op::AddJobs {
+        run,
+        jobs: vec![NewJob {
+            id,
+            key: key.to_owned(),
+            name: name.to_owned(),
+            matrix: Map::new(),
+            needs: needs.to_vec(),
+            status: JobStatus::Failure,
+            max_attempts,
+        }],
+        at: now(),
+    });
+}
+
+/// A job that never ran but failed (a bad `if`): record it as failed without a lease.
+fn new_job_failed_status(ops: &mut Vec<Op>, job: JobId) {
+    ops.push(Op::SetJobStatus {
+        job,
+        status: JobStatus::Failure,
+        at: now(),
+    });
+}
+
+impl JobRec {
+    fn new(run: RunId, key: String, name: String, matrix: Map<String, Value>, index: usize, total: usize, seq: u64) -> Self {
+        Self {
+            run,
+            key,
+            name,
+            matrix,
+            index,
+            total,
+            status: JobStatus::Pending,
+            token: None,
+            outputs: Map::new(),
+            continue_on_error: false,
+            cancel: CancellationToken::new(),
+            log_offset: 0,
+            started: None,
+            seq,
+        }
+    }
+}
+
+/// One executor: make the job's workspace, run its steps, forward what they report, clean up.
+#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+async fn execute(
+    job: JobId,
+    spec: JobSpec,
+    snapshot: Arc<Snapshot>,
+    dir: PathBuf,
+    payload: Value,
+    event_path: PathBuf,
+    tx: &mpsc::UnboundedSender<Msg>,
+    cancel: CancellationToken,
+) -> JobOutcome {
+    let ws = spec.workspace.clone();
+    let temp = spec.temp_dir.clone();
+    let prepared = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::create_dir_all(&ws)?;
+        std::fs::create_dir_all(&temp)?;
+        snapshot.materialize(&ws)?;
+        std::fs::write(&event_path, serde_json::to_vec(&payload).unwrap_or_default())?;
+        Ok(())
+    })
+    .await;
+    let failure = |error: String| JobOutcome {
+        status: JobStatus::Failure,
+        outputs: Map::new(),
+        continue_on_error: false,
+        error: Some(error),
+    };
+    let outcome = match prepared {
+        Ok(Ok(())) => {
+            let (etx, mut erx) = mpsc::channel::<ExecEvent>(256);
+            let forward = async {
+                while let Some(ev) = erx.recv().await {
+                    let _ = tx.send(Msg::Exec(job, ev));
+                }
+            };
+            let (outcome, ()) = tokio::join!(kiln_exec::run_job(spec, etx, cancel), forward);
+            outcome
+        }
+        Ok(Err(e)) => failure(format!("failed to prepare the job's workspace in {}: {e}", dir.display())),
+        Err(e) => failure(format!("failed to prepare the job's workspace: {e}")),
+    };
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+    outcome
+}

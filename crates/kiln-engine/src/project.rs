@@ -1,0 +1,382 @@
+//! A project on disk: its workflow files, its file tree and its revision.
+//!
+//! This is the I/O around `kiln-core`'s pure parser: find the workflow folder (`.kiln/workflows`,
+//! or `.github/workflows` when a project has no `.kiln/workflows`, so that a repository can try
+//! kiln without moving files), read and parse every file, and snapshot the project's files so
+//! that each job gets a fresh copy of the same tree.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_core::workflow::{Diagnostic, Diagnostics, Pos, Severity, Workflow, parse_workflow};
+use sha2::{Digest, Sha256};
+
+use crate::EngineError;
+
+/// The folders searched for workflows, in order; the first that exists wins.
+pub const WORKFLOW_DIRS: [&str; 2] = [".kiln/workflows", ".github/workflows"];
+
+/// A project folder with its parsed workflows.
+#[derive(Debug)]
+pub struct LocalProject {
+    pub root: PathBuf,
+    /// The folder the workflows came from (relative, e.g. `.kiln/workflows`).
+    pub workflow_dir: &'static str,
+    pub workflows: Vec<Workflow>,
+}
+
+/// Read and parse every workflow of the project at `root`.
+///
+/// Every file is parsed even when an earlier one fails, so that one report lists every
+/// problem; any error makes the whole load fail with [`EngineError::Invalid`].
+pub fn load_project(root: &Path) -> Result<LocalProject, EngineError> {
+    let meta = fs::metadata(root).map_err(|source| EngineError::Io {
+        action: "read the project folder",
+        path: root.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(EngineError::Usage(format!(
+            "{} is not a folder: kiln run takes a project folder",
+            root.display()
+        )));
+    }
+    let Some(workflow_dir) = WORKFLOW_DIRS.into_iter().find(|d| root.join(d).is_dir()) else {
+        return Err(EngineError::Usage(format!(
+            "no workflows in {}: put workflow files in .kiln/workflows/ (or .github/workflows/)",
+            root.display()
+        )));
+    };
+    let dir = root.join(workflow_dir);
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .map_err(|source| EngineError::Io {
+            action: "list the workflow folder",
+            path: dir.clone(),
+            source,
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yml") | Some("yaml")
+                )
+        })
+        .collect();
+    files.sort();
+
+    let mut workflows = Vec::new();
+    let mut problems = Vec::new();
+    for path in files {
+        let name = format!(
+            "{workflow_dir}/{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let source = match fs::read_to_string(&path) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: name,
+                    pos: Pos { line: 1, column: 1 },
+                    path: String::new(),
+                    message: format!("cannot read the file: {e}"),
+                });
+                continue;
+            }
+        };
+        match parse_workflow(&name, &source) {
+            Ok(wf) => workflows.push(wf),
+            Err(d) => problems.extend(d.0),
+        }
+    }
+    if problems.iter().any(|d| d.severity == Severity::Error) {
+        return Err(EngineError::Invalid(Diagnostics(problems)));
+    }
+    Ok(LocalProject {
+        root: root.to_path_buf(),
+        workflow_dir,
+        workflows,
+    })
+}
+
+impl LocalProject {
+    /// The workflows a `kiln run` should start: the one named by `selector` (file name, stem,
+    /// path or `name:`, case-insensitive for names), or every workflow `event` triggers.
+    pub fn select(&self, selector: Option<&str>, event: &str) -> Result<Vec<&Workflow>, EngineError> {
+        if let Some(sel) = selector {
+            let found: Vec<&Workflow> = self
+                .workflows
+                .iter()
+                .filter(|wf| workflow_matches(wf, sel))
+                .collect();
+            if found.is_empty() {
+                let known: Vec<String> = self
+                    .workflows
+                    .iter()
+                    .map(|wf| file_name(&wf.file).to_owned())
+                    .collect();
+                return Err(EngineError::Usage(format!(
+                    "no workflow named `{sel}` in {}/{}; there are: {}",
+                    self.root.display(),
+                    self.workflow_dir,
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                )));
+            }
+            return Ok(found);
+        }
+        let found: Vec<&Workflow> = self
+            .workflows
+            .iter()
+            .filter(|wf| kiln_core::plan::triggered_by(wf, event))
+            .collect();
+        if found.is_empty() {
+            return Err(EngineError::Usage(format!(
+                "no workflow in {}/{} is triggered by the event `{event}`; name one with --workflow or pick another --event",
+                self.root.display(),
+                self.workflow_dir
+            )));
+        }
+        Ok(found)
+    }
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+fn workflow_matches(wf: &Workflow, sel: &str) -> bool {
+    let name = file_name(&wf.file);
+    let stem = name
+        .strip_suffix(".yml")
+        .or_else(|| name.strip_suffix(".yaml"))
+        .unwrap_or(name);
+    wf.file == sel
+        || name == sel
+        || stem == sel
+        || wf.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(sel))
+}
+
+/// The files that make up a job's workspace, relative to the project root.
+///
+/// For a git work tree: tracked files and untracked files that are not ignored, plus `.git`
+/// (DESIGN.md "Workflow files"); for a plain folder: every file.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub root: PathBuf,
+    pub files: Vec<PathBuf>,
+    /// Whether `.git` is copied along.
+    pub git_dir: bool,
+}
+
+/// What a plain folder or a git work tree says about its revision.
+#[derive(Debug, Clone)]
+pub struct Revision {
+    /// The commit, or for a plain folder the SHA-256 of its file tree.
+    pub sha: String,
+    /// `refs/heads/<branch>` of a git work tree; `refs/heads/main` otherwise.
+    pub git_ref: String,
+}
+
+/// Take the file list of the project and compute its revision. Files under any of `exclude`
+/// (absolute paths, such as kiln's own data folder inside the project) are left out.
+pub fn snapshot(root: &Path, exclude: &[PathBuf]) -> Result<(Snapshot, Revision), EngineError> {
+    let git = root.join(".git").exists() && git_available();
+    let files = if git {
+        git_files(root)?
+    } else {
+        let mut out = Vec::new();
+        walk(root, Path::new(""), &mut out).map_err(|source| EngineError::Io {
+            action: "list the project's files",
+            path: root.to_path_buf(),
+            source,
+        })?;
+        out.sort();
+        out
+    };
+    let files: Vec<PathBuf> = files
+        .into_iter()
+        .filter(|f| {
+            let abs = root.join(f);
+            !exclude.iter().any(|x| abs.starts_with(x))
+        })
+        .collect();
+    let revision = if git {
+        let sha = git_out(root, &["rev-parse", "HEAD"]).unwrap_or_else(|| tree_hash(root, &files));
+        let git_ref = git_out(root, &["symbolic-ref", "-q", "HEAD"])
+            .unwrap_or_else(|| "refs/heads/main".to_owned());
+        Revision { sha, git_ref }
+    } else {
+        Revision {
+            sha: tree_hash(root, &files),
+            git_ref: "refs/heads/main".to_owned(),
+        }
+    };
+    Ok((
+        Snapshot {
+            root: root.to_path_buf(),
+            files,
+            git_dir: git,
+        },
+        revision,
+    ))
+}
+
+fn git_available() -> bool {
+    Command::new("git")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn git_out(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (!s.is_empty()).then_some(s)
+}
+
+fn git_files(root: &Path) -> Result<Vec<PathBuf>, EngineError> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .output()
+        .map_err(|source| EngineError::Io {
+            action: "run `git ls-files` in",
+            path: root.to_path_buf(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(EngineError::Io {
+            action: "run `git ls-files` in",
+            path: root.to_path_buf(),
+            source: io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+        });
+    }
+    let mut files: Vec<PathBuf> = out
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| PathBuf::from(String::from_utf8_lossy(s).into_owned()))
+        // A tracked file deleted in the work tree is not part of "the working tree as it is".
+        .filter(|p| root.join(p).symlink_metadata().is_ok())
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        // kiln's own data folder inside a project is never part of the project.
+        if rel.as_os_str().is_empty() && (name == "kiln-data" || name == ".git") {
+            continue;
+        }
+        let path = rel.join(&name);
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            walk(root, &path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 over the sorted (path, content) pairs of the tree: a stable stand-in for a commit
+/// id when the project is not a git repository.
+fn tree_hash(root: &Path, files: &[PathBuf]) -> String {
+    let mut sorted: BTreeMap<String, &PathBuf> = BTreeMap::new();
+    for f in files {
+        sorted.insert(f.to_string_lossy().into_owned(), f);
+    }
+    let mut h = Sha256::new();
+    for (name, f) in sorted {
+        h.update(name.as_bytes());
+        h.update([0]);
+        if let Ok(bytes) = fs::read(root.join(f)) {
+            h.update(Sha256::digest(&bytes));
+        }
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+impl Snapshot {
+    /// Copy the snapshot into `dest` (which must exist and be empty).
+    pub fn materialize(&self, dest: &Path) -> io::Result<()> {
+        let mut made = std::collections::HashSet::new();
+        for rel in &self.files {
+            let from = self.root.join(rel);
+            let to = dest.join(rel);
+            if let Some(parent) = to.parent()
+                && made.insert(parent.to_path_buf())
+            {
+                fs::create_dir_all(parent)?;
+            }
+            let meta = from.symlink_metadata()?;
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&from)?;
+                std::os::unix::fs::symlink(target, &to)?;
+            } else if meta.is_dir() {
+                // A submodule or nested repository shows up as a folder: copy it whole.
+                copy_dir(&from, &to)?;
+            } else {
+                fs::copy(&from, &to)?;
+            }
+        }
+        if self.git_dir {
+            copy_dir(&self.root.join(".git"), &dest.join(".git"))?;
+        }
+        Ok(())
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let dst = to.join(entry.file_name());
+        if ty.is_dir() {
+            copy_dir(&entry.path(), &dst)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &dst)?;
+        } else {
+            fs::copy(entry.path(), &dst)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_folder_snapshot_skips_kiln_data_and_hashes_content() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("src")).unwrap();
+        fs::create_dir_all(dir.path().join("kiln-data")).unwrap();
+        fs::write(dir.path().join("src/a.txt"), "a").unwrap();
+        fs::write(dir.path().join("kiln-data/kiln.db"), "x").unwrap();
+        let (snap, rev) = snapshot(dir.path(), &[]).unwrap();
+        assert_eq!(snap.files, vec![PathBuf::from("src/a.txt")]);
+        assert_eq!(rev.sha.len(), 64);
+        fs::write(dir.path().join("src/a.txt"), "b").unwrap();
+        let (_, rev2) = snapshot(dir.path(), &[]).unwrap();
+        assert_ne!(rev.sha, rev2.sha, "a content change must change the tree hash");
+
+        let dest = tempfile::tempdir().unwrap();
+        snap.materialize(dest.path()).unwrap();
+        assert_eq!(fs::read_to_string(dest.path().join("src/a.txt")).unwrap(), "b");
+    }
+}
