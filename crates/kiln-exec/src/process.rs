@@ -1,0 +1,341 @@
+//! Running one step's process: spawn it as the leader of a new process group with stdout and
+//! stderr on one pipe (so output keeps its arrival order), stream that pipe into the step's
+//! log, and end it on timeout or cancel by killing the whole group — SIGTERM, a grace, SIGKILL.
+//!
+//! The pipe is never waited on without bound: a grandchild that keeps it open (`sleep 300 &`)
+//! must not hang the job. After the main process exits the pipe is drained for
+//! [`Limits::drain`]; whoever still holds it then is killed with the group, and after the kill
+//! the drain is bounded again.
+//!
+//! We use tokio's `process_group(0)` and nix's `killpg` rather than process-wrap's
+//! `ProcessGroup` wrapper: its `wait` reaps the whole group in a blocking thread, which never
+//! returns while a background member lives when kiln is a subreaper (PID 1 in a container).
+//! Not here: which command to run (see `shell`), env files, step statuses.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::logs::LogSink;
+
+/// How long kiln waits at each stage of ending a process.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// After the main process exits, how long others may keep the log pipe open.
+    pub drain: Duration,
+    /// After SIGKILL, how long to wait for the pipe to close (a member that left the group
+    /// may still hold it) and for the main process to be reaped.
+    pub after_kill: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(3),
+            drain: Duration::from_secs(2),
+            after_kill: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What to run.
+pub(crate) struct ProcessSpec<'a> {
+    pub program: &'a str,
+    pub args: Vec<String>,
+    pub env: Vec<(OsString, OsString)>,
+    pub dir: &'a Path,
+}
+
+/// How a process ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    Exited(ExitStatus),
+    TimedOut,
+    Cancelled,
+}
+
+/// Failure to start a process, with what was being started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    #[error("cannot create the log pipe: {0}")]
+    Pipe(#[source] std::io::Error),
+    #[error("working directory {} does not exist", .0.display())]
+    NoDir(PathBuf),
+    #[error("cannot start `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A process group that still may have members: killed with SIGKILL when dropped unless
+/// disarmed, so that a job future dropped mid-step (its task aborted) leaves nothing behind.
+struct GroupGuard {
+    pgid: Pid,
+    armed: bool,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = killpg(self.pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Sends `sig` to the group; a group that no longer exists is not an error.
+fn signal_group(pgid: Pid, sig: Signal) {
+    match killpg(pgid, sig) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(pgid = pgid.as_raw(), signal = %sig, error = %e, "cannot signal process group")
+        }
+    }
+}
+
+/// The result of [`run`]: how it ended, and the group id if members were left alive (a
+/// background process with its output redirected away from the log pipe), for the job's
+/// end-of-job cleanup.
+pub(crate) struct RunResult {
+    pub ended: Ended,
+    pub leftover_group: Option<i32>,
+}
+
+/// Runs one process to its end, streaming its output into `sink`.
+///
+/// `cancel` is `None` for steps that run after the job was cancelled (`if: always()`): the
+/// token has already fired and must not end them.
+pub(crate) async fn run(
+    spec: ProcessSpec<'_>,
+    deadline: Instant,
+    cancel: Option<&CancellationToken>,
+    limits: Limits,
+    sink: &mut LogSink<'_>,
+) -> Result<RunResult, SpawnError> {
+    let (reader, writer) = std::io::pipe().map_err(SpawnError::Pipe)?;
+    let writer2 = writer.try_clone().map_err(SpawnError::Pipe)?;
+    let mut cmd = tokio::process::Command::new(spec.program);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(spec.dir)
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(writer2)
+        .process_group(0);
+    let spawned = cmd.spawn();
+    // The command holds our copies of the pipe's write end: drop them now, or the pipe would
+    // never report end-of-file.
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            // Only on failure is it worth a stat to tell a missing directory from a
+            // missing program (both are ENOENT).
+            if e.kind() == std::io::ErrorKind::NotFound && !spec.dir.is_dir() {
+                return Err(SpawnError::NoDir(spec.dir.to_path_buf()));
+            }
+            return Err(SpawnError::Spawn {
+                program: spec.program.to_owned(),
+                source: e,
+            });
+        }
+    };
+    let pgid = Pid::from_raw(
+        child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .unwrap_or(0),
+    );
+    let mut guard = GroupGuard {
+        pgid,
+        armed: pgid.as_raw() > 0,
+    };
+    let mut rx = match pipe::Receiver::from_owned_fd(reader.into()) {
+        Ok(rx) => Some(rx),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the step's output pipe");
+            None
+        }
+    };
+
+    let mut buf = vec![0u8; crate::logs::MAX_CHUNK];
+    let mut status: Option<ExitStatus> = None;
+    let mut drain_until: Option<Instant> = None;
+    let mut stop: Option<Ended> = None;
+    loop {
+        if status.is_some() && rx.is_none() {
+            break;
+        }
+        let never = Instant::now() + Duration::from_secs(86_400 * 365);
+        tokio::select! {
+            r = read_some(&mut rx, &mut buf) => match r {
+                Some(n) => sink.push(&buf[..n]).await,
+                None => rx = None,
+            },
+            st = child.wait(), if status.is_none() => match st {
+                Ok(st) => {
+                    status = Some(st);
+                    drain_until = Some(Instant::now() + limits.drain);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot wait for the step's process");
+                    stop = Some(Ended::Cancelled);
+                    break;
+                }
+            },
+            () = sleep_until(deadline), if status.is_none() => {
+                stop = Some(Ended::TimedOut);
+                break;
+            }
+            () = wait_cancel(cancel), if status.is_none() => {
+                stop = Some(Ended::Cancelled);
+                break;
+            }
+            () = sleep_until(drain_until.unwrap_or(never)), if drain_until.is_some() => {
+                // The main process is gone but someone still holds the log pipe.
+                break;
+            }
+        }
+    }
+
+    if stop.is_none() && rx.is_none() {
+        // Normal end: exit and end-of-file. Members that closed the pipe (a daemon with its
+        // output redirected) may live on into later steps, as on GitHub; the job kills them.
+        guard.armed = false;
+        let leftover = killpg(pgid, None).is_ok().then_some(pgid.as_raw());
+        let status = status.unwrap_or_default();
+        return Ok(RunResult {
+            ended: Ended::Exited(status),
+            leftover_group: leftover,
+        });
+    }
+
+    // Timeout, cancel, or a pipe held past the drain: end the whole group.
+    terminate(
+        pgid,
+        &mut child,
+        &mut status,
+        &mut rx,
+        &mut buf,
+        limits,
+        sink,
+    )
+    .await;
+    guard.armed = false;
+    let ended = match stop {
+        Some(e) => e,
+        None => Ended::Exited(status.unwrap_or_default()),
+    };
+    Ok(RunResult {
+        ended,
+        leftover_group: None,
+    })
+}
+
+/// SIGTERM to the group, then SIGKILL after the grace (sooner if the group is gone), while
+/// still reading output so a chatty process is never blocked on a full pipe; every wait
+/// bounded.
+async fn terminate(
+    pgid: Pid,
+    child: &mut tokio::process::Child,
+    status: &mut Option<ExitStatus>,
+    rx: &mut Option<pipe::Receiver>,
+    buf: &mut [u8],
+    limits: Limits,
+    sink: &mut LogSink<'_>,
+) {
+    signal_group(pgid, Signal::SIGTERM);
+    let grace_end = Instant::now() + limits.grace;
+    // Wait for the main process and the pipe, up to the grace.
+    while status.is_none() || rx.is_some() {
+        tokio::select! {
+            r = read_some(rx, buf) => match r {
+                Some(n) => sink.push(&buf[..n]).await,
+                None => *rx = None,
+            },
+            st = child.wait(), if status.is_none() => {
+                *status = Some(st.unwrap_or_default());
+            }
+            () = sleep_until(grace_end) => break,
+        }
+        // Group gone: no reason to wait out the grace.
+        if status.is_some() && killpg(pgid, None).is_err() {
+            break;
+        }
+    }
+    signal_group(pgid, Signal::SIGKILL);
+    let end = Instant::now() + limits.after_kill;
+    while status.is_none() || rx.is_some() {
+        tokio::select! {
+            r = read_some(rx, buf) => match r {
+                Some(n) => sink.push(&buf[..n]).await,
+                None => *rx = None,
+            },
+            st = child.wait(), if status.is_none() => {
+                *status = Some(st.unwrap_or_default());
+            }
+            () = sleep_until(end) => {
+                if rx.is_some() {
+                    tracing::warn!(pgid = pgid.as_raw(), "a process outside the step's group still holds its output; not waiting for it");
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// One read from the pipe: `Some(n)` with data, `None` at end-of-file or error (or when
+/// there is no pipe, in which case it never completes).
+async fn read_some(rx: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<usize> {
+    match rx {
+        Some(r) => match r.read(buf).await {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the step's output");
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_cancel(cancel: Option<&CancellationToken>) {
+    match cancel {
+        Some(c) => c.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Kills process groups that steps left running (with their output redirected) when the job
+/// ends, as GitHub's runner kills a job's orphans.
+///
+/// A group id is the pid of its leader, which we have reaped: the kernel does not reuse that
+/// pid while the group has members, but may once it is empty. So a group is only killed when
+/// no process with that pid exists (`/proc/<pid>` absent, i.e. the id is not a new process's)
+/// and the group still has members.
+pub(crate) fn kill_leftovers(groups: &[i32]) {
+    for &g in groups {
+        if Path::new(&format!("/proc/{g}")).exists() {
+            continue;
+        }
+        let pgid = Pid::from_raw(g);
+        if killpg(pgid, None).is_ok() {
+            tracing::debug!(pgid = g, "killing processes a step left running");
+            signal_group(pgid, Signal::SIGKILL);
+        }
+    }
+}
