@@ -1,1 +1,194 @@
-//! kiln-store (being written).
+//! kiln's durable store: every project, run, job, step, log chunk and event, in SQLite (the
+//! embedded default) or PostgreSQL (scale-out), plus the blob store that holds log bytes.
+//!
+//! The store is the truth the engine's in-memory scheduler caches (DESIGN.md "State
+//! machines"): a transition is committed before anyone acts on it, many transitions share
+//! one transaction ([`Store::commit`]), every transition appends to the event outbox in the
+//! same transaction, and leases with fencing tokens make sure a job never succeeds twice. The
+//! state-machine rules that need the database to be enforced (who holds a lease, what a log's
+//! length is) are enforced here; deciding *which* transition to make is the engine's job.
+//!
+//! Layout: [`types`] are the requests and answers, [`blob`] the blob store, `backend` the two
+//! SQL dialects (one body of queries, included twice), `error` the error type.
+//! Not here: scheduling, HTTP, anything that decides what to run.
+
+mod backend;
+pub mod blob;
+mod error;
+pub mod types;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use kiln_core::ids::{JobId, ProjectId, RunId};
+use kiln_proto::{Event, Job, Project, Run};
+
+pub use blob::BlobStore;
+pub use error::StoreError;
+pub use types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
+
+/// A handle on the store; cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Backend>,
+}
+
+enum Backend {
+    Sqlite(backend::sqlite::Backend),
+    Postgres(backend::postgres::Backend),
+}
+
+/// Runs `$body` with `$b` bound to whichever backend the store has.
+macro_rules! with_backend {
+    ($self:ident, $b:ident => $body:expr) => {
+        match &*$self.inner {
+            Backend::Sqlite($b) => $body,
+            Backend::Postgres($b) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the embedded store in `data_dir` (created if missing): the database
+    /// `<data_dir>/kiln.db` and blobs under `<data_dir>/blobs`. Migrates the database.
+    pub async fn open_sqlite(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let blobs = BlobStore::local(&data_dir.join("blobs"))?;
+        let b = backend::sqlite::open(&data_dir.join("kiln.db"), blobs).await?;
+        Ok(Store {
+            inner: Arc::new(Backend::Sqlite(b)),
+        })
+    }
+
+    /// Opens a PostgreSQL store, with blobs in the local folder `blob_dir`. Migrates the
+    /// database. `url` may end in `?schema=NAME` to work in that schema (tests do), or carry
+    /// sqlx's `options=-c search_path=…`.
+    pub async fn open_postgres(url: &str, blob_dir: &Path) -> Result<Store, StoreError> {
+        let blobs = BlobStore::local(blob_dir)?;
+        let b = backend::postgres::open(url, blobs).await?;
+        Ok(Store {
+            inner: Arc::new(Backend::Postgres(b)),
+        })
+    }
+
+    /// Opens what the `--database` option names: nothing or `sqlite:…` is the embedded
+    /// store in `data_dir` (its file is always `<data_dir>/kiln.db`); `postgres://…` or
+    /// `postgresql://…` is PostgreSQL with blobs in `<data_dir>/blobs`.
+    pub async fn open(database: Option<&str>, data_dir: &Path) -> Result<Store, StoreError> {
+        match database {
+            None => Self::open_sqlite(data_dir).await,
+            Some(url) if url.starts_with("sqlite:") => Self::open_sqlite(data_dir).await,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Self::open_postgres(url, &data_dir.join("blobs")).await
+            }
+            Some(url) => Err(StoreError::BadUrl {
+                url: url.split('@').next_back().unwrap_or_default().to_owned(),
+                reason: "expected `sqlite:` or `postgres://…`".to_owned(),
+            }),
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        match &*self.inner {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The blob store (for artifacts and other large bytes).
+    pub fn blobs(&self) -> &BlobStore {
+        with_backend!(self, b => b.blobs())
+    }
+
+    /// Creates the project `name` (with a new id and a random hook id) or updates its source.
+    pub async fn upsert_project(&self, name: &str, source: &str) -> Result<Project, StoreError> {
+        with_backend!(self, b => b.upsert_project(name, source, Timestamp::now()).await)
+    }
+
+    pub async fn get_project(&self, id: ProjectId) -> Result<Option<Project>, StoreError> {
+        with_backend!(self, b => b.get_project(id).await)
+    }
+
+    pub async fn find_project(&self, name: &str) -> Result<Option<Project>, StoreError> {
+        with_backend!(self, b => b.find_project(name).await)
+    }
+
+    /// Creates a run and its jobs in one transaction. Its `run_number` is one more than the
+    /// largest of its (project, workflow); `run_attempt` is 1. Appends `run.queued` (or the
+    /// event of its initial status) and an event for each job not created `pending`.
+    pub async fn create_run(&self, new: NewRun) -> Result<Run, StoreError> {
+        with_backend!(self, b => b.create_run(new).await)
+    }
+
+    /// Applies all `ops` in ONE transaction (group commit) and answers for each, in order. A
+    /// refused op changes nothing and does not abort the others; an `Err` means nothing was
+    /// committed.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_backend!(self, b => b.commit(ops).await)
+    }
+
+    /// Takes back leases: with `owner` `None`, every lease that expired before `now`; with
+    /// `Some(owner)`, every lease that owner holds, expired or not (a restarting server
+    /// reclaiming its previous pool's). A job with attempts left goes back to `queued`, the
+    /// others to `failure`.
+    pub async fn expire_leases(
+        &self,
+        now: Timestamp,
+        owner: Option<&str>,
+    ) -> Result<Vec<ExpiredLease>, StoreError> {
+        with_backend!(self, b => b.expire_leases(now, owner).await)
+    }
+
+    /// A run with its jobs (in creation order) and each job's steps (latest attempt).
+    pub async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
+        with_backend!(self, b => b.get_run(id).await)
+    }
+
+    /// A run by its full id or a unique prefix of at least 4 characters.
+    pub async fn resolve_run(&self, id_or_prefix: &str) -> Result<Option<Run>, StoreError> {
+        with_backend!(self, b => b.resolve_run(id_or_prefix).await)
+    }
+
+    /// Runs matching `filter`, newest first, without their jobs.
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
+        with_backend!(self, b => b.list_runs(filter).await)
+    }
+
+    /// A job with its steps (latest attempt).
+    pub async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        with_backend!(self, b => b.get_job(id).await)
+    }
+
+    /// Up to `limit` bytes of the job's log (its latest attempt) from `offset`.
+    pub async fn read_log(
+        &self,
+        job: JobId,
+        offset: u64,
+        limit: usize,
+    ) -> Result<LogSlice, StoreError> {
+        with_backend!(self, b => b.read_log(job, offset, limit).await)
+    }
+
+    /// Up to `limit` events with ids greater than `after`, in id order. Gap-safe: an event
+    /// that becomes visible later always has a larger id than every event returned here, so
+    /// a reader may resume after the last id it saw.
+    pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        with_backend!(self, b => b.events_after(after, limit).await)
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend_name())
+            .finish_non_exhaustive()
+    }
+}

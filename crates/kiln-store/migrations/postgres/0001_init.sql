@@ -1,0 +1,99 @@
+-- kiln's first schema (PostgreSQL dialect). Forward-only: never edit a released migration, add one.
+-- Keep in step with ../sqlite/0001_init.sql: same tables, same columns (the test suite checks).
+-- ids are uuid strings, timestamps unix milliseconds, JSON as text, statuses as their spelling.
+
+CREATE TABLE projects (
+    id          TEXT    PRIMARY KEY NOT NULL,
+    name        TEXT    NOT NULL UNIQUE,
+    source      TEXT    NOT NULL,
+    hook_id     TEXT    NOT NULL UNIQUE,
+    created_at  BIGINT  NOT NULL
+);
+
+CREATE TABLE runs (
+    id             TEXT    PRIMARY KEY NOT NULL,
+    project_id     TEXT    NOT NULL REFERENCES projects (id),
+    workflow       TEXT    NOT NULL,
+    workflow_name  TEXT    NOT NULL,
+    run_number     BIGINT  NOT NULL,
+    run_attempt    BIGINT  NOT NULL,
+    status         TEXT    NOT NULL,
+    event          TEXT    NOT NULL,
+    git_ref        TEXT    NOT NULL,
+    sha            TEXT    NOT NULL,
+    inputs         TEXT    NOT NULL,
+    created_at     BIGINT  NOT NULL,
+    started_at     BIGINT,
+    finished_at    BIGINT,
+    UNIQUE (project_id, workflow, run_number, run_attempt)
+);
+CREATE INDEX runs_by_project ON runs (project_id, id);
+CREATE INDEX runs_by_status ON runs (status, id);
+
+-- `seq` is the declaration/creation order within the run. The lease columns are the fencing
+-- state of DESIGN.md "Leases"; `lease_token` survives release so a late holder is told it is
+-- stale. `log_length` is the current attempt's log length (reset at each grant).
+CREATE TABLE jobs (
+    id                TEXT    PRIMARY KEY NOT NULL,
+    run_id            TEXT    NOT NULL REFERENCES runs (id),
+    project_id        TEXT    NOT NULL REFERENCES projects (id),
+    seq               BIGINT  NOT NULL,
+    job_key           TEXT    NOT NULL,
+    name              TEXT    NOT NULL,
+    matrix            TEXT    NOT NULL,
+    needs             TEXT    NOT NULL,
+    status            TEXT    NOT NULL,
+    attempts          BIGINT  NOT NULL,
+    max_attempts      BIGINT  NOT NULL,
+    lease_owner       TEXT,
+    lease_token       BIGINT  NOT NULL,
+    lease_expires_at  BIGINT,
+    log_length        BIGINT  NOT NULL,
+    outputs           TEXT    NOT NULL,
+    created_at        BIGINT  NOT NULL,
+    started_at        BIGINT,
+    finished_at       BIGINT,
+    UNIQUE (run_id, seq)
+);
+CREATE INDEX jobs_by_status ON jobs (status);
+CREATE INDEX jobs_by_lease_expiry ON jobs (lease_expires_at);
+CREATE INDEX jobs_by_lease_owner ON jobs (lease_owner);
+
+-- Steps are kept per attempt (history); reads show the job's latest attempt.
+CREATE TABLE steps (
+    job_id       TEXT    NOT NULL REFERENCES jobs (id),
+    attempt      BIGINT  NOT NULL,
+    idx          BIGINT  NOT NULL,
+    name         TEXT    NOT NULL,
+    status       TEXT    NOT NULL,
+    outputs      TEXT    NOT NULL,
+    started_at   BIGINT,
+    finished_at  BIGINT,
+    PRIMARY KEY (job_id, attempt, idx)
+);
+
+-- The bytes live in the blob store under `blob_key`; this is the index over them.
+CREATE TABLE log_chunks (
+    job_id       TEXT    NOT NULL REFERENCES jobs (id),
+    attempt      BIGINT  NOT NULL,
+    byte_offset  BIGINT  NOT NULL,
+    length       BIGINT  NOT NULL,
+    step         BIGINT  NOT NULL,
+    blob_key     TEXT    NOT NULL,
+    PRIMARY KEY (job_id, attempt, byte_offset)
+);
+
+-- The outbox. Sequence values commit out of order on PostgreSQL, so each event records the
+-- transaction that wrote it (`xid`): readers only read events whose transaction is older than
+-- every transaction still in flight (see `events_after`). `xid` is the one column SQLite lacks.
+CREATE TABLE events (
+    id          BIGINT  GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at          BIGINT  NOT NULL,
+    kind        TEXT    NOT NULL,
+    project_id  TEXT,
+    run_id      TEXT,
+    job_id      TEXT,
+    data        TEXT    NOT NULL,
+    xid         xid8    NOT NULL DEFAULT pg_current_xact_id()
+);
+CREATE INDEX events_by_xid ON events (xid);

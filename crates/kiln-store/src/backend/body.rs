@@ -1,0 +1,1142 @@
+// The backend's queries, written once for both dialects. `sqlite.rs` and `postgres.rs` each
+// `include!` this file after defining `Db` (the sqlx database type) and `SQL` (the few
+// statements whose spelling differs), so every query is checked against both drivers without
+// a maze of generic sqlx bounds. Placeholders are `$N`: PostgreSQL's own, and sqlx's SQLite
+// driver binds `$N` by number too. (No `//!` here: an included file cannot carry one; the
+// including modules do.)
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus};
+use kiln_proto::{Event, Job, Project, Run, Step};
+use serde_json::{Map, Value, json};
+use sqlx::{Pool, Row as _, Transaction};
+
+use crate::backend::{
+    Pending, decode, json_text, log_key, ms, opt_ts, parse, parse_map, parse_strings, truncate, ts,
+};
+use crate::blob::BlobStore;
+use crate::error::{StoreError, query};
+use crate::types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
+
+type DbRow = <Db as sqlx::Database>::Row;
+type Tx = Transaction<'static, Db>;
+
+macro_rules! project_cols {
+    () => {
+        "id, name, source, hook_id, created_at"
+    };
+}
+macro_rules! run_cols {
+    () => {
+        "id, project_id, workflow, workflow_name, run_number, run_attempt, status, event, \
+         git_ref, sha, inputs, created_at, started_at, finished_at"
+    };
+}
+macro_rules! job_cols {
+    () => {
+        "id, run_id, job_key, name, matrix, needs, status, attempts, max_attempts, started_at, \
+         finished_at, outputs"
+    };
+}
+macro_rules! step_cols {
+    () => {
+        "s.job_id, s.idx, s.name, s.status, s.outputs, s.started_at, s.finished_at"
+    };
+}
+
+/// Job states in which a lease is held: the only ones an op carrying a token applies to.
+const HELD: [JobStatus; 2] = [JobStatus::Leased, JobStatus::Running];
+
+/// One database and its blob store. `writer` and `reader` are the same pool on PostgreSQL;
+/// on SQLite `writer` has exactly one connection (SQLite allows one writer at a time, and
+/// queueing in the pool is cheaper than busy-waiting on the file lock).
+pub(crate) struct Backend {
+    writer: Pool<Db>,
+    reader: Pool<Db>,
+    blobs: BlobStore,
+}
+
+fn get<'r, T>(row: &'r DbRow, table: &'static str, column: &'static str) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, Db> + sqlx::Type<Db>,
+{
+    row.try_get(column).map_err(|e| decode(table, column, e))
+}
+
+fn project_from_row(row: &DbRow) -> Result<Project, StoreError> {
+    const T: &str = "projects";
+    Ok(Project {
+        id: parse(T, "id", &get::<String>(row, T, "id")?)?,
+        name: get(row, T, "name")?,
+        source: get(row, T, "source")?,
+        hook_id: get(row, T, "hook_id")?,
+        created_at: ts(T, "created_at", get(row, T, "created_at")?)?,
+    })
+}
+
+fn run_from_row(row: &DbRow) -> Result<Run, StoreError> {
+    const T: &str = "runs";
+    Ok(Run {
+        id: parse(T, "id", &get::<String>(row, T, "id")?)?,
+        project: parse(T, "project_id", &get::<String>(row, T, "project_id")?)?,
+        workflow: get(row, T, "workflow")?,
+        workflow_name: get(row, T, "workflow_name")?,
+        run_number: get(row, T, "run_number")?,
+        run_attempt: get(row, T, "run_attempt")?,
+        status: parse(T, "status", &get::<String>(row, T, "status")?)?,
+        event: get(row, T, "event")?,
+        git_ref: get(row, T, "git_ref")?,
+        sha: get(row, T, "sha")?,
+        inputs: parse_map(T, "inputs", &get::<String>(row, T, "inputs")?)?,
+        created_at: ts(T, "created_at", get(row, T, "created_at")?)?,
+        started_at: opt_ts(T, "started_at", get(row, T, "started_at")?)?,
+        finished_at: opt_ts(T, "finished_at", get(row, T, "finished_at")?)?,
+        jobs: Vec::new(),
+    })
+}
+
+fn job_from_row(row: &DbRow) -> Result<Job, StoreError> {
+    const T: &str = "jobs";
+    Ok(Job {
+        id: parse(T, "id", &get::<String>(row, T, "id")?)?,
+        run: parse(T, "run_id", &get::<String>(row, T, "run_id")?)?,
+        key: get(row, T, "job_key")?,
+        name: get(row, T, "name")?,
+        matrix: parse_map(T, "matrix", &get::<String>(row, T, "matrix")?)?,
+        status: parse(T, "status", &get::<String>(row, T, "status")?)?,
+        attempts: get(row, T, "attempts")?,
+        max_attempts: get(row, T, "max_attempts")?,
+        needs: parse_strings(T, "needs", &get::<String>(row, T, "needs")?)?,
+        started_at: opt_ts(T, "started_at", get(row, T, "started_at")?)?,
+        finished_at: opt_ts(T, "finished_at", get(row, T, "finished_at")?)?,
+        outputs: parse_map(T, "outputs", &get::<String>(row, T, "outputs")?)?,
+        steps: Vec::new(),
+    })
+}
+
+/// A step row and the job it belongs to.
+fn step_from_row(row: &DbRow) -> Result<(String, Step), StoreError> {
+    const T: &str = "steps";
+    let index: i64 = get(row, T, "idx")?;
+    Ok((
+        get(row, T, "job_id")?,
+        Step {
+            index: u32::try_from(index).map_err(|e| decode(T, "idx", e))?,
+            name: get(row, T, "name")?,
+            status: parse(T, "status", &get::<String>(row, T, "status")?)?,
+            outputs: parse_map(T, "outputs", &get::<String>(row, T, "outputs")?)?,
+            started_at: opt_ts(T, "started_at", get(row, T, "started_at")?)?,
+            finished_at: opt_ts(T, "finished_at", get(row, T, "finished_at")?)?,
+        },
+    ))
+}
+
+fn event_from_row(row: &DbRow) -> Result<Event, StoreError> {
+    const T: &str = "events";
+    let id_of =
+        |column: &'static str| -> Result<Option<String>, StoreError> { get(row, T, column) };
+    Ok(Event {
+        id: get(row, T, "id")?,
+        at: ts(T, "at", get(row, T, "at")?)?,
+        kind: get(row, T, "kind")?,
+        project: id_of("project_id")?
+            .map(|s| parse(T, "project_id", &s))
+            .transpose()?,
+        run: id_of("run_id")?
+            .map(|s| parse(T, "run_id", &s))
+            .transpose()?,
+        job: id_of("job_id")?
+            .map(|s| parse(T, "job_id", &s))
+            .transpose()?,
+        data: serde_json::from_str(&get::<String>(row, T, "data")?)
+            .map_err(|e| decode(T, "data", e))?,
+    })
+}
+
+/// The lease state of one job, read to explain a refusal or to check a log offset.
+struct LeaseState {
+    status: JobStatus,
+    token: i64,
+    attempts: i64,
+    log_length: i64,
+}
+
+/// Why an op carrying `token` does not apply to a job in `state` (`None`: it applies).
+fn token_refusal(
+    job: JobId,
+    state: &LeaseState,
+    token: i64,
+    allowed: &[JobStatus],
+) -> Option<Refusal> {
+    if state.token != token {
+        Some(Refusal::StaleToken {
+            job,
+            given: token,
+            current: state.token,
+        })
+    } else if !allowed.contains(&state.status) {
+        Some(Refusal::WrongState {
+            job,
+            status: state.status,
+        })
+    } else {
+        None
+    }
+}
+
+fn refused(reason: Refusal) -> OpResult {
+    OpResult::Refused { reason }
+}
+
+impl Backend {
+    pub(crate) fn new(writer: Pool<Db>, reader: Pool<Db>, blobs: BlobStore) -> Self {
+        Self {
+            writer,
+            reader,
+            blobs,
+        }
+    }
+
+    pub(crate) fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
+    async fn begin_write(&self) -> Result<Tx, StoreError> {
+        self.writer
+            .begin_with(SQL.begin_write)
+            .await
+            .map_err(query("begin a write transaction"))
+    }
+
+    async fn begin_read(&self) -> Result<Tx, StoreError> {
+        self.reader
+            .begin_with(SQL.begin_read)
+            .await
+            .map_err(query("begin a read transaction"))
+    }
+
+    /// Writes the transaction's blobs and events, then commits.
+    async fn finish(&self, mut tx: Tx, mut pending: Pending) -> Result<(), StoreError> {
+        // Blobs before commit: the rows naming them become visible only at commit, so no
+        // reader ever finds a chunk row without its bytes. If the write fails, the
+        // transaction is dropped (rolled back) and an orphan blob at most is left.
+        self.blobs
+            .put_many(std::mem::take(&mut pending.blobs))
+            .await?;
+        if pending.has_events() {
+            if let Some(lock) = SQL.lock_outbox {
+                sqlx::query(lock)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query("lock the outbox"))?;
+            }
+            sqlx::query(SQL.insert_events)
+                .bind(pending.events_json())
+                .execute(&mut *tx)
+                .await
+                .map_err(query("append events to the outbox"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(query("commit a write transaction"))
+    }
+
+    // ---- projects ----------------------------------------------------------------------
+
+    pub(crate) async fn upsert_project(
+        &self,
+        name: &str,
+        source: &str,
+        now: Timestamp,
+    ) -> Result<Project, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO projects (id, name, source, hook_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name) DO UPDATE SET source = excluded.source \
+             RETURNING ",
+            project_cols!()
+        ))
+        .bind(ProjectId::new().to_string())
+        .bind(name)
+        .bind(source)
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(ms(now))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query("upsert a project"))?;
+        let project = project_from_row(&row)?;
+        tx.commit().await.map_err(query("commit a project"))?;
+        Ok(project)
+    }
+
+    pub(crate) async fn get_project(&self, id: ProjectId) -> Result<Option<Project>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            project_cols!(),
+            " FROM projects WHERE id = $1"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(query("read a project"))?
+        .map(|row| project_from_row(&row))
+        .transpose()
+    }
+
+    pub(crate) async fn find_project(&self, name: &str) -> Result<Option<Project>, StoreError> {
+        sqlx::query(concat!(
+            "SELECT ",
+            project_cols!(),
+            " FROM projects WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(query("find a project by name"))?
+        .map(|row| project_from_row(&row))
+        .transpose()
+    }
+
+    // ---- runs and jobs: writes ----------------------------------------------------------
+
+    pub(crate) async fn create_run(&self, new: NewRun) -> Result<Run, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut pending = Pending::default();
+        let project = new.project.to_string();
+        let run_id = new.id.to_string();
+        let found = sqlx::query(SQL.lock_project)
+            .bind(&project)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("look up the project of a new run"))?;
+        if found.is_none() {
+            return Err(StoreError::NotFound {
+                what: "project",
+                id: project,
+            });
+        }
+        let run_number: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(run_number), 0) + 1 FROM runs \
+             WHERE project_id = $1 AND workflow = $2",
+        )
+        .bind(&project)
+        .bind(&new.workflow)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query("number a new run"))?;
+
+        let at = ms(new.at);
+        let started_at = (new.status == RunStatus::Running).then_some(at);
+        let finished_at = new.status.is_terminal().then_some(at);
+        sqlx::query(
+            "INSERT INTO runs (id, project_id, workflow, workflow_name, run_number, run_attempt, \
+             status, event, git_ref, sha, inputs, created_at, started_at, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&run_id)
+        .bind(&project)
+        .bind(&new.workflow)
+        .bind(&new.workflow_name)
+        .bind(run_number)
+        .bind(new.status.as_str())
+        .bind(&new.event)
+        .bind(&new.git_ref)
+        .bind(&new.sha)
+        .bind(json_text(&new.inputs))
+        .bind(at)
+        .bind(started_at)
+        .bind(finished_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(query("insert a run"))?;
+        pending.run_status(at, &project, &run_id, new.status, true);
+
+        let jobs = insert_jobs(&mut tx, &mut pending, new.id, &project, 0, new.jobs, at).await?;
+        self.finish(tx, pending).await?;
+
+        let at = truncate(new.at);
+        Ok(Run {
+            id: new.id,
+            project: new.project,
+            workflow: new.workflow,
+            workflow_name: new.workflow_name,
+            run_number,
+            run_attempt: 1,
+            status: new.status,
+            event: new.event,
+            git_ref: new.git_ref,
+            sha: new.sha,
+            inputs: new.inputs,
+            created_at: at,
+            started_at: started_at.map(|_| at),
+            finished_at: finished_at.map(|_| at),
+            jobs,
+        })
+    }
+
+    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut pending = Pending::default();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(apply(&mut tx, &mut pending, op).await?);
+        }
+        self.finish(tx, pending).await?;
+        Ok(results)
+    }
+
+    pub(crate) async fn expire_leases(
+        &self,
+        now: Timestamp,
+        owner: Option<&str>,
+    ) -> Result<Vec<ExpiredLease>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut pending = Pending::default();
+        let now_ms = ms(now);
+        let mut expired = Vec::new();
+        // Two set-based updates (spent attempts fail, the rest go back to the queue) rather
+        // than a read-then-write loop. The lease token is kept so the old holder's token
+        // stays current-but-unleased and is refused as such, and the next grant moves past it.
+        for requeue in [false, true] {
+            let sql = match (owner.is_some(), requeue) {
+                (false, false) => {
+                    "UPDATE jobs SET status = 'failure', finished_at = $2, lease_owner = NULL, \
+                     lease_expires_at = NULL \
+                     WHERE status IN ('leased', 'running') AND lease_expires_at < $1 \
+                     AND attempts >= max_attempts RETURNING id, run_id, project_id, attempts"
+                }
+                (false, true) => {
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, \
+                     lease_expires_at = NULL \
+                     WHERE status IN ('leased', 'running') AND lease_expires_at < $1 \
+                     AND attempts < max_attempts  \
+                     RETURNING id, run_id, project_id, attempts"
+                }
+                (true, false) => {
+                    "UPDATE jobs SET status = 'failure', finished_at = $2, lease_owner = NULL, \
+                     lease_expires_at = NULL \
+                     WHERE status IN ('leased', 'running') AND lease_owner = $1 \
+                     AND attempts >= max_attempts RETURNING id, run_id, project_id, attempts"
+                }
+                (true, true) => {
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, \
+                     lease_expires_at = NULL \
+                     WHERE status IN ('leased', 'running') AND lease_owner = $1 \
+                     AND attempts < max_attempts  \
+                     RETURNING id, run_id, project_id, attempts"
+                }
+            };
+            let mut q = sqlx::query(sql);
+            q = match owner {
+                Some(owner) => q.bind(owner.to_owned()),
+                None => q.bind(now_ms),
+            };
+            if !requeue {
+                q = q.bind(now_ms);
+            }
+            let rows = q
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query("expire leases"))?;
+            for row in rows {
+                let job: String = get(&row, "jobs", "id")?;
+                let run: String = get(&row, "jobs", "run_id")?;
+                let project: String = get(&row, "jobs", "project_id")?;
+                let attempts: i64 = get(&row, "jobs", "attempts")?;
+                let status = if requeue {
+                    JobStatus::Queued
+                } else {
+                    JobStatus::Failure
+                };
+                pending.job_status(
+                    now_ms,
+                    &project,
+                    &run,
+                    &job,
+                    status,
+                    json!({ "reason": "lease_expired", "attempts": attempts }),
+                );
+                expired.push(ExpiredLease {
+                    job: parse("jobs", "id", &job)?,
+                    run: parse("jobs", "run_id", &run)?,
+                    requeued: requeue,
+                });
+            }
+        }
+        self.finish(tx, pending).await?;
+        Ok(expired)
+    }
+}
+
+/// Inserts jobs with consecutive `seq` numbers from `first_seq`; returns them as read back.
+async fn insert_jobs(
+    tx: &mut Tx,
+    pending: &mut Pending,
+    run: RunId,
+    project: &str,
+    first_seq: i64,
+    jobs: Vec<NewJob>,
+    at: i64,
+) -> Result<Vec<Job>, StoreError> {
+    let run_id = run.to_string();
+    let mut out = Vec::with_capacity(jobs.len());
+    for (seq, new) in (first_seq..).zip(jobs) {
+        let job_id = new.id.to_string();
+        let finished_at = new.status.is_terminal().then_some(at);
+        sqlx::query(
+            "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, status, \
+             attempts, max_attempts, lease_owner, lease_token, lease_expires_at, log_length, \
+             outputs, created_at, started_at, finished_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, NULL, 0, NULL, 0, '{}', $11, \
+             NULL, $12)",
+        )
+        .bind(&job_id)
+        .bind(&run_id)
+        .bind(project)
+        .bind(seq)
+        .bind(&new.key)
+        .bind(&new.name)
+        .bind(json_text(&new.matrix))
+        .bind(json_text(&new.needs))
+        .bind(new.status.as_str())
+        .bind(new.max_attempts)
+        .bind(at)
+        .bind(finished_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(query("insert a job"))?;
+        // `pending` is where every job starts: recording it is creation, not a transition.
+        if new.status != JobStatus::Pending {
+            pending.job_status(at, project, &run_id, &job_id, new.status, json!({}));
+        }
+        out.push(Job {
+            id: new.id,
+            run,
+            key: new.key,
+            name: new.name,
+            matrix: new.matrix,
+            status: new.status,
+            attempts: 0,
+            max_attempts: new.max_attempts,
+            needs: new.needs,
+            started_at: None,
+            finished_at: finished_at.and_then(|ms| Timestamp::from_millisecond(ms).ok()),
+            outputs: Map::new(),
+            steps: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+async fn lease_state(tx: &mut Tx, job: JobId) -> Result<Option<LeaseState>, StoreError> {
+    let row =
+        sqlx::query("SELECT status, lease_token, attempts, log_length FROM jobs WHERE id = $1")
+            .bind(job.to_string())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(query("read a job's lease"))?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(LeaseState {
+        status: parse("jobs", "status", &get::<String>(&row, "jobs", "status")?)?,
+        token: get(&row, "jobs", "lease_token")?,
+        attempts: get(&row, "jobs", "attempts")?,
+        log_length: get(&row, "jobs", "log_length")?,
+    }))
+}
+
+/// Explains why a guarded update touched no row.
+async fn explain(
+    tx: &mut Tx,
+    job: JobId,
+    token: i64,
+    allowed: &[JobStatus],
+) -> Result<OpResult, StoreError> {
+    Ok(match lease_state(tx, job).await? {
+        None => refused(Refusal::NotFound),
+        Some(state) => refused(token_refusal(job, &state, token, allowed).unwrap_or(
+            // The guard failed but the state looks right: only possible if the row changed
+            // between the two statements, which one transaction rules out. Report the state.
+            Refusal::WrongState {
+                job,
+                status: state.status,
+            },
+        )),
+    })
+}
+
+/// The run and project a job belongs to, from a `RETURNING run_id, project_id` row.
+fn owners(row: &DbRow) -> Result<(String, String), StoreError> {
+    Ok((get(row, "jobs", "run_id")?, get(row, "jobs", "project_id")?))
+}
+
+/// Applies one op inside the batch's transaction. A refusal changes nothing and returns
+/// `Refused`; only infrastructure errors abort the batch.
+async fn apply(tx: &mut Tx, pending: &mut Pending, op: Op) -> Result<OpResult, StoreError> {
+    match op {
+        Op::AddJobs { run, jobs, at } => add_jobs(tx, pending, run, jobs, ms(at)).await,
+        Op::SetRunStatus { run, status, at } => {
+            set_run_status(tx, pending, run, status, ms(at)).await
+        }
+        Op::SetJobStatus { job, status, at } => {
+            set_job_status(tx, pending, job, status, ms(at)).await
+        }
+        Op::GrantLease {
+            job,
+            owner,
+            ttl_ms,
+            at,
+        } => grant_lease(tx, pending, job, &owner, ttl_ms, ms(at)).await,
+        Op::StartJob { job, token, at } => start_job(tx, pending, job, token, ms(at)).await,
+        Op::RenewLease {
+            job,
+            token,
+            ttl_ms,
+            at,
+        } => {
+            let done = sqlx::query(
+                "UPDATE jobs SET lease_expires_at = $3 \
+                 WHERE id = $1 AND lease_token = $2 AND status IN ('leased', 'running')",
+            )
+            .bind(job.to_string())
+            .bind(token)
+            .bind(ms(at).saturating_add(ttl_ms))
+            .execute(&mut **tx)
+            .await
+            .map_err(query("renew a lease"))?;
+            if done.rows_affected() == 1 {
+                Ok(OpResult::Done)
+            } else {
+                explain(tx, job, token, &HELD).await
+            }
+        }
+        Op::StepResult { job, token, step } => {
+            let done = sqlx::query(
+                "INSERT INTO steps (job_id, attempt, idx, name, status, outputs, started_at, \
+                 finished_at) \
+                 SELECT id, attempts, $3, $4, $5, $6, $7, $8 FROM jobs \
+                 WHERE id = $1 AND lease_token = $2 AND status IN ('leased', 'running') \
+                 ON CONFLICT (job_id, attempt, idx) DO UPDATE SET name = excluded.name, \
+                 status = excluded.status, outputs = excluded.outputs, \
+                 started_at = excluded.started_at, finished_at = excluded.finished_at",
+            )
+            .bind(job.to_string())
+            .bind(token)
+            .bind(i64::from(step.index))
+            .bind(&step.name)
+            .bind(step.status.as_str())
+            .bind(json_text(&step.outputs))
+            .bind(step.started_at.map(ms))
+            .bind(step.finished_at.map(ms))
+            .execute(&mut **tx)
+            .await
+            .map_err(query("record a step"))?;
+            if done.rows_affected() == 1 {
+                Ok(OpResult::Done)
+            } else {
+                explain(tx, job, token, &HELD).await
+            }
+        }
+        Op::LogChunk {
+            job,
+            token,
+            step,
+            offset,
+            data,
+        } => log_chunk(tx, pending, job, token, step, offset, data).await,
+        Op::CompleteJob {
+            job,
+            token,
+            status,
+            outputs,
+            at,
+        } => complete_job(tx, pending, job, token, status, outputs, ms(at)).await,
+    }
+}
+
+async fn add_jobs(
+    tx: &mut Tx,
+    pending: &mut Pending,
+    run: RunId,
+    jobs: Vec<NewJob>,
+    at: i64,
+) -> Result<OpResult, StoreError> {
+    let row = sqlx::query(
+        "SELECT status, project_id, \
+         (SELECT COALESCE(MAX(seq), -1) + 1 FROM jobs WHERE run_id = $1) AS next_seq \
+         FROM runs WHERE id = $1",
+    )
+    .bind(run.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(query("read a run to add jobs"))?;
+    let Some(row) = row else {
+        return Ok(refused(Refusal::NotFound));
+    };
+    let status: RunStatus = parse("runs", "status", &get::<String>(&row, "runs", "status")?)?;
+    if status.is_terminal() {
+        return Ok(refused(Refusal::RunWrongState { run, status }));
+    }
+    let project: String = get(&row, "runs", "project_id")?;
+    let next_seq: i64 = get(&row, "runs", "next_seq")?;
+    insert_jobs(tx, pending, run, &project, next_seq, jobs, at).await?;
+    Ok(OpResult::Done)
+}
+
+async fn set_run_status(
+    tx: &mut Tx,
+    pending: &mut Pending,
+    run: RunId,
+    status: RunStatus,
+    at: i64,
+) -> Result<OpResult, StoreError> {
+    let run_id = run.to_string();
+    let row = sqlx::query("SELECT status, project_id, started_at FROM runs WHERE id = $1")
+        .bind(&run_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(query("read a run's status"))?;
+    let Some(row) = row else {
+        return Ok(refused(Refusal::NotFound));
+    };
+    let current: RunStatus = parse("runs", "status", &get::<String>(&row, "runs", "status")?)?;
+    if current == status {
+        return Ok(OpResult::Done);
+    }
+    if current.is_terminal() {
+        return Ok(refused(Refusal::RunWrongState {
+            run,
+            status: current,
+        }));
+    }
+    let project: String = get(&row, "runs", "project_id")?;
+    let first_start = get::<Option<i64>>(&row, "runs", "started_at")?.is_none();
+    sqlx::query(
+        "UPDATE runs SET status = $2, started_at = COALESCE(started_at, $3), \
+         finished_at = COALESCE($4, finished_at) WHERE id = $1",
+    )
+    .bind(&run_id)
+    .bind(status.as_str())
+    .bind((status == RunStatus::Running).then_some(at))
+    .bind(status.is_terminal().then_some(at))
+    .execute(&mut **tx)
+    .await
+    .map_err(query("set a run's status"))?;
+    pending.run_status(at, &project, &run_id, status, first_start);
+    Ok(OpResult::Done)
+}
+
+async fn set_job_status(
+    tx: &mut Tx,
+    pending: &mut Pending,
+    job: JobId,
+    status: JobStatus,
+    at: i64,
+) -> Result<OpResult, StoreError> {
+    if HELD.contains(&status) {
+        return Ok(refused(Refusal::BadTransition { job, to: status }));
+    }
+    let job_id = job.to_string();
+    let row = sqlx::query(
+        "UPDATE jobs SET status = $2, finished_at = COALESCE($3, finished_at) \
+         WHERE id = $1 AND status IN ('pending', 'queued', 'waiting') AND status <> $2 \
+         RETURNING run_id, project_id",
+    )
+    .bind(&job_id)
+    .bind(status.as_str())
+    .bind(status.is_terminal().then_some(at))
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(query("set a job's status"))?;
+    if let Some(row) = row {
+        let (run, project) = owners(&row)?;
+        pending.job_status(at, &project, &run, &job_id, status, json!({}));
+        return Ok(OpResult::Done);
+    }
+    Ok(match lease_state(tx, job).await? {
+        None => refused(Refusal::NotFound),
+        Some(state) if state.status == status => OpResult::Done,
+        Some(state) => refused(Refusal::WrongState {
+            job,
+            status: state.status,
+        }),
+    })
+}
+
+async fn grant_lease(
+    tx: &mut Tx,
+    pending: &mut Pending,
+    job: JobId,
+    owner: &str,
+    ttl_ms: i64,
+    at: i64,
+) -> Result<OpResult, StoreError> {
+    let job_id = job.to_string();
+    let row = sqlx::query(
+        "UPDATE jobs SET status = 'leased', lease_owner = $2, lease_token = lease_token + 1, \
+         lease_expires_at = $3, attempts = attempts + 1, log_length = 0, started_at = NULL, \
+         finished_at = NULL \
+         WHERE id = $1 AND status = 'queued' \
+         RETURNING run_id, project_id, lease_token, attempts",
+    )
+    .bind(&job_id)
+    .bind(owner)
+    .bind(at.saturating_add(ttl_ms))
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(query("grant a lease"))?;
+    let Some(row) = row else {
+        return Ok(match lease_state(tx, job).await? {
+            None => refused(Refusal::NotFound),
+            Some(state) => refused(Refusal::WrongState {
+                job,
+                status: state.status,
+            }),
+        });
+    };
+    let (run, project) = owners(&row)?;
+    let token: i64 = get(&row, "jobs", "lease_token")?;
+    let attempts: i64 = get(&row, "jobs", "attempts")?;
+    pending.job_status(
+        at,
+        &project,
+        &run,
+        &job_id,
+        JobStatus::Leased,
+        json!({ "owner": owner, "attempt": attempts }),
+    );
+    Ok(OpResult::Lease { token })
+}
+
+async fn start_job(
+    tx: &mut Tx,
+    pending: &mut Pending,
+    job: JobId,
+    token: i64,
+    at: i64,
+) -> Result<OpResult, StoreError> {
+    let job_id = job.to_string();
+    let row = sqlx::query(
+        "UPDATE jobs SET status = 'running', started_at = $3 \
+         WHERE id = $1 AND lease_token = $2 AND status = 'leased' \
+         RETURNING run_id, project_id, attempts",
+    )
+    .bind(&job_id)
+    .bind(token)
+    .bind(at)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(query("start a job"))?;
+    let Some(row) = row else {
+        return explain(tx, job, token, &[JobStatus::Leased]).await;
+    };
+    let (run, project) = owners(&row)?;
+    let attempts: i64 = get(&row, "jobs", "attempts")?;
+    pending.job_status(
+        at,
+        &project,
+        &run,
+        &job_id,
+        JobStatus::Running,
+        json!({ "attempt": attempts }),
+    );
+    Ok(OpResult::Done)
+}
+
+async fn log_chunk(
+    tx: &mut Tx,
+    pending: &mut Pending,
+    job: JobId,
+    token: i64,
+    step: u32,
+    offset: u64,
+    data: Vec<u8>,
+) -> Result<OpResult, StoreError> {
+    let Some(state) = lease_state(tx, job).await? else {
+        return Ok(refused(Refusal::NotFound));
+    };
+    if let Some(reason) = token_refusal(job, &state, token, &HELD) {
+        return Ok(refused(reason));
+    }
+    let expected = u64::try_from(state.log_length).unwrap_or(0);
+    if offset != expected {
+        return Ok(refused(Refusal::BadOffset {
+            job,
+            expected,
+            given: offset,
+        }));
+    }
+    if data.is_empty() {
+        return Ok(OpResult::Done);
+    }
+    let job_id = job.to_string();
+    let key = log_key(&job_id, state.attempts, offset);
+    let length = i64::try_from(data.len()).unwrap_or(i64::MAX);
+    sqlx::query(
+        "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(&job_id)
+    .bind(state.attempts)
+    .bind(state.log_length)
+    .bind(length)
+    .bind(i64::from(step))
+    .bind(&key)
+    .execute(&mut **tx)
+    .await
+    .map_err(query("index a log chunk"))?;
+    sqlx::query("UPDATE jobs SET log_length = log_length + $2 WHERE id = $1")
+        .bind(&job_id)
+        .bind(length)
+        .execute(&mut **tx)
+        .await
+        .map_err(query("extend a job's log"))?;
+    pending.blobs.push((key, data));
+    Ok(OpResult::Done)
+}
+
+async fn complete_job(
+    tx: &mut Tx,
+    pending: &mut Pending,
+    job: JobId,
+    token: i64,
+    status: JobStatus,
+    outputs: Map<String, Value>,
+    at: i64,
+) -> Result<OpResult, StoreError> {
+    if !status.is_terminal() {
+        return Ok(refused(Refusal::BadTransition { job, to: status }));
+    }
+    let job_id = job.to_string();
+    let row = sqlx::query(
+        "UPDATE jobs SET status = $3, outputs = $4, finished_at = $5, lease_owner = NULL, \
+         lease_expires_at = NULL \
+         WHERE id = $1 AND lease_token = $2 AND status IN ('leased', 'running') \
+         RETURNING run_id, project_id, attempts",
+    )
+    .bind(&job_id)
+    .bind(token)
+    .bind(status.as_str())
+    .bind(json_text(&outputs))
+    .bind(at)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(query("complete a job"))?;
+    let Some(row) = row else {
+        return explain(tx, job, token, &HELD).await;
+    };
+    let (run, project) = owners(&row)?;
+    let attempts: i64 = get(&row, "jobs", "attempts")?;
+    pending.job_status(
+        at,
+        &project,
+        &run,
+        &job_id,
+        status,
+        json!({ "attempt": attempts }),
+    );
+    Ok(OpResult::Done)
+}
+
+// ---- reads ----------------------------------------------------------------------------------
+
+impl Backend {
+    pub(crate) async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let run_id = id.to_string();
+        let row = sqlx::query(concat!("SELECT ", run_cols!(), " FROM runs WHERE id = $1"))
+            .bind(&run_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("read a run"))?;
+        let Some(row) = row else { return Ok(None) };
+        let mut run = run_from_row(&row)?;
+        let jobs = sqlx::query(concat!(
+            "SELECT ",
+            job_cols!(),
+            " FROM jobs WHERE run_id = $1 ORDER BY seq"
+        ))
+        .bind(&run_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query("read a run's jobs"))?;
+        let steps = sqlx::query(concat!(
+            "SELECT ",
+            step_cols!(),
+            " FROM steps s JOIN jobs j ON j.id = s.job_id AND s.attempt = j.attempts \
+             WHERE j.run_id = $1 ORDER BY s.job_id, s.idx"
+        ))
+        .bind(&run_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query("read a run's steps"))?;
+        tx.commit().await.map_err(query("end a read transaction"))?;
+
+        let mut steps_of: HashMap<String, Vec<Step>> = HashMap::new();
+        for row in &steps {
+            let (job, step) = step_from_row(row)?;
+            steps_of.entry(job).or_default().push(step);
+        }
+        run.jobs = jobs
+            .iter()
+            .map(|row| {
+                let mut job = job_from_row(row)?;
+                job.steps = steps_of.remove(&job.id.to_string()).unwrap_or_default();
+                Ok(job)
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Some(run))
+    }
+
+    pub(crate) async fn resolve_run(&self, id_or_prefix: &str) -> Result<Option<Run>, StoreError> {
+        let prefix = id_or_prefix.trim().to_ascii_lowercase();
+        if let Ok(id) = prefix.parse::<RunId>() {
+            return self.get_run(id).await;
+        }
+        if prefix.len() < 4 {
+            return Err(StoreError::PrefixTooShort {
+                prefix: id_or_prefix.to_owned(),
+            });
+        }
+        // Only what can appear in a uuid string: this also keeps LIKE wildcards out.
+        if !prefix.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return Ok(None);
+        }
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM runs WHERE id LIKE $1 LIMIT 2")
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("resolve a run id prefix"))?;
+        match ids.as_slice() {
+            [] => Ok(None),
+            [id] => self.get_run(parse("runs", "id", id)?).await,
+            _ => Err(StoreError::Ambiguous {
+                prefix: id_or_prefix.to_owned(),
+            }),
+        }
+    }
+
+    pub(crate) async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<Run>, StoreError> {
+        let limit = if filter.limit == 0 {
+            i64::MAX
+        } else {
+            i64::from(filter.limit)
+        };
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_cols!(),
+            " FROM runs WHERE ($1 IS NULL OR project_id = $1) AND ($2 IS NULL OR status = $2) \
+             AND ($3 IS NULL OR workflow = $3 OR workflow_name = $3) \
+             AND ($4 IS NULL OR id < $4) ORDER BY id DESC LIMIT $5"
+        ))
+        .bind(filter.project.map(|p| p.to_string()))
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.workflow.as_deref())
+        .bind(filter.before.map(|r| r.to_string()))
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(query("list runs"))?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub(crate) async fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let job_id = id.to_string();
+        let row = sqlx::query(concat!("SELECT ", job_cols!(), " FROM jobs WHERE id = $1"))
+            .bind(&job_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("read a job"))?;
+        let Some(row) = row else { return Ok(None) };
+        let mut job = job_from_row(&row)?;
+        let steps = sqlx::query(concat!(
+            "SELECT ",
+            step_cols!(),
+            " FROM steps s WHERE s.job_id = $1 AND s.attempt = $2 ORDER BY s.idx"
+        ))
+        .bind(&job_id)
+        .bind(job.attempts)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query("read a job's steps"))?;
+        tx.commit().await.map_err(query("end a read transaction"))?;
+        job.steps = steps
+            .iter()
+            .map(|row| step_from_row(row).map(|(_, step)| step))
+            .collect::<Result<_, _>>()?;
+        Ok(Some(job))
+    }
+
+    pub(crate) async fn read_log(
+        &self,
+        job: JobId,
+        offset: u64,
+        limit: usize,
+    ) -> Result<LogSlice, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let job_id = job.to_string();
+        let row = sqlx::query("SELECT attempts, log_length FROM jobs WHERE id = $1")
+            .bind(&job_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("read a job's log length"))?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                what: "job",
+                id: job_id,
+            });
+        };
+        let attempts: i64 = get(&row, "jobs", "attempts")?;
+        let total = u64::try_from(get::<i64>(&row, "jobs", "log_length")?).unwrap_or(0);
+        let end = offset.saturating_add(limit as u64).min(total);
+        let mut data = Vec::new();
+        if offset < end {
+            let chunks = sqlx::query(
+                "SELECT byte_offset, length, blob_key FROM log_chunks \
+                 WHERE job_id = $1 AND attempt = $2 AND byte_offset < $3 \
+                 AND byte_offset + length > $4 ORDER BY byte_offset",
+            )
+            .bind(&job_id)
+            .bind(attempts)
+            .bind(i64::try_from(end).unwrap_or(i64::MAX))
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query("read a job's log chunks"))?;
+            tx.commit().await.map_err(query("end a read transaction"))?;
+            for chunk in &chunks {
+                let start = u64::try_from(get::<i64>(chunk, "log_chunks", "byte_offset")?)
+                    .map_err(|e| decode("log_chunks", "byte_offset", e))?;
+                let key: String = get(chunk, "log_chunks", "blob_key")?;
+                let blob = self.blobs.get(&key).await?;
+                let from = offset.max(start) - start;
+                let to = (end - start).min(blob.len() as u64);
+                if from < to {
+                    data.extend_from_slice(&blob[from as usize..to as usize]);
+                }
+            }
+        }
+        Ok(LogSlice {
+            next_offset: offset + data.len() as u64,
+            data,
+            total,
+        })
+    }
+
+    pub(crate) async fn events_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        let rows = sqlx::query(SQL.events_after)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("read events"))?;
+        rows.iter().map(event_from_row).collect()
+    }
+}

@@ -1,0 +1,304 @@
+//! The two database backends and what they share.
+//!
+//! Both backends run the same queries: `body.rs` is written once and included by
+//! `sqlite.rs` and `postgres.rs`, which each fix the sqlx driver type and the handful of
+//! statements whose spelling differs ([`Dialect`]). This module holds the dialect-free
+//! helpers: conversions between stored columns and `kiln_proto` values, the event kinds each
+//! transition appends, the per-transaction buffer of events and blobs, and the embedded
+//! migrations. Not here: any SQL that runs (that is in `body.rs`).
+
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use kiln_core::ids::{JobStatus, RunStatus};
+use serde_json::{Map, Value, json};
+use sqlx::SqlSafeStr as _;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use crate::error::StoreError;
+
+/// The statements whose spelling differs between SQLite and PostgreSQL.
+pub(crate) struct Dialect {
+    /// `BEGIN IMMEDIATE` on SQLite: a deferred transaction that reads and then writes fails
+    /// at once with "database is locked" instead of waiting out `busy_timeout`.
+    pub(crate) begin_write: &'static str,
+    pub(crate) begin_read: &'static str,
+    /// Finds the project of a new run; on PostgreSQL it also locks the project row so that
+    /// two concurrent runs of one workflow cannot take the same run number.
+    pub(crate) lock_project: &'static str,
+    /// Serialises the tail of event-writing transactions on PostgreSQL (see `postgres.rs`).
+    pub(crate) lock_outbox: Option<&'static str>,
+    /// Inserts a JSON array of `[at, kind, project, run, job, data]` rows in array order.
+    pub(crate) insert_events: &'static str,
+    /// `$1`: the last id seen, `$2`: the limit.
+    pub(crate) events_after: &'static str,
+}
+
+/// One event waiting to be appended when its transaction commits.
+struct PendingEvent {
+    at: i64,
+    kind: &'static str,
+    project: Option<String>,
+    run: Option<String>,
+    job: Option<String>,
+    data: Value,
+}
+
+/// What a write transaction accumulates before it commits: events (appended with one
+/// statement) and log blobs (written in one trip to the blocking pool).
+#[derive(Default)]
+pub(crate) struct Pending {
+    events: Vec<PendingEvent>,
+    pub(crate) blobs: Vec<(String, Vec<u8>)>,
+}
+
+impl Pending {
+    pub(crate) fn event(
+        &mut self,
+        at: i64,
+        kind: &'static str,
+        project: &str,
+        run: &str,
+        job: Option<&str>,
+        data: Value,
+    ) {
+        self.events.push(PendingEvent {
+            at,
+            kind,
+            project: Some(project.to_owned()),
+            run: Some(run.to_owned()),
+            job: job.map(str::to_owned),
+            data,
+        });
+    }
+
+    /// The events of a run's transition to `status`.
+    pub(crate) fn run_status(
+        &mut self,
+        at: i64,
+        project: &str,
+        run: &str,
+        status: RunStatus,
+        first_start: bool,
+    ) {
+        for kind in run_event_kinds(status, first_start) {
+            self.event(
+                at,
+                kind,
+                project,
+                run,
+                None,
+                json!({ "status": status.as_str() }),
+            );
+        }
+    }
+
+    /// The events of a job's transition to `status`, with extra fields merged into the data.
+    pub(crate) fn job_status(
+        &mut self,
+        at: i64,
+        project: &str,
+        run: &str,
+        job: &str,
+        status: JobStatus,
+        extra: Value,
+    ) {
+        let mut data = json!({ "status": status.as_str() });
+        if let (Value::Object(data), Value::Object(extra)) = (&mut data, extra) {
+            data.extend(extra);
+        }
+        for kind in job_event_kinds(status) {
+            self.event(at, kind, project, run, Some(job), data.clone());
+        }
+    }
+
+    pub(crate) fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// The events as one JSON array for `Dialect::insert_events`; `data` travels as text
+    /// because the column stores text.
+    pub(crate) fn events_json(&self) -> String {
+        let rows: Vec<Value> = self
+            .events
+            .iter()
+            .map(|e| json!([e.at, e.kind, e.project, e.run, e.job, e.data.to_string()]))
+            .collect();
+        Value::Array(rows).to_string()
+    }
+}
+
+/// Event kinds of a run entering `status` (DESIGN.md "HTTP API" lists the public ones).
+pub(crate) fn run_event_kinds(status: RunStatus, first_start: bool) -> &'static [&'static str] {
+    match status {
+        RunStatus::Pending => &["run.pending"],
+        RunStatus::Queued => &["run.queued"],
+        RunStatus::Running if first_start => &["run.started"],
+        RunStatus::Running => &["run.resumed"],
+        RunStatus::Waiting => &["run.waiting"],
+        RunStatus::Success => &["run.completed"],
+        RunStatus::Failure => &["run.completed", "run.failed"],
+        RunStatus::Cancelled => &["run.completed", "run.cancelled"],
+    }
+}
+
+/// Event kinds of a job entering `status`.
+pub(crate) fn job_event_kinds(status: JobStatus) -> &'static [&'static str] {
+    match status {
+        JobStatus::Pending => &["job.pending"],
+        JobStatus::Queued => &["job.queued"],
+        JobStatus::Waiting => &["job.waiting"],
+        JobStatus::Leased => &["job.leased"],
+        JobStatus::Running => &["job.started"],
+        JobStatus::Success | JobStatus::Cancelled | JobStatus::Cached => &["job.completed"],
+        JobStatus::Failure | JobStatus::TimedOut => &["job.completed", "job.failed"],
+        JobStatus::Skipped => &["job.completed", "job.skipped"],
+    }
+}
+
+/// Timestamps are stored as unix milliseconds.
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+/// `t` as it will read back from the store (millisecond precision).
+pub(crate) fn truncate(t: Timestamp) -> Timestamp {
+    Timestamp::from_millisecond(t.as_millisecond()).unwrap_or(t)
+}
+
+pub(crate) fn ts(
+    table: &'static str,
+    column: &'static str,
+    v: i64,
+) -> Result<Timestamp, StoreError> {
+    Timestamp::from_millisecond(v).map_err(|e| decode(table, column, e))
+}
+
+pub(crate) fn opt_ts(
+    table: &'static str,
+    column: &'static str,
+    v: Option<i64>,
+) -> Result<Option<Timestamp>, StoreError> {
+    v.map(|v| ts(table, column, v)).transpose()
+}
+
+/// Parses an id or a status from its stored spelling.
+pub(crate) fn parse<T>(table: &'static str, column: &'static str, s: &str) -> Result<T, StoreError>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    s.parse().map_err(|e| decode(table, column, e))
+}
+
+pub(crate) fn parse_map(
+    table: &'static str,
+    column: &'static str,
+    s: &str,
+) -> Result<Map<String, Value>, StoreError> {
+    serde_json::from_str(s).map_err(|e| decode(table, column, e))
+}
+
+pub(crate) fn parse_strings(
+    table: &'static str,
+    column: &'static str,
+    s: &str,
+) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(s).map_err(|e| decode(table, column, e))
+}
+
+pub(crate) fn decode(
+    table: &'static str,
+    column: &'static str,
+    e: impl std::fmt::Display,
+) -> StoreError {
+    StoreError::Decode {
+        table,
+        column,
+        detail: e.to_string(),
+    }
+}
+
+/// JSON text of a value that always serialises (string-keyed maps, string lists).
+pub(crate) fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
+}
+
+/// The blob key of one log chunk: one folder per job, one file per (attempt, offset).
+pub(crate) fn log_key(job: &str, attempt: i64, offset: u64) -> String {
+    format!("logs/{job}/{attempt}-{offset:020}")
+}
+
+/// Builds a migrator from migrations embedded with `include_str!`. (sqlx's `migrate!` macro
+/// would need the `macros` feature and its proc-macro build; the files are just as embedded
+/// this way and sqlx still checks each applied migration's checksum.)
+pub(crate) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_status_has_an_event_kind() {
+        for s in RunStatus::ALL {
+            assert!(!run_event_kinds(*s, true).is_empty());
+            if s.is_terminal() {
+                assert_eq!(run_event_kinds(*s, false)[0], "run.completed");
+            }
+        }
+        for s in JobStatus::ALL {
+            let kinds = job_event_kinds(*s);
+            assert_eq!(kinds.contains(&"job.completed"), s.is_terminal(), "{s}");
+        }
+    }
+
+    #[test]
+    fn events_travel_as_one_json_array_in_order() {
+        let mut p = Pending::default();
+        p.job_status(
+            5,
+            "p",
+            "r",
+            "j",
+            JobStatus::Failure,
+            json!({ "reason": "x" }),
+        );
+        let rows: Vec<Value> = serde_json::from_str(&p.events_json()).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0][1], "job.completed");
+        assert_eq!(rows[1][1], "job.failed");
+        let data: Value = serde_json::from_str(rows[0][5].as_str().unwrap()).unwrap();
+        assert_eq!(data, json!({ "status": "failure", "reason": "x" }));
+    }
+
+    #[test]
+    fn log_keys_sort_by_offset() {
+        assert!(log_key("j", 1, 9) < log_key("j", 1, 10));
+    }
+
+    #[test]
+    fn millisecond_truncation_round_trips() {
+        let t = Timestamp::from_nanosecond(1_700_000_000_123_456_789).unwrap();
+        let back = ts("t", "c", ms(t)).unwrap();
+        assert_eq!(back, truncate(t));
+    }
+}

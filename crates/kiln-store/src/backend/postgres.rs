@@ -1,0 +1,152 @@
+//! The PostgreSQL backend: many `kiln serve` replicas sharing one database.
+//!
+//! One `PgPool` serves reads and writes. The outbox needs care here: identity values are
+//! taken when a row is inserted but become visible when its transaction commits, so a reader
+//! could see event 7 before event 6 commits and then resume past 6 forever. Two things close
+//! that gap:
+//! - every event row records its transaction (`xid8`), and `events_after` only returns events
+//!   whose transaction is older than the oldest transaction still in flight
+//!   (`pg_snapshot_xmin(pg_current_snapshot())`): anything still invisible is newer than
+//!   that horizon, whatever its id;
+//! - the store appends a transaction's events last, under a transaction-scoped advisory
+//!   lock held until commit, so event ids are taken in commit order. Without it a
+//!   transaction with an older xid could take a larger id than a younger one that is still
+//!   in flight, and the xid horizon alone would let the larger id through first.
+//!
+//! The lock is taken after every row lock of the transaction, so it cannot deadlock with
+//! them. The queries themselves are in `body.rs`.
+
+use sqlx::Postgres as Db;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
+
+use super::Dialect;
+
+const SQL: Dialect = Dialect {
+    begin_write: "BEGIN",
+    begin_read: "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+    lock_project: "SELECT id FROM projects WHERE id = $1 FOR UPDATE",
+    // 0x6b696c6e = "kiln": the key of the outbox lock.
+    lock_outbox: Some("SELECT pg_advisory_xact_lock(1802071150)"),
+    insert_events: "INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
+                    SELECT (e->>0)::bigint, e->>1, e->>2, e->>3, e->>4, e->>5 \
+                    FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n",
+    events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
+                   WHERE id > $1 AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+                   ORDER BY id LIMIT $2",
+};
+
+/// The embedded PostgreSQL migrations, oldest first. Forward-only.
+pub(crate) fn migrator() -> sqlx::migrate::Migrator {
+    super::migrator(&[(
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    )])
+}
+
+const POOL_SIZE: u32 = 8;
+
+/// Connects and migrates. `url` is a `postgres://` URL; `?schema=NAME` (kiln's own
+/// parameter, used by tests to isolate themselves) puts NAME first on the `search_path`, as
+/// would sqlx's `options=-c search_path=NAME`.
+pub(crate) async fn open(url: &str, blobs: BlobStore) -> Result<Backend, StoreError> {
+    let options = connect_options(url)?;
+    let pool = PgPoolOptions::new()
+        .max_connections(POOL_SIZE)
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Open {
+            backend: "postgres",
+            location: redact(url),
+            source,
+        })?;
+    migrator()
+        .run(&pool)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            backend: "postgres",
+            source,
+        })?;
+    Ok(Backend::new(pool.clone(), pool, blobs))
+}
+
+/// Parses `url`, taking out kiln's `schema` parameter. Without an explicit `sslmode`, TLS is
+/// off: this build carries no TLS stack (the database is expected on loopback or a private
+/// network), and asking for TLS then would fail every connection.
+pub(crate) fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    let bad = |reason: String| StoreError::BadUrl {
+        url: redact(url),
+        reason,
+    };
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut schema = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("schema", name)) => schema = Some(name.to_owned()),
+            _ => kept.push(pair),
+        }
+    }
+    let url_without_schema = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let mut options: PgConnectOptions = url_without_schema
+        .parse()
+        .map_err(|e: sqlx::Error| bad(e.to_string()))?;
+    if !kept.iter().any(|p| p.starts_with("sslmode=")) {
+        options = options.ssl_mode(PgSslMode::Disable);
+    }
+    if let Some(schema) = schema {
+        if schema.is_empty()
+            || !schema
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(bad(format!(
+                "schema `{schema}` must be letters, digits and `_`"
+            )));
+        }
+        options = options.options([("search_path", schema.as_str())]);
+    }
+    Ok(options)
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+include!("body.rs");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+
+    #[test]
+    fn schema_parameter_becomes_the_search_path() {
+        let o = connect_options("postgres://postgres@127.0.0.1:5432/test?schema=t_abc").unwrap();
+        assert_eq!(o.get_options(), Some("-c search_path=t_abc"));
+        assert_eq!(o.get_database(), Some("test"));
+        assert!(connect_options("postgres://h/db?schema=a;drop").is_err());
+    }
+}

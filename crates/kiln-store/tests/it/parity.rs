@@ -1,0 +1,1 @@
+//! The two migration folders produce the same tables and columns.
