@@ -389,6 +389,10 @@ impl<'a> Runner<'a> {
         report: Option<u32>,
         outer_deadline: Instant,
     ) {
+        // A job deadline that passed between steps ends the job like a cancel does.
+        if !self.job_timed_out && Instant::now() >= self.job_deadline {
+            self.job_timed_out = true;
+        }
         // The env context for this step: job levels, $GITHUB_ENV, calling steps, then the
         // step's own `env:`, which may read the levels below it.
         let mut env = self.current_env(frame);
@@ -687,21 +691,16 @@ impl<'a> Runner<'a> {
                 return StepEnd::failure();
             }
         };
-        // Small files on local disk: plain blocking calls are cheaper than a trip through
-        // tokio's blocking pool for each of them.
-        let mut io_result = std::fs::write(&script_path, rendered.as_bytes());
-        for p in [&output_path, &env_path, &path_path, &summary_path] {
-            if io_result.is_err() {
-                break;
-            }
-            io_result = std::fs::File::create(p).map(drop);
-        }
-        if let Err(e) = io_result {
+        // The script is the one file a step needs up front. The environment files are not
+        // created: `>>` creates them, a missing one reads as empty, and on a busy disk every
+        // new inode costs more than the process start itself. A small file on local disk is
+        // written with a plain blocking call, cheaper than a trip through tokio's blocking pool.
+        if let Err(e) = std::fs::write(&script_path, rendered.as_bytes()) {
             self.step_error(
                 log_index,
                 format!(
-                    "step `{name}`: cannot write the script and environment files in {}: {e}",
-                    self.temp_dir.display()
+                    "step `{name}`: cannot write the script {}: {e}",
+                    script_path.display()
                 ),
             )
             .await;

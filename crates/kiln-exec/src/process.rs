@@ -105,6 +105,56 @@ fn signal_group(pgid: Pid, sig: Signal) {
     }
 }
 
+type ProgramCache = std::collections::HashMap<(OsString, String), PathBuf>;
+static PROGRAMS: std::sync::Mutex<Option<ProgramCache>> = std::sync::Mutex::new(None);
+
+/// Finds `program` on the `PATH` the step will get, so that the standard library can start
+/// it with `posix_spawn`: given a bare name and a `PATH` of the child's own, it falls back to
+/// fork+exec, which costs several times more per step. Hits are cached (the same few shells
+/// on the same few `PATH`s); anything unusual is left to the standard library's own search.
+fn resolve_program(program: &str, env: &[(OsString, OsString)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let Some(path) = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v) else {
+        return PathBuf::from(program);
+    };
+    let key = (path.clone(), program.to_owned());
+    if let Ok(cache) = PROGRAMS.lock()
+        && let Some(hit) = cache.as_ref().and_then(|c| c.get(&key))
+    {
+        return hit.clone();
+    }
+    let mut found = None;
+    for dir in std::env::split_paths(path) {
+        if !dir.is_absolute() {
+            // Relative entries depend on the working directory: let exec search.
+            return PathBuf::from(program);
+        }
+        let candidate = dir.join(program);
+        if std::fs::metadata(&candidate)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        {
+            found = Some(candidate);
+            break;
+        }
+    }
+    let Some(found) = found else {
+        return PathBuf::from(program);
+    };
+    if let Ok(mut cache) = PROGRAMS.lock() {
+        let cache = cache.get_or_insert_with(ProgramCache::new);
+        // Many distinct PATHs (GITHUB_PATH in every job) must not grow this without bound.
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(key, found.clone());
+    }
+    found
+}
+
 /// The result of [`run`]: how it ended, and the group id if members were left alive (a
 /// background process with its output redirected away from the log pipe), for the job's
 /// end-of-job cleanup.
@@ -124,9 +174,10 @@ pub(crate) async fn run(
     limits: Limits,
     sink: &mut LogSink<'_>,
 ) -> Result<RunResult, SpawnError> {
+    let program = resolve_program(spec.program, &spec.env);
     let (reader, writer) = std::io::pipe().map_err(SpawnError::Pipe)?;
     let writer2 = writer.try_clone().map_err(SpawnError::Pipe)?;
-    let mut cmd = tokio::process::Command::new(spec.program);
+    let mut cmd = tokio::process::Command::new(&program);
     cmd.args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -142,6 +193,10 @@ pub(crate) async fn run(
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
+            // A cached program may have been removed since: look again next time.
+            if let Ok(mut cache) = PROGRAMS.lock() {
+                *cache = None;
+            }
             // Only on failure is it worth a stat to tell a missing directory from a
             // missing program (both are ENOENT).
             if e.kind() == std::io::ErrorKind::NotFound && !spec.dir.is_dir() {

@@ -103,7 +103,7 @@ async fn steps_see_runner_variables_but_no_kiln_client_variables() {
     set_env("KILN_TOKEN", "client-secret");
     let ran = Harness::new(vec![with_id(
         run("echo \"token=${KILN_TOKEN:-absent} ci=$CI action=$GITHUB_ACTION\"\n\
-             test -d \"$GITHUB_WORKSPACE\" && test -d \"$RUNNER_TEMP\" && test -f \"$GITHUB_STEP_SUMMARY\"\n\
+             test -d \"$GITHUB_WORKSPACE\" && test -d \"$RUNNER_TEMP\" && echo summary >> \"$GITHUB_STEP_SUMMARY\"\n\
              test -n \"$HOME\" && test -n \"$PATH\"\n\
              test \"$KILN_OUTPUT\" = \"$GITHUB_OUTPUT\"\n\
              env | grep '^KILN_' | grep -v '^KILN_OUTPUT=' && exit 1 || true"),
