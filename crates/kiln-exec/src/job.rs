@@ -399,8 +399,10 @@ impl<'a> Runner<'a> {
         frame.contexts.insert("env".into(), env_object(&env));
 
         let raw_name = step.display_name();
+        // A name that cannot be rendered is shown as written; names reach logs and the UI, so
+        // they are masked like output.
         let name = match expr::render_str(&raw_name, &self.scope(frame)) {
-            Ok(n) => n,
+            Ok(n) => self.masker.mask_str(&n),
             Err(_) => raw_name.clone(),
         };
         let started_at = jiff::Timestamp::now();
