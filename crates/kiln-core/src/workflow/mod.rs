@@ -10,8 +10,9 @@
 //! Not here: reading files (the caller passes `&str`), running anything.
 
 mod parse;
+mod yaml;
 
-pub use parse::{parse_action, parse_workflow};
+pub use parse::{is_valid_id, parse_action, parse_workflow};
 
 use std::fmt;
 
