@@ -32,7 +32,7 @@ fn stderr_line(line: &str) {
 }
 
 fn clock() -> String {
-    jiff::Zoned::now().strftime("%H:%M:%S%.3f").to_string()
+    jiff::Timestamp::now().strftime("%H:%M:%S%.3fZ").to_string()
 }
 
 fn secs(d: Duration) -> String {

@@ -952,10 +952,13 @@ impl Dispatcher {
 
     /// Start an executor for a granted lease.
     fn spawn(&mut self, job: JobId, token: i64) {
-        let Some(rec) = self.jobs.get_mut(&job) else { return };
-        rec.token = Some(token);
-        rec.started = Some(Instant::now());
-        rec.status = JobStatus::Running;
+        {
+            let Some(rec) = self.jobs.get_mut(&job) else { return };
+            rec.token = Some(token);
+            rec.started = Some(Instant::now());
+            rec.status = JobStatus::Running;
+        }
+        let Some(rec) = self.jobs.get(&job) else { return };
         self.ops.push(Op::StartJob { job, token, at: now() });
         self.after.push(Progress::JobStarted {
             run: rec.run,
@@ -978,7 +981,7 @@ impl Dispatcher {
             gh.insert("workspace".into(), Value::String(ws_str.clone()));
         }
         contexts.insert("matrix".into(), Value::Object(rec.matrix.clone()));
-        let needs = self.needs_context(run, &rec_key_needs(def));
+        let needs = self.needs_context(run, &def.needs);
         contexts.insert("needs".into(), Value::Object(needs));
         contexts.insert(
             "strategy".into(),
@@ -1067,7 +1070,17 @@ impl Dispatcher {
         let tx = self.tx.clone();
         let cancel = rec.cancel.clone();
         tokio::spawn(async move {
-            let outcome = execute(job, spec, snapshot, dir, payload, event_path, &tx, cancel).await;
+            let inner_tx = tx.clone();
+            let inner = tokio::spawn(async move {
+                execute(job, spec, snapshot, dir, payload, event_path, &inner_tx, cancel).await
+            });
+            // A panicking executor must still end its job, or the run would never finish.
+            let outcome = inner.await.unwrap_or_else(|e| JobOutcome {
+                status: JobStatus::Failure,
+                outputs: Map::new(),
+                continue_on_error: false,
+                error: Some(format!("kiln's executor failed: {e}")),
+            });
             let _ = tx.send(Msg::Done(job, Box::new(outcome)));
         });
     }
@@ -1090,10 +1103,6 @@ impl Dispatcher {
         }
         out
     }
-}
-
-fn rec_key_needs(job: &kiln_core::workflow::Job) -> Vec<String> {
-    job.needs.clone()
 }
 
 fn condition_uses_status(cond: &str) -> bool {
