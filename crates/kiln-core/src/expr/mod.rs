@@ -172,7 +172,12 @@ fn lex(src: &str) -> Result<Vec<(Tok, usize)>, ExprError> {
                 i += 1;
                 loop {
                     match src[i..].find('\'') {
-                        None => return err(format!("unterminated string starting at position {start}"), start),
+                        None => {
+                            return err(
+                                format!("unterminated string starting at position {start}"),
+                                start,
+                            );
+                        }
                         Some(rel) => {
                             s.push_str(&src[i..i + rel]);
                             i += rel + 1;
@@ -240,7 +245,11 @@ fn parse_number(text: &str) -> Option<f64> {
     } else if body == "NaN" {
         f64::NAN
     } else {
-        if body.is_empty() || !body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+')) {
+        if body.is_empty()
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        {
             return None;
         }
         body.parse::<f64>().ok()?
@@ -265,7 +274,10 @@ impl Parser<'_> {
     }
 
     fn offset(&self) -> usize {
-        self.toks.get(self.pos).map(|(_, o)| *o).unwrap_or(self.src.len())
+        self.toks
+            .get(self.pos)
+            .map(|(_, o)| *o)
+            .unwrap_or(self.src.len())
     }
 
     fn fail<T>(&self, what: &str) -> Result<T, ExprError> {
@@ -414,7 +426,8 @@ impl Parser<'_> {
                 let lower = name.to_ascii_lowercase();
                 if self.peek() == Some(&Tok::LParen) {
                     self.pos += 1;
-                    let Some(&(_, min, max)) = FUNCTIONS.iter().find(|(f, _, _)| *f == lower) else {
+                    let Some(&(_, min, max)) = FUNCTIONS.iter().find(|(f, _, _)| *f == lower)
+                    else {
                         return err(
                             format!(
                                 "Unrecognized function: '{name}'. Located at position {} within expression: {}",
@@ -574,7 +587,11 @@ impl Template {
             let body_start = open + 3;
             let Some(close_rel) = find_close(&src[body_start..]) else {
                 return err(
-                    format!("the expression starting at position {} is not closed with '}}}}': {}", open + 1, src),
+                    format!(
+                        "the expression starting at position {} is not closed with '}}}}': {}",
+                        open + 1,
+                        src
+                    ),
                     open,
                 );
             };
@@ -593,9 +610,9 @@ impl Template {
         let single = parts.iter().filter(|p| matches!(p, Part::Expr(_))).count() == 1
             && trimmed.starts_with("${{")
             && trimmed.ends_with("}}")
-            && parts
-                .iter()
-                .all(|p| matches!(p, Part::Expr(_)) || matches!(p, Part::Text(t) if t.trim().is_empty()));
+            && parts.iter().all(|p| {
+                matches!(p, Part::Expr(_)) || matches!(p, Part::Text(t) if t.trim().is_empty())
+            });
         Ok(Template { parts, single })
     }
 
@@ -768,9 +785,11 @@ fn compare(a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
 
 fn get_property<'v>(v: &'v Value, name: &str) -> Option<&'v Value> {
     match v {
-        Value::Object(m) => m
-            .get(name)
-            .or_else(|| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)),
+        Value::Object(m) => m.get(name).or_else(|| {
+            m.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        }),
         _ => None,
     }
 }
@@ -782,11 +801,16 @@ fn index_value(v: &Value, idx: &Value) -> Value {
             if n.is_nan() || n < 0.0 {
                 return Value::Null;
             }
-            items.get(n.floor() as usize).cloned().unwrap_or(Value::Null)
+            items
+                .get(n.floor() as usize)
+                .cloned()
+                .unwrap_or(Value::Null)
         }
         Value::Object(_) => match idx {
             Value::String(s) => get_property(v, s).cloned().unwrap_or(Value::Null),
-            other => get_property(v, &to_display_string(other)).cloned().unwrap_or(Value::Null),
+            other => get_property(v, &to_display_string(other))
+                .cloned()
+                .unwrap_or(Value::Null),
         },
         _ => Value::Null,
     }
@@ -831,7 +855,9 @@ impl Eval<'_, '_> {
                     .unwrap_or(Value::Null),
             ),
             Node::Property(base, name) => match self.eval(base)? {
-                Evaluated::Plain(v) => Evaluated::Plain(get_property(&v, name).cloned().unwrap_or(Value::Null)),
+                Evaluated::Plain(v) => {
+                    Evaluated::Plain(get_property(&v, name).cloned().unwrap_or(Value::Null))
+                }
                 Evaluated::Filtered(items) => Evaluated::Filtered(
                     items
                         .iter()
@@ -868,7 +894,9 @@ impl Eval<'_, '_> {
                 };
                 Evaluated::Filtered(items)
             }
-            Node::Not(inner) => Evaluated::Plain(Value::Bool(!is_truthy(&self.eval(inner)?.into_value()))),
+            Node::Not(inner) => {
+                Evaluated::Plain(Value::Bool(!is_truthy(&self.eval(inner)?.into_value())))
+            }
             Node::Binary(a, op, b) => {
                 let left = self.eval(a)?.into_value();
                 Evaluated::Plain(match op {
@@ -896,7 +924,9 @@ impl Eval<'_, '_> {
                                 compare(&left, &right),
                                 Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
                             ),
-                            BinOp::Gt => compare(&left, &right) == Some(std::cmp::Ordering::Greater),
+                            BinOp::Gt => {
+                                compare(&left, &right) == Some(std::cmp::Ordering::Greater)
+                            }
                             BinOp::Ge => matches!(
                                 compare(&left, &right),
                                 Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
@@ -960,7 +990,11 @@ impl Eval<'_, '_> {
                 };
                 match self.arg(args, 0)? {
                     Value::Array(items) => Value::String(
-                        items.iter().map(to_display_string).collect::<Vec<_>>().join(&sep),
+                        items
+                            .iter()
+                            .map(to_display_string)
+                            .collect::<Vec<_>>()
+                            .join(&sep),
                     ),
                     other => Value::String(to_display_string(&other)),
                 }
@@ -989,7 +1023,9 @@ impl Eval<'_, '_> {
                 };
                 match h.hash_files(&patterns) {
                     Ok(s) => Value::String(s),
-                    Err(e) => return err(format!("hashFiles({}) failed: {e}", patterns.join(", ")), 0),
+                    Err(e) => {
+                        return err(format!("hashFiles({}) failed: {e}", patterns.join(", ")), 0);
+                    }
                 }
             }
             other => return err(format!("unknown function '{other}'"), 0),
@@ -1015,11 +1051,17 @@ fn format_string(fmt: &str, values: &[String]) -> Result<String, ExprError> {
             };
             let idx: String = chars[i + 1..i + 1 + end].iter().collect();
             let Ok(n) = idx.parse::<usize>() else {
-                return err(format!("format: '{{{idx}}}' is not an argument index in '{fmt}'"), 0);
+                return err(
+                    format!("format: '{{{idx}}}' is not an argument index in '{fmt}'"),
+                    0,
+                );
             };
             let Some(v) = values.get(n) else {
                 return err(
-                    format!("format: '{{{n}}}' has no argument ({} given) in '{fmt}'", values.len()),
+                    format!(
+                        "format: '{{{n}}}' has no argument ({} given) in '{fmt}'",
+                        values.len()
+                    ),
                     0,
                 );
             };
@@ -1123,3 +1165,6 @@ pub fn eval_condition(src: &str, scope: &Scope) -> Result<bool, ExprError> {
         Ok(!scope.state.failed && !scope.state.cancelled && is_truthy(&value))
     }
 }
+
+#[cfg(test)]
+mod tests;
