@@ -175,3 +175,38 @@ fn every_corpus_workflow_plans_or_is_refused_for_a_reason() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
+
+/// rustls excludes macOS and Windows with `${{ github.event_name == 'merge_group' && … }}`:
+/// the matrix is evaluated with the event's contexts before it is expanded.
+#[test]
+#[expect(clippy::print_stderr, reason = "say why the test checked nothing")]
+fn matrix_excludes_are_evaluated_per_event() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/corpus/workflows/rustls__rustls__build.yml"
+    ));
+    let Ok(source) = std::fs::read_to_string(path) else {
+        eprintln!("note: {} is absent; nothing checked", path.display());
+        return;
+    };
+    let wf = parse_workflow("rustls__rustls__build.yml", &source).expect("parses");
+    let builds = |event: &str| {
+        let mut ctx = push_contexts();
+        ctx["github"]["event_name"] = json!(event);
+        plan::dry_run(&wf, &ctx)
+            .expect("plans")
+            .into_iter()
+            .filter(|j| j.id == "build")
+            .map(|j| j.matrix.expect("a static matrix")["os"].clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(builds("push").len(), 8);
+    let merge = builds("merge_group");
+    assert_eq!(merge.len(), 6);
+    assert!(
+        merge
+            .iter()
+            .all(|os| os != "windows-latest" && os != "macos-latest"),
+        "{merge:?}"
+    );
+}
