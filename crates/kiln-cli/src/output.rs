@@ -37,7 +37,9 @@ fn clock() -> String {
 
 fn secs(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s < 60.0 {
+    if s < 1.0 {
+        format!("{}ms", d.as_millis())
+    } else if s < 60.0 {
         format!("{s:.1}s")
     } else {
         format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
