@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use sqlx::{Pool, Row as _, Transaction};
 
 use crate::backend::{
-    Pending, decode, json_text, log_key, ms, opt_ts, parse, parse_map, parse_strings, truncate, ts,
+    Pending, decode, json_text, ms, opt_ts, parse, parse_map, parse_strings, truncate, ts,
 };
 use crate::blob::BlobStore;
 use crate::error::{StoreError, query};
@@ -159,7 +159,6 @@ fn event_from_row(row: &DbRow) -> Result<Event, StoreError> {
 struct LeaseState {
     status: JobStatus,
     token: i64,
-    attempts: i64,
     log_length: i64,
 }
 
@@ -222,9 +221,9 @@ impl Backend {
         // Blobs before commit: the rows naming them become visible only at commit, so no
         // reader ever finds a chunk row without its bytes. If the write fails, the
         // transaction is dropped (rolled back) and an orphan blob at most is left.
-        self.blobs
-            .put_many(std::mem::take(&mut pending.blobs))
-            .await?;
+        if let Some((key, bytes)) = pending.take_segment() {
+            self.blobs.put(&key, bytes).await?;
+        }
         if pending.has_events() {
             if let Some(lock) = SQL.lock_outbox {
                 sqlx::query(lock)
@@ -482,34 +481,40 @@ async fn insert_jobs(
     at: i64,
 ) -> Result<Vec<Job>, StoreError> {
     let run_id = run.to_string();
+    let finished_at = |status: JobStatus| status.is_terminal().then_some(at);
+    // All jobs in one statement over a JSON array: a run of thousands of jobs costs one
+    // round trip to the database, not one per job.
+    let rows: Vec<Value> = jobs
+        .iter()
+        .map(|new| {
+            json!([
+                new.id.to_string(),
+                new.key,
+                new.name,
+                json_text(&new.matrix),
+                json_text(&new.needs),
+                new.status.as_str(),
+                new.max_attempts,
+                finished_at(new.status),
+            ])
+        })
+        .collect();
+    if !rows.is_empty() {
+        sqlx::query(SQL.insert_jobs)
+            .bind(&run_id)
+            .bind(project)
+            .bind(first_seq)
+            .bind(at)
+            .bind(Value::Array(rows).to_string())
+            .execute(&mut **tx)
+            .await
+            .map_err(query("insert jobs"))?;
+    }
     let mut out = Vec::with_capacity(jobs.len());
-    for (seq, new) in (first_seq..).zip(jobs) {
-        let job_id = new.id.to_string();
-        let finished_at = new.status.is_terminal().then_some(at);
-        sqlx::query(
-            "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, status, \
-             attempts, max_attempts, lease_owner, lease_token, lease_expires_at, log_length, \
-             outputs, created_at, started_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10, NULL, 0, NULL, 0, '{}', $11, \
-             NULL, $12)",
-        )
-        .bind(&job_id)
-        .bind(&run_id)
-        .bind(project)
-        .bind(seq)
-        .bind(&new.key)
-        .bind(&new.name)
-        .bind(json_text(&new.matrix))
-        .bind(json_text(&new.needs))
-        .bind(new.status.as_str())
-        .bind(new.max_attempts)
-        .bind(at)
-        .bind(finished_at)
-        .execute(&mut **tx)
-        .await
-        .map_err(query("insert a job"))?;
+    for new in jobs {
         // `pending` is where every job starts: recording it is creation, not a transition.
         if new.status != JobStatus::Pending {
+            let job_id = new.id.to_string();
             pending.job_status(at, project, &run_id, &job_id, new.status, json!({}));
         }
         out.push(Job {
@@ -523,7 +528,8 @@ async fn insert_jobs(
             max_attempts: new.max_attempts,
             needs: new.needs,
             started_at: None,
-            finished_at: finished_at.and_then(|ms| Timestamp::from_millisecond(ms).ok()),
+            finished_at: finished_at(new.status)
+                .and_then(|ms| Timestamp::from_millisecond(ms).ok()),
             outputs: Map::new(),
             steps: Vec::new(),
         });
@@ -532,17 +538,15 @@ async fn insert_jobs(
 }
 
 async fn lease_state(tx: &mut Tx, job: JobId) -> Result<Option<LeaseState>, StoreError> {
-    let row =
-        sqlx::query("SELECT status, lease_token, attempts, log_length FROM jobs WHERE id = $1")
-            .bind(job.to_string())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(query("read a job's lease"))?;
+    let row = sqlx::query("SELECT status, lease_token, log_length FROM jobs WHERE id = $1")
+        .bind(job.to_string())
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(query("read a job's lease"))?;
     let Some(row) = row else { return Ok(None) };
     Ok(Some(LeaseState {
         status: parse("jobs", "status", &get::<String>(&row, "jobs", "status")?)?,
         token: get(&row, "jobs", "lease_token")?,
-        attempts: get(&row, "jobs", "attempts")?,
         log_length: get(&row, "jobs", "log_length")?,
     }))
 }
@@ -854,46 +858,55 @@ async fn log_chunk(
     offset: u64,
     data: Vec<u8>,
 ) -> Result<OpResult, StoreError> {
-    let Some(state) = lease_state(tx, job).await? else {
-        return Ok(refused(Refusal::NotFound));
-    };
-    if let Some(reason) = token_refusal(job, &state, token, &HELD) {
-        return Ok(refused(reason));
-    }
-    let expected = u64::try_from(state.log_length).unwrap_or(0);
-    if offset != expected {
+    let job_id = job.to_string();
+    let length = i64::try_from(data.len()).unwrap_or(i64::MAX);
+    let given = i64::try_from(offset).unwrap_or(i64::MAX);
+    // One guarded statement checks the token, the state and the offset, and extends the
+    // log; only a refusal costs a second read to say why.
+    let row = sqlx::query(
+        "UPDATE jobs SET log_length = log_length + $4 \
+         WHERE id = $1 AND lease_token = $2 AND status IN ('leased', 'running') \
+         AND log_length = $3 RETURNING attempts",
+    )
+    .bind(&job_id)
+    .bind(token)
+    .bind(given)
+    .bind(length)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(query("extend a job's log"))?;
+    let Some(row) = row else {
+        let Some(state) = lease_state(tx, job).await? else {
+            return Ok(refused(Refusal::NotFound));
+        };
+        if let Some(reason) = token_refusal(job, &state, token, &HELD) {
+            return Ok(refused(reason));
+        }
         return Ok(refused(Refusal::BadOffset {
             job,
-            expected,
+            expected: u64::try_from(state.log_length).unwrap_or(0),
             given: offset,
         }));
-    }
+    };
     if data.is_empty() {
         return Ok(OpResult::Done);
     }
-    let job_id = job.to_string();
-    let key = log_key(&job_id, state.attempts, offset);
-    let length = i64::try_from(data.len()).unwrap_or(i64::MAX);
+    let attempts: i64 = get(&row, "jobs", "attempts")?;
+    let (key, blob_offset) = pending.log_bytes(&data);
     sqlx::query(
-        "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key, \
+         blob_offset) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(&job_id)
-    .bind(state.attempts)
-    .bind(state.log_length)
+    .bind(attempts)
+    .bind(given)
     .bind(length)
     .bind(i64::from(step))
     .bind(&key)
+    .bind(blob_offset)
     .execute(&mut **tx)
     .await
     .map_err(query("index a log chunk"))?;
-    sqlx::query("UPDATE jobs SET log_length = log_length + $2 WHERE id = $1")
-        .bind(&job_id)
-        .bind(length)
-        .execute(&mut **tx)
-        .await
-        .map_err(query("extend a job's log"))?;
-    pending.blobs.push((key, data));
     Ok(OpResult::Done)
 }
 
@@ -1095,7 +1108,7 @@ impl Backend {
         let mut data = Vec::new();
         if offset < end {
             let chunks = sqlx::query(
-                "SELECT byte_offset, length, blob_key FROM log_chunks \
+                "SELECT byte_offset, length, blob_key, blob_offset FROM log_chunks \
                  WHERE job_id = $1 AND attempt = $2 AND byte_offset < $3 \
                  AND byte_offset + length > $4 ORDER BY byte_offset",
             )
@@ -1108,14 +1121,25 @@ impl Backend {
             .map_err(query("read a job's log chunks"))?;
             tx.commit().await.map_err(query("end a read transaction"))?;
             for chunk in &chunks {
-                let start = u64::try_from(get::<i64>(chunk, "log_chunks", "byte_offset")?)
-                    .map_err(|e| decode("log_chunks", "byte_offset", e))?;
+                let field = |column: &'static str| -> Result<u64, StoreError> {
+                    u64::try_from(get::<i64>(chunk, "log_chunks", column)?)
+                        .map_err(|e| decode("log_chunks", column, e))
+                };
+                let (start, length, in_blob) = (
+                    field("byte_offset")?,
+                    field("length")?,
+                    field("blob_offset")?,
+                );
                 let key: String = get(chunk, "log_chunks", "blob_key")?;
-                let blob = self.blobs.get(&key).await?;
+                // The part of this chunk inside [offset, end), relative to the chunk.
                 let from = offset.max(start) - start;
-                let to = (end - start).min(blob.len() as u64);
+                let to = end.min(start + length) - start;
                 if from < to {
-                    data.extend_from_slice(&blob[from as usize..to as usize]);
+                    let bytes = self
+                        .blobs
+                        .get_range(&key, in_blob + from, (to - from) as usize)
+                        .await?;
+                    data.extend_from_slice(&bytes);
                 }
             }
         }

@@ -32,6 +32,9 @@ pub(crate) struct Dialect {
     pub(crate) lock_project: &'static str,
     /// Serialises the tail of event-writing transactions on PostgreSQL (see `postgres.rs`).
     pub(crate) lock_outbox: Option<&'static str>,
+    /// Inserts jobs from a JSON array of `[id, key, name, matrix, needs, status,
+    /// max_attempts, finished_at]` rows; `$1` run, `$2` project, `$3` first seq, `$4` now.
+    pub(crate) insert_jobs: &'static str,
     /// Inserts a JSON array of `[at, kind, project, run, job, data]` rows in array order.
     pub(crate) insert_events: &'static str,
     /// `$1`: the last id seen, `$2`: the limit.
@@ -49,14 +52,30 @@ struct PendingEvent {
 }
 
 /// What a write transaction accumulates before it commits: events (appended with one
-/// statement) and log blobs (written in one trip to the blocking pool).
+/// statement) and the bytes of its log chunks (written as one blob, a segment).
 #[derive(Default)]
 pub(crate) struct Pending {
     events: Vec<PendingEvent>,
-    pub(crate) blobs: Vec<(String, Vec<u8>)>,
+    segment: Option<(String, Vec<u8>)>,
 }
 
 impl Pending {
+    /// Appends a log chunk's bytes to this transaction's segment; returns the segment's key
+    /// and where the bytes start in it.
+    pub(crate) fn log_bytes(&mut self, data: &[u8]) -> (String, i64) {
+        let (key, buf) = self
+            .segment
+            .get_or_insert_with(|| (segment_key(), Vec::new()));
+        let start = i64::try_from(buf.len()).unwrap_or(i64::MAX);
+        buf.extend_from_slice(data);
+        (key.clone(), start)
+    }
+
+    /// The segment to write before commit, if any chunk was logged.
+    pub(crate) fn take_segment(&mut self) -> Option<(String, Vec<u8>)> {
+        self.segment.take()
+    }
+
     pub(crate) fn event(
         &mut self,
         at: i64,
@@ -228,9 +247,11 @@ pub(crate) fn json_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".to_owned())
 }
 
-/// The blob key of one log chunk: one folder per job, one file per (attempt, offset).
-pub(crate) fn log_key(job: &str, attempt: i64, offset: u64) -> String {
-    format!("logs/{job}/{attempt}-{offset:020}")
+/// A new log segment's blob key. Keys are UUIDv7, grouped in folders by their first 8 hex
+/// digits (about a minute each) so that no folder grows without bound.
+pub(crate) fn segment_key() -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("logs/{}/{id}", &id[..8])
 }
 
 /// Builds a migrator from migrations embedded with `include_str!`. (sqlx's `migrate!` macro
@@ -291,8 +312,13 @@ mod tests {
     }
 
     #[test]
-    fn log_keys_sort_by_offset() {
-        assert!(log_key("j", 1, 9) < log_key("j", 1, 10));
+    fn chunks_of_one_transaction_share_a_segment() {
+        let mut p = Pending::default();
+        let (k1, o1) = p.log_bytes(b"abc");
+        let (k2, o2) = p.log_bytes(b"de");
+        assert_eq!((k1.as_str(), o1, o2), (k2.as_str(), 0, 3));
+        assert_eq!(p.take_segment(), Some((k1, b"abcde".to_vec())));
+        assert_eq!(p.take_segment(), None);
     }
 
     #[test]

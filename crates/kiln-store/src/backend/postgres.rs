@@ -27,6 +27,12 @@ const SQL: Dialect = Dialect {
     lock_project: "SELECT id FROM projects WHERE id = $1 FOR UPDATE",
     // 0x6b696c6e = "kiln": the key of the outbox lock.
     lock_outbox: Some("SELECT pg_advisory_xact_lock(1802071150)"),
+    insert_jobs: "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, \
+                  status, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
+                  log_length, outputs, created_at, started_at, finished_at) \
+                  SELECT e->>0, $1, $2, $3 + n - 1, e->>1, e->>2, e->>3, e->>4, e->>5, 0, \
+                  (e->>6)::bigint, NULL, 0, NULL, 0, '{}', $4, NULL, (e->>7)::bigint \
+                  FROM jsonb_array_elements($5::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n",
     insert_events: "INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
                     SELECT (e->>0)::bigint, e->>1, e->>2, e->>3, e->>4, e->>5 \
                     FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n",
@@ -37,11 +43,18 @@ const SQL: Dialect = Dialect {
 
 /// The embedded PostgreSQL migrations, oldest first. Forward-only.
 pub(crate) fn migrator() -> sqlx::migrate::Migrator {
-    super::migrator(&[(
-        1,
-        "init",
-        include_str!("../../migrations/postgres/0001_init.sql"),
-    )])
+    super::migrator(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        ),
+        (
+            2,
+            "log segments",
+            include_str!("../../migrations/postgres/0002_log_segments.sql"),
+        ),
+    ])
 }
 
 const POOL_SIZE: u32 = 8;

@@ -20,6 +20,15 @@ const SQL: Dialect = Dialect {
     begin_read: "BEGIN",
     lock_project: "SELECT id FROM projects WHERE id = $1",
     lock_outbox: None,
+    insert_jobs: "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, \
+                  status, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
+                  log_length, outputs, created_at, started_at, finished_at) \
+                  SELECT json_extract(value, '$[0]'), $1, $2, $3 + key, \
+                  json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+                  json_extract(value, '$[3]'), json_extract(value, '$[4]'), \
+                  json_extract(value, '$[5]'), 0, json_extract(value, '$[6]'), NULL, 0, NULL, \
+                  0, '{}', $4, NULL, json_extract(value, '$[7]') \
+                  FROM json_each($5) ORDER BY key",
     insert_events: "INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
                     json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
@@ -31,11 +40,18 @@ const SQL: Dialect = Dialect {
 
 /// The embedded SQLite migrations, oldest first. Forward-only.
 pub(crate) fn migrator() -> sqlx::migrate::Migrator {
-    super::migrator(&[(
-        1,
-        "init",
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-    )])
+    super::migrator(&[
+        (
+            1,
+            "init",
+            include_str!("../../migrations/sqlite/0001_init.sql"),
+        ),
+        (
+            2,
+            "log segments",
+            include_str!("../../migrations/sqlite/0002_log_segments.sql"),
+        ),
+    ])
 }
 
 /// Readers beside the one writer: enough for the API and the event stream on two cores.
