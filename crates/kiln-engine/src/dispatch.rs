@@ -139,6 +139,13 @@ struct RunState {
     keys: IndexMap<String, KeyState>,
     status: RunStatus,
     cancelled: bool,
+    /// Key → the keys that need it, so that a job's end re-examines only its dependents.
+    dependents: HashMap<String, Vec<String>>,
+    /// Keys to re-examine for readiness at the next turn.
+    candidates: Vec<String>,
+    /// Jobs not yet ended, and keys not yet decided: the run ends when both reach zero.
+    open: usize,
+    undecided: usize,
 }
 
 struct KeyState {
@@ -151,6 +158,9 @@ struct KeyState {
     max_parallel: Option<usize>,
     /// Instances waiting for a max-parallel slot of this key.
     held: Vec<JobId>,
+    /// Whether a job this key needs, directly or not, failed (set when it is decided, from
+    /// its needs' own flags, so that no decision walks the whole graph).
+    ancestor_failed: bool,
 }
 
 struct JobRec {
@@ -272,6 +282,7 @@ impl Dispatcher {
                         fail_fast: true,
                         max_parallel: None,
                         held: Vec::new(),
+                        ancestor_failed: false,
                     },
                 )
             })
@@ -340,6 +351,15 @@ impl Dispatcher {
             ),
         );
         let _ = self.progress.send(Progress::RunCreated { run: run.clone() });
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for (key, job) in &wf.jobs {
+            for need in &job.needs {
+                dependents.entry(need.clone()).or_default().push(key.clone());
+            }
+        }
+        let open = run.jobs.len();
+        let undecided = keys.len();
+        let candidates = keys.keys().cloned().collect();
         self.runs.insert(
             run_id,
             RunState {
@@ -351,6 +371,10 @@ impl Dispatcher {
                 keys,
                 status: RunStatus::Queued,
                 cancelled: false,
+                dependents,
+                candidates,
+                open,
+                undecided,
             },
         );
         Ok(())
@@ -418,6 +442,7 @@ impl Dispatcher {
                     self.busy = self.busy.saturating_sub(1);
                     if let Some(rec) = self.jobs.get_mut(&job) {
                         rec.status = JobStatus::Failure;
+                        self.ended(job);
                     }
                 }
                 (None, OpResult::Refused { reason }) => {
@@ -427,6 +452,17 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// A job reached a terminal status (set by the caller just before): count it and let its
+    /// key's dependents be re-examined.
+    fn ended(&mut self, job: JobId) {
+        let Some(rec) = self.jobs.get(&job) else { return };
+        let Some(run) = self.runs.get_mut(&rec.run) else { return };
+        run.open = run.open.saturating_sub(1);
+        if let Some(deps) = run.dependents.get(&rec.key) {
+            run.candidates.extend(deps.iter().cloned());
+        }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -511,6 +547,7 @@ impl Dispatcher {
         let key = rec.key.clone();
         let failed = matches!(outcome.status, JobStatus::Failure | JobStatus::TimedOut)
             && !rec.continue_on_error;
+        self.ended(job);
 
         // A held sibling (max-parallel) may take the freed place of its key.
         if let Some(ks) = self.runs.get_mut(&run).and_then(|r| r.keys.get_mut(&key))
@@ -557,6 +594,7 @@ impl Dispatcher {
                 if let Some(ks) = self.runs.get_mut(&rec.run).and_then(|r| r.keys.get_mut(&rec.key)) {
                     ks.held.retain(|j| *j != job);
                 }
+                self.ended(job);
             }
             _ => {}
         }
@@ -638,35 +676,43 @@ impl Dispatcher {
         })
     }
 
+    /// Decide the candidate keys whose needs have all ended; deciding may end jobs (skips),
+    /// which makes their dependents candidates in turn.
     fn decide(&mut self, run_id: RunId) {
-        let Some(run) = self.runs.get(&run_id) else { return };
-        if run.status.is_terminal() {
-            return;
-        }
-        let wf = run.wf.clone();
-        let mut decisions = Vec::new();
-        for (key, ks) in &run.keys {
-            if ks.decided {
-                continue;
+        loop {
+            let Some(run) = self.runs.get_mut(&run_id) else { return };
+            if run.status.is_terminal() || run.candidates.is_empty() {
+                return;
             }
-            let Some(job) = wf.jobs.get(key) else { continue };
-            let mut results = Vec::new();
-            let mut ready = true;
-            for need in &job.needs {
-                match self.key_result(run, need) {
-                    Some(r) => results.push((need.clone(), r)),
-                    None => {
-                        ready = false;
-                        break;
+            let mut cands = std::mem::take(&mut run.candidates);
+            cands.sort_by_key(|k| run.keys.get_index_of(k));
+            cands.dedup();
+            let run = &self.runs[&run_id];
+            let mut decisions = Vec::new();
+            for key in cands {
+                let Some(ks) = run.keys.get(&key) else { continue };
+                if ks.decided {
+                    continue;
+                }
+                let Some(job) = run.wf.jobs.get(&key) else { continue };
+                let mut results = Vec::new();
+                let mut ready = true;
+                for need in &job.needs {
+                    match self.key_result(run, need) {
+                        Some(r) => results.push((need.clone(), r)),
+                        None => {
+                            ready = false;
+                            break;
+                        }
                     }
                 }
+                if ready {
+                    decisions.push((key, results));
+                }
             }
-            if ready {
-                decisions.push((key.clone(), results));
+            for (key, results) in decisions {
+                self.decide_key(run_id, &key, &results);
             }
-        }
-        for (key, results) in decisions {
-            self.decide_key(run_id, &key, &results);
         }
     }
 
@@ -710,6 +756,7 @@ impl Dispatcher {
         let max_parallel = plan::max_parallel(job, &ctx);
 
         // Expand a matrix that had to wait for its needs.
+        let mut newly_open = 0usize;
         let instances = match run.keys.get(key).and_then(|k| k.instances.clone()) {
             Some(ids) => ids,
             None => {
@@ -759,13 +806,20 @@ impl Dispatcher {
                                 wf.file, job.pos.line
                             )),
                         });
-                        if let Some(ks) = self.runs.get_mut(&run_id).and_then(|r| r.keys.get_mut(key)) {
-                            ks.instances = Some(vec![id]);
-                            ks.decided = true;
+                        if let Some(r) = self.runs.get_mut(&run_id) {
+                            if let Some(ks) = r.keys.get_mut(key) {
+                                ks.instances = Some(vec![id]);
+                                ks.decided = true;
+                            }
+                            r.undecided = r.undecided.saturating_sub(1);
+                            if let Some(deps) = r.dependents.get(key) {
+                                r.candidates.extend(deps.iter().cloned());
+                            }
                         }
                         return;
                     }
                 };
+                newly_open = new_jobs.len();
                 if !new_jobs.is_empty() {
                     self.ops.push(Op::AddJobs {
                         run: run_id,
@@ -797,6 +851,7 @@ impl Dispatcher {
         let priority = run.keys.get(key).map(|k| k.priority).unwrap_or(0);
         let mut queued = 0usize;
         let mut held = Vec::new();
+        let mut ended = Vec::new();
         for id in &instances {
             let Some(rec) = self.jobs.get_mut(id) else { continue };
             if rec.status.is_terminal() {
@@ -819,6 +874,7 @@ impl Dispatcher {
                 }
                 Ok(false) => {
                     rec.status = JobStatus::Skipped;
+                    ended.push(*id);
                     self.ops.push(Op::SetJobStatus {
                         job: *id,
                         status: JobStatus::Skipped,
@@ -832,6 +888,7 @@ impl Dispatcher {
                 }
                 Err(msg) => {
                     rec.status = JobStatus::Failure;
+                    ended.push(*id);
                     new_job_failed_status(&mut self.ops, *id);
                     self.after.push(Progress::JobFinished {
                         run: run_id,
@@ -844,32 +901,31 @@ impl Dispatcher {
                 }
             }
         }
-        if let Some(ks) = self.runs.get_mut(&run_id).and_then(|r| r.keys.get_mut(key)) {
-            ks.instances = Some(instances);
-            ks.decided = true;
-            ks.fail_fast = fail_fast;
-            ks.max_parallel = max_parallel;
-            ks.held = held;
+        if let Some(r) = self.runs.get_mut(&run_id) {
+            if let Some(ks) = r.keys.get_mut(key) {
+                ks.instances = Some(instances);
+                ks.decided = true;
+                ks.ancestor_failed = ancestor_failed;
+                ks.fail_fast = fail_fast;
+                ks.max_parallel = max_parallel;
+                ks.held = held;
+            }
+            r.undecided = r.undecided.saturating_sub(1);
+            r.open += newly_open;
+        }
+        for id in ended {
+            self.ended(id);
         }
     }
 
-    /// Whether any job `key` depends on, directly or not, failed.
+    /// Whether any job `key` depends on, directly or not, failed. Its needs are decided (and
+    /// ended) by now, so their own flags are final.
     fn ancestor_failed(&self, run: &RunState, key: &str) -> bool {
-        let mut stack: Vec<&str> = vec![key];
-        let mut seen = std::collections::HashSet::new();
-        while let Some(k) = stack.pop() {
-            let Some(job) = run.wf.jobs.get(k) else { continue };
-            for need in &job.needs {
-                if !seen.insert(need.as_str()) {
-                    continue;
-                }
-                if self.key_result(run, need) == Some("failure") {
-                    return true;
-                }
-                stack.push(need);
-            }
-        }
-        false
+        let Some(job) = run.wf.jobs.get(key) else { return false };
+        job.needs.iter().any(|need| {
+            run.keys.get(need).is_some_and(|k| k.ancestor_failed)
+                || self.key_result(run, need) == Some("failure")
+        })
     }
 
     /// Lease ready jobs onto free slots (committed before their executors start).
@@ -905,7 +961,7 @@ impl Dispatcher {
     /// End the run when every job has ended and every key was decided.
     fn maybe_finish(&mut self, run_id: RunId) {
         let Some(run) = self.runs.get(&run_id) else { return };
-        if run.status.is_terminal() {
+        if run.status.is_terminal() || run.open > 0 || (run.undecided > 0 && !run.cancelled) {
             return;
         }
         let mut failed = false;
