@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Write a layered no-op job graph as a kiln workflow and as a build.ninja.
 
-usage: gen_dag.py OUT_DIR LAYERS WIDTH SHELL
+usage: gen_dag.py OUT_DIR LAYERS WIDTH SHELL NINJA_DIR
 
 OUT_DIR/.kiln/workflows/dag.yml  -- LAYERS x WIDTH jobs, each needing 1-3 jobs of the layer
                                     before, every step `run: "true"` under defaults.run.shell
-OUT_DIR/build.ninja              -- the same graph, each edge running `/bin/sh -c true`
+NINJA_DIR/build.ninja            -- the same graph (kept out of OUT_DIR, which kiln copies
+                                    into every job's workspace), each edge running `/bin/sh -c true`
 The graph is the same for the same arguments (fixed seed).
 """
 import os
@@ -15,6 +16,7 @@ import sys
 
 def main() -> None:
     out, layers, width, shell = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    ninja_dir = sys.argv[5]
     rng = random.Random(2000)
     needs = {}
     for layer in range(layers):
@@ -37,8 +39,9 @@ def main() -> None:
             if deps:
                 f.write(f"    needs: [{', '.join(deps)}]\n")
             f.write('    steps:\n      - run: "true"\n')
-    with open(os.path.join(out, "build.ninja"), "w") as f:
-        f.write("rule noop\n  command = /bin/sh -c true && touch $out\n\n")
+    os.makedirs(ninja_dir, exist_ok=True)
+    with open(os.path.join(ninja_dir, "build.ninja"), "w") as f:
+        f.write("rule noop\n  command = /bin/sh -c true\n\n")
         for name, deps in needs.items():
             dep_files = " ".join(f"out/{d}" for d in deps)
             f.write(f"build out/{name}: noop {dep_files}\n")

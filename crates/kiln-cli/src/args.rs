@@ -32,7 +32,12 @@ enum Command {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct StoreArgs {
     /// The data folder (SQLite database, logs and blobs).
-    #[arg(long, env = "KILN_DATA_DIR", default_value = "kiln-data", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "KILN_DATA_DIR",
+        default_value = "kiln-data",
+        value_name = "DIR"
+    )]
     pub(crate) data_dir: PathBuf,
     /// A PostgreSQL URL (`postgres://…`) to use instead of the embedded SQLite.
     #[arg(long, env = "KILN_DATABASE", value_name = "URL")]

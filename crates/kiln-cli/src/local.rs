@@ -88,7 +88,10 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
     let (snap, revision) = snapshot(&root, std::slice::from_ref(&data_dir))?;
     let store = open_store(&a.store).await?;
     let project_row = store
-        .upsert_project(&project_name(&store, &folder, &root).await?, &root.to_string_lossy())
+        .upsert_project(
+            &project_name(&store, &folder, &root).await?,
+            &root.to_string_lossy(),
+        )
         .await?;
 
     let git_ref = payload
@@ -176,7 +179,9 @@ fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().map(|c| c.join(p)).unwrap_or_else(|_| p.to_path_buf())
+        std::env::current_dir()
+            .map(|c| c.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
     }
 }
 
@@ -255,7 +260,10 @@ fn dry_run(
 
 pub(crate) async fn runs(a: RunsArgs) -> Result<i32, Failure> {
     let status = match &a.status {
-        Some(s) => Some(s.parse::<RunStatus>().map_err(|e| Failure::invalid(format!("--status: {e}")))?),
+        Some(s) => Some(
+            s.parse::<RunStatus>()
+                .map_err(|e| Failure::invalid(format!("--status: {e}")))?,
+        ),
         None => None,
     };
     let store = open_store(&a.store).await?;
@@ -303,7 +311,9 @@ pub(crate) async fn logs(a: LogsArgs) -> Result<i32, Failure> {
             let found: Vec<&kiln_proto::Job> = run
                 .jobs
                 .iter()
-                .filter(|j| j.id.to_string().starts_with(sel.as_str()) || j.key == *sel || j.name == *sel)
+                .filter(|j| {
+                    j.id.to_string().starts_with(sel.as_str()) || j.key == *sel || j.name == *sel
+                })
                 .collect();
             if found.is_empty() {
                 let names: Vec<&str> = run.jobs.iter().map(|j| j.name.as_str()).collect();

@@ -22,7 +22,8 @@ pub(crate) fn stdout_line(line: &str) {
 
 /// Print a value as pretty JSON on stdout.
 pub(crate) fn print_json<T: Serialize>(value: &T) {
-    let text = serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
+    let text =
+        serde_json::to_string_pretty(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
     stdout_line(&text);
 }
 
@@ -65,8 +66,10 @@ impl Reporter {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(0);
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                ProgressStyle::with_template(
+                    "{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
@@ -111,7 +114,10 @@ impl Reporter {
 
     fn prefix(&self, run: RunId) -> String {
         if self.multi_run {
-            format!("[{}] ", self.run_names.get(&run).map(String::as_str).unwrap_or(""))
+            format!(
+                "[{}] ",
+                self.run_names.get(&run).map(String::as_str).unwrap_or("")
+            )
         } else {
             String::new()
         }
@@ -157,7 +163,14 @@ impl Reporter {
                 self.count(job, true);
                 self.line(&format!("{}{name}: skipped", self.prefix(run)));
             }
-            Progress::JobFinished { run, job, name, status, elapsed, error } => {
+            Progress::JobFinished {
+                run,
+                job,
+                name,
+                status,
+                elapsed,
+                error,
+            } => {
                 self.count(job, true);
                 self.running.shift_remove(&job);
                 let mut text = format!("{}{name}: {status} in {}", self.prefix(run), secs(elapsed));
@@ -199,8 +212,17 @@ pub(crate) async fn print_run_summary(store: &Store, run: &Run) {
         "\n{} #{} — {} ({})",
         run.workflow_name, run.run_number, run.status, run.id
     ));
-    let width = run.jobs.iter().map(|j| j.name.chars().count()).max().unwrap_or(3).max(3);
-    stdout_line(&format!("  {:<width$}  {:<9}  {:>8}", "JOB", "STATUS", "TIME"));
+    let width = run
+        .jobs
+        .iter()
+        .map(|j| j.name.chars().count())
+        .max()
+        .unwrap_or(3)
+        .max(3);
+    stdout_line(&format!(
+        "  {:<width$}  {:<9}  {:>8}",
+        "JOB", "STATUS", "TIME"
+    ));
     for j in &run.jobs {
         let time = match (j.started_at, j.finished_at) {
             (Some(s), Some(f)) => {
@@ -209,14 +231,22 @@ pub(crate) async fn print_run_summary(store: &Store, run: &Run) {
             }
             _ => "-".to_owned(),
         };
-        stdout_line(&format!("  {:<width$}  {:<9}  {:>8}", j.name, j.status.as_str(), time));
+        stdout_line(&format!(
+            "  {:<width$}  {:<9}  {:>8}",
+            j.name,
+            j.status.as_str(),
+            time
+        ));
     }
     for j in &run.jobs {
         if !matches!(j.status, JobStatus::Failure | JobStatus::TimedOut) {
             continue;
         }
         let tail = log_tail(store, j.id, 20).await;
-        stdout_line(&format!("\n--- {} ({}): last lines of its log ---", j.name, j.status));
+        stdout_line(&format!(
+            "\n--- {} ({}): last lines of its log ---",
+            j.name, j.status
+        ));
         if tail.is_empty() {
             stdout_line("  (no output)");
         }
@@ -227,9 +257,13 @@ pub(crate) async fn print_run_summary(store: &Store, run: &Run) {
 }
 
 async fn log_tail(store: &Store, job: JobId, lines: usize) -> Vec<String> {
-    let Ok(head) = store.read_log(job, 0, 0).await else { return Vec::new() };
+    let Ok(head) = store.read_log(job, 0, 0).await else {
+        return Vec::new();
+    };
     let start = head.total.saturating_sub(16 * 1024);
-    let Ok(slice) = store.read_log(job, start, 16 * 1024).await else { return Vec::new() };
+    let Ok(slice) = store.read_log(job, start, 16 * 1024).await else {
+        return Vec::new();
+    };
     let text = String::from_utf8_lossy(&slice.data);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..]

@@ -27,7 +27,10 @@ pub struct Trigger {
 /// Type and check `--input` values against the workflow's declared dispatch inputs, filling
 /// defaults. Undeclared inputs are kept as strings (a workflow may read them via `inputs`
 /// without declaring them under other events). Errors name the input.
-pub fn resolve_inputs(wf: &Workflow, given: &IndexMap<String, String>) -> Result<Map<String, Value>, String> {
+pub fn resolve_inputs(
+    wf: &Workflow,
+    given: &IndexMap<String, String>,
+) -> Result<Map<String, Value>, String> {
     let mut out = Map::new();
     let mut errors = Vec::new();
     for (name, spec) in &wf.on.dispatch_inputs {
@@ -38,7 +41,9 @@ pub fn resolve_inputs(wf: &Workflow, given: &IndexMap<String, String>) -> Result
                     "true" => Value::Bool(true),
                     "false" => Value::Bool(false),
                     _ => {
-                        errors.push(format!("input `{name}` is a boolean: give true or false, not `{v}`"));
+                        errors.push(format!(
+                            "input `{name}` is a boolean: give true or false, not `{v}`"
+                        ));
                         continue;
                     }
                 },
@@ -62,12 +67,20 @@ pub fn resolve_inputs(wf: &Workflow, given: &IndexMap<String, String>) -> Result
                 InputKind::String | InputKind::Environment => Value::String(v.clone()),
             },
             (None, Some(default)) => match (&spec.kind, default) {
-                (InputKind::Boolean, Value::String(s)) => Value::Bool(s.eq_ignore_ascii_case("true")),
-                (InputKind::Number, Value::String(s)) => s.trim().parse::<f64>().map(json_number).unwrap_or(Value::String(s.clone())),
+                (InputKind::Boolean, Value::String(s)) => {
+                    Value::Bool(s.eq_ignore_ascii_case("true"))
+                }
+                (InputKind::Number, Value::String(s)) => s
+                    .trim()
+                    .parse::<f64>()
+                    .map(json_number)
+                    .unwrap_or(Value::String(s.clone())),
                 (_, v) => v.clone(),
             },
             (None, None) if spec.required && wf.on.events.contains_key("workflow_dispatch") => {
-                errors.push(format!("input `{name}` is required: pass --input {name}=VALUE"));
+                errors.push(format!(
+                    "input `{name}` is required: pass --input {name}=VALUE"
+                ));
                 continue;
             }
             (None, None) => match spec.kind {
@@ -98,13 +111,24 @@ fn json_number(n: f64) -> Value {
 }
 
 /// The `github` context for one run (job-specific fields are added per job).
-pub fn github_context(trigger: &Trigger, wf: &Workflow, run_id: &str, run_number: i64, run_attempt: i64, workspace: &str) -> Value {
+pub fn github_context(
+    trigger: &Trigger,
+    wf: &Workflow,
+    run_id: &str,
+    run_number: i64,
+    run_attempt: i64,
+    workspace: &str,
+) -> Value {
     let ref_name = trigger
         .git_ref
         .strip_prefix("refs/heads/")
         .or_else(|| trigger.git_ref.strip_prefix("refs/tags/"))
         .unwrap_or(&trigger.git_ref);
-    let ref_type = if trigger.git_ref.starts_with("refs/tags/") { "tag" } else { "branch" };
+    let ref_type = if trigger.git_ref.starts_with("refs/tags/") {
+        "tag"
+    } else {
+        "branch"
+    };
     let owner = trigger.repository.split('/').next().unwrap_or("");
     let actor = std::env::var("USER").unwrap_or_else(|_| "kiln".to_owned());
     json!({
@@ -205,7 +229,8 @@ pub fn parse_dotenv(file: &str, text: &str) -> Result<Vec<(String, String)>, Str
         }
         let v = v.trim();
         let v = if v.len() >= 2
-            && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
+            && ((v.starts_with('"') && v.ends_with('"'))
+                || (v.starts_with('\'') && v.ends_with('\'')))
         {
             let inner = &v[1..v.len() - 1];
             if v.starts_with('"') {

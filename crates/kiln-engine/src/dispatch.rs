@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
 use crate::contexts::{Trigger, github_context, resolve_inputs, runner_context};
-use crate::project::Snapshot;
+use crate::project::{Snapshot, Written};
 
 /// How long a local lease lasts without a heartbeat.
 const LEASE_TTL: Duration = Duration::from_secs(60);
@@ -62,11 +62,31 @@ pub struct LocalRun {
 /// What happened, for whoever shows progress. Sent only after it was committed.
 #[derive(Clone, Debug)]
 pub enum Progress {
-    RunCreated { run: Run },
-    JobStarted { run: RunId, job: JobId, name: String },
-    JobFinished { run: RunId, job: JobId, name: String, status: JobStatus, elapsed: Duration, error: Option<String> },
-    JobSkipped { run: RunId, job: JobId, name: String },
-    RunFinished { run: RunId, status: RunStatus },
+    RunCreated {
+        run: Box<Run>,
+    },
+    JobStarted {
+        run: RunId,
+        job: JobId,
+        name: String,
+    },
+    JobFinished {
+        run: RunId,
+        job: JobId,
+        name: String,
+        status: JobStatus,
+        elapsed: Duration,
+        error: Option<String>,
+    },
+    JobSkipped {
+        run: RunId,
+        job: JobId,
+        name: String,
+    },
+    RunFinished {
+        run: RunId,
+        status: RunStatus,
+    },
 }
 
 /// How the runs ended.
@@ -182,7 +202,14 @@ struct JobRec {
 
 enum Msg {
     Exec(JobId, ExecEvent),
-    Done(JobId, Box<JobOutcome>),
+    Done(JobId, Box<JobOutcome>, Slot),
+}
+
+/// A place where jobs run, one per local slot: its folder (`workspace/` and `temp/`) is
+/// reused from job to job and refreshed to a fresh copy of the project before each.
+struct Slot {
+    dir: PathBuf,
+    written: Written,
 }
 
 struct Dispatcher {
@@ -200,6 +227,8 @@ struct Dispatcher {
     after: Vec<Progress>,
     tx: mpsc::UnboundedSender<Msg>,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// Slots not running a job now.
+    free: Vec<Slot>,
     // Shared by every executor.
     project: ProjectId,
     trigger: Trigger,
@@ -231,6 +260,13 @@ impl Dispatcher {
             after: Vec::new(),
             tx,
             rx,
+            free: (0..req.slots.max(1))
+                .rev()
+                .map(|k| Slot {
+                    dir: req.work_dir.join(format!("slot-{k}")),
+                    written: Written::new(),
+                })
+                .collect(),
             project: req.project,
             trigger: req.trigger.clone(),
             secrets: req.secrets.clone(),
@@ -243,9 +279,17 @@ impl Dispatcher {
     }
 
     /// Plan the workflow's statically known jobs and record the run with them.
-    async fn create_run(&mut self, wf: Arc<Workflow>, inputs: Map<String, Value>) -> Result<(), EngineError> {
+    async fn create_run(
+        &mut self,
+        wf: Arc<Workflow>,
+        inputs: Map<String, Value>,
+    ) -> Result<(), EngineError> {
         let run_id = RunId::new();
-        let workspace = self.work_dir.join("workspace").to_string_lossy().into_owned();
+        let workspace = self
+            .work_dir
+            .join("workspace")
+            .to_string_lossy()
+            .into_owned();
         // run_number is the store's to assign; plan with a placeholder and fix the context
         // once the run is recorded.
         let mut base = Map::new();
@@ -350,11 +394,16 @@ impl Dispatcher {
                 &workspace,
             ),
         );
-        let _ = self.progress.send(Progress::RunCreated { run: run.clone() });
+        let _ = self.progress.send(Progress::RunCreated {
+            run: Box::new(run.clone()),
+        });
         let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
         for (key, job) in &wf.jobs {
             for need in &job.needs {
-                dependents.entry(need.clone()).or_default().push(key.clone());
+                dependents
+                    .entry(need.clone())
+                    .or_default()
+                    .push(key.clone());
             }
         }
         let open = run.jobs.len();
@@ -457,8 +506,12 @@ impl Dispatcher {
     /// A job reached a terminal status (set by the caller just before): count it and let its
     /// key's dependents be re-examined.
     fn ended(&mut self, job: JobId) {
-        let Some(rec) = self.jobs.get(&job) else { return };
-        let Some(run) = self.runs.get_mut(&rec.run) else { return };
+        let Some(rec) = self.jobs.get(&job) else {
+            return;
+        };
+        let Some(run) = self.runs.get_mut(&rec.run) else {
+            return;
+        };
         run.open = run.open.saturating_sub(1);
         if let Some(deps) = run.dependents.get(&rec.key) {
             run.candidates.extend(deps.iter().cloned());
@@ -468,12 +521,17 @@ impl Dispatcher {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Exec(job, ev) => self.on_exec(job, ev),
-            Msg::Done(job, outcome) => self.on_done(job, *outcome),
+            Msg::Done(job, outcome, slot) => {
+                self.free.push(slot);
+                self.on_done(job, *outcome);
+            }
         }
     }
 
     fn on_exec(&mut self, job: JobId, ev: ExecEvent) {
-        let Some(rec) = self.jobs.get_mut(&job) else { return };
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return;
+        };
         let Some(token) = rec.token else { return };
         match ev {
             ExecEvent::StepStarted { index, name } => {
@@ -509,8 +567,12 @@ impl Dispatcher {
     }
 
     fn on_done(&mut self, job: JobId, outcome: JobOutcome) {
-        let Some(rec) = self.jobs.get_mut(&job) else { return };
-        let Some(token) = rec.token.take() else { return };
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let Some(token) = rec.token.take() else {
+            return;
+        };
         self.busy = self.busy.saturating_sub(1);
         if let Some(err) = &outcome.error {
             let line = format!("##[error] {err}\n").into_bytes();
@@ -556,7 +618,11 @@ impl Dispatcher {
             let next = ks.held.remove(0);
             let priority = ks.priority;
             if let Some(r) = self.jobs.get(&next) {
-                self.ready.push(Ready { priority, seq: r.seq, job: next });
+                self.ready.push(Ready {
+                    priority,
+                    seq: r.seq,
+                    job: next,
+                });
             }
         }
         if failed {
@@ -566,7 +632,9 @@ impl Dispatcher {
 
     /// `fail-fast`: a failed matrix instance cancels its siblings.
     fn fail_fast(&mut self, run: RunId, key: &str, failed: JobId) {
-        let Some(ks) = self.runs.get(&run).and_then(|r| r.keys.get(key)) else { return };
+        let Some(ks) = self.runs.get(&run).and_then(|r| r.keys.get(key)) else {
+            return;
+        };
         if !ks.fail_fast {
             return;
         }
@@ -581,7 +649,9 @@ impl Dispatcher {
 
     /// Cancel one job: running ones through their token (they report back), the rest at once.
     fn cancel_job(&mut self, job: JobId) {
-        let Some(rec) = self.jobs.get_mut(&job) else { return };
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return;
+        };
         match rec.status {
             JobStatus::Leased | JobStatus::Running => rec.cancel.cancel(),
             JobStatus::Pending | JobStatus::Queued | JobStatus::Waiting => {
@@ -591,7 +661,11 @@ impl Dispatcher {
                     status: JobStatus::Cancelled,
                     at: now(),
                 });
-                if let Some(ks) = self.runs.get_mut(&rec.run).and_then(|r| r.keys.get_mut(&rec.key)) {
+                if let Some(ks) = self
+                    .runs
+                    .get_mut(&rec.run)
+                    .and_then(|r| r.keys.get_mut(&rec.key))
+                {
                     ks.held.retain(|j| *j != job);
                 }
                 self.ended(job);
@@ -657,7 +731,9 @@ impl Dispatcher {
                 return None;
             }
             match rec.status {
-                JobStatus::Failure | JobStatus::TimedOut if !rec.continue_on_error => any_failed = true,
+                JobStatus::Failure | JobStatus::TimedOut if !rec.continue_on_error => {
+                    any_failed = true
+                }
                 JobStatus::Cancelled => any_cancelled = true,
                 _ => {}
             }
@@ -680,7 +756,9 @@ impl Dispatcher {
     /// which makes their dependents candidates in turn.
     fn decide(&mut self, run_id: RunId) {
         loop {
-            let Some(run) = self.runs.get_mut(&run_id) else { return };
+            let Some(run) = self.runs.get_mut(&run_id) else {
+                return;
+            };
             if run.status.is_terminal() || run.candidates.is_empty() {
                 return;
             }
@@ -690,11 +768,15 @@ impl Dispatcher {
             let run = &self.runs[&run_id];
             let mut decisions = Vec::new();
             for key in cands {
-                let Some(ks) = run.keys.get(&key) else { continue };
+                let Some(ks) = run.keys.get(&key) else {
+                    continue;
+                };
                 if ks.decided {
                     continue;
                 }
-                let Some(job) = run.wf.jobs.get(&key) else { continue };
+                let Some(job) = run.wf.jobs.get(&key) else {
+                    continue;
+                };
                 let mut results = Vec::new();
                 let mut ready = true;
                 for need in &job.needs {
@@ -719,7 +801,9 @@ impl Dispatcher {
     /// All of `key`'s needs have ended: expand its matrix if that waited on them, then queue
     /// or skip each instance by its `if`.
     fn decide_key(&mut self, run_id: RunId, key: &str, results: &[(String, &'static str)]) {
-        let Some(run) = self.runs.get(&run_id) else { return };
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
         let wf = run.wf.clone();
         let Some(job) = wf.jobs.get(key) else { return };
         let cancelled = run.cancelled;
@@ -779,7 +863,15 @@ impl Dispatcher {
                             });
                             self.jobs.insert(
                                 id,
-                                JobRec::new(run_id, key.to_owned(), inst.name, inst.matrix, index, total, self.seq),
+                                JobRec::new(
+                                    run_id,
+                                    key.to_owned(),
+                                    inst.name,
+                                    inst.matrix,
+                                    index,
+                                    total,
+                                    self.seq,
+                                ),
                             );
                             ids.push(id);
                         }
@@ -791,8 +883,24 @@ impl Dispatcher {
                         let id = JobId::new();
                         self.seq += 1;
                         let name = job.name.clone().unwrap_or_else(|| key.to_owned());
-                        new_jobs_failed(&mut self.ops, run_id, id, key, &name, &job.needs, self.max_attempts);
-                        let mut rec = JobRec::new(run_id, key.to_owned(), name.clone(), Map::new(), 0, 1, self.seq);
+                        new_jobs_failed(
+                            &mut self.ops,
+                            run_id,
+                            id,
+                            key,
+                            &name,
+                            &job.needs,
+                            self.max_attempts,
+                        );
+                        let mut rec = JobRec::new(
+                            run_id,
+                            key.to_owned(),
+                            name.clone(),
+                            Map::new(),
+                            0,
+                            1,
+                            self.seq,
+                        );
                         rec.status = JobStatus::Failure;
                         self.jobs.insert(id, rec);
                         self.after.push(Progress::JobFinished {
@@ -833,11 +941,13 @@ impl Dispatcher {
 
         // The job's `if`. Without a status function GitHub requires every need to have
         // succeeded (a skipped need skips its dependents too).
-        let condition = job.condition.as_deref().map(str::trim).filter(|c| !c.is_empty());
+        let condition = job
+            .condition
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty());
         let uses_status = condition.is_some_and(condition_uses_status);
-        let verdict: Result<bool, String> = if cancelled && !uses_status {
-            Ok(false)
-        } else if !uses_status && !all_needs_succeeded {
+        let verdict: Result<bool, String> = if !uses_status && (cancelled || !all_needs_succeeded) {
             Ok(false)
         } else {
             match condition {
@@ -853,7 +963,9 @@ impl Dispatcher {
         let mut held = Vec::new();
         let mut ended = Vec::new();
         for id in &instances {
-            let Some(rec) = self.jobs.get_mut(id) else { continue };
+            let Some(rec) = self.jobs.get_mut(id) else {
+                continue;
+            };
             if rec.status.is_terminal() {
                 continue;
             }
@@ -868,7 +980,11 @@ impl Dispatcher {
                     if max_parallel.is_some_and(|m| queued >= m.max(1)) {
                         held.push(*id);
                     } else {
-                        self.ready.push(Ready { priority, seq: rec.seq, job: *id });
+                        self.ready.push(Ready {
+                            priority,
+                            seq: rec.seq,
+                            job: *id,
+                        });
                     }
                     queued += 1;
                 }
@@ -921,7 +1037,9 @@ impl Dispatcher {
     /// Whether any job `key` depends on, directly or not, failed. Its needs are decided (and
     /// ended) by now, so their own flags are final.
     fn ancestor_failed(&self, run: &RunState, key: &str) -> bool {
-        let Some(job) = run.wf.jobs.get(key) else { return false };
+        let Some(job) = run.wf.jobs.get(key) else {
+            return false;
+        };
         job.needs.iter().any(|need| {
             run.keys.get(need).is_some_and(|k| k.ancestor_failed)
                 || self.key_result(run, need) == Some("failure")
@@ -932,7 +1050,9 @@ impl Dispatcher {
     fn fill_slots(&mut self) {
         while self.busy < self.slots && !self.cancelled {
             let Some(next) = self.ready.pop() else { break };
-            let Some(rec) = self.jobs.get_mut(&next.job) else { continue };
+            let Some(rec) = self.jobs.get_mut(&next.job) else {
+                continue;
+            };
             if rec.status != JobStatus::Queued {
                 continue;
             }
@@ -960,7 +1080,9 @@ impl Dispatcher {
 
     /// End the run when every job has ended and every key was decided.
     fn maybe_finish(&mut self, run_id: RunId) {
-        let Some(run) = self.runs.get(&run_id) else { return };
+        let Some(run) = self.runs.get(&run_id) else {
+            return;
+        };
         if run.status.is_terminal() || run.open > 0 || (run.undecided > 0 && !run.cancelled) {
             return;
         }
@@ -977,12 +1099,16 @@ impl Dispatcher {
                 return;
             }
             for id in ks.instances.iter().flatten() {
-                let Some(rec) = self.jobs.get(id) else { continue };
+                let Some(rec) = self.jobs.get(id) else {
+                    continue;
+                };
                 if !rec.status.is_terminal() {
                     return;
                 }
                 match rec.status {
-                    JobStatus::Failure | JobStatus::TimedOut if !rec.continue_on_error => failed = true,
+                    JobStatus::Failure | JobStatus::TimedOut if !rec.continue_on_error => {
+                        failed = true
+                    }
                     JobStatus::Cancelled => any_cancelled = true,
                     _ => {}
                 }
@@ -1003,29 +1129,49 @@ impl Dispatcher {
             status,
             at: now(),
         });
-        self.after.push(Progress::RunFinished { run: run_id, status });
+        self.after.push(Progress::RunFinished {
+            run: run_id,
+            status,
+        });
     }
 
     /// Start an executor for a granted lease.
     fn spawn(&mut self, job: JobId, token: i64) {
         {
-            let Some(rec) = self.jobs.get_mut(&job) else { return };
+            let Some(rec) = self.jobs.get_mut(&job) else {
+                return;
+            };
             rec.token = Some(token);
             rec.started = Some(Instant::now());
             rec.status = JobStatus::Running;
         }
-        let Some(rec) = self.jobs.get(&job) else { return };
-        self.ops.push(Op::StartJob { job, token, at: now() });
+        let Some(rec) = self.jobs.get(&job) else {
+            return;
+        };
+        self.ops.push(Op::StartJob {
+            job,
+            token,
+            at: now(),
+        });
         self.after.push(Progress::JobStarted {
             run: rec.run,
             job,
             name: rec.name.clone(),
         });
-        let Some(run) = self.runs.get(&rec.run) else { return };
-        let Some(def) = run.wf.jobs.get(&rec.key) else { return };
+        let Some(run) = self.runs.get(&rec.run) else {
+            return;
+        };
+        let Some(def) = run.wf.jobs.get(&rec.key) else {
+            return;
+        };
         let ks = run.keys.get(&rec.key);
 
-        let dir = self.work_dir.join(job.to_string());
+        // `busy` counts leases, so a leased job always finds a free slot.
+        let slot = self.free.pop().unwrap_or_else(|| Slot {
+            dir: self.work_dir.join(format!("slot-extra-{job}")),
+            written: Written::new(),
+        });
+        let dir = slot.dir.clone();
         let workspace = dir.join("workspace");
         let temp = dir.join("temp");
         let ws_str = workspace.to_string_lossy().into_owned();
@@ -1049,7 +1195,10 @@ impl Dispatcher {
             }),
         );
         contexts.insert("runner".into(), runner_context(&temp_str));
-        contexts.insert("job".into(), json!({"status": "success", "container": {}, "services": {}}));
+        contexts.insert(
+            "job".into(),
+            json!({"status": "success", "container": {}, "services": {}}),
+        );
 
         let event_path = temp.join("event.json");
         let payload = contexts
@@ -1074,10 +1223,18 @@ impl Dispatcher {
             ("GITHUB_REF_NAME".to_owned(), ref_name),
             (
                 "GITHUB_REF_TYPE".to_owned(),
-                if t.git_ref.starts_with("refs/tags/") { "tag" } else { "branch" }.to_owned(),
+                if t.git_ref.starts_with("refs/tags/") {
+                    "tag"
+                } else {
+                    "branch"
+                }
+                .to_owned(),
             ),
             ("GITHUB_EVENT_NAME".to_owned(), t.event.clone()),
-            ("GITHUB_EVENT_PATH".to_owned(), event_path.to_string_lossy().into_owned()),
+            (
+                "GITHUB_EVENT_PATH".to_owned(),
+                event_path.to_string_lossy().into_owned(),
+            ),
             ("GITHUB_REPOSITORY".to_owned(), t.repository.clone()),
             (
                 "GITHUB_REPOSITORY_OWNER".to_owned(),
@@ -1087,8 +1244,14 @@ impl Dispatcher {
             ("GITHUB_RUN_NUMBER".to_owned(), run.number.to_string()),
             ("GITHUB_RUN_ATTEMPT".to_owned(), run.attempt.to_string()),
             ("GITHUB_JOB".to_owned(), rec.key.clone()),
-            ("GITHUB_WORKFLOW".to_owned(), run.wf.display_name().to_owned()),
-            ("GITHUB_WORKFLOW_REF".to_owned(), format!("{}/{}@{}", t.repository, run.wf.file, t.git_ref)),
+            (
+                "GITHUB_WORKFLOW".to_owned(),
+                run.wf.display_name().to_owned(),
+            ),
+            (
+                "GITHUB_WORKFLOW_REF".to_owned(),
+                format!("{}/{}@{}", t.repository, run.wf.file, t.git_ref),
+            ),
             (
                 "GITHUB_ACTOR".to_owned(),
                 std::env::var("USER").unwrap_or_else(|_| "kiln".to_owned()),
@@ -1125,19 +1288,30 @@ impl Dispatcher {
         let snapshot = self.snapshot.clone();
         let tx = self.tx.clone();
         let cancel = rec.cancel.clone();
+        let spare = Slot {
+            dir: self.work_dir.join(format!("slot-after-{job}")),
+            written: Written::new(),
+        };
         tokio::spawn(async move {
             let inner_tx = tx.clone();
             let inner = tokio::spawn(async move {
-                execute(job, spec, snapshot, dir, payload, event_path, &inner_tx, cancel).await
+                execute(
+                    job, spec, snapshot, slot, payload, event_path, &inner_tx, cancel,
+                )
+                .await
             });
-            // A panicking executor must still end its job, or the run would never finish.
-            let outcome = inner.await.unwrap_or_else(|e| JobOutcome {
-                status: JobStatus::Failure,
-                outputs: Map::new(),
-                continue_on_error: false,
-                error: Some(format!("kiln's executor failed: {e}")),
+            // A panicking executor must still end its job, or the run would never finish;
+            // its slot folder is abandoned for a new one.
+            let (outcome, slot) = inner.await.unwrap_or_else(|e| {
+                let outcome = JobOutcome {
+                    status: JobStatus::Failure,
+                    outputs: Map::new(),
+                    continue_on_error: false,
+                    error: Some(format!("kiln's executor failed: {e}")),
+                };
+                (outcome, spare)
             });
-            let _ = tx.send(Msg::Done(job, Box::new(outcome)));
+            let _ = tx.send(Msg::Done(job, Box::new(outcome), slot));
         });
     }
 
@@ -1204,7 +1378,15 @@ fn new_job_failed_status(ops: &mut Vec<Op>, job: JobId) {
 }
 
 impl JobRec {
-    fn new(run: RunId, key: String, name: String, matrix: Map<String, Value>, index: usize, total: usize, seq: u64) -> Self {
+    fn new(
+        run: RunId,
+        key: String,
+        name: String,
+        matrix: Map<String, Value>,
+        index: usize,
+        total: usize,
+        seq: u64,
+    ) -> Self {
         Self {
             run,
             key,
@@ -1225,25 +1407,33 @@ impl JobRec {
 }
 
 /// One executor: make the job's workspace, run its steps, forward what they report, clean up.
-#[expect(clippy::too_many_arguments, reason = "one call site; a struct would only rename them")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site; a struct would only rename them"
+)]
 async fn execute(
     job: JobId,
     spec: JobSpec,
     snapshot: Arc<Snapshot>,
-    dir: PathBuf,
+    mut slot: Slot,
     payload: Value,
     event_path: PathBuf,
     tx: &mpsc::UnboundedSender<Msg>,
     cancel: CancellationToken,
-) -> JobOutcome {
+) -> (JobOutcome, Slot) {
     let ws = spec.workspace.clone();
     let temp = spec.temp_dir.clone();
-    let prepared = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        std::fs::create_dir_all(&ws)?;
-        std::fs::create_dir_all(&temp)?;
-        snapshot.materialize(&ws)?;
-        std::fs::write(&event_path, serde_json::to_vec(&payload).unwrap_or_default())?;
-        Ok(())
+    let mut written = std::mem::take(&mut slot.written);
+    let prepared = tokio::task::spawn_blocking(move || -> (std::io::Result<()>, Written) {
+        let result = (|| {
+            snapshot.refresh(&ws, &mut written)?;
+            reset_temp(&temp)?;
+            std::fs::write(
+                &event_path,
+                serde_json::to_vec(&payload).unwrap_or_default(),
+            )
+        })();
+        (result, written)
     })
     .await;
     let failure = |error: String| JobOutcome {
@@ -1253,7 +1443,8 @@ async fn execute(
         error: Some(error),
     };
     let outcome = match prepared {
-        Ok(Ok(())) => {
+        Ok((Ok(()), written)) => {
+            slot.written = written;
             let (etx, mut erx) = mpsc::channel::<ExecEvent>(256);
             let forward = async {
                 while let Some(ev) = erx.recv().await {
@@ -1263,9 +1454,33 @@ async fn execute(
             let (outcome, ()) = tokio::join!(kiln_exec::run_job(spec, etx, cancel), forward);
             outcome
         }
-        Ok(Err(e)) => failure(format!("failed to prepare the job's workspace in {}: {e}", dir.display())),
+        Ok((Err(e), _)) => failure(format!(
+            "failed to prepare the job's workspace in {}: {e}",
+            slot.dir.display()
+        )),
         Err(e) => failure(format!("failed to prepare the job's workspace: {e}")),
     };
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
-    outcome
+    (outcome, slot)
+}
+
+/// Empty a slot's temp folder for the next job. Files are truncated rather than deleted (the
+/// next job writes the same names, and an inode reused is far cheaper than a new one);
+/// folders the last job made are removed.
+fn reset_temp(temp: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(temp)?;
+    for entry in std::fs::read_dir(temp)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else if ty.is_file() {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }

@@ -5,11 +5,12 @@
 //! kiln without moving files), read and parse every file, and snapshot the project's files so
 //! that each job gets a fresh copy of the same tree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::SystemTime;
 
 use kiln_core::workflow::{Diagnostic, Diagnostics, Pos, Severity, Workflow, parse_workflow};
 use sha2::{Digest, Sha256};
@@ -106,7 +107,11 @@ pub fn load_project(root: &Path) -> Result<LocalProject, EngineError> {
 impl LocalProject {
     /// The workflows a `kiln run` should start: the one named by `selector` (file name, stem,
     /// path or `name:`, case-insensitive for names), or every workflow `event` triggers.
-    pub fn select(&self, selector: Option<&str>, event: &str) -> Result<Vec<&Workflow>, EngineError> {
+    pub fn select(
+        &self,
+        selector: Option<&str>,
+        event: &str,
+    ) -> Result<Vec<&Workflow>, EngineError> {
         if let Some(sel) = selector {
             let found: Vec<&Workflow> = self
                 .workflows
@@ -123,7 +128,11 @@ impl LocalProject {
                     "no workflow named `{sel}` in {}/{}; there are: {}",
                     self.root.display(),
                     self.workflow_dir,
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 )));
             }
             return Ok(found);
@@ -157,7 +166,10 @@ fn workflow_matches(wf: &Workflow, sel: &str) -> bool {
     wf.file == sel
         || name == sel
         || stem == sel
-        || wf.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(sel))
+        || wf
+            .name
+            .as_deref()
+            .is_some_and(|n| n.eq_ignore_ascii_case(sel))
 }
 
 /// The files that make up a job's workspace, relative to the project root.
@@ -167,9 +179,8 @@ fn workflow_matches(wf: &Workflow, sel: &str) -> bool {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub root: PathBuf,
+    /// Every file (or symlink) to copy, relative to `root`, `.git/…` included for a work tree.
     pub files: Vec<PathBuf>,
-    /// Whether `.git` is copied along.
-    pub git_dir: bool,
 }
 
 /// What a plain folder or a git work tree says about its revision.
@@ -197,13 +208,22 @@ pub fn snapshot(root: &Path, exclude: &[PathBuf]) -> Result<(Snapshot, Revision)
         out.sort();
         out
     };
-    let files: Vec<PathBuf> = files
+    let mut files: Vec<PathBuf> = files
         .into_iter()
         .filter(|f| {
             let abs = root.join(f);
             !exclude.iter().any(|x| abs.starts_with(x))
         })
         .collect();
+    if git {
+        let mut git_files = Vec::new();
+        walk_all(root, Path::new(".git"), &mut git_files).map_err(|source| EngineError::Io {
+            action: "list the files of",
+            path: root.join(".git"),
+            source,
+        })?;
+        files.extend(git_files);
+    }
     let revision = if git {
         let sha = git_out(root, &["rev-parse", "HEAD"]).unwrap_or_else(|| tree_hash(root, &files));
         let git_ref = git_out(root, &["symbolic-ref", "-q", "HEAD"])
@@ -219,7 +239,6 @@ pub fn snapshot(root: &Path, exclude: &[PathBuf]) -> Result<(Snapshot, Revision)
         Snapshot {
             root: root.to_path_buf(),
             files,
-            git_dir: git,
         },
         revision,
     ))
@@ -233,7 +252,12 @@ fn git_available() -> bool {
 }
 
 fn git_out(root: &Path, args: &[&str]) -> Option<String> {
-    let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
     if !out.status.success() {
         return None;
     }
@@ -245,7 +269,13 @@ fn git_files(root: &Path) -> Result<Vec<PathBuf>, EngineError> {
     let out = Command::new("git")
         .arg("-C")
         .arg(root)
-        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
         .output()
         .map_err(|source| EngineError::Io {
             action: "run `git ls-files` in",
@@ -270,6 +300,20 @@ fn git_files(root: &Path) -> Result<Vec<PathBuf>, EngineError> {
     files.sort();
     files.dedup();
     Ok(files)
+}
+
+/// Every file below `root/rel` (for `.git`, which `git ls-files` does not list).
+fn walk_all(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    for entry in fs::read_dir(root.join(rel))? {
+        let entry = entry?;
+        let path = rel.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            walk_all(root, &path, out)?;
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(())
 }
 
 fn walk(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
@@ -310,33 +354,124 @@ fn tree_hash(root: &Path, files: &[PathBuf]) -> String {
     hex::encode(h.finalize())
 }
 
+/// What a workspace slot last received from the snapshot: per file, the size and
+/// modification time it had right after kiln wrote it.
+pub type Written = HashMap<PathBuf, (u64, SystemTime)>;
+
 impl Snapshot {
     /// Copy the snapshot into `dest` (which must exist and be empty).
     pub fn materialize(&self, dest: &Path) -> io::Result<()> {
-        let mut made = std::collections::HashSet::new();
+        let mut written = Written::new();
+        self.refresh(dest, &mut written)
+    }
+
+    /// Make `dest` hold exactly the snapshot again, as a fresh copy would.
+    ///
+    /// A workspace folder is reused from job to job (one per slot) because creating and
+    /// deleting thousands of inodes per second is what a file system does worst (ext4 scans
+    /// for recently deleted inodes at every allocation). So: anything the last job added is
+    /// removed, and every snapshot file is rewritten in place unless it still has the size and
+    /// modification time it had right after kiln last wrote it — the same stat-based check git
+    /// uses for its index.
+    pub fn refresh(&self, dest: &Path, written: &mut Written) -> io::Result<()> {
+        fs::create_dir_all(dest)?;
+        let wanted: HashSet<&Path> = self.files.iter().map(PathBuf::as_path).collect();
+        let mut dirs: HashSet<&Path> = HashSet::new();
+        for f in &self.files {
+            let mut p = f.parent();
+            while let Some(d) = p {
+                if d.as_os_str().is_empty() || !dirs.insert(d) {
+                    break;
+                }
+                p = d.parent();
+            }
+        }
+        prune(dest, Path::new(""), &wanted, &dirs, written)?;
+        let mut made: HashSet<PathBuf> = HashSet::new();
         for rel in &self.files {
             let from = self.root.join(rel);
             let to = dest.join(rel);
             if let Some(parent) = to.parent()
-                && made.insert(parent.to_path_buf())
+                && !made.contains(parent)
             {
                 fs::create_dir_all(parent)?;
+                made.insert(parent.to_path_buf());
             }
-            let meta = from.symlink_metadata()?;
-            if meta.file_type().is_symlink() {
-                let target = fs::read_link(&from)?;
-                std::os::unix::fs::symlink(target, &to)?;
-            } else if meta.is_dir() {
+            let src = from.symlink_metadata()?;
+            let current = to.symlink_metadata().ok();
+            if src.file_type().is_symlink() {
+                if current.is_some() {
+                    remove_any(&to)?;
+                }
+                std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+                written.remove(rel);
+                continue;
+            }
+            if src.is_dir() {
                 // A submodule or nested repository shows up as a folder: copy it whole.
+                if current.is_some() {
+                    remove_any(&to)?;
+                }
                 copy_dir(&from, &to)?;
-            } else {
-                fs::copy(&from, &to)?;
+                written.remove(rel);
+                continue;
             }
-        }
-        if self.git_dir {
-            copy_dir(&self.root.join(".git"), &dest.join(".git"))?;
+            match &current {
+                Some(m) if m.is_file() => {
+                    let unchanged = written.get(rel).is_some_and(|(len, mtime)| {
+                        m.len() == *len && m.modified().ok() == Some(*mtime)
+                    });
+                    if unchanged {
+                        continue;
+                    }
+                }
+                Some(_) => remove_any(&to)?,
+                None => {}
+            }
+            fs::copy(&from, &to)?;
+            let after = to.metadata()?;
+            if let Ok(mtime) = after.modified() {
+                written.insert(rel.clone(), (after.len(), mtime));
+            }
         }
         Ok(())
+    }
+}
+
+/// Remove from `dest` everything that is neither a snapshot file nor a folder holding one.
+fn prune(
+    dest: &Path,
+    rel: &Path,
+    wanted: &HashSet<&Path>,
+    dirs: &HashSet<&Path>,
+    written: &mut Written,
+) -> io::Result<()> {
+    let dir = dest.join(rel);
+    for entry in fs::read_dir(&dir)? {
+        let entry = entry?;
+        let path = rel.join(entry.file_name());
+        let ty = entry.file_type()?;
+        if ty.is_dir() {
+            if dirs.contains(path.as_path()) {
+                prune(dest, &path, wanted, dirs, written)?;
+            } else {
+                fs::remove_dir_all(entry.path())?;
+                written.retain(|k, _| !k.starts_with(&path));
+            }
+        } else if !wanted.contains(path.as_path()) {
+            fs::remove_file(entry.path())?;
+            written.remove(&path);
+        }
+    }
+    Ok(())
+}
+
+fn remove_any(path: &Path) -> io::Result<()> {
+    let meta = path.symlink_metadata()?;
+    if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
     }
 }
 
@@ -373,10 +508,56 @@ mod tests {
         assert_eq!(rev.sha.len(), 64);
         fs::write(dir.path().join("src/a.txt"), "b").unwrap();
         let (_, rev2) = snapshot(dir.path(), &[]).unwrap();
-        assert_ne!(rev.sha, rev2.sha, "a content change must change the tree hash");
+        assert_ne!(
+            rev.sha, rev2.sha,
+            "a content change must change the tree hash"
+        );
 
         let dest = tempfile::tempdir().unwrap();
         snap.materialize(dest.path()).unwrap();
-        assert_eq!(fs::read_to_string(dest.path().join("src/a.txt")).unwrap(), "b");
+        assert_eq!(
+            fs::read_to_string(dest.path().join("src/a.txt")).unwrap(),
+            "b"
+        );
+    }
+
+    #[test]
+    fn refresh_restores_a_reused_workspace_to_the_snapshot() {
+        let src = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("a/b")).unwrap();
+        fs::write(src.path().join("a/b/keep.txt"), "original").unwrap();
+        fs::write(src.path().join("top.txt"), "top").unwrap();
+        let (snap, _) = snapshot(src.path(), &[]).unwrap();
+
+        let ws = tempfile::tempdir().unwrap();
+        let mut written = Written::new();
+        snap.refresh(ws.path(), &mut written).unwrap();
+        // What a job might do: change a file (same size), add files and folders, replace a
+        // file by a folder, delete a file.
+        fs::write(ws.path().join("a/b/keep.txt"), "CHANGED!").unwrap();
+        fs::write(ws.path().join("a/new.txt"), "new").unwrap();
+        fs::create_dir_all(ws.path().join("target/debug")).unwrap();
+        fs::write(ws.path().join("target/debug/out"), "x").unwrap();
+        fs::remove_file(ws.path().join("top.txt")).unwrap();
+        fs::create_dir_all(ws.path().join("top.txt")).unwrap();
+
+        snap.refresh(ws.path(), &mut written).unwrap();
+        assert_eq!(
+            fs::read_to_string(ws.path().join("a/b/keep.txt")).unwrap(),
+            "original"
+        );
+        assert_eq!(
+            fs::read_to_string(ws.path().join("top.txt")).unwrap(),
+            "top"
+        );
+        assert!(!ws.path().join("a/new.txt").exists());
+        assert!(!ws.path().join("target").exists());
+        let mut left = Vec::new();
+        walk_all(ws.path(), Path::new(""), &mut left).unwrap();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![PathBuf::from("a/b/keep.txt"), PathBuf::from("top.txt")]
+        );
     }
 }

@@ -89,7 +89,10 @@ impl Outcome {
     /// stdout parsed as JSON, with the whole output in the panic message when it is not.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr)
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
         })
     }
 }
@@ -122,7 +125,10 @@ impl Kiln {
 
     /// Run to the end (at most `limit`), capturing output.
     pub fn output_within(mut self, limit: Duration) -> Outcome {
-        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let child = self.cmd.spawn().expect("start kiln");
         let id = child.id();
         let (tx, rx) = std::sync::mpsc::channel();

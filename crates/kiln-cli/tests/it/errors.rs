@@ -29,13 +29,20 @@ jobs:
     );
     let out = run_json(&p, &[]);
     assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
-    assert!(out.stdout.is_empty(), "nothing is printed on stdout: {}", out.stdout);
+    assert!(
+        out.stdout.is_empty(),
+        "nothing is printed on stdout: {}",
+        out.stdout
+    );
     let err = redact(&p, &out.stderr);
     assert!(err.contains(".kiln/workflows/ci.yml:6:"), "{err}");
     assert!(err.contains("nope"), "{err}");
     assert!(err.contains("foo"), "{err}");
     assert!(err.contains("timeout-minutes"), "{err}");
-    assert!(!p.data_dir().join("kiln.db").exists(), "nothing is stored for invalid input");
+    assert!(
+        !p.data_dir().join("kiln.db").exists(),
+        "nothing is stored for invalid input"
+    );
 }
 
 #[test]
@@ -47,7 +54,11 @@ fn a_remote_action_is_refused_before_anything_runs() {
     let out = run_json(&p, &[]);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("ci.yml:7"), "{}", out.stderr);
-    assert!(out.stderr.contains("actions/setup-node@v4"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("actions/setup-node@v4"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stderr.contains("run:"), "{}", out.stderr);
 }
 
@@ -61,8 +72,16 @@ fn bad_flags_and_names_exit_2() {
     assert_eq!(unknown_flag.code, 2);
     let unknown_wf = run_json(&p, &["--workflow", "deploy"]);
     assert_eq!(unknown_wf.code, 2);
-    assert!(unknown_wf.stderr.contains("deploy"), "{}", unknown_wf.stderr);
-    assert!(unknown_wf.stderr.contains("ci.yml"), "{}", unknown_wf.stderr);
+    assert!(
+        unknown_wf.stderr.contains("deploy"),
+        "{}",
+        unknown_wf.stderr
+    );
+    assert!(
+        unknown_wf.stderr.contains("ci.yml"),
+        "{}",
+        unknown_wf.stderr
+    );
     let bad_input = run_json(&p, &["--input", "novalue"]);
     assert_eq!(bad_input.code, 2);
     let bad_event_file = run_json(&p, &["--event-file", "/nonexistent/event.json"]);

@@ -86,7 +86,10 @@ jobs:
     let steps = consume["steps"].as_array().unwrap();
     assert_eq!(steps[0]["status"], "success");
     assert_eq!(steps[2]["status"], "failure");
-    assert_eq!(steps[3]["status"], "success", "if: failure() runs after a failure");
+    assert_eq!(
+        steps[3]["status"], "success",
+        "if: failure() runs after a failure"
+    );
     assert_eq!(steps[3]["outputs"]["recovered"], "yes");
     assert_eq!(steps[4]["status"], "skipped");
     assert_eq!(job(&run, "cleanup")["status"], "success");
@@ -99,7 +102,11 @@ jobs:
         .with_data_dir()
         .output();
     assert_eq!(logs.code, 0, "{}", logs.stderr);
-    assert!(logs.stdout.contains("consume was failure"), "{}", logs.stdout);
+    assert!(
+        logs.stdout.contains("consume was failure"),
+        "{}",
+        logs.stdout
+    );
 }
 
 #[test]
@@ -217,7 +224,11 @@ jobs:
         .output();
     assert_eq!(logs.code, 0, "{}", logs.stderr);
     assert!(logs.stdout.contains("token is ***"), "{}", logs.stdout);
-    assert!(logs.stdout.contains("file secret is ***"), "{}", logs.stdout);
+    assert!(
+        logs.stdout.contains("file secret is ***"),
+        "{}",
+        logs.stdout
+    );
     assert!(!logs.stdout.contains("hunter2"), "{}", logs.stdout);
     assert!(!logs.stdout.contains("from-the-file-42"), "{}", logs.stdout);
 }
@@ -381,10 +392,53 @@ jobs:
     );
     let out = run_json(
         &p,
-        &["-e", "workflow_dispatch", "-i", "debug=true", "-i", "level=high"],
+        &[
+            "-e",
+            "workflow_dispatch",
+            "-i",
+            "debug=true",
+            "-i",
+            "level=high",
+        ],
     );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     let bad = run_json(&p, &["-e", "workflow_dispatch", "-i", "level=medium"]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("level"), "{}", bad.stderr);
+}
+
+#[test]
+fn each_job_gets_a_fresh_copy_even_on_a_reused_slot() {
+    let p = Project::new()
+        .workflow(
+            "ci.yml",
+            r#"
+on: push
+jobs:
+  dirty:
+    runs-on: any
+    steps:
+      - run: |
+          echo changed > data.txt
+          echo junk > leak.txt
+          mkdir -p build && touch build/out
+          echo "stale=1" >> "$GITHUB_OUTPUT"
+  check:
+    needs: dirty
+    runs-on: any
+    steps:
+      - run: |
+          test "$(cat data.txt)" = original
+          test ! -e leak.txt
+          test ! -e build
+          test ! -s "$GITHUB_OUTPUT"
+"#,
+        )
+        .file("data.txt", "original\n");
+    let out = run_json(&p, &["--jobs", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(p.root().join("data.txt")).unwrap(),
+        "original\n"
+    );
 }
