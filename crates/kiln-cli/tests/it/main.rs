@@ -2,6 +2,7 @@
 //! folder, the documented exit codes and output shapes.
 
 mod errors;
+mod postgres;
 mod run;
 
 use std::path::Path;

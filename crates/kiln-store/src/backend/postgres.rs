@@ -64,8 +64,11 @@ const POOL_SIZE: u32 = 8;
 /// would sqlx's `options=-c search_path=NAME`.
 pub(crate) async fn open(url: &str, blobs: BlobStore) -> Result<Backend, StoreError> {
     let options = connect_options(url)?;
+    // A refused or unreachable server should be reported within seconds, not after sqlx's
+    // default 30 s: the CLI maps it to exit 3 and a person is waiting.
     let pool = PgPoolOptions::new()
         .max_connections(POOL_SIZE)
+        .acquire_timeout(std::time::Duration::from_secs(5))
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Open {
