@@ -399,7 +399,7 @@ fn parse_int32(digits: &str, radix: u32) -> f64 {
 }
 
 /// A number as GitHub prints it: .NET's `G15` format, i.e. at most 15 significant digits,
-/// plain notation for exponents from -5 to 14 (`100000`, `0.0001`, `1.5`), scientific
+/// plain notation for exponents from -4 to 14 (`100000`, `0.0001`, `1.5`), scientific
 /// otherwise (`1E+15`, `1E-05`, `1.23456789012346E+17`).
 pub(super) fn format_number(n: f64) -> String {
     if n.is_nan() {
@@ -423,7 +423,7 @@ pub(super) fn format_number(n: f64) -> String {
     let digits = digits.trim_end_matches('0');
     let digits = if digits.is_empty() { "0" } else { digits };
     let sign = if n < 0.0 { "-" } else { "" };
-    if (-5..15).contains(&exp) {
+    if (-4..15).contains(&exp) {
         let exp_usize = exp.unsigned_abs() as usize;
         if exp >= 0 {
             let int_len = exp_usize + 1;
