@@ -159,6 +159,10 @@ pub struct Scope<'a> {
 }
 
 /// Evaluate a parsed expression. Errors quote the expression; their offsets are relative to it.
+///
+/// NaN and the infinities, which a `Value` cannot hold as numbers, come back as the strings
+/// `"NaN"`, `"Infinity"` and `"-Infinity"` (what interpolation prints for them); use
+/// [`eval_condition`] rather than [`is_truthy`] on the result for `if:`, since NaN is falsy.
 pub fn evaluate(expr: &Expr, scope: &Scope) -> Result<Value, ExprError> {
     Ok(eval::Evaluator::new(scope, &expr.src)
         .eval(&expr.node)?

@@ -178,6 +178,8 @@ fn loose_equality_coerces_to_numbers() {
         ("fromJSON('[]') == 0", json!(false)),
         ("fromJSON('[]') < 1", json!(false)),
         ("contains(needs.*, needs.build)", json!(true)),
+        ("(github.event || 1) == github.event", json!(true)),
+        ("toJSON(github.event) == toJSON(github.event)", json!(true)),
         ("vars.fruits[0] == vars.fruits.*[0]", json!(false)),
     ]);
 }
@@ -280,6 +282,11 @@ fn object_filters() {
         ),
         ("(vars.fruits.*.name)[0]", json!([])),
         ("vars.fruits.*.nope", json!([])),
+        // A filtered array stays one through && and ||.
+        (
+            "(vars.fruits.* || 1).name",
+            json!(["apple", "orange", "pear"]),
+        ),
         ("github.nope.*", json!([])),
         ("github.nope.*.name", json!([])),
         ("github.ref.*", json!([])),
@@ -493,6 +500,20 @@ fn function_errors() {
     // before any argument is.
     let e = eval_err("format('{1}', fromJSON('bad'))");
     assert!(e.message.contains("more arguments"), "{}", e.message);
+}
+
+#[test]
+fn scope_keys_are_matched_case_insensitively() {
+    let ctx = json!({"Matrix": {"OS": "linux"}})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let scope = scope_of(&ctx, JobState::default());
+    assert_eq!(
+        render_str("${{ matrix.os }}", &scope).as_deref(),
+        Ok("linux")
+    );
+    assert_eq!(render_str("${{ needs.x }}", &scope).as_deref(), Ok(""));
 }
 
 #[test]

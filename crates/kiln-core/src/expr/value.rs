@@ -193,7 +193,7 @@ impl<'v> Val<'v> {
         match (self, other) {
             (Val::Ref(a), Val::Ref(b)) => std::ptr::eq(*a, *b),
             (Val::Own(a), Val::Own(b)) => Rc::ptr_eq(a, b),
-            (Val::Filtered(a), Val::Filtered(b)) => std::ptr::eq(Rc::as_ptr(a), Rc::as_ptr(b)),
+            (Val::Filtered(a), Val::Filtered(b)) => Rc::ptr_eq(a, b),
             _ => false,
         }
     }
