@@ -693,10 +693,21 @@ impl<'a> Runner<'a> {
                 return StepEnd::failure();
             }
         };
-        // The script is the one file a step needs up front. The environment files are not
-        // created: `>>` creates them, a missing one reads as empty, and on a busy disk every
-        // new inode costs more than the process start itself. A small file on local disk is
-        // written with a plain blocking call, cheaper than a trip through tokio's blocking pool.
+        // The environment files exist (empty) before the step starts, as on GitHub: tools
+        // such as `@actions/core` refuse to append to a missing one. The engine reuses a
+        // slot's temp folder from job to job, so these usually truncate an existing file
+        // rather than allocate an inode. Small files on local disk are written with plain
+        // blocking calls, cheaper than a trip through tokio's blocking pool.
+        for path in [&output_path, &env_path, &path_path, &summary_path] {
+            if let Err(e) = std::fs::File::create(path) {
+                self.step_error(
+                    log_index,
+                    format!("step `{name}`: cannot create {}: {e}", path.display()),
+                )
+                .await;
+                return StepEnd::failure();
+            }
+        }
         if let Err(e) = std::fs::write(&script_path, rendered.as_bytes()) {
             self.step_error(
                 log_index,

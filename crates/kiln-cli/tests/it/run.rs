@@ -419,6 +419,9 @@ jobs:
     runs-on: any
     steps:
       - run: |
+          for f in "$GITHUB_OUTPUT" "$GITHUB_ENV" "$GITHUB_PATH" "$GITHUB_STEP_SUMMARY"; do
+            test -f "$f" && test ! -s "$f"
+          done
           echo changed > data.txt
           echo junk > leak.txt
           mkdir -p build && touch build/out
@@ -431,7 +434,7 @@ jobs:
           test "$(cat data.txt)" = original
           test ! -e leak.txt
           test ! -e build
-          test ! -s "$GITHUB_OUTPUT"
+          test -f "$GITHUB_OUTPUT" && test ! -s "$GITHUB_OUTPUT"
 "#,
         )
         .file("data.txt", "original\n");
