@@ -445,3 +445,57 @@ jobs:
         "original\n"
     );
 }
+
+#[test]
+fn fail_fast_cancels_matrix_siblings_and_max_parallel_bounds_them() {
+    let lock_dir = tempfile::tempdir().unwrap();
+    let lock = lock_dir.path().join("lock");
+    let p = Project::new().workflow(
+        "ci.yml",
+        &r#"
+on: push
+jobs:
+  fast:
+    runs-on: x
+    strategy:
+      matrix:
+        n: [1, 2, 3]
+    steps:
+      - run: |
+          if [ "${{ matrix.n }}" = 1 ]; then exit 1; fi
+          sleep 331
+  serial:
+    runs-on: x
+    strategy:
+      fail-fast: false
+      max-parallel: 1
+      matrix:
+        n: [1, 2, 3]
+    steps:
+      - run: |
+          mkdir "LOCK" || { echo "two instances ran at once"; exit 1; }
+          sleep 0.3
+          rmdir "LOCK"
+"#
+        .replace("LOCK", lock.to_str().unwrap()),
+    );
+    let started = Instant::now();
+    let out = run_json(&p, &["--jobs", "4"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "fail-fast did not cancel the sleepers"
+    );
+    let run = out.json();
+    assert_eq!(job(&run, "fast (1)")["status"], "failure");
+    assert_eq!(job(&run, "fast (2)")["status"], "cancelled");
+    assert_eq!(job(&run, "fast (3)")["status"], "cancelled");
+    for n in 1..=3 {
+        assert_eq!(
+            job(&run, &format!("serial ({n})"))["status"],
+            "success",
+            "{run:#}"
+        );
+    }
+    assert_eq!(sleepers("sleep 331"), 0);
+}
