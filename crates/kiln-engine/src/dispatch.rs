@@ -162,6 +162,8 @@ struct RunState {
     keys: IndexMap<String, KeyState>,
     status: RunStatus,
     cancelled: bool,
+    /// `GITHUB_EVENT_PATH`: the payload, written once for all the run's jobs.
+    event_path: PathBuf,
     /// Key → the keys that need it, so that a job's end re-examines only its dependents.
     dependents: HashMap<String, Vec<String>>,
     /// Keys to re-examine for readiness at the next turn.
@@ -411,6 +413,24 @@ impl Dispatcher {
         }
         let open = run.jobs.len();
         let undecided = keys.len();
+        let event_path = self.work_dir.join(format!("event-{run_id}.json"));
+        let payload = base
+            .get("github")
+            .and_then(|g| g.get("event"))
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        std::fs::create_dir_all(&self.work_dir)
+            .and_then(|()| {
+                std::fs::write(
+                    &event_path,
+                    serde_json::to_vec(&payload).unwrap_or_default(),
+                )
+            })
+            .map_err(|source| EngineError::Io {
+                action: "write the event payload to",
+                path: event_path.clone(),
+                source,
+            })?;
         let candidates = keys.keys().cloned().collect();
         self.runs.insert(
             run_id,
@@ -423,6 +443,7 @@ impl Dispatcher {
                 keys,
                 status: RunStatus::Queued,
                 cancelled: false,
+                event_path,
                 dependents,
                 candidates,
                 open,
@@ -1229,12 +1250,7 @@ impl Dispatcher {
             json!({"status": "success", "container": {}, "services": {}}),
         );
 
-        let event_path = temp.join("event.json");
-        let payload = contexts
-            .get("github")
-            .and_then(|g| g.get("event"))
-            .cloned()
-            .unwrap_or_else(|| json!({}));
+        let event_path = run.event_path.clone();
         let t = &self.trigger;
         let ref_name = t
             .git_ref
@@ -1323,12 +1339,10 @@ impl Dispatcher {
         };
         tokio::spawn(async move {
             let inner_tx = tx.clone();
-            let inner = tokio::spawn(async move {
-                execute(
-                    job, spec, snapshot, slot, payload, event_path, &inner_tx, cancel,
-                )
-                .await
-            });
+            let inner =
+                tokio::spawn(
+                    async move { execute(job, spec, snapshot, slot, &inner_tx, cancel).await },
+                );
             // A panicking executor must still end its job, or the run would never finish;
             // its slot folder is abandoned for a new one.
             let (outcome, slot) = inner.await.unwrap_or_else(|e| {
@@ -1445,8 +1459,6 @@ async fn execute(
     spec: JobSpec,
     snapshot: Arc<Snapshot>,
     mut slot: Slot,
-    payload: Value,
-    event_path: PathBuf,
     tx: &mpsc::UnboundedSender<Msg>,
     cancel: CancellationToken,
 ) -> (JobOutcome, Slot) {
@@ -1456,11 +1468,7 @@ async fn execute(
     let prepared = tokio::task::spawn_blocking(move || -> (std::io::Result<()>, Written) {
         let result = (|| {
             snapshot.refresh(&ws, &mut written)?;
-            reset_temp(&temp)?;
-            std::fs::write(
-                &event_path,
-                serde_json::to_vec(&payload).unwrap_or_default(),
-            )
+            reset_temp(&temp)
         })();
         (result, written)
     })

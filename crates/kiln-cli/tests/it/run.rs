@@ -499,3 +499,41 @@ jobs:
     }
     assert_eq!(sleepers("sleep 331"), 0);
 }
+
+#[test]
+fn the_event_file_is_the_payload_jobs_see() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"ref": "refs/heads/feature", "custom": {"x": 42}}"#,
+    )
+    .unwrap();
+    let p = Project::new().workflow(
+        "ci.yml",
+        r#"
+on: [push]
+jobs:
+  a:
+    runs-on: x
+    steps:
+      - run: |
+          test "${{ github.event.custom.x }}" = 42
+          test "$GITHUB_REF" = refs/heads/feature
+          test "${{ github.ref_name }}" = feature
+          grep -q '"x":42' "$GITHUB_EVENT_PATH"
+  b:
+    runs-on: x
+    steps:
+      - run: grep -q '"x":42' "$GITHUB_EVENT_PATH"
+"#,
+    );
+    let out = run_json(&p, &["--event-file", event.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.json()["ref"], "refs/heads/feature");
+
+    std::fs::write(&event, "{not json").unwrap();
+    let bad = run_json(&p, &["--event-file", event.to_str().unwrap()]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("line 1"), "{}", bad.stderr);
+}
