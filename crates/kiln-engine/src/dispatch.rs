@@ -1449,11 +1449,7 @@ impl JobRec {
     }
 }
 
-/// One executor: make the job's workspace, run its steps, forward what they report, clean up.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site; a struct would only rename them"
-)]
+/// One executor: refresh the slot's workspace, run the job's steps, forward what they report.
 async fn execute(
     job: JobId,
     spec: JobSpec,
