@@ -119,7 +119,7 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
     let work_dir = std::env::temp_dir().join(format!("kiln-work-{}", uuid::Uuid::now_v7()));
     let req = LocalRun {
         project: project_row.id,
-        workflows: selected.into_iter().cloned().collect(),
+        workflows: selected.iter().map(|wf| (*wf).clone()).collect(),
         trigger,
         secrets,
         snapshot: Arc::new(snap),
@@ -148,7 +148,13 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
 
     let mut runs = Vec::new();
     for id in &outcome.runs {
-        if let Some(run) = store.get_run(*id).await? {
+        if let Some(mut run) = store.get_run(*id).await? {
+            // Jobs in the order the workflow declares them (a matrix that waited for its
+            // needs is recorded later than the jobs after it); instances keep their order.
+            if let Some(wf) = selected.iter().find(|wf| wf.file == run.workflow) {
+                run.jobs
+                    .sort_by_key(|j| wf.jobs.get_index_of(&j.key).unwrap_or(usize::MAX));
+            }
             runs.push(run);
         }
     }
