@@ -858,21 +858,7 @@ impl Dispatcher {
         let Some(job) = wf.jobs.get(key) else { return };
         let cancelled = run.cancelled;
 
-        // needs.<key> = { result, outputs } for the direct needs.
-        let mut needs = Map::new();
-        for (need, result) in results {
-            let mut outputs = Map::new();
-            if let Some(ids) = run.keys.get(need).and_then(|k| k.instances.as_ref()) {
-                for id in ids {
-                    if let Some(rec) = self.jobs.get(id) {
-                        for (k, v) in &rec.outputs {
-                            outputs.insert(k.clone(), v.clone());
-                        }
-                    }
-                }
-            }
-            needs.insert(need.clone(), json!({"result": result, "outputs": outputs}));
-        }
+        let needs = self.needs_context(run, &job.needs);
         let ancestor_failed = self.ancestor_failed(run, key);
         let all_needs_succeeded = results.iter().all(|(_, r)| *r == "success");
         let mut ctx = run.base.clone();
