@@ -338,14 +338,32 @@ pub(crate) async fn logs(a: LogsArgs) -> Result<i32, Failure> {
             continue;
         }
         let _ = writeln!(out, "=== {} ({}) ===", job.name, job.status);
-        let mut offset = 0u64;
-        loop {
-            let slice = store.read_log(job.id, offset, 1 << 20).await?;
-            if slice.data.is_empty() {
-                break;
+        let steps = store.log_steps(job.id).await?;
+        let total = store.read_log(job.id, 0, 0).await?.total;
+        for (i, (step, start)) in steps.iter().enumerate() {
+            let end = steps.get(i + 1).map(|(_, s)| *s).unwrap_or(total);
+            let name = job
+                .steps
+                .iter()
+                .find(|s| s.index == *step)
+                .map(|s| s.name.as_str());
+            let _ = match (name, *step) {
+                (Some(name), _) => writeln!(out, "##[step {}] {name}", step + 1),
+                (None, u32::MAX) => writeln!(out, "##[kiln]"),
+                (None, _) => writeln!(out, "##[step {}]", step + 1),
+            };
+            let mut offset = *start;
+            while offset < end {
+                let want = usize::try_from(end - offset)
+                    .unwrap_or(usize::MAX)
+                    .min(1 << 20);
+                let slice = store.read_log(job.id, offset, want).await?;
+                if slice.data.is_empty() {
+                    break;
+                }
+                let _ = out.write_all(&slice.data);
+                offset = slice.next_offset;
             }
-            let _ = out.write_all(&slice.data);
-            offset = slice.next_offset;
         }
     }
     Ok(exit::OK)

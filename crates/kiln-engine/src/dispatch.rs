@@ -584,18 +584,9 @@ impl Dispatcher {
         };
         let Some(token) = rec.token else { return };
         match ev {
-            ExecEvent::StepStarted { index, name } => {
-                let header = format!("##[step {}] {name}\n", index + 1).into_bytes();
-                let len = header.len() as u64;
-                self.ops.push(Op::LogChunk {
-                    job,
-                    token,
-                    step: index,
-                    offset: rec.log_offset,
-                    data: header,
-                });
-                rec.log_offset += len;
-            }
+            // Step boundaries are not written into the log: each chunk records its step, and
+            // readers (`kiln logs`) print the headers. A silent step then costs no log bytes.
+            ExecEvent::StepStarted { .. } => {}
             ExecEvent::Log { index, data } => {
                 if data.is_empty() {
                     return;

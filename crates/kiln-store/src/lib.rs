@@ -177,6 +177,12 @@ impl Store {
         with_backend!(self, b => b.read_log(job, offset, limit).await)
     }
 
+    /// Where each step's output starts in the job's log (latest attempt): `(step index,
+    /// byte offset)` in log order. Steps that printed nothing have no entry.
+    pub async fn log_steps(&self, job: JobId) -> Result<Vec<(u32, u64)>, StoreError> {
+        with_backend!(self, b => b.log_steps(job).await)
+    }
+
     /// Up to `limit` events with ids greater than `after`, in id order. Gap-safe: an event
     /// that becomes visible later always has a larger id than every event returned here, so
     /// a reader may resume after the last id it saw.

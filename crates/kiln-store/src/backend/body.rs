@@ -1083,6 +1083,30 @@ impl Backend {
         Ok(Some(job))
     }
 
+    pub(crate) async fn log_steps(&self, job: JobId) -> Result<Vec<(u32, u64)>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let rows = sqlx::query(
+            "SELECT step, MIN(byte_offset) AS start FROM log_chunks \
+             WHERE job_id = $1 AND attempt = (SELECT attempts FROM jobs WHERE id = $1) \
+             GROUP BY step ORDER BY start",
+        )
+        .bind(job.to_string())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query("read where a job's steps start in its log"))?;
+        tx.commit().await.map_err(query("end a read transaction"))?;
+        rows.iter()
+            .map(|row| {
+                let step = get::<i64>(row, "log_chunks", "step")?;
+                let start = get::<i64>(row, "log_chunks", "start")?;
+                Ok((
+                    u32::try_from(step).map_err(|e| decode("log_chunks", "step", e))?,
+                    u64::try_from(start).map_err(|e| decode("log_chunks", "start", e))?,
+                ))
+            })
+            .collect()
+    }
+
     pub(crate) async fn read_log(
         &self,
         job: JobId,

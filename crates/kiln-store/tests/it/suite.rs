@@ -568,20 +568,20 @@ async fn log_chunks_append_at_the_log_length_and_read_back_in_slices(h: &Harness
     let id = job.id;
     queued_run(s, vec![job]).await;
     let token = grant(s, id, "w", 60_000, 0).await;
-    let chunk = |offset, data: &[u8]| Op::LogChunk {
+    let chunk = |step, offset, data: &[u8]| Op::LogChunk {
         job: id,
         token,
-        step: 0,
+        step,
         offset,
         data: data.to_vec(),
     };
     let results = s
         .commit(vec![
-            chunk(0, b"hello "),
-            chunk(6, b"world\n"),
-            chunk(3, b"bad"),
-            chunk(12, b""),
-            chunk(12, b"bye\n"),
+            chunk(0, 0, b"hello "),
+            chunk(0, 6, b"world\n"),
+            chunk(0, 3, b"bad"),
+            chunk(2, 12, b""),
+            chunk(2, 12, b"bye\n"),
         ])
         .await
         .unwrap();
@@ -615,6 +615,8 @@ async fn log_chunks_append_at_the_log_length_and_read_back_in_slices(h: &Harness
     assert_eq!(end.next_offset, 16);
     let head = s.read_log(id, 0, 0).await.unwrap();
     assert_eq!((head.data.len(), head.total), (0, 16));
+    // Where each step's output starts (step 1 printed nothing).
+    assert_eq!(s.log_steps(id).await.unwrap(), vec![(0, 0), (2, 12)]);
 
     // The bytes live in the blob folder: the chunks of one commit share one segment.
     let segments = |h: &Harness| {
@@ -645,6 +647,11 @@ async fn log_chunks_append_at_the_log_length_and_read_back_in_slices(h: &Harness
         OpResult::Done
     );
     assert_eq!(s.read_log(id, 0, 100).await.unwrap().data, b"again");
+    assert_eq!(
+        s.log_steps(id).await.unwrap(),
+        vec![(1, 0)],
+        "only the latest attempt"
+    );
     assert_eq!(segments(h), 2);
 
     assert!(matches!(
