@@ -107,6 +107,12 @@ jobs:
         "{}",
         logs.stdout
     );
+    assert!(
+        logs.stdout
+            .contains("=== cleanup (success) ===\n##[step 1] Run echo \"consume was"),
+        "{}",
+        logs.stdout
+    );
 }
 
 #[test]
