@@ -1113,32 +1113,21 @@ impl Dispatcher {
         if run.status.is_terminal() || run.open > 0 || (run.undecided > 0 && !run.cancelled) {
             return;
         }
+        // The counters say every job has ended: only the verdict is left to compute.
         let mut failed = false;
         let mut any_cancelled = false;
-        for ks in run.keys.values() {
-            if !ks.decided {
-                // A key whose needs ended but which was never decided cannot exist; a key
-                // still waiting means the run goes on — unless the run was cancelled, in
-                // which case nothing will decide it.
-                if run.cancelled {
-                    continue;
-                }
-                return;
-            }
-            for id in ks.instances.iter().flatten() {
-                let Some(rec) = self.jobs.get(id) else {
-                    continue;
-                };
-                if !rec.status.is_terminal() {
-                    return;
-                }
-                match rec.status {
-                    JobStatus::Failure | JobStatus::TimedOut if !rec.continue_on_error => {
-                        failed = true
-                    }
-                    JobStatus::Cancelled => any_cancelled = true,
-                    _ => {}
-                }
+        for id in run
+            .keys
+            .values()
+            .flat_map(|ks| ks.instances.iter().flatten())
+        {
+            let Some(rec) = self.jobs.get(id) else {
+                continue;
+            };
+            match rec.status {
+                JobStatus::Failure | JobStatus::TimedOut if !rec.continue_on_error => failed = true,
+                JobStatus::Cancelled => any_cancelled = true,
+                _ => {}
             }
         }
         let status = if run.cancelled {

@@ -313,26 +313,54 @@ async fn terminate(
     sink: &mut LogSink<'_>,
 ) {
     signal_group(pgid, Signal::SIGTERM);
-    let grace_end = Instant::now() + limits.grace;
-    // Wait for the main process and the pipe, up to the grace.
-    while status.is_none() || rx.is_some() {
-        tokio::select! {
-            r = read_some(rx, buf) => match r {
-                Some(n) => sink.push(&buf[..n]).await,
-                None => *rx = None,
-            },
-            st = child.wait(), if status.is_none() => {
-                *status = Some(st.unwrap_or_default());
-            }
-            () = sleep_until(grace_end) => break,
-        }
-        // Group gone: no reason to wait out the grace.
-        if status.is_some() && killpg(pgid, None).is_err() {
-            break;
-        }
-    }
+    drain_until(
+        Instant::now() + limits.grace,
+        true,
+        pgid,
+        child,
+        status,
+        rx,
+        buf,
+        sink,
+    )
+    .await;
     signal_group(pgid, Signal::SIGKILL);
-    let end = Instant::now() + limits.after_kill;
+    drain_until(
+        Instant::now() + limits.after_kill,
+        false,
+        pgid,
+        child,
+        status,
+        rx,
+        buf,
+        sink,
+    )
+    .await;
+    if rx.is_some() {
+        tracing::warn!(
+            pgid = pgid.as_raw(),
+            "a process outside the step's group still holds its output; not waiting for it"
+        );
+    }
+}
+
+/// Forward output and reap the main process until both are done or `deadline` passes. With
+/// `stop_when_group_gone`, also stop as soon as the main process has exited and its group is
+/// empty (no reason to wait out a grace period).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the borrowed pieces of one running step"
+)]
+async fn drain_until(
+    deadline: Instant,
+    stop_when_group_gone: bool,
+    pgid: Pid,
+    child: &mut tokio::process::Child,
+    status: &mut Option<ExitStatus>,
+    rx: &mut Option<pipe::Receiver>,
+    buf: &mut [u8],
+    sink: &mut LogSink<'_>,
+) {
     while status.is_none() || rx.is_some() {
         tokio::select! {
             r = read_some(rx, buf) => match r {
@@ -342,12 +370,10 @@ async fn terminate(
             st = child.wait(), if status.is_none() => {
                 *status = Some(st.unwrap_or_default());
             }
-            () = sleep_until(end) => {
-                if rx.is_some() {
-                    tracing::warn!(pgid = pgid.as_raw(), "a process outside the step's group still holds its output; not waiting for it");
-                }
-                break;
-            }
+            () = sleep_until(deadline) => return,
+        }
+        if stop_when_group_gone && status.is_some() && killpg(pgid, None).is_err() {
+            return;
         }
     }
 }
