@@ -4,6 +4,15 @@
 //! These are contracts: a field is added, never renamed or removed. The store returns these
 //! types so that `kiln run --format json`, `kiln runs` and the API print the same thing.
 //! Not here: how they are stored or computed.
+//!
+//! Layout: runs, jobs, steps and events here; [`api`] the HTTP envelope and the server's own
+//! answers; [`auth`] tokens and roles.
+
+pub mod api;
+pub mod auth;
+
+pub use api::{Envelope, ErrorBody, Meta, ServerStatus};
+pub use auth::{CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole};
 
 use jiff::Timestamp;
 use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus, StepStatus};

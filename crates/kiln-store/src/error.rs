@@ -52,6 +52,10 @@ pub enum StoreError {
     BadBlobKey { key: String, reason: &'static str },
     #[error("failed to run a blob task: {0}")]
     BlobTask(String),
+    #[error("failed to draw random bytes for a token: {detail}")]
+    Random { detail: String },
+    #[error("failed to accept the preseeded admin token: {reason}")]
+    BadToken { reason: String },
     #[error("failed to find {what} `{id}`")]
     NotFound { what: &'static str, id: String },
     #[error("failed to resolve run `{prefix}`: it is the prefix of more than one run")]

@@ -9,12 +9,14 @@
 //! length is) are enforced here; deciding *which* transition to make is the engine's job.
 //!
 //! Layout: [`types`] are the requests and answers, [`blob`] the blob store, `backend` the two
-//! SQL dialects (one body of queries, included twice), `error` the error type.
+//! SQL dialects (one body of queries, included twice), `error` the error type, `token` how
+//! API token secrets are drawn and hashed.
 //! Not here: scheduling, HTTP, anything that decides what to run.
 
 mod backend;
 pub mod blob;
 mod error;
+mod token;
 pub mod types;
 
 use std::path::Path;
@@ -22,7 +24,7 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 use kiln_core::ids::{JobId, ProjectId, RunId};
-use kiln_proto::{Event, Job, Project, Run};
+use kiln_proto::{Event, Job, Project, Role, Run, TokenId, TokenInfo};
 
 pub use blob::BlobStore;
 pub use error::StoreError;
@@ -188,6 +190,49 @@ impl Store {
     /// a reader may resume after the last id it saw.
     pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
         with_backend!(self, b => b.events_after(after, limit).await)
+    }
+
+    /// Creates an API token; returns it and its plaintext, which the store does not keep (only
+    /// its SHA-256). `project` must exist ([`StoreError::NotFound`] otherwise).
+    pub async fn create_token(
+        &self,
+        name: &str,
+        role: Role,
+        project: Option<ProjectId>,
+    ) -> Result<(TokenInfo, String), StoreError> {
+        with_backend!(self, b => b.create_token(name, role, project, Timestamp::now()).await)
+    }
+
+    /// Every token, revoked ones included, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenInfo>, StoreError> {
+        with_backend!(self, b => b.list_tokens().await)
+    }
+
+    /// Revokes a token for good. `false`: no token has this id (revoking twice is `true`).
+    pub async fn revoke_token(&self, id: TokenId) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.revoke_token(id, Timestamp::now()).await)
+    }
+
+    /// The token whose plaintext this is, unless it is unknown or revoked. Records the use
+    /// (`last_used_at`) at most once a minute per token.
+    pub async fn verify_token(&self, plaintext: &str) -> Result<Option<TokenInfo>, StoreError> {
+        with_backend!(self, b => b.verify_token(plaintext, Timestamp::now()).await)
+    }
+
+    /// When the store holds no token at all, creates an admin token, atomically even with
+    /// several replicas starting together: `preseed` (at least 32 printable characters;
+    /// returns `None`, the operator knows it) or a random one, returned to be shown once.
+    /// Does nothing and returns `None` when any token exists.
+    pub async fn ensure_admin_token(
+        &self,
+        preseed: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        with_backend!(self, b => b.ensure_admin_token(preseed, Timestamp::now()).await)
+    }
+
+    /// Whether the database answers (a server's readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_backend!(self, b => b.ping().await)
     }
 }
 

@@ -54,6 +54,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "log segments",
             include_str!("../../migrations/postgres/0002_log_segments.sql"),
         ),
+        (
+            3,
+            "tokens",
+            include_str!("../../migrations/postgres/0003_tokens.sql"),
+        ),
     ])
 }
 
@@ -144,6 +149,11 @@ fn redact(url: &str) -> String {
 }
 
 include!("body.rs");
+
+/// Serialises the creation of the first admin token between replicas starting together
+/// (`tokens_body.rs`). 0x6b746f6b = "ktok".
+const LOCK_TOKENS: Option<&str> = Some("SELECT pg_advisory_xact_lock(1802792811)");
+include!("tokens_body.rs");
 
 #[cfg(test)]
 mod tests {

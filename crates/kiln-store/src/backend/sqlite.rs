@@ -51,6 +51,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "log segments",
             include_str!("../../migrations/sqlite/0002_log_segments.sql"),
         ),
+        (
+            3,
+            "tokens",
+            include_str!("../../migrations/sqlite/0003_tokens.sql"),
+        ),
     ])
 }
 
@@ -101,3 +106,8 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
 }
 
 include!("body.rs");
+
+/// The first admin token needs no lock of its own here: `BEGIN IMMEDIATE` already makes the
+/// check-then-insert of `tokens_body.rs` one writer at a time.
+const LOCK_TOKENS: Option<&str> = None;
+include!("tokens_body.rs");

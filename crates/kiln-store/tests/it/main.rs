@@ -11,3 +11,4 @@ mod outbox;
 mod parity;
 mod suite;
 mod throughput;
+mod tokens;

@@ -84,7 +84,15 @@ async fn both_migration_folders_produce_the_same_schema() {
     assert_eq!(lite_indexes, pg_indexes);
     // Not vacuous: the tables the store uses are there.
     let tables: BTreeSet<&str> = lite_columns.iter().map(|(t, _, _)| t.as_str()).collect();
-    for t in ["projects", "runs", "jobs", "steps", "log_chunks", "events"] {
+    for t in [
+        "projects",
+        "runs",
+        "jobs",
+        "steps",
+        "log_chunks",
+        "events",
+        "api_tokens",
+    ] {
         assert!(tables.contains(t), "{t} missing");
     }
     assert!(lite_indexes.contains("jobs_by_lease_owner"));
