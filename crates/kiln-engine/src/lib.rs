@@ -7,12 +7,14 @@
 //! - [`contexts`] — the run-level expression contexts and checks on user-supplied values.
 //! - [`dispatch`] — the dispatcher: one task that owns the truth about active runs, commits
 //!   transitions in groups, and hands jobs to executors (which report over a channel).
+//! - [`egress`] — the one policy every outbound connection kiln makes passes first.
 //!
 //! Not here: SQL (`kiln-store`), running a step's processes (`kiln-exec`), printing
 //! (`kiln-cli`). The server (a later issue) reuses the dispatcher unchanged.
 
 pub mod contexts;
 pub mod dispatch;
+pub mod egress;
 pub mod project;
 
 use std::path::PathBuf;
