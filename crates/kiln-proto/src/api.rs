@@ -38,6 +38,7 @@ pub struct ErrorBody {
 
 /// An answer of the HTTP API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "lowercase")]
 pub enum Envelope<T> {
     Success { data: T, meta: Meta },

@@ -122,6 +122,28 @@ pub struct TokenInfo {
     pub revoked: bool,
 }
 
+/// The longest token name, in characters.
+pub const MAX_TOKEN_NAME: usize = 100;
+
+/// A token's name without surrounding white space, or why it is not acceptable: it must
+/// not be empty, be at most [`MAX_TOKEN_NAME`] characters and hold no control characters.
+pub fn check_token_name(name: &str) -> Result<&str, String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    let len = name.chars().count();
+    if len > MAX_TOKEN_NAME {
+        return Err(format!(
+            "has {len} characters; at most {MAX_TOKEN_NAME} are allowed"
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("must not contain control characters".to_owned());
+    }
+    Ok(name)
+}
+
 /// A request for a new token (`POST /api/v1/tokens`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -184,6 +206,14 @@ mod tests {
         let err = "root".parse::<Role>().unwrap_err().to_string();
         assert!(err.contains("`root`") && err.contains("viewer"), "{err}");
         assert!("Admin".parse::<Role>().is_err(), "spellings are lowercase");
+    }
+
+    #[test]
+    fn token_names_are_trimmed_and_bounded() {
+        assert_eq!(check_token_name("  ci  "), Ok("ci"));
+        assert!(check_token_name(" ").unwrap_err().contains("empty"));
+        assert!(check_token_name(&"x".repeat(101)).unwrap_err().contains("101"));
+        assert!(check_token_name("a\nb").is_err());
     }
 
     #[test]

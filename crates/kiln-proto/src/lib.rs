@@ -12,7 +12,9 @@ pub mod api;
 pub mod auth;
 
 pub use api::{Envelope, ErrorBody, Meta, ServerStatus};
-pub use auth::{CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole};
+pub use auth::{
+    CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole, check_token_name,
+};
 
 use jiff::Timestamp;
 use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus, StepStatus};

@@ -1,0 +1,78 @@
+//! kiln's HTTP API (DESIGN.md "HTTP API (v1)" and "Security model"): the router, the
+//! envelope every answer travels in, API-token auth and roles, and the generated OpenAPI
+//! document with its Swagger UI.
+//!
+//! Layout: [`router`] builds the whole app as a plain function and [`serve`] runs it on a
+//! listener the caller bound, until the caller's shutdown future completes. `state` is what
+//! handlers share, `error` the one [`ApiError`](error::ApiError) every failure becomes,
+//! `envelope` the outermost layer that gives each answer its `meta` and request id, `extract`
+//! the JSON extractor whose rejections are envelopes too, `auth` who may call what, `routes`
+//! the handlers, `openapi` the document.
+//!
+//! Not here: SQL (the store's), deciding what runs (the engine's), anything the CLI prints.
+
+mod auth;
+mod envelope;
+mod error;
+mod extract;
+mod openapi;
+mod routes;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use state::{AppState, ServerConfig};
+
+/// The whole HTTP app: API routes behind auth, the open probes and documents, and the layers
+/// every request passes (outermost first): envelope and request id, panic catcher, trace,
+/// timeout, auth.
+pub fn router(state: AppState) -> Router {
+    let config = state.config();
+    let api = routes::api()
+        // One limit, enforced on the body stream itself (and at once from Content-Length);
+        // axum's own default would be a second, hidden one.
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(DefaultBodyLimit::disable());
+    let timeout = config.request_timeout;
+    Router::new()
+        .merge(routes::probes())
+        .merge(api)
+        .merge(openapi::docs(&state))
+        .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            timeout,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(envelope::span))
+        .layer(CatchPanicLayer::custom(error::panicked))
+        .layer(axum::middleware::from_fn(envelope::envelope))
+        .with_state(state)
+}
+
+/// Serves [`router`] on `listener` until `shutdown` completes, then lets requests in flight
+/// finish (graceful shutdown). Handlers can see the client's address (`ConnectInfo`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}

@@ -1,0 +1,92 @@
+//! The OpenAPI document, generated from the handlers' annotations, and its Swagger UI
+//! (served from files compiled into the binary: nothing is fetched at build or run time).
+//! Both are open routes: `/api/v1/openapi.json` and `/api/docs`.
+
+use axum::Router;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::server::Server;
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::envelope::VERSION;
+use crate::routes::{system, tokens};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "kiln",
+        description = "kiln's HTTP API. Every JSON answer is an envelope: \
+            `{\"status\":\"success\",\"data\":…,\"meta\":…}` or \
+            `{\"status\":\"error\",\"error\":{\"code\",\"message\",\"details\"},\"meta\":…}`; \
+            `error.code` is stable. Send `Authorization: Bearer <token>` to every route but \
+            the probes and these documents."
+    ),
+    paths(
+        system::healthz,
+        system::readyz,
+        system::status,
+        tokens::list,
+        tokens::create,
+        tokens::revoke,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "system", description = "The server itself"),
+        (name = "tokens", description = "API tokens (admin only)")
+    )
+)]
+struct ApiDoc;
+
+/// Declares the `bearer` scheme the routes' `security` refers to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// The document as this server serves it: its version and public URL filled in.
+pub(crate) fn document(public_url: &str) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = VERSION.to_owned();
+    doc.servers = Some(vec![Server::new(public_url)]);
+    doc
+}
+
+/// `/api/v1/openapi.json` and the Swagger UI at `/api/docs`.
+pub(crate) fn docs(state: &AppState) -> Router<AppState> {
+    SwaggerUi::new("/api/docs")
+        .url("/api/v1/openapi.json", document(&state.config().public_url))
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_in_the_document() {
+        let doc = serde_json::to_value(document("http://127.0.0.1:1")).unwrap();
+        for path in [
+            "/healthz",
+            "/readyz",
+            "/api/v1/status",
+            "/api/v1/tokens",
+            "/api/v1/tokens/{id}",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        assert_eq!(doc["servers"][0]["url"], "http://127.0.0.1:1");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert!(doc["components"]["schemas"]["TokenInfo"].is_object());
+    }
+}

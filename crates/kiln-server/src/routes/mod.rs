@@ -1,0 +1,41 @@
+//! The handlers, grouped by resource, and the routers that mount them. Each handler carries
+//! its `utoipa::path` annotation: the OpenAPI document is generated from these.
+//!
+//! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
+
+pub(crate) mod system;
+pub(crate) mod tokens;
+
+use axum::Router;
+use axum::routing::{delete, get};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The probes: plain answers for load balancers and orchestrators.
+pub(crate) fn probes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+}
+
+/// `/api/v1`: everything behind a token.
+pub(crate) fn api() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/status", get(system::status))
+        .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+}
+
+/// Any path no route matches.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "NOT_FOUND",
+        "no such route; the API is described at /api/v1/openapi.json",
+    )
+}
+
+/// A route that exists, called with a method it does not take.
+pub(crate) async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

@@ -1,0 +1,70 @@
+//! What every handler shares: the store, the server's settings, when it started.
+//!
+//! [`AppState::new`] is the one place the state is put together, so that whatever the server
+//! grows (the engine's handle, the event bus, metrics) is wired there and nowhere else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kiln_store::Store;
+
+/// The server's settings, resolved (flags and configuration already merged).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// How clients reach this server (`http://host:port`, no trailing slash); listed in the
+    /// OpenAPI document's `servers`.
+    pub public_url: String,
+    /// The largest request body the API routes read, in bytes.
+    pub body_limit: usize,
+    /// How long one request may take before the server answers `504 TIMEOUT`.
+    pub request_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// The defaults: a 2 MB body limit and a 30 s request timeout.
+    pub fn new(public_url: impl Into<String>) -> Self {
+        Self {
+            public_url: public_url.into().trim_end_matches('/').to_owned(),
+            body_limit: 2 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The handlers' shared state; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    config: ServerConfig,
+    started_at: Timestamp,
+}
+
+impl AppState {
+    pub fn new(store: Store, config: ServerConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                started_at: Timestamp::now(),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn config(&self) -> &ServerConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn started_at(&self) -> Timestamp {
+        self.inner.started_at
+    }
+}

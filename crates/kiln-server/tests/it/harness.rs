@@ -1,0 +1,255 @@
+//! Starts the real server for one test, on SQLite (a temporary data folder) or PostgreSQL (a
+//! fresh schema), and talks to it over HTTP with reqwest.
+
+use std::net::SocketAddr;
+
+use kiln_server::{AppState, ServerConfig};
+use kiln_store::Store;
+use reqwest::header::HeaderMap;
+use serde_json::Value;
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A base PostgreSQL URL that accepts connections: `KILN_TEST_DATABASE_URL`, else the
+/// shared test database as `postgres` or as `root`.
+async fn pg_base_url() -> String {
+    if let Ok(url) = std::env::var("KILN_TEST_DATABASE_URL") {
+        return url;
+    }
+    for url in [DEFAULT_PG, "postgres://root@127.0.0.1:5432/test"] {
+        if PgConnection::connect(url).await.is_ok() {
+            return url.to_owned();
+        }
+    }
+    panic!("PostgreSQL is not reachable at {DEFAULT_PG} (as `postgres` or `root`)");
+}
+
+async fn pg_exec(base: &str, sql: String) {
+    let mut conn = PgConnection::connect(base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+/// One running server and what a test needs to talk to it.
+pub(crate) struct Server {
+    /// `http://127.0.0.1:PORT`.
+    pub(crate) base: String,
+    pub(crate) addr: SocketAddr,
+    /// The admin token the empty store was given.
+    pub(crate) admin: String,
+    pub(crate) store: Store,
+    pub(crate) backend: &'static str,
+    http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    /// (base URL, schema) of a PostgreSQL test, dropped by [`Server::stop`].
+    pg: Option<(String, String)>,
+    _dir: tempfile::TempDir,
+}
+
+/// What the server answered.
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) text: String,
+}
+
+impl Reply {
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text))
+    }
+
+    /// `data` of a success envelope (checked to be one).
+    pub(crate) fn data(&self) -> Value {
+        let v = self.json();
+        assert_eq!(v["status"], "success", "{} {v:#}", self.status);
+        v["data"].clone()
+    }
+
+    /// `error` of an error envelope (checked to be one, with its `meta`).
+    pub(crate) fn error(&self) -> Value {
+        let v = self.json();
+        assert_eq!(v["status"], "error", "{} {v:#}", self.status);
+        assert!(v["meta"]["request_id"].is_string(), "{v:#}");
+        assert!(v["meta"]["timestamp"].is_string(), "{v:#}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v:#}"
+        );
+        v["error"].clone()
+    }
+
+    /// Asserts the status and the error code; returns the error.
+    #[track_caller]
+    pub(crate) fn expect_error(&self, status: u16, code: &str) -> Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        let e = self.error();
+        assert_eq!(e["code"], code, "{e:#}");
+        e
+    }
+
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Server {
+    pub(crate) async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        Self::start(store, dir, None).await
+    }
+
+    pub(crate) async fn postgres() -> Self {
+        let base = pg_base_url().await;
+        let schema = format!("srv_{}", uuid::Uuid::new_v4().simple());
+        pg_exec(&base, format!("CREATE SCHEMA {schema}")).await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}schema={schema}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_postgres(&url, &dir.path().join("blobs"))
+            .await
+            .unwrap();
+        Self::start(store, dir, Some((base, schema))).await
+    }
+
+    async fn start(store: Store, dir: tempfile::TempDir, pg: Option<(String, String)>) -> Self {
+        // reqwest is built with rustls and no provider of its own: use ring, as the CLI does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let admin = store
+            .ensure_admin_token(None)
+            .await
+            .unwrap()
+            .expect("an empty store gets an admin token");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let base = format!("http://{addr}");
+        let state = AppState::new(store.clone(), ServerConfig::new(&base));
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(kiln_server::serve(listener, state, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            addr,
+            admin,
+            backend: store.backend_name(),
+            store,
+            http: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            pg,
+            _dir: dir,
+        }
+    }
+
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    pub(crate) async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let res = req.send().await.expect("the server answers");
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let text = res.text().await.unwrap();
+        Reply {
+            status,
+            headers,
+            text,
+        }
+    }
+
+    /// `GET path` with `token` (none when `None`).
+    pub(crate) async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.request(reqwest::Method::GET, path);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    /// `POST path` with a JSON body, as `token`.
+    pub(crate) async fn post(&self, path: &str, token: &str, body: &Value) -> Reply {
+        self.send(
+            self.request(reqwest::Method::POST, path)
+                .bearer_auth(token)
+                .json(body),
+        )
+        .await
+    }
+
+    /// `POST path` with raw bytes under `Content-Type: application/json`, as the admin.
+    pub(crate) async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Reply {
+        self.send(
+            self.request(reqwest::Method::POST, path)
+                .bearer_auth(&self.admin)
+                .header("content-type", "application/json")
+                .body(body),
+        )
+        .await
+    }
+
+    /// Creates a token through the API as the admin; returns its plaintext.
+    pub(crate) async fn token(&self, role: &str) -> String {
+        let r = self
+            .post(
+                "/api/v1/tokens",
+                &self.admin,
+                &serde_json::json!({ "name": format!("{role} test"), "role": role }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.data()["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Shuts the server down gracefully (it must end cleanly) and drops the test's schema.
+    pub(crate) async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+                .await
+                .expect("the server stops within 10 s of its shutdown signal");
+            ended.unwrap().expect("serve ends without an error");
+        }
+        if let Some((base, schema)) = self.pg.take() {
+            pg_exec(&base, format!("DROP SCHEMA {schema} CASCADE")).await;
+        }
+    }
+}
+
+/// Generates `mod name { sqlite, postgres }` tests running `async fn name(&Server)`.
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let s = $crate::harness::Server::sqlite().await;
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let s = $crate::harness::Server::postgres().await;
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+            }
+        )+
+    };
+}
+pub(crate) use both_backends;

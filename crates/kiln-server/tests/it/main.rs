@@ -1,0 +1,9 @@
+//! kiln-server's integration tests: the real server on `127.0.0.1:0`, driven over HTTP, on
+//! SQLite and on PostgreSQL (`postgres://postgres@127.0.0.1:5432/test`, or
+//! `KILN_TEST_DATABASE_URL`; each test in a fresh schema it drops at the end).
+
+mod auth;
+mod envelope;
+mod harness;
+mod system;
+mod tokens;
