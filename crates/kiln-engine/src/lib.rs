@@ -8,6 +8,8 @@
 //! - [`dispatch`] — the dispatcher: one task that owns the truth about active runs, commits
 //!   transitions in groups, and hands jobs to executors (which report over a channel).
 //! - [`egress`] — the one policy every outbound connection kiln makes passes first.
+//! - [`source`] — git project sources: bare mirrors fetched with the git CLI, revisions,
+//!   workflow files at a commit, checkouts into job workspaces.
 //!
 //! Not here: SQL (`kiln-store`), running a step's processes (`kiln-exec`), printing
 //! (`kiln-cli`). The server (a later issue) reuses the dispatcher unchanged.
@@ -16,6 +18,7 @@ pub mod contexts;
 pub mod dispatch;
 pub mod egress;
 pub mod project;
+pub mod source;
 
 use std::path::PathBuf;
 
