@@ -1,14 +1,24 @@
 //! Flags of every command, and which code handles each.
 //!
 //! Environment variables the binary reads are declared here, once: `KILN_LOG` (log filter),
-//! `KILN_DATA_DIR`, `KILN_DATABASE`. Steps never see any `KILN_*` variable of kiln's own
-//! process (kiln-exec strips them).
+//! `KILN_DATA_DIR`, `KILN_DATABASE`; `KILN_SERVER` and `KILN_TOKEN` (the server a client
+//! command talks to, and the API token it sends); `KILN_ADMIN_TOKEN` (`kiln serve`: the
+//! first admin token of an empty store, instead of a random one it prints). Steps never see
+//! any `KILN_*` variable of kiln's own process (kiln-exec strips them).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kiln_core::ids::ProjectId;
+use kiln_proto::Role;
+use kiln_store::Store;
 
 use crate::Failure;
+
+/// `kiln serve`: the first admin token of an empty store (at least 32 printable characters),
+/// instead of a random one printed once. Read from the environment only: a flag would show
+/// the secret to every `ps`.
+pub(crate) const ADMIN_TOKEN_ENV: &str = "KILN_ADMIN_TOKEN";
 
 /// kiln — a self-hosted build and automation server.
 #[derive(Debug, Parser)]
@@ -26,6 +36,10 @@ enum Command {
     Runs(RunsArgs),
     /// Print the log of a run's jobs (or of one job).
     Logs(LogsArgs),
+    /// Run the server: the HTTP API on `--listen`, recorded in the store.
+    Serve(ServeArgs),
+    /// Create, list or revoke API tokens (on a server with `--server`, else in the store).
+    Token(TokenArgs),
 }
 
 /// Where the store lives.
@@ -42,6 +56,27 @@ pub(crate) struct StoreArgs {
     /// A PostgreSQL URL (`postgres://…`) to use instead of the embedded SQLite.
     #[arg(long, env = "KILN_DATABASE", value_name = "URL")]
     pub(crate) database: Option<String>,
+}
+
+impl StoreArgs {
+    /// Opens (creating and migrating if needed) the store these flags name.
+    pub(crate) async fn open(&self) -> Result<Store, Failure> {
+        Store::open(self.database.as_deref(), &self.data_dir)
+            .await
+            .map_err(|e| Failure::internal(format!("failed to open the store: {e}")))
+    }
+}
+
+/// The server a client command talks to.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ServerArgs {
+    /// The kiln server's URL (`http://host:port`); without it the command uses the local
+    /// store.
+    #[arg(long, env = "KILN_SERVER", value_name = "URL")]
+    pub(crate) server: Option<String>,
+    /// The API token to send (prefer the environment variable: flags show in `ps`).
+    #[arg(long, env = "KILN_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -117,10 +152,88 @@ pub(crate) struct LogsArgs {
     pub(crate) store: StoreArgs,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The address to listen on; port 0 picks a free one (the line `listening on …` names it).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub(crate) listen: String,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+    /// How clients reach this server (default: `http://` and the address it listens on).
+    #[arg(long, value_name = "URL")]
+    pub(crate) public_url: Option<String>,
+    /// Local worker slots (default: one per core).
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenArgs {
+    #[command(subcommand)]
+    pub(crate) command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Create a token; its secret is printed this once.
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    List(TokenListArgs),
+    /// Revoke a token for good.
+    Revoke(TokenRevokeArgs),
+}
+
+/// Where a token command works: a server, or the local store.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TokenTarget {
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenCreateArgs {
+    /// What the token is for (shown in listings).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: String,
+    /// admin, maintainer, developer, viewer or worker.
+    #[arg(long, value_name = "ROLE", value_parser = |s: &str| s.parse::<Role>())]
+    pub(crate) role: Role,
+    /// Limit the role to one project (its id).
+    #[arg(long, value_name = "ID")]
+    pub(crate) project: Option<ProjectId>,
+    #[command(flatten)]
+    pub(crate) target: TokenTarget,
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenListArgs {
+    #[command(flatten)]
+    pub(crate) target: TokenTarget,
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TokenRevokeArgs {
+    /// The token's id (as `kiln token list` shows it), not its secret.
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
+    #[command(flatten)]
+    pub(crate) target: TokenTarget,
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+}
+
 pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Run(a) => crate::local::run(a).await,
         Command::Runs(a) => crate::local::runs(a).await,
         Command::Logs(a) => crate::local::logs(a).await,
+        Command::Serve(a) => crate::serve::serve(a).await,
+        Command::Token(a) => crate::token::token(a).await,
     }
 }

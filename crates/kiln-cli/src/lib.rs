@@ -3,13 +3,18 @@
 //! Thin by design: every decision is made in `kiln-engine`/`kiln-core`, every byte stored by
 //! `kiln-store`. This crate turns flags into requests and results into text or JSON. Results
 //! go to stdout; progress, logs and errors go to stderr, so `--format json` output can be piped.
+//! `kiln serve` hands the store to `kiln-server`; commands that talk to a server go through
+//! `client`.
 //!
 //! Exit codes (DESIGN.md "Command line"): 0 success, 1 a run or job failed, 2 invalid input
 //! (nothing ran), 3 kiln itself could not work, 130 cancelled by Ctrl-C.
 
 mod args;
+mod client;
 mod local;
 mod output;
+mod serve;
+mod token;
 
 use std::io::Write;
 

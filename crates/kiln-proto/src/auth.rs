@@ -212,7 +212,11 @@ mod tests {
     fn token_names_are_trimmed_and_bounded() {
         assert_eq!(check_token_name("  ci  "), Ok("ci"));
         assert!(check_token_name(" ").unwrap_err().contains("empty"));
-        assert!(check_token_name(&"x".repeat(101)).unwrap_err().contains("101"));
+        assert!(
+            check_token_name(&"x".repeat(101))
+                .unwrap_err()
+                .contains("101")
+        );
         assert!(check_token_name("a\nb").is_err());
     }
 

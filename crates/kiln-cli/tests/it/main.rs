@@ -4,6 +4,7 @@
 mod errors;
 mod postgres;
 mod run;
+mod serve;
 
 use std::path::Path;
 

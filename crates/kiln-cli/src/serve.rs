@@ -1,0 +1,87 @@
+//! `kiln serve`: opens the store, binds the listener, makes sure an admin token exists, prints
+//! `admin token: …` (only when it made one up) and then `listening on http://HOST:PORT`, and
+//! serves until SIGINT or SIGTERM, letting requests in flight finish.
+//!
+//! The listener is bound before the token is created, so that a port already in use never
+//! leaves a token behind that nobody saw; with `--listen 127.0.0.1:0` the printed address
+//! is the port actually bound. Not here: any HTTP (kiln-server's).
+
+use std::io::Write;
+use std::net::ToSocketAddrs;
+
+use kiln_proto::exit;
+use kiln_server::{AppState, ServerConfig};
+use kiln_store::StoreError;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::Failure;
+use crate::args::{ADMIN_TOKEN_ENV, ServeArgs};
+use crate::client::check_http_url;
+use crate::output::stdout_line;
+
+pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
+    if a.workers == Some(0) {
+        return Err(Failure::invalid("--workers must be at least 1"));
+    }
+    if let Err(e) = a.listen.to_socket_addrs() {
+        return Err(Failure::invalid(format!(
+            "--listen `{}`: expected HOST:PORT ({e})",
+            a.listen
+        )));
+    }
+    let public_url = match &a.public_url {
+        Some(url) => Some(check_http_url("--public-url", url)?),
+        None => None,
+    };
+    let preseed = std::env::var(ADMIN_TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.is_empty());
+
+    let store = a.store.open().await?;
+    let listener = tokio::net::TcpListener::bind(&a.listen)
+        .await
+        .map_err(|e| Failure::internal(format!("failed to listen on {}: {e}", a.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Failure::internal(format!("failed to read the bound address: {e}")))?;
+    let admin = match store.ensure_admin_token(preseed.as_deref()).await {
+        Ok(admin) => admin,
+        Err(e @ StoreError::BadToken { .. }) => {
+            return Err(Failure::invalid(format!("{ADMIN_TOKEN_ENV}: {e}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let shutdown = shutdown_signal()?;
+    let listening = format!("http://{addr}");
+    if let Some(token) = admin {
+        stdout_line(&format!("admin token: {token}"));
+    }
+    stdout_line(&format!("listening on {listening}"));
+    let _ = std::io::stdout().flush();
+
+    let config = ServerConfig::new(public_url.unwrap_or_else(|| listening.clone()));
+    tracing::info!(listen = %listening, public_url = %config.public_url, backend = store.backend_name(), "serving");
+    kiln_server::serve(listener, AppState::new(store, config), shutdown)
+        .await
+        .map_err(|e| Failure::internal(format!("failed to serve on {listening}: {e}")))?;
+    tracing::info!("stopped");
+    Ok(exit::OK)
+}
+
+/// A future that completes at the first SIGINT or SIGTERM (a stop, not a failure: the exit
+/// code stays 0). The handlers are installed here, before the address is printed, so that a
+/// signal sent as soon as the server says it listens is never the default (fatal) one.
+fn shutdown_signal() -> Result<impl Future<Output = ()> + Send + 'static, Failure> {
+    let watch = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| Failure::internal(format!("failed to watch for {name}: {e}")))
+    };
+    let mut interrupt = watch(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = watch(SignalKind::terminate(), "SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down: finishing requests in flight");
+    })
+}
