@@ -250,6 +250,17 @@ mod tests {
     }
 
     #[test]
+    fn a_panic_becomes_an_internal_error_without_its_message() {
+        let res = panicked(Box::new("secret detail".to_owned()));
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let Some(Payload::Error(body)) = res.extensions().get::<Payload>() else {
+            panic!("no error payload")
+        };
+        assert_eq!(body.code, "INTERNAL");
+        assert!(!body.message.contains("secret"));
+    }
+
+    #[test]
     fn bare_statuses_get_codes() {
         assert_eq!(
             ApiError::from_status(StatusCode::PAYLOAD_TOO_LARGE).code(),

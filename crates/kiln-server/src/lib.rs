@@ -7,7 +7,8 @@
 //! handlers share, `error` the one [`ApiError`](error::ApiError) every failure becomes,
 //! `envelope` the outermost layer that gives each answer its `meta` and request id, `extract`
 //! the JSON extractor whose rejections are envelopes too, `auth` who may call what, `routes`
-//! the handlers, `openapi` the document.
+//! the handlers, `openapi` the document. (tower-http's request-id layer is not used: it
+//! passes a caller's id on as it is, and this one is sanitised first.)
 //!
 //! Not here: SQL (the store's), deciding what runs (the engine's), anything the CLI prints.
 
@@ -24,6 +25,8 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -32,8 +35,8 @@ use tower_http::trace::TraceLayer;
 pub use state::{AppState, ServerConfig};
 
 /// The whole HTTP app: API routes behind auth, the open probes and documents, and the layers
-/// every request passes (outermost first): envelope and request id, panic catcher, trace,
-/// timeout, auth.
+/// every request passes, outermost first: envelope and request id, trace span, panic
+/// catcher, timeout, auth.
 pub fn router(state: AppState) -> Router {
     let config = state.config();
     let api = routes::api()
@@ -41,24 +44,25 @@ pub fn router(state: AppState) -> Router {
         // axum's own default would be a second, hidden one.
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(DefaultBodyLimit::disable());
-    let timeout = config.request_timeout;
+    let layers = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn(envelope::envelope))
+        .layer(TraceLayer::new_for_http().make_span_with(envelope::span))
+        .layer(CatchPanicLayer::custom(error::panicked))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            config.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .merge(routes::probes())
         .merge(api)
         .merge(openapi::docs(&state))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::authenticate,
-        ))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::GATEWAY_TIMEOUT,
-            timeout,
-        ))
-        .layer(TraceLayer::new_for_http().make_span_with(envelope::span))
-        .layer(CatchPanicLayer::custom(error::panicked))
-        .layer(axum::middleware::from_fn(envelope::envelope))
+        .layer(layers)
         .with_state(state)
 }
 
