@@ -10,6 +10,14 @@
 //! Executors own one job each: they prepare its workspace, call `kiln_exec::run_job`, and
 //! forward what it reports. They never touch the store.
 //!
+//! Leases run ahead of the slots: with N slots the dispatcher holds up to N × (1 +
+//! LOOKAHEAD) leases, and an executor whose lease is committed prepares its workspace at
+//! once, then waits for one of N run permits. When a job ends its permit passes straight to a
+//! prepared executor, so neither the next lease's transaction nor the workspace refresh sits
+//! between two jobs of a slot — and while enough prepared jobs wait, decisions may wait a few
+//! milliseconds to share a transaction. A job waiting for a permit is `leased`; it becomes
+//! `running` when it starts.
+//!
 //! Not here: parsing (kiln-core), SQL (kiln-store), printing (kiln-cli).
 
 use std::cmp::Ordering;
@@ -40,6 +48,15 @@ const LEASE_TTL: Duration = Duration::from_secs(60);
 /// How long progress records (log bytes, step results) may wait for a decision to share a
 /// transaction with.
 const PROGRESS_DELAY: Duration = Duration::from_millis(50);
+/// How long decisions may wait for company while enough prepared jobs are waiting for a
+/// slot that no slot can run dry meanwhile: fewer, larger transactions on a busy graph.
+const DECISION_DELAY: Duration = Duration::from_millis(5);
+/// Leases held beyond the slots, per slot: jobs prepared and waiting to start.
+const LOOKAHEAD: usize = 4;
+/// New leases are granted once no more than this many prepared jobs per slot are left: in
+/// batches, so that one transaction grants several, while enough remain to cover the
+/// transaction and the workspace refresh of the next batch.
+const REFILL_BELOW: usize = 2;
 /// How often running jobs' leases are renewed.
 const RENEW_EVERY: Duration = Duration::from_secs(15);
 
@@ -206,6 +223,8 @@ struct JobRec {
 }
 
 enum Msg {
+    /// The executor got a run permit and is starting the job's steps.
+    Started(JobId),
     Exec(JobId, ExecEvent),
     Done(JobId, Box<JobOutcome>, Slot),
 }
@@ -223,9 +242,13 @@ struct Dispatcher {
     runs: IndexMap<RunId, RunState>,
     jobs: HashMap<JobId, JobRec>,
     ready: BinaryHeap<Ready>,
-    /// Jobs leased or running now.
+    /// Jobs leased or running now (at most `slots * (1 + LOOKAHEAD)`: see the module doc).
     busy: usize,
+    /// Jobs running now (holding a permit).
+    running: usize,
     slots: usize,
+    /// One permit per slot: held by an executor while its job runs.
+    permits: Arc<tokio::sync::Semaphore>,
     seq: u64,
     ops: Vec<Op>,
     /// What to tell the observer once `ops` are committed.
@@ -259,13 +282,16 @@ impl Dispatcher {
             jobs: HashMap::new(),
             ready: BinaryHeap::new(),
             busy: 0,
+            running: 0,
             slots: req.slots.max(1),
+            permits: Arc::new(tokio::sync::Semaphore::new(req.slots.max(1))),
             seq: 0,
             ops: Vec::new(),
             after: Vec::new(),
             tx,
             rx,
-            free: (0..req.slots.max(1))
+            // A folder per lease: a slot's running job and the one prepared to follow it.
+            free: (0..req.slots.max(1) * (1 + LOOKAHEAD))
                 .rev()
                 .map(|k| Slot {
                     dir: req.work_dir.join(format!("slot-{k}")),
@@ -480,12 +506,24 @@ impl Dispatcher {
             // acts on them. Mere progress (a job started, log bytes, step results) rides along
             // with the next decision, or is committed within PROGRESS_DELAY: that halves the
             // transactions of a busy graph without delaying any decision.
-            let due = deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            if self.has_decisions() || due || self.ops.is_empty() {
+            //
+            // While at least a slot's worth of prepared jobs wait for a permit, even decisions
+            // may wait DECISION_DELAY: the slots stay busy, and the transaction grows.
+            let now = tokio::time::Instant::now();
+            let due = deadline.is_some_and(|d| now >= d);
+            let decisions = self.has_decisions();
+            let urgent = self.has_urgent() || (decisions && self.waiting() < self.slots);
+            if urgent || due || self.ops.is_empty() {
                 self.flush().await?;
                 deadline = None;
-            } else if deadline.is_none() {
-                deadline = Some(tokio::time::Instant::now() + PROGRESS_DELAY);
+            } else {
+                let want = now
+                    + if decisions {
+                        DECISION_DELAY
+                    } else {
+                        PROGRESS_DELAY
+                    };
+                deadline = Some(deadline.map_or(want, |d| d.min(want)));
             }
         }
         Ok(RunOutcome {
@@ -505,6 +543,23 @@ impl Dispatcher {
                     | Op::RenewLease { .. }
             )
         })
+    }
+
+    /// Whether the pending operations hold a decision someone waits for: a lease (an
+    /// executor waits to be spawned), a run's status or new jobs. Completions and job status
+    /// changes alone can wait DECISION_DELAY.
+    fn has_urgent(&self) -> bool {
+        self.ops.iter().any(|op| {
+            matches!(
+                op,
+                Op::GrantLease { .. } | Op::SetRunStatus { .. } | Op::AddJobs { .. }
+            )
+        })
+    }
+
+    /// Leased jobs not started yet (prepared, or being prepared).
+    fn waiting(&self) -> usize {
+        self.busy.saturating_sub(self.running)
     }
 
     fn all_done(&self) -> bool {
@@ -570,12 +625,33 @@ impl Dispatcher {
 
     fn handle(&mut self, msg: Msg) {
         match msg {
+            Msg::Started(job) => self.on_started(job),
             Msg::Exec(job, ev) => self.on_exec(job, ev),
             Msg::Done(job, outcome, slot) => {
                 self.free.push(slot);
                 self.on_done(job, *outcome);
             }
         }
+    }
+
+    fn on_started(&mut self, job: JobId) {
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return;
+        };
+        let Some(token) = rec.token else { return };
+        rec.started = Some(Instant::now());
+        rec.status = JobStatus::Running;
+        self.running += 1;
+        self.ops.push(Op::StartJob {
+            job,
+            token,
+            at: now(),
+        });
+        self.after.push(Progress::JobStarted {
+            run: rec.run,
+            job,
+            name: rec.name.clone(),
+        });
     }
 
     fn on_exec(&mut self, job: JobId, ev: ExecEvent) {
@@ -615,6 +691,9 @@ impl Dispatcher {
             return;
         };
         self.busy = self.busy.saturating_sub(1);
+        if rec.started.is_some() {
+            self.running = self.running.saturating_sub(1);
+        }
         if let Some(err) = &outcome.error {
             let line = format!("##[error] {err}\n").into_bytes();
             let len = line.len() as u64;
@@ -1075,7 +1154,10 @@ impl Dispatcher {
 
     /// Lease ready jobs onto free slots (committed before their executors start).
     fn fill_slots(&mut self) {
-        while self.busy < self.slots && !self.cancelled {
+        if self.waiting() > self.slots * REFILL_BELOW {
+            return;
+        }
+        while self.busy < self.slots * (1 + LOOKAHEAD) && !self.cancelled {
             let Some(next) = self.ready.pop() else { break };
             let Some(rec) = self.jobs.get_mut(&next.job) else {
                 continue;
@@ -1158,22 +1240,10 @@ impl Dispatcher {
                 return;
             };
             rec.token = Some(token);
-            rec.started = Some(Instant::now());
-            rec.status = JobStatus::Running;
         }
         let Some(rec) = self.jobs.get(&job) else {
             return;
         };
-        self.ops.push(Op::StartJob {
-            job,
-            token,
-            at: now(),
-        });
-        self.after.push(Progress::JobStarted {
-            run: rec.run,
-            job,
-            name: rec.name.clone(),
-        });
         let Some(run) = self.runs.get(&rec.run) else {
             return;
         };
@@ -1182,7 +1252,7 @@ impl Dispatcher {
         };
         let ks = run.keys.get(&rec.key);
 
-        // `busy` counts leases, so a leased job always finds a free slot.
+        // There is a folder per lease, so a leased job always finds a free one.
         let slot = self.free.pop().unwrap_or_else(|| Slot {
             dir: self.work_dir.join(format!("slot-extra-{job}")),
             written: Written::new(),
@@ -1297,6 +1367,7 @@ impl Dispatcher {
             masks: self.secrets.values().cloned().collect(),
         };
         let snapshot = self.snapshot.clone();
+        let permits = self.permits.clone();
         let tx = self.tx.clone();
         let cancel = rec.cancel.clone();
         let spare = Slot {
@@ -1305,10 +1376,9 @@ impl Dispatcher {
         };
         tokio::spawn(async move {
             let inner_tx = tx.clone();
-            let inner =
-                tokio::spawn(
-                    async move { execute(job, spec, snapshot, slot, &inner_tx, cancel).await },
-                );
+            let inner = tokio::spawn(async move {
+                execute(job, spec, snapshot, slot, permits, &inner_tx, cancel).await
+            });
             // A panicking executor must still end its job, or the run would never finish;
             // its slot folder is abandoned for a new one.
             let (outcome, slot) = inner.await.unwrap_or_else(|e| {
@@ -1415,12 +1485,14 @@ impl JobRec {
     }
 }
 
-/// One executor: refresh the slot's workspace, run the job's steps, forward what they report.
+/// One executor: refresh the folder's workspace, wait for a run permit, run the job's steps,
+/// forward what they report.
 async fn execute(
     job: JobId,
     spec: JobSpec,
     snapshot: Arc<Snapshot>,
     mut slot: Slot,
+    permits: Arc<tokio::sync::Semaphore>,
     tx: &mpsc::UnboundedSender<Msg>,
     cancel: CancellationToken,
 ) -> (JobOutcome, Slot) {
@@ -1444,13 +1516,36 @@ async fn execute(
     let outcome = match prepared {
         Ok((Ok(()), written)) => {
             slot.written = written;
+            // Permits are handed out in the order executors ask, which is lease order.
+            let permit = tokio::select! {
+                p = permits.acquire_owned() => p.ok(),
+                () = cancel.cancelled() => None,
+            };
+            let Some(permit) = permit else {
+                let outcome = JobOutcome {
+                    status: JobStatus::Cancelled,
+                    outputs: Map::new(),
+                    continue_on_error: false,
+                    error: None,
+                };
+                return (outcome, slot);
+            };
+            let _ = tx.send(Msg::Started(job));
             let (etx, mut erx) = mpsc::channel::<ExecEvent>(256);
             let forward = async {
                 while let Some(ev) = erx.recv().await {
                     let _ = tx.send(Msg::Exec(job, ev));
                 }
             };
-            let (outcome, ()) = tokio::join!(kiln_exec::run_job(spec, etx, cancel), forward);
+            let (outcome, ()) = tokio::join!(
+                async move {
+                    let outcome = kiln_exec::run_job(spec, etx, cancel).await;
+                    // The next prepared executor may start while this one reports.
+                    drop(permit);
+                    outcome
+                },
+                forward
+            );
             outcome
         }
         Ok((Err(e), _)) => failure(format!(

@@ -13,6 +13,7 @@ use kiln_proto::{Event, Job, Project, Run, Step};
 use serde_json::{Map, Value, json};
 use sqlx::{Pool, Row as _, Transaction};
 
+use crate::backend::batch;
 use crate::backend::{
     Pending, decode, json_text, ms, opt_ts, parse, parse_map, parse_strings, truncate, ts,
 };
@@ -21,7 +22,10 @@ use crate::error::{StoreError, query};
 use crate::types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
 
 type DbRow = <Db as sqlx::Database>::Row;
-type Tx = Transaction<'static, Db>;
+/// A read transaction. (Write transactions are each backend's `WriteTx`.)
+type ReadTx = Transaction<'static, Db>;
+/// A connection inside a write transaction.
+type Conn = <Db as sqlx::Database>::Connection;
 
 macro_rules! project_cols {
     () => {
@@ -49,11 +53,11 @@ macro_rules! step_cols {
 /// Job states in which a lease is held: the only ones an op carrying a token applies to.
 const HELD: [JobStatus; 2] = [JobStatus::Leased, JobStatus::Running];
 
-/// One database and its blob store. `writer` and `reader` are the same pool on PostgreSQL;
-/// on SQLite `writer` has exactly one connection (SQLite allows one writer at a time, and
+/// One database and its blob store. On PostgreSQL `writer` and `reader` are the same pool;
+/// on SQLite `writer` is one connection held for good (SQLite allows one writer at a time, and
 /// queueing in the pool is cheaper than busy-waiting on the file lock).
 pub(crate) struct Backend {
-    writer: Pool<Db>,
+    writer: Writer,
     reader: Pool<Db>,
     blobs: BlobStore,
 }
@@ -190,7 +194,7 @@ fn refused(reason: Refusal) -> OpResult {
 }
 
 impl Backend {
-    pub(crate) fn new(writer: Pool<Db>, reader: Pool<Db>, blobs: BlobStore) -> Self {
+    pub(crate) fn new(writer: Writer, reader: Pool<Db>, blobs: BlobStore) -> Self {
         Self {
             writer,
             reader,
@@ -202,14 +206,11 @@ impl Backend {
         &self.blobs
     }
 
-    async fn begin_write(&self) -> Result<Tx, StoreError> {
-        self.writer
-            .begin_with(SQL.begin_write)
-            .await
-            .map_err(query("begin a write transaction"))
+    async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        self.writer.begin().await
     }
 
-    async fn begin_read(&self) -> Result<Tx, StoreError> {
+    async fn begin_read(&self) -> Result<ReadTx, StoreError> {
         self.reader
             .begin_with(SQL.begin_read)
             .await
@@ -217,7 +218,7 @@ impl Backend {
     }
 
     /// Writes the transaction's blobs and events, then commits.
-    async fn finish(&self, mut tx: Tx, mut pending: Pending) -> Result<(), StoreError> {
+    async fn finish(&self, mut tx: WriteTx, mut pending: Pending) -> Result<(), StoreError> {
         // Blobs before commit: the rows naming them become visible only at commit, so no
         // reader ever finds a chunk row without its bytes. If the write fails, the
         // transaction is dropped (rolled back) and an orphan blob at most is left.
@@ -376,17 +377,6 @@ impl Backend {
         })
     }
 
-    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let mut pending = Pending::default();
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
-            results.push(apply(&mut tx, &mut pending, op).await?);
-        }
-        self.finish(tx, pending).await?;
-        Ok(results)
-    }
-
     pub(crate) async fn expire_leases(
         &self,
         now: Timestamp,
@@ -472,7 +462,7 @@ impl Backend {
 
 /// Inserts jobs with consecutive `seq` numbers from `first_seq`; returns them as read back.
 async fn insert_jobs(
-    tx: &mut Tx,
+    tx: &mut Conn,
     pending: &mut Pending,
     run: RunId,
     project: &str,
@@ -506,7 +496,7 @@ async fn insert_jobs(
             .bind(first_seq)
             .bind(at)
             .bind(Value::Array(rows).to_string())
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(query("insert jobs"))?;
     }
@@ -537,10 +527,10 @@ async fn insert_jobs(
     Ok(out)
 }
 
-async fn lease_state(tx: &mut Tx, job: JobId) -> Result<Option<LeaseState>, StoreError> {
+async fn lease_state(tx: &mut Conn, job: JobId) -> Result<Option<LeaseState>, StoreError> {
     let row = sqlx::query("SELECT status, lease_token, log_length FROM jobs WHERE id = $1")
         .bind(job.to_string())
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(query("read a job's lease"))?;
     let Some(row) = row else { return Ok(None) };
@@ -553,7 +543,7 @@ async fn lease_state(tx: &mut Tx, job: JobId) -> Result<Option<LeaseState>, Stor
 
 /// Explains why a guarded update touched no row.
 async fn explain(
-    tx: &mut Tx,
+    tx: &mut Conn,
     job: JobId,
     token: i64,
     allowed: &[JobStatus],
@@ -578,7 +568,7 @@ fn owners(row: &DbRow) -> Result<(String, String), StoreError> {
 
 /// Applies one op inside the batch's transaction. A refusal changes nothing and returns
 /// `Refused`; only infrastructure errors abort the batch.
-async fn apply(tx: &mut Tx, pending: &mut Pending, op: Op) -> Result<OpResult, StoreError> {
+async fn apply(tx: &mut Conn, pending: &mut Pending, op: Op) -> Result<OpResult, StoreError> {
     match op {
         Op::AddJobs { run, jobs, at } => add_jobs(tx, pending, run, jobs, ms(at)).await,
         Op::SetRunStatus { run, status, at } => {
@@ -607,7 +597,7 @@ async fn apply(tx: &mut Tx, pending: &mut Pending, op: Op) -> Result<OpResult, S
             .bind(job.to_string())
             .bind(token)
             .bind(ms(at).saturating_add(ttl_ms))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(query("renew a lease"))?;
             if done.rows_affected() == 1 {
@@ -634,7 +624,7 @@ async fn apply(tx: &mut Tx, pending: &mut Pending, op: Op) -> Result<OpResult, S
             .bind(json_text(&step.outputs))
             .bind(step.started_at.map(ms))
             .bind(step.finished_at.map(ms))
-            .execute(&mut **tx)
+            .execute(&mut *tx)
             .await
             .map_err(query("record a step"))?;
             if done.rows_affected() == 1 {
@@ -661,7 +651,7 @@ async fn apply(tx: &mut Tx, pending: &mut Pending, op: Op) -> Result<OpResult, S
 }
 
 async fn add_jobs(
-    tx: &mut Tx,
+    tx: &mut Conn,
     pending: &mut Pending,
     run: RunId,
     jobs: Vec<NewJob>,
@@ -673,7 +663,7 @@ async fn add_jobs(
          FROM runs WHERE id = $1",
     )
     .bind(run.to_string())
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(query("read a run to add jobs"))?;
     let Some(row) = row else {
@@ -690,7 +680,7 @@ async fn add_jobs(
 }
 
 async fn set_run_status(
-    tx: &mut Tx,
+    tx: &mut Conn,
     pending: &mut Pending,
     run: RunId,
     status: RunStatus,
@@ -699,7 +689,7 @@ async fn set_run_status(
     let run_id = run.to_string();
     let row = sqlx::query("SELECT status, project_id, started_at FROM runs WHERE id = $1")
         .bind(&run_id)
-        .fetch_optional(&mut **tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(query("read a run's status"))?;
     let Some(row) = row else {
@@ -725,7 +715,7 @@ async fn set_run_status(
     .bind(status.as_str())
     .bind((status == RunStatus::Running).then_some(at))
     .bind(status.is_terminal().then_some(at))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(query("set a run's status"))?;
     pending.run_status(at, &project, &run_id, status, first_start);
@@ -733,7 +723,7 @@ async fn set_run_status(
 }
 
 async fn set_job_status(
-    tx: &mut Tx,
+    tx: &mut Conn,
     pending: &mut Pending,
     job: JobId,
     status: JobStatus,
@@ -751,7 +741,7 @@ async fn set_job_status(
     .bind(&job_id)
     .bind(status.as_str())
     .bind(status.is_terminal().then_some(at))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(query("set a job's status"))?;
     if let Some(row) = row {
@@ -770,7 +760,7 @@ async fn set_job_status(
 }
 
 async fn grant_lease(
-    tx: &mut Tx,
+    tx: &mut Conn,
     pending: &mut Pending,
     job: JobId,
     owner: &str,
@@ -788,7 +778,7 @@ async fn grant_lease(
     .bind(&job_id)
     .bind(owner)
     .bind(at.saturating_add(ttl_ms))
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(query("grant a lease"))?;
     let Some(row) = row else {
@@ -815,7 +805,7 @@ async fn grant_lease(
 }
 
 async fn start_job(
-    tx: &mut Tx,
+    tx: &mut Conn,
     pending: &mut Pending,
     job: JobId,
     token: i64,
@@ -830,7 +820,7 @@ async fn start_job(
     .bind(&job_id)
     .bind(token)
     .bind(at)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(query("start a job"))?;
     let Some(row) = row else {
@@ -850,7 +840,7 @@ async fn start_job(
 }
 
 async fn log_chunk(
-    tx: &mut Tx,
+    tx: &mut Conn,
     pending: &mut Pending,
     job: JobId,
     token: i64,
@@ -872,7 +862,7 @@ async fn log_chunk(
     .bind(token)
     .bind(given)
     .bind(length)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(query("extend a job's log"))?;
     let Some(row) = row else {
@@ -904,14 +894,14 @@ async fn log_chunk(
     .bind(i64::from(step))
     .bind(&key)
     .bind(blob_offset)
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await
     .map_err(query("index a log chunk"))?;
     Ok(OpResult::Done)
 }
 
 async fn complete_job(
-    tx: &mut Tx,
+    tx: &mut Conn,
     pending: &mut Pending,
     job: JobId,
     token: i64,
@@ -934,7 +924,7 @@ async fn complete_job(
     .bind(status.as_str())
     .bind(json_text(&outputs))
     .bind(at)
-    .fetch_optional(&mut **tx)
+    .fetch_optional(&mut *tx)
     .await
     .map_err(query("complete a job"))?;
     let Some(row) = row else {
@@ -951,6 +941,209 @@ async fn complete_job(
         json!({ "attempt": attempts }),
     );
     Ok(OpResult::Done)
+}
+
+/// Applies `ops` in order: runs of job transitions through [`apply_batch`], anything else
+/// (run changes, new jobs, renewals) one by one. `begun` says whether the transaction is
+/// open; when it is not (SQLite's scripted commit), the first statement begins it.
+async fn apply_ops(
+    tx: &mut Conn,
+    pending: &mut Pending,
+    ops: Vec<Op>,
+    begun: &mut bool,
+) -> Result<Vec<OpResult>, StoreError> {
+    let mut results = Vec::with_capacity(ops.len());
+    let mut ops = ops.into_iter().peekable();
+    while ops.peek().is_some() {
+        let mut segment = Vec::new();
+        while let Some(op) = ops.next_if(|op| batch::kind(op).is_some()) {
+            segment.push(op);
+        }
+        if segment.is_empty() {
+            if let Some(op) = ops.next() {
+                begin(tx, begun).await?;
+                results.push(apply(tx, pending, op).await?);
+            }
+            continue;
+        }
+        results.extend(apply_batch(tx, pending, segment, begun).await?);
+    }
+    Ok(results)
+}
+
+/// Begins the write transaction if it is not open yet.
+async fn begin(tx: &mut Conn, begun: &mut bool) -> Result<(), StoreError> {
+    if !*begun {
+        sqlx::query(SQL.begin_write)
+            .execute(&mut *tx)
+            .await
+            .map_err(query("begin a write transaction"))?;
+        *begun = true;
+    }
+    Ok(())
+}
+
+/// Applies a run of job transitions with one statement per kind of transition (SQLite runs
+/// them all as one script: one trip to its worker thread instead of one per op).
+///
+/// Kinds go in lifecycle order (status changes, grants, starts, step results, log chunks,
+/// completions), which is the order a job's own ops always come in. When they do not — a job
+/// with two ops of one kind, ops out of lifecycle order, log chunks that do not follow each
+/// other — the segment is applied op by op instead, so the result is always what applying
+/// the ops in order would give. An op the batch did not apply is applied alone afterwards:
+/// that repeats its guarded statement (which fails again) and explains the refusal.
+async fn apply_batch(
+    tx: &mut Conn,
+    pending: &mut Pending,
+    ops: Vec<Op>,
+    begun: &mut bool,
+) -> Result<Vec<OpResult>, StoreError> {
+    let Some(plan) = batch::Plan::new(&ops) else {
+        begin(tx, begun).await?;
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            results.push(apply(tx, pending, op).await?);
+        }
+        return Ok(results);
+    };
+    let rows: Vec<DbRow> = match SQL.batch {
+        Batch::Script { batch, begin_batch } => {
+            let script = if *begun { batch } else { begin_batch };
+            let mut q = sqlx::query(script);
+            for param in plan.params() {
+                q = q.bind(param.as_str());
+            }
+            let rows = q
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(query("apply a batch of job transitions"))?;
+            *begun = true;
+            rows
+        }
+        Batch::Statements(statements) => {
+            let mut rows = Vec::new();
+            for (statement, param) in statements.iter().zip(plan.params()) {
+                if param == "[]" {
+                    continue;
+                }
+                rows.extend(
+                    sqlx::query(*statement)
+                        .bind(param.as_str())
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(query("apply a batch of job transitions"))?,
+                );
+            }
+            rows
+        }
+    };
+    let mut applied = batch::Applied::default();
+    for row in &rows {
+        let kind: i64 = get(row, "jobs", "kind")?;
+        let id: String = get(row, "jobs", "id")?;
+        let done = batch::Done {
+            run: get(row, "jobs", "run_id")?,
+            project: get(row, "jobs", "project_id")?,
+            token: get(row, "jobs", "token")?,
+            attempts: get(row, "jobs", "attempts")?,
+        };
+        let idx: Option<i64> = get(row, "jobs", "idx")?;
+        applied.insert(kind, id, idx, done);
+    }
+
+    // Log bytes of the groups whose offsets were accepted, then their index rows.
+    let mut chunks = Vec::new();
+    let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
+    for &i in plan.order() {
+        let op = &ops[i];
+        let Some(kind) = batch::kind(op) else { continue };
+        let Some(job) = batch::job_of(op) else { continue };
+        let job_id = job.to_string();
+        let step_idx = match op {
+            Op::StepResult { step, .. } => Some(i64::from(step.index)),
+            _ => None,
+        };
+        let Some(done) = applied.get(kind, &job_id, step_idx) else {
+            continue;
+        };
+        let run = done.run.as_deref().unwrap_or_default();
+        let project = done.project.as_deref().unwrap_or_default();
+        results[i] = Some(match op {
+            Op::SetJobStatus { status, at, .. } => {
+                pending.job_status(ms(*at), project, run, &job_id, *status, json!({}));
+                OpResult::Done
+            }
+            Op::GrantLease { owner, at, .. } => {
+                pending.job_status(
+                    ms(*at),
+                    project,
+                    run,
+                    &job_id,
+                    JobStatus::Leased,
+                    json!({ "owner": owner, "attempt": done.attempts }),
+                );
+                OpResult::Lease {
+                    token: done.token.unwrap_or_default(),
+                }
+            }
+            Op::StartJob { at, .. } => {
+                pending.job_status(
+                    ms(*at),
+                    project,
+                    run,
+                    &job_id,
+                    JobStatus::Running,
+                    json!({ "attempt": done.attempts }),
+                );
+                OpResult::Done
+            }
+            Op::StepResult { .. } => OpResult::Done,
+            Op::LogChunk {
+                step, offset, data, ..
+            } => {
+                if !data.is_empty() {
+                    let (key, blob_offset) = pending.log_bytes(data);
+                    chunks.push(json!([
+                        job_id,
+                        done.attempts,
+                        i64::try_from(*offset).unwrap_or(i64::MAX),
+                        i64::try_from(data.len()).unwrap_or(i64::MAX),
+                        i64::from(*step),
+                        key,
+                        blob_offset
+                    ]));
+                }
+                OpResult::Done
+            }
+            Op::CompleteJob { status, at, .. } => {
+                pending.job_status(
+                    ms(*at),
+                    project,
+                    run,
+                    &job_id,
+                    *status,
+                    json!({ "attempt": done.attempts }),
+                );
+                OpResult::Done
+            }
+            _ => continue,
+        });
+    }
+    if !chunks.is_empty() {
+        sqlx::query(SQL.insert_chunks)
+            .bind(Value::Array(chunks).to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(query("index log chunks"))?;
+    }
+    let mut out = Vec::with_capacity(ops.len());
+    for (op, result) in ops.into_iter().zip(results) {
+        out.push(match result {
+            Some(r) => r,
+            None => apply(tx, pending, op).await?,
+        });
+    }
+    Ok(out)
 }
 
 // ---- reads ----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@
 //! transition appends, the per-transaction buffer of events and blobs, and the embedded
 //! migrations. Not here: any SQL that runs (that is in `body.rs`).
 
+pub(crate) mod batch;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
@@ -39,6 +40,26 @@ pub(crate) struct Dialect {
     pub(crate) insert_events: &'static str,
     /// `$1`: the last id seen, `$2`: the limit.
     pub(crate) events_after: &'static str,
+    /// The batched job transitions (see `batch.rs`). Each statement takes a JSON array of
+    /// rows and returns `kind, id, run_id, project_id, token, attempts, idx` per applied row.
+    pub(crate) batch: Batch,
+    /// Inserts a JSON array of `[job, attempt, offset, length, step, blob_key, blob_offset]`.
+    pub(crate) insert_chunks: &'static str,
+}
+
+/// How a dialect runs the batched statements.
+pub(crate) enum Batch {
+    /// One script of six statements taking `$1` … `$6` (SQLite binds numbered parameters
+    /// across the statements of a script): one trip to the driver's worker thread. The
+    /// commit then begins and ends the transaction itself, inside the scripts, so that a
+    /// whole commit costs two trips.
+    Script {
+        batch: &'static str,
+        /// `BEGIN IMMEDIATE` and `batch`.
+        begin_batch: &'static str,
+    },
+    /// Six statements, each taking `$1`; those with no rows are skipped.
+    Statements([&'static str; 6]),
 }
 
 /// One event waiting to be appended when its transaction commits.

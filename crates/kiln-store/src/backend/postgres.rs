@@ -19,7 +19,7 @@
 use sqlx::Postgres as Db;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
-use super::Dialect;
+use super::{Batch, Dialect};
 
 const SQL: Dialect = Dialect {
     begin_write: "BEGIN",
@@ -39,6 +39,59 @@ const SQL: Dialect = Dialect {
     events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
                    WHERE id > $1 AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
                    ORDER BY id LIMIT $2",
+    batch: Batch::Statements([
+        "UPDATE jobs SET status = b.status, finished_at = COALESCE(b.fin, \
+        jobs.finished_at) FROM (SELECT e->>0 AS id, e->>1 AS status, (e->>2)::bigint AS \
+        fin FROM jsonb_array_elements($1::jsonb) AS t(e)) AS b WHERE jobs.id = b.id AND \
+        jobs.status IN ('pending', 'queued', 'waiting') AND jobs.status <> b.status \
+        RETURNING 1::int8 AS kind, jobs.id AS id, jobs.run_id AS run_id, jobs.project_id \
+        AS project_id, NULL::int8 AS token, jobs.attempts AS attempts, NULL::int8 AS idx",
+        "UPDATE jobs SET status = 'leased', lease_owner = b.owner, lease_token = \
+        jobs.lease_token + 1, lease_expires_at = b.exp, attempts = jobs.attempts + 1, \
+        log_length = 0, started_at = NULL, finished_at = NULL FROM (SELECT e->>0 AS id, \
+        e->>1 AS owner, (e->>2)::bigint AS exp FROM jsonb_array_elements($1::jsonb) AS \
+        t(e)) AS b WHERE jobs.id = b.id AND jobs.status = 'queued' RETURNING 2::int8 AS \
+        kind, jobs.id AS id, jobs.run_id AS run_id, jobs.project_id AS project_id, \
+        jobs.lease_token AS token, jobs.attempts AS attempts, NULL::int8 AS idx",
+        "UPDATE jobs SET status = 'running', started_at = b.at FROM (SELECT e->>0 AS id, \
+        (e->>1)::bigint AS token, (e->>2)::bigint AS at FROM \
+        jsonb_array_elements($1::jsonb) AS t(e)) AS b WHERE jobs.id = b.id AND \
+        jobs.lease_token = b.token AND jobs.status = 'leased' RETURNING 3::int8 AS kind, \
+        jobs.id AS id, jobs.run_id AS run_id, jobs.project_id AS project_id, \
+        jobs.lease_token AS token, jobs.attempts AS attempts, NULL::int8 AS idx",
+        "INSERT INTO steps (job_id, attempt, idx, name, status, outputs, started_at, \
+        finished_at) SELECT j.id, j.attempts, b.idx, b.name, b.status, b.outputs, \
+        b.started, b.finished FROM (SELECT e->>0 AS id, (e->>1)::bigint AS token, \
+        (e->>2)::bigint AS idx, e->>3 AS name, e->>4 AS status, e->>5 AS outputs, \
+        (e->>6)::bigint AS started, (e->>7)::bigint AS finished FROM \
+        jsonb_array_elements($1::jsonb) AS t(e)) AS b JOIN jobs AS j ON j.id = b.id \
+        WHERE j.lease_token = b.token AND j.status IN ('leased', 'running') ON CONFLICT \
+        (job_id, attempt, idx) DO UPDATE SET name = excluded.name, status = \
+        excluded.status, outputs = excluded.outputs, started_at = excluded.started_at, \
+        finished_at = excluded.finished_at RETURNING 4::int8 AS kind, job_id AS id, \
+        NULL::text AS run_id, NULL::text AS project_id, NULL::int8 AS token, attempt AS \
+        attempts, idx",
+        "UPDATE jobs SET log_length = jobs.log_length + b.len FROM (SELECT e->>0 AS id, \
+        (e->>1)::bigint AS token, (e->>2)::bigint AS off, (e->>3)::bigint AS len FROM \
+        jsonb_array_elements($1::jsonb) AS t(e)) AS b WHERE jobs.id = b.id AND \
+        jobs.lease_token = b.token AND jobs.status IN ('leased', 'running') AND \
+        jobs.log_length = b.off RETURNING 5::int8 AS kind, jobs.id AS id, jobs.run_id AS \
+        run_id, jobs.project_id AS project_id, jobs.lease_token AS token, jobs.attempts \
+        AS attempts, NULL::int8 AS idx",
+        "UPDATE jobs SET status = b.status, outputs = b.outputs, finished_at = b.at, \
+        lease_owner = NULL, lease_expires_at = NULL FROM (SELECT e->>0 AS id, \
+        (e->>1)::bigint AS token, e->>2 AS status, e->>3 AS outputs, (e->>4)::bigint AS \
+        at FROM jsonb_array_elements($1::jsonb) AS t(e)) AS b WHERE jobs.id = b.id AND \
+        jobs.lease_token = b.token AND jobs.status IN ('leased', 'running') RETURNING \
+        6::int8 AS kind, jobs.id AS id, jobs.run_id AS run_id, jobs.project_id AS \
+        project_id, jobs.lease_token AS token, jobs.attempts AS attempts, NULL::int8 AS \
+        idx",
+    ]),
+    insert_chunks: "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key, \
+                    blob_offset) \
+                    SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint, \
+                    (e->>4)::bigint, e->>5, (e->>6)::bigint \
+                    FROM jsonb_array_elements($1::jsonb) AS t(e)",
 };
 
 /// The embedded PostgreSQL migrations, oldest first. Forward-only.
@@ -88,7 +141,7 @@ pub(crate) async fn open(url: &str, blobs: BlobStore) -> Result<Backend, StoreEr
             backend: "postgres",
             source,
         })?;
-    Ok(Backend::new(pool.clone(), pool, blobs))
+    Ok(Backend::new(Writer(pool.clone()), pool, blobs))
 }
 
 /// Parses `url`, taking out kiln's `schema` parameter. Without an explicit `sslmode`, TLS is
@@ -154,6 +207,33 @@ include!("body.rs");
 /// (`tokens_body.rs`). 0x6b746f6b = "ktok".
 const LOCK_TOKENS: Option<&str> = Some("SELECT pg_advisory_xact_lock(1802792811)");
 include!("tokens_body.rs");
+
+impl Backend {
+    /// Applies `ops` in one transaction, one statement per kind of job transition.
+    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut pending = Pending::default();
+        let mut begun = true;
+        let results = apply_ops(&mut tx, &mut pending, ops, &mut begun).await?;
+        self.finish(tx, pending).await?;
+        Ok(results)
+    }
+}
+
+/// The writer: the pool (PostgreSQL has no single-writer rule).
+pub(crate) struct Writer(Pool<Db>);
+
+/// A write transaction.
+pub(crate) type WriteTx = sqlx::Transaction<'static, Db>;
+
+impl Writer {
+    pub(crate) async fn begin(&self) -> Result<WriteTx, StoreError> {
+        self.0
+            .begin_with(SQL.begin_write)
+            .await
+            .map_err(query("begin a write transaction"))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -10,10 +10,78 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::Sqlite as Db;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use std::sync::Arc;
 
-use super::Dialect;
+use sqlx::ConnectOptions as _;
+use sqlx::Sqlite as Db;
+use sqlx::SqliteConnection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use super::{Batch, Dialect};
+
+/// Appends a JSON array of `[at, kind, project, run, job, data]` rows in array order.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
+                    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                    json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
+                    json_extract(value, '$[4]'), json_extract(value, '$[5]') \
+                    FROM json_each($1) ORDER BY key"
+    };
+}
+
+/// The six batched job transitions (see `batch.rs`), `$1` … `$6`. `+status`: keeps SQLite
+/// from driving each join from the status index (a scan of every queued job) instead of from
+/// the batch's rows.
+macro_rules! batch_script {
+    () => {
+        "UPDATE jobs SET status = b.status, finished_at = COALESCE(b.fin, \
+            jobs.finished_at) FROM (SELECT json_extract(value, '$[0]') AS id, \
+            json_extract(value, '$[1]') AS status, json_extract(value, '$[2]') AS fin \
+            FROM json_each($1)) AS b WHERE jobs.id = b.id AND +jobs.status IN ('pending', \
+            'queued', 'waiting') AND +jobs.status <> b.status RETURNING 1 AS kind, id, \
+            run_id, project_id, NULL AS token, attempts, NULL AS idx; UPDATE jobs SET \
+            status = 'leased', lease_owner = b.owner, lease_token = lease_token + 1, \
+            lease_expires_at = b.exp, attempts = attempts + 1, log_length = 0, \
+            started_at = NULL, finished_at = NULL FROM (SELECT json_extract(value, \
+            '$[0]') AS id, json_extract(value, '$[1]') AS owner, json_extract(value, \
+            '$[2]') AS exp FROM json_each($2)) AS b WHERE jobs.id = b.id AND +jobs.status \
+            = 'queued' RETURNING 2 AS kind, id, run_id, project_id, lease_token AS \
+            token, attempts, NULL AS idx; UPDATE jobs SET status = 'running', started_at \
+            = b.at FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, \
+            '$[1]') AS token, json_extract(value, '$[2]') AS at FROM json_each($3)) AS b \
+            WHERE jobs.id = b.id AND jobs.lease_token = b.token AND +jobs.status = \
+            'leased' RETURNING 3 AS kind, id, run_id, project_id, lease_token AS token, \
+            attempts, NULL AS idx; INSERT INTO steps (job_id, attempt, idx, name, \
+            status, outputs, started_at, finished_at) SELECT j.id, j.attempts, b.idx, \
+            b.name, b.status, b.outputs, b.started, b.finished FROM (SELECT \
+            json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token, \
+            json_extract(value, '$[2]') AS idx, json_extract(value, '$[3]') AS name, \
+            json_extract(value, '$[4]') AS status, json_extract(value, '$[5]') AS \
+            outputs, json_extract(value, '$[6]') AS started, json_extract(value, '$[7]') \
+            AS finished FROM json_each($4)) AS b JOIN jobs AS j ON j.id = b.id WHERE \
+            j.lease_token = b.token AND +j.status IN ('leased', 'running') ON CONFLICT \
+            (job_id, attempt, idx) DO UPDATE SET name = excluded.name, status = \
+            excluded.status, outputs = excluded.outputs, started_at = \
+            excluded.started_at, finished_at = excluded.finished_at RETURNING 4 AS kind, \
+            job_id AS id, NULL AS run_id, NULL AS project_id, NULL AS token, attempt AS \
+            attempts, idx; UPDATE jobs SET log_length = log_length + b.len FROM (SELECT \
+            json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token, \
+            json_extract(value, '$[2]') AS off, json_extract(value, '$[3]') AS len FROM \
+            json_each($5)) AS b WHERE jobs.id = b.id AND jobs.lease_token = b.token AND \
+            +jobs.status IN ('leased', 'running') AND jobs.log_length = b.off RETURNING 5 \
+            AS kind, id, run_id, project_id, lease_token AS token, attempts, NULL AS \
+            idx; UPDATE jobs SET status = b.status, outputs = b.outputs, finished_at = \
+            b.at, lease_owner = NULL, lease_expires_at = NULL FROM (SELECT \
+            json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token, \
+            json_extract(value, '$[2]') AS status, json_extract(value, '$[3]') AS \
+            outputs, json_extract(value, '$[4]') AS at FROM json_each($6)) AS b WHERE \
+            jobs.id = b.id AND jobs.lease_token = b.token AND +jobs.status IN ('leased', \
+            'running') RETURNING 6 AS kind, id, run_id, project_id, lease_token AS \
+            token, attempts, NULL AS idx"
+    };
+}
 
 const SQL: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
@@ -29,13 +97,19 @@ const SQL: Dialect = Dialect {
                   json_extract(value, '$[5]'), 0, json_extract(value, '$[6]'), NULL, 0, NULL, \
                   0, '{}', $4, NULL, json_extract(value, '$[7]') \
                   FROM json_each($5) ORDER BY key",
-    insert_events: "INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
-                    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                    json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
-                    json_extract(value, '$[4]'), json_extract(value, '$[5]') \
-                    FROM json_each($1) ORDER BY key",
+    insert_events: insert_events!(),
     events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
                    WHERE id > $1 ORDER BY id LIMIT $2",
+    batch: Batch::Script {
+        batch: batch_script!(),
+        begin_batch: concat!("BEGIN IMMEDIATE; ", batch_script!()),
+    },
+    insert_chunks: "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key, \
+                    blob_offset) \
+                    SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                    json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
+                    json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+                    json_extract(value, '$[6]') FROM json_each($1)",
 };
 
 /// The embedded SQLite migrations, oldest first. Forward-only.
@@ -77,19 +151,9 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    let writer = SqlitePoolOptions::new()
-        .max_connections(1)
-        .min_connections(1)
-        // Keep the writer (and its prepared statements) for the life of the store.
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .test_before_acquire(false)
-        .acquire_timeout(Duration::from_secs(60))
-        .connect_with(options.clone())
-        .await
-        .map_err(open_err)?;
+    let mut writer = options.connect().await.map_err(open_err)?;
     migrator()
-        .run(&writer)
+        .run(&mut writer)
         .await
         .map_err(|source| StoreError::Migrate {
             backend: "sqlite",
@@ -102,7 +166,89 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
         .connect_with(options.read_only(true))
         .await
         .map_err(open_err)?;
-    Ok(Backend::new(writer, reader, blobs))
+    Ok(Backend::new(Writer::new(writer), reader, blobs))
+}
+
+/// SQLite's one writer connection, held for the life of the store (and with it its prepared
+/// statements). Taking it is one lock; a pool would hand it back through a spawned task after
+/// each use, a thread hop that cost as much as the statements.
+pub(crate) struct Writer(Arc<Mutex<Held>>);
+
+/// The writer connection, and whether a transaction may have been left open on it (by an
+/// error, or a future dropped half-way): the next user rolls it back first.
+pub(crate) struct Held {
+    conn: SqliteConnection,
+    open: bool,
+}
+
+impl Held {
+    pub(crate) fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.conn
+    }
+
+    pub(crate) fn set_open(&mut self, open: bool) {
+        self.open = open;
+    }
+}
+
+impl Writer {
+    fn new(conn: SqliteConnection) -> Self {
+        Writer(Arc::new(Mutex::new(Held { conn, open: false })))
+    }
+
+    /// Waits for the writer; rolls back what an earlier user left open.
+    pub(crate) async fn lock(&self) -> Result<OwnedMutexGuard<Held>, StoreError> {
+        let mut held = self.0.clone().lock_owned().await;
+        if held.open {
+            // "no transaction is active" when the earlier BEGIN itself failed: fine.
+            let _ = sqlx::query("ROLLBACK").execute(&mut held.conn).await;
+            held.open = false;
+        }
+        Ok(held)
+    }
+
+    /// Begins a write transaction (`BEGIN IMMEDIATE`: see `Dialect::begin_write`).
+    pub(crate) async fn begin(&self) -> Result<WriteTx, StoreError> {
+        let mut held = self.lock().await?;
+        held.open = true;
+        sqlx::query(SQL.begin_write)
+            .execute(&mut held.conn)
+            .await
+            .map_err(crate::error::query("begin a write transaction"))?;
+        Ok(WriteTx(held))
+    }
+}
+
+/// A write transaction on the writer. Dropped without `commit`, it is rolled back by the
+/// writer's next user.
+pub(crate) struct WriteTx(OwnedMutexGuard<Held>);
+
+impl WriteTx {
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("COMMIT").execute(&mut self.0.conn).await?;
+        self.0.open = false;
+        Ok(())
+    }
+
+    pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        sqlx::query("ROLLBACK").execute(&mut self.0.conn).await?;
+        self.0.open = false;
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.0.conn
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.0.conn
+    }
 }
 
 include!("body.rs");
@@ -111,3 +257,38 @@ include!("body.rs");
 /// check-then-insert of `tokens_body.rs` one writer at a time.
 const LOCK_TOKENS: Option<&str> = None;
 include!("tokens_body.rs");
+
+impl Backend {
+    /// Applies `ops` in one transaction. The transaction is begun by the first script and
+    /// ended by the last, so a commit of job transitions costs two trips to the driver's
+    /// worker thread however many ops it holds. If it fails, or its future is dropped
+    /// half-way, the writer stays marked open and its next user rolls it back first.
+    pub(crate) async fn commit(&self, ops: Vec<Op>) -> Result<Vec<OpResult>, StoreError> {
+        let mut held = self.writer.lock().await?;
+        let mut pending = Pending::default();
+        let mut begun = false;
+        held.set_open(true);
+        let results = apply_ops(held.conn(), &mut pending, ops, &mut begun).await?;
+        if !begun {
+            held.set_open(false);
+            return Ok(results);
+        }
+        if let Some((key, bytes)) = pending.take_segment() {
+            self.blobs.put(&key, bytes).await?;
+        }
+        if pending.has_events() {
+            sqlx::query(concat!(insert_events!(), "; COMMIT"))
+                .bind(pending.events_json())
+                .execute(held.conn())
+                .await
+                .map_err(query("append events to the outbox and commit"))?;
+        } else {
+            sqlx::query("COMMIT")
+                .execute(held.conn())
+                .await
+                .map_err(query("commit a write transaction"))?;
+        }
+        held.set_open(false);
+        Ok(results)
+    }
+}

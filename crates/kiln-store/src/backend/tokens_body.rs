@@ -12,7 +12,6 @@ mod api_tokens {
     use jiff::Timestamp;
     use kiln_core::ids::ProjectId;
     use kiln_proto::{Role, TokenId, TokenInfo};
-    use sqlx::Transaction;
 
     use super::{Backend, Db, LOCK_TOKENS, get};
     use crate::backend::{ms, opt_ts, parse, truncate, ts};
@@ -20,7 +19,7 @@ mod api_tokens {
     use crate::token;
 
     type DbRow = <Db as sqlx::Database>::Row;
-    type Tx = Transaction<'static, Db>;
+    type Tx = super::WriteTx;
 
     macro_rules! token_cols {
         () => {
@@ -132,14 +131,16 @@ mod api_tokens {
             id: TokenId,
             now: Timestamp,
         ) -> Result<bool, StoreError> {
+            let mut tx = self.begin_write().await?;
             let done = sqlx::query(
                 "UPDATE api_tokens SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
             )
             .bind(ms(now))
             .bind(id.to_string())
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(query("revoke an API token"))?;
+            tx.commit().await.map_err(query("commit a token's revocation"))?;
             Ok(done.rows_affected() > 0)
         }
 
@@ -169,6 +170,7 @@ mod api_tokens {
             if stale {
                 // Guarded so that concurrent requests write once and a token revoked in the
                 // meantime is not touched; either way the answer stands.
+                let mut tx = self.begin_write().await?;
                 sqlx::query(
                     "UPDATE api_tokens SET last_used_at = $1 WHERE id = $2 \
                      AND revoked_at IS NULL AND (last_used_at IS NULL OR last_used_at <= $3)",
@@ -176,9 +178,12 @@ mod api_tokens {
                 .bind(now_ms)
                 .bind(info.id.to_string())
                 .bind(now_ms - LAST_USED_RESOLUTION_MS)
-                .execute(&self.writer)
+                .execute(&mut *tx)
                 .await
                 .map_err(query("record an API token's use"))?;
+                tx.commit()
+                    .await
+                    .map_err(query("commit an API token's use"))?;
                 info.last_used_at = Some(truncate(now));
             }
             Ok(Some(info))
