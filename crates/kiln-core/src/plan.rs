@@ -253,6 +253,35 @@ pub fn critical_path(jobs: &IndexMap<String, Job>) -> IndexMap<String, u32> {
         .collect()
 }
 
+/// The job keys in an order where every job comes after the jobs it needs (declaration order
+/// otherwise). Unknown needs are ignored; a cycle (which the parser refuses) is broken where
+/// it is found.
+pub fn topological_order(jobs: &IndexMap<String, Job>) -> Vec<String> {
+    fn visit(v: usize, jobs: &IndexMap<String, Job>, state: &mut [u8], out: &mut Vec<String>) {
+        if state[v] != 0 {
+            return;
+        }
+        state[v] = 1;
+        if let Some((_, job)) = jobs.get_index(v) {
+            for need in &job.needs {
+                if let Some(n) = jobs.get_index_of(need) {
+                    visit(n, jobs, state, out);
+                }
+            }
+        }
+        state[v] = 2;
+        if let Some((key, _)) = jobs.get_index(v) {
+            out.push(key.clone());
+        }
+    }
+    let mut state = vec![0u8; jobs.len()];
+    let mut out = Vec::with_capacity(jobs.len());
+    for v in 0..jobs.len() {
+        visit(v, jobs, &mut state, &mut out);
+    }
+    out
+}
+
 /// Whether a string of a matrix reads the `needs` context.
 fn reads_needs(v: &Value) -> bool {
     match v {

@@ -36,7 +36,7 @@ use kiln_exec::{ExecEvent, JobOutcome, JobSpec};
 use kiln_proto::Run;
 use kiln_store::{NewJob, NewRun, Op, OpResult, Store};
 use serde_json::{Map, Value, json};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
@@ -59,6 +59,32 @@ const LOOKAHEAD: usize = 4;
 const REFILL_BELOW: usize = 2;
 /// How often running jobs' leases are renewed.
 const RENEW_EVERY: Duration = Duration::from_secs(15);
+
+/// One run to create: a workflow of a project, what triggered it, and where its files come
+/// from.
+#[derive(Clone)]
+pub struct RunSpec {
+    pub project: ProjectId,
+    pub workflow: Arc<Workflow>,
+    pub trigger: Trigger,
+    /// `secrets` context; every value is masked in logs.
+    pub secrets: Arc<IndexMap<String, String>>,
+    /// The files every job's workspace starts from.
+    pub snapshot: Arc<Snapshot>,
+}
+
+/// How a dispatcher runs jobs: the same for every run it drives.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// Jobs running at once.
+    pub slots: usize,
+    /// Where job workspaces are made (a few reused folders per slot).
+    pub work_dir: PathBuf,
+    /// The lease owner id of this process.
+    pub owner: String,
+    /// Executions a job may have before an expired lease fails it.
+    pub max_attempts: i64,
+}
 
 /// What `kiln run` asks the engine to do.
 pub struct LocalRun {
@@ -140,11 +166,69 @@ pub async fn run_local(
         return Err(EngineError::Invalid(Diagnostics(problems)));
     }
 
-    let mut d = Dispatcher::new(store, &req, progress);
+    let config = DispatchConfig {
+        slots: req.slots,
+        work_dir: req.work_dir.clone(),
+        owner: req.owner.clone(),
+        max_attempts: req.max_attempts,
+    };
+    let mut d = Dispatcher::new(store, &config, progress);
+    let secrets = Arc::new(req.secrets);
     for (wf, inputs) in prepared {
-        d.create_run(Arc::new(wf), inputs).await?;
+        let spec = RunSpec {
+            project: req.project,
+            workflow: Arc::new(wf),
+            trigger: req.trigger.clone(),
+            secrets: secrets.clone(),
+            snapshot: req.snapshot.clone(),
+        };
+        d.create_run(spec, inputs).await?;
     }
     d.drive(cancel).await
+}
+
+/// A request to a long-lived dispatcher (see [`crate::engine`]).
+pub(crate) enum Command {
+    /// Create a run (its inputs already resolved) and drive it; answers with the run as
+    /// recorded.
+    Submit {
+        spec: Box<RunSpec>,
+        inputs: Map<String, Value>,
+        reply: oneshot::Sender<Result<Run, EngineError>>,
+    },
+    /// Drive a run recorded earlier (by this server before a restart): its jobs as stored,
+    /// leases already taken back.
+    Resume {
+        run: Box<Run>,
+        spec: Box<RunSpec>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    /// Cancel a run's jobs; answers whether this dispatcher was driving it.
+    Cancel {
+        run: RunId,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Stop: start nothing new, give leased jobs that have not started back to the queue,
+    /// let running jobs finish until `grace` has passed, then cancel them. Answers when
+    /// everything is recorded.
+    Shutdown {
+        grace: Duration,
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Starts a dispatcher that drives the runs it is given through `commands` until told to
+/// shut down (or until every handle is gone).
+pub(crate) fn spawn_long_lived(
+    store: Store,
+    config: &DispatchConfig,
+    commands: mpsc::UnboundedReceiver<Command>,
+) -> tokio::task::JoinHandle<Result<RunOutcome, EngineError>> {
+    // Nobody shows progress: the outbox carries every transition to the API's clients.
+    let (progress, _) = mpsc::unbounded_channel();
+    let mut d = Dispatcher::new(store, config, progress);
+    d.commands = Some(commands);
+    tokio::spawn(d.drive(CancellationToken::new()))
 }
 
 /// Ordering of the ready queue: highest remaining critical path first, then creation order.
@@ -172,6 +256,7 @@ impl PartialOrd for Ready {
 struct RunState {
     id: RunId,
     wf: Arc<Workflow>,
+    spec: RunSpec,
     number: i64,
     attempt: i64,
     /// `github`, `inputs`, `vars`, `secrets`, `runner` — shared by every job of the run.
@@ -220,6 +305,8 @@ struct JobRec {
     log_offset: u64,
     started: Option<Instant>,
     seq: u64,
+    /// Leased but given back at shutdown before it started: it returns to the queue.
+    released: bool,
 }
 
 enum Msg {
@@ -257,11 +344,11 @@ struct Dispatcher {
     rx: mpsc::UnboundedReceiver<Msg>,
     /// Slots not running a job now.
     free: Vec<Slot>,
-    // Shared by every executor.
-    project: ProjectId,
-    trigger: Trigger,
-    secrets: IndexMap<String, String>,
-    snapshot: Arc<Snapshot>,
+    /// Requests from the engine's handle (none for `kiln run`).
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
+    /// Shutting down: when the grace period for running jobs ends.
+    draining: Option<tokio::time::Instant>,
+    grace_over: bool,
     work_dir: PathBuf,
     owner: String,
     max_attempts: i64,
@@ -273,7 +360,12 @@ fn now() -> Timestamp {
 }
 
 impl Dispatcher {
-    fn new(store: Store, req: &LocalRun, progress: mpsc::UnboundedSender<Progress>) -> Self {
+    fn new(
+        store: Store,
+        config: &DispatchConfig,
+        progress: mpsc::UnboundedSender<Progress>,
+    ) -> Self {
+        let req = config;
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             store,
@@ -298,10 +390,9 @@ impl Dispatcher {
                     written: Written::new(),
                 })
                 .collect(),
-            project: req.project,
-            trigger: req.trigger.clone(),
-            secrets: req.secrets.clone(),
-            snapshot: req.snapshot.clone(),
+            commands: None,
+            draining: None,
+            grace_over: false,
             work_dir: req.work_dir.clone(),
             owner: req.owner.clone(),
             max_attempts: req.max_attempts.max(1),
@@ -312,10 +403,11 @@ impl Dispatcher {
     /// Plan the workflow's statically known jobs and record the run with them.
     async fn create_run(
         &mut self,
-        wf: Arc<Workflow>,
+        spec: RunSpec,
         inputs: Map<String, Value>,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Run, EngineError> {
         let run_id = RunId::new();
+        let wf = spec.workflow.clone();
         let workspace = self
             .work_dir
             .join("workspace")
@@ -326,14 +418,14 @@ impl Dispatcher {
         let mut base = Map::new();
         base.insert(
             "github".into(),
-            github_context(&self.trigger, &wf, &run_id.to_string(), 0, 1, &workspace),
+            github_context(&spec.trigger, &wf, &run_id.to_string(), 0, 1, &workspace),
         );
         base.insert("inputs".into(), Value::Object(inputs.clone()));
         base.insert("vars".into(), json!({}));
         base.insert(
             "secrets".into(),
             Value::Object(
-                self.secrets
+                spec.secrets
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect(),
@@ -402,12 +494,12 @@ impl Dispatcher {
             .store
             .create_run(NewRun {
                 id: run_id,
-                project: self.project,
+                project: spec.project,
                 workflow: wf.file.clone(),
                 workflow_name: wf.display_name().to_owned(),
-                event: self.trigger.event.clone(),
-                git_ref: self.trigger.git_ref.clone(),
-                sha: self.trigger.sha.clone(),
+                event: spec.trigger.event.clone(),
+                git_ref: spec.trigger.git_ref.clone(),
+                sha: spec.trigger.sha.clone(),
                 inputs,
                 status: RunStatus::Queued,
                 jobs: new_jobs,
@@ -417,7 +509,7 @@ impl Dispatcher {
         base.insert(
             "github".into(),
             github_context(
-                &self.trigger,
+                &spec.trigger,
                 &wf,
                 &run_id.to_string(),
                 run.run_number,
@@ -439,6 +531,193 @@ impl Dispatcher {
         }
         let open = run.jobs.len();
         let undecided = keys.len();
+        let event_path = self.write_event_file(run_id, &base)?;
+        let candidates = keys.keys().cloned().collect();
+        self.runs.insert(
+            run_id,
+            RunState {
+                id: run_id,
+                wf,
+                spec,
+                number: run.run_number,
+                attempt: run.run_attempt,
+                base,
+                keys,
+                status: RunStatus::Queued,
+                cancelled: false,
+                event_path,
+                dependents,
+                candidates,
+                open,
+                undecided,
+            },
+        );
+        Ok(run)
+    }
+
+    /// Rebuild a recorded run's state from its jobs as stored, and drive it on: queued jobs
+    /// go to the ready queue, keys whose jobs are all pending are decided again when their
+    /// needs have ended, and the run ends as usual.
+    ///
+    /// Not known after a restart: which failed jobs had `continue-on-error` (they count as
+    /// failed for their dependents and the run's verdict).
+    fn resume_run(&mut self, run: Run, spec: RunSpec) -> Result<(), EngineError> {
+        if self.runs.contains_key(&run.id) {
+            return Ok(());
+        }
+        let wf = spec.workflow.clone();
+        let workspace = self
+            .work_dir
+            .join("workspace")
+            .to_string_lossy()
+            .into_owned();
+        let mut base = Map::new();
+        base.insert(
+            "github".into(),
+            github_context(
+                &spec.trigger,
+                &wf,
+                &run.id.to_string(),
+                run.run_number,
+                run.run_attempt,
+                &workspace,
+            ),
+        );
+        base.insert("inputs".into(), Value::Object(run.inputs.clone()));
+        base.insert("vars".into(), json!({}));
+        base.insert(
+            "secrets".into(),
+            Value::Object(
+                spec.secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+        base.insert("env".into(), json!({}));
+        let priorities = plan::critical_path(&wf.jobs);
+
+        let mut by_key: HashMap<&str, Vec<&kiln_proto::Job>> = HashMap::new();
+        for job in &run.jobs {
+            by_key.entry(job.key.as_str()).or_default().push(job);
+        }
+        let mut keys: IndexMap<String, KeyState> = IndexMap::new();
+        let mut open = 0usize;
+        let mut undecided = 0usize;
+        let mut ready = Vec::new();
+        for (key, def) in &wf.jobs {
+            let stored = by_key.remove(key.as_str()).unwrap_or_default();
+            let decided =
+                !stored.is_empty() && stored.iter().all(|j| j.status != JobStatus::Pending);
+            if !decided {
+                undecided += 1;
+            }
+            let total = stored.len();
+            let mut ids = Vec::new();
+            for (index, job) in stored.into_iter().enumerate() {
+                self.seq += 1;
+                let mut rec = JobRec::new(
+                    run.id,
+                    key.clone(),
+                    job.name.clone(),
+                    job.matrix.clone(),
+                    index,
+                    total,
+                    self.seq,
+                );
+                rec.status = job.status;
+                rec.outputs = job.outputs.clone();
+                if !job.status.is_terminal() {
+                    open += 1;
+                }
+                if job.status == JobStatus::Queued {
+                    ready.push((priorities.get(key).copied().unwrap_or(0), self.seq, job.id));
+                }
+                self.jobs.insert(job.id, rec);
+                ids.push(job.id);
+            }
+            keys.insert(
+                key.clone(),
+                KeyState {
+                    instances: (!ids.is_empty()).then_some(ids),
+                    decided,
+                    priority: priorities.get(key).copied().unwrap_or(0),
+                    fail_fast: plan::fail_fast(def, &base),
+                    max_parallel: plan::max_parallel(def, &base),
+                    held: Vec::new(),
+                    ancestor_failed: false,
+                },
+            );
+        }
+        if !by_key.is_empty() {
+            let mut unknown: Vec<&str> = by_key.keys().copied().collect();
+            unknown.sort_unstable();
+            return Err(EngineError::Usage(format!(
+                "run {} has jobs {} that its workflow {} no longer declares",
+                run.id,
+                unknown.join(", "),
+                wf.file
+            )));
+        }
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for (key, job) in &wf.jobs {
+            for need in &job.needs {
+                dependents
+                    .entry(need.clone())
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        let event_path = self.write_event_file(run.id, &base)?;
+        let candidates = keys
+            .iter()
+            .filter(|(_, k)| !k.decided)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let state = RunState {
+            id: run.id,
+            wf: wf.clone(),
+            spec,
+            number: run.run_number,
+            attempt: run.run_attempt,
+            base,
+            keys,
+            status: run.status,
+            cancelled: false,
+            event_path,
+            dependents,
+            candidates,
+            open,
+            undecided,
+        };
+        self.runs.insert(run.id, state);
+        // Ancestors' failures, in an order where every need comes first.
+        let order: Vec<String> = plan::topological_order(&wf.jobs);
+        for key in order {
+            let failed = {
+                let r = &self.runs[&run.id];
+                r.keys.get(&key).is_some_and(|k| k.decided) && self.ancestor_failed(r, &key)
+            };
+            if let Some(k) = self
+                .runs
+                .get_mut(&run.id)
+                .and_then(|r| r.keys.get_mut(&key))
+            {
+                k.ancestor_failed = failed;
+            }
+        }
+        for (priority, seq, job) in ready {
+            self.ready.push(Ready { priority, seq, job });
+        }
+        Ok(())
+    }
+
+    /// `GITHUB_EVENT_PATH`: the payload, written once for all the run's jobs.
+    fn write_event_file(
+        &self,
+        run_id: RunId,
+        base: &Map<String, Value>,
+    ) -> Result<PathBuf, EngineError> {
         let event_path = self.work_dir.join(format!("event-{run_id}.json"));
         let payload = base
             .get("github")
@@ -457,37 +736,27 @@ impl Dispatcher {
                 path: event_path.clone(),
                 source,
             })?;
-        let candidates = keys.keys().cloned().collect();
-        self.runs.insert(
-            run_id,
-            RunState {
-                id: run_id,
-                wf,
-                number: run.run_number,
-                attempt: run.run_attempt,
-                base,
-                keys,
-                status: RunStatus::Queued,
-                cancelled: false,
-                event_path,
-                dependents,
-                candidates,
-                open,
-                undecided,
-            },
-        );
-        Ok(())
+        Ok(event_path)
     }
 
     async fn drive(mut self, cancel: CancellationToken) -> Result<RunOutcome, EngineError> {
         let mut renew = tokio::time::interval(RENEW_EVERY);
         renew.tick().await;
-        let run_ids: Vec<RunId> = self.runs.keys().copied().collect();
+        let mut run_ids: Vec<RunId> = self.runs.keys().copied().collect();
         // The first turn decides the jobs that need nothing.
         self.advance_all();
         self.flush().await?;
         let mut deadline: Option<tokio::time::Instant> = None;
-        while !self.all_done() {
+        let mut shutdown: Option<oneshot::Sender<()>> = None;
+        loop {
+            let long_lived = self.commands.is_some() || self.draining.is_some();
+            if !long_lived && self.all_done() {
+                break;
+            }
+            if self.draining.is_some() && self.busy == 0 && self.ops.is_empty() {
+                break;
+            }
+            let grace = self.draining.filter(|_| !self.grace_over);
             tokio::select! {
                 msg = self.rx.recv() => {
                     let Some(msg) = msg else { break };
@@ -496,8 +765,41 @@ impl Dispatcher {
                         self.handle(msg);
                     }
                 }
+                cmd = next_command(&mut self.commands), if self.commands.is_some() => {
+                    match cmd {
+                        Some(Command::Submit { spec, inputs, reply }) => {
+                            let created = self.create_run(*spec, inputs).await;
+                            if let Ok(run) = &created {
+                                run_ids.push(run.id);
+                            }
+                            let _ = reply.send(created);
+                        }
+                        Some(Command::Resume { run, spec, reply }) => {
+                            let id = run.id;
+                            let resumed = self.resume_run(*run, *spec);
+                            if resumed.is_ok() {
+                                run_ids.push(id);
+                            }
+                            let _ = reply.send(resumed);
+                        }
+                        Some(Command::Cancel { run, reply }) => {
+                            let _ = reply.send(self.cancel_run(run));
+                        }
+                        Some(Command::Shutdown { grace, reply }) => {
+                            shutdown = Some(reply);
+                            self.begin_drain(grace);
+                        }
+                        // Every handle is gone: nobody can ask for anything any more.
+                        None => self.begin_drain(Duration::ZERO),
+                    }
+                }
                 _ = renew.tick() => self.renew_leases(),
                 _ = cancel.cancelled(), if !self.cancelled => self.cancel_all(),
+                _ = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)),
+                    if grace.is_some() => {
+                    self.grace_over = true;
+                    self.cancel_running();
+                }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
                     if deadline.is_some() => {}
             }
@@ -526,10 +828,40 @@ impl Dispatcher {
                 deadline = Some(deadline.map_or(want, |d| d.min(want)));
             }
         }
+        self.flush().await?;
+        if let Some(reply) = shutdown {
+            let _ = reply.send(());
+        }
         Ok(RunOutcome {
             runs: run_ids,
             cancelled: self.cancelled,
         })
+    }
+
+    /// Shutdown: nothing new starts, prepared jobs go back to the queue, running ones get
+    /// until `grace` to finish.
+    fn begin_drain(&mut self, grace: Duration) {
+        if self.draining.is_some() {
+            return;
+        }
+        self.commands = None;
+        self.draining = Some(tokio::time::Instant::now() + grace);
+        self.ready.clear();
+        for rec in self.jobs.values_mut() {
+            if rec.status == JobStatus::Leased {
+                rec.released = true;
+                rec.cancel.cancel();
+            }
+        }
+    }
+
+    /// The grace period is over: cancel what still runs (recorded as cancelled).
+    fn cancel_running(&mut self) {
+        for rec in self.jobs.values() {
+            if rec.status == JobStatus::Running {
+                rec.cancel.cancel();
+            }
+        }
     }
 
     /// Whether the pending operations hold anything besides progress records.
@@ -693,6 +1025,12 @@ impl Dispatcher {
         self.busy = self.busy.saturating_sub(1);
         if rec.started.is_some() {
             self.running = self.running.saturating_sub(1);
+        } else if rec.released {
+            // Given back at shutdown before it started: queued again, for whoever drives the
+            // run next (this server after a restart, or another).
+            rec.status = JobStatus::Queued;
+            self.ops.push(Op::ReleaseLease { job, token });
+            return;
         }
         if let Some(err) = &outcome.error {
             let line = format!("##[error] {err}\n").into_bytes();
@@ -797,16 +1135,32 @@ impl Dispatcher {
     /// Ctrl-C: nothing new starts; running jobs are cancelled and report back.
     fn cancel_all(&mut self) {
         self.cancelled = true;
-        for run in self.runs.values_mut() {
-            if !run.status.is_terminal() {
-                run.cancelled = true;
-            }
+        let runs: Vec<RunId> = self.runs.keys().copied().collect();
+        for run in runs {
+            self.cancel_run(run);
         }
-        let ids: Vec<JobId> = self.jobs.keys().copied().collect();
+        self.ready.clear();
+    }
+
+    /// Cancel one run: its running jobs through their tokens (they report back), the rest at
+    /// once; undecided keys are never decided. Whether this dispatcher drives the run.
+    fn cancel_run(&mut self, run_id: RunId) -> bool {
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return false;
+        };
+        if run.status.is_terminal() {
+            return true;
+        }
+        run.cancelled = true;
+        let ids: Vec<JobId> = run
+            .keys
+            .values()
+            .flat_map(|ks| ks.instances.iter().flatten().copied())
+            .collect();
         for id in ids {
             self.cancel_job(id);
         }
-        self.ready.clear();
+        true
     }
 
     fn renew_leases(&mut self) {
@@ -1157,7 +1511,8 @@ impl Dispatcher {
         if self.waiting() > self.slots * REFILL_BELOW {
             return;
         }
-        while self.busy < self.slots * (1 + LOOKAHEAD) && !self.cancelled {
+        while self.busy < self.slots * (1 + LOOKAHEAD) && !self.cancelled && self.draining.is_none()
+        {
             let Some(next) = self.ready.pop() else { break };
             let Some(rec) = self.jobs.get_mut(&next.job) else {
                 continue;
@@ -1287,7 +1642,7 @@ impl Dispatcher {
         );
 
         let event_path = run.event_path.clone();
-        let t = &self.trigger;
+        let t = &run.spec.trigger;
         let ref_name = t
             .git_ref
             .strip_prefix("refs/heads/")
@@ -1364,9 +1719,9 @@ impl Dispatcher {
             temp_dir: temp.clone(),
             base_env,
             inherit_env: true,
-            masks: self.secrets.values().cloned().collect(),
+            masks: run.spec.secrets.values().cloned().collect(),
         };
-        let snapshot = self.snapshot.clone();
+        let snapshot = run.spec.snapshot.clone();
         let permits = self.permits.clone();
         let tx = self.tx.clone();
         let cancel = rec.cancel.clone();
@@ -1481,6 +1836,7 @@ impl JobRec {
             log_offset: 0,
             started: None,
             seq,
+            released: false,
         }
     }
 }
@@ -1577,4 +1933,13 @@ fn reset_temp(temp: &std::path::Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The next command, or never when there is no command channel (the `select!` branch is
+/// disabled then anyway).
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }

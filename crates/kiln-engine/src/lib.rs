@@ -7,6 +7,8 @@
 //! - [`contexts`] — the run-level expression contexts and checks on user-supplied values.
 //! - [`dispatch`] — the dispatcher: one task that owns the truth about active runs, commits
 //!   transitions in groups, and hands jobs to executors (which report over a channel).
+//! - [`engine`] — the server's engine: a long-lived dispatcher, recovered from the store at
+//!   start-up, and the handle that triggers, cancels and shuts down.
 //! - [`egress`] — the one policy every outbound connection kiln makes passes first.
 //! - [`source`] — git project sources: bare mirrors fetched with the git CLI, revisions,
 //!   workflow files at a commit, checkouts into job workspaces.
@@ -17,6 +19,7 @@
 pub mod contexts;
 pub mod dispatch;
 pub mod egress;
+pub mod engine;
 pub mod project;
 pub mod source;
 
@@ -25,6 +28,7 @@ use std::path::PathBuf;
 use kiln_core::workflow::Diagnostics;
 
 pub use dispatch::{LocalRun, Progress, RunOutcome, run_local};
+pub use engine::{Engine, EngineConfig, Recovery, TriggerRequest};
 
 /// Why the engine could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,9 @@ pub enum EngineError {
     /// The store failed; what had been committed stays consistent.
     #[error("failed to use the store: {0}")]
     Store(#[from] kiln_store::StoreError),
+    /// A git source could not be read (git failed, timed out, …).
+    #[error("{0}")]
+    Source(Box<crate::source::SourceError>),
     /// A file-system call failed.
     #[error("failed to {action} {}: {source}", path.display())]
     Io {

@@ -82,6 +82,9 @@ pub enum Op {
         ttl_ms: i64,
         at: Timestamp,
     },
+    /// `leased → queued` for a lease whose job never started (its holder is shutting
+    /// down): the lease is released and the grant does not count as an attempt.
+    ReleaseLease { job: JobId, token: i64 },
     /// Records a step of the current attempt (upsert by index).
     StepResult { job: JobId, token: i64, step: Step },
     /// Appends to the current attempt's log; `offset` must be its current length.

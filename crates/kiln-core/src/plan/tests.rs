@@ -278,3 +278,16 @@ fn triggers_select_workflows() {
     assert!(!triggered_by(&w, "pull_request"));
     assert!(!triggered_by(&w, "schedule"));
 }
+
+#[test]
+fn topological_order_puts_needs_first() {
+    let w = wf(
+        "on: push\njobs:\n  d:\n    needs: [b, c]\n    runs-on: x\n    steps: [{run: 'true'}]\n  b:\n    needs: a\n    runs-on: x\n    steps: [{run: 'true'}]\n  c:\n    runs-on: x\n    steps: [{run: 'true'}]\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+    );
+    let order = topological_order(&w.jobs);
+    let pos = |k: &str| order.iter().position(|x| x == k).unwrap();
+    assert_eq!(order.len(), 4);
+    assert!(pos("a") < pos("b"));
+    assert!(pos("b") < pos("d"));
+    assert!(pos("c") < pos("d"));
+}

@@ -32,7 +32,10 @@ pub(crate) fn kind(op: &Op) -> Option<i64> {
         Op::StepResult { .. } => STEP,
         Op::LogChunk { .. } => LOG,
         Op::CompleteJob { .. } => COMPLETE,
-        Op::AddJobs { .. } | Op::SetRunStatus { .. } | Op::RenewLease { .. } => return None,
+        Op::AddJobs { .. }
+        | Op::SetRunStatus { .. }
+        | Op::RenewLease { .. }
+        | Op::ReleaseLease { .. } => return None,
     })
 }
 
@@ -45,7 +48,8 @@ pub(crate) fn job_of(op: &Op) -> Option<JobId> {
         | Op::StepResult { job, .. }
         | Op::LogChunk { job, .. }
         | Op::CompleteJob { job, .. }
-        | Op::RenewLease { job, .. } => Some(*job),
+        | Op::RenewLease { job, .. }
+        | Op::ReleaseLease { job, .. } => Some(*job),
         Op::AddJobs { .. } | Op::SetRunStatus { .. } => None,
     }
 }
@@ -147,7 +151,10 @@ impl Plan {
                         ms(*at)
                     ]));
                 }
-                Op::AddJobs { .. } | Op::SetRunStatus { .. } | Op::RenewLease { .. } => {
+                Op::AddJobs { .. }
+                | Op::SetRunStatus { .. }
+                | Op::RenewLease { .. }
+                | Op::ReleaseLease { .. } => {
                     return None;
                 }
             }

@@ -606,6 +606,33 @@ async fn apply(tx: &mut Conn, pending: &mut Pending, op: Op) -> Result<OpResult,
                 explain(tx, job, token, &HELD).await
             }
         }
+        Op::ReleaseLease { job, token } => {
+            let job_id = job.to_string();
+            let row = sqlx::query(
+                "UPDATE jobs SET status = 'queued', lease_owner = NULL, \
+                 lease_expires_at = NULL, attempts = attempts - 1 \
+                 WHERE id = $1 AND lease_token = $2 AND status = 'leased' \
+                 RETURNING run_id, project_id",
+            )
+            .bind(&job_id)
+            .bind(token)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("release a lease"))?;
+            let Some(row) = row else {
+                return explain(tx, job, token, &[JobStatus::Leased]).await;
+            };
+            let (run, project) = owners(&row)?;
+            pending.job_status(
+                ms(Timestamp::now()),
+                &project,
+                &run,
+                &job_id,
+                JobStatus::Queued,
+                json!({ "released": true }),
+            );
+            Ok(OpResult::Done)
+        }
         Op::StepResult { job, token, step } => {
             let done = sqlx::query(
                 "INSERT INTO steps (job_id, attempt, idx, name, status, outputs, started_at, \

@@ -1,0 +1,481 @@
+//! The engine as a server runs it: one long-lived dispatcher driving every run it is given,
+//! recovered from the store at start-up, and a cheap handle ([`Engine`]) to talk to it.
+//!
+//! Start-up follows DESIGN.md "Leases": the leases this server's previous local pool held
+//! (same owner id, kept in the data dir) are taken back at once — their jobs go back to the
+//! queue with `attempts` + 1, or fail when their attempts are spent — and every run that was
+//! queued or running is driven on from its stored jobs. Other owners' leases are never
+//! touched here.
+//!
+//! A run's files come from its project: a local folder as it is now, or a git project's
+//! mirror (kept under `<data dir>/repos/<project id>.git`) checked out at the run's commit.
+//!
+//! Not here: HTTP (kiln-server), the scheduling itself (`dispatch`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use jiff::Timestamp;
+use kiln_core::ids::{JobStatus, ProjectId, RunId, RunStatus};
+use kiln_core::plan;
+use kiln_core::workflow::{Diagnostics, Workflow};
+use kiln_proto::{Project, Run};
+use kiln_store::{Op, RunFilter, Store};
+use serde_json::Value;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::EngineError;
+use crate::contexts::{Trigger, resolve_inputs};
+use crate::dispatch::{self, Command, DispatchConfig, RunOutcome, RunSpec};
+use crate::project::{Snapshot, load_project, snapshot};
+use crate::source::GitRepo;
+
+/// How the server's engine runs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Jobs running at once on the local pool.
+    pub slots: usize,
+    /// The data dir: job folders go under `work/`, git checkouts under `checkouts/`, the
+    /// engine's owner id in `engine-id`.
+    pub data_dir: PathBuf,
+    /// Executions a job may have before an expired lease fails it.
+    pub max_attempts: i64,
+}
+
+/// What starts runs: a project, which of its workflows, and the event.
+#[derive(Clone, Debug, Default)]
+pub struct TriggerRequest {
+    pub project: ProjectId,
+    /// A workflow's file name, stem, path or `name:`; `None`: every workflow the event
+    /// triggers.
+    pub workflow: Option<String>,
+    /// `workflow_dispatch`, `push`, …
+    pub event: String,
+    /// A branch, tag or commit (git projects; default: the default branch).
+    pub git_ref: Option<String>,
+    /// `github.event`; made up from the trigger when absent.
+    pub payload: Option<Value>,
+    pub inputs: IndexMap<String, String>,
+}
+
+/// A handle on the running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    config: EngineConfig,
+    owner: String,
+    commands: mpsc::UnboundedSender<Command>,
+    task: Mutex<Option<tokio::task::JoinHandle<Result<RunOutcome, EngineError>>>>,
+}
+
+/// What the start-up recovery did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Leases of this server's previous pool taken back.
+    pub expired_leases: usize,
+    /// Runs driven on.
+    pub resumed: Vec<RunId>,
+    /// Runs that could not be driven on (their workflow is gone or broken): ended as failed.
+    pub failed: Vec<RunId>,
+}
+
+impl Engine {
+    /// Takes back this server's previous leases, starts the dispatcher and drives on every
+    /// unfinished run.
+    pub async fn start(
+        store: Store,
+        config: EngineConfig,
+    ) -> Result<(Engine, Recovery), EngineError> {
+        let owner = engine_owner(&config.data_dir)?;
+        let expired = store.expire_leases(Timestamp::now(), Some(&owner)).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let dispatch_config = DispatchConfig {
+            slots: config.slots.max(1),
+            work_dir: config.data_dir.join("work"),
+            owner: owner.clone(),
+            max_attempts: config.max_attempts.max(1),
+        };
+        let task = dispatch::spawn_long_lived(store.clone(), &dispatch_config, rx);
+        let engine = Engine {
+            inner: Arc::new(Inner {
+                store,
+                config,
+                owner,
+                commands: tx,
+                task: Mutex::new(Some(task)),
+            }),
+        };
+        let mut recovery = Recovery {
+            expired_leases: expired.len(),
+            ..Recovery::default()
+        };
+        engine.recover(&mut recovery).await?;
+        Ok((engine, recovery))
+    }
+
+    /// The lease owner id of this engine's local pool (stable across restarts of one data
+    /// dir).
+    pub fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+
+    /// Creates the runs `req` asks for (one per selected workflow) and queues them. Invalid
+    /// workflows, unknown workflows and bad inputs are refused before anything is stored.
+    pub async fn trigger(&self, req: TriggerRequest) -> Result<Vec<Run>, EngineError> {
+        let project = self
+            .inner
+            .store
+            .get_project(req.project)
+            .await?
+            .ok_or_else(|| EngineError::Usage(format!("no project {}", req.project)))?;
+        let source = self
+            .materialise(&project, req.git_ref.as_deref(), None)
+            .await?;
+        let local = load_project(&source.root)?;
+        let selected = local.select(req.workflow.as_deref(), &req.event)?;
+        if selected.is_empty() {
+            return Err(EngineError::Usage(format!(
+                "no workflow of project {} runs on `{}`",
+                project.name, req.event
+            )));
+        }
+        let mut problems = Vec::new();
+        let mut prepared = Vec::new();
+        for wf in selected {
+            problems.extend(plan::check_runnable(wf));
+            let inputs = resolve_inputs(wf, &req.inputs).map_err(EngineError::Usage)?;
+            prepared.push((wf.clone(), inputs));
+        }
+        if !problems.is_empty() {
+            return Err(EngineError::Invalid(Diagnostics(problems)));
+        }
+        let trigger = Trigger {
+            event: req.event.clone(),
+            payload: req.payload.clone(),
+            inputs: req.inputs.clone(),
+            git_ref: source.git_ref.clone(),
+            sha: source.sha.clone(),
+            repository: repository_name(&project),
+        };
+        let mut runs = Vec::new();
+        for (wf, inputs) in prepared {
+            let spec = RunSpec {
+                project: project.id,
+                workflow: Arc::new(wf),
+                trigger: trigger.clone(),
+                secrets: Arc::new(IndexMap::new()),
+                snapshot: source.snapshot.clone(),
+            };
+            let (reply, answer) = oneshot::channel();
+            self.send(Command::Submit {
+                spec: Box::new(spec),
+                inputs,
+                reply,
+            })?;
+            runs.push(answer.await.map_err(|_| stopped())??);
+        }
+        Ok(runs)
+    }
+
+    /// Cancels a run's jobs (running ones are stopped and recorded as cancelled). Whether
+    /// this engine was driving the run.
+    pub async fn cancel(&self, run: RunId) -> Result<bool, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Cancel { run, reply })?;
+        answer.await.map_err(|_| stopped())
+    }
+
+    /// Stops: nothing new starts, leased jobs that did not start go back to the queue,
+    /// running jobs get `grace` to finish and are then cancelled and recorded. Returns when
+    /// everything is committed.
+    pub async fn shutdown(&self, grace: Duration) -> Result<(), EngineError> {
+        let (reply, answer) = oneshot::channel();
+        if self.send(Command::Shutdown { grace, reply }).is_ok() {
+            let _ = answer.await;
+        }
+        if let Some(task) = self.inner.task.lock().await.take() {
+            match task.await {
+                Ok(result) => {
+                    result?;
+                }
+                Err(e) => tracing::error!(error = %e, "the dispatcher task failed"),
+            }
+        }
+        Ok(())
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), EngineError> {
+        self.inner.commands.send(cmd).map_err(|_| stopped())
+    }
+
+    /// Drives on every run left queued or running.
+    async fn recover(&self, recovery: &mut Recovery) -> Result<(), EngineError> {
+        let store = &self.inner.store;
+        let mut ids = Vec::new();
+        for status in [RunStatus::Running, RunStatus::Queued] {
+            let runs = store
+                .list_runs(&RunFilter {
+                    status: Some(status),
+                    ..RunFilter::default()
+                })
+                .await?;
+            ids.extend(runs.into_iter().map(|r| r.id));
+        }
+        // Oldest first, so that their jobs keep their place in the queue.
+        ids.sort();
+        for id in ids {
+            let Some(run) = store.get_run(id).await? else {
+                continue;
+            };
+            let foreign = run
+                .jobs
+                .iter()
+                .any(|j| matches!(j.status, JobStatus::Leased | JobStatus::Running));
+            if foreign {
+                // Another owner (a `kiln run` on the same data dir, a remote worker) holds a
+                // lease: that run is driven elsewhere.
+                continue;
+            }
+            match self.resume(run.clone()).await {
+                Ok(()) => recovery.resumed.push(id),
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, "cannot drive a recovered run on");
+                    self.fail_run(&run).await?;
+                    recovery.failed.push(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn resume(&self, run: Run) -> Result<(), EngineError> {
+        let store = &self.inner.store;
+        let project = store
+            .get_project(run.project)
+            .await?
+            .ok_or_else(|| EngineError::Usage(format!("no project {}", run.project)))?;
+        let source = self
+            .materialise(&project, Some(&run.git_ref), Some(&run.sha))
+            .await?;
+        let local = load_project(&source.root)?;
+        let wf: Workflow = local
+            .workflows
+            .iter()
+            .find(|w| w.file == run.workflow)
+            .cloned()
+            .ok_or_else(|| {
+                EngineError::Usage(format!(
+                    "workflow {} is no longer in project {}",
+                    run.workflow, project.name
+                ))
+            })?;
+        let inputs: IndexMap<String, String> = run
+            .inputs
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        let spec = RunSpec {
+            project: project.id,
+            workflow: Arc::new(wf),
+            trigger: Trigger {
+                event: run.event.clone(),
+                payload: None,
+                inputs,
+                git_ref: run.git_ref.clone(),
+                sha: run.sha.clone(),
+                repository: repository_name(&project),
+            },
+            secrets: Arc::new(IndexMap::new()),
+            snapshot: source.snapshot,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Resume {
+            run: Box::new(run),
+            spec: Box::new(spec),
+            reply,
+        })?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Ends a run that cannot be driven on: its unfinished jobs cancelled, the run failed.
+    async fn fail_run(&self, run: &Run) -> Result<(), EngineError> {
+        let at = Timestamp::now();
+        let mut ops: Vec<Op> = run
+            .jobs
+            .iter()
+            .filter(|j| {
+                matches!(
+                    j.status,
+                    JobStatus::Pending | JobStatus::Queued | JobStatus::Waiting
+                )
+            })
+            .map(|j| Op::SetJobStatus {
+                job: j.id,
+                status: JobStatus::Cancelled,
+                at,
+            })
+            .collect();
+        ops.push(Op::SetRunStatus {
+            run: run.id,
+            status: RunStatus::Failure,
+            at,
+        });
+        self.inner.store.commit(ops).await?;
+        Ok(())
+    }
+
+    /// The project's files at `git_ref` (or `sha`): a local folder as it is, or a checkout of
+    /// a git project's mirror.
+    async fn materialise(
+        &self,
+        project: &Project,
+        git_ref: Option<&str>,
+        sha: Option<&str>,
+    ) -> Result<Source, EngineError> {
+        let path = Path::new(&project.source);
+        if path.is_absolute() {
+            let root = path.to_path_buf();
+            let exclude = vec![self.inner.config.data_dir.clone()];
+            let (snap, revision) = tokio::task::spawn_blocking({
+                let root = root.clone();
+                move || snapshot(&root, &exclude)
+            })
+            .await
+            .map_err(|e| EngineError::Usage(format!("failed to read the project: {e}")))??;
+            return Ok(Source {
+                root,
+                snapshot: Arc::new(snap),
+                git_ref: revision.git_ref,
+                sha: revision.sha,
+            });
+        }
+        let mirror = self
+            .inner
+            .config
+            .data_dir
+            .join("repos")
+            .join(format!("{}.git", project.id));
+        let repo = GitRepo::open(&mirror).await.map_err(|e| {
+            EngineError::Usage(format!(
+                "project {} has not been fetched yet: {e}",
+                project.name
+            ))
+        })?;
+        let (sha, git_ref) = match (sha, git_ref) {
+            (Some(sha), Some(r)) => (sha.to_owned(), r.to_owned()),
+            (_, Some(r)) => (resolve(&repo, r).await?, full_ref(r)),
+            (_, None) => {
+                let branch = repo
+                    .default_branch()
+                    .await
+                    .map_err(source_error)?
+                    .ok_or_else(|| {
+                        EngineError::Usage(format!("project {} has no commits", project.name))
+                    })?;
+                (resolve(&repo, &branch).await?, full_ref(&branch))
+            }
+        };
+        let root = self.inner.config.data_dir.join("checkouts").join(&sha);
+        if !root.join(".git").exists() {
+            let tmp = self
+                .inner
+                .config
+                .data_dir
+                .join("checkouts")
+                .join(format!(".{sha}-{}", uuid::Uuid::now_v7()));
+            repo.checkout(&sha, &tmp).await.map_err(source_error)?;
+            if let Err(e) = std::fs::rename(&tmp, &root) {
+                // Another trigger checked the same commit out meanwhile: use theirs.
+                let _ = std::fs::remove_dir_all(&tmp);
+                if !root.join(".git").exists() {
+                    return Err(EngineError::Io {
+                        action: "move a checkout to",
+                        path: root,
+                        source: e,
+                    });
+                }
+            }
+        }
+        let (snap, _) = tokio::task::spawn_blocking({
+            let root = root.clone();
+            move || snapshot(&root, &[])
+        })
+        .await
+        .map_err(|e| EngineError::Usage(format!("failed to read the checkout: {e}")))??;
+        Ok(Source {
+            root,
+            snapshot: Arc::new(snap),
+            git_ref,
+            sha,
+        })
+    }
+}
+
+/// A run's files and revision.
+struct Source {
+    root: PathBuf,
+    snapshot: Arc<Snapshot>,
+    git_ref: String,
+    sha: String,
+}
+
+async fn resolve(repo: &GitRepo, rev: &str) -> Result<String, EngineError> {
+    repo.resolve(rev).await.map_err(source_error)
+}
+
+fn source_error(e: crate::source::SourceError) -> EngineError {
+    if e.is_user_error() {
+        EngineError::Usage(e.to_string())
+    } else {
+        EngineError::Source(Box::new(e))
+    }
+}
+
+/// `main` → `refs/heads/main`; a full ref or a commit stays as it is.
+fn full_ref(r: &str) -> String {
+    if r.starts_with("refs/") || (r.len() >= 7 && r.chars().all(|c| c.is_ascii_hexdigit())) {
+        r.to_owned()
+    } else {
+        format!("refs/heads/{r}")
+    }
+}
+
+fn repository_name(project: &Project) -> String {
+    format!("kiln/{}", project.name)
+}
+
+fn stopped() -> EngineError {
+    EngineError::Usage("the engine has stopped".to_owned())
+}
+
+/// This data dir's engine id (created on first start): the owner of its local pool's
+/// leases, the same after a restart so that they can be taken back at once.
+fn engine_owner(data_dir: &Path) -> Result<String, EngineError> {
+    let file = data_dir.join("engine-id");
+    match std::fs::read_to_string(&file) {
+        Ok(id) if !id.trim().is_empty() => Ok(format!("kiln-serve:{}", id.trim())),
+        _ => {
+            let id = uuid::Uuid::now_v7().to_string();
+            std::fs::create_dir_all(data_dir)
+                .and_then(|()| std::fs::write(&file, &id))
+                .map_err(|source| EngineError::Io {
+                    action: "write the engine id to",
+                    path: file.clone(),
+                    source,
+                })?;
+            Ok(format!("kiln-serve:{id}"))
+        }
+    }
+}
