@@ -40,6 +40,37 @@ enum Command {
     Serve(ServeArgs),
     /// Create, list or revoke API tokens (on a server with `--server`, else in the store).
     Token(TokenArgs),
+    /// Ask a server to run a project's workflow(s).
+    Trigger(TriggerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TriggerArgs {
+    /// The project's id or name.
+    #[arg(value_name = "PROJECT")]
+    pub(crate) project: String,
+    /// Run only this workflow: its file name, stem, path or `name:`.
+    #[arg(long, short = 'w', value_name = "NAME")]
+    pub(crate) workflow: Option<String>,
+    /// A branch, tag or commit (git projects; default: the default branch).
+    #[arg(long = "ref", value_name = "REF")]
+    pub(crate) git_ref: Option<String>,
+    /// The event (default `workflow_dispatch`).
+    #[arg(long, short = 'e', value_name = "EVENT")]
+    pub(crate) event: Option<String>,
+    /// A `workflow_dispatch` input (repeatable).
+    #[arg(long = "input", short = 'i', value_name = "K=V")]
+    pub(crate) inputs: Vec<String>,
+    /// Wait for the runs to end; the exit code is theirs (0, 1, or 130 when cancelled).
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Wait, printing the jobs' logs (on stderr) as they come.
+    #[arg(long)]
+    pub(crate) follow: bool,
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
 }
 
 /// Where the store lives.
@@ -165,6 +196,10 @@ pub(crate) struct ServeArgs {
     /// Local worker slots (default: one per core).
     #[arg(long, value_name = "N")]
     pub(crate) workers: Option<usize>,
+    /// At shutdown (SIGINT/SIGTERM), how long running jobs may take to finish before they
+    /// are cancelled.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub(crate) shutdown_grace: u64,
 }
 
 #[derive(Debug, Args)]
@@ -235,5 +270,6 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Logs(a) => crate::local::logs(a).await,
         Command::Serve(a) => crate::serve::serve(a).await,
         Command::Token(a) => crate::token::token(a).await,
+        Command::Trigger(a) => crate::trigger::trigger(a).await,
     }
 }

@@ -15,6 +15,7 @@ mod local;
 mod output;
 mod serve;
 mod token;
+mod trigger;
 
 use std::io::Write;
 

@@ -27,7 +27,7 @@ pub(crate) fn print_json<T: Serialize>(value: &T) {
     stdout_line(&text);
 }
 
-fn stderr_line(line: &str) {
+pub(crate) fn stderr_line(line: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{line}");
 }

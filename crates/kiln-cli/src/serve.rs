@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::net::ToSocketAddrs;
 
+use kiln_engine::{Engine, EngineConfig, Recovery};
 use kiln_proto::exit;
 use kiln_server::{AppState, ServerConfig};
 use kiln_store::StoreError;
@@ -51,6 +52,36 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         }
         Err(e) => return Err(e.into()),
     };
+    // The engine takes back what this data dir's previous server left leased and drives its
+    // unfinished runs on before the server says it listens.
+    let data_dir = std::path::absolute(&a.store.data_dir).map_err(|e| {
+        Failure::internal(format!(
+            "failed to resolve the data dir {}: {e}",
+            a.store.data_dir.display()
+        ))
+    })?;
+    let slots = a.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let (engine, recovery) = Engine::start(
+        store.clone(),
+        EngineConfig {
+            slots,
+            data_dir,
+            max_attempts: 3,
+        },
+    )
+    .await?;
+    if recovery != Recovery::default() {
+        tracing::info!(
+            expired_leases = recovery.expired_leases,
+            resumed = recovery.resumed.len(),
+            failed = recovery.failed.len(),
+            "recovered the previous server's work"
+        );
+    }
     let shutdown = shutdown_signal()?;
     let listening = format!("http://{addr}");
     if let Some(token) = admin {
@@ -61,9 +92,14 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
 
     let config = ServerConfig::new(public_url.unwrap_or_else(|| listening.clone()));
     tracing::info!(listen = %listening, public_url = %config.public_url, backend = store.backend_name(), "serving");
-    kiln_server::serve(listener, AppState::new(store, config), shutdown)
-        .await
-        .map_err(|e| Failure::internal(format!("failed to serve on {listening}: {e}")))?;
+    let state = AppState::new(store, config).with_engine(engine.clone());
+    let served = kiln_server::serve(listener, state, shutdown).await;
+    // Intake has stopped: let running jobs finish within the grace period, then cancel and
+    // record them.
+    engine
+        .shutdown(std::time::Duration::from_secs(a.shutdown_grace))
+        .await?;
+    served.map_err(|e| Failure::internal(format!("failed to serve on {listening}: {e}")))?;
     tracing::info!("stopped");
     Ok(exit::OK)
 }

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
-use crate::routes::{system, tokens};
+use crate::routes::{runs_write, system, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -29,11 +29,14 @@ use crate::state::AppState;
         tokens::list,
         tokens::create,
         tokens::revoke,
+        runs_write::trigger,
+        runs_write::cancel,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "system", description = "The server itself"),
-        (name = "tokens", description = "API tokens (admin only)")
+        (name = "tokens", description = "API tokens (admin only)"),
+        (name = "runs", description = "Runs of a project's workflows")
     )
 )]
 struct ApiDoc;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
+use kiln_engine::Engine;
 use kiln_store::Store;
 
 /// The server's settings, resolved (flags and configuration already merged).
@@ -33,14 +34,15 @@ impl ServerConfig {
 }
 
 /// The handlers' shared state; cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     store: Store,
+    /// The engine that runs jobs; `None` for a server that only serves the store (tests).
+    engine: Option<Engine>,
     config: ServerConfig,
     started_at: Timestamp,
 }
@@ -50,10 +52,31 @@ impl AppState {
         Self {
             inner: Arc::new(Inner {
                 store,
+                engine: None,
                 config,
                 started_at: Timestamp::now(),
             }),
         }
+    }
+
+    /// The same state with `engine` driving runs.
+    pub fn with_engine(self, engine: Engine) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            store: shared.store.clone(),
+            engine: None,
+            config: shared.config.clone(),
+            started_at: shared.started_at,
+        });
+        Self {
+            inner: Arc::new(Inner {
+                engine: Some(engine),
+                ..inner
+            }),
+        }
+    }
+
+    pub fn engine(&self) -> Option<&Engine> {
+        self.inner.engine.as_ref()
     }
 
     pub fn store(&self) -> &Store {

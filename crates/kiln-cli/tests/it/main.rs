@@ -5,6 +5,7 @@ mod errors;
 mod postgres;
 mod run;
 mod serve;
+mod server_runs;
 
 use std::path::Path;
 

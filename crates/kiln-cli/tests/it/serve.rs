@@ -15,7 +15,7 @@ use crate::bin;
 const CLIENT_ENV: [&str; 3] = ["KILN_SERVER", "KILN_TOKEN", "KILN_ADMIN_TOKEN"];
 
 /// A `kiln` command in `p`'s folder with a clean environment.
-fn kiln(p: &Project, args: &[&str]) -> Command {
+pub(crate) fn kiln(p: &Project, args: &[&str]) -> Command {
     let mut cmd = p.kiln(bin()).args(args).command();
     for var in CLIENT_ENV {
         cmd.env_remove(var);
@@ -24,7 +24,7 @@ fn kiln(p: &Project, args: &[&str]) -> Command {
 }
 
 /// Runs a `kiln` command to the end.
-fn run(p: &Project, args: &[&str]) -> Outcome {
+pub(crate) fn run(p: &Project, args: &[&str]) -> Outcome {
     let out = kiln(p, args)
         .stdin(Stdio::null())
         .output()
@@ -37,7 +37,7 @@ fn run(p: &Project, args: &[&str]) -> Outcome {
 }
 
 /// `kiln <args…> --data-dir <p's data dir>`: offline, on the local store.
-fn local(p: &Project, args: &[&str]) -> Outcome {
+pub(crate) fn local(p: &Project, args: &[&str]) -> Outcome {
     let data_dir = p.data_dir();
     let mut all = args.to_vec();
     all.extend(["--data-dir", data_dir.to_str().unwrap()]);
@@ -60,16 +60,16 @@ fn serve_command(p: &Project, listen: &str) -> Command {
 }
 
 /// A running `kiln serve`, killed on drop if the test did not stop it.
-struct Served {
-    child: Child,
+pub(crate) struct Served {
+    pub(crate) child: Child,
     /// What it printed on stdout up to and including `listening on …`.
-    lines: Vec<String>,
-    url: String,
+    pub(crate) lines: Vec<String>,
+    pub(crate) url: String,
 }
 
 impl Served {
     /// `kiln serve --listen 127.0.0.1:0 --data-dir <p's data dir>` with `env` set.
-    fn start(p: &Project, env: &[(&str, &str)]) -> Served {
+    pub(crate) fn start(p: &Project, env: &[(&str, &str)]) -> Served {
         let mut cmd = serve_command(p, "127.0.0.1:0");
         for (k, v) in env {
             cmd.env(k, v);
@@ -118,14 +118,14 @@ impl Served {
     }
 
     /// `kiln <args…> --server <its url> --token <token>`.
-    fn call(&self, p: &Project, token: &str, args: &[&str]) -> Outcome {
+    pub(crate) fn call(&self, p: &Project, token: &str, args: &[&str]) -> Outcome {
         let mut all = args.to_vec();
         all.extend(["--server", self.url.as_str(), "--token", token]);
         run(p, &all)
     }
 
     /// The token of an `admin token:` line, if it printed one.
-    fn admin(&self) -> Option<String> {
+    pub(crate) fn admin(&self) -> Option<String> {
         self.lines
             .iter()
             .find_map(|l| l.strip_prefix("admin token: "))
@@ -133,7 +133,7 @@ impl Served {
     }
 
     /// SIGTERM, then the exit code (it must stop within 10 s).
-    fn stop(mut self) -> i32 {
+    pub(crate) fn stop(mut self) -> i32 {
         let pid = self.child.id().to_string();
         let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(status.success());

@@ -3,11 +3,12 @@
 //!
 //! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
 
+pub(crate) mod runs_write;
 pub(crate) mod system;
 pub(crate) mod tokens;
 
 use axum::Router;
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -25,6 +26,8 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/status", get(system::status))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+        .route("/api/v1/projects/{id}/runs", post(runs_write::trigger))
+        .route("/api/v1/runs/{id}/cancel", post(runs_write::cancel))
 }
 
 /// Any path no route matches.

@@ -1,0 +1,184 @@
+//! Starting and stopping runs: `POST /api/v1/projects/{id}/runs` and
+//! `POST /api/v1/runs/{id}/cancel`. Both go through the engine's handle; the store records
+//! every transition, so readers see the result on the run routes and the event stream.
+
+use axum::extract::{Path, State};
+use indexmap::IndexMap;
+use kiln_core::ids::{ProjectId, RunId};
+use kiln_engine::{EngineError, TriggerRequest};
+use kiln_proto::Run;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::envelope::Data;
+use crate::error::{ApiError, FieldError};
+use crate::extract::ApiJson;
+use crate::state::AppState;
+
+/// What to run.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewRunRequest {
+    /// A workflow's file name, stem, path or `name:`; without it every workflow the event
+    /// triggers runs (one run each).
+    #[serde(default)]
+    workflow: Option<String>,
+    /// A branch, tag or commit of a git project (default: its default branch).
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    /// The event (default `workflow_dispatch`).
+    #[serde(default)]
+    event: Option<String>,
+    /// `workflow_dispatch` inputs; strings, numbers and booleans.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    inputs: serde_json::Map<String, Value>,
+}
+
+/// The runs a trigger created.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct TriggeredRuns {
+    #[schema(value_type = Vec<Object>)]
+    runs: Vec<Run>,
+}
+
+/// Starts runs of a project's workflow(s). Answers `201` with the runs, queued.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{id}/runs",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The project's id or name")),
+    request_body = NewRunRequest,
+    responses(
+        (status = 201, description = "The runs created", body = kiln_proto::Envelope<TriggeredRuns>),
+        (status = 400, description = "`MALFORMED_JSON`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`PROJECT_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 422, description = "`WORKFLOW_INVALID` (file, line, key in `details`) or `VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 503, description = "`ENGINE_UNAVAILABLE`", body = kiln_proto::Envelope<serde_json::Value>)
+    )
+)]
+pub(crate) async fn trigger(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<NewRunRequest>,
+) -> Result<Data<TriggeredRuns>, ApiError> {
+    let engine = state.engine().ok_or_else(engine_unavailable)?;
+    let found = match id.parse::<ProjectId>() {
+        Ok(pid) => state.store().get_project(pid).await?,
+        Err(_) => state.store().find_project(&id).await?,
+    };
+    let project = found
+        .ok_or_else(|| ApiError::not_found("PROJECT_NOT_FOUND", format!("no project `{id}`")))?
+        .id;
+    let mut inputs = IndexMap::new();
+    let mut bad = Vec::new();
+    for (k, v) in req.inputs {
+        match v {
+            Value::String(s) => {
+                inputs.insert(k, s);
+            }
+            Value::Number(n) => {
+                inputs.insert(k, n.to_string());
+            }
+            Value::Bool(b) => {
+                inputs.insert(k, b.to_string());
+            }
+            _ => bad.push(FieldError {
+                field: format!("inputs.{k}"),
+                message: "expected a string, a number or a boolean".to_owned(),
+            }),
+        }
+    }
+    if !bad.is_empty() {
+        return Err(ApiError::validation(bad));
+    }
+    let request = TriggerRequest {
+        project,
+        workflow: req.workflow,
+        event: req.event.unwrap_or_else(|| "workflow_dispatch".to_owned()),
+        git_ref: req.git_ref,
+        payload: None,
+        inputs,
+    };
+    let runs = engine.trigger(request).await.map_err(engine_error)?;
+    Ok(Data::created(TriggeredRuns { runs }))
+}
+
+/// Cancels a run: its running jobs are stopped and recorded as `cancelled`, the others
+/// never start. Answers with the run as it is now.
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs/{id}/cancel",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`RUN_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 409, description = "`RUN_NOT_ACTIVE`: the run has ended", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 503, description = "`ENGINE_UNAVAILABLE`", body = kiln_proto::Envelope<serde_json::Value>)
+    )
+)]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Data<Run>, ApiError> {
+    let engine = state.engine().ok_or_else(engine_unavailable)?;
+    let not_found = || ApiError::not_found("RUN_NOT_FOUND", format!("no run `{id}`"));
+    let run_id: RunId = id.parse().map_err(|_| not_found())?;
+    let run = state.store().get_run(run_id).await?.ok_or_else(not_found)?;
+    if run.status.is_terminal() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "RUN_NOT_ACTIVE",
+            format!("run {id} has already ended ({})", run.status.as_str()),
+        ));
+    }
+    if !engine.cancel(run_id).await.map_err(engine_error)? {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "RUN_NOT_ACTIVE",
+            format!("run {id} is not driven by this server"),
+        ));
+    }
+    let run = state.store().get_run(run_id).await?.ok_or_else(not_found)?;
+    Ok(Data::ok(run))
+}
+
+fn engine_unavailable() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "ENGINE_UNAVAILABLE",
+        "this server runs no engine",
+    )
+}
+
+/// The engine's refusals are the caller's (4xx); its failures are the server's (5xx).
+fn engine_error(e: EngineError) -> ApiError {
+    match e {
+        EngineError::Invalid(diags) => {
+            let problems: Vec<Value> = diags
+                .0
+                .iter()
+                .map(|d| serde_json::to_value(d).unwrap_or_else(|_| json!(d.to_string())))
+                .collect();
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "WORKFLOW_INVALID",
+                format!("the workflow is invalid:\n{diags}"),
+            )
+            .with_details(json!({ "problems": problems }))
+        }
+        EngineError::Usage(message) => ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "RUN_REFUSED",
+            message,
+        ),
+        other => ApiError::internal(other),
+    }
+}
