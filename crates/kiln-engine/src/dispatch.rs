@@ -321,6 +321,8 @@ enum Msg {
 struct Slot {
     dir: PathBuf,
     written: Written,
+    /// The run whose job used the folder last.
+    last_run: Option<RunId>,
 }
 
 struct Dispatcher {
@@ -388,6 +390,7 @@ impl Dispatcher {
                 .map(|k| Slot {
                     dir: req.work_dir.join(format!("slot-{k}")),
                     written: Written::new(),
+                    last_run: None,
                 })
                 .collect(),
             commands: None,
@@ -1611,6 +1614,7 @@ impl Dispatcher {
         let slot = self.free.pop().unwrap_or_else(|| Slot {
             dir: self.work_dir.join(format!("slot-extra-{job}")),
             written: Written::new(),
+            last_run: None,
         });
         let dir = slot.dir.clone();
         let workspace = dir.join("workspace");
@@ -1728,11 +1732,16 @@ impl Dispatcher {
         let spare = Slot {
             dir: self.work_dir.join(format!("slot-after-{job}")),
             written: Written::new(),
+            last_run: None,
         };
+        let run_id = rec.run;
         tokio::spawn(async move {
             let inner_tx = tx.clone();
             let inner = tokio::spawn(async move {
-                execute(job, spec, snapshot, slot, permits, &inner_tx, cancel).await
+                execute(
+                    job, run_id, spec, snapshot, slot, permits, &inner_tx, cancel,
+                )
+                .await
             });
             // A panicking executor must still end its job, or the run would never finish;
             // its slot folder is abandoned for a new one.
@@ -1843,8 +1852,13 @@ impl JobRec {
 
 /// One executor: refresh the folder's workspace, wait for a run permit, run the job's steps,
 /// forward what they report.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one executor's whole world, passed once"
+)]
 async fn execute(
     job: JobId,
+    run: RunId,
     spec: JobSpec,
     snapshot: Arc<Snapshot>,
     mut slot: Slot,
@@ -1855,10 +1869,14 @@ async fn execute(
     let ws = spec.workspace.clone();
     let temp = spec.temp_dir.clone();
     let mut written = std::mem::take(&mut slot.written);
+    // A folder another run used last is emptied for good; within one run, kiln's own step
+    // files are left for the executor to empty or overwrite as each step needs them.
+    let same_run = slot.last_run == Some(run);
+    slot.last_run = Some(run);
     let prepared = tokio::task::spawn_blocking(move || -> (std::io::Result<()>, Written) {
         let result = (|| {
             snapshot.refresh(&ws, &mut written)?;
-            reset_temp(&temp)
+            reset_temp(&temp, same_run)
         })();
         (result, written)
     })
@@ -1915,8 +1933,11 @@ async fn execute(
 
 /// Empty a slot's temp folder for the next job. Files are truncated rather than deleted (the
 /// next job writes the same names, and an inode reused is far cheaper than a new one);
-/// folders the last job made are removed.
-fn reset_temp(temp: &std::path::Path) -> std::io::Result<()> {
+/// folders the last job made are removed. With `same_run`, kiln's own step files are kept
+/// (the executor empties or overwrites each before its step) — never across runs, whose
+/// scripts may hold other secrets. Files already empty are left alone: truncating one still
+/// costs a journal transaction.
+fn reset_temp(temp: &std::path::Path, same_run: bool) -> std::io::Result<()> {
     std::fs::create_dir_all(temp)?;
     for entry in std::fs::read_dir(temp)? {
         let entry = entry?;
@@ -1924,10 +1945,20 @@ fn reset_temp(temp: &std::path::Path) -> std::io::Result<()> {
         if ty.is_dir() {
             std::fs::remove_dir_all(entry.path())?;
         } else if ty.is_file() {
-            std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(entry.path())?;
+            if same_run
+                && entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(kiln_exec::is_step_file)
+            {
+                continue;
+            }
+            if entry.metadata()?.len() > 0 {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(entry.path())?
+                    .set_len(0)?;
+            }
         } else {
             std::fs::remove_file(entry.path())?;
         }

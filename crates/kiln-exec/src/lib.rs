@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 
 pub use envfile::{EnvFileError, parse_env_file, parse_path_file};
 pub use hash::WorkspaceHasher;
-pub use job::{run_job, run_job_with_limits};
+pub use job::{is_step_file, run_job, run_job_with_limits};
 pub use logs::{MAX_CHUNK, Masker, mask};
 pub use process::Limits;
 pub use shell::{ShellCommand, ShellError};

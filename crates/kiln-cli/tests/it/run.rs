@@ -453,6 +453,38 @@ jobs:
 }
 
 #[test]
+fn a_reused_temp_folder_never_leaks_a_longer_script_or_old_files() {
+    // The same step number in the same folder: the second job's shorter script is written
+    // over the first one's in place, and must not keep its tail.
+    let padding = "#".repeat(300);
+    let wf = format!(
+        r#"
+on: push
+jobs:
+  long:
+    runs-on: any
+    steps:
+      - run: |
+          echo long
+          echo kept > "$RUNNER_TEMP/mine"
+          # {padding}
+          echo "x=1" >> "$GITHUB_OUTPUT"
+  short:
+    needs: long
+    runs-on: any
+    steps:
+      - run: echo short
+      - run: |
+          test ! -s "$RUNNER_TEMP/mine"
+          test ! -s "$GITHUB_OUTPUT"
+"#
+    );
+    let p = Project::new().workflow("ci.yml", &wf);
+    let out = run_json(&p, &["--jobs", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+}
+
+#[test]
 fn fail_fast_cancels_matrix_siblings_and_max_parallel_bounds_them() {
     let lock_dir = tempfile::tempdir().unwrap();
     let lock = lock_dir.path().join("lock");
