@@ -565,8 +565,12 @@ impl Dispatcher {
     /// Not known after a restart: which failed jobs had `continue-on-error` (they count as
     /// failed for their dependents and the run's verdict).
     fn resume_run(&mut self, run: Run, spec: RunSpec) -> Result<(), EngineError> {
-        if self.runs.contains_key(&run.id) {
-            return Ok(());
+        if let Some(existing) = self.runs.get(&run.id) {
+            if !existing.status.is_terminal() {
+                return Ok(());
+            }
+            // A retried run: its next attempt starts from the store's state.
+            self.forget(run.id);
         }
         let wf = spec.workflow.clone();
         let workspace = self
@@ -715,6 +719,33 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Drops a run and its jobs from memory (the store keeps them).
+    fn forget(&mut self, run_id: RunId) {
+        if let Some(run) = self.runs.shift_remove(&run_id) {
+            for id in run.keys.values().flat_map(|k| k.instances.iter().flatten()) {
+                self.jobs.remove(id);
+            }
+            let _ = std::fs::remove_file(&run.event_path);
+        }
+    }
+
+    /// A server's dispatcher lives long: finished runs whose last transitions are
+    /// committed leave memory.
+    fn forget_finished(&mut self) {
+        if self.commands.is_none() || !self.ops.is_empty() {
+            return;
+        }
+        let done: Vec<RunId> = self
+            .runs
+            .iter()
+            .filter(|(_, r)| r.status.is_terminal())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            self.forget(id);
+        }
+    }
+
     /// `GITHUB_EVENT_PATH`: the payload, written once for all the run's jobs.
     fn write_event_file(
         &self,
@@ -820,6 +851,7 @@ impl Dispatcher {
             let urgent = self.has_urgent() || (decisions && self.waiting() < self.slots);
             if urgent || due || self.ops.is_empty() {
                 self.flush().await?;
+                self.forget_finished();
                 deadline = None;
             } else {
                 let want = now

@@ -191,6 +191,26 @@ impl Engine {
         answer.await.map_err(|_| stopped())
     }
 
+    /// Re-runs a failed or cancelled run's failed jobs (and the jobs they held back) as the
+    /// run's next attempt; its successful jobs keep their outputs. `Ok(Err(status))`: the run
+    /// is `status` and cannot be retried (still active, or it succeeded).
+    pub async fn retry(&self, run: RunId) -> Result<Result<Run, RunStatus>, EngineError> {
+        let store = &self.inner.store;
+        if let Err(status) = store.retry_run(run, Timestamp::now()).await? {
+            return Ok(Err(status));
+        }
+        let stored = store
+            .get_run(run)
+            .await?
+            .ok_or_else(|| EngineError::Usage(format!("no run {run}")))?;
+        if let Err(e) = self.resume(stored.clone()).await {
+            self.fail_run(&stored).await?;
+            return Err(e);
+        }
+        let now = store.get_run(run).await?.unwrap_or(stored);
+        Ok(Ok(now))
+    }
+
     /// Stops: nothing new starts, leased jobs that did not start go back to the queue,
     /// running jobs get `grace` to finish and are then cancelled and recorded. Returns when
     /// everything is committed.

@@ -31,6 +31,7 @@ use crate::state::AppState;
         tokens::revoke,
         runs_write::trigger,
         runs_write::cancel,
+        runs_write::retry,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use kiln_core::ids::{JobId, ProjectId, RunId};
+use kiln_core::ids::{JobId, ProjectId, RunId, RunStatus};
 use kiln_proto::{Event, Job, Project, Role, Run, TokenId, TokenInfo};
 
 pub use blob::BlobStore;
@@ -135,6 +135,19 @@ impl Store {
             return Ok(Vec::new());
         }
         with_backend!(self, b => b.commit(ops).await)
+    }
+
+    /// Starts the next attempt of a finished run that failed or was cancelled (GitHub's
+    /// "re-run failed jobs"): `run_attempt` + 1, the run `queued`, its failed, cancelled,
+    /// timed-out and skipped jobs `pending` again (their outputs cleared; their earlier
+    /// attempts' steps and logs kept), its successful jobs and their outputs untouched.
+    /// `Ok(Err(status))`: refused, the run is `status` (still active, or succeeded).
+    pub async fn retry_run(
+        &self,
+        run: RunId,
+        at: Timestamp,
+    ) -> Result<Result<(), RunStatus>, StoreError> {
+        with_backend!(self, b => b.retry_run(run, at).await)
     }
 
     /// Takes back leases: with `owner` `None`, every lease that expired before `now`; with

@@ -28,6 +28,7 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
         .route("/api/v1/projects/{id}/runs", post(runs_write::trigger))
         .route("/api/v1/runs/{id}/cancel", post(runs_write::cancel))
+        .route("/api/v1/runs/{id}/retry", post(runs_write::retry))
 }
 
 /// Any path no route matches.

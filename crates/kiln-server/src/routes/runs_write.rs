@@ -150,6 +150,46 @@ pub(crate) async fn cancel(
     Ok(Data::ok(run))
 }
 
+/// Re-runs a failed or cancelled run's failed jobs, and the jobs they held back, as the
+/// run's next attempt (`run_attempt` + 1); its successful jobs keep their outputs.
+#[utoipa::path(
+    post,
+    path = "/api/v1/runs/{id}/retry",
+    tag = "runs",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The run's id")),
+    responses(
+        (status = 200, description = "The run's next attempt, queued", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`RUN_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 409, description = "`RUN_NOT_RETRYABLE`: the run is still active or succeeded", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 503, description = "`ENGINE_UNAVAILABLE`", body = kiln_proto::Envelope<serde_json::Value>)
+    )
+)]
+pub(crate) async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Data<Run>, ApiError> {
+    let engine = state.engine().ok_or_else(engine_unavailable)?;
+    let not_found = || ApiError::not_found("RUN_NOT_FOUND", format!("no run `{id}`"));
+    let run_id: RunId = id.parse().map_err(|_| not_found())?;
+    if state.store().get_run(run_id).await?.is_none() {
+        return Err(not_found());
+    }
+    match engine.retry(run_id).await.map_err(engine_error)? {
+        Ok(run) => Ok(Data::ok(run)),
+        Err(status) => Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "RUN_NOT_RETRYABLE",
+            format!(
+                "run {id} is {}: only a failed or cancelled run can be retried",
+                status.as_str()
+            ),
+        )),
+    }
+}
+
 fn engine_unavailable() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,

@@ -124,7 +124,37 @@ impl Server {
         Self::start(store, dir, Some((base, schema))).await
     }
 
+    /// A server on SQLite whose engine runs jobs (two slots, its data dir the test's).
+    pub(crate) async fn sqlite_with_engine() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        Self::start_with(store, dir, None, true).await
+    }
+
+    /// A server on PostgreSQL whose engine runs jobs.
+    pub(crate) async fn postgres_with_engine() -> Self {
+        let base = pg_base_url().await;
+        let schema = format!("srv_{}", uuid::Uuid::new_v4().simple());
+        pg_exec(&base, format!("CREATE SCHEMA {schema}")).await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}schema={schema}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_postgres(&url, &dir.path().join("blobs"))
+            .await
+            .unwrap();
+        Self::start_with(store, dir, Some((base, schema)), true).await
+    }
+
     async fn start(store: Store, dir: tempfile::TempDir, pg: Option<(String, String)>) -> Self {
+        Self::start_with(store, dir, pg, false).await
+    }
+
+    async fn start_with(
+        store: Store,
+        dir: tempfile::TempDir,
+        pg: Option<(String, String)>,
+        engine: bool,
+    ) -> Self {
         // reqwest is built with rustls and no provider of its own: use ring, as the CLI does.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let admin = store
@@ -135,7 +165,18 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
-        let state = AppState::new(store.clone(), ServerConfig::new(&base));
+        let mut state = AppState::new(store.clone(), ServerConfig::new(&base));
+        if engine {
+            let config = kiln_engine::EngineConfig {
+                slots: 2,
+                data_dir: dir.path().to_owned(),
+                max_attempts: 3,
+            };
+            let (engine, _) = kiln_engine::Engine::start(store.clone(), config)
+                .await
+                .unwrap();
+            state = state.with_engine(engine);
+        }
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(kiln_server::serve(listener, state, async move {
             let _ = rx.await;

@@ -5,5 +5,6 @@
 mod auth;
 mod envelope;
 mod harness;
+mod runs_write;
 mod system;
 mod tokens;

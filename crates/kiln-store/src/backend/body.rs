@@ -377,6 +377,59 @@ impl Backend {
         })
     }
 
+    /// Re-runs a finished run's failed jobs: see [`crate::Store::retry_run`].
+    pub(crate) async fn retry_run(
+        &self,
+        run: RunId,
+        at: Timestamp,
+    ) -> Result<Result<(), RunStatus>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let run_id = run.to_string();
+        let row = sqlx::query("SELECT status, project_id FROM runs WHERE id = $1")
+            .bind(&run_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("read a run to retry"))?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound {
+                what: "run",
+                id: run_id,
+            });
+        };
+        let status: RunStatus = parse("runs", "status", &get::<String>(&row, "runs", "status")?)?;
+        if !matches!(status, RunStatus::Failure | RunStatus::Cancelled) {
+            return Ok(Err(status));
+        }
+        let project: String = get(&row, "runs", "project_id")?;
+        let at = ms(at);
+        sqlx::query(
+            "UPDATE runs SET status = 'queued', run_attempt = run_attempt + 1, \
+             started_at = NULL, finished_at = NULL WHERE id = $1",
+        )
+        .bind(&run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(query("start a run's next attempt"))?;
+        let reset = sqlx::query(
+            "UPDATE jobs SET status = 'pending', outputs = '{}', started_at = NULL, \
+             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL \
+             WHERE run_id = $1 AND status IN ('failure', 'cancelled', 'timed_out', 'skipped') \
+             RETURNING id",
+        )
+        .bind(&run_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(query("reset a run's failed jobs"))?;
+        let mut pending = Pending::default();
+        pending.run_status(at, &project, &run_id, RunStatus::Queued, false);
+        for row in &reset {
+            let job: String = get(row, "jobs", "id")?;
+            pending.job_status(at, &project, &run_id, &job, JobStatus::Pending, json!({ "retry": true }));
+        }
+        self.finish(tx, pending).await?;
+        Ok(Ok(()))
+    }
+
     pub(crate) async fn expire_leases(
         &self,
         now: Timestamp,

@@ -1,0 +1,285 @@
+//! Starting, cancelling and retrying runs over HTTP, with the engine running their jobs, on
+//! SQLite and PostgreSQL; and the refusals (unknown project, unknown or broken workflow, bad
+//! inputs, a run that cannot be cancelled or retried), which store nothing.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kiln_core::ids::{JobStatus, RunId, RunStatus};
+use kiln_proto::Run;
+use serde_json::json;
+
+use crate::harness::Server;
+
+macro_rules! with_engine {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let s = $crate::harness::Server::sqlite_with_engine().await;
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let s = $crate::harness::Server::postgres_with_engine().await;
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+            }
+        )+
+    };
+}
+
+with_engine!(
+    a_failed_run_is_retried_keeping_its_successful_jobs,
+    a_running_run_is_cancelled,
+    refused_triggers_store_nothing,
+);
+
+const FLAKY: &str = r#"
+name: flaky
+on: workflow_dispatch
+jobs:
+  solid:
+    runs-on: local
+    outputs:
+      value: ${{ steps.s.outputs.value }}
+    steps:
+      - id: s
+        run: echo "value=kept" >> "$GITHUB_OUTPUT"
+  flaky:
+    runs-on: local
+    steps:
+      # Fails the first time (leaving a marker outside the workspace), passes after.
+      - run: test -e "${{ inputs.marker }}" || { touch "${{ inputs.marker }}"; exit 1; }
+  after:
+    needs: [solid, flaky]
+    runs-on: local
+    steps:
+      - run: test "${{ needs.solid.outputs.value }}" = kept
+"#;
+
+const SLOW: &str = r#"
+name: slow
+on: workflow_dispatch
+jobs:
+  sleeper:
+    runs-on: local
+    steps:
+      - run: sleep 30
+  later:
+    needs: sleeper
+    runs-on: local
+    steps:
+      - run: echo never
+"#;
+
+/// A project folder with `files` (relative path, content), registered in the store.
+async fn project(s: &Server, dir: &Path, files: &[(&str, &str)]) -> String {
+    for (rel, content) in files {
+        let path = dir.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let name = format!("p{}", uuid::Uuid::new_v4().simple());
+    let p = s
+        .store
+        .upsert_project(&name, &dir.to_string_lossy())
+        .await
+        .unwrap();
+    p.id.to_string()
+}
+
+async fn wait_until(s: &Server, run: RunId, done: impl Fn(&Run) -> bool) -> Run {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = s.store.get_run(run).await.unwrap().unwrap();
+        if done(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run stuck: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn job<'a>(run: &'a Run, key: &str) -> &'a kiln_proto::Job {
+    run.jobs.iter().find(|j| j.key == key).unwrap()
+}
+
+async fn a_failed_run_is_retried_keeping_its_successful_jobs(s: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let src = dir.path().join("src");
+    let id = project(s, &src, &[(".kiln/workflows/flaky.yml", FLAKY)]).await;
+    let created = s
+        .post(
+            &format!("/api/v1/projects/{id}/runs"),
+            &s.admin,
+            &json!({ "inputs": { "marker": marker.to_string_lossy() } }),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let runs = created.data()["runs"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 1);
+    let run_id: RunId = runs[0]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(runs[0]["event"], "workflow_dispatch");
+
+    let first = wait_until(s, run_id, |r| r.status.is_terminal()).await;
+    assert_eq!(first.status, RunStatus::Failure, "{first:#?}");
+    assert_eq!(job(&first, "flaky").status, JobStatus::Failure);
+    assert_eq!(job(&first, "after").status, JobStatus::Skipped);
+    assert_eq!(job(&first, "solid").status, JobStatus::Success);
+
+    let retried = s
+        .post(
+            &format!("/api/v1/runs/{run_id}/retry"),
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    assert_eq!(retried.data()["run_attempt"], 2);
+    let second = wait_until(s, run_id, |r| r.status.is_terminal()).await;
+    assert_eq!(second.status, RunStatus::Success, "{second:#?}");
+    assert_eq!(second.run_attempt, 2);
+    // The successful job did not run again; its output still fed `after`.
+    assert_eq!(job(&second, "solid").attempts, 1);
+    assert_eq!(job(&second, "flaky").attempts, 2);
+    assert_eq!(job(&second, "after").status, JobStatus::Success);
+
+    // A run that succeeded cannot be retried; an unknown one is not found.
+    let again = s
+        .post(
+            &format!("/api/v1/runs/{run_id}/retry"),
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    again.expect_error(409, "RUN_NOT_RETRYABLE");
+    let unknown = s
+        .post(
+            &format!("/api/v1/runs/{}/retry", RunId::new()),
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    unknown.expect_error(404, "RUN_NOT_FOUND");
+}
+
+async fn a_running_run_is_cancelled(s: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let id = project(s, dir.path(), &[(".kiln/workflows/slow.yml", SLOW)]).await;
+    let created = s
+        .post(&format!("/api/v1/projects/{id}/runs"), &s.admin, &json!({}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let run_id: RunId = created.data()["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    wait_until(s, run_id, |r| {
+        r.jobs
+            .iter()
+            .any(|j| j.key == "sleeper" && j.status == JobStatus::Running)
+    })
+    .await;
+    let started = Instant::now();
+    let cancelled = s
+        .post(
+            &format!("/api/v1/runs/{run_id}/cancel"),
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+    let run = wait_until(s, run_id, |r| r.status.is_terminal()).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the 30 s step was stopped, not waited for"
+    );
+    assert_eq!(run.status, RunStatus::Cancelled, "{run:#?}");
+    assert_eq!(job(&run, "sleeper").status, JobStatus::Cancelled);
+    assert_ne!(job(&run, "later").status, JobStatus::Success);
+    let again = s
+        .post(
+            &format!("/api/v1/runs/{run_id}/cancel"),
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    again.expect_error(409, "RUN_NOT_ACTIVE");
+}
+
+async fn refused_triggers_store_nothing(s: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = "on: workflow_dispatch\njobs:\n  a:\n    runs-on: x\n    needs: nope\n    steps: [{run: 'true'}]\n";
+    let ok = "on:\n  workflow_dispatch:\n    inputs:\n      n:\n        type: number\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+    let good_dir = dir.path().join("good");
+    let good = project(s, &good_dir, &[(".kiln/workflows/ok.yml", ok)]).await;
+    let bad_dir = dir.path().join("bad");
+    let bad = project(s, &bad_dir, &[(".kiln/workflows/broken.yml", broken)]).await;
+
+    let r = s
+        .post(
+            &format!("/api/v1/projects/{bad}/runs"),
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    let e = r.expect_error(422, "WORKFLOW_INVALID");
+    let problems = e["details"]["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["file"] == ".kiln/workflows/broken.yml"
+                && p["path"].as_str().unwrap().contains("needs")),
+        "{e:#}"
+    );
+    let r = s
+        .post(
+            &format!("/api/v1/projects/{good}/runs"),
+            &s.admin,
+            &json!({ "workflow": "missing" }),
+        )
+        .await;
+    r.expect_error(422, "RUN_REFUSED");
+    let r = s
+        .post(
+            &format!("/api/v1/projects/{good}/runs"),
+            &s.admin,
+            &json!({ "inputs": { "n": "not a number" } }),
+        )
+        .await;
+    r.expect_error(422, "RUN_REFUSED");
+    let r = s
+        .post(
+            &format!("/api/v1/projects/{good}/runs"),
+            &s.admin,
+            &json!({ "inputs": { "n": [1] } }),
+        )
+        .await;
+    let e = r.expect_error(422, "VALIDATION_FAILED");
+    assert!(e.to_string().contains("inputs.n"), "{e:#}");
+    let r = s
+        .post(
+            &format!("/api/v1/projects/{good}/runs"),
+            &s.admin,
+            &json!({ "workflow": 3 }),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.text);
+    let r = s
+        .post("/api/v1/projects/no-such/runs", &s.admin, &json!({}))
+        .await;
+    r.expect_error(404, "PROJECT_NOT_FOUND");
+    let stored = s
+        .store
+        .list_runs(&kiln_store::RunFilter::default())
+        .await
+        .unwrap();
+    assert!(stored.is_empty(), "{stored:#?}");
+}
