@@ -74,6 +74,11 @@ impl Served {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        Served::from_command(&mut cmd)
+    }
+
+    /// Starts `cmd` (a `kiln serve …`) and waits for its `listening on` line.
+    pub(crate) fn from_command(cmd: &mut Command) -> Served {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -194,3 +194,95 @@ fn events_of(p: &Project) -> Vec<Value> {
             .collect()
     })
 }
+
+const TWO: &str = r#"
+name: two
+on: workflow_dispatch
+jobs:
+  sleeper:
+    runs-on: local
+    steps:
+      - run: sleep 30
+  quick:
+    runs-on: local
+    steps:
+      - run: echo quick
+"#;
+
+#[test]
+fn sigterm_lets_the_grace_period_pass_then_records_running_jobs_cancelled() {
+    // A second, quick workflow registers the project in the store with one local run.
+    let p = Project::new().workflow("two.yml", TWO).workflow(
+        "reg.yml",
+        "on: push\njobs:\n  r:\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+    );
+    let reg = run_json(&p, &["--workflow", "reg"]);
+    assert_eq!(reg.code, 0, "{}\n{}", reg.stdout, reg.stderr);
+    let name = p.root().file_name().unwrap().to_string_lossy().into_owned();
+
+    let data_dir = p.data_dir();
+    let mut cmd = crate::serve::kiln(
+        &p,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--workers",
+            "1",
+            "--shutdown-grace",
+            "1",
+        ],
+    );
+    let s = Served::from_command(&mut cmd);
+    let admin = s.admin().unwrap();
+    let out = s.call(
+        &p,
+        &admin,
+        &["trigger", &name, "--workflow", "two", "--format", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let id = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
+    wait_for(&p, &id, Some("running"), Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    assert_eq!(s.stop(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the 30 s step was cancelled after the 1 s grace"
+    );
+    let jobs = jobs_of(&p, &id);
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(jobs["sleeper"], "cancelled", "{jobs:?}");
+    // The job that had not started when the server stopped is back in the queue (or it
+    // ran first and succeeded): never cancelled, never lost.
+    assert!(
+        matches!(jobs["quick"].as_str(), "queued" | "success"),
+        "{jobs:?}"
+    );
+
+    // The next start drives the rest of the run to its end.
+    let s = Served::start(&p, &[]);
+    let done = wait_for(&p, &id, None, Duration::from_secs(60));
+    assert_ne!(done["status"], "running");
+    let jobs = jobs_of(&p, &id);
+    assert_eq!(jobs["quick"], "success", "{jobs:?}");
+    assert_eq!(s.stop(), 0);
+}
+
+/// Job key → status of a run, from the store.
+fn jobs_of(p: &Project, id: &str) -> HashMap<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = kiln_store::Store::open_sqlite(&p.data_dir()).await.unwrap();
+        let run = store.get_run(id.parse().unwrap()).await.unwrap().unwrap();
+        run.jobs
+            .into_iter()
+            .map(|j| (j.key, j.status.as_str().to_owned()))
+            .collect()
+    })
+}
