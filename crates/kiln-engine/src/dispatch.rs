@@ -53,6 +53,9 @@ const PROGRESS_DELAY: Duration = Duration::from_millis(50);
 const DECISION_DELAY: Duration = Duration::from_millis(5);
 /// Leases held beyond the slots, per slot: jobs prepared and waiting to start.
 const LOOKAHEAD: usize = 4;
+/// Only jobs of projects with at most this many files are prepared ahead: every prepared job
+/// holds a copy of its project, and a big project's jobs last long enough not to need it.
+const LOOKAHEAD_MAX_FILES: usize = 2_000;
 /// New leases are granted once no more than this many prepared jobs per slot are left: in
 /// batches, so that one transaction grants several, while enough remain to cover the
 /// transaction and the workspace refresh of the next batch.
@@ -1549,12 +1552,24 @@ impl Dispatcher {
         while self.busy < self.slots * (1 + LOOKAHEAD) && !self.cancelled && self.draining.is_none()
         {
             let Some(next) = self.ready.pop() else { break };
-            let Some(rec) = self.jobs.get_mut(&next.job) else {
+            let Some(rec) = self.jobs.get(&next.job) else {
                 continue;
             };
             if rec.status != JobStatus::Queued {
                 continue;
             }
+            let big = self
+                .runs
+                .get(&rec.run)
+                .is_some_and(|r| r.spec.snapshot.files.len() > LOOKAHEAD_MAX_FILES);
+            if big && self.busy >= self.slots {
+                // No slot is free and this job would wait holding a copy of a big project.
+                self.ready.push(next);
+                break;
+            }
+            let Some(rec) = self.jobs.get_mut(&next.job) else {
+                continue;
+            };
             rec.status = JobStatus::Leased;
             self.busy += 1;
             let run = rec.run;

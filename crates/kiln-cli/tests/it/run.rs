@@ -575,3 +575,38 @@ jobs:
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("line 1"), "{}", bad.stderr);
 }
+
+#[test]
+fn jobs_of_a_big_project_are_not_prepared_ahead() {
+    // Every job prepared ahead holds a copy of its project: past 2,000 files, a job is only
+    // leased when a slot is free for it.
+    let mut p = Project::new().workflow(
+        "ci.yml",
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n  b:\n    runs-on: x\n    steps: [{run: 'true'}]\n  c:\n    runs-on: x\n    steps: [{run: 'true'}]\n",
+    );
+    for i in 0..2_050 {
+        p = p.file(&format!("src/f{i}.txt"), "x");
+    }
+    let out = run_json(&p, &["--jobs", "1"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let events = rt.block_on(async {
+        let store = kiln_store::Store::open_sqlite(&p.data_dir()).await.unwrap();
+        store.events_after(0, 10_000).await.unwrap()
+    });
+    // Leases and completions alternate: never two jobs leased at once.
+    let mut held = 0;
+    for e in &events {
+        match e.kind.as_str() {
+            "job.leased" => {
+                held += 1;
+                assert_eq!(held, 1, "two leases at once: {events:#?}");
+            }
+            "job.completed" => held -= 1,
+            _ => {}
+        }
+    }
+}

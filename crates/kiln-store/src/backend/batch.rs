@@ -54,10 +54,9 @@ pub(crate) fn job_of(op: &Op) -> Option<JobId> {
     }
 }
 
-/// The batch's statements' parameters and the order its ops are read back in.
+/// The batch's statements' parameters.
 pub(crate) struct Plan {
     params: Vec<String>,
-    order: Vec<usize>,
 }
 
 impl Plan {
@@ -159,23 +158,16 @@ impl Plan {
                 }
             }
         }
-        let mut order: Vec<usize> = (0..ops.len()).collect();
-        order.sort_by_key(|&i| kind(&ops[i]).unwrap_or(0));
         let params = params
             .into_iter()
             .map(|rows| Value::Array(rows).to_string())
             .collect();
-        Some(Plan { params, order })
+        Some(Plan { params })
     }
 
     /// One JSON array per kind, in kind order (`$1` … `$6` of the script).
     pub(crate) fn params(&self) -> &[String] {
         &self.params
-    }
-
-    /// Op indices in the order their effects were applied.
-    pub(crate) fn order(&self) -> &[usize] {
-        &self.order
     }
 }
 

@@ -1071,7 +1071,8 @@ async fn begin(tx: &mut Conn, begun: &mut bool) -> Result<(), StoreError> {
 /// with two ops of one kind, ops out of lifecycle order, log chunks that do not follow each
 /// other — the segment is applied op by op instead, so the result is always what applying
 /// the ops in order would give. An op the batch did not apply is applied alone afterwards:
-/// that repeats its guarded statement (which fails again) and explains the refusal.
+/// that repeats its guarded statement (which fails again) and explains the refusal. Events
+/// are appended in the ops' own order.
 async fn apply_batch(
     tx: &mut Conn,
     pending: &mut Pending,
@@ -1134,7 +1135,7 @@ async fn apply_batch(
     // Log bytes of the groups whose offsets were accepted, then their index rows.
     let mut chunks = Vec::new();
     let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
-    for &i in plan.order() {
+    for i in 0..ops.len() {
         let op = &ops[i];
         let Some(kind) = batch::kind(op) else { continue };
         let Some(job) = batch::job_of(op) else { continue };
