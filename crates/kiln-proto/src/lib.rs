@@ -7,13 +7,19 @@
 //!
 //! Layout: runs, jobs, steps and events here; [`api`] the HTTP envelope and the server's own
 //! answers; [`auth`] tokens and roles.
+//! [`projects`]: projects as the API shows them, and the requests that change them.
 
 pub mod api;
 pub mod auth;
+pub mod projects;
 
 pub use api::{Envelope, ErrorBody, Meta, ServerStatus};
 pub use auth::{
     CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole, check_token_name,
+};
+pub use projects::{
+    FetchStatus, NewProject, ProjectKind, ProjectList, ProjectUpdate, ProjectView,
+    check_project_name, default_project_name,
 };
 
 use jiff::Timestamp;

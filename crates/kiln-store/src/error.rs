@@ -58,6 +58,8 @@ pub enum StoreError {
     BadToken { reason: String },
     #[error("failed to find {what} `{id}`")]
     NotFound { what: &'static str, id: String },
+    #[error("failed to name {what} `{name}`: another {what} has that name")]
+    NameTaken { what: &'static str, name: String },
     #[error("failed to resolve run `{prefix}`: it is the prefix of more than one run")]
     Ambiguous { prefix: String },
     #[error(

@@ -10,12 +10,13 @@
 //!
 //! Layout: [`types`] are the requests and answers, [`blob`] the blob store, `backend` the two
 //! SQL dialects (one body of queries, included twice), `error` the error type, `token` how
-//! API token secrets are drawn and hashed.
+//! API token secrets are drawn and hashed, [`projects`] the project records of the API.
 //! Not here: scheduling, HTTP, anything that decides what to run.
 
 mod backend;
 pub mod blob;
 mod error;
+pub mod projects;
 mod token;
 pub mod types;
 
@@ -28,6 +29,7 @@ use kiln_proto::{Event, Job, Project, Role, Run, TokenId, TokenInfo};
 
 pub use blob::BlobStore;
 pub use error::StoreError;
+pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
 
 /// A handle on the store; cheap to clone and share between tasks.
@@ -118,6 +120,72 @@ impl Store {
 
     pub async fn find_project(&self, name: &str) -> Result<Option<Project>, StoreError> {
         with_backend!(self, b => b.find_project(name).await)
+    }
+
+    /// Registers a project under a name no other project (archived ones included) has:
+    /// [`StoreError::NameTaken`] otherwise. A git source is marked to be fetched.
+    pub async fn create_project(
+        &self,
+        name: &str,
+        source: &str,
+    ) -> Result<ProjectRecord, StoreError> {
+        with_backend!(self, b => b.create_project(name, source, Timestamp::now()).await)
+    }
+
+    /// A project with its fetch state and archive mark, archived or not.
+    pub async fn project_record(&self, id: ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
+        with_backend!(self, b => b.project_record(id).await)
+    }
+
+    /// [`Store::project_record`] by name.
+    pub async fn project_record_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<ProjectRecord>, StoreError> {
+        with_backend!(self, b => b.project_record_by_name(name).await)
+    }
+
+    /// Projects by name; archived ones only when asked for.
+    pub async fn list_projects(
+        &self,
+        include_archived: bool,
+    ) -> Result<Vec<ProjectRecord>, StoreError> {
+        with_backend!(self, b => b.list_projects(include_archived).await)
+    }
+
+    /// Renames a project and/or gives it a new source (which forgets the old one's fetch
+    /// state and marks a git source to be fetched). `None`: no project that is not archived
+    /// has this id. A name another project has is [`StoreError::NameTaken`].
+    pub async fn update_project(
+        &self,
+        id: ProjectId,
+        change: ProjectChange<'_>,
+    ) -> Result<Option<ProjectRecord>, StoreError> {
+        with_backend!(self, b => b.update_project(id, change, Timestamp::now()).await)
+    }
+
+    /// Marks a project's mirror to be fetched again (`fetch_requested_at`); `None`: no
+    /// project that is not archived has this id.
+    pub async fn request_fetch(&self, id: ProjectId) -> Result<Option<ProjectRecord>, StoreError> {
+        with_backend!(self, b => b.request_fetch(id, Timestamp::now()).await)
+    }
+
+    /// Records how a fetch of `source` ended. `false`: nothing was recorded, because the
+    /// project is gone, archived, or has another source by now.
+    pub async fn record_fetch(
+        &self,
+        id: ProjectId,
+        source: &str,
+        outcome: &FetchOutcome,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.record_fetch(id, source, outcome, Timestamp::now()).await)
+    }
+
+    /// Archives a project (a soft delete: it leaves listings, keeps its name, and its runs
+    /// and logs stay readable), unless some of its runs have not finished:
+    /// [`Archived::Busy`]. Archiving twice keeps the first time. `None`: no such project.
+    pub async fn archive_project(&self, id: ProjectId) -> Result<Option<Archived>, StoreError> {
+        with_backend!(self, b => b.archive_project(id, Timestamp::now()).await)
     }
 
     /// Creates a run and its jobs in one transaction. Its `run_number` is one more than the

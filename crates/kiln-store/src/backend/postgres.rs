@@ -112,6 +112,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "tokens",
             include_str!("../../migrations/postgres/0003_tokens.sql"),
         ),
+        (
+            5,
+            "projects",
+            include_str!("../../migrations/postgres/0005_projects.sql"),
+        ),
     ])
 }
 
@@ -207,6 +212,7 @@ include!("body.rs");
 /// (`tokens_body.rs`). 0x6b746f6b = "ktok".
 const LOCK_TOKENS: Option<&str> = Some("SELECT pg_advisory_xact_lock(1802792811)");
 include!("tokens_body.rs");
+include!("projects_body.rs");
 
 impl Backend {
     /// Applies `ops` in one transaction, one statement per kind of job transition.

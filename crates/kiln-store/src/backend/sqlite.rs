@@ -130,6 +130,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "tokens",
             include_str!("../../migrations/sqlite/0003_tokens.sql"),
         ),
+        (
+            5,
+            "projects",
+            include_str!("../../migrations/sqlite/0005_projects.sql"),
+        ),
     ])
 }
 
@@ -257,6 +262,7 @@ include!("body.rs");
 /// check-then-insert of `tokens_body.rs` one writer at a time.
 const LOCK_TOKENS: Option<&str> = None;
 include!("tokens_body.rs");
+include!("projects_body.rs");
 
 impl Backend {
     /// Applies `ops` in one transaction. The transaction is begun by the first script and

@@ -10,6 +10,7 @@ mod batch;
 mod harness;
 mod outbox;
 mod parity;
+mod projects;
 mod suite;
 mod throughput;
 mod tokens;
