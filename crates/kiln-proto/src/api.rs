@@ -32,7 +32,7 @@ pub struct ErrorBody {
     pub message: String,
     /// Machine-readable particulars (a JSON error's line and column, the fields that failed
     /// validation); `null` when there are none.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub details: Value,
 }
 

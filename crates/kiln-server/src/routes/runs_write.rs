@@ -52,10 +52,12 @@ pub(crate) struct TriggeredRuns {
     request_body = NewRunRequest,
     responses(
         (status = 201, description = "The runs created", body = kiln_proto::Envelope<TriggeredRuns>),
-        (status = 400, description = "`MALFORMED_JSON`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "`MALFORMED_JSON`, with `line` and `column`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 404, description = "`PROJECT_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 422, description = "`WORKFLOW_INVALID` (file, line, key in `details`) or `VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 503, description = "`ENGINE_UNAVAILABLE`", body = kiln_proto::Envelope<serde_json::Value>)
     )
