@@ -24,6 +24,8 @@ if [ -z "$url" ] || [ -z "$token" ]; then
   cat "$work/err"
   exit 1
 fi
+# st writes its reports into the working folder: keep them out of the checkout.
+cd "$work"
 st run "$url/api/v1/openapi.json" \
   -H "Authorization: Bearer $token" \
   --max-examples 30 --generation-deterministic --continue-on-failure \
