@@ -74,6 +74,9 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         },
     )
     .await?;
+    // Leases anyone let expire (a killed `kiln run`, a vanished worker) are taken back and
+    // their runs driven on here.
+    engine.adopt_expired_every(std::time::Duration::from_secs(15));
     if recovery != Recovery::default() {
         tracing::info!(
             expired_leases = recovery.expired_leases,

@@ -119,6 +119,55 @@ impl Engine {
         Ok((engine, recovery))
     }
 
+    /// Every `every`, takes back leases that expired — whoever held them: a `kiln run` that
+    /// was killed, a worker that vanished — and drives their runs on here (DESIGN.md
+    /// "Leases": recovery happens only through lease expiry). Runs this engine drives
+    /// already are left as they are. Stops when the engine shuts down.
+    pub fn adopt_expired_every(&self, every: Duration) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if engine.inner.commands.is_closed() {
+                    break;
+                }
+                if let Err(e) = engine.adopt_expired().await {
+                    tracing::warn!(error = %e, "cannot take back expired leases");
+                }
+            }
+        });
+    }
+
+    async fn adopt_expired(&self) -> Result<(), EngineError> {
+        let store = &self.inner.store;
+        let expired = store.expire_leases(Timestamp::now(), None).await?;
+        let mut runs: Vec<RunId> = expired.iter().map(|e| e.run).collect();
+        runs.sort();
+        runs.dedup();
+        for id in runs {
+            let Some(run) = store.get_run(id).await? else {
+                continue;
+            };
+            if run.status.is_terminal()
+                || run
+                    .jobs
+                    .iter()
+                    .any(|j| matches!(j.status, JobStatus::Leased | JobStatus::Running))
+            {
+                continue;
+            }
+            tracing::info!(run = %id, "driving on a run whose leases expired");
+            if let Err(e) = self.resume(run.clone()).await {
+                tracing::warn!(run = %id, error = %e, "cannot drive an adopted run on");
+                self.fail_run(&run).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The lease owner id of this engine's local pool (stable across restarts of one data
     /// dir).
     pub fn owner(&self) -> &str {
@@ -499,3 +548,6 @@ fn engine_owner(data_dir: &Path) -> Result<String, EngineError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
