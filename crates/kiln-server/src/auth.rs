@@ -116,15 +116,42 @@ impl<S: Send + Sync> FromRequestParts<S> for Admin {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Caller(info) = Caller::from_request_parts(parts, state).await?;
-        if info.role == Role::Admin {
-            Ok(Admin(info))
-        } else {
-            Err(ApiError::forbidden(format!(
-                "only an admin token may do this; this one is `{}`",
-                info.role
-            )))
-        }
+        caller_in(parts, state, &[Role::Admin], "an admin token")
+            .await
+            .map(Admin)
+    }
+}
+
+/// The caller, if its role is one of `roles`; `403` saying that only `who` may otherwise.
+async fn caller_in<S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    roles: &[Role],
+    who: &str,
+) -> Result<TokenInfo, ApiError> {
+    let Caller(info) = Caller::from_request_parts(parts, state).await?;
+    if roles.contains(&info.role) {
+        Ok(info)
+    } else {
+        Err(ApiError::forbidden(format!(
+            "only {who} may do this; this one is `{}`",
+            info.role
+        )))
+    }
+}
+
+/// The caller, who must hold a maintainer or admin token (`403` otherwise).
+#[derive(Clone, Debug)]
+pub(crate) struct Maintainer(pub(crate) TokenInfo);
+
+impl<S: Send + Sync> FromRequestParts<S> for Maintainer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let roles = [Role::Admin, Role::Maintainer];
+        caller_in(parts, state, &roles, "a maintainer or admin token")
+            .await
+            .map(Maintainer)
     }
 }
 

@@ -8,7 +8,8 @@
 //! `envelope` the outermost layer that gives each answer its `meta` and request id, `extract`
 //! the JSON extractor whose rejections are envelopes too, `auth` who may call what, `routes`
 //! the handlers, `openapi` the document. (tower-http's request-id layer is not used: it
-//! passes a caller's id on as it is, and this one is sanitised first.)
+//! passes a caller's id on as it is, and this one is sanitised first.) `fetch` runs the
+//! background fetches of git projects' mirrors.
 //!
 //! Not here: SQL (the store's), deciding what runs (the engine's), anything the CLI prints.
 
@@ -16,6 +17,7 @@ mod auth;
 mod envelope;
 mod error;
 mod extract;
+mod fetch;
 mod openapi;
 mod routes;
 mod state;
@@ -73,6 +75,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Fetches a previous server left unfinished run again (see `fetch.rs`).
+    fetch::resume(&state);
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),

@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
-use crate::routes::{runs_write, system, tokens};
+use crate::routes::{projects, runs_write, system, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -29,6 +29,12 @@ use crate::state::AppState;
         tokens::list,
         tokens::create,
         tokens::revoke,
+        projects::list,
+        projects::create,
+        projects::show,
+        projects::update,
+        projects::remove,
+        projects::refetch,
         runs_write::trigger,
         runs_write::cancel,
         runs_write::retry,
@@ -37,7 +43,8 @@ use crate::state::AppState;
     tags(
         (name = "system", description = "The server itself"),
         (name = "tokens", description = "API tokens (admin only)"),
-        (name = "runs", description = "Runs of a project's workflows")
+        (name = "runs", description = "Runs of a project's workflows"),
+        (name = "projects", description = "Projects: folders and git repositories of workflows")
     )
 )]
 struct ApiDoc;
@@ -83,6 +90,9 @@ mod tests {
             "/api/v1/status",
             "/api/v1/tokens",
             "/api/v1/tokens/{id}",
+            "/api/v1/projects",
+            "/api/v1/projects/{id}",
+            "/api/v1/projects/{id}/fetch",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
@@ -92,5 +102,6 @@ mod tests {
             "bearer"
         );
         assert!(doc["components"]["schemas"]["TokenInfo"].is_object());
+        assert!(doc["components"]["schemas"]["ProjectView"].is_object());
     }
 }

@@ -3,12 +3,16 @@
 //! [`AppState::new`] is the one place the state is put together, so that whatever the server
 //! grows (the engine's handle, the event bus, metrics) is wired there and nowhere else.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use kiln_engine::Engine;
+use kiln_engine::egress::EgressPolicy;
 use kiln_store::Store;
+
+use crate::fetch::Fetches;
 
 /// The server's settings, resolved (flags and configuration already merged).
 #[derive(Clone, Debug)]
@@ -20,15 +24,23 @@ pub struct ServerConfig {
     pub body_limit: usize,
     /// How long one request may take before the server answers `504 TIMEOUT`.
     pub request_timeout: Duration,
+    /// What the server's own outbound connections (git fetches of projects) may reach; also
+    /// whether projects may be folders or `file://` URLs on the server's disk.
+    pub egress: EgressPolicy,
+    /// The data dir: git projects are mirrored under `repos/<project id>.git` in it.
+    pub data_dir: PathBuf,
 }
 
 impl ServerConfig {
-    /// The defaults: a 2 MB body limit and a 30 s request timeout.
+    /// The defaults: a 2 MB body limit, a 30 s request timeout, the default egress policy
+    /// (public hosts only, no local paths) and `kiln-data` as the data dir.
     pub fn new(public_url: impl Into<String>) -> Self {
         Self {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             body_limit: 2 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            egress: EgressPolicy::default(),
+            data_dir: PathBuf::from("kiln-data"),
         }
     }
 }
@@ -45,6 +57,8 @@ struct Inner {
     engine: Option<Engine>,
     config: ServerConfig,
     started_at: Timestamp,
+    /// The git fetches running in the background.
+    fetches: Arc<Fetches>,
 }
 
 impl AppState {
@@ -55,6 +69,7 @@ impl AppState {
                 engine: None,
                 config,
                 started_at: Timestamp::now(),
+                fetches: Arc::default(),
             }),
         }
     }
@@ -66,6 +81,7 @@ impl AppState {
             engine: None,
             config: shared.config.clone(),
             started_at: shared.started_at,
+            fetches: shared.fetches.clone(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -89,5 +105,9 @@ impl AppState {
 
     pub(crate) fn started_at(&self) -> Timestamp {
         self.inner.started_at
+    }
+
+    pub(crate) fn fetches(&self) -> &Fetches {
+        &self.inner.fetches
     }
 }

@@ -1,5 +1,6 @@
 //! Test harness shared by kiln's integration tests: a temporary project folder built with a
-//! builder, and a runner for the `kiln` binary that captures exit code, stdout and stderr.
+//! builder, a runner for the `kiln` binary that captures exit code, stdout and stderr, and an
+//! upstream git repository for tests of git projects.
 //!
 //! Only a dev-dependency. Fixtures written by others (the corpus in `../shared/corpus`) are
 //! read by path from [`corpus_dir`], never copied.
@@ -159,4 +160,81 @@ impl Kiln {
 pub fn corpus_dir() -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus");
     dir.is_dir().then_some(dir)
+}
+
+/// An upstream git repository with a work tree in a temporary folder, for tests of git
+/// projects: changed through the git CLI, isolated from the machine's git configuration,
+/// with a fixed identity. Removed on drop.
+pub struct GitUpstream {
+    dir: tempfile::TempDir,
+}
+
+impl Default for GitUpstream {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GitUpstream {
+    /// An empty repository whose default branch is `main`.
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-upstream-")
+            .tempdir()
+            .expect("create a temporary upstream folder");
+        let up = Self { dir };
+        up.git(&["init", "--quiet", "-b", "main"]);
+        up
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `file://` and the absolute path.
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path().display())
+    }
+
+    /// Writes `files` (relative path, content), commits everything, returns the commit id.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (rel, content) in files {
+            let path = self.path().join(rel);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create parent folder");
+            }
+            std::fs::write(&path, content).expect("write upstream file");
+        }
+        self.git(&["add", "--all"]);
+        self.git(&["commit", "--quiet", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Runs git in the repository; its stdout, trimmed. Panics with git's stderr on failure.
+    pub fn git(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("GIT_") {
+                cmd.env_remove(key);
+            }
+        }
+        let out = cmd
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_AUTHOR_NAME", "kiln test")
+            .env("GIT_AUTHOR_EMAIL", "test@kiln.invalid")
+            .env("GIT_COMMITTER_NAME", "kiln test")
+            .env("GIT_COMMITTER_EMAIL", "test@kiln.invalid")
+            .arg("-C")
+            .arg(self.path())
+            .args(args)
+            .output()
+            .expect("run git");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }

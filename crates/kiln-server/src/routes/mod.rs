@@ -3,6 +3,7 @@
 //!
 //! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
 
+pub(crate) mod projects;
 pub(crate) mod runs_write;
 pub(crate) mod system;
 pub(crate) mod tokens;
@@ -26,6 +27,17 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/status", get(system::status))
         .route("/api/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/api/v1/tokens/{id}", delete(tokens::revoke))
+        .route(
+            "/api/v1/projects",
+            get(projects::list).post(projects::create),
+        )
+        .route(
+            "/api/v1/projects/{id}",
+            get(projects::show)
+                .patch(projects::update)
+                .delete(projects::remove),
+        )
+        .route("/api/v1/projects/{id}/fetch", post(projects::refetch))
         .route("/api/v1/projects/{id}/runs", post(runs_write::trigger))
         .route("/api/v1/runs/{id}/cancel", post(runs_write::cancel))
         .route("/api/v1/runs/{id}/retry", post(runs_write::retry))

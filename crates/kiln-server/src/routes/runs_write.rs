@@ -4,7 +4,7 @@
 
 use axum::extract::{Path, State};
 use indexmap::IndexMap;
-use kiln_core::ids::{ProjectId, RunId};
+use kiln_core::ids::RunId;
 use kiln_engine::{EngineError, TriggerRequest};
 use kiln_proto::Run;
 use serde::Deserialize;
@@ -68,13 +68,9 @@ pub(crate) async fn trigger(
     ApiJson(req): ApiJson<NewRunRequest>,
 ) -> Result<Data<TriggeredRuns>, ApiError> {
     let engine = state.engine().ok_or_else(engine_unavailable)?;
-    let found = match id.parse::<ProjectId>() {
-        Ok(pid) => state.store().get_project(pid).await?,
-        Err(_) => state.store().find_project(&id).await?,
-    };
-    let project = found
-        .ok_or_else(|| ApiError::not_found("PROJECT_NOT_FOUND", format!("no project `{id}`")))?
-        .id;
+    let found = crate::routes::projects::lookup(&state, &id).await?;
+    crate::routes::projects::refuse_archived(&found)?;
+    let project = found.project.id;
     let mut inputs = IndexMap::new();
     let mut bad = Vec::new();
     for (k, v) in req.inputs {

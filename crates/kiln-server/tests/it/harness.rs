@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use kiln_engine::egress::EgressPolicy;
 use kiln_server::{AppState, ServerConfig};
 use kiln_store::Store;
 use reqwest::header::HeaderMap;
@@ -35,6 +36,21 @@ async fn pg_exec(base: &str, sql: String) {
         .await
         .unwrap();
     conn.close().await.unwrap();
+}
+
+/// A store in a fresh schema of the test database, with the folder for its blobs and the
+/// (base URL, schema) to drop at the end.
+async fn pg_store() -> (Store, tempfile::TempDir, (String, String)) {
+    let base = pg_base_url().await;
+    let schema = format!("srv_{}", uuid::Uuid::new_v4().simple());
+    pg_exec(&base, format!("CREATE SCHEMA {schema}")).await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}schema={schema}");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_postgres(&url, &dir.path().join("blobs"))
+        .await
+        .unwrap();
+    (store, dir, (base, schema))
 }
 
 /// One running server and what a test needs to talk to it.
@@ -99,6 +115,16 @@ impl Reply {
         e
     }
 
+    /// Asserts `422 VALIDATION_FAILED` naming `field` (in `details` and the message).
+    #[track_caller]
+    pub(crate) fn expect_invalid(&self, field: &str) -> Value {
+        let e = self.expect_error(422, "VALIDATION_FAILED");
+        assert_eq!(e["details"]["fields"][0]["field"], field, "{e:#}");
+        let message = e["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("`{field}`")), "{e:#}");
+        e
+    }
+
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -112,16 +138,8 @@ impl Server {
     }
 
     pub(crate) async fn postgres() -> Self {
-        let base = pg_base_url().await;
-        let schema = format!("srv_{}", uuid::Uuid::new_v4().simple());
-        pg_exec(&base, format!("CREATE SCHEMA {schema}")).await;
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}schema={schema}");
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_postgres(&url, &dir.path().join("blobs"))
-            .await
-            .unwrap();
-        Self::start(store, dir, Some((base, schema))).await
+        let (store, dir, pg) = pg_store().await;
+        Self::start(store, dir, Some(pg)).await
     }
 
     /// A server on SQLite whose engine runs jobs (two slots, its data dir the test's).
@@ -133,16 +151,21 @@ impl Server {
 
     /// A server on PostgreSQL whose engine runs jobs.
     pub(crate) async fn postgres_with_engine() -> Self {
-        let base = pg_base_url().await;
-        let schema = format!("srv_{}", uuid::Uuid::new_v4().simple());
-        pg_exec(&base, format!("CREATE SCHEMA {schema}")).await;
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}schema={schema}");
+        let (store, dir, pg) = pg_store().await;
+        Self::start_with(store, dir, Some(pg), true).await
+    }
+
+    /// A server on SQLite (no engine) whose outbound connections follow `egress`.
+    pub(crate) async fn sqlite_with_egress(egress: EgressPolicy) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_postgres(&url, &dir.path().join("blobs"))
-            .await
-            .unwrap();
-        Self::start_with(store, dir, Some((base, schema)), true).await
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        Self::start_configured(store, dir, None, false, egress).await
+    }
+
+    /// A server on PostgreSQL (no engine) whose outbound connections follow `egress`.
+    pub(crate) async fn postgres_with_egress(egress: EgressPolicy) -> Self {
+        let (store, dir, pg) = pg_store().await;
+        Self::start_configured(store, dir, Some(pg), false, egress).await
     }
 
     async fn start(store: Store, dir: tempfile::TempDir, pg: Option<(String, String)>) -> Self {
@@ -155,6 +178,17 @@ impl Server {
         pg: Option<(String, String)>,
         engine: bool,
     ) -> Self {
+        Self::start_configured(store, dir, pg, engine, EgressPolicy::default()).await
+    }
+
+    /// The server's data dir is the test's temporary folder.
+    async fn start_configured(
+        store: Store,
+        dir: tempfile::TempDir,
+        pg: Option<(String, String)>,
+        engine: bool,
+        egress: EgressPolicy,
+    ) -> Self {
         // reqwest is built with rustls and no provider of its own: use ring, as the CLI does.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let admin = store
@@ -165,7 +199,10 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
-        let mut state = AppState::new(store.clone(), ServerConfig::new(&base));
+        let mut config = ServerConfig::new(&base);
+        config.data_dir = dir.path().to_owned();
+        config.egress = egress;
+        let mut state = AppState::new(store.clone(), config);
         if engine {
             let config = kiln_engine::EngineConfig {
                 slots: 2,

@@ -5,6 +5,7 @@
 mod auth;
 mod envelope;
 mod harness;
+mod projects;
 mod runs_write;
 mod system;
 mod tokens;
