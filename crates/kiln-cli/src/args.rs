@@ -5,11 +5,18 @@
 //! command talks to, and the API token it sends); `KILN_ADMIN_TOKEN` (`kiln serve`: the
 //! first admin token of an empty store, instead of a random one it prints). Steps never see
 //! any `KILN_*` variable of kiln's own process (kiln-exec strips them).
+//!
+//! `kiln serve`'s egress policy (what its own outbound connections, such as git fetches, may
+//! reach), named as the configuration file will name them: `KILN__EGRESS__ALLOW` (host names,
+//! `*.domain` wildcards, IP addresses and CIDRs, comma-separated; `--egress-allow`),
+//! `KILN__EGRESS__ALLOW_LOOPBACK`, `KILN__EGRESS__ALLOW_PRIVATE` and
+//! `KILN__EGRESS__ALLOW_LOCAL_PATHS` (`true`/`false`; the `--egress-allow-…` flags).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_core::ids::ProjectId;
+use kiln_engine::egress::EgressPolicy;
 use kiln_proto::Role;
 use kiln_store::Store;
 
@@ -42,6 +49,8 @@ enum Command {
     Token(TokenArgs),
     /// Ask a server to run a project's workflow(s).
     Trigger(TriggerArgs),
+    /// Add, list, show, change or remove a server's projects.
+    Project(ProjectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +209,52 @@ pub(crate) struct ServeArgs {
     /// are cancelled.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub(crate) shutdown_grace: u64,
+    #[command(flatten)]
+    pub(crate) egress: EgressArgs,
+}
+
+/// What the server's own outbound connections may reach (DESIGN.md "Security model"). By
+/// default: any public address; never loopback, private or link-local ones; no local paths.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct EgressArgs {
+    /// Allow only these hosts (`git.example.com`, `*.example.com`) among public addresses,
+    /// and admit these addresses or CIDRs (`10.1.0.0/16`) whatever their range (repeatable,
+    /// or comma-separated).
+    #[arg(
+        long = "egress-allow",
+        env = "KILN__EGRESS__ALLOW",
+        value_delimiter = ',',
+        value_name = "HOST|CIDR"
+    )]
+    pub(crate) allow: Vec<String>,
+    /// Admit loopback addresses (127.0.0.0/8, ::1): for tests.
+    #[arg(long = "egress-allow-loopback", env = "KILN__EGRESS__ALLOW_LOOPBACK")]
+    pub(crate) allow_loopback: bool,
+    /// Admit private addresses (10/8, 172.16/12, 192.168/16, fc00::/7, …).
+    #[arg(long = "egress-allow-private", env = "KILN__EGRESS__ALLOW_PRIVATE")]
+    pub(crate) allow_private: bool,
+    /// Admit projects on the server's own disk: folders and `file://` URLs (admins only).
+    #[arg(
+        long = "egress-allow-local-paths",
+        env = "KILN__EGRESS__ALLOW_LOCAL_PATHS"
+    )]
+    pub(crate) allow_local_paths: bool,
+}
+
+impl EgressArgs {
+    /// The policy these flags describe; an unusable entry is invalid input naming it.
+    pub(crate) fn policy(&self) -> Result<EgressPolicy, Failure> {
+        let entries = self.allow.iter().map(|e| e.trim().to_owned());
+        let (cidrs, hosts): (Vec<String>, Vec<String>) = entries
+            .filter(|e| !e.is_empty())
+            .partition(|e| e.contains('/'));
+        let mut policy = EgressPolicy::from_config(&hosts, &cidrs)
+            .map_err(|e| Failure::invalid(format!("--egress-allow: {e}")))?;
+        policy.allow_loopback = self.allow_loopback;
+        policy.allow_private = self.allow_private;
+        policy.allow_local_paths = self.allow_local_paths;
+        Ok(policy)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -263,6 +318,81 @@ pub(crate) struct TokenRevokeArgs {
     pub(crate) format: Format,
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct ProjectArgs {
+    #[command(subcommand)]
+    pub(crate) command: ProjectCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProjectCommand {
+    /// Register a folder on the server (admins) or a git repository (fetched by the server in
+    /// the background); prints its id, name and webhook URL.
+    Add(ProjectAddArgs),
+    /// List the projects (removed ones are left out).
+    List(ProjectListArgs),
+    /// Show one project, its source and how its last fetch went.
+    Show(ProjectOneArgs),
+    /// Rename a project or give it another source.
+    Update(ProjectUpdateArgs),
+    /// Remove a project: it is archived, its runs and logs stay readable. Refused while any of
+    /// its runs has not finished.
+    Remove(ProjectOneArgs),
+    /// Have the server fetch a git project again now (in the background).
+    Fetch(ProjectOneArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectAddArgs {
+    /// A folder (on the server; a relative path is made absolute here) or a git URL
+    /// (`https://…`, `ssh://…`, `user@host:path`, `git://…`, `file://…`).
+    #[arg(value_name = "PATH|GIT_URL")]
+    pub(crate) source: String,
+    /// The project's name (default: the last segment of the path or URL, without `.git`).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectListArgs {
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectOneArgs {
+    /// The project's id or name.
+    #[arg(value_name = "ID|NAME")]
+    pub(crate) project: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectUpdateArgs {
+    /// The project's id or name.
+    #[arg(value_name = "ID|NAME")]
+    pub(crate) project: String,
+    /// A new name.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) name: Option<String>,
+    /// A new folder or git URL (as for `kiln project add`).
+    #[arg(long, value_name = "PATH|GIT_URL")]
+    pub(crate) source: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
+}
+
 pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Run(a) => crate::local::run(a).await,
@@ -271,5 +401,51 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Serve(a) => crate::serve::serve(a).await,
         Command::Token(a) => crate::token::token(a).await,
         Command::Trigger(a) => crate::trigger::trigger(a).await,
+        Command::Project(a) => crate::project::project(a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn egress(args: &[&str]) -> Result<EgressPolicy, Failure> {
+        #[derive(Parser)]
+        struct Probe {
+            #[command(flatten)]
+            egress: EgressArgs,
+        }
+        let mut argv = vec!["probe"];
+        argv.extend(args);
+        Probe::try_parse_from(argv).unwrap().egress.policy()
+    }
+
+    #[test]
+    fn egress_flags_make_the_policy() {
+        let p = egress(&[]).unwrap();
+        assert!(!p.allow_loopback && !p.allow_private && !p.allow_local_paths);
+        assert!(p.hosts().is_empty() && p.cidrs().is_empty());
+
+        let p = egress(&[
+            "--egress-allow",
+            "git.example.com,*.example.org",
+            "--egress-allow",
+            "10.1.0.0/16",
+            "--egress-allow",
+            "192.0.2.7",
+            "--egress-allow-loopback",
+            "--egress-allow-local-paths",
+        ])
+        .unwrap();
+        assert_eq!(p.hosts(), ["git.example.com", "*.example.org"]);
+        let cidrs: Vec<String> = p.cidrs().iter().map(ToString::to_string).collect();
+        assert_eq!(cidrs, ["192.0.2.7/32", "10.1.0.0/16"]);
+        assert!(p.allow_loopback && p.allow_local_paths && !p.allow_private);
+
+        for bad in ["https://git.example.com", "10.1.0.0/33", "a b"] {
+            let f = egress(&["--egress-allow", bad]).unwrap_err();
+            assert_eq!(f.code, kiln_proto::exit::INVALID, "{bad}");
+            assert!(f.message.starts_with("--egress-allow: "), "{}", f.message);
+        }
     }
 }

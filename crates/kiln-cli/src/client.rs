@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::Failure;
+use crate::args::ServerArgs;
 
 /// How long connecting may take before the server counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +51,15 @@ impl Client {
         })
     }
 
+    /// The client of a command that only talks to a server: `--server` (or `KILN_SERVER`)
+    /// is required.
+    pub(crate) fn for_command(remote: &ServerArgs, command: &str) -> Result<Self, Failure> {
+        let server = remote.server.as_deref().ok_or_else(|| {
+            Failure::invalid(format!("{command} needs --server URL (or KILN_SERVER)"))
+        })?;
+        Self::new(server, remote.token.as_deref())
+    }
+
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.send(Method::GET, path, None::<&()>).await
     }
@@ -64,6 +74,14 @@ impl Client {
 
     pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.send(Method::DELETE, path, None::<&()>).await
+    }
+
+    pub(crate) async fn patch<B, T>(&self, path: &str, body: &B) -> Result<T, Failure>
+    where
+        B: Serialize + ?Sized,
+        T: DeserializeOwned,
+    {
+        self.send(Method::PATCH, path, Some(body)).await
     }
 
     /// `path` starts with `/` (`/api/v1/tokens`); `body`, if any, is sent as JSON.
@@ -135,6 +153,18 @@ pub(crate) fn check_http_url(flag: &str, url: &str) -> Result<String, Failure> {
             "{flag} `{url}`: expected an http:// or https:// URL"
         ))),
     }
+}
+
+/// A project id or name (or any other value) as one URL path segment, percent-encoded.
+pub(crate) fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// 4xx: the request was wrong (exit 2); anything else: kiln could not work (exit 3).

@@ -13,6 +13,7 @@ mod args;
 mod client;
 mod local;
 mod output;
+mod project;
 mod serve;
 mod token;
 mod trigger;

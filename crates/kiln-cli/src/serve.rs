@@ -34,6 +34,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         Some(url) => Some(check_http_url("--public-url", url)?),
         None => None,
     };
+    let egress = a.egress.policy()?;
     let preseed = std::env::var(ADMIN_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
@@ -69,7 +70,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         store.clone(),
         EngineConfig {
             slots,
-            data_dir,
+            data_dir: data_dir.clone(),
             max_attempts: 3,
         },
     )
@@ -93,7 +94,9 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     stdout_line(&format!("listening on {listening}"));
     let _ = std::io::stdout().flush();
 
-    let config = ServerConfig::new(public_url.unwrap_or_else(|| listening.clone()));
+    let mut config = ServerConfig::new(public_url.unwrap_or_else(|| listening.clone()));
+    config.egress = egress;
+    config.data_dir = data_dir;
     tracing::info!(listen = %listening, public_url = %config.public_url, backend = store.backend_name(), "serving");
     let state = AppState::new(store, config).with_engine(engine.clone());
     let served = kiln_server::serve(listener, state, shutdown).await;

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::Failure;
 use crate::args::{Format, TriggerArgs};
-use crate::client::Client;
+use crate::client::{Client, path_segment};
 use crate::output::{print_json, stdout_line};
 
 #[derive(Deserialize)]
@@ -31,12 +31,7 @@ struct LogSliceJson {
 const POLL: Duration = Duration::from_millis(300);
 
 pub(crate) async fn trigger(a: TriggerArgs) -> Result<i32, Failure> {
-    let server = a
-        .remote
-        .server
-        .as_deref()
-        .ok_or_else(|| Failure::invalid("kiln trigger needs --server URL (or KILN_SERVER)"))?;
-    let client = Client::new(server, a.remote.token.as_deref())?;
+    let client = Client::for_command(&a.remote, "kiln trigger")?;
     let mut inputs = Map::new();
     for i in &a.inputs {
         let (k, v) =
@@ -53,7 +48,7 @@ pub(crate) async fn trigger(a: TriggerArgs) -> Result<i32, Failure> {
     if let Some(e) = &a.event {
         body["event"] = json!(e);
     }
-    let path = format!("/api/v1/projects/{}/runs", encode(&a.project));
+    let path = format!("/api/v1/projects/{}/runs", path_segment(&a.project));
     let created: Triggered = client.post(&path, &body).await?;
     if !(a.wait || a.follow) {
         match a.format {
@@ -133,16 +128,4 @@ fn verdict(runs: &[Run]) -> i32 {
     } else {
         exit::FAILED
     }
-}
-
-/// A project id or name as one path segment.
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -3,6 +3,7 @@
 
 mod errors;
 mod postgres;
+mod projects;
 mod run;
 mod serve;
 mod server_runs;
