@@ -155,17 +155,18 @@ impl Server {
         Self::start_with(store, dir, Some(pg), true).await
     }
 
-    /// A server on SQLite (no engine) whose outbound connections follow `egress`.
-    pub(crate) async fn sqlite_with_egress(egress: EgressPolicy) -> Self {
+    /// A server on SQLite whose outbound connections follow `egress`, with an engine or not.
+    pub(crate) async fn sqlite_with(engine: bool, egress: EgressPolicy) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(dir.path()).await.unwrap();
-        Self::start_configured(store, dir, None, false, egress).await
+        Self::start_configured(store, dir, None, engine, egress).await
     }
 
-    /// A server on PostgreSQL (no engine) whose outbound connections follow `egress`.
-    pub(crate) async fn postgres_with_egress(egress: EgressPolicy) -> Self {
+    /// A server on PostgreSQL whose outbound connections follow `egress`, with an engine or
+    /// not.
+    pub(crate) async fn postgres_with(engine: bool, egress: EgressPolicy) -> Self {
         let (store, dir, pg) = pg_store().await;
-        Self::start_configured(store, dir, Some(pg), false, egress).await
+        Self::start_configured(store, dir, Some(pg), engine, egress).await
     }
 
     async fn start(store: Store, dir: tempfile::TempDir, pg: Option<(String, String)>) -> Self {

@@ -2,6 +2,8 @@
 //! fetched in the background (from `file://` upstreams built with the git CLI), the egress
 //! policy's refusals, unique names, roles, bad bodies, and removal — refused while a run is
 //! unfinished, an archive otherwise that keeps the run readable. Every refusal stores nothing.
+//! With an engine: a git project runs at the commit its fetch found, and an archived one not
+//! at all.
 
 use std::time::{Duration, Instant};
 
@@ -14,21 +16,30 @@ use serde_json::{Map, Value, json};
 use crate::harness::Server;
 
 /// `mod name { sqlite, postgres }` tests running `async fn name(&Server)` on a server whose
-/// egress policy is `policy()`.
+/// egress policy is `policy()`, without an engine (runs the tests create stay as they are) or
+/// with one (`engine` first).
 macro_rules! with_policy {
     ($policy:ident: $($name:ident),+ $(,)?) => {
+        with_policy!(@ false, $policy: $($name),+);
+    };
+    (engine $policy:ident: $($name:ident),+ $(,)?) => {
+        with_policy!(@ true, $policy: $($name),+);
+    };
+    (@ $engine:expr, $policy:ident: $($name:ident),+) => {
         $(
             mod $name {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn sqlite() {
-                    let s = $crate::harness::Server::sqlite_with_egress(super::$policy()).await;
+                    let policy = super::$policy();
+                    let s = $crate::harness::Server::sqlite_with($engine, policy).await;
                     super::$name(&s).await;
                     s.stop().await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn postgres() {
-                    let s = $crate::harness::Server::postgres_with_egress(super::$policy()).await;
+                    let policy = super::$policy();
+                    let s = $crate::harness::Server::postgres_with($engine, policy).await;
                     super::$name(&s).await;
                     s.stop().await;
                 }
@@ -36,6 +47,8 @@ macro_rules! with_policy {
         )+
     };
 }
+
+with_policy!(engine local: a_git_project_runs_at_its_fetched_commit);
 
 with_policy!(
     local: a_folder_project_is_added_shown_listed_and_changed,
@@ -270,6 +283,53 @@ async fn a_git_project_is_fetched_after_the_answer_and_on_request(s: &Server) {
         .await
         .expect_error(403, "FORBIDDEN");
     s.fetched(&id).await;
+}
+
+/// The workspace holds the fetched commit's files; `GITHUB_SHA` names that commit.
+const CHECK: &str = r#"
+on: workflow_dispatch
+jobs:
+  check:
+    runs-on: local
+    steps:
+      - run: test "$(cat marker)" = two && echo "sha=$GITHUB_SHA"
+"#;
+
+async fn a_git_project_runs_at_its_fetched_commit(s: &Server) {
+    let up = GitUpstream::new();
+    up.commit(
+        &[(".kiln/workflows/ci.yml", CHECK), ("marker", "one")],
+        "one",
+    );
+    let head = up.commit(&[("marker", "two")], "two");
+    let r = s
+        .post("/api/v1/projects", &s.admin, &json!({ "source": up.url() }))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.data()["id"].as_str().unwrap().to_owned();
+    let fetched = s.fetched(&id).await;
+    assert_eq!(fetched["head_sha"], head, "{fetched:#}");
+
+    let created = s
+        .post(&format!("/api/v1/projects/{id}/runs"), &s.admin, &json!({}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let run = &created.data()["runs"][0];
+    assert_eq!(run["sha"], head);
+    let run_id = run["id"].as_str().unwrap().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let r = s.store.get_run(run_id).await.unwrap().unwrap();
+        if r.status.is_terminal() {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the run never ended: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let log = s.store.read_log(done.jobs[0].id, 0, 1 << 20).await.unwrap();
+    let log = String::from_utf8_lossy(&log.data);
+    assert_eq!(done.status, RunStatus::Success, "{log}");
+    assert!(log.contains(&format!("sha={head}")), "{log}");
 }
 
 async fn a_failed_fetch_is_shown_on_the_project(s: &Server) {
