@@ -181,6 +181,9 @@ pub struct Snapshot {
     pub root: PathBuf,
     /// Every file (or symlink) to copy, relative to `root`, `.git/…` included for a work tree.
     pub files: Vec<PathBuf>,
+    /// Empty folders to make: git needs `.git/refs/…` and `.git/objects/…` to exist even when
+    /// they hold nothing (packed refs, objects borrowed from a mirror).
+    pub dirs: Vec<PathBuf>,
 }
 
 /// What a plain folder or a git work tree says about its revision.
@@ -215,12 +218,15 @@ pub fn snapshot(root: &Path, exclude: &[PathBuf]) -> Result<(Snapshot, Revision)
             !exclude.iter().any(|x| abs.starts_with(x))
         })
         .collect();
+    let mut dirs = Vec::new();
     if git {
         let mut git_files = Vec::new();
-        walk_all(root, Path::new(".git"), &mut git_files).map_err(|source| EngineError::Io {
-            action: "list the files of",
-            path: root.join(".git"),
-            source,
+        walk_all(root, Path::new(".git"), &mut git_files, &mut dirs).map_err(|source| {
+            EngineError::Io {
+                action: "list the files of",
+                path: root.join(".git"),
+                source,
+            }
         })?;
         files.extend(git_files);
     }
@@ -239,6 +245,7 @@ pub fn snapshot(root: &Path, exclude: &[PathBuf]) -> Result<(Snapshot, Revision)
         Snapshot {
             root: root.to_path_buf(),
             files,
+            dirs,
         },
         revision,
     ))
@@ -303,15 +310,26 @@ fn git_files(root: &Path) -> Result<Vec<PathBuf>, EngineError> {
 }
 
 /// Every file below `root/rel` (for `.git`, which `git ls-files` does not list).
-fn walk_all(root: &Path, rel: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+/// Every file under `rel`, and the folders that hold none (`empty`).
+fn walk_all(
+    root: &Path,
+    rel: &Path,
+    out: &mut Vec<PathBuf>,
+    empty: &mut Vec<PathBuf>,
+) -> io::Result<()> {
+    let mut any = false;
     for entry in fs::read_dir(root.join(rel))? {
         let entry = entry?;
+        any = true;
         let path = rel.join(entry.file_name());
         if entry.file_type()?.is_dir() {
-            walk_all(root, &path, out)?;
+            walk_all(root, &path, out, empty)?;
         } else {
             out.push(path);
         }
+    }
+    if !any {
+        empty.push(rel.to_path_buf());
     }
     Ok(())
 }
@@ -354,9 +372,22 @@ fn tree_hash(root: &Path, files: &[PathBuf]) -> String {
     hex::encode(h.finalize())
 }
 
-/// What a workspace slot last received from the snapshot: per file, the size and
-/// modification time it had right after kiln wrote it.
-pub type Written = HashMap<PathBuf, (u64, SystemTime)>;
+/// What a workspace slot last received from a snapshot, per file: where it was copied from
+/// (that file's size and modification time then) and the size and modification time the
+/// copy had right after kiln wrote it. A file is copied again when either side changed — a
+/// job touched the copy, or the next job's snapshot (another project, another commit) has
+/// a different file there.
+pub type Written = HashMap<PathBuf, Copied>;
+
+/// One file as [`Written`] remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    from: PathBuf,
+    from_len: u64,
+    from_mtime: SystemTime,
+    len: u64,
+    mtime: SystemTime,
+}
 
 impl Snapshot {
     /// Copy the snapshot into `dest` (which must exist and be empty).
@@ -377,7 +408,7 @@ impl Snapshot {
         fs::create_dir_all(dest)?;
         let wanted: HashSet<&Path> = self.files.iter().map(PathBuf::as_path).collect();
         let mut dirs: HashSet<&Path> = HashSet::new();
-        for f in &self.files {
+        for f in self.files.iter().chain(&self.dirs) {
             let mut p = f.parent();
             while let Some(d) = p {
                 if d.as_os_str().is_empty() || !dirs.insert(d) {
@@ -386,7 +417,13 @@ impl Snapshot {
                 p = d.parent();
             }
         }
+        for d in &self.dirs {
+            dirs.insert(d.as_path());
+        }
         prune(dest, Path::new(""), &wanted, &dirs, written)?;
+        for d in &self.dirs {
+            fs::create_dir_all(dest.join(d))?;
+        }
         let mut made: HashSet<PathBuf> = HashSet::new();
         for rel in &self.files {
             let from = self.root.join(rel);
@@ -418,8 +455,12 @@ impl Snapshot {
             }
             match &current {
                 Some(m) if m.is_file() => {
-                    let unchanged = written.get(rel).is_some_and(|(len, mtime)| {
-                        m.len() == *len && m.modified().ok() == Some(*mtime)
+                    let unchanged = written.get(rel).is_some_and(|c| {
+                        m.len() == c.len
+                            && m.modified().ok() == Some(c.mtime)
+                            && c.from == from
+                            && src.len() == c.from_len
+                            && src.modified().ok() == Some(c.from_mtime)
                     });
                     if unchanged {
                         continue;
@@ -430,8 +471,17 @@ impl Snapshot {
             }
             fs::copy(&from, &to)?;
             let after = to.metadata()?;
-            if let Ok(mtime) = after.modified() {
-                written.insert(rel.clone(), (after.len(), mtime));
+            if let (Ok(mtime), Ok(from_mtime)) = (after.modified(), src.modified()) {
+                written.insert(
+                    rel.clone(),
+                    Copied {
+                        from,
+                        from_len: src.len(),
+                        from_mtime,
+                        len: after.len(),
+                        mtime,
+                    },
+                );
             }
         }
         Ok(())
@@ -522,6 +572,87 @@ mod tests {
     }
 
     #[test]
+    fn a_reused_workspace_takes_another_snapshot_s_files() {
+        // Two checkouts of one file at different commits (same size): the slot that held
+        // the first must get the second's content.
+        let one = tempfile::tempdir().unwrap();
+        let two = tempfile::tempdir().unwrap();
+        fs::write(one.path().join("file.txt"), "content1").unwrap();
+        fs::write(two.path().join("file.txt"), "content2").unwrap();
+        let (a, _) = snapshot(one.path(), &[]).unwrap();
+        let (b, _) = snapshot(two.path(), &[]).unwrap();
+        let ws = tempfile::tempdir().unwrap();
+        let mut written = Written::new();
+        a.refresh(ws.path(), &mut written).unwrap();
+        b.refresh(ws.path(), &mut written).unwrap();
+        assert_eq!(
+            fs::read_to_string(ws.path().join("file.txt")).unwrap(),
+            "content2"
+        );
+        // And a change to the same source file is picked up too.
+        fs::write(two.path().join("file.txt"), "content3").unwrap();
+        b.refresh(ws.path(), &mut written).unwrap();
+        assert_eq!(
+            fs::read_to_string(ws.path().join("file.txt")).unwrap(),
+            "content3"
+        );
+    }
+
+    #[test]
+    fn a_git_work_tree_s_empty_folders_are_kept() {
+        if !git_available() {
+            return;
+        }
+        let src = tempfile::tempdir().unwrap();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .args(args)
+                .current_dir(src.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .output()
+                .unwrap();
+            assert!(
+                ok.status.success(),
+                "{}",
+                String::from_utf8_lossy(&ok.stderr)
+            );
+        };
+        git(&["init", "-q", "-b", "main"]);
+        fs::write(src.path().join("f.txt"), "x").unwrap();
+        git(&["add", "f.txt"]);
+        git(&[
+            "-c",
+            "user.name=k",
+            "-c",
+            "user.email=k@k",
+            "commit",
+            "-qm",
+            "one",
+        ]);
+        // Packed refs leave refs/heads empty; git still needs the folder.
+        git(&["pack-refs", "--all"]);
+        let (snap, _) = snapshot(src.path(), &[]).unwrap();
+        assert!(
+            snap.dirs.iter().any(|d| d == Path::new(".git/refs/heads")),
+            "{:?}",
+            snap.dirs
+        );
+        let ws = tempfile::tempdir().unwrap();
+        snap.materialize(ws.path()).unwrap();
+        let out = std::process::Command::new("git")
+            .args(["rev-parse", "HEAD"])
+            .current_dir(ws.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
     fn refresh_restores_a_reused_workspace_to_the_snapshot() {
         let src = tempfile::tempdir().unwrap();
         fs::create_dir_all(src.path().join("a/b")).unwrap();
@@ -553,7 +684,7 @@ mod tests {
         assert!(!ws.path().join("a/new.txt").exists());
         assert!(!ws.path().join("target").exists());
         let mut left = Vec::new();
-        walk_all(ws.path(), Path::new(""), &mut left).unwrap();
+        walk_all(ws.path(), Path::new(""), &mut left, &mut Vec::new()).unwrap();
         left.sort();
         assert_eq!(
             left,
