@@ -7,7 +7,9 @@
 # usage: .ci/schemathesis.sh KILN_BINARY
 set -euo pipefail
 kiln=$1
-command -v st >/dev/null 2>&1 || python3 -m pip install -q schemathesis
+# `st` from Python's own scripts folder: a fresh pyenv has no shim for it until a rehash.
+python3 -c 'import schemathesis' 2>/dev/null || python3 -m pip install -q schemathesis
+st="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/st"
 work=$(mktemp -d)
 pid=
 cleanup() {
@@ -27,7 +29,7 @@ if [ -z "$url" ] || [ -z "$token" ]; then
 fi
 # st writes its reports into the working folder: keep them out of the checkout.
 cd "$work"
-st run "$url/api/v1/openapi.json" \
+"$st" run "$url/api/v1/openapi.json" \
   -H "Authorization: Bearer $token" \
   --max-examples 30 --generation-deterministic --continue-on-failure \
   -c not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
