@@ -9,7 +9,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
-use crate::routes::{projects, runs_write, system, tokens};
+use crate::routes::{projects, runs_read, runs_write, system, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -35,6 +35,10 @@ use crate::state::AppState;
         projects::update,
         projects::remove,
         projects::refetch,
+        runs_read::list,
+        runs_read::show,
+        runs_read::job,
+        runs_read::log,
         runs_write::trigger,
         runs_write::cancel,
         runs_write::retry,

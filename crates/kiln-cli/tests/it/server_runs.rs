@@ -286,3 +286,50 @@ fn jobs_of(p: &Project, id: &str) -> HashMap<String, String> {
             .collect()
     })
 }
+
+#[test]
+fn trigger_wait_prints_the_run_and_exits_with_its_verdict() {
+    let (p, name) = registered();
+    let s = Served::start(&p, &[]);
+    let admin = s.admin().unwrap();
+    let out = s.call(
+        &p,
+        &admin,
+        &[
+            "trigger",
+            &name,
+            "--workflow",
+            "ci",
+            "--input",
+            "greeting=w",
+            "--input",
+            "pause=0",
+            "--wait",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let run = out.json();
+    assert_eq!(run["status"], "success", "{run:#}");
+    assert_eq!(run["jobs"].as_array().unwrap().len(), 2, "{run:#}");
+    // A failing run: `sleep` of a word fails the first job; --wait exits 1.
+    let out = s.call(
+        &p,
+        &admin,
+        &[
+            "trigger",
+            &name,
+            "--workflow",
+            "ci",
+            "--input",
+            "greeting=w",
+            "--input",
+            "pause=nope",
+            "--wait",
+        ],
+    );
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("failure"), "{}", out.stdout);
+    assert_eq!(s.stop(), 0);
+}

@@ -4,6 +4,7 @@
 //! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
 
 pub(crate) mod projects;
+pub(crate) mod runs_read;
 pub(crate) mod runs_write;
 pub(crate) mod system;
 pub(crate) mod tokens;
@@ -39,6 +40,10 @@ pub(crate) fn api() -> Router<AppState> {
         )
         .route("/api/v1/projects/{id}/fetch", post(projects::refetch))
         .route("/api/v1/projects/{id}/runs", post(runs_write::trigger))
+        .route("/api/v1/runs", get(runs_read::list))
+        .route("/api/v1/runs/{id}", get(runs_read::show))
+        .route("/api/v1/jobs/{id}", get(runs_read::job))
+        .route("/api/v1/logs/{job}", get(runs_read::log))
         .route("/api/v1/runs/{id}/cancel", post(runs_write::cancel))
         .route("/api/v1/runs/{id}/retry", post(runs_write::retry))
 }

@@ -283,3 +283,107 @@ async fn refused_triggers_store_nothing(s: &Server) {
         .unwrap();
     assert!(stored.is_empty(), "{stored:#?}");
 }
+
+with_engine!(runs_jobs_and_logs_read_back_over_http);
+
+async fn runs_jobs_and_logs_read_back_over_http(s: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = "on: workflow_dispatch\njobs:\n  a:\n    runs-on: x\n    steps:\n      - run: echo hello-log\n";
+    let id = project(s, dir.path(), &[(".kiln/workflows/w.yml", wf)]).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let created = s
+            .post(&format!("/api/v1/projects/{id}/runs"), &s.admin, &json!({}))
+            .await;
+        assert_eq!(created.status, 201, "{}", created.text);
+        let run_id: RunId = created.data()["runs"][0]["id"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        wait_until(s, run_id, |r| r.status.is_terminal()).await;
+        ids.push(run_id);
+    }
+    // The run, by id and by a prefix, with its jobs and steps.
+    let full = s
+        .get(&format!("/api/v1/runs/{}", ids[0]), Some(&s.admin))
+        .await;
+    let run = full.data();
+    assert_eq!(run["status"], "success", "{run:#}");
+    let job_id = run["jobs"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        run["jobs"][0]["steps"].as_array().unwrap().len(),
+        1,
+        "{run:#}"
+    );
+    let short = &ids[0].to_string()[..4];
+    let by_prefix = s
+        .get(&format!("/api/v1/runs/{short}"), Some(&s.admin))
+        .await;
+    // Three runs made within a millisecond may share 4 characters: either answer is right.
+    assert!(matches!(by_prefix.status, 200 | 400), "{}", by_prefix.text);
+    s.get(&format!("/api/v1/runs/{}", RunId::new()), Some(&s.admin))
+        .await
+        .expect_error(404, "RUN_NOT_FOUND");
+
+    // Pages, newest first, with no run twice.
+    let page = s
+        .get(
+            &format!("/api/v1/runs?project={id}&limit=2"),
+            Some(&s.admin),
+        )
+        .await
+        .data();
+    let first: Vec<String> = page["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(first, [ids[2].to_string(), ids[1].to_string()]);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let rest = s
+        .get(
+            &format!("/api/v1/runs?project={id}&limit=2&cursor={cursor}"),
+            Some(&s.admin),
+        )
+        .await
+        .data();
+    assert_eq!(rest["runs"][0]["id"], ids[0].to_string());
+    assert!(rest["next_cursor"].is_null(), "{rest:#}");
+    s.get("/api/v1/runs?limit=0", Some(&s.admin))
+        .await
+        .expect_error(400, "BAD_REQUEST");
+    s.get("/api/v1/runs?status=done", Some(&s.admin))
+        .await
+        .expect_error(400, "BAD_REQUEST");
+
+    // The job, and its log from an offset.
+    let job = s
+        .get(&format!("/api/v1/jobs/{job_id}"), Some(&s.admin))
+        .await
+        .data();
+    assert_eq!(job["key"], "a");
+    s.get(&format!("/api/v1/jobs/{}", RunId::new()), Some(&s.admin))
+        .await
+        .expect_error(404, "JOB_NOT_FOUND");
+    let log = s
+        .get(&format!("/api/v1/logs/{job_id}"), Some(&s.admin))
+        .await
+        .data();
+    assert!(
+        log["data"].as_str().unwrap().contains("hello-log"),
+        "{log:#}"
+    );
+    assert_eq!(log["complete"], true);
+    let total = log["total"].as_u64().unwrap();
+    let tail = s
+        .get(&format!("/api/v1/logs/{job_id}?offset=6"), Some(&s.admin))
+        .await
+        .data();
+    assert_eq!(tail["next_offset"], total);
+    assert_eq!(tail["data"].as_str().unwrap().len() as u64, total - 6);
+    s.get(&format!("/api/v1/logs/{job_id}?offset=x"), Some(&s.admin))
+        .await
+        .expect_error(400, "BAD_REQUEST");
+}
