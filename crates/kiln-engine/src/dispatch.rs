@@ -414,30 +414,9 @@ impl Dispatcher {
     ) -> Result<Run, EngineError> {
         let run_id = RunId::new();
         let wf = spec.workflow.clone();
-        let workspace = self
-            .work_dir
-            .join("workspace")
-            .to_string_lossy()
-            .into_owned();
         // run_number is the store's to assign; plan with a placeholder and fix the context
         // once the run is recorded.
-        let mut base = Map::new();
-        base.insert(
-            "github".into(),
-            github_context(&spec.trigger, &wf, &run_id.to_string(), 0, 1, &workspace),
-        );
-        base.insert("inputs".into(), Value::Object(inputs.clone()));
-        base.insert("vars".into(), json!({}));
-        base.insert(
-            "secrets".into(),
-            Value::Object(
-                spec.secrets
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect(),
-            ),
-        );
-        base.insert("env".into(), json!({}));
+        let mut base = self.base_contexts(&spec, run_id, 0, 1, &inputs);
 
         let planned = plan::dry_run(&wf, &base).map_err(EngineError::Invalid)?;
         let priorities = plan::critical_path(&wf.jobs);
@@ -512,17 +491,7 @@ impl Dispatcher {
                 at: now(),
             })
             .await?;
-        base.insert(
-            "github".into(),
-            github_context(
-                &spec.trigger,
-                &wf,
-                &run_id.to_string(),
-                run.run_number,
-                run.run_attempt,
-                &workspace,
-            ),
-        );
+        base = self.base_contexts(&spec, run_id, run.run_number, run.run_attempt, &run.inputs);
         let _ = self.progress.send(Progress::RunCreated {
             run: Box::new(run.clone()),
         });
@@ -576,35 +545,7 @@ impl Dispatcher {
             self.forget(run.id);
         }
         let wf = spec.workflow.clone();
-        let workspace = self
-            .work_dir
-            .join("workspace")
-            .to_string_lossy()
-            .into_owned();
-        let mut base = Map::new();
-        base.insert(
-            "github".into(),
-            github_context(
-                &spec.trigger,
-                &wf,
-                &run.id.to_string(),
-                run.run_number,
-                run.run_attempt,
-                &workspace,
-            ),
-        );
-        base.insert("inputs".into(), Value::Object(run.inputs.clone()));
-        base.insert("vars".into(), json!({}));
-        base.insert(
-            "secrets".into(),
-            Value::Object(
-                spec.secrets
-                    .iter()
-                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                    .collect(),
-            ),
-        );
-        base.insert("env".into(), json!({}));
+        let base = self.base_contexts(&spec, run.id, run.run_number, run.run_attempt, &run.inputs);
         let priorities = plan::critical_path(&wf.jobs);
 
         let mut by_key: HashMap<&str, Vec<&kiln_proto::Job>> = HashMap::new();
@@ -720,6 +661,47 @@ impl Dispatcher {
             self.ready.push(Ready { priority, seq, job });
         }
         Ok(())
+    }
+
+    /// The contexts every job of a run shares: `github`, `inputs`, `vars`, `secrets`, `env`.
+    fn base_contexts(
+        &self,
+        spec: &RunSpec,
+        run: RunId,
+        number: i64,
+        attempt: i64,
+        inputs: &Map<String, Value>,
+    ) -> Map<String, Value> {
+        let workspace = self
+            .work_dir
+            .join("workspace")
+            .to_string_lossy()
+            .into_owned();
+        let mut base = Map::new();
+        base.insert(
+            "github".into(),
+            github_context(
+                &spec.trigger,
+                &spec.workflow,
+                &run.to_string(),
+                number,
+                attempt,
+                &workspace,
+            ),
+        );
+        base.insert("inputs".into(), Value::Object(inputs.clone()));
+        base.insert("vars".into(), json!({}));
+        base.insert(
+            "secrets".into(),
+            Value::Object(
+                spec.secrets
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        );
+        base.insert("env".into(), json!({}));
+        base
     }
 
     /// Drops a run and its jobs from memory (the store keeps them).
