@@ -324,3 +324,48 @@ impl std::fmt::Debug for Store {
             .finish_non_exhaustive()
     }
 }
+
+pub use types::{
+    DatabaseStats, ExportCursor, ExportPage, ExportTable, QUEUE_STATUSES, QueueEntry,
+    QueueSnapshot, RunStats, StatusCounts, TableStats, WorkflowStats,
+};
+
+/// Reads for operators (the server's queue, stats, database and export routes).
+impl Store {
+    /// The jobs waiting or in hand (`queued`, `waiting`, `leased`, `running`), oldest first,
+    /// at most `limit` of them, and how many there are of each of those statuses.
+    pub async fn queue(&self, limit: u32) -> Result<QueueSnapshot, StoreError> {
+        with_backend!(self, b => b.queue(limit).await)
+    }
+
+    /// How many runs and jobs are in each status.
+    pub async fn status_counts(&self) -> Result<StatusCounts, StoreError> {
+        with_backend!(self, b => b.status_counts().await)
+    }
+
+    /// Counts by status, runs and durations per workflow, and runs created on each of the
+    /// last `days` UTC days up to `now`'s (at least one: today).
+    pub async fn run_stats(&self, days: u32, now: Timestamp) -> Result<RunStats, StoreError> {
+        let today = jiff::tz::TimeZone::UTC.to_datetime(now).date();
+        let back = jiff::Span::new().days(i64::from(days.max(1)) - 1);
+        let since = today.checked_sub(back).unwrap_or(today);
+        with_backend!(self, b => b.run_stats(since, today).await)
+    }
+
+    /// Row counts of every table and the database's size where the backend can say.
+    pub async fn database_stats(&self) -> Result<DatabaseStats, StoreError> {
+        with_backend!(self, b => b.database_stats().await)
+    }
+
+    /// Up to `limit` rows of `table` after `after` (from the start when `None`), in key
+    /// order; pass the page's `next` to continue. Each page is read on its own, so rows
+    /// written during an export may or may not appear in it. Tokens come without their hash.
+    pub async fn export_page(
+        &self,
+        table: ExportTable,
+        after: Option<&ExportCursor>,
+        limit: u32,
+    ) -> Result<ExportPage, StoreError> {
+        with_backend!(self, b => b.export_page(table, after, limit).await)
+    }
+}

@@ -176,3 +176,178 @@ pub struct LogSlice {
     /// The log's length so far.
     pub total: u64,
 }
+
+/// A job waiting or in hand (`queued`, `waiting`, `leased` or `running`), as
+/// [`Store::queue`](crate::Store::queue) lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueEntry {
+    pub job: JobId,
+    pub run: RunId,
+    pub project: ProjectId,
+    pub project_name: String,
+    /// The run's workflow file.
+    pub workflow: String,
+    pub key: String,
+    pub name: String,
+    pub status: JobStatus,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    /// When the job was created: it has been waiting or in hand since.
+    pub created_at: Timestamp,
+    /// When its current attempt started running.
+    pub started_at: Option<Timestamp>,
+    /// Who holds its lease, while it is leased or running.
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<Timestamp>,
+}
+
+/// The queue: the oldest jobs waiting or in hand, and how many there are of each status.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueSnapshot {
+    /// Oldest first (by creation, then run, then declaration order), at most the limit asked.
+    pub jobs: Vec<QueueEntry>,
+    /// Every queue status ([`QUEUE_STATUSES`]), zeros included, whatever the limit.
+    pub counts: Vec<(JobStatus, i64)>,
+}
+
+/// The job statuses the queue shows: waiting to run or running.
+pub const QUEUE_STATUSES: [JobStatus; 4] = [
+    JobStatus::Queued,
+    JobStatus::Waiting,
+    JobStatus::Leased,
+    JobStatus::Running,
+];
+
+/// How many runs and jobs the store holds in each status, every status listed (zeros
+/// included) in the order of `RunStatus::ALL` and `JobStatus::ALL`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StatusCounts {
+    pub runs: Vec<(RunStatus, i64)>,
+    pub jobs: Vec<(JobStatus, i64)>,
+}
+
+impl StatusCounts {
+    /// The number of jobs in `status`.
+    pub fn jobs_in(&self, status: JobStatus) -> i64 {
+        self.jobs
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// The number of runs in `status`.
+    pub fn runs_in(&self, status: RunStatus) -> i64 {
+        self.runs
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// The runs of one workflow of one project, and how long the finished ones took.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowStats {
+    pub project: ProjectId,
+    pub project_name: String,
+    /// The workflow file.
+    pub workflow: String,
+    /// Runs of every status.
+    pub runs: i64,
+    /// Runs that ended (success, failure or cancelled) after they started: the durations.
+    pub finished: i64,
+    pub succeeded: i64,
+    /// Median and 95th percentile of the finished runs' durations (`finished_at -
+    /// started_at`), nearest-rank; `None` when none finished.
+    pub p50_ms: Option<i64>,
+    pub p95_ms: Option<i64>,
+}
+
+/// What [`Store::run_stats`](crate::Store::run_stats) answers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunStats {
+    pub counts: StatusCounts,
+    /// By project name, then workflow file.
+    pub workflows: Vec<WorkflowStats>,
+    /// Runs created on each UTC day from the `since` day to today, oldest first; days
+    /// without runs are listed with 0.
+    pub per_day: Vec<(jiff::civil::Date, i64)>,
+}
+
+/// One table of the database: its rows and, where the backend can say, its size on disk.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableStats {
+    pub name: &'static str,
+    pub rows: i64,
+    /// Bytes of the table with its indexes (PostgreSQL: `pg_total_relation_size`; SQLite:
+    /// the `dbstat` pages of the table and its indexes).
+    pub bytes: Option<i64>,
+}
+
+/// What [`Store::database_stats`](crate::Store::database_stats) answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatabaseStats {
+    /// `"sqlite"` or `"postgres"`.
+    pub backend: &'static str,
+    pub tables: Vec<TableStats>,
+    /// The whole database: SQLite's file (`page_count * page_size`), PostgreSQL's
+    /// `pg_database_size` (every schema of the database).
+    pub size_bytes: Option<i64>,
+}
+
+/// The tables [`Store::export_page`](crate::Store::export_page) reads, in export order
+/// (parents before children).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExportTable {
+    Projects,
+    Runs,
+    Jobs,
+    Steps,
+    Events,
+    /// API tokens, without their hashes.
+    Tokens,
+}
+
+impl ExportTable {
+    pub const ALL: [ExportTable; 6] = [
+        ExportTable::Projects,
+        ExportTable::Runs,
+        ExportTable::Jobs,
+        ExportTable::Steps,
+        ExportTable::Events,
+        ExportTable::Tokens,
+    ];
+
+    /// The name an export line carries (`"table"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportTable::Projects => "projects",
+            ExportTable::Runs => "runs",
+            ExportTable::Jobs => "jobs",
+            ExportTable::Steps => "steps",
+            ExportTable::Events => "events",
+            ExportTable::Tokens => "tokens",
+        }
+    }
+}
+
+/// Where the next page of an export continues (after the last row's key). Opaque.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExportCursor(pub(crate) ExportKey);
+
+/// The key of an exported row, in the order pages are read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ExportKey {
+    Text(String),
+    Int(i64),
+    /// A step: (job id, attempt, index).
+    Step(String, i64, i64),
+}
+
+/// One page of an export: rows as JSON objects (column → value; timestamps as the stored
+/// unix milliseconds, JSON columns as JSON), and where the next page starts (`None`: this
+/// table is done).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ExportPage {
+    pub rows: Vec<Map<String, Value>>,
+    pub next: Option<ExportCursor>,
+}

@@ -213,6 +213,7 @@ include!("body.rs");
 const LOCK_TOKENS: Option<&str> = Some("SELECT pg_advisory_xact_lock(1802792811)");
 include!("tokens_body.rs");
 include!("projects_body.rs");
+include!("ops_body.rs");
 
 impl Backend {
     /// Applies `ops` in one transaction, one statement per kind of job transition.

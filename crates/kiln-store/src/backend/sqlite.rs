@@ -263,6 +263,7 @@ include!("body.rs");
 const LOCK_TOKENS: Option<&str> = None;
 include!("tokens_body.rs");
 include!("projects_body.rs");
+include!("ops_body.rs");
 
 impl Backend {
     /// Applies `ops` in one transaction. The transaction is begun by the first script and

@@ -8,6 +8,7 @@
 
 mod batch;
 mod harness;
+mod ops;
 mod outbox;
 mod parity;
 mod projects;
