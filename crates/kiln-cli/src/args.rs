@@ -39,10 +39,12 @@ pub struct Cli {
 enum Command {
     /// Run a project's workflow(s) here, without a server, recorded in the local store.
     Run(RunArgs),
-    /// List recorded runs, newest first.
+    /// List runs, newest first (a server's with `--server`, else the local store's).
     Runs(RunsArgs),
-    /// Print the log of a run's jobs (or of one job).
+    /// Print the log of a run's jobs (or of one job); `-f` follows it until the run ends.
     Logs(LogsArgs),
+    /// Ask a server whether it is up: its version, store and start time.
+    Status(StatusArgs),
     /// Run the server: the HTTP API on `--listen`, recorded in the store.
     Serve(ServeArgs),
     /// Create, list or revoke API tokens (on a server with `--server`, else in the store).
@@ -165,19 +167,25 @@ pub(crate) struct RunArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct RunsArgs {
-    #[command(flatten)]
-    pub(crate) store: StoreArgs,
-    /// Only runs of this workflow (its file path as recorded).
-    #[arg(long, value_name = "FILE")]
+    /// Only runs of this project (its id or name).
+    #[arg(long, value_name = "ID|NAME")]
+    pub(crate) project: Option<String>,
+    /// Only runs of this workflow (its file path as recorded, or its name).
+    #[arg(long, value_name = "FILE|NAME")]
     pub(crate) workflow: Option<String>,
-    /// Only runs with this status.
+    /// Only runs with this status: pending, queued, running, waiting, success, failure or
+    /// cancelled.
     #[arg(long, value_name = "STATUS")]
     pub(crate) status: Option<String>,
-    /// At most this many runs.
-    #[arg(long, default_value_t = 20)]
+    /// At most this many runs (0: all).
+    #[arg(long, default_value_t = 20, value_name = "N")]
     pub(crate) limit: u32,
     #[arg(long, value_enum, default_value_t)]
     pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
+    #[command(flatten)]
+    pub(crate) store: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -188,8 +196,22 @@ pub(crate) struct LogsArgs {
     /// One job: its id (or prefix), its key, or its display name.
     #[arg(value_name = "JOB")]
     pub(crate) job: Option<String>,
+    /// Keep printing lines as they come until the run ends (jobs that start later too);
+    /// the exit code is then the run's: 0 success, 1 failure, 130 cancelled.
+    #[arg(long, short = 'f')]
+    pub(crate) follow: bool,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -396,8 +418,9 @@ pub(crate) struct ProjectUpdateArgs {
 pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Run(a) => crate::local::run(a).await,
-        Command::Runs(a) => crate::local::runs(a).await,
-        Command::Logs(a) => crate::local::logs(a).await,
+        Command::Runs(a) => crate::runs::runs(a).await,
+        Command::Logs(a) => crate::logs::logs(a).await,
+        Command::Status(a) => crate::status::status(a).await,
         Command::Serve(a) => crate::serve::serve(a).await,
         Command::Token(a) => crate::token::token(a).await,
         Command::Trigger(a) => crate::trigger::trigger(a).await,

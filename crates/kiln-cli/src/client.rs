@@ -60,6 +60,11 @@ impl Client {
         Self::new(server, remote.token.as_deref())
     }
 
+    /// The server's URL, as the user gave it (without a trailing slash).
+    pub(crate) fn base(&self) -> &str {
+        &self.base
+    }
+
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, Failure> {
         self.send(Method::GET, path, None::<&()>).await
     }

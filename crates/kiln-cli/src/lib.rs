@@ -4,7 +4,7 @@
 //! `kiln-store`. This crate turns flags into requests and results into text or JSON. Results
 //! go to stdout; progress, logs and errors go to stderr, so `--format json` output can be piped.
 //! `kiln serve` hands the store to `kiln-server`; commands that talk to a server go through
-//! `client`.
+//! `client`; `kiln runs` and `kiln logs` read a server or the local store through `source`.
 //!
 //! Exit codes (DESIGN.md "Command line"): 0 success, 1 a run or job failed, 2 invalid input
 //! (nothing ran), 3 kiln itself could not work, 130 cancelled by Ctrl-C.
@@ -12,9 +12,13 @@
 mod args;
 mod client;
 mod local;
+mod logs;
 mod output;
 mod project;
+mod runs;
 mod serve;
+mod source;
+mod status;
 mod token;
 mod trigger;
 

@@ -1,25 +1,26 @@
-//! Commands that work on the local store: `kiln run`, `kiln runs`, `kiln logs`.
+//! `kiln run`: a project's workflows run here, without a server, recorded in the local store.
+//! (`kiln runs` and `kiln logs` read that store through `source.rs`.)
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use indexmap::IndexMap;
-use kiln_core::ids::{JobStatus, RunStatus};
+use kiln_core::ids::RunStatus;
 use kiln_engine::contexts::{Trigger, parse_assignment, parse_dotenv, resolve_inputs};
 use kiln_engine::project::{load_project, snapshot};
 use kiln_engine::{LocalRun, Progress};
-use kiln_proto::{Run, exit};
-use kiln_store::{RunFilter, Store};
+use kiln_proto::exit;
+use kiln_store::Store;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
-use crate::args::{Format, LogsArgs, RunArgs, RunsArgs, StoreArgs};
+use crate::args::{Format, RunArgs, StoreArgs};
 use crate::output::{Reporter, print_json, print_run_summary, stdout_line};
 
-async fn open_store(args: &StoreArgs) -> Result<Store, Failure> {
+/// The store of `args`, its data folder created if need be.
+pub(crate) async fn open_store(args: &StoreArgs) -> Result<Store, Failure> {
     if let Err(e) = std::fs::create_dir_all(&args.data_dir) {
         return Err(Failure::internal(format!(
             "failed to create the data folder {}: {e}",
@@ -258,111 +259,6 @@ fn dry_run(
                     format!(" needs: {}", j.needs.join(", "))
                 };
                 stdout_line(&format!("{}  {}{}{}", j.workflow, j.name, needs, matrix));
-            }
-        }
-    }
-    Ok(exit::OK)
-}
-
-pub(crate) async fn runs(a: RunsArgs) -> Result<i32, Failure> {
-    let status = match &a.status {
-        Some(s) => Some(
-            s.parse::<RunStatus>()
-                .map_err(|e| Failure::invalid(format!("--status: {e}")))?,
-        ),
-        None => None,
-    };
-    let store = open_store(&a.store).await?;
-    let runs = store
-        .list_runs(&RunFilter {
-            project: None,
-            status,
-            workflow: a.workflow.clone(),
-            before: None,
-            limit: a.limit,
-        })
-        .await?;
-    match a.format {
-        Format::Json => print_json(&json!({ "runs": runs })),
-        Format::Text => {
-            if runs.is_empty() {
-                stdout_line("no runs yet");
-            }
-            for r in &runs {
-                stdout_line(&format!(
-                    "{}  {:<9}  #{:<4} {}  {}  {}",
-                    r.id,
-                    r.status.as_str(),
-                    r.run_number,
-                    r.workflow_name,
-                    r.event,
-                    r.created_at.strftime("%Y-%m-%d %H:%M:%S")
-                ));
-            }
-        }
-    }
-    Ok(exit::OK)
-}
-
-pub(crate) async fn logs(a: LogsArgs) -> Result<i32, Failure> {
-    let store = open_store(&a.store).await?;
-    let run: Run = match store.resolve_run(&a.run).await {
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(Failure::invalid(format!("no run `{}` in the store", a.run))),
-        Err(e) => return Err(Failure::invalid(format!("run `{}`: {e}", a.run))),
-    };
-    let jobs: Vec<&kiln_proto::Job> = match &a.job {
-        None => run.jobs.iter().collect(),
-        Some(sel) => {
-            let found: Vec<&kiln_proto::Job> = run
-                .jobs
-                .iter()
-                .filter(|j| {
-                    j.id.to_string().starts_with(sel.as_str()) || j.key == *sel || j.name == *sel
-                })
-                .collect();
-            if found.is_empty() {
-                let names: Vec<&str> = run.jobs.iter().map(|j| j.name.as_str()).collect();
-                return Err(Failure::invalid(format!(
-                    "run {} has no job `{sel}`; its jobs: {}",
-                    run.id,
-                    names.join(", ")
-                )));
-            }
-            found
-        }
-    };
-    let mut out = std::io::stdout().lock();
-    for job in jobs {
-        if job.status == JobStatus::Skipped && a.job.is_none() {
-            continue;
-        }
-        let _ = writeln!(out, "=== {} ({}) ===", job.name, job.status);
-        let steps = store.log_steps(job.id).await?;
-        let total = store.read_log(job.id, 0, 0).await?.total;
-        for (i, (step, start)) in steps.iter().enumerate() {
-            let end = steps.get(i + 1).map(|(_, s)| *s).unwrap_or(total);
-            let name = job
-                .steps
-                .iter()
-                .find(|s| s.index == *step)
-                .map(|s| s.name.as_str());
-            let _ = match (name, *step) {
-                (Some(name), _) => writeln!(out, "##[step {}] {name}", step + 1),
-                (None, u32::MAX) => writeln!(out, "##[kiln]"),
-                (None, _) => writeln!(out, "##[step {}]", step + 1),
-            };
-            let mut offset = *start;
-            while offset < end {
-                let want = usize::try_from(end - offset)
-                    .unwrap_or(usize::MAX)
-                    .min(1 << 20);
-                let slice = store.read_log(job.id, offset, want).await?;
-                if slice.data.is_empty() {
-                    break;
-                }
-                let _ = out.write_all(&slice.data);
-                offset = slice.next_offset;
             }
         }
     }

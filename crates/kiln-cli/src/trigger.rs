@@ -120,7 +120,7 @@ pub(crate) async fn trigger(a: TriggerArgs) -> Result<i32, Failure> {
 }
 
 /// The exit code of the runs: 0 all succeeded, 130 one was cancelled, 1 otherwise.
-fn verdict(runs: &[Run]) -> i32 {
+pub(crate) fn verdict(runs: &[Run]) -> i32 {
     if runs.iter().all(|r| r.status == RunStatus::Success) {
         exit::OK
     } else if runs.iter().any(|r| r.status == RunStatus::Cancelled) {

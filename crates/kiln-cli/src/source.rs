@@ -1,0 +1,268 @@
+//! Where `kiln runs` and `kiln logs` read runs, jobs and logs: a server's read API when
+//! `--server`/`KILN_SERVER` is set, else the local store — the same answers either way, so
+//! the commands print the same thing.
+//!
+//! Not here: what is printed (`runs.rs`, `logs.rs`), or any write.
+
+use std::collections::HashMap;
+
+use kiln_core::ids::{ProjectId, RunStatus};
+use kiln_proto::{Job, Run};
+use kiln_store::{RunFilter, Store, StoreError};
+use serde::Deserialize;
+
+use crate::Failure;
+use crate::args::{ServerArgs, StoreArgs};
+use crate::client::{Client, path_segment};
+
+/// Runs per request when reading a server's pages (the most it serves at once).
+const MAX_PAGE: u32 = 500;
+/// Log bytes per read.
+const LOG_READ: usize = 256 * 1024;
+
+/// Which runs to list.
+#[derive(Debug, Default)]
+pub(crate) struct RunQuery {
+    /// A project's id or name.
+    pub(crate) project: Option<String>,
+    pub(crate) status: Option<RunStatus>,
+    /// A workflow's file or display name.
+    pub(crate) workflow: Option<String>,
+    /// At most this many; 0 means all.
+    pub(crate) limit: u32,
+}
+
+/// A slice of a job's log (its latest attempt).
+#[derive(Debug, Default)]
+pub(crate) struct Chunk {
+    pub(crate) data: Vec<u8>,
+    /// Where `data` starts.
+    pub(crate) offset: u64,
+    /// Where the next read continues.
+    pub(crate) next_offset: u64,
+    /// The log's length so far.
+    pub(crate) total: u64,
+    /// The job has ended and this read reached the end of its log.
+    pub(crate) complete: bool,
+}
+
+/// Where one step's part of a job's log begins, and the step's name when known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StepStart {
+    /// The step's index (`u32::MAX`: kiln's own lines about the job).
+    pub(crate) step: u32,
+    pub(crate) offset: u64,
+    pub(crate) name: Option<String>,
+}
+
+/// The server's `/api/v1/runs` page.
+#[derive(Deserialize)]
+struct RunPage {
+    runs: Vec<Run>,
+    next_cursor: Option<String>,
+}
+
+/// The server's `/api/v1/logs/{job}` answer.
+#[derive(Deserialize)]
+struct LogRead {
+    data: String,
+    offset: u64,
+    next_offset: u64,
+    total: u64,
+    complete: bool,
+}
+
+/// A server or a store to read from.
+pub(crate) enum Source {
+    Remote(Client),
+    Local(Store),
+}
+
+impl Source {
+    /// The server of `remote` if it names one, else the store of `store`.
+    pub(crate) async fn open(remote: &ServerArgs, store: &StoreArgs) -> Result<Self, Failure> {
+        match &remote.server {
+            Some(server) => Ok(Self::Remote(Client::new(server, remote.token.as_deref())?)),
+            None => Ok(Self::Local(crate::local::open_store(store).await?)),
+        }
+    }
+
+    /// Runs matching `q`, newest first, without their jobs.
+    pub(crate) async fn runs(&self, q: &RunQuery) -> Result<Vec<Run>, Failure> {
+        match self {
+            Self::Local(store) => {
+                let mut filter = RunFilter {
+                    project: None,
+                    status: q.status,
+                    workflow: q.workflow.clone(),
+                    before: None,
+                    limit: q.limit,
+                };
+                if let Some(p) = &q.project {
+                    let found = match p.parse::<ProjectId>() {
+                        Ok(id) => store.get_project(id).await?,
+                        Err(_) => store.find_project(p).await?,
+                    };
+                    // An unknown project has no runs (as the server answers).
+                    match found {
+                        Some(project) => filter.project = Some(project.id),
+                        None => return Ok(Vec::new()),
+                    }
+                }
+                Ok(store.list_runs(&filter).await?)
+            }
+            Self::Remote(client) => {
+                let mut runs = Vec::new();
+                let mut cursor: Option<String> = None;
+                loop {
+                    let want = match q.limit {
+                        0 => MAX_PAGE,
+                        n => (n - runs.len() as u32).min(MAX_PAGE),
+                    };
+                    let page: RunPage = client.get(&runs_path(q, want, cursor.as_deref())).await?;
+                    let got = page.runs.len();
+                    runs.extend(page.runs);
+                    match page.next_cursor {
+                        Some(next)
+                            if got > 0 && (q.limit == 0 || runs.len() < q.limit as usize) =>
+                        {
+                            cursor = Some(next);
+                        }
+                        _ => break,
+                    }
+                }
+                if q.limit > 0 {
+                    runs.truncate(q.limit as usize);
+                }
+                Ok(runs)
+            }
+        }
+    }
+
+    /// The run `id_or_prefix` names, with its jobs and their steps. An unknown run, a prefix
+    /// too short or not unique, is invalid input.
+    pub(crate) async fn run(&self, id_or_prefix: &str) -> Result<Run, Failure> {
+        match self {
+            Self::Local(store) => match store.resolve_run(id_or_prefix).await {
+                Ok(Some(run)) => Ok(run),
+                Ok(None) => Err(Failure::invalid(format!(
+                    "no run `{id_or_prefix}` in the store"
+                ))),
+                Err(e @ (StoreError::Ambiguous { .. } | StoreError::PrefixTooShort { .. })) => {
+                    Err(Failure::invalid(format!("run `{id_or_prefix}`: {e}")))
+                }
+                Err(e) => Err(e.into()),
+            },
+            Self::Remote(client) => {
+                client
+                    .get(&format!("/api/v1/runs/{}", path_segment(id_or_prefix)))
+                    .await
+            }
+        }
+    }
+
+    /// `job`'s log from `offset`. `job` is the job as read before this call: its status
+    /// decides, locally, whether the log is complete (a job that had ended before the read
+    /// has written all of it).
+    pub(crate) async fn read_log(&self, job: &Job, offset: u64) -> Result<Chunk, Failure> {
+        match self {
+            Self::Local(store) => {
+                let slice = store.read_log(job.id, offset, LOG_READ).await?;
+                Ok(Chunk {
+                    complete: job.status.is_terminal() && slice.next_offset >= slice.total,
+                    data: slice.data,
+                    offset,
+                    next_offset: slice.next_offset,
+                    total: slice.total,
+                })
+            }
+            Self::Remote(client) => {
+                let read: LogRead = client
+                    .get(&format!("/api/v1/logs/{}?offset={offset}", job.id))
+                    .await?;
+                Ok(Chunk {
+                    data: read.data.into_bytes(),
+                    offset: read.offset,
+                    next_offset: read.next_offset,
+                    total: read.total,
+                    complete: read.complete,
+                })
+            }
+        }
+    }
+
+    /// Where each step's part of `job`'s log begins, in log order; `None` when the source
+    /// does not say (a server's log API serves bytes only). Read after the log itself, so
+    /// that every byte read so far is covered.
+    pub(crate) async fn step_starts(&self, job: &Job) -> Result<Option<Vec<StepStart>>, Failure> {
+        let Self::Local(store) = self else {
+            return Ok(None);
+        };
+        let starts = store.log_steps(job.id).await?;
+        let mut names: HashMap<u32, String> = job
+            .steps
+            .iter()
+            .map(|s| (s.index, s.name.clone()))
+            .collect();
+        // A step that ended after `job` was read has its name in a fresher read (a step that
+        // is still running has none yet: the store records steps as they end).
+        if starts
+            .iter()
+            .any(|(step, _)| *step != u32::MAX && !names.contains_key(step))
+            && let Some(fresh) = store.get_job(job.id).await?
+        {
+            names.extend(fresh.steps.into_iter().map(|s| (s.index, s.name)));
+        }
+        Ok(Some(
+            starts
+                .into_iter()
+                .map(|(step, offset)| StepStart {
+                    step,
+                    offset,
+                    name: names.get(&step).cloned(),
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// `GET /api/v1/runs` with `q`'s filters, `limit` runs, after `cursor`.
+fn runs_path(q: &RunQuery, limit: u32, cursor: Option<&str>) -> String {
+    let mut path = format!("/api/v1/runs?limit={limit}");
+    let params = [
+        ("project", q.project.as_deref()),
+        ("status", q.status.map(RunStatus::as_str)),
+        ("workflow", q.workflow.as_deref()),
+        ("cursor", cursor),
+    ];
+    for (name, value) in params {
+        if let Some(v) = value {
+            path.push_str(&format!("&{name}={}", path_segment(v)));
+        }
+    }
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_queries_are_encoded() {
+        let q = RunQuery {
+            project: Some("my app".to_owned()),
+            status: Some(RunStatus::Failure),
+            workflow: Some(".kiln/workflows/ci.yml".to_owned()),
+            limit: 7,
+        };
+        assert_eq!(
+            runs_path(&q, 7, Some("abc")),
+            "/api/v1/runs?limit=7&project=my%20app&status=failure\
+             &workflow=.kiln%2Fworkflows%2Fci.yml&cursor=abc"
+        );
+        assert_eq!(
+            runs_path(&RunQuery::default(), 500, None),
+            "/api/v1/runs?limit=500"
+        );
+    }
+}
