@@ -1068,6 +1068,8 @@ impl Dispatcher {
         rec.outputs = outcome.outputs.clone();
         rec.continue_on_error = outcome.continue_on_error;
         let elapsed = rec.started.map(|s| s.elapsed()).unwrap_or_default();
+        metrics::histogram!("kiln_job_duration_seconds", "status" => outcome.status.as_str())
+            .record(elapsed.as_secs_f64());
         self.ops.push(Op::CompleteJob {
             job,
             token,

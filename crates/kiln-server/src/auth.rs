@@ -39,7 +39,7 @@ pub(crate) async fn authenticate(
     next: Next,
 ) -> Result<Response, ApiError> {
     let path = req.uri().path();
-    if is_open(path) {
+    if is_open(path) && (path != "/metrics" || state.config().metrics_open) {
         return Ok(next.run(req).await);
     }
     let token = bearer(req.headers())?;

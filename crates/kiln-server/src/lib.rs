@@ -18,6 +18,7 @@ mod envelope;
 mod error;
 mod extract;
 mod fetch;
+mod metrics;
 mod openapi;
 mod routes;
 mod state;
@@ -36,9 +37,9 @@ use tower_http::trace::TraceLayer;
 
 pub use state::{AppState, ServerConfig};
 
-/// The whole HTTP app: API routes behind auth, the open probes and documents, and the layers
-/// every request passes, outermost first: envelope and request id, trace span, panic
-/// catcher, timeout, auth.
+/// The whole HTTP app: API routes behind auth, the open probes, documents and `/metrics`, and
+/// the layers every request passes, outermost first: metrics, envelope and request id, trace
+/// span, panic catcher, timeout, auth.
 pub fn router(state: AppState) -> Router {
     let config = state.config();
     let api = routes::api()
@@ -46,7 +47,10 @@ pub fn router(state: AppState) -> Router {
         // axum's own default would be a second, hidden one.
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(DefaultBodyLimit::disable());
+    // Metrics outermost: every answer is counted with its final status.
+    metrics::handle();
     let layers = ServiceBuilder::new()
+        .layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn(envelope::envelope))
         .layer(TraceLayer::new_for_http().make_span_with(envelope::span))
         .layer(CatchPanicLayer::custom(error::panicked))
@@ -60,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(routes::probes())
+        .route("/metrics", axum::routing::get(metrics::scrape))
         .merge(api)
         .merge(openapi::docs(&state))
         .fallback(routes::not_found)
@@ -77,10 +82,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Fetches a previous server left unfinished run again (see `fetch.rs`).
     fetch::resume(&state);
-    axum::serve(
+    let upkeep = metrics::spawn_upkeep();
+    let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
-    .await
+    .await;
+    upkeep.abort();
+    served
 }

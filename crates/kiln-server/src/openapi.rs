@@ -9,7 +9,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
-use crate::routes::{projects, runs_read, runs_write, system, tokens};
+use crate::metrics;
+use crate::routes::{ops, projects, runs_read, runs_write, system, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -42,13 +43,20 @@ use crate::state::AppState;
         runs_write::trigger,
         runs_write::cancel,
         runs_write::retry,
+        ops::queue,
+        ops::stats,
+        ops::config,
+        ops::database_stats,
+        ops::database_export,
+        metrics::scrape,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "system", description = "The server itself"),
         (name = "tokens", description = "API tokens (admin only)"),
         (name = "runs", description = "Runs of a project's workflows"),
-        (name = "projects", description = "Projects: folders and git repositories of workflows")
+        (name = "projects", description = "Projects: folders and git repositories of workflows"),
+        (name = "operations", description = "The queue, statistics, settings and the database (settings and database: admin only)")
     )
 )]
 struct ApiDoc;

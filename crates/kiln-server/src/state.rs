@@ -29,6 +29,14 @@ pub struct ServerConfig {
     pub egress: EgressPolicy,
     /// The data dir: git projects are mirrored under `repos/<project id>.git` in it.
     pub data_dir: PathBuf,
+    /// Whether `/metrics` answers without a token (DESIGN.md "Security model": open unless
+    /// configured otherwise).
+    pub metrics_open: bool,
+    /// The `--database` URL, for `GET /api/v1/config` only; set it with
+    /// [`ServerConfig::with_database`], which keeps it redacted. `None`: the embedded SQLite.
+    pub database: Option<String>,
+    /// The engine's local worker slots, for `GET /api/v1/config`.
+    pub worker_slots: Option<usize>,
 }
 
 impl ServerConfig {
@@ -41,7 +49,19 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(30),
             egress: EgressPolicy::default(),
             data_dir: PathBuf::from("kiln-data"),
+            metrics_open: true,
+            database: None,
+            worker_slots: None,
         }
+    }
+}
+
+impl ServerConfig {
+    /// The same settings with the database URL `url`, kept with its password as `***`: the
+    /// server shows it and never connects with it.
+    pub fn with_database(mut self, url: &str) -> Self {
+        self.database = Some(kiln_engine::egress::redact_url(url));
+        self
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
 
+pub(crate) mod ops;
 pub(crate) mod projects;
 pub(crate) mod runs_read;
 pub(crate) mod runs_write;
@@ -46,6 +47,11 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/logs/{job}", get(runs_read::log))
         .route("/api/v1/runs/{id}/cancel", post(runs_write::cancel))
         .route("/api/v1/runs/{id}/retry", post(runs_write::retry))
+        .route("/api/v1/queue", get(ops::queue))
+        .route("/api/v1/stats", get(ops::stats))
+        .route("/api/v1/config", get(ops::config))
+        .route("/api/v1/database/stats", get(ops::database_stats))
+        .route("/api/v1/database/export", get(ops::database_export))
 }
 
 /// Any path no route matches.
