@@ -14,6 +14,7 @@
 //! Not here: SQL (the store's), deciding what runs (the engine's), anything the CLI prints.
 
 mod auth;
+mod bus;
 mod envelope;
 mod error;
 mod extract;
@@ -35,6 +36,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use bus::LiveConfig;
 pub use state::{AppState, ServerConfig};
 
 /// The whole HTTP app: API routes behind auth, the open probes, documents and `/metrics`, and
@@ -82,6 +84,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Fetches a previous server left unfinished run again (see `fetch.rs`).
     fetch::resume(&state);
+    // Live streams never end by themselves: they end when shutdown begins, or the graceful
+    // shutdown would wait for them forever.
+    let closing = state.bus().closing().clone();
+    let shutdown = async move {
+        shutdown.await;
+        closing.cancel();
+    };
     let upkeep = metrics::spawn_upkeep();
     let served = axum::serve(
         listener,

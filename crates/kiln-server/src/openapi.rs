@@ -10,7 +10,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
 use crate::metrics;
-use crate::routes::{ops, projects, runs_read, runs_write, system, tokens};
+use crate::routes::{live, ops, projects, runs_read, runs_write, system, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -40,6 +40,9 @@ use crate::state::AppState;
         runs_read::show,
         runs_read::job,
         runs_read::log,
+        live::log_stream,
+        live::events,
+        live::ws,
         runs_write::trigger,
         runs_write::cancel,
         runs_write::retry,
@@ -56,7 +59,8 @@ use crate::state::AppState;
         (name = "tokens", description = "API tokens (admin only)"),
         (name = "runs", description = "Runs of a project's workflows"),
         (name = "projects", description = "Projects: folders and git repositories of workflows"),
-        (name = "operations", description = "The queue, statistics, settings and the database (settings and database: admin only)")
+        (name = "operations", description = "The queue, statistics, settings and the database (settings and database: admin only)"),
+        (name = "live", description = "Live events: SSE and WebSocket")
     )
 )]
 struct ApiDoc;

@@ -12,6 +12,7 @@ use kiln_engine::Engine;
 use kiln_engine::egress::EgressPolicy;
 use kiln_store::Store;
 
+use crate::bus::{Bus, LiveConfig};
 use crate::fetch::Fetches;
 
 /// The server's settings, resolved (flags and configuration already merged).
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub database: Option<String>,
     /// The engine's local worker slots, for `GET /api/v1/config`.
     pub worker_slots: Option<usize>,
+    /// The event bus and its live clients (SSE, WebSocket).
+    pub live: LiveConfig,
 }
 
 impl ServerConfig {
@@ -52,6 +55,7 @@ impl ServerConfig {
             metrics_open: true,
             database: None,
             worker_slots: None,
+            live: LiveConfig::default(),
         }
     }
 }
@@ -79,6 +83,8 @@ struct Inner {
     started_at: Timestamp,
     /// The git fetches running in the background.
     fetches: Arc<Fetches>,
+    /// What live clients read: the outbox, read once for all of them.
+    bus: Arc<Bus>,
 }
 
 impl AppState {
@@ -87,9 +93,10 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 engine: None,
-                config,
                 started_at: Timestamp::now(),
                 fetches: Arc::default(),
+                bus: Arc::new(Bus::new(config.live.clone())),
+                config,
             }),
         }
     }
@@ -102,6 +109,7 @@ impl AppState {
             config: shared.config.clone(),
             started_at: shared.started_at,
             fetches: shared.fetches.clone(),
+            bus: shared.bus.clone(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -125,6 +133,10 @@ impl AppState {
 
     pub(crate) fn started_at(&self) -> Timestamp {
         self.inner.started_at
+    }
+
+    pub(crate) fn bus(&self) -> &Arc<Bus> {
+        &self.inner.bus
     }
 
     pub(crate) fn fetches(&self) -> &Fetches {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 use kiln_core::ids::{JobId, ProjectId, RunId, RunStatus};
 use kiln_proto::{Event, Job, Project, Role, Run, TokenId, TokenInfo};
+use tokio::sync::watch;
 
 pub use blob::BlobStore;
 pub use error::StoreError;
@@ -36,6 +37,9 @@ pub use types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, R
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Backend>,
+    /// Bumped after every write that may have appended events, so that readers of the
+    /// outbox in this process need not wait for their next poll ([`Store::watch_writes`]).
+    writes: Arc<watch::Sender<u64>>,
 }
 
 enum Backend {
@@ -64,6 +68,7 @@ impl Store {
         let blobs = BlobStore::local(&data_dir.join("blobs"))?;
         let b = backend::sqlite::open(&data_dir.join("kiln.db"), blobs).await?;
         Ok(Store {
+            writes: Arc::default(),
             inner: Arc::new(Backend::Sqlite(b)),
         })
     }
@@ -75,6 +80,7 @@ impl Store {
         let blobs = BlobStore::local(blob_dir)?;
         let b = backend::postgres::open(url, blobs).await?;
         Ok(Store {
+            writes: Arc::default(),
             inner: Arc::new(Backend::Postgres(b)),
         })
     }
@@ -192,7 +198,9 @@ impl Store {
     /// largest of its (project, workflow); `run_attempt` is 1. Appends `run.queued` (or the
     /// event of its initial status) and an event for each job not created `pending`.
     pub async fn create_run(&self, new: NewRun) -> Result<Run, StoreError> {
-        with_backend!(self, b => b.create_run(new).await)
+        let run = with_backend!(self, b => b.create_run(new).await);
+        self.wrote();
+        run
     }
 
     /// Applies all `ops` in ONE transaction (group commit) and answers for each, in order. A
@@ -202,7 +210,9 @@ impl Store {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        with_backend!(self, b => b.commit(ops).await)
+        let results = with_backend!(self, b => b.commit(ops).await);
+        self.wrote();
+        results
     }
 
     /// Starts the next attempt of a finished run that failed or was cancelled (GitHub's
@@ -215,7 +225,9 @@ impl Store {
         run: RunId,
         at: Timestamp,
     ) -> Result<Result<(), RunStatus>, StoreError> {
-        with_backend!(self, b => b.retry_run(run, at).await)
+        let retried = with_backend!(self, b => b.retry_run(run, at).await);
+        self.wrote();
+        retried
     }
 
     /// Takes back leases: with `owner` `None`, every lease that expired before `now`; with
@@ -227,7 +239,21 @@ impl Store {
         now: Timestamp,
         owner: Option<&str>,
     ) -> Result<Vec<ExpiredLease>, StoreError> {
-        with_backend!(self, b => b.expire_leases(now, owner).await)
+        let expired = with_backend!(self, b => b.expire_leases(now, owner).await);
+        self.wrote();
+        expired
+    }
+
+    /// Marks that this process wrote (and may have appended events).
+    fn wrote(&self) {
+        self.writes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes after each write this process makes through any clone of this store that may
+    /// have appended events. A hint for outbox readers, not a guarantee: other processes
+    /// (replicas, `kiln run`) write too, so readers still poll.
+    pub fn watch_writes(&self) -> watch::Receiver<u64> {
+        self.writes.subscribe()
     }
 
     /// A run with its jobs (in creation order) and each job's steps (latest attempt).
@@ -271,6 +297,53 @@ impl Store {
     /// a reader may resume after the last id it saw.
     pub async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
         with_backend!(self, b => b.events_after(after, limit).await)
+    }
+
+    /// The id of the newest event [`Store::events_after`] may return now (0 when there is
+    /// none): a reader that wants only what happens from now on starts after it.
+    pub async fn event_head(&self) -> Result<i64, StoreError> {
+        with_backend!(self, b => b.event_head().await)
+    }
+
+    /// Gives each `log.line` event among `events` its bytes: the internal `blob` location in
+    /// its data is replaced by `text` (UTF-8, invalid sequences replaced). Events of one
+    /// transaction share a blob segment, which is read once for all of them.
+    pub async fn fill_log_lines(&self, events: &mut [Event]) -> Result<(), StoreError> {
+        let mut i = 0;
+        while i < events.len() {
+            let Some((key, start, len)) = blob_of(&events[i]) else {
+                i += 1;
+                continue;
+            };
+            // The run of following log lines in the same segment, read as one range.
+            let mut end = start + len;
+            let mut j = i + 1;
+            while let Some((k, s, l)) = events.get(j).and_then(blob_of) {
+                if k != key || s < start {
+                    break;
+                }
+                end = end.max(s + l);
+                j += 1;
+            }
+            let bytes = self
+                .blobs()
+                .get_range(&key, start, usize::try_from(end - start).unwrap_or(0))
+                .await?;
+            for event in &mut events[i..j] {
+                let Some((_, s, l)) = blob_of(event) else {
+                    continue;
+                };
+                let from = usize::try_from(s - start).unwrap_or(0);
+                let to = usize::try_from(s - start + l).unwrap_or(0);
+                let text = String::from_utf8_lossy(bytes.get(from..to).unwrap_or_default());
+                if let serde_json::Value::Object(data) = &mut event.data {
+                    data.remove("blob");
+                    data.insert("text".to_owned(), text.into_owned().into());
+                }
+            }
+            i = j;
+        }
+        Ok(())
     }
 
     /// Creates an API token; returns it and its plaintext, which the store does not keep (only
@@ -323,6 +396,18 @@ impl std::fmt::Debug for Store {
             .field("backend", &self.backend_name())
             .finish_non_exhaustive()
     }
+}
+
+/// Where a `log.line` event's bytes are: (segment key, start in it, length).
+fn blob_of(event: &Event) -> Option<(String, u64, u64)> {
+    if event.kind != "log.line" {
+        return None;
+    }
+    let blob = event.data.get("blob")?;
+    let key = blob.get(0)?.as_str()?.to_owned();
+    let start = blob.get(1)?.as_u64()?;
+    let length = event.data.get("length")?.as_u64()?;
+    Some((key, start, length))
 }
 
 pub use types::{

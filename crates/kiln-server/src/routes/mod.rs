@@ -3,6 +3,7 @@
 //!
 //! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
 
+pub(crate) mod live;
 pub(crate) mod ops;
 pub(crate) mod projects;
 pub(crate) mod runs_read;
@@ -45,6 +46,9 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/runs/{id}", get(runs_read::show))
         .route("/api/v1/jobs/{id}", get(runs_read::job))
         .route("/api/v1/logs/{job}", get(runs_read::log))
+        .route("/api/v1/logs/{job}/stream", get(live::log_stream))
+        .route("/api/v1/events", get(live::events))
+        .route("/api/v1/ws", get(live::ws))
         .route("/api/v1/runs/{id}/cancel", post(runs_write::cancel))
         .route("/api/v1/runs/{id}/retry", post(runs_write::retry))
         .route("/api/v1/queue", get(ops::queue))

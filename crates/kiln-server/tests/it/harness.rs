@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use kiln_engine::egress::EgressPolicy;
-use kiln_server::{AppState, ServerConfig};
+use kiln_server::{AppState, LiveConfig, ServerConfig};
 use kiln_store::Store;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -182,13 +182,37 @@ impl Server {
         Self::start_configured(store, dir, pg, engine, EgressPolicy::default()).await
     }
 
-    /// The server's data dir is the test's temporary folder.
+    /// A server with these live settings (event bus, SSE and WebSocket clients), with an
+    /// engine or not, on PostgreSQL or SQLite.
+    pub(crate) async fn with_live(postgres: bool, engine: bool, live: LiveConfig) -> Self {
+        let (store, dir, pg) = if postgres {
+            let (store, dir, pg) = pg_store().await;
+            (store, dir, Some(pg))
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            (Store::open_sqlite(dir.path()).await.unwrap(), dir, None)
+        };
+        Self::start_full(store, dir, pg, engine, EgressPolicy::default(), Some(live)).await
+    }
+
     async fn start_configured(
         store: Store,
         dir: tempfile::TempDir,
         pg: Option<(String, String)>,
         engine: bool,
         egress: EgressPolicy,
+    ) -> Self {
+        Self::start_full(store, dir, pg, engine, egress, None).await
+    }
+
+    /// The server's data dir is the test's temporary folder.
+    async fn start_full(
+        store: Store,
+        dir: tempfile::TempDir,
+        pg: Option<(String, String)>,
+        engine: bool,
+        egress: EgressPolicy,
+        live: Option<LiveConfig>,
     ) -> Self {
         // reqwest is built with rustls and no provider of its own: use ring, as the CLI does.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -203,6 +227,9 @@ impl Server {
         let mut config = ServerConfig::new(&base);
         config.data_dir = dir.path().to_owned();
         config.egress = egress;
+        if let Some(live) = live {
+            config.live = live;
+        }
         let mut state = AppState::new(store.clone(), config);
         if engine {
             let config = kiln_engine::EngineConfig {

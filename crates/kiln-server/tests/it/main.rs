@@ -5,6 +5,7 @@
 mod auth;
 mod envelope;
 mod harness;
+mod live;
 mod ops;
 mod projects;
 mod runs_write;

@@ -694,7 +694,9 @@ async fn apply(tx: &mut Conn, pending: &mut Pending, op: Op) -> Result<OpResult,
                  WHERE id = $1 AND lease_token = $2 AND status IN ('leased', 'running') \
                  ON CONFLICT (job_id, attempt, idx) DO UPDATE SET name = excluded.name, \
                  status = excluded.status, outputs = excluded.outputs, \
-                 started_at = excluded.started_at, finished_at = excluded.finished_at",
+                 started_at = excluded.started_at, finished_at = excluded.finished_at \
+                 RETURNING (SELECT run_id FROM jobs WHERE jobs.id = steps.job_id) AS run_id, \
+                 (SELECT project_id FROM jobs WHERE jobs.id = steps.job_id) AS project_id",
             )
             .bind(job.to_string())
             .bind(token)
@@ -704,13 +706,17 @@ async fn apply(tx: &mut Conn, pending: &mut Pending, op: Op) -> Result<OpResult,
             .bind(json_text(&step.outputs))
             .bind(step.started_at.map(ms))
             .bind(step.finished_at.map(ms))
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(query("record a step"))?;
-            if done.rows_affected() == 1 {
-                Ok(OpResult::Done)
-            } else {
-                explain(tx, job, token, &HELD).await
+            match done {
+                Some(row) => {
+                    let run: String = get(&row, "jobs", "run_id")?;
+                    let project: String = get(&row, "jobs", "project_id")?;
+                    pending.job_progress(&project, &run, &job.to_string(), &step);
+                    Ok(OpResult::Done)
+                }
+                None => explain(tx, job, token, &HELD).await,
             }
         }
         Op::LogChunk {
@@ -936,7 +942,7 @@ async fn log_chunk(
     let row = sqlx::query(
         "UPDATE jobs SET log_length = log_length + $4 \
          WHERE id = $1 AND lease_token = $2 AND status IN ('leased', 'running') \
-         AND log_length = $3 RETURNING attempts",
+         AND log_length = $3 RETURNING attempts, run_id, project_id",
     )
     .bind(&job_id)
     .bind(token)
@@ -962,7 +968,17 @@ async fn log_chunk(
         return Ok(OpResult::Done);
     }
     let attempts: i64 = get(&row, "jobs", "attempts")?;
+    let run: String = get(&row, "jobs", "run_id")?;
+    let project: String = get(&row, "jobs", "project_id")?;
     let (key, blob_offset) = pending.log_bytes(&data);
+    pending.log_line(
+        [&project, &run, &job_id],
+        attempts,
+        step,
+        offset,
+        data.len(),
+        (&key, blob_offset),
+    );
     sqlx::query(
         "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key, \
          blob_offset) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -1178,12 +1194,23 @@ async fn apply_batch(
                 );
                 OpResult::Done
             }
-            Op::StepResult { .. } => OpResult::Done,
+            Op::StepResult { step, .. } => {
+                pending.job_progress(project, run, &job_id, step);
+                OpResult::Done
+            }
             Op::LogChunk {
                 step, offset, data, ..
             } => {
                 if !data.is_empty() {
                     let (key, blob_offset) = pending.log_bytes(data);
+                    pending.log_line(
+                        [project, run, &job_id],
+                        done.attempts,
+                        *step,
+                        *offset,
+                        data.len(),
+                        (&key, blob_offset),
+                    );
                     chunks.push(json!([
                         job_id,
                         done.attempts,
@@ -1446,6 +1473,14 @@ impl Backend {
             data,
             total,
         })
+    }
+
+    pub(crate) async fn event_head(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query(SQL.event_head)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(query("read the newest event id"))?;
+        get(&row, "events", "head")
     }
 
     pub(crate) async fn events_after(

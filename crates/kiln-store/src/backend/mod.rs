@@ -16,6 +16,7 @@ use std::str::FromStr;
 
 use jiff::Timestamp;
 use kiln_core::ids::{JobStatus, RunStatus};
+use kiln_proto::Step;
 use serde_json::{Map, Value, json};
 use sqlx::SqlSafeStr as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
@@ -40,6 +41,8 @@ pub(crate) struct Dialect {
     pub(crate) insert_events: &'static str,
     /// `$1`: the last id seen, `$2`: the limit.
     pub(crate) events_after: &'static str,
+    /// The id of the newest event `events_after` may return now (0 when none).
+    pub(crate) event_head: &'static str,
     /// The batched job transitions (see `batch.rs`). Each statement takes a JSON array of
     /// rows and returns `kind, id, run_id, project_id, token, attempts, idx` per applied row.
     pub(crate) batch: Batch,
@@ -154,6 +157,55 @@ impl Pending {
         for kind in job_event_kinds(status) {
             self.event(at, kind, project, run, Some(job), data.clone());
         }
+    }
+
+    /// `job.progress`: a step of the job started or ended.
+    pub(crate) fn job_progress(&mut self, project: &str, run: &str, job: &str, step: &Step) {
+        let at = step
+            .finished_at
+            .or(step.started_at)
+            .unwrap_or_else(Timestamp::now);
+        self.event(
+            ms(at),
+            "job.progress",
+            project,
+            run,
+            Some(job),
+            json!({
+                "step": step.index,
+                "name": step.name,
+                "status": step.status.as_str(),
+            }),
+        );
+    }
+
+    /// `log.line`: bytes `offset..offset + length` were appended to the job's log (of
+    /// `attempt`, written by step `step`). The event names the bytes and where they are in the
+    /// blob store (`blob`, internal: [`crate::Store::fill_log_lines`] swaps it for the text);
+    /// it does not carry them, so that logs are not stored twice.
+    pub(crate) fn log_line(
+        &mut self,
+        [project, run, job]: [&str; 3],
+        attempt: i64,
+        step: u32,
+        offset: u64,
+        length: usize,
+        (key, blob_offset): (&str, i64),
+    ) {
+        self.event(
+            ms(Timestamp::now()),
+            "log.line",
+            project,
+            run,
+            Some(job),
+            json!({
+                "attempt": attempt,
+                "step": step,
+                "offset": offset,
+                "length": length,
+                "blob": [key, blob_offset],
+            }),
+        );
     }
 
     pub(crate) fn has_events(&self) -> bool {

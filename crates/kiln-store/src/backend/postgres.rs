@@ -39,6 +39,8 @@ const SQL: Dialect = Dialect {
     events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
                    WHERE id > $1 AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
                    ORDER BY id LIMIT $2",
+    event_head: "SELECT COALESCE(MAX(id), 0)::int8 AS head FROM events \
+                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot())",
     batch: Batch::Statements([
         "UPDATE jobs SET status = b.status, finished_at = COALESCE(b.fin, \
         jobs.finished_at) FROM (SELECT e->>0 AS id, e->>1 AS status, (e->>2)::bigint AS \
@@ -69,8 +71,9 @@ const SQL: Dialect = Dialect {
         (job_id, attempt, idx) DO UPDATE SET name = excluded.name, status = \
         excluded.status, outputs = excluded.outputs, started_at = excluded.started_at, \
         finished_at = excluded.finished_at RETURNING 4::int8 AS kind, job_id AS id, \
-        NULL::text AS run_id, NULL::text AS project_id, NULL::int8 AS token, attempt AS \
-        attempts, idx",
+        (SELECT run_id FROM jobs WHERE jobs.id = steps.job_id) AS run_id, \
+        (SELECT project_id FROM jobs WHERE jobs.id = steps.job_id) AS project_id, \
+        NULL::int8 AS token, attempt AS attempts, idx",
         "UPDATE jobs SET log_length = jobs.log_length + b.len FROM (SELECT e->>0 AS id, \
         (e->>1)::bigint AS token, (e->>2)::bigint AS off, (e->>3)::bigint AS len FROM \
         jsonb_array_elements($1::jsonb) AS t(e)) AS b WHERE jobs.id = b.id AND \

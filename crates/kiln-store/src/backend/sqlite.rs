@@ -65,8 +65,9 @@ macro_rules! batch_script {
             (job_id, attempt, idx) DO UPDATE SET name = excluded.name, status = \
             excluded.status, outputs = excluded.outputs, started_at = \
             excluded.started_at, finished_at = excluded.finished_at RETURNING 4 AS kind, \
-            job_id AS id, NULL AS run_id, NULL AS project_id, NULL AS token, attempt AS \
-            attempts, idx; UPDATE jobs SET log_length = log_length + b.len FROM (SELECT \
+            job_id AS id, (SELECT run_id FROM jobs WHERE jobs.id = steps.job_id) AS \
+            run_id, (SELECT project_id FROM jobs WHERE jobs.id = steps.job_id) AS \
+            project_id, NULL AS token, attempt AS attempts, idx; UPDATE jobs SET log_length = log_length + b.len FROM (SELECT \
             json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS token, \
             json_extract(value, '$[2]') AS off, json_extract(value, '$[3]') AS len FROM \
             json_each($5)) AS b WHERE jobs.id = b.id AND jobs.lease_token = b.token AND \
@@ -100,6 +101,7 @@ const SQL: Dialect = Dialect {
     insert_events: insert_events!(),
     events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
                    WHERE id > $1 ORDER BY id LIMIT $2",
+    event_head: "SELECT COALESCE(MAX(id), 0) AS head FROM events",
     batch: Batch::Script {
         batch: batch_script!(),
         begin_batch: concat!("BEGIN IMMEDIATE; ", batch_script!()),

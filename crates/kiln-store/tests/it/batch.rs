@@ -14,6 +14,7 @@ both_backends!(
     a_job_s_whole_life_in_one_commit,
     ops_out_of_lifecycle_order_apply_as_given,
     a_commit_dropped_half_way_leaves_the_store_usable,
+    log_lines_and_progress_of_a_batch_name_their_bytes,
 );
 
 async fn run_with(h: &Harness, jobs: Vec<kiln_store::NewJob>) {
@@ -126,23 +127,42 @@ async fn a_job_s_whole_life_in_one_commit(h: &Harness) {
     assert_eq!(s.read_log(a, 0, 100).await.unwrap().data, b"abcd");
     assert_eq!(s.log_steps(a).await.unwrap(), vec![(0, 0), (1, 2)]);
 
-    // Job a's events come in its lifecycle order.
-    let mut kinds = Vec::new();
+    // Job a's events come in its lifecycle order, log lines and step progress included.
+    let expected = [
+        "job.queued",
+        "job.leased",
+        "job.started",
+        "log.line",
+        "job.progress",
+        "log.line",
+        "job.progress",
+        "job.completed",
+    ];
+    let mut events = Vec::new();
     for _ in 0..100 {
-        let events = s.events_after(0, 10_000).await.unwrap();
-        kinds = events[after..]
+        events = s.events_after(0, 10_000).await.unwrap()[after..]
             .iter()
             .filter(|e| e.job == Some(a))
-            .map(|e| e.kind.clone())
+            .cloned()
             .collect::<Vec<_>>();
-        if kinds.len() >= 4 {
+        if events.len() >= expected.len() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let statuses: Vec<&str> = kinds.iter().map(String::as_str).collect();
-    assert_eq!(statuses.len(), 4, "{statuses:?}");
-    assert_eq!(statuses[3], "job.completed", "{statuses:?}");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, expected);
+    // A log line names its bytes; filled, it carries them instead of their blob location.
+    s.fill_log_lines(&mut events).await.unwrap();
+    let lines: Vec<_> = events.iter().filter(|e| e.kind == "log.line").collect();
+    assert_eq!(lines[0].data["text"], "ab");
+    assert_eq!(lines[0].data["offset"], 0);
+    assert_eq!(lines[1].data["text"], "cd");
+    assert_eq!(lines[1].data["offset"], 2);
+    assert_eq!(lines[1].data["step"], 1);
+    assert!(lines[1].data.get("blob").is_none());
+    assert_eq!(events[4].data["step"], 0);
+    assert!(events[4].run.is_some() && events[4].project.is_some());
 }
 
 async fn ops_out_of_lifecycle_order_apply_as_given(h: &Harness) {
@@ -283,4 +303,73 @@ async fn a_commit_dropped_half_way_leaves_the_store_usable(h: &Harness) {
         }
     }
     assert!(leased == 0 || leased == 10, "{leased} of 10 jobs leased");
+}
+
+/// One log chunk and one step per job: a commit the store applies kind by kind (no job has
+/// two ops of a kind). Each chunk still gets its `log.line` and each step its
+/// `job.progress`, with the run and project they belong to, in the order given.
+async fn log_lines_and_progress_of_a_batch_name_their_bytes(h: &Harness) {
+    let s = &h.store;
+    let jobs = vec![
+        new_job("a", JobStatus::Queued, 1),
+        new_job("b", JobStatus::Queued, 1),
+    ];
+    let (a, b) = (jobs[0].id, jobs[1].id);
+    run_with(h, jobs).await;
+    let mut start = Vec::new();
+    for job in [a, b] {
+        start.push(Op::GrantLease {
+            job,
+            owner: "w".into(),
+            ttl_ms: 60_000,
+            at: at(2),
+        });
+    }
+    s.commit(start).await.unwrap();
+    let after = s.events_after(0, 10_000).await.unwrap().len();
+    let mut ops = Vec::new();
+    for (job, text) in [(a, "hello\n"), (b, "world\n")] {
+        ops.push(Op::LogChunk {
+            job,
+            token: 1,
+            step: 0,
+            offset: 0,
+            data: text.as_bytes().to_vec(),
+        });
+        ops.push(Op::StepResult {
+            job,
+            token: 1,
+            step: step(0),
+        });
+    }
+    let results = s.commit(ops).await.unwrap();
+    assert!(results.iter().all(|r| *r == OpResult::Done), "{results:?}");
+    // On PostgreSQL events show once every older transaction of the cluster has ended.
+    let mut events = Vec::new();
+    for _ in 0..100 {
+        events = s.events_after(0, 10_000).await.unwrap()[after..].to_vec();
+        if events.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s.fill_log_lines(&mut events).await.unwrap();
+    let seen: Vec<(&str, Option<kiln_core::ids::JobId>)> =
+        events.iter().map(|e| (e.kind.as_str(), e.job)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("log.line", Some(a)),
+            ("job.progress", Some(a)),
+            ("log.line", Some(b)),
+            ("job.progress", Some(b)),
+        ]
+    );
+    assert_eq!(events[0].data["text"], "hello\n");
+    assert_eq!(events[2].data["text"], "world\n");
+    assert_eq!(events[1].data["name"], "step 0");
+    assert_eq!(events[1].data["status"], "success");
+    for e in &events {
+        assert!(e.run.is_some() && e.project.is_some(), "{e:?}");
+    }
 }

@@ -107,7 +107,8 @@ async fn two_thousand_jobs_of_transitions_commit_on_sqlite() {
             .iter()
             .all(|j| j.status == JobStatus::Success && j.steps.len() == 1)
     );
-    // run.queued, run.started, 4 per job (queued, leased, started, completed), run.completed.
+    // run.queued, run.started, 6 per job (queued, leased, started, its log line, its step's
+    // progress, completed), run.completed.
     let mut count = 0;
     let mut after = 0;
     loop {
@@ -116,5 +117,5 @@ async fn two_thousand_jobs_of_transitions_commit_on_sqlite() {
         after = last.id;
         count += page.len();
     }
-    assert_eq!(count, 2 + 4 * JOBS + 1);
+    assert_eq!(count, 2 + 6 * JOBS + 1);
 }
