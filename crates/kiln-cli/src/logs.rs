@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kiln_core::ids::{JobId, JobStatus};
 use kiln_proto::{Job, Run, exit};
@@ -22,6 +22,10 @@ use crate::source::{Chunk, Source, StepStart};
 
 /// How often `--follow` reads again.
 const POLL: Duration = Duration::from_millis(200);
+/// How long `--follow` waits for a server (or store) that stopped answering, and how often it
+/// tries meanwhile.
+const LOST_FOR: Duration = Duration::from_secs(30);
+const RETRY: Duration = Duration::from_secs(1);
 
 pub(crate) async fn logs(a: LogsArgs) -> Result<i32, Failure> {
     let source = Source::open(&a.remote, &a.store).await?;
@@ -132,61 +136,115 @@ async fn read_available<W: Write>(
 }
 
 /// Until the run has ended: reads every job's new lines (jobs that start later too), then
-/// waits [`POLL`]. Answers the run's verdict.
+/// waits [`POLL`]. Answers the run's verdict. A server (or store) that stops answering midway
+/// — a server restarting — is waited for up to [`LOST_FOR`].
 async fn follow<W: Write>(
     source: &Source,
-    mut run: Run,
+    run: Run,
     selector: Option<&str>,
     printer: &mut Printer<W>,
 ) -> Result<i32, Stop> {
     let id = run.id.to_string();
-    let mut ended_before = false;
-    let mut said_waiting = false;
+    let mut state = Following::default();
+    let mut first = Some(run);
+    let mut lost_since: Option<Instant> = None;
     loop {
-        let ended = run.status.is_terminal();
-        let jobs = select_jobs(&run, selector);
-        if let (Some(sel), true) = (selector, jobs.is_empty()) {
-            // A matrix that waits on other jobs' outputs has no jobs yet.
-            if ended {
-                return Err(no_such_job(&run, sel).into());
+        let attempt = async {
+            let run = match first.take() {
+                Some(run) => run,
+                None => source.run(&id).await?,
+            };
+            pass(source, run, selector, printer, &mut state).await
+        };
+        match attempt.await {
+            Ok(Some(code)) => return Ok(code),
+            Ok(None) => {
+                if lost_since.take().is_some() {
+                    stderr_line("following again");
+                }
+                tokio::time::sleep(POLL).await;
             }
-            if !said_waiting {
-                stderr_line(&format!("waiting for job `{sel}` of run {id} to start"));
-                said_waiting = true;
+            Err(Stop::Failed(f)) if f.code == exit::INTERNAL => {
+                let since = *lost_since.get_or_insert_with(|| {
+                    stderr_line(&format!(
+                        "{}; trying again for {}s",
+                        f.message,
+                        LOST_FOR.as_secs()
+                    ));
+                    Instant::now()
+                });
+                if since.elapsed() >= LOST_FOR {
+                    return Err(f.into());
+                }
+                tokio::time::sleep(RETRY).await;
             }
+            Err(e) => return Err(e),
         }
+    }
+}
+
+/// What `--follow` remembers from one pass to the next.
+#[derive(Default)]
+struct Following {
+    /// The run had ended at the previous pass already.
+    ended_before: bool,
+    /// The note that the selected job has not started yet was printed.
+    said_waiting: bool,
+}
+
+/// One pass of `--follow` over `run` as just read: every job's new lines. Answers the run's
+/// verdict once it has ended and everything was printed.
+async fn pass<W: Write>(
+    source: &Source,
+    run: Run,
+    selector: Option<&str>,
+    printer: &mut Printer<W>,
+    state: &mut Following,
+) -> Result<Option<i32>, Stop> {
+    let ended = run.status.is_terminal();
+    let jobs = select_jobs(&run, selector);
+    if let (Some(sel), true) = (selector, jobs.is_empty()) {
+        // A matrix that waits on other jobs' outputs has no jobs yet.
+        if ended {
+            return Err(no_such_job(&run, sel).into());
+        }
+        if !state.said_waiting {
+            stderr_line(&format!(
+                "waiting for job `{sel}` of run {} to start",
+                run.id
+            ));
+            state.said_waiting = true;
+        }
+    }
+    for job in &jobs {
+        printer.track(job)?;
+        if printer.is_done(job.id) {
+            continue;
+        }
+        if left_out(job, selector) {
+            printer.skip(job.id);
+            continue;
+        }
+        read_available(source, job, printer).await?;
+    }
+    printer.flush()?;
+    // A run that has ended has written every log: one more pass reads what the last one
+    // could not have seen, whatever a job's own status says.
+    if ended && (state.ended_before || jobs.iter().all(|j| printer.is_done(j.id))) {
         for job in &jobs {
-            printer.track(job)?;
-            if printer.is_done(job.id) {
-                continue;
+            if !printer.is_done(job.id) && !left_out(job, selector) {
+                printer.finish(job.id)?;
             }
-            if left_out(job, selector) {
-                printer.skip(job.id);
-                continue;
-            }
-            read_available(source, job, printer).await?;
         }
         printer.flush()?;
-        // A run that has ended has written every log: one more pass reads what the last one
-        // could not have seen, whatever a job's own status says.
-        if ended && (ended_before || jobs.iter().all(|j| printer.is_done(j.id))) {
-            for job in &jobs {
-                if !printer.is_done(job.id) && !left_out(job, selector) {
-                    printer.finish(job.id)?;
-                }
-            }
-            printer.flush()?;
-            break;
-        }
-        ended_before = ended;
-        tokio::time::sleep(POLL).await;
-        run = source.run(&id).await?;
+        stderr_line(&format!(
+            "run {} #{} {}: {}",
+            run.workflow_name, run.run_number, run.id, run.status
+        ));
+        return Ok(Some(crate::trigger::verdict(std::slice::from_ref(&run))));
     }
-    stderr_line(&format!(
-        "run {} #{} {}: {}",
-        run.workflow_name, run.run_number, run.id, run.status
-    ));
-    Ok(crate::trigger::verdict(std::slice::from_ref(&run)))
+    state.ended_before = ended;
+    Ok(None)
 }
 
 /// What has been read and printed of one job's log.

@@ -249,6 +249,8 @@ fn local_run(p: &Project, id: &str) -> Value {
 struct Follower {
     child: std::process::Child,
     lines: mpsc::Receiver<(Instant, String)>,
+    /// Lines taken from `lines` already.
+    seen: Vec<(Instant, String)>,
 }
 
 impl Follower {
@@ -269,7 +271,23 @@ impl Follower {
                 }
             }
         });
-        Follower { child, lines }
+        Follower {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most 30 s) until it has printed `line`.
+    fn wait_for(&mut self, line: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.seen.iter().any(|(_, l)| l == line) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(got) => self.seen.push(got),
+                Err(_) => panic!("no line `{line}` in {:#?}", self.seen),
+            }
+        }
     }
 
     /// Its exit code and every line, once it has ended (within 30 s).
@@ -283,7 +301,8 @@ impl Follower {
             thread::sleep(Duration::from_millis(20));
         };
         let ended = Instant::now();
-        let lines: Vec<_> = self.lines.iter().collect();
+        let mut lines = std::mem::take(&mut self.seen);
+        lines.extend(self.lines.iter());
         let mut stderr = String::new();
         if let Some(mut err) = self.child.stderr.take() {
             use std::io::Read as _;
@@ -372,6 +391,57 @@ fn logs_follow_prints_lines_as_they_come_and_ends_with_the_run() {
         s.call(&p, &admin, &["logs", "-f", &slow]).stdout,
         all.stdout
     );
+    assert_eq!(s.stop(), 0);
+}
+
+#[test]
+fn logs_follow_waits_for_a_server_that_restarts() {
+    let (p, s, admin, name) = served();
+    let slow = trigger(&s, &p, &admin, &name, "slow", false);
+    let mut follower = Follower::start(
+        &p,
+        &["logs", "-f", &slow, "--server", &s.url, "--token", &admin],
+    );
+    follower.wait_for("tick 1");
+    // kill -9, then a new server on the same address: it takes the job back and runs it again.
+    let listen = s.url.trim_start_matches("http://").to_owned();
+    let pid = s.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(s);
+    thread::sleep(Duration::from_millis(500));
+    let data_dir = p.data_dir();
+    let mut cmd = kiln(
+        &p,
+        &[
+            "serve",
+            "--listen",
+            &listen,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+    );
+    let s = Served::from_command(&mut cmd);
+    let (code, _, lines, stderr) = follower.finish();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("trying again"), "{stderr}");
+    let text: Vec<&str> = lines.iter().map(|(_, l)| l.as_str()).collect();
+    let again = text
+        .iter()
+        .position(|l| l.starts_with("=== ticker (") && l.ends_with(", attempt 2) ==="))
+        .unwrap_or_else(|| panic!("{text:#?}"));
+    assert_eq!(
+        text[again + 1..]
+            .iter()
+            .filter(|l| l.starts_with("tick "))
+            .count(),
+        4,
+        "{text:#?}"
+    );
+    assert_eq!(text.last(), Some(&"after ran"), "{text:#?}");
     assert_eq!(s.stop(), 0);
 }
 
