@@ -245,7 +245,106 @@ fn runs_path(q: &RunQuery, limit: u32, cursor: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    use kiln_core::ids::RunId;
+    use serde_json::{Value, json};
+
     use super::*;
+
+    /// A server that holds `total` runs and serves at most 2 per page, whatever `limit` asks;
+    /// the paths it was asked for are recorded.
+    fn paging_server(total: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let runs: Vec<Value> = (0..total)
+            .map(|n| {
+                json!({
+                    "id": RunId::new().to_string(), "project": ProjectId::new().to_string(),
+                    "workflow": ".kiln/workflows/ci.yml", "workflow_name": "ci",
+                    "run_number": total - n, "run_attempt": 1, "status": "success",
+                    "event": "push", "ref": "refs/heads/main", "sha": "", "inputs": {},
+                    "created_at": "2026-01-01T00:00:00Z", "started_at": null,
+                    "finished_at": null, "jobs": [],
+                })
+            })
+            .collect();
+        let log = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut first = String::new();
+                reader.read_line(&mut first).unwrap();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap() == 0 || header == "\r\n" {
+                        break;
+                    }
+                }
+                let path = first.split(' ').nth(1).unwrap_or_default().to_owned();
+                log.lock().unwrap().push(path.clone());
+                let query = path.split_once('?').map(|(_, q)| q).unwrap_or_default();
+                let param = |name: &str| {
+                    query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                        .map(str::to_owned)
+                };
+                let start: usize = param("cursor").map_or(0, |c| c.parse().unwrap());
+                let limit: usize = param("limit").unwrap().parse().unwrap();
+                let end = (start + limit.min(2)).min(runs.len());
+                let next = (end < runs.len()).then(|| end.to_string());
+                let body = json!({
+                    "status": "success",
+                    "data": { "runs": runs[start..end], "next_cursor": next },
+                    "meta": { "timestamp": "2026-01-01T00:00:00Z", "version": "0", "request_id": "r" },
+                })
+                .to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, asked)
+    }
+
+    #[test]
+    fn a_servers_pages_are_followed_up_to_the_limit() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (url, asked) = paging_server(7);
+        let source = Source::Remote(Client::new(&url, None).unwrap());
+        let q = |limit| RunQuery {
+            status: Some(RunStatus::Success),
+            limit,
+            ..RunQuery::default()
+        };
+        let runs = rt.block_on(source.runs(&q(5))).unwrap();
+        let numbers: Vec<i64> = runs.iter().map(|r| r.run_number).collect();
+        assert_eq!(numbers, [7, 6, 5, 4, 3]);
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [
+                "/api/v1/runs?limit=5&status=success",
+                "/api/v1/runs?limit=3&status=success&cursor=2",
+                "/api/v1/runs?limit=1&status=success&cursor=4",
+            ]
+        );
+        // 0: all of them, in pages as large as a server serves.
+        asked.lock().unwrap().clear();
+        assert_eq!(rt.block_on(source.runs(&q(0))).unwrap().len(), 7);
+        assert_eq!(asked.lock().unwrap().len(), 4);
+        assert!(asked.lock().unwrap()[0].starts_with("/api/v1/runs?limit=500&"));
+    }
 
     #[test]
     fn run_queries_are_encoded() {
