@@ -112,8 +112,8 @@ impl StoreArgs {
 /// The server a client command talks to.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServerArgs {
-    /// The kiln server's URL (`http://host:port`); without it the command uses the local
-    /// store.
+    /// The kiln server's URL (`http://host:port`). Without it, `runs`, `logs` and `token`
+    /// read the local store.
     #[arg(long, env = "KILN_SERVER", value_name = "URL")]
     pub(crate) server: Option<String>,
     /// The API token to send (prefer the environment variable: flags show in `ps`).
