@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kiln_core::ids::ProjectId;
 use kiln_engine::egress::EgressPolicy;
@@ -29,6 +29,8 @@ use crate::state::AppState;
 #[derive(Debug, Default)]
 pub(crate) struct Fetches {
     running: Mutex<HashMap<ProjectId, bool>>,
+    /// One fetch of a project's mirror at a time, whoever asks (background or a trigger).
+    locks: Mutex<HashMap<ProjectId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Fetches {
@@ -45,6 +47,11 @@ impl Fetches {
                 true
             }
         }
+    }
+
+    fn lock_of(&self, id: ProjectId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(id).or_default().clone()
     }
 
     /// After a fetch: `true` when another was asked for while it ran (and is now to run).
@@ -103,14 +110,27 @@ pub(crate) fn resume(state: &AppState) {
     });
 }
 
-/// One fetch of the project's current source, recorded in the store.
-async fn fetch_once(state: &AppState, id: ProjectId) {
+/// Fetches a git project's mirror now and waits for it (a run is about to be planned from
+/// it: the ref must name what the upstream has now, not what the last fetch saw).
+/// `Err`: the fetch failed, as the project's record now says too.
+pub(crate) async fn fetch_now(state: &AppState, id: ProjectId) -> Result<(), String> {
+    match fetch_once(state, id).await {
+        Some(FetchOutcome::Failed(e)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// One fetch of the project's current source, recorded in the store; what it found
+/// (`None`: not a git project, or the store failed).
+async fn fetch_once(state: &AppState, id: ProjectId) -> Option<FetchOutcome> {
+    let lock = state.fetches().lock_of(id);
+    let _one_at_a_time = lock.lock().await;
     let record = match state.store().project_record(id).await {
         Ok(Some(r)) if !r.is_archived() && r.kind() == ProjectKind::Git => r,
-        Ok(_) => return,
+        Ok(_) => return None,
         Err(e) => {
             tracing::warn!(project = %id, error = %e, "failed to read a project to fetch it");
-            return;
+            return None;
         }
     };
     let source = record.project.source;
@@ -141,6 +161,7 @@ async fn fetch_once(state: &AppState, id: ProjectId) {
     if let Err(e) = state.store().record_fetch(id, &source, &outcome).await {
         tracing::warn!(project = %id, error = %e, "failed to record a project's fetch");
     }
+    Some(outcome)
 }
 
 /// Mirrors `url` into `dir` behind `policy`; the default branch and its commit (both `None`

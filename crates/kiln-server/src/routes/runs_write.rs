@@ -42,7 +42,9 @@ pub(crate) struct TriggeredRuns {
     runs: Vec<Run>,
 }
 
-/// Starts runs of a project's workflow(s). Answers `201` with the runs, queued.
+/// Starts runs of a project's workflow(s). Answers `201` with the runs, queued. A git
+/// project's mirror is fetched first (behind the egress policy), so `ref` names what the
+/// upstream has now; when that fetch fails, `409 PROJECT_FETCH_FAILED` and nothing runs.
 #[utoipa::path(
     post,
     path = "/api/v1/projects/{id}/runs",
@@ -56,6 +58,7 @@ pub(crate) struct TriggeredRuns {
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 404, description = "`PROJECT_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 409, description = "`PROJECT_ARCHIVED`, or `PROJECT_FETCH_FAILED`: a git project could not be fetched", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 422, description = "`WORKFLOW_INVALID` (file, line, key in `details`) or `VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>),
@@ -101,6 +104,19 @@ pub(crate) async fn trigger(
         payload: None,
         inputs,
     };
+    // A git project's mirror is fetched first: the ref means what the upstream has now.
+    if found.kind() == kiln_proto::ProjectKind::Git
+        && let Err(e) = crate::fetch::fetch_now(&state, project).await
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "PROJECT_FETCH_FAILED",
+            format!(
+                "could not fetch project `{}` to run it: {e}",
+                found.project.name
+            ),
+        ));
+    }
     let runs = engine.trigger(request).await.map_err(engine_error)?;
     Ok(Data::created(TriggeredRuns { runs }))
 }

@@ -330,6 +330,45 @@ async fn a_git_project_runs_at_its_fetched_commit(s: &Server) {
     let log = String::from_utf8_lossy(&log.data);
     assert_eq!(done.status, RunStatus::Success, "{log}");
     assert!(log.contains(&format!("sha={head}")), "{log}");
+
+    // Pushed since the last fetch: a trigger fetches first, so it runs the new commit.
+    let pushed = up.commit(&[("marker", "three")], "three");
+    let created = s
+        .post(&format!("/api/v1/projects/{id}/runs"), &s.admin, &json!({}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.data()["runs"][0]["sha"], pushed);
+    let run_id: kiln_core::ids::RunId = created.data()["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // An upstream that is gone: the trigger says so, and nothing more is stored.
+    std::fs::remove_dir_all(up.path().join(".git")).unwrap();
+    let before = s.store.list_runs(&Default::default()).await.unwrap().len();
+    let refused = s
+        .post(&format!("/api/v1/projects/{id}/runs"), &s.admin, &json!({}))
+        .await;
+    let e = refused.expect_error(409, "PROJECT_FETCH_FAILED");
+    assert!(
+        e["message"].as_str().unwrap().contains("could not fetch"),
+        "{e:#}"
+    );
+    let after = s.store.list_runs(&Default::default()).await.unwrap().len();
+    assert_eq!(before, after);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !s
+        .store
+        .get_run(run_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .is_terminal()
+    {
+        assert!(Instant::now() < deadline, "the second run never ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn a_failed_fetch_is_shown_on_the_project(s: &Server) {
