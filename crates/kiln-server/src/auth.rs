@@ -14,6 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
+use kiln_core::ids::ProjectId;
 use kiln_proto::{Role, TokenInfo};
 
 use crate::error::ApiError;
@@ -22,6 +23,28 @@ use crate::state::AppState;
 /// The verified token of this request.
 #[derive(Clone, Debug)]
 pub(crate) struct Caller(pub(crate) TokenInfo);
+
+impl Caller {
+    /// Whether this token may see `project`'s projects, runs, jobs, logs and events: a
+    /// token created with `--project` sees that project only, and others' things are
+    /// answered as not found (their existence is not told).
+    pub(crate) fn sees(&self, project: ProjectId) -> bool {
+        sees(&self.0, project)
+    }
+}
+
+/// [`Caller::sees`] for a token's info.
+pub(crate) fn sees(token: &TokenInfo, project: ProjectId) -> bool {
+    token.project.is_none_or(|p| p == project)
+}
+
+/// Routes about the whole server, refused to a token limited to one project.
+fn server_wide(method: &Method, path: &str) -> bool {
+    path.starts_with("/api/v1/tokens")
+        || path.starts_with("/api/v1/database")
+        || matches!(path, "/api/v1/queue" | "/api/v1/stats" | "/api/v1/config")
+        || (path == "/api/v1/projects" && method == Method::POST)
+}
 
 /// Routes anyone may call.
 fn is_open(path: &str) -> bool {
@@ -49,6 +72,13 @@ pub(crate) async fn authenticate(
         .await?
         .ok_or_else(|| ApiError::unauthorized("the token is unknown or has been revoked"))?;
     authorize(info.role, req.method(), path)?;
+    if let Some(project) = info.project
+        && server_wide(req.method(), path)
+    {
+        return Err(ApiError::forbidden(format!(
+            "this token is limited to project {project}; this route is about the whole server"
+        )));
+    }
     req.extensions_mut().insert(Caller(info));
     Ok(next.run(req).await)
 }

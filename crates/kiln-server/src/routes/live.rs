@@ -315,6 +315,7 @@ async fn drive(
     )
 )]
 pub(crate) async fn log_stream(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -338,7 +339,9 @@ pub(crate) async fn log_stream(
     // Subscribe before reading: whatever is written after the read arrives as an event.
     let bus = state.bus().clone();
     let mut feed = Feed::open(&bus, &store, None).await?;
-    let job = store.get_job(job_id).await?.ok_or_else(not_found)?;
+    let job = crate::routes::runs_read::visible_job(&state, &caller, job_id)
+        .await?
+        .ok_or_else(not_found)?;
     let (sink, rx, words) = Sink::new(bus.config().client_buffer);
     let guard = bus.client();
     tokio::spawn(async move {

@@ -51,12 +51,16 @@ use crate::state::AppState;
         (status = 403, description = "`FORBIDDEN`: a worker token", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
-pub(crate) async fn list(State(state): State<AppState>) -> Result<Data<ProjectList>, ApiError> {
+pub(crate) async fn list(
+    Caller(caller): Caller,
+    State(state): State<AppState>,
+) -> Result<Data<ProjectList>, ApiError> {
     let projects = state
         .store()
         .list_projects(false)
         .await?
         .iter()
+        .filter(|r| crate::auth::sees(&caller, r.project.id))
         .map(|r| view(&state, r))
         .collect();
     Ok(Data::ok(ProjectList { projects }))
@@ -121,10 +125,11 @@ pub(crate) async fn create(
     )
 )]
 pub(crate) async fn show(
+    Caller(caller): Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Data<ProjectView>, ApiError> {
-    let record = lookup(&state, &id).await?;
+    let record = lookup(&state, &caller, &id).await?;
     Ok(Data::ok(view(&state, &record)))
 }
 
@@ -155,7 +160,7 @@ pub(crate) async fn update(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ProjectUpdate>,
 ) -> Result<Data<ProjectView>, ApiError> {
-    let current = lookup(&state, &id).await?;
+    let current = lookup(&state, &caller, &id).await?;
     refuse_archived(&current)?;
     if req.name.is_none() && req.source.is_none() {
         return Err(field(
@@ -213,7 +218,7 @@ pub(crate) async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Data<ProjectView>, ApiError> {
-    let current = lookup(&state, &id).await?;
+    let current = lookup(&state, &caller, &id).await?;
     let pid = current.project.id;
     match state.store().archive_project(pid).await? {
         None => Err(not_found(&id)),
@@ -255,7 +260,7 @@ pub(crate) async fn refetch(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Data<ProjectView>), ApiError> {
-    let current = lookup(&state, &id).await?;
+    let current = lookup(&state, &caller, &id).await?;
     refuse_archived(&current)?;
     if current.kind() != ProjectKind::Git {
         return Err(ApiError::new(
@@ -278,13 +283,20 @@ pub(crate) async fn refetch(
     Ok((StatusCode::ACCEPTED, Data::ok(view(&state, &record))))
 }
 
-/// The project `id` names: its id, else its name. Archived projects are found too.
-pub(crate) async fn lookup(state: &AppState, id: &str) -> Result<ProjectRecord, ApiError> {
+/// The project `id` names: its id, else its name. Archived projects are found too; those
+/// `caller`'s token may not see are not.
+pub(crate) async fn lookup(
+    state: &AppState,
+    caller: &TokenInfo,
+    id: &str,
+) -> Result<ProjectRecord, ApiError> {
     let found = match id.parse::<ProjectId>() {
         Ok(pid) => state.store().project_record(pid).await?,
         Err(_) => state.store().project_record_by_name(id).await?,
     };
-    found.ok_or_else(|| not_found(id))
+    found
+        .filter(|r| crate::auth::sees(caller, r.project.id))
+        .ok_or_else(|| not_found(id))
 }
 
 /// `409 PROJECT_ARCHIVED` for an archived project.

@@ -10,6 +10,7 @@ use kiln_proto::{Job, Run};
 use kiln_store::{RunFilter, StoreError};
 use serde::Serialize;
 
+use crate::auth::Caller;
 use crate::envelope::Data;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -71,6 +72,7 @@ fn bad_param(name: &str, message: impl std::fmt::Display) -> ApiError {
     )
 )]
 pub(crate) async fn list(
+    caller: Caller,
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Data<RunPage>, ApiError> {
@@ -80,7 +82,7 @@ pub(crate) async fn list(
             Ok(id) => state.store().get_project(id).await?,
             Err(_) => state.store().find_project(p).await?,
         };
-        match found {
+        match found.filter(|p| caller.sees(p.id)) {
             Some(project) => filter.project = Some(project.id),
             // An unknown project has no runs.
             None => {
@@ -90,6 +92,9 @@ pub(crate) async fn list(
                 }));
             }
         }
+    }
+    if let Some(scope) = caller.0.project {
+        filter.project = Some(scope);
     }
     if let Some(s) = q.get("status") {
         filter.status = Some(
@@ -139,12 +144,13 @@ pub(crate) async fn list(
     )
 )]
 pub(crate) async fn show(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Data<Run>, ApiError> {
     match state.store().resolve_run(&id).await {
-        Ok(Some(run)) => Ok(Data::ok(run)),
-        Ok(None) => Err(ApiError::not_found(
+        Ok(Some(run)) if caller.sees(run.project) => Ok(Data::ok(run)),
+        Ok(_) => Err(ApiError::not_found(
             "RUN_NOT_FOUND",
             format!("no run `{id}`"),
         )),
@@ -170,12 +176,15 @@ pub(crate) async fn show(
     )
 )]
 pub(crate) async fn job(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Data<Job>, ApiError> {
     let not_found = || ApiError::not_found("JOB_NOT_FOUND", format!("no job `{id}`"));
     let job_id: JobId = id.parse().map_err(|_| not_found())?;
-    let job = state.store().get_job(job_id).await?.ok_or_else(not_found)?;
+    let job = visible_job(&state, &caller, job_id)
+        .await?
+        .ok_or_else(not_found)?;
     Ok(Data::ok(job))
 }
 
@@ -199,6 +208,7 @@ pub(crate) async fn job(
     )
 )]
 pub(crate) async fn log(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
@@ -221,7 +231,9 @@ pub(crate) async fn log(
             })?,
         None => LOG_READ,
     };
-    let job = state.store().get_job(job_id).await?.ok_or_else(not_found)?;
+    let job = visible_job(&state, &caller, job_id)
+        .await?
+        .ok_or_else(not_found)?;
     let slice = state.store().read_log(job_id, offset, limit).await?;
     Ok(Data::ok(LogRead {
         data: String::from_utf8_lossy(&slice.data).into_owned(),
@@ -230,4 +242,20 @@ pub(crate) async fn log(
         complete: job.status.is_terminal() && slice.next_offset >= slice.total,
         total: slice.total,
     }))
+}
+
+/// The job, if it exists and `caller`'s token may see its project.
+pub(crate) async fn visible_job(
+    state: &AppState,
+    caller: &Caller,
+    id: JobId,
+) -> Result<Option<Job>, ApiError> {
+    let Some(job) = state.store().get_job(id).await? else {
+        return Ok(None);
+    };
+    if caller.0.project.is_none() {
+        return Ok(Some(job));
+    }
+    let run = state.store().get_run(job.run).await?;
+    Ok(run.filter(|r| caller.sees(r.project)).map(|_| job))
 }

@@ -10,6 +10,7 @@ use kiln_proto::Run;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::auth::Caller;
 use crate::envelope::Data;
 use crate::error::{ApiError, FieldError};
 use crate::extract::ApiJson;
@@ -66,12 +67,13 @@ pub(crate) struct TriggeredRuns {
     )
 )]
 pub(crate) async fn trigger(
+    Caller(caller): Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<NewRunRequest>,
 ) -> Result<Data<TriggeredRuns>, ApiError> {
     let engine = state.engine().ok_or_else(engine_unavailable)?;
-    let found = crate::routes::projects::lookup(&state, &id).await?;
+    let found = crate::routes::projects::lookup(&state, &caller, &id).await?;
     crate::routes::projects::refuse_archived(&found)?;
     let project = found.project.id;
     let mut inputs = IndexMap::new();
@@ -139,13 +141,19 @@ pub(crate) async fn trigger(
     )
 )]
 pub(crate) async fn cancel(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Data<Run>, ApiError> {
     let engine = state.engine().ok_or_else(engine_unavailable)?;
     let not_found = || ApiError::not_found("RUN_NOT_FOUND", format!("no run `{id}`"));
     let run_id: RunId = id.parse().map_err(|_| not_found())?;
-    let run = state.store().get_run(run_id).await?.ok_or_else(not_found)?;
+    let run = state
+        .store()
+        .get_run(run_id)
+        .await?
+        .filter(|r| caller.sees(r.project))
+        .ok_or_else(not_found)?;
     if run.status.is_terminal() {
         return Err(ApiError::new(
             axum::http::StatusCode::CONFLICT,
@@ -182,13 +190,15 @@ pub(crate) async fn cancel(
     )
 )]
 pub(crate) async fn retry(
+    caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Data<Run>, ApiError> {
     let engine = state.engine().ok_or_else(engine_unavailable)?;
     let not_found = || ApiError::not_found("RUN_NOT_FOUND", format!("no run `{id}`"));
     let run_id: RunId = id.parse().map_err(|_| not_found())?;
-    if state.store().get_run(run_id).await?.is_none() {
+    let visible = state.store().get_run(run_id).await?;
+    if !visible.is_some_and(|r| caller.sees(r.project)) {
         return Err(not_found());
     }
     match engine.retry(run_id).await.map_err(engine_error)? {

@@ -34,6 +34,7 @@ macro_rules! with_engine {
 }
 
 with_engine!(
+    a_project_token_sees_its_project_only,
     a_failed_run_is_retried_keeping_its_successful_jobs,
     a_running_run_is_cancelled,
     refused_triggers_store_nothing,
@@ -386,4 +387,134 @@ async fn runs_jobs_and_logs_read_back_over_http(s: &Server) {
     s.get(&format!("/api/v1/logs/{job_id}?offset=x"), Some(&s.admin))
         .await
         .expect_error(400, "BAD_REQUEST");
+}
+
+const QUICK: &str = r#"
+on: workflow_dispatch
+jobs:
+  only:
+    runs-on: local
+    steps:
+      - run: echo hello
+"#;
+
+/// A token created for one project reads and runs that project only: others' projects,
+/// runs, jobs and logs are not found, its run list holds its own runs, and the routes
+/// about the whole server are refused.
+async fn a_project_token_sees_its_project_only(s: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    let mine = project(
+        s,
+        &dir.path().join("mine"),
+        &[(".kiln/workflows/ci.yml", QUICK)],
+    )
+    .await;
+    let other = project(
+        s,
+        &dir.path().join("other"),
+        &[(".kiln/workflows/ci.yml", QUICK)],
+    )
+    .await;
+    let r = s
+        .post(
+            "/api/v1/tokens",
+            &s.admin,
+            &json!({ "name": "mine", "role": "developer", "project": mine }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let token = r.data()["token"].as_str().unwrap().to_owned();
+
+    let theirs = s
+        .post(
+            &format!("/api/v1/projects/{other}/runs"),
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    let theirs: RunId = theirs.data()["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let theirs = wait_until(s, theirs, |r| r.status.is_terminal()).await;
+    let ours = s
+        .post(&format!("/api/v1/projects/{mine}/runs"), &token, &json!({}))
+        .await;
+    assert_eq!(ours.status, 201, "{}", ours.text);
+    let ours: RunId = ours.data()["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ours = wait_until(s, ours, |r| r.status.is_terminal()).await;
+
+    let projects = s.get("/api/v1/projects", Some(&token)).await.data();
+    let ids: Vec<&str> = projects["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [mine.as_str()]);
+    let runs = s.get("/api/v1/runs", Some(&token)).await.data();
+    let listed: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ours.id.to_string()]);
+    let filtered = s
+        .get(&format!("/api/v1/runs?project={other}"), Some(&token))
+        .await
+        .data();
+    assert_eq!(filtered["runs"], json!([]));
+    s.get(&format!("/api/v1/runs/{}", ours.id), Some(&token))
+        .await
+        .data();
+
+    let job = theirs.jobs[0].id;
+    for (path, code) in [
+        (format!("/api/v1/projects/{other}"), "PROJECT_NOT_FOUND"),
+        (format!("/api/v1/runs/{}", theirs.id), "RUN_NOT_FOUND"),
+        (format!("/api/v1/jobs/{job}"), "JOB_NOT_FOUND"),
+        (format!("/api/v1/logs/{job}"), "JOB_NOT_FOUND"),
+        (format!("/api/v1/logs/{job}/stream"), "JOB_NOT_FOUND"),
+    ] {
+        s.get(&path, Some(&token)).await.expect_error(404, code);
+        // The admin sees it.
+        assert_eq!(s.get(&path, Some(&s.admin)).await.status, 200, "{path}");
+    }
+    for path in [
+        format!("/api/v1/projects/{other}/runs"),
+        format!("/api/v1/projects/{other}/fetch"),
+    ] {
+        s.post(&path, &token, &json!({}))
+            .await
+            .expect_error(404, "PROJECT_NOT_FOUND");
+    }
+    for path in [
+        format!("/api/v1/runs/{}/cancel", theirs.id),
+        format!("/api/v1/runs/{}/retry", theirs.id),
+    ] {
+        s.post(&path, &token, &json!({}))
+            .await
+            .expect_error(404, "RUN_NOT_FOUND");
+    }
+    s.get(&format!("/api/v1/events?project={other}"), Some(&token))
+        .await
+        .expect_error(403, "FORBIDDEN");
+    for path in ["/api/v1/queue", "/api/v1/stats", "/api/v1/tokens"] {
+        s.get(path, Some(&token))
+            .await
+            .expect_error(403, "FORBIDDEN");
+    }
+    s.post(
+        "/api/v1/projects",
+        &token,
+        &json!({ "source": "https://example.com/x.git" }),
+    )
+    .await
+    .expect_error(403, "FORBIDDEN");
 }
