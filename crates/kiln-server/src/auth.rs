@@ -1,7 +1,7 @@
 //! Who may call what (DESIGN.md "Security model").
 //!
 //! [`authenticate`] runs before every route. The open routes (probes, the OpenAPI document and
-//! its UI, `/metrics`, webhooks) pass as they are; every other request needs
+//! its UI, `/metrics` unless `ServerConfig::metrics_open` is off, webhooks) pass as they are; every other request needs
 //! `Authorization: Bearer <token>` naming a token the store knows and has not revoked, or it
 //! is answered `401`. The verified token goes into the request's extensions as [`Caller`].
 //! The role then decides, before any handler reads a body: a `viewer` may only read
