@@ -70,6 +70,15 @@ struct LogRead {
     next_offset: u64,
     total: u64,
     complete: bool,
+    /// Where each step's output begins (servers before this field sent none).
+    #[serde(default)]
+    steps: Vec<LogStep>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct LogStep {
+    step: u32,
+    offset: u64,
 }
 
 /// A server or a store to read from.
@@ -191,14 +200,18 @@ impl Source {
         }
     }
 
-    /// Where each step's part of `job`'s log begins, in log order; `None` when the source
-    /// does not say (a server's log API serves bytes only). Read after the log itself, so
-    /// that every byte read so far is covered.
+    /// Where each step's part of `job`'s log begins, in log order. Read after the log
+    /// itself, so that every byte read so far is covered.
     pub(crate) async fn step_starts(&self, job: &Job) -> Result<Option<Vec<StepStart>>, Failure> {
-        let Self::Local(store) = self else {
-            return Ok(None);
+        let starts = match self {
+            Self::Local(store) => store.log_steps(job.id).await?,
+            Self::Remote(client) => {
+                let read: LogRead = client
+                    .get(&format!("/api/v1/logs/{}?limit=1", job.id))
+                    .await?;
+                read.steps.into_iter().map(|s| (s.step, s.offset)).collect()
+            }
         };
-        let starts = store.log_steps(job.id).await?;
         let mut names: HashMap<u32, String> = job
             .steps
             .iter()
@@ -209,9 +222,16 @@ impl Source {
         if starts
             .iter()
             .any(|(step, _)| *step != u32::MAX && !names.contains_key(step))
-            && let Some(fresh) = store.get_job(job.id).await?
         {
-            names.extend(fresh.steps.into_iter().map(|s| (s.index, s.name)));
+            let fresh = match self {
+                Self::Local(store) => store.get_job(job.id).await?,
+                Self::Remote(client) => {
+                    Some(client.get(&format!("/api/v1/jobs/{}", job.id)).await?)
+                }
+            };
+            if let Some(fresh) = fresh {
+                names.extend(fresh.steps.into_iter().map(|s| (s.index, s.name)));
+            }
         }
         Ok(Some(
             starts

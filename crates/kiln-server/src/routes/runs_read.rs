@@ -43,6 +43,17 @@ pub(crate) struct LogRead {
     total: u64,
     /// Whether the job has ended and everything was read.
     complete: bool,
+    /// Where each step's output begins in the whole log (not only this slice), in log
+    /// order; steps that printed nothing are not listed. `step` is the step's index
+    /// (4294967295 for the job's own lines, such as a failed `needs` or a timeout).
+    steps: Vec<StepStart>,
+}
+
+/// Where a step's output begins in its job's log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct StepStart {
+    step: u32,
+    offset: u64,
 }
 
 fn bad_param(name: &str, message: impl std::fmt::Display) -> ApiError {
@@ -235,7 +246,15 @@ pub(crate) async fn log(
         .await?
         .ok_or_else(not_found)?;
     let slice = state.store().read_log(job_id, offset, limit).await?;
+    let steps = state
+        .store()
+        .log_steps(job_id)
+        .await?
+        .into_iter()
+        .map(|(step, offset)| StepStart { step, offset })
+        .collect();
     Ok(Data::ok(LogRead {
+        steps,
         data: String::from_utf8_lossy(&slice.data).into_owned(),
         offset,
         next_offset: slice.next_offset,
