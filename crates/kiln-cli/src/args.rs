@@ -231,6 +231,9 @@ pub(crate) struct ServeArgs {
     /// are cancelled.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub(crate) shutdown_grace: u64,
+    /// Make `/metrics` ask for a token like the API (it is open by default).
+    #[arg(long, env = "KILN__METRICS__NEED_TOKEN")]
+    pub(crate) metrics_need_token: bool,
     #[command(flatten)]
     pub(crate) egress: EgressArgs,
 }

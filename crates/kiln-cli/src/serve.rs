@@ -97,6 +97,11 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     let mut config = ServerConfig::new(public_url.unwrap_or_else(|| listening.clone()));
     config.egress = egress;
     config.data_dir = data_dir;
+    config.worker_slots = Some(slots);
+    config.metrics_open = !a.metrics_need_token;
+    if let Some(url) = &a.store.database {
+        config = config.with_database(url);
+    }
     tracing::info!(listen = %listening, public_url = %config.public_url, backend = store.backend_name(), "serving");
     let state = AppState::new(store, config).with_engine(engine.clone());
     let served = kiln_server::serve(listener, state, shutdown).await;

@@ -358,3 +358,48 @@ fn client_and_server_failures_have_their_exit_codes() {
         anonymous.stderr
     );
 }
+
+/// `GET path` over a plain socket, with `token` if given: (status, body).
+fn http_get(url: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn metrics_may_need_a_token_and_config_shows_the_pool() {
+    let p = Project::new();
+    let open = Served::start(&p, &[]);
+    let admin = open.admin().unwrap();
+    let (status, body) = http_get(&open.url, "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(&open.url, "/api/v1/config", Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"worker_slots\":"), "{body}");
+    assert!(!body.contains("\"worker_slots\":null"), "{body}");
+    assert_eq!(open.stop(), 0);
+
+    let closed = Served::start(&p, &[("KILN__METRICS__NEED_TOKEN", "true")]);
+    let (status, body) = http_get(&closed.url, "/metrics", None);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = http_get(&closed.url, "/metrics", Some(&admin));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("kiln_queue_depth"), "{body}");
+    assert_eq!(closed.stop(), 0);
+}
