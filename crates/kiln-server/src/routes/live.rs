@@ -108,7 +108,7 @@ fn parse_types(raw: Option<&String>) -> Result<Vec<String>, ApiError> {
 fn sse_response(rx: mpsc::Receiver<Bytes>, last: Arc<Mutex<Option<Bytes>>>) -> Response {
     let stream = futures_util::stream::unfold((rx, Some(last)), |(mut rx, last)| async move {
         match rx.recv().await {
-            Some(frame) => Some((Ok::<_, Infallible>(frame), (rx, last))),
+            Some(frame) => Some((Ok::<_, Infallible>(coalesce(frame, &mut rx)), (rx, last))),
             None => {
                 let words = last?.lock().unwrap_or_else(|p| p.into_inner()).take()?;
                 Some((Ok(words), (rx, None)))
@@ -125,6 +125,28 @@ fn sse_response(rx: mpsc::Receiver<Bytes>, last: Arc<Mutex<Option<Bytes>>>) -> R
     // Proxies such as nginx would otherwise buffer the stream.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     res
+}
+
+/// `first` and the frames already waiting behind it, as one write (up to 64 KiB): a client
+/// that is sent many small frames costs one chunk and one syscall per batch, not per frame.
+fn coalesce(first: Bytes, rx: &mut mpsc::Receiver<Bytes>) -> Bytes {
+    const BATCH: usize = 64 * 1024;
+    if first.len() >= BATCH {
+        return first;
+    }
+    let Ok(second) = rx.try_recv() else {
+        return first;
+    };
+    let mut buf = Vec::with_capacity(BATCH.max(first.len() + second.len()));
+    buf.extend_from_slice(&first);
+    buf.extend_from_slice(&second);
+    while buf.len() < BATCH {
+        match rx.try_recv() {
+            Ok(next) => buf.extend_from_slice(&next),
+            Err(_) => break,
+        }
+    }
+    Bytes::from(buf)
 }
 
 /// The sending half of an SSE client: bounded, and the frame to end with.
