@@ -8,12 +8,14 @@
 //! and remote workers.
 //!
 //! Layout:
+//! - [`cron`] — `on.schedule` patterns: when a cron entry fires next, in its time zone.
 //! - [`ids`] — typed ids and the run/job/step status state machines.
 //! - [`expr`] — the `${{ }}` expression language (parse, evaluate, interpolate).
 //! - [`workflow`] — workflow files: the model, the parser, diagnostics with file/line/column.
 //! - [`matrix`] — `strategy.matrix` expansion with GitHub's include/exclude rules.
 //! - [`plan`] — the job graph: validation, expansion for a dry run, ready-set and priorities.
 
+pub mod cron;
 pub mod expr;
 pub mod ids;
 pub mod matrix;

@@ -135,8 +135,54 @@ pub struct Triggers {
     pub events: IndexMap<String, EventFilter>,
     /// `on.schedule[*].cron`.
     pub schedules: Vec<String>,
+    /// `on.schedule[*]` in full (same order as `schedules`): pattern, zone, catch-up.
+    pub schedule_entries: Vec<ScheduleEntry>,
     /// `on.workflow_dispatch.inputs`.
     pub dispatch_inputs: IndexMap<String, InputSpec>,
+}
+
+/// One `on.schedule` entry. The pattern and the zone are checked when the file is parsed
+/// ([`crate::cron`]), so a stored entry always evaluates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ScheduleEntry {
+    /// `cron:` — 5 fields, as GitHub takes it.
+    pub cron: String,
+    /// `timezone:` — an IANA zone name; `None`: UTC.
+    pub timezone: Option<String>,
+    /// `catch-up:` (a kiln key) — what a fire missed while no server ran does.
+    pub catch_up: CatchUp,
+    /// Where the entry's list item starts.
+    pub pos: Pos,
+}
+
+/// What a schedule does with fires missed while no server was running (kiln's `catch-up:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    /// Run once for everything missed (the default).
+    #[default]
+    One,
+    /// Skip what was missed; wait for the next fire.
+    None,
+}
+
+impl CatchUp {
+    /// The key's value as written in a workflow (and stored).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::One => "one",
+            Self::None => "none",
+        }
+    }
+
+    /// Reads a value as written (`one`, `none`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "one" => Some(Self::One),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
 }
 
 /// Filters of one event (`branches`, `tags`, `paths`, `types`, with their `-ignore`s).

@@ -21,8 +21,9 @@ use serde_json::Value;
 
 use super::yaml::{self, Kind, Node};
 use super::{
-    Action, Concurrency, Defaults, Diagnostic, Diagnostics, EnvironmentRef, EventFilter, InputKind,
-    InputSpec, Job, Pos, Severity, Step, StepAction, Strategy, Triggers, UsesKind, Workflow,
+    Action, CatchUp, Concurrency, Defaults, Diagnostic, Diagnostics, EnvironmentRef, EventFilter,
+    InputKind, InputSpec, Job, Pos, ScheduleEntry, Severity, Step, StepAction, Strategy, Triggers,
+    UsesKind, Workflow,
 };
 use crate::expr::{self, Template};
 
@@ -547,7 +548,9 @@ impl<'s> Cx<'s> {
                     }
                     let filter = match event.as_str() {
                         "schedule" => {
-                            t.schedules = self.schedules(v, &path);
+                            t.schedule_entries = self.schedules(v, &path);
+                            t.schedules =
+                                t.schedule_entries.iter().map(|e| e.cron.clone()).collect();
                             EventFilter::default()
                         }
                         "workflow_dispatch" => {
@@ -645,7 +648,7 @@ impl<'s> Cx<'s> {
         f
     }
 
-    fn schedules(&mut self, node: &Node, path: &str) -> Vec<String> {
+    fn schedules(&mut self, node: &Node, path: &str) -> Vec<ScheduleEntry> {
         let Kind::Seq(items) = &node.kind else {
             self.error(
                 node.pos,
@@ -664,16 +667,58 @@ impl<'s> Cx<'s> {
                 continue;
             };
             let mut cron = None;
+            let mut timezone = None;
+            let mut catch_up = CatchUp::default();
+            let mut ok = true;
             for (key, k, v) in entries {
+                let kp = join(&p, &key);
                 match key.as_str() {
-                    "cron" => cron = self.scalar_text(v, &join(&p, "cron"), "`cron`"),
-                    // `timezone` is GitHub's newer key; kiln's scheduler is UTC, as GitHub's
-                    // default, so a zone would silently shift runs: refuse it.
-                    _ => self.unexpected(k, &join(&p, &key)),
+                    "cron" => {
+                        cron = self.scalar_text(v, &kp, "`cron`");
+                        if let Some(c) = &cron
+                            && let Err(e) = crate::cron::parse_cron(c)
+                        {
+                            self.error(v.pos, &kp, e.to_string());
+                            ok = false;
+                        }
+                    }
+                    // GitHub's newer key; kiln evaluates the pattern in that zone, daylight
+                    // saving included (see `crate::cron`).
+                    "timezone" => {
+                        timezone = self.scalar_text(v, &kp, "`timezone`");
+                        if let Some(z) = &timezone
+                            && let Err(e) = crate::cron::parse_zone(z)
+                        {
+                            self.error(v.pos, &kp, e.to_string());
+                            ok = false;
+                        }
+                    }
+                    // kiln's key: what a fire missed while no server ran does.
+                    "catch-up" => match self.scalar_text(v, &kp, "`catch-up`") {
+                        Some(text) => match CatchUp::parse(&text) {
+                            Some(c) => catch_up = c,
+                            None => {
+                                self.error(
+                                    v.pos,
+                                    &kp,
+                                    format!("`catch-up` is `one` or `none`, not `{text}`"),
+                                );
+                                ok = false;
+                            }
+                        },
+                        None => ok = false,
+                    },
+                    _ => self.unexpected(k, &kp),
                 }
             }
             match cron {
-                Some(c) => out.push(c),
+                Some(cron) if ok => out.push(ScheduleEntry {
+                    cron,
+                    timezone,
+                    catch_up,
+                    pos: item.pos,
+                }),
+                Some(_) => {}
                 None => self.error(item.pos, &p, "Required property is missing: `cron`"),
             }
         }

@@ -893,3 +893,64 @@ fn composite_action_problems() {
             .contains("Required property is missing: `runs`")
     );
 }
+
+#[test]
+fn schedule_entries_carry_zone_and_catch_up() {
+    let wf = ok(r#"on:
+  schedule:
+    - cron: "0 3 * * *"
+      timezone: Europe/Berlin
+    - cron: "*/15 * * * 1-5"
+      catch-up: none
+jobs:
+  a:
+    runs-on: x
+    steps: [{run: x}]
+"#);
+    assert_eq!(wf.on.schedules, ["0 3 * * *", "*/15 * * * 1-5"]);
+    let e = &wf.on.schedule_entries;
+    assert_eq!(e.len(), 2);
+    assert_eq!(e[0].cron, "0 3 * * *");
+    assert_eq!(e[0].timezone.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(e[0].catch_up, CatchUp::One);
+    assert_eq!(e[0].pos.line, 3);
+    assert_eq!(e[1].timezone, None);
+    assert_eq!(e[1].catch_up, CatchUp::None);
+}
+
+#[test]
+fn bad_cron_zone_or_catch_up_name_file_line_and_key() {
+    let diags = errs(
+        r#"on:
+  schedule:
+    - cron: "0 3 * *"
+    - cron: "0 3 * * *"
+      timezone: Mars/Olympus
+    - cron: "61 * * * *"
+    - cron: "0 3 * * *"
+      catch-up: all
+    - timezone: UTC
+jobs:
+  a:
+    runs-on: x
+    steps: [{run: x}]
+"#,
+    );
+    let d = find(&diags, "5 fields");
+    assert_eq!((d.file.as_str(), d.pos.line), ("wf.yml", 3));
+    assert_eq!(d.path, "on.schedule[0].cron");
+    let d = find(&diags, "unknown time zone `Mars/Olympus`");
+    assert_eq!(
+        (d.pos.line, d.path.as_str()),
+        (5, "on.schedule[1].timezone")
+    );
+    let d = find(&diags, "invalid cron pattern `61 * * * *`");
+    assert_eq!((d.pos.line, d.path.as_str()), (6, "on.schedule[2].cron"));
+    let d = find(&diags, "`catch-up` is `one` or `none`");
+    assert_eq!(
+        (d.pos.line, d.path.as_str()),
+        (8, "on.schedule[3].catch-up")
+    );
+    let d = find(&diags, "Required property is missing: `cron`");
+    assert_eq!(d.path, "on.schedule[4]");
+}
