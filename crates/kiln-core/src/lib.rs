@@ -20,4 +20,5 @@ pub mod expr;
 pub mod ids;
 pub mod matrix;
 pub mod plan;
+pub mod triggers;
 pub mod workflow;

@@ -8,15 +8,18 @@
 //! Layout: runs, jobs, steps and events here; [`api`] the HTTP envelope and the server's own
 //! answers; [`auth`] tokens and roles.
 //! [`projects`]: projects as the API shows them, and the requests that change them.
+//! [`schedules`]: `on.schedule` entries as the API shows them.
 
 pub mod api;
 pub mod auth;
 pub mod projects;
+pub mod schedules;
 
 pub use api::{Envelope, ErrorBody, Meta, ServerStatus};
 pub use auth::{
     CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole, check_token_name,
 };
+pub use schedules::{ScheduleId, ScheduleList, ScheduleState, ScheduleView};
 pub use projects::{
     FetchStatus, NewProject, ProjectKind, ProjectList, ProjectUpdate, ProjectView,
     check_project_name, default_project_name,

@@ -10,13 +10,15 @@
 //!
 //! Layout: [`types`] are the requests and answers, [`blob`] the blob store, `backend` the two
 //! SQL dialects (one body of queries, included twice), `error` the error type, `token` how
-//! API token secrets are drawn and hashed, [`projects`] the project records of the API.
+//! API token secrets are drawn and hashed, [`schedules`] `on.schedule` entries and their
+//! claimed fires, [`projects`] the project records of the API.
 //! Not here: scheduling, HTTP, anything that decides what to run.
 
 mod backend;
 pub mod blob;
 mod error;
 pub mod projects;
+pub mod schedules;
 mod token;
 pub mod types;
 
@@ -31,6 +33,7 @@ use tokio::sync::watch;
 pub use blob::BlobStore;
 pub use error::StoreError;
 pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
+pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
 pub use types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
 
 /// A handle on the store; cheap to clone and share between tasks.
@@ -452,5 +455,105 @@ impl Store {
         limit: u32,
     ) -> Result<ExportPage, StoreError> {
         with_backend!(self, b => b.export_page(table, after, limit).await)
+    }
+}
+
+/// Schedules (`on.schedule`) and their fires (`schedules_body.rs`). Every call takes `now`,
+/// so that the scheduler (and its tests) decide what time it is.
+impl Store {
+    /// Makes `project`'s stored schedules what its workflow files say (`defs`): new entries
+    /// count from `now`, changed patterns from `now`, entries gone from their file are
+    /// removed; a stopped schedule stays stopped. Schedules of the files in
+    /// `keep_workflows` (files that could not be read this time) are left as they are.
+    pub async fn sync_schedules(
+        &self,
+        project: ProjectId,
+        defs: &[ScheduleDef],
+        keep_workflows: &[String],
+        now: Timestamp,
+    ) -> Result<SyncReport, StoreError> {
+        with_backend!(self, b => b.sync_schedules(project, defs, keep_workflows, now).await)
+    }
+
+    /// Schedules of projects that are not archived (of `project` only, when given): active
+    /// ones by next fire, then stopped ones.
+    pub async fn list_schedules(
+        &self,
+        project: Option<ProjectId>,
+    ) -> Result<Vec<kiln_proto::ScheduleView>, StoreError> {
+        with_backend!(self, b => b.list_schedules(project).await)
+    }
+
+    pub async fn get_schedule(
+        &self,
+        id: kiln_proto::ScheduleId,
+    ) -> Result<Option<kiln_proto::ScheduleView>, StoreError> {
+        with_backend!(self, b => b.get_schedule(id).await)
+    }
+
+    /// Stops a schedule (it keeps its row and stays stopped across syncs). `None`: no such
+    /// schedule.
+    pub async fn stop_schedule(
+        &self,
+        id: kiln_proto::ScheduleId,
+        now: Timestamp,
+    ) -> Result<Option<kiln_proto::ScheduleView>, StoreError> {
+        with_backend!(self, b => b.set_schedule_stopped(id, true, now).await)
+    }
+
+    /// Starts a stopped schedule again: its next fire counts from `now`.
+    pub async fn start_schedule(
+        &self,
+        id: kiln_proto::ScheduleId,
+        now: Timestamp,
+    ) -> Result<Option<kiln_proto::ScheduleView>, StoreError> {
+        with_backend!(self, b => b.set_schedule_stopped(id, false, now).await)
+    }
+
+    /// Active schedules whose next fire is at or before `now`, oldest fire first.
+    pub async fn due_schedules(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<kiln_proto::ScheduleView>, StoreError> {
+        with_backend!(self, b => b.due_schedules(now, i64::from(limit)).await)
+    }
+
+    /// The soonest next fire of any active schedule.
+    pub async fn next_schedule_fire(&self) -> Result<Option<Timestamp>, StoreError> {
+        with_backend!(self, b => b.next_schedule_fire().await)
+    }
+
+    /// Claims the fire `fire_at` of `schedule` and moves the schedule on to `next_fire_at`,
+    /// in one transaction. `None`: someone claimed it first (another replica), or the
+    /// schedule moved on, stopped or left its file meanwhile — do nothing.
+    pub async fn claim_fire(
+        &self,
+        schedule: kiln_proto::ScheduleId,
+        fire_at: Timestamp,
+        next_fire_at: Option<Timestamp>,
+        kind: FireKind,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Option<uuid::Uuid>, StoreError> {
+        with_backend!(self, b => b.claim_fire(schedule, fire_at, next_fire_at, kind, owner, now).await)
+    }
+
+    /// Records what a claimed fire did: the run it started, or why none started.
+    pub async fn finish_fire(
+        &self,
+        fire: uuid::Uuid,
+        result: Result<RunId, &str>,
+    ) -> Result<(), StoreError> {
+        with_backend!(self, b => b.finish_fire(fire, result).await)
+    }
+
+    /// A schedule's fires, newest first, at most `limit`.
+    pub async fn list_fires(
+        &self,
+        schedule: kiln_proto::ScheduleId,
+        limit: u32,
+    ) -> Result<Vec<Fire>, StoreError> {
+        with_backend!(self, b => b.list_fires(schedule, i64::from(limit)).await)
     }
 }

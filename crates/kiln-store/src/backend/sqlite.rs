@@ -137,6 +137,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "projects",
             include_str!("../../migrations/sqlite/0005_projects.sql"),
         ),
+        (
+            7,
+            "schedules",
+            include_str!("../../migrations/sqlite/0007_schedules.sql"),
+        ),
     ])
 }
 
@@ -265,6 +270,7 @@ include!("body.rs");
 const LOCK_TOKENS: Option<&str> = None;
 include!("tokens_body.rs");
 include!("projects_body.rs");
+include!("schedules_body.rs");
 include!("ops_body.rs");
 
 impl Backend {
