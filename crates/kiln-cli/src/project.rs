@@ -39,6 +39,8 @@ async fn add(a: ProjectAddArgs) -> Result<i32, Failure> {
     let req = NewProject {
         source: absolute_source(&a.source)?,
         name: a.name,
+        provider: None,
+        secret: None,
     };
     let p: ProjectView = client.post("/api/v1/projects", &req).await?;
     match a.format {

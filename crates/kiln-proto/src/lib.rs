@@ -8,10 +8,12 @@
 //! Layout: runs, jobs, steps and events here; [`api`] the HTTP envelope and the server's own
 //! answers; [`auth`] tokens and roles.
 //! [`projects`]: projects as the API shows them, and the requests that change them.
+//! [`hooks`]: webhook providers, the hook route's answer and recorded deliveries.
 //! [`schedules`]: `on.schedule` entries as the API shows them.
 
 pub mod api;
 pub mod auth;
+pub mod hooks;
 pub mod projects;
 pub mod schedules;
 
@@ -20,6 +22,10 @@ pub use auth::{
     CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole, check_token_name,
 };
 pub use schedules::{ScheduleId, ScheduleList, ScheduleState, ScheduleView};
+pub use hooks::{
+    DeliveryList, DeliveryStatus, DeliveryView, HookAnswer, HookProvider, HookRotate, HookSecret,
+    check_hook_secret,
+};
 pub use projects::{
     FetchStatus, NewProject, ProjectKind, ProjectList, ProjectUpdate, ProjectView,
     check_project_name, default_project_name,

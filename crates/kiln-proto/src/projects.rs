@@ -99,6 +99,13 @@ pub struct ProjectView {
     pub hook_id: String,
     /// The project's webhook URL, absolute: the server's public URL + `/hooks/{hook_id}`.
     pub hook_url: String,
+    /// Whose signature scheme the webhook verifies.
+    #[serde(default)]
+    pub provider: crate::HookProvider,
+    /// The webhook secret: only in the answer that registers the project (kiln cannot show
+    /// it again; `POST /api/v1/projects/{id}/hook/rotate` draws a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
     /// A git project's default branch as of its last successful fetch.
     pub default_branch: Option<String>,
     /// The commit the default branch pointed at in the last successful fetch.
@@ -141,6 +148,13 @@ pub struct NewProject {
     /// Default: the last segment of the path or URL, without `.git`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Whose webhook scheme the project's hook verifies (default `github`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<crate::HookProvider>,
+    /// The webhook secret (at least 16 printable characters); drawn at random when absent.
+    /// Either way the answer shows it, once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 /// Changes to a project (`PATCH /api/v1/projects/{id}`); at least one field.

@@ -11,12 +11,14 @@
 //! Layout: [`types`] are the requests and answers, [`blob`] the blob store, `backend` the two
 //! SQL dialects (one body of queries, included twice), `error` the error type, `token` how
 //! API token secrets are drawn and hashed, [`schedules`] `on.schedule` entries and their
-//! claimed fires, [`projects`] the project records of the API.
+//! claimed fires, [`projects`] the project records of the API,
+//! [`hooks`] project webhooks and their recorded deliveries.
 //! Not here: scheduling, HTTP, anything that decides what to run.
 
 mod backend;
 pub mod blob;
 mod error;
+pub mod hooks;
 pub mod projects;
 pub mod schedules;
 mod token;
@@ -32,6 +34,9 @@ use tokio::sync::watch;
 
 pub use blob::BlobStore;
 pub use error::StoreError;
+pub use hooks::{
+    DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, Recorded, generate_secret,
+};
 pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
 pub use types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
@@ -555,5 +560,69 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<Fire>, StoreError> {
         with_backend!(self, b => b.list_fires(schedule, i64::from(limit)).await)
+    }
+}
+
+/// Project webhooks and their deliveries (`hooks_body.rs`).
+impl Store {
+    /// The project whose webhook URL is `/hooks/{hook_id}`, with what verifying needs.
+    pub async fn hook_target(&self, hook_id: &str) -> Result<Option<HookTarget>, StoreError> {
+        with_backend!(self, b => b.hook_target(hook_id).await)
+    }
+
+    /// Changes a project's hook: its provider, its hook id (a new random one), its secret.
+    /// `None`: no project that is not archived has this id.
+    pub async fn set_hook(
+        &self,
+        project: ProjectId,
+        change: &HookChange,
+    ) -> Result<Option<HookSettings>, StoreError> {
+        with_backend!(self, b => b.set_hook(project, change).await)
+    }
+
+    /// Records a verified delivery, once per (project, provider delivery id): a delivery id
+    /// seen before is [`Recorded::Duplicate`] with the first delivery as it stands.
+    pub async fn record_delivery(&self, new: &NewDelivery) -> Result<Recorded, StoreError> {
+        with_backend!(self, b => b.record_delivery(new, Timestamp::now()).await)
+    }
+
+    /// Marks an accepted delivery processed, ignored or failed, with the runs it started.
+    /// `false`: it was not `accepted` (another processor finished it first).
+    pub async fn finish_delivery(
+        &self,
+        id: &str,
+        outcome: &DeliveryOutcome,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.finish_delivery(id, outcome, Timestamp::now()).await)
+    }
+
+    /// One delivery by kiln's id.
+    pub async fn get_delivery(
+        &self,
+        id: &str,
+    ) -> Result<Option<kiln_proto::DeliveryView>, StoreError> {
+        with_backend!(self, b => b.get_delivery(id).await)
+    }
+
+    /// The body a delivery came with.
+    pub async fn delivery_payload(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        with_backend!(self, b => b.delivery_payload(id).await)
+    }
+
+    /// A project's deliveries, newest first, at most `limit`.
+    pub async fn list_deliveries(
+        &self,
+        project: ProjectId,
+        limit: u32,
+    ) -> Result<Vec<kiln_proto::DeliveryView>, StoreError> {
+        with_backend!(self, b => b.list_deliveries(project, limit).await)
+    }
+
+    /// Deliveries recorded and not processed yet, oldest first, at most `limit`.
+    pub async fn accepted_deliveries(
+        &self,
+        limit: u32,
+    ) -> Result<Vec<kiln_proto::DeliveryView>, StoreError> {
+        with_backend!(self, b => b.accepted_deliveries(limit).await)
     }
 }

@@ -17,6 +17,9 @@ pub struct ProjectRecord {
     pub fetch_error: Option<String>,
     pub updated_at: Option<Timestamp>,
     pub archived_at: Option<Timestamp>,
+    /// Whose signature scheme its webhook verifies (the secret is not here: see
+    /// [`crate::hooks`]).
+    pub provider: kiln_proto::HookProvider,
 }
 
 impl ProjectRecord {

@@ -443,6 +443,8 @@ fn view(state: &AppState, r: &ProjectRecord) -> ProjectView {
         kind,
         hook_id: p.hook_id.clone(),
         hook_url: format!("{}/hooks/{}", state.config().public_url, p.hook_id),
+        provider: r.provider,
+        secret: None,
         default_branch: r.default_branch.clone(),
         head_sha: r.head_sha.clone(),
         fetch_status: r.fetch_status(),

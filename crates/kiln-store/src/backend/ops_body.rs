@@ -124,6 +124,8 @@ mod ops {
         ("fetch_error", Col::Text),
         ("updated_at", Col::Int),
         ("archived_at", Col::Int),
+        // Not `hook_secret`: a webhook secret stays in the database.
+        ("hook_provider", Col::Text),
     ];
     const RUNS: &[(&str, Col)] = &[
         ("id", Col::Text),
@@ -198,8 +200,8 @@ mod ops {
                 table: "projects",
                 columns: PROJECTS,
                 page: "SELECT id, name, source, hook_id, created_at, default_branch, head_sha, \
-                       fetch_requested_at, fetched_at, fetch_error, updated_at, archived_at \
-                       FROM projects WHERE id > $1 ORDER BY id LIMIT $2",
+                       fetch_requested_at, fetched_at, fetch_error, updated_at, archived_at, \
+                       hook_provider FROM projects WHERE id > $1 ORDER BY id LIMIT $2",
             },
             ExportTable::Runs => Export {
                 table: "runs",

@@ -121,6 +121,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             include_str!("../../migrations/postgres/0005_projects.sql"),
         ),
         (
+            6,
+            "hooks",
+            include_str!("../../migrations/postgres/0006_hooks.sql"),
+        ),
+        (
             7,
             "schedules",
             include_str!("../../migrations/postgres/0007_schedules.sql"),
@@ -221,6 +226,7 @@ include!("body.rs");
 const LOCK_TOKENS: Option<&str> = Some("SELECT pg_advisory_xact_lock(1802792811)");
 include!("tokens_body.rs");
 include!("projects_body.rs");
+include!("hooks_body.rs");
 include!("schedules_body.rs");
 include!("ops_body.rs");
 

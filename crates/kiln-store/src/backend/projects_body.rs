@@ -24,7 +24,7 @@ mod api_projects {
     macro_rules! record_cols {
         () => {
             "id, name, source, hook_id, created_at, default_branch, head_sha, \
-             fetch_requested_at, fetched_at, fetch_error, updated_at, archived_at"
+             fetch_requested_at, fetched_at, fetch_error, updated_at, archived_at, hook_provider"
         };
     }
 
@@ -43,6 +43,7 @@ mod api_projects {
             fetch_error: get(row, T, "fetch_error")?,
             updated_at: opt_ts(T, "updated_at", get(row, T, "updated_at")?)?,
             archived_at: opt_ts(T, "archived_at", get(row, T, "archived_at")?)?,
+            provider: parse(T, "hook_provider", &get::<String>(row, T, "hook_provider")?)?,
         })
     }
 

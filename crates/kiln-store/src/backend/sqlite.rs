@@ -138,6 +138,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             include_str!("../../migrations/sqlite/0005_projects.sql"),
         ),
         (
+            6,
+            "hooks",
+            include_str!("../../migrations/sqlite/0006_hooks.sql"),
+        ),
+        (
             7,
             "schedules",
             include_str!("../../migrations/sqlite/0007_schedules.sql"),
@@ -270,6 +275,7 @@ include!("body.rs");
 const LOCK_TOKENS: Option<&str> = None;
 include!("tokens_body.rs");
 include!("projects_body.rs");
+include!("hooks_body.rs");
 include!("schedules_body.rs");
 include!("ops_body.rs");
 

@@ -8,6 +8,7 @@
 
 mod batch;
 mod harness;
+mod hooks;
 mod ops;
 mod outbox;
 mod parity;

@@ -1,0 +1,268 @@
+// The queries of project webhooks, written once for both dialects like `body.rs`:
+// `sqlite.rs` and `postgres.rs` each `include!` this file after `body.rs`. A module of its own
+// so that its imports cannot clash with body.rs's; as a child of the including backend module
+// it still sees that module's private items (`Backend`'s pools, `begin_write`, `get`). (An
+// included file cannot carry a `//!`; the module's inner doc below is inside its braces.)
+
+mod api_hooks {
+    //! A project's hook (provider, secret, rotation) and its deliveries: recorded once per
+    //! provider delivery id (a redelivery finds the first), then marked processed, ignored or
+    //! failed with the runs they started.
+
+    use jiff::Timestamp;
+    use kiln_core::ids::{ProjectId, RunId};
+    use kiln_proto::{DeliveryStatus, DeliveryView, HookProvider};
+
+    use super::{Backend, Db, get};
+    use crate::backend::{json_text, ms, opt_ts, parse, parse_strings, ts};
+    use crate::error::{StoreError, query};
+    use crate::hooks::{
+        DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, Recorded,
+        bounded_reason,
+    };
+
+    type DbRow = <Db as sqlx::Database>::Row;
+
+    macro_rules! delivery_cols {
+        () => {
+            "id, project_id, provider, delivery_id, event, received_at, status, reason, \
+             run_ids, size, processed_at"
+        };
+    }
+
+    fn delivery_from_row(row: &DbRow) -> Result<DeliveryView, StoreError> {
+        const T: &str = "deliveries";
+        let runs: Vec<RunId> = parse_strings(T, "run_ids", &get::<String>(row, T, "run_ids")?)?
+            .iter()
+            .map(|id| parse(T, "run_ids", id))
+            .collect::<Result<_, _>>()?;
+        Ok(DeliveryView {
+            id: get(row, T, "id")?,
+            project: parse(T, "project_id", &get::<String>(row, T, "project_id")?)?,
+            provider: parse(T, "provider", &get::<String>(row, T, "provider")?)?,
+            delivery: get(row, T, "delivery_id")?,
+            event: get(row, T, "event")?,
+            status: parse(T, "status", &get::<String>(row, T, "status")?)?,
+            reason: get(row, T, "reason")?,
+            runs,
+            size: get(row, T, "size")?,
+            received_at: ts(T, "received_at", get(row, T, "received_at")?)?,
+            processed_at: opt_ts(T, "processed_at", get(row, T, "processed_at")?)?,
+        })
+    }
+
+    const BY_ID: &str = concat!(
+        "SELECT ",
+        delivery_cols!(),
+        " FROM deliveries WHERE id = $1"
+    );
+
+    impl Backend {
+        pub(crate) async fn hook_target(
+            &self,
+            hook_id: &str,
+        ) -> Result<Option<HookTarget>, StoreError> {
+            const T: &str = "projects";
+            let row = sqlx::query(
+                "SELECT id, name, hook_provider, hook_secret, archived_at FROM projects \
+                 WHERE hook_id = $1",
+            )
+            .bind(hook_id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(query("find a project by hook id"))?;
+            let Some(row) = row else { return Ok(None) };
+            Ok(Some(HookTarget {
+                project: parse(T, "id", &get::<String>(&row, T, "id")?)?,
+                project_name: get(&row, T, "name")?,
+                provider: parse(
+                    T,
+                    "hook_provider",
+                    &get::<String>(&row, T, "hook_provider")?,
+                )?,
+                secret: get(&row, T, "hook_secret")?,
+                archived: get::<Option<i64>>(&row, T, "archived_at")?.is_some(),
+            }))
+        }
+
+        pub(crate) async fn set_hook(
+            &self,
+            id: ProjectId,
+            change: &HookChange,
+        ) -> Result<Option<HookSettings>, StoreError> {
+            const T: &str = "projects";
+            let mut tx = self.begin_write().await?;
+            let new_hook_id = change.new_hook_id.then(|| uuid::Uuid::new_v4().to_string());
+            let row = sqlx::query(
+                "UPDATE projects SET hook_provider = COALESCE($2, hook_provider), \
+                 hook_id = COALESCE($3, hook_id), hook_secret = COALESCE($4, hook_secret) \
+                 WHERE id = $1 AND archived_at IS NULL \
+                 RETURNING id, name, hook_id, hook_provider, hook_secret",
+            )
+            .bind(id.to_string())
+            .bind(change.provider.map(HookProvider::as_str))
+            .bind(new_hook_id)
+            .bind(change.secret.as_deref())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("change a project's hook"))?;
+            let settings = match row {
+                None => None,
+                Some(row) => Some(HookSettings {
+                    project: parse(T, "id", &get::<String>(&row, T, "id")?)?,
+                    project_name: get(&row, T, "name")?,
+                    hook_id: get(&row, T, "hook_id")?,
+                    provider: parse(
+                        T,
+                        "hook_provider",
+                        &get::<String>(&row, T, "hook_provider")?,
+                    )?,
+                    secret: get(&row, T, "hook_secret")?,
+                }),
+            };
+            tx.commit()
+                .await
+                .map_err(query("commit a project's hook"))?;
+            Ok(settings)
+        }
+
+        pub(crate) async fn record_delivery(
+            &self,
+            new: &NewDelivery,
+            now: Timestamp,
+        ) -> Result<Recorded, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let finished = (new.status != DeliveryStatus::Accepted).then_some(ms(now));
+            let size = i64::try_from(new.payload.len()).unwrap_or(i64::MAX);
+            let inserted = sqlx::query(concat!(
+                "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, \
+                 received_at, status, reason, run_ids, payload, size, processed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11) \
+                 ON CONFLICT (project_id, delivery_id) DO NOTHING RETURNING ",
+                delivery_cols!()
+            ))
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(new.project.to_string())
+            .bind(new.provider.as_str())
+            .bind(new.delivery.as_str())
+            .bind(new.event.as_str())
+            .bind(ms(now))
+            .bind(new.status.as_str())
+            .bind(new.reason.as_deref().map(bounded_reason))
+            .bind(new.payload.as_slice())
+            .bind(size)
+            .bind(finished)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("record a webhook delivery"))?;
+            let recorded = match inserted {
+                Some(row) => Recorded::New(delivery_from_row(&row)?),
+                None => {
+                    let row = sqlx::query(concat!(
+                        "SELECT ",
+                        delivery_cols!(),
+                        " FROM deliveries WHERE project_id = $1 AND delivery_id = $2"
+                    ))
+                    .bind(new.project.to_string())
+                    .bind(new.delivery.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(query("read a delivery seen before"))?;
+                    Recorded::Duplicate(delivery_from_row(&row)?)
+                }
+            };
+            tx.commit()
+                .await
+                .map_err(query("commit a webhook delivery"))?;
+            Ok(recorded)
+        }
+
+        pub(crate) async fn finish_delivery(
+            &self,
+            id: &str,
+            outcome: &DeliveryOutcome,
+            now: Timestamp,
+        ) -> Result<bool, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let runs: Vec<String> = outcome.runs.iter().map(ToString::to_string).collect();
+            let done = sqlx::query(
+                "UPDATE deliveries SET status = $2, reason = $3, run_ids = $4, \
+                 processed_at = $5 WHERE id = $1 AND status = 'accepted'",
+            )
+            .bind(id)
+            .bind(outcome.status.as_str())
+            .bind(outcome.reason.as_deref().map(bounded_reason))
+            .bind(json_text(&runs))
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(query("record how a delivery was processed"))?;
+            tx.commit()
+                .await
+                .map_err(query("commit a processed delivery"))?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        pub(crate) async fn get_delivery(
+            &self,
+            id: &str,
+        ) -> Result<Option<DeliveryView>, StoreError> {
+            sqlx::query(BY_ID)
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(query("read a delivery"))?
+                .map(|row| delivery_from_row(&row))
+                .transpose()
+        }
+
+        pub(crate) async fn delivery_payload(
+            &self,
+            id: &str,
+        ) -> Result<Option<Vec<u8>>, StoreError> {
+            sqlx::query_scalar("SELECT payload FROM deliveries WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(query("read a delivery's payload"))
+        }
+
+        pub(crate) async fn list_deliveries(
+            &self,
+            project: ProjectId,
+            limit: u32,
+        ) -> Result<Vec<DeliveryView>, StoreError> {
+            sqlx::query(concat!(
+                "SELECT ",
+                delivery_cols!(),
+                " FROM deliveries WHERE project_id = $1 ORDER BY id DESC LIMIT $2"
+            ))
+            .bind(project.to_string())
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("list a project's deliveries"))?
+            .iter()
+            .map(delivery_from_row)
+            .collect()
+        }
+
+        pub(crate) async fn accepted_deliveries(
+            &self,
+            limit: u32,
+        ) -> Result<Vec<DeliveryView>, StoreError> {
+            sqlx::query(concat!(
+                "SELECT ",
+                delivery_cols!(),
+                " FROM deliveries WHERE status = 'accepted' ORDER BY id LIMIT $1"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("list deliveries to process"))?
+            .iter()
+            .map(delivery_from_row)
+            .collect()
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The store's webhook records: each project's hook (provider, secret) and the deliveries it
+//! received, with the requests that change them. Plain data; the SQL is in
+//! `backend/hooks_body.rs`.
+//!
+//! A hook's secret is kept as it is, because verifying an HMAC needs it; it leaves the store
+//! only through [`HookTarget`] (for the hook route) and the answer of the call that set it.
+//! Encryption at rest comes with the secrets store.
+
+use kiln_core::ids::{ProjectId, RunId};
+use kiln_proto::{DeliveryStatus, DeliveryView, HookProvider};
+
+use crate::error::StoreError;
+
+/// The bytes a generated secret has (written as 64 lowercase hex digits).
+const SECRET_BYTES: usize = 32;
+
+/// A new random webhook secret: 32 bytes from the operating system, in lowercase hex.
+pub fn generate_secret() -> Result<String, StoreError> {
+    let mut bytes = [0u8; SECRET_BYTES];
+    getrandom::fill(&mut bytes).map_err(|e| StoreError::Random {
+        detail: e.to_string(),
+    })?;
+    Ok(hex::encode(bytes))
+}
+
+/// What the hook route needs to verify a delivery to `/hooks/{hook_id}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookTarget {
+    pub project: ProjectId,
+    pub project_name: String,
+    pub provider: HookProvider,
+    /// `None`: the project has no secret yet (made before hooks existed, or by `kiln run`);
+    /// every delivery is refused until one is rotated in.
+    pub secret: Option<String>,
+    pub archived: bool,
+}
+
+/// What [`Store::set_hook`](crate::Store::set_hook) changes; `None`/`false` keeps it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HookChange {
+    pub provider: Option<HookProvider>,
+    /// Draw a new hook id (the old webhook URL stops working).
+    pub new_hook_id: bool,
+    /// The new secret (drawn by the caller, e.g. with [`generate_secret`]).
+    pub secret: Option<String>,
+}
+
+/// A project's hook after [`Store::set_hook`](crate::Store::set_hook).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookSettings {
+    pub project: ProjectId,
+    pub project_name: String,
+    pub hook_id: String,
+    pub provider: HookProvider,
+    pub secret: Option<String>,
+}
+
+/// A verified delivery to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub project: ProjectId,
+    pub provider: HookProvider,
+    /// The provider's delivery id.
+    pub delivery: String,
+    pub event: String,
+    /// `Accepted` to process it, or already `Ignored`/`Failed` (a ping, malformed JSON).
+    pub status: DeliveryStatus,
+    pub reason: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// What [`Store::record_delivery`](crate::Store::record_delivery) did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Recorded {
+    /// A new delivery, recorded.
+    New(DeliveryView),
+    /// The project already had a delivery with this provider delivery id: that one, as it
+    /// stands (nothing was written).
+    Duplicate(DeliveryView),
+}
+
+/// How processing a delivery ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryOutcome {
+    pub status: DeliveryStatus,
+    pub reason: Option<String>,
+    pub runs: Vec<RunId>,
+}
+
+/// The longest `reason` kept, in bytes (a workflow error can be long).
+pub(crate) const MAX_REASON: usize = 4096;
+
+/// `reason` cut to [`MAX_REASON`] bytes on a character boundary.
+pub(crate) fn bounded_reason(reason: &str) -> &str {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let mut end = MAX_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_hex_and_differ() {
+        let a = generate_secret().unwrap();
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, generate_secret().unwrap());
+    }
+
+    #[test]
+    fn reasons_are_bounded_on_a_char_boundary() {
+        let long = "é".repeat(MAX_REASON);
+        let cut = bounded_reason(&long);
+        assert!(cut.len() <= MAX_REASON);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(bounded_reason("short"), "short");
+    }
+}

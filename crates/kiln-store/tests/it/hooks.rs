@@ -1,0 +1,156 @@
+//! Project webhooks as the store keeps them: a provider and a secret per project, rotation of
+//! the hook id and secret, and deliveries recorded once per provider delivery id, then marked
+//! processed (with their runs), ignored or failed.
+
+use kiln_core::ids::RunId;
+use kiln_proto::{DeliveryStatus, HookProvider};
+use kiln_store::{DeliveryOutcome, HookChange, NewDelivery, Recorded, generate_secret};
+
+use crate::harness::{Harness, both_backends};
+
+both_backends!(
+    hooks_are_found_by_id_and_rotated,
+    deliveries_are_recorded_once_and_finished,
+);
+
+async fn hooks_are_found_by_id_and_rotated(h: &Harness) {
+    let s = &h.store;
+    let p = s
+        .create_project("web", "https://example.invalid/org/web.git")
+        .await
+        .unwrap();
+    assert_eq!(p.provider, HookProvider::Github, "the default provider");
+    let target = s.hook_target(&p.project.hook_id).await.unwrap().unwrap();
+    assert_eq!(target.project, p.project.id);
+    assert_eq!(target.secret, None, "no secret until one is set");
+    assert!(s.hook_target("nope").await.unwrap().is_none());
+
+    let secret = generate_secret().unwrap();
+    let set = s
+        .set_hook(
+            p.project.id,
+            &HookChange {
+                provider: Some(HookProvider::Gitlab),
+                new_hook_id: false,
+                secret: Some(secret.clone()),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(set.hook_id, p.project.hook_id);
+    assert_eq!(set.provider, HookProvider::Gitlab);
+    assert_eq!(set.secret.as_deref(), Some(secret.as_str()));
+    let record = s.project_record(p.project.id).await.unwrap().unwrap();
+    assert_eq!(record.provider, HookProvider::Gitlab);
+
+    // A new hook id: the old URL finds nothing, the secret stays.
+    let rotated = s
+        .set_hook(
+            p.project.id,
+            &HookChange {
+                new_hook_id: true,
+                ..HookChange::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(rotated.hook_id, p.project.hook_id);
+    assert!(s.hook_target(&p.project.hook_id).await.unwrap().is_none());
+    let target = s.hook_target(&rotated.hook_id).await.unwrap().unwrap();
+    assert_eq!(target.secret.as_deref(), Some(secret.as_str()));
+    assert_eq!(target.provider, HookProvider::Gitlab);
+}
+
+async fn deliveries_are_recorded_once_and_finished(h: &Harness) {
+    let s = &h.store;
+    let p = s.create_project("app", "/srv/app").await.unwrap();
+    let pid = p.project.id;
+    let new = |delivery: &str, status| NewDelivery {
+        project: pid,
+        provider: HookProvider::Github,
+        delivery: delivery.to_owned(),
+        event: "push".to_owned(),
+        status,
+        reason: None,
+        payload: br#"{"ref":"refs/heads/main"}"#.to_vec(),
+    };
+    let Recorded::New(first) = s
+        .record_delivery(&new("d-1", DeliveryStatus::Accepted))
+        .await
+        .unwrap()
+    else {
+        panic!("a new delivery id is new")
+    };
+    assert_eq!(first.status, DeliveryStatus::Accepted);
+    assert_eq!((first.size, first.processed_at), (25, None));
+    assert_eq!(
+        s.delivery_payload(&first.id).await.unwrap().unwrap(),
+        br#"{"ref":"refs/heads/main"}"#
+    );
+    let pending = s.accepted_deliveries(10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+
+    let Recorded::Duplicate(again) = s
+        .record_delivery(&new("d-1", DeliveryStatus::Accepted))
+        .await
+        .unwrap()
+    else {
+        panic!("the same delivery id is a duplicate")
+    };
+    assert_eq!(again.id, first.id);
+
+    let run = RunId::new();
+    let outcome = DeliveryOutcome {
+        status: DeliveryStatus::Processed,
+        reason: None,
+        runs: vec![run],
+    };
+    assert!(s.finish_delivery(&first.id, &outcome).await.unwrap());
+    assert!(
+        !s.finish_delivery(&first.id, &outcome).await.unwrap(),
+        "finished once"
+    );
+    let done = s.get_delivery(&first.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.runs.clone()),
+        (DeliveryStatus::Processed, vec![run])
+    );
+    assert!(done.processed_at.is_some());
+    assert!(s.accepted_deliveries(10).await.unwrap().is_empty());
+    let Recorded::Duplicate(again) = s
+        .record_delivery(&new("d-1", DeliveryStatus::Accepted))
+        .await
+        .unwrap()
+    else {
+        panic!("still a duplicate")
+    };
+    assert_eq!(
+        again.runs,
+        vec![run],
+        "a duplicate tells the first one's runs"
+    );
+
+    // Recorded already finished (a malformed body), with its reason; newest first.
+    let mut failed = new("d-2", DeliveryStatus::Failed);
+    failed.reason = Some("x".repeat(10_000));
+    let Recorded::New(second) = s.record_delivery(&failed).await.unwrap() else {
+        panic!("new")
+    };
+    assert_eq!(second.status, DeliveryStatus::Failed);
+    assert!(second.processed_at.is_some());
+    assert_eq!(second.reason.as_deref().map(str::len), Some(4096));
+    let listed = s.list_deliveries(pid, 10).await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, [second.id.as_str(), first.id.as_str()]);
+    assert_eq!(s.list_deliveries(pid, 1).await.unwrap().len(), 1);
+    // Another project may use the same delivery id.
+    let other = s.create_project("other", "/srv/other").await.unwrap();
+    let mut elsewhere = new("d-1", DeliveryStatus::Accepted);
+    elsewhere.project = other.project.id;
+    assert!(matches!(
+        s.record_delivery(&elsewhere).await.unwrap(),
+        Recorded::New(_)
+    ));
+}
