@@ -149,6 +149,19 @@ fn coalesce(first: Bytes, rx: &mut mpsc::Receiver<Bytes>) -> Bytes {
     Bytes::from(buf)
 }
 
+/// One Server-Sent Events frame, as the OpenAPI document describes a stream's items.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct SseFrame {
+    /// The event's id (events) or the log offset after the frame (log streams); absent for
+    /// frames that are not stored (`system.load`, `error`, `end`).
+    id: Option<String>,
+    /// The frame's type: an event type, `log`, `end` or `error`.
+    event: String,
+    /// One line of JSON.
+    data: String,
+}
+
 /// The sending half of an SSE client: bounded, and the frame to end with.
 struct Sink {
     tx: mpsc::Sender<Bytes>,
@@ -210,7 +223,7 @@ impl Sink {
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")
     ),
     responses(
-        (status = 200, description = "`text/event-stream` of events", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream` of events: each frame's `data` is the event's JSON (`id`, `at`, `type`, `project`, `run`, `job`, `data`)", content_type = "text/event-stream", body = SseFrame),
         (status = 400, description = "`BAD_REQUEST` naming the parameter", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),
@@ -329,7 +342,7 @@ async fn drive(
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume at this byte of the log")
     ),
     responses(
-        (status = 200, description = "`text/event-stream` of log text", content_type = "text/event-stream", body = String),
+        (status = 200, description = "`text/event-stream`: `log` frames (`data`: `{\"offset\",\"step\",\"text\"}`), then one `end` (`{\"status\",\"offset\"}`), or `error` (`{\"code\",\"message\"}`)", content_type = "text/event-stream", body = SseFrame),
         (status = 400, description = "`BAD_REQUEST` naming the parameter", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),

@@ -13,6 +13,7 @@ mod ops;
 mod outbox;
 mod parity;
 mod projects;
+mod schedules;
 mod suite;
 mod throughput;
 mod tokens;
