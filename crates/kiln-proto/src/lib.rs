@@ -21,7 +21,6 @@ pub use api::{Envelope, ErrorBody, Meta, ServerStatus};
 pub use auth::{
     CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole, check_token_name,
 };
-pub use schedules::{ScheduleId, ScheduleList, ScheduleState, ScheduleView};
 pub use hooks::{
     DeliveryList, DeliveryStatus, DeliveryView, HookAnswer, HookProvider, HookRotate, HookSecret,
     check_hook_secret,
@@ -30,6 +29,7 @@ pub use projects::{
     FetchStatus, NewProject, ProjectKind, ProjectList, ProjectUpdate, ProjectView,
     check_project_name, default_project_name,
 };
+pub use schedules::{ScheduleId, ScheduleList, ScheduleState, ScheduleView};
 
 use jiff::Timestamp;
 use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus, StepStatus};
