@@ -767,3 +767,472 @@ fn providers_round_trip_their_names() {
     }
     assert!("bitbucket".parse::<Provider>().is_err());
 }
+
+/// Every `(file, event header)` the corpus's `headers.json` lists for `dir`, plus the files
+/// SOURCES.md gives a header for without a test case upstream.
+fn cases(dir: &str) -> Vec<(String, String)> {
+    let headers = load(dir, "headers.json");
+    let mut out: Vec<(String, String)> = headers["cases"]
+        .as_array()
+        .expect("headers.json lists cases")
+        .iter()
+        .map(|c| {
+            let file = c["file"].as_str().expect("a file").to_owned();
+            let h = c["headers"].as_object().expect("headers");
+            let event = h
+                .iter()
+                .find(|(k, _)| k.ends_with("-Event"))
+                .and_then(|(_, v)| v.as_str())
+                .expect("an event header")
+                .to_owned();
+            (file, event)
+        })
+        .collect();
+    if dir == "gitlab" {
+        for (file, event) in [
+            ("job-event.json", "Job Hook"),
+            ("xanzy-go-gitlab.job.json", "Job Hook"),
+            ("xanzy-go-gitlab.merge_request.json", "Merge Request Hook"),
+            ("xanzy-go-gitlab.pipeline.json", "Pipeline Hook"),
+            ("xanzy-go-gitlab.push.json", "Push Hook"),
+            ("xanzy-go-gitlab.tag_push.json", "Tag Push Hook"),
+        ] {
+            out.push((file.to_owned(), event.to_owned()));
+        }
+    }
+    out
+}
+
+fn outcome(provider: Provider, dir: &str, file: &str, header: &str) -> String {
+    match normalize(provider, header, &load(dir, file)) {
+        Ok(Some(ev)) => ev.event_name,
+        Ok(None) => "-".to_owned(),
+        Err(e) => format!("error at {}", e.field().unwrap_or("?")),
+    }
+}
+
+/// What each corpus delivery becomes: the event name, `-` for nothing to run, or the field an
+/// error names. Every JSON file of the folder is listed (a new file fails the test).
+const OUTCOMES: &[(&str, &[(&str, &str)])] = &[
+    (
+        "gitlab",
+        &[
+            ("push-event.json", "push"),
+            ("tag-event.json", "push"),
+            ("merge-request-event.json", "pull_request"),
+            ("release-event.json", "release"),
+            ("xanzy-go-gitlab.push.json", "push"),
+            ("xanzy-go-gitlab.tag_push.json", "push"),
+            ("xanzy-go-gitlab.merge_request.json", "pull_request"),
+            ("xanzy-go-gitlab.pipeline.json", "-"),
+            ("xanzy-go-gitlab.job.json", "-"),
+            ("issue-event.json", "-"),
+            ("confidential-issue-event.json", "-"),
+            ("comment-commit-event.json", "-"),
+            ("confidential-comment-event.json", "-"),
+            ("comment-merge-request-event.json", "-"),
+            ("comment-issue-event.json", "-"),
+            ("comment-snippet-event.json", "-"),
+            ("wikipage-event.json", "-"),
+            ("pipeline-event.json", "-"),
+            ("build-event.json", "-"),
+            ("job-event.json", "-"),
+            ("deployment-event.json", "-"),
+            // System hooks come for every project of an instance: never run on.
+            ("system-push-event.json", "-"),
+            ("system-tag-event.json", "-"),
+            ("system-merge-request-event.json", "-"),
+            ("system-project-created.json", "-"),
+            ("system-project-destroyed.json", "-"),
+            ("system-project-renamed.json", "-"),
+            ("system-project-transferred.json", "-"),
+            ("system-project-updated.json", "-"),
+            ("system-team-member-added.json", "-"),
+            ("system-team-member-removed.json", "-"),
+            ("system-team-member-updated.json", "-"),
+            ("system-user-created.json", "-"),
+            ("system-user-removed.json", "-"),
+            ("system-user-failed-login.json", "-"),
+            ("system-user-renamed.json", "-"),
+            ("system-key-added.json", "-"),
+            ("system-key-removed.json", "-"),
+            ("system-group-created.json", "-"),
+            ("system-group-removed.json", "-"),
+            ("system-group-renamed.json", "-"),
+            ("system-group-member-added.json", "-"),
+            ("system-group-member-removed.json", "-"),
+            ("system-group-member-updated.json", "-"),
+        ],
+    ),
+    (
+        "gitea",
+        &[
+            ("push-event.json", "push"),
+            ("pull-request-event.json", "pull_request"),
+            ("release-event.json", "release"),
+            ("create-event.json", "create"),
+            ("delete-event.json", "delete"),
+            ("fork-event.json", "-"),
+            ("issues-event.json", "-"),
+            ("issue-assign-event.json", "-"),
+            ("issue-label-event.json", "-"),
+            ("issue-milestone-event.json", "-"),
+            ("issue-comment-event.json", "-"),
+            ("pull-request-assign-event.json", "-"),
+            ("pull-request-label-event.json", "-"),
+            ("pull-request-milestone-event.json", "-"),
+            ("pull-request-comment-event.json", "-"),
+            ("pull-request-review-event.json", "-"),
+            ("repository-event.json", "-"),
+        ],
+    ),
+    (
+        "gogs",
+        &[
+            ("push-event.json", "push"),
+            // The upstream test file cut this payload down to four fields.
+            ("pull-request-event.json", "error at pull_request.head.sha"),
+            ("release-event.json", "release"),
+            ("create-event.json", "create"),
+            ("delete-event.json", "delete"),
+            ("fork-event.json", "-"),
+            ("issues-event.json", "-"),
+            ("issue-comment-event.json", "-"),
+        ],
+    ),
+];
+
+#[test]
+fn every_gitlab_gitea_gogs_delivery_has_its_outcome() {
+    for (dir, expected) in OUTCOMES {
+        let mut on_disk: Vec<String> = std::fs::read_dir(corpus(dir))
+            .unwrap_or_else(|e| panic!("read {dir}: {e}"))
+            .map(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .into_string()
+                    .expect("UTF-8")
+            })
+            .filter(|n| n.ends_with(".json") && n != "headers.json")
+            .collect();
+        on_disk.sort();
+        let mut listed: Vec<String> = expected.iter().map(|(f, _)| f.to_string()).collect();
+        listed.sort();
+        assert_eq!(
+            on_disk, listed,
+            "the table lists exactly the files of {dir}"
+        );
+
+        let provider = if *dir == "gitlab" {
+            Provider::Gitlab
+        } else {
+            Provider::Gitea
+        };
+        let all = cases(dir);
+        for (file, want) in *expected {
+            let headers: Vec<&String> = all
+                .iter()
+                .filter(|(f, _)| f == file)
+                .map(|(_, h)| h)
+                .collect();
+            assert!(!headers.is_empty(), "{dir}/{file} has an event header");
+            for header in headers {
+                assert_eq!(
+                    outcome(provider, dir, file, header),
+                    *want,
+                    "{dir}/{file} sent as `{header}`"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gitlab_known_deliveries() {
+    let ev = event(Provider::Gitlab, "Push Hook", "gitlab", "push-event.json");
+    assert_eq!(ev.provider, Provider::Gitlab);
+    assert_eq!(ev.event_name, "push");
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/heads/master"));
+    assert_eq!(ev.ref_type.as_deref(), Some("branch"));
+    assert_eq!(
+        ev.sha.as_deref(),
+        Some("da1560886d4f094c3e6c9ef40349f7d38b5d27d7")
+    );
+    assert_eq!(
+        ev.before.as_deref(),
+        Some("95790bf891e76fee5e1747ab589903a6a1f80f22")
+    );
+    assert_eq!(ev.repository.as_deref(), Some("mike/diaspora"));
+    // Older GitLab: only the display name.
+    assert_eq!(ev.actor.as_deref(), Some("John Smith"));
+    // 4 commits, 2 listed: the files are left to git.
+    assert_eq!(ev.changed_paths, None);
+    assert_eq!(ev.payload["repository"]["full_name"], "mike/diaspora");
+    assert_eq!(ev.payload["commits"][0]["added"][0], "CHANGELOG");
+    assert_eq!(
+        ev.payload["head_commit"]["id"],
+        "da1560886d4f094c3e6c9ef40349f7d38b5d27d7"
+    );
+    assert_eq!(ev.payload["kiln_original"]["object_kind"], "push");
+
+    let ev = event(
+        Provider::Gitlab,
+        "Push Hook",
+        "gitlab",
+        "xanzy-go-gitlab.push.json",
+    );
+    assert_eq!(ev.actor.as_deref(), Some("jsmith"));
+    assert_eq!(ev.changed_paths, None, "4 commits, 2 listed");
+
+    let ev = event(
+        Provider::Gitlab,
+        "Tag Push Hook",
+        "gitlab",
+        "tag-event.json",
+    );
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/tags/v1.0.0"));
+    assert_eq!(ev.ref_name.as_deref(), Some("v1.0.0"));
+    assert_eq!(ev.ref_type.as_deref(), Some("tag"));
+    assert_eq!(
+        ev.sha.as_deref(),
+        Some("82b3d5ae55f7080f1e6022629cdb57bfae7cccc7")
+    );
+    assert_eq!(ev.before, None);
+    assert_eq!(ev.payload["created"], true);
+
+    let ev = event(
+        Provider::Gitlab,
+        "Merge Request Hook",
+        "gitlab",
+        "merge-request-event.json",
+    );
+    assert_eq!(ev.event_name, "pull_request");
+    assert_eq!(ev.action.as_deref(), Some("opened"));
+    assert_eq!(ev.number, Some(1));
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/pull/1/merge"));
+    assert_eq!(ev.fetch_ref.as_deref(), Some("refs/merge-requests/1/head"));
+    assert_eq!(
+        ev.sha.as_deref(),
+        Some("da1560886d4f094c3e6c9ef40349f7d38b5d27d7")
+    );
+    assert_eq!(ev.head_ref.as_deref(), Some("ms-viewport"));
+    assert_eq!(ev.base_ref.as_deref(), Some("master"));
+    assert_eq!(ev.actor.as_deref(), Some("root"));
+    assert_eq!(ev.repository.as_deref(), Some("gitlabhq/gitlab-test"));
+    assert_eq!(ev.payload["pull_request"]["head"]["ref"], "ms-viewport");
+    assert_eq!(ev.payload["pull_request"]["base"]["ref"], "master");
+    assert_eq!(ev.payload["pull_request"]["state"], "open");
+    assert_eq!(ev.payload["pull_request"]["merged"], false);
+    assert_eq!(ev.payload["number"], 1);
+    assert_eq!(ev.payload["sender"]["login"], "root");
+
+    let ev = event(
+        Provider::Gitlab,
+        "Release Hook",
+        "gitlab",
+        "release-event.json",
+    );
+    assert_eq!(ev.action.as_deref(), Some("published"));
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/tags/v1.1"));
+    assert_eq!(
+        ev.sha.as_deref(),
+        Some("ee0a3fb31ac16e11b9dbb596ad16d4af654d08f8")
+    );
+    assert_eq!(ev.payload["release"]["tag_name"], "v1.1");
+}
+
+/// GitLab's merge request actions in GitHub's words.
+#[test]
+fn gitlab_merge_request_actions() {
+    let base = load("gitlab", "merge-request-event.json");
+    let with = |action: &str, oldrev: Option<&str>| {
+        let mut p = base.clone();
+        p["object_attributes"]["action"] = json!(action);
+        if let Some(o) = oldrev {
+            p["object_attributes"]["oldrev"] = json!(o);
+        }
+        normalize(Provider::Gitlab, "Merge Request Hook", &p).expect("valid")
+    };
+    let action = |action: &str, oldrev: Option<&str>| with(action, oldrev).and_then(|e| e.action);
+    assert_eq!(action("open", None).as_deref(), Some("opened"));
+    assert_eq!(action("reopen", None).as_deref(), Some("reopened"));
+    assert_eq!(action("close", None).as_deref(), Some("closed"));
+    assert_eq!(
+        action("update", Some("abc")).as_deref(),
+        Some("synchronize")
+    );
+    assert_eq!(action("update", None).as_deref(), Some("edited"));
+    assert_eq!(action("approved", None), None);
+    let merged = with("merge", None).expect("an event");
+    assert_eq!(merged.action.as_deref(), Some("closed"));
+    assert_eq!(merged.payload["pull_request"]["merged"], true);
+    assert_eq!(merged.payload["pull_request"]["state"], "closed");
+    let sync = with("update", Some("abc")).expect("an event");
+    assert_eq!(sync.before.as_deref(), Some("abc"));
+    // The default types run on opened/synchronize/reopened, not on closed or edited.
+    let f = EventFilter::default();
+    assert!(yes(&matches(&sync, &f, Some(&[]))));
+    assert!(!yes(&matches(&merged, &f, Some(&[]))));
+}
+
+#[test]
+fn malformed_gitlab_payloads_name_the_field() {
+    let push = load("gitlab", "push-event.json");
+    let mr = load("gitlab", "merge-request-event.json");
+    let without = |v: &Value, pointer: &str| {
+        let mut v = v.clone();
+        let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+        v.pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .expect("the parent is an object")
+            .remove(key);
+        v
+    };
+    let cases: &[(&str, Value, &str)] = &[
+        ("Push Hook", without(&push, "/ref"), "ref"),
+        ("Push Hook", without(&push, "/after"), "after"),
+        ("Tag Push Hook", without(&push, "/ref"), "ref"),
+        (
+            "Merge Request Hook",
+            without(&mr, "/object_attributes"),
+            "object_attributes",
+        ),
+        (
+            "Merge Request Hook",
+            without(&mr, "/object_attributes/action"),
+            "object_attributes.action",
+        ),
+        (
+            "Merge Request Hook",
+            without(&mr, "/object_attributes/iid"),
+            "object_attributes.iid",
+        ),
+        (
+            "Merge Request Hook",
+            without(&mr, "/object_attributes/last_commit/id"),
+            "object_attributes.last_commit.id",
+        ),
+        (
+            "Merge Request Hook",
+            without(&mr, "/object_attributes/target_branch"),
+            "object_attributes.target_branch",
+        ),
+        ("Release Hook", json!({"action": "create"}), "tag"),
+    ];
+    for (header, payload, field) in cases {
+        let err = normalize(Provider::Gitlab, header, payload).expect_err(field);
+        assert_eq!(err.field(), Some(*field), "{header}: {err}");
+    }
+}
+
+#[test]
+fn gitea_and_gogs_known_deliveries() {
+    let ev = event(Provider::Gitea, "push", "gitea", "push-event.json");
+    assert_eq!(ev.provider, Provider::Gitea);
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/heads/master"));
+    assert_eq!(
+        ev.sha.as_deref(),
+        Some("67b56589a45103f891bdee7c0546e5d40bc02001")
+    );
+    assert_eq!(ev.before, None, "a new branch");
+    assert_eq!(ev.actor.as_deref(), Some("example"));
+    assert_eq!(ev.repository.as_deref(), Some("example/example"));
+    assert_eq!(ev.changed_paths, strs(&["example"]));
+    assert_eq!(ev.payload["created"], true);
+    assert_eq!(ev.payload["deleted"], false);
+    assert!(ev.payload["compare"].is_string());
+
+    let ev = event(
+        Provider::Gitea,
+        "pull_request",
+        "gitea",
+        "pull-request-event.json",
+    );
+    assert_eq!(ev.action.as_deref(), Some("opened"));
+    assert_eq!(ev.number, Some(2));
+    assert_eq!(
+        ev.sha.as_deref(),
+        Some("48e773f892a831faa47c0a160d1b7f0cd369ae2a")
+    );
+    assert_eq!(ev.base_ref.as_deref(), Some("master"));
+    assert_eq!(ev.head_ref.as_deref(), Some("master"));
+    assert_eq!(ev.fetch_ref.as_deref(), Some("refs/pull/2/head"));
+
+    let mut sync = load("gitea", "pull-request-event.json");
+    sync["action"] = json!("synchronized");
+    let ev = normalize(Provider::Gitea, "pull_request", &sync)
+        .expect("valid")
+        .expect("an event");
+    assert_eq!(ev.action.as_deref(), Some("synchronize"));
+    assert_eq!(ev.payload["action"], "synchronize");
+
+    let ev = event(Provider::Gitea, "release", "gitea", "release-event.json");
+    assert_eq!(ev.action.as_deref(), Some("published"));
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/tags/example"));
+
+    let ev = event(Provider::Gitea, "create", "gitea", "create-event.json");
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/heads/master"));
+    assert_eq!(
+        ev.sha.as_deref(),
+        Some("67b56589a45103f891bdee7c0546e5d40bc02001")
+    );
+
+    let ev = event(Provider::Gitea, "delete", "gitea", "delete-event.json");
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/heads/master"));
+    assert_eq!(ev.payload["ref"], "example3");
+
+    // Gogs: commits without file lists, full refs in create/delete.
+    let ev = event(Provider::Gitea, "push", "gogs", "push-event.json");
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/heads/develop"));
+    assert_eq!(
+        ev.sha.as_deref(),
+        Some("bffeb74224043ba2feb48d137756c8a9331c449a")
+    );
+    assert_eq!(ev.actor.as_deref(), Some("unknwon"));
+    assert_eq!(ev.changed_paths, None);
+    let ev = event(Provider::Gitea, "create", "gogs", "create-event.json");
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/heads/feature-branch"));
+    assert_eq!(ev.ref_name.as_deref(), Some("feature-branch"));
+    let ev = event(Provider::Gitea, "release", "gogs", "release-event.json");
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/tags/v1.0.0"));
+}
+
+#[test]
+fn gitea_cut_commit_lists_leave_files_to_git() {
+    let mut p = load("gitea", "push-event.json");
+    p["total_commits"] = json!(7);
+    let ev = normalize(Provider::Gitea, "push", &p)
+        .expect("valid")
+        .expect("a push");
+    assert_eq!(ev.changed_paths, None);
+    let mut p = load("gitea", "push-event.json");
+    let c = p["commits"][0].clone();
+    p["commits"] = json!([c.clone(), c.clone(), c.clone(), c.clone(), c]);
+    let ev = normalize(Provider::Gitea, "push", &p)
+        .expect("valid")
+        .expect("a push");
+    assert_eq!(
+        ev.changed_paths, None,
+        "5 commits without a total may be cut"
+    );
+}
+
+#[test]
+fn github_forced_and_deleted_pushes() {
+    let mut p = load("github", "push.go-playground.payload.json");
+    p["forced"] = json!(true);
+    let ev = normalize(Provider::Github, "push", &p)
+        .expect("valid")
+        .expect("a push");
+    assert_eq!(ev.changed_paths, None, "a forced push may drop files");
+    let mut p = load("github", "push.go-playground.payload.json");
+    p["after"] = json!("0".repeat(40));
+    p["deleted"] = json!(true);
+    p["commits"] = json!([]);
+    let ev = normalize(Provider::Github, "push", &p)
+        .expect("valid")
+        .expect("a push");
+    assert!(ev.deleted);
+    assert_eq!(ev.sha, None);
+    assert_eq!(ev.git_ref.as_deref(), Some("refs/heads/master"));
+}
