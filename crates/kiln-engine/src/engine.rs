@@ -174,6 +174,12 @@ impl Engine {
         &self.inner.owner
     }
 
+    /// Whether the engine has shut down (background tasks such as the schedule runner stop
+    /// then).
+    pub fn is_stopped(&self) -> bool {
+        self.inner.commands.is_closed()
+    }
+
     /// Creates the runs `req` asks for (one per selected workflow) and queues them. Invalid
     /// workflows, unknown workflows and bad inputs are refused before anything is stored.
     pub async fn trigger(&self, req: TriggerRequest) -> Result<Vec<Run>, EngineError> {

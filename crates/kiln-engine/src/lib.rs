@@ -9,6 +9,8 @@
 //!   transitions in groups, and hands jobs to executors (which report over a channel).
 //! - [`engine`] — the server's engine: a long-lived dispatcher, recovered from the store at
 //!   start-up, and the handle that triggers, cancels and shuts down.
+//! - [`schedule`] — the schedule runner: syncs `on.schedule` entries into the store, claims
+//!   due fires and starts their runs.
 //! - [`egress`] — the one policy every outbound connection kiln makes passes first.
 //! - [`source`] — git project sources: bare mirrors fetched with the git CLI, revisions,
 //!   workflow files at a commit, checkouts into job workspaces.
@@ -21,6 +23,7 @@ pub mod dispatch;
 pub mod egress;
 pub mod engine;
 pub mod project;
+pub mod schedule;
 pub mod source;
 
 use std::path::PathBuf;

@@ -9,7 +9,7 @@ use crate::workflow::{EventFilter, Triggers};
 /// runs for.
 pub const PULL_REQUEST_DEFAULT_TYPES: [&str; 3] = ["opened", "synchronize", "reopened"];
 
-/// Whether a workflow whose `on:` is `triggers` runs for `event`: [`matches`] with the
+/// Whether a workflow whose `on:` is `triggers` runs for `event`: [`matches()`] with the
 /// filter of `event.event_name`, or `No` when the workflow does not list that event.
 pub fn matches_triggers(
     event: &HookEvent,
@@ -43,7 +43,12 @@ pub fn matches_triggers(
 ///   `deleted`.
 /// - others (`create`, `delete`): `types` when the event has an action.
 /// - `paths`: runs when at least one changed file is included; `paths-ignore`: skipped only
-///   when every changed file is ignored. Both present: both must let it run.
+///   when every changed file is ignored (an empty change set is not "all ignored"). Both
+///   present: both must let it run.
+///
+/// For [`Match::NeedPaths`], GitHub's diffs are: a push, `before..sha` (two dots; for a new
+/// branch, against the default branch); a pull request, `base...head` (three dots: from the
+/// merge base).
 pub fn matches(event: &HookEvent, filter: &EventFilter, changed_paths: Option<&[String]>) -> Match {
     match decide(event, filter, changed_paths) {
         Ok(m) => m,

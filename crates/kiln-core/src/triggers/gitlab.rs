@@ -169,7 +169,10 @@ fn merge_request(event: &str, payload: &Value) -> Result<Option<HookEvent>, Norm
     let head_sha = r.req_str("object_attributes.last_commit.id")?;
     let login = r.opt_str("user.username")?;
     let attr = |k: &str| at(payload, &format!("object_attributes.{k}")).cloned();
-    let state = match r.opt_str("object_attributes.state")? {
+    let gl_state = r.opt_str("object_attributes.state")?;
+    // An edit of a merged merge request is still merged.
+    let merged = merged || gl_state == Some("merged");
+    let state = match gl_state {
         Some("opened") | None if !merged && action != "closed" => "open",
         _ => "closed",
     };

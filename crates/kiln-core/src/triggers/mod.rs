@@ -5,7 +5,7 @@
 //! 1. [`normalize`] turns one delivery (provider, event header, JSON body) into a [`HookEvent`]
 //!    shaped as GitHub would have sent it, whatever the provider — or says it is nothing kiln
 //!    runs on (`Ok(None)`), or names the field the payload lacks (`Err`, for a 400).
-//! 2. [`matches`] applies one workflow's `on.<event>` filters (`branches`, `tags`, `paths`,
+//! 2. [`matches()`] applies one workflow's `on.<event>` filters (`branches`, `tags`, `paths`,
 //!    `types`, their `-ignore`s) to the event, with GitHub's glob [`pattern`]s. When only the
 //!    changed files are missing to decide, it answers [`Match::NeedPaths`]: the caller asks git
 //!    and calls again with the list.
