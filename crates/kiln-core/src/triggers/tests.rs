@@ -1236,3 +1236,52 @@ fn github_forced_and_deleted_pushes() {
     assert_eq!(ev.sha, None);
     assert_eq!(ev.git_ref.as_deref(), Some("refs/heads/master"));
 }
+
+/// Every corpus delivery with each of its fields (two levels deep) made null, a number or a
+/// list: `normalize` answers, never panics, and an error names a field.
+#[test]
+fn damaged_deliveries_never_panic() {
+    let mut deliveries: Vec<(Provider, String, Value)> = Vec::new();
+    for entry in std::fs::read_dir(corpus("github")).expect("the GitHub corpus is there") {
+        let name = entry
+            .expect("an entry")
+            .file_name()
+            .into_string()
+            .expect("UTF-8");
+        if name.ends_with(".payload.json") {
+            let header = name.split('.').next().expect("an event").to_owned();
+            deliveries.push((Provider::Github, header, load("github", &name)));
+        }
+    }
+    for (dir, provider) in [
+        ("gitlab", Provider::Gitlab),
+        ("gitea", Provider::Gitea),
+        ("gogs", Provider::Gitea),
+    ] {
+        for (file, header) in cases(dir) {
+            deliveries.push((provider, header, load(dir, &file)));
+        }
+    }
+    let damage = [json!(null), json!(5), json!([])];
+    let mut tried = 0;
+    for (provider, header, payload) in &deliveries {
+        let mut pointers = Vec::new();
+        for (k, v) in payload.as_object().expect("an object") {
+            pointers.push(format!("/{k}"));
+            if let Some(inner) = v.as_object() {
+                pointers.extend(inner.keys().map(|k2| format!("/{k}/{k2}")));
+            }
+        }
+        for pointer in &pointers {
+            for d in &damage {
+                let mut p = payload.clone();
+                *p.pointer_mut(pointer).expect("the field is there") = d.clone();
+                tried += 1;
+                if let Err(e) = normalize(*provider, header, &p) {
+                    assert!(e.field().is_some(), "{header} {pointer}={d}: {e}");
+                }
+            }
+        }
+    }
+    assert!(tried > 500, "only {tried} damaged deliveries");
+}
