@@ -21,19 +21,23 @@ use super::{HookEvent, NormalizeError, Provider, is_zero_sha};
 const GITEA_MAX_COMMITS: usize = 5;
 
 pub(super) fn normalize(event: &str, payload: &Value) -> Result<Option<HookEvent>, NormalizeError> {
+    if !matches!(
+        event,
+        "push" | "pull_request" | "release" | "create" | "delete"
+    ) {
+        return Ok(None);
+    }
     let mut p = payload.clone();
     let Some(obj) = p.as_object_mut() else {
         return Err(NormalizeError::NotAnObject);
     };
-    let add_login = |obj: &mut serde_json::Map<String, Value>| {
-        if let Some(sender) = obj.get_mut("sender").and_then(Value::as_object_mut)
-            && sender.get("login").is_none_or(Value::is_null)
-            && let Some(u) = sender.get("username").cloned()
-        {
-            sender.insert("login".into(), u);
-        }
-    };
-    add_login(obj);
+    // Gitea has both `login` and `username`; Gogs's older payloads only `username`.
+    if let Some(sender) = obj.get_mut("sender").and_then(Value::as_object_mut)
+        && sender.get("login").is_none_or(Value::is_null)
+        && let Some(u) = sender.get("username").cloned()
+    {
+        sender.insert("login".into(), u);
+    }
     match event {
         "push" => {
             let zero = |k: &str| obj.get(k).and_then(Value::as_str).is_some_and(is_zero_sha);

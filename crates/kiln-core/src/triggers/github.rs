@@ -52,20 +52,19 @@ pub(super) fn normalize(
 
 /// Fields every event shares: who, which repository.
 fn common(ev: &mut HookEvent) {
-    let r = Reader::new("", &ev.payload);
-    ev.actor = str_at(r.root, "sender.login")
-        .or_else(|| str_at(r.root, "sender.username"))
-        .or_else(|| str_at(r.root, "pusher.name"))
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    ev.repository = str_at(r.root, "repository.full_name")
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
-    ev.default_branch = str_at(r.root, "repository.default_branch")
-        .or_else(|| str_at(r.root, "repository.master_branch"))
-        .or_else(|| str_at(r.root, "master_branch"))
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned);
+    let first = |paths: &[&str]| {
+        paths
+            .iter()
+            .find_map(|p| str_at(&ev.payload, p).filter(|s| !s.is_empty()))
+            .map(str::to_owned)
+    };
+    ev.actor = first(&["sender.login", "sender.username", "pusher.name"]);
+    ev.repository = first(&["repository.full_name"]);
+    ev.default_branch = first(&[
+        "repository.default_branch",
+        "repository.master_branch",
+        "master_branch",
+    ]);
 }
 
 /// A push; `max_commits` is how many commits the provider puts in a delivery at most (a list
