@@ -70,8 +70,7 @@ async fn follow(mut stream: TcpStream, mut raw: Vec<u8>) -> Seen {
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         // Decode whole chunks out of `raw` into `body`.
-        loop {
-            let Some(line_end) = find(&raw, b"\r\n") else { break };
+        while let Some(line_end) = find(&raw, b"\r\n") {
             let size_text = String::from_utf8_lossy(&raw[..line_end]).into_owned();
             let Ok(size) = usize::from_str_radix(size_text.trim(), 16) else {
                 seen.dropped = true;
@@ -156,7 +155,10 @@ async fn main() -> std::io::Result<()> {
             "usage: sse-load URL TOKEN CLIENTS EVENTS_PATH TRIGGER_PATH",
         ));
     };
-    let addr = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+    let addr = url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
     let clients: usize = clients.parse().map_err(std::io::Error::other)?;
     let mut streams = Vec::with_capacity(clients);
     for _ in 0..clients {
