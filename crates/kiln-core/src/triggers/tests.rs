@@ -1285,3 +1285,24 @@ fn damaged_deliveries_never_panic() {
     }
     assert!(tried > 500, "only {tried} damaged deliveries");
 }
+
+proptest::proptest! {
+    /// A name is matched by itself (escaped), by `**`, and by `*` exactly when it has no `/`.
+    #[test]
+    fn names_match_themselves_and_the_wildcards(name in "[a-zA-Z0-9/._+?*!-]{0,40}") {
+        let escaped: String = name
+            .chars()
+            .flat_map(|c| {
+                let special = matches!(c, '*' | '?' | '+' | '[' | ']' | '!' | '\\');
+                special.then_some('\\').into_iter().chain(std::iter::once(c))
+            })
+            .collect();
+        let literal = Pattern::parse(&escaped).expect("an escaped name compiles");
+        proptest::prop_assert!(literal.matches(&name));
+        proptest::prop_assert!(Pattern::parse("**").expect("compiles").matches(&name));
+        proptest::prop_assert_eq!(
+            Pattern::parse("*").expect("compiles").matches(&name),
+            !name.contains('/')
+        );
+    }
+}
