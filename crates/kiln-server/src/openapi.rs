@@ -10,7 +10,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
 use crate::metrics;
-use crate::routes::{live, ops, projects, runs_read, runs_write, system, tokens};
+use crate::routes::{live, ops, projects, runs_read, runs_write, schedules, system, tokens};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -46,6 +46,9 @@ use crate::state::AppState;
         runs_write::trigger,
         runs_write::cancel,
         runs_write::retry,
+        schedules::list,
+        schedules::stop,
+        schedules::start,
         ops::queue,
         ops::stats,
         ops::config,
@@ -60,7 +63,8 @@ use crate::state::AppState;
         (name = "runs", description = "Runs of a project's workflows"),
         (name = "projects", description = "Projects: folders and git repositories of workflows"),
         (name = "operations", description = "The queue, statistics, settings and the database (settings and database: admin only)"),
-        (name = "live", description = "Live events: SSE and WebSocket")
+        (name = "live", description = "Live events: SSE and WebSocket"),
+        (name = "schedules", description = "on.schedule entries of the projects' workflows: next fires, stop and start")
     )
 )]
 struct ApiDoc;
@@ -119,5 +123,13 @@ mod tests {
         );
         assert!(doc["components"]["schemas"]["TokenInfo"].is_object());
         assert!(doc["components"]["schemas"]["ProjectView"].is_object());
+        for path in [
+            "/api/v1/schedules",
+            "/api/v1/schedules/{id}/stop",
+            "/api/v1/schedules/{id}/start",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        assert!(doc["components"]["schemas"]["ScheduleView"].is_object());
     }
 }

@@ -8,6 +8,7 @@ pub(crate) mod ops;
 pub(crate) mod projects;
 pub(crate) mod runs_read;
 pub(crate) mod runs_write;
+pub(crate) mod schedules;
 pub(crate) mod system;
 pub(crate) mod tokens;
 
@@ -51,6 +52,9 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/ws", get(live::ws))
         .route("/api/v1/runs/{id}/cancel", post(runs_write::cancel))
         .route("/api/v1/runs/{id}/retry", post(runs_write::retry))
+        .route("/api/v1/schedules", get(schedules::list))
+        .route("/api/v1/schedules/{id}/stop", post(schedules::stop))
+        .route("/api/v1/schedules/{id}/start", post(schedules::start))
         .route("/api/v1/queue", get(ops::queue))
         .route("/api/v1/stats", get(ops::stats))
         .route("/api/v1/config", get(ops::config))

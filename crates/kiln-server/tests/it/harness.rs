@@ -62,6 +62,8 @@ pub(crate) struct Server {
     pub(crate) admin: String,
     pub(crate) store: Store,
     pub(crate) backend: &'static str,
+    /// The engine, when the server has one (tests that drive the schedule runner use it).
+    pub(crate) engine: Option<kiln_engine::Engine>,
     http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -231,6 +233,7 @@ impl Server {
             config.live = live;
         }
         let mut state = AppState::new(store.clone(), config);
+        let mut kept_engine = None;
         if engine {
             let config = kiln_engine::EngineConfig {
                 slots: 2,
@@ -240,6 +243,7 @@ impl Server {
             let (engine, _) = kiln_engine::Engine::start(store.clone(), config)
                 .await
                 .unwrap();
+            kept_engine = Some(engine.clone());
             state = state.with_engine(engine);
         }
         let (tx, rx) = oneshot::channel::<()>();
@@ -251,6 +255,7 @@ impl Server {
             addr,
             admin,
             backend: store.backend_name(),
+            engine: kept_engine,
             store,
             http: reqwest::Client::new(),
             shutdown: Some(tx),
@@ -258,6 +263,11 @@ impl Server {
             pg,
             _dir: dir,
         }
+    }
+
+    /// The server's data dir.
+    pub(crate) fn data_dir(&self) -> &std::path::Path {
+        self._dir.path()
     }
 
     pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {

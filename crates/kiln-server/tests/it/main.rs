@@ -9,5 +9,6 @@ mod live;
 mod ops;
 mod projects;
 mod runs_write;
+mod schedules;
 mod system;
 mod tokens;
