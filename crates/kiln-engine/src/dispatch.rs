@@ -74,6 +74,9 @@ pub struct RunSpec {
     pub secrets: Arc<IndexMap<String, String>>,
     /// The files every job's workspace starts from.
     pub snapshot: Arc<Snapshot>,
+    /// `github` context fields laid over those made from `trigger` (a webhook's actor,
+    /// head and base refs, …); empty for `kiln run` and API triggers.
+    pub github: Map<String, Value>,
 }
 
 /// How a dispatcher runs jobs: the same for every run it drives.
@@ -184,6 +187,7 @@ pub async fn run_local(
             trigger: req.trigger.clone(),
             secrets: secrets.clone(),
             snapshot: req.snapshot.clone(),
+            github: Map::new(),
         };
         d.create_run(spec, inputs).await?;
     }
@@ -678,17 +682,18 @@ impl Dispatcher {
             .to_string_lossy()
             .into_owned();
         let mut base = Map::new();
-        base.insert(
-            "github".into(),
-            github_context(
-                &spec.trigger,
-                &spec.workflow,
-                &run.to_string(),
-                number,
-                attempt,
-                &workspace,
-            ),
+        let mut github = github_context(
+            &spec.trigger,
+            &spec.workflow,
+            &run.to_string(),
+            number,
+            attempt,
+            &workspace,
         );
+        if let Value::Object(fields) = &mut github {
+            fields.extend(spec.github.clone());
+        }
+        base.insert("github".into(), github);
         base.insert("inputs".into(), Value::Object(inputs.clone()));
         base.insert("vars".into(), json!({}));
         base.insert(

@@ -23,7 +23,7 @@ use kiln_core::plan;
 use kiln_core::workflow::{Diagnostics, Workflow};
 use kiln_proto::{Project, Run};
 use kiln_store::{Op, RunFilter, Store};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::EngineError;
@@ -58,6 +58,21 @@ pub struct TriggerRequest {
     /// `github.event`; made up from the trigger when absent.
     pub payload: Option<Value>,
     pub inputs: IndexMap<String, String>,
+}
+
+/// What an event names beyond a [`TriggerRequest`] (webhooks: [`Engine::trigger_at`]).
+#[derive(Clone, Debug, Default)]
+pub struct EventTarget {
+    /// The commit to run (git projects, with `TriggerRequest::git_ref` naming the ref it is
+    /// on): a webhook runs the commit its event names, not whatever the ref points at by
+    /// now. Ignored for a folder project, which runs from the folder as it is.
+    pub sha: Option<String>,
+    /// Exactly these workflows (by file, as `Workflow::file`), whatever `workflow` and
+    /// `event` would select: the webhook receiver has already matched their `on:` filters.
+    pub workflows: Option<Vec<String>>,
+    /// `github` context fields laid over those made from the trigger (a webhook's `actor`,
+    /// `head_ref`, `base_ref`, `ref`, …).
+    pub github: Map<String, Value>,
 }
 
 /// A handle on the running engine; cheap to clone.
@@ -183,6 +198,16 @@ impl Engine {
     /// Creates the runs `req` asks for (one per selected workflow) and queues them. Invalid
     /// workflows, unknown workflows and bad inputs are refused before anything is stored.
     pub async fn trigger(&self, req: TriggerRequest) -> Result<Vec<Run>, EngineError> {
+        self.trigger_at(req, EventTarget::default()).await
+    }
+
+    /// [`Engine::trigger`] at the commit, of the workflows and with the `github` fields
+    /// `target` names.
+    pub async fn trigger_at(
+        &self,
+        req: TriggerRequest,
+        target: EventTarget,
+    ) -> Result<Vec<Run>, EngineError> {
         let project = self
             .inner
             .store
@@ -190,10 +215,17 @@ impl Engine {
             .await?
             .ok_or_else(|| EngineError::Usage(format!("no project {}", req.project)))?;
         let source = self
-            .materialise(&project, req.git_ref.as_deref(), None)
+            .materialise(&project, req.git_ref.as_deref(), target.sha.as_deref())
             .await?;
         let local = load_project(&source.root)?;
-        let selected = local.select(req.workflow.as_deref(), &req.event)?;
+        let selected = match &target.workflows {
+            Some(files) => local
+                .workflows
+                .iter()
+                .filter(|wf| files.contains(&wf.file))
+                .collect(),
+            None => local.select(req.workflow.as_deref(), &req.event)?,
+        };
         if selected.is_empty() {
             return Err(EngineError::Usage(format!(
                 "no workflow of project {} runs on `{}`",
@@ -226,6 +258,7 @@ impl Engine {
                 trigger: trigger.clone(),
                 secrets: Arc::new(IndexMap::new()),
                 snapshot: source.snapshot.clone(),
+                github: target.github.clone(),
             };
             let (reply, answer) = oneshot::channel();
             self.send(Command::Submit {
@@ -236,6 +269,27 @@ impl Engine {
             runs.push(answer.await.map_err(|_| stopped())??);
         }
         Ok(runs)
+    }
+
+    /// The workflows of `project` at `sha` on `git_ref` (git projects; default: the default
+    /// branch's head), or in its folder as it is, for a caller that decides which of them an
+    /// event starts (the webhook receiver); pass them to [`Engine::trigger`] as
+    /// `TriggerRequest::workflows`. Also the commit they were read at.
+    pub async fn workflows_at(
+        &self,
+        project: ProjectId,
+        git_ref: Option<&str>,
+        sha: Option<&str>,
+    ) -> Result<(Vec<Workflow>, String), EngineError> {
+        let project = self
+            .inner
+            .store
+            .get_project(project)
+            .await?
+            .ok_or_else(|| EngineError::Usage(format!("no project {project}")))?;
+        let source = self.materialise(&project, git_ref, sha).await?;
+        let local = load_project(&source.root)?;
+        Ok((local.workflows, source.sha))
     }
 
     /// Cancels a run's jobs (running ones are stopped and recorded as cancelled). Whether
@@ -374,6 +428,7 @@ impl Engine {
             },
             secrets: Arc::new(IndexMap::new()),
             snapshot: source.snapshot,
+            github: Map::new(),
         };
         let (reply, answer) = oneshot::channel();
         self.send(Command::Resume {

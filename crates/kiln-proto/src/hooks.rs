@@ -166,8 +166,8 @@ pub struct DeliveryList {
     pub deliveries: Vec<DeliveryView>,
 }
 
-/// `POST /api/v1/projects/{id}/hook/rotate`: a new hook id, a new secret, or both (the
-/// default when the body is empty). A secret given is used as it is; otherwise one is drawn.
+/// `POST /api/v1/projects/{id}/hook/rotate`: a new secret (unless `secret` is `false`), a
+/// new hook id when `hook_id` is `true`, and/or another provider. `{}` draws a new secret.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -175,7 +175,7 @@ pub struct HookRotate {
     /// Give the project a new hook id (its old webhook URL stops working).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hook_id: Option<bool>,
-    /// Give the project a new secret.
+    /// Give the project a new secret (default `true`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<bool>,
     /// The new secret (implies `secret`); drawn at random when absent.

@@ -9,7 +9,8 @@
 //! the JSON extractor whose rejections are envelopes too, `auth` who may call what, `routes`
 //! the handlers, `openapi` the document. (tower-http's request-id layer is not used: it
 //! passes a caller's id on as it is, and this one is sanitised first.) `fetch` runs the
-//! background fetches of git projects' mirrors.
+//! background fetches of git projects' mirrors, `hooks` processes webhook deliveries after
+//! `POST /hooks/{hook_id}` has recorded them.
 //!
 //! Not here: SQL (the store's), deciding what runs (the engine's), anything the CLI prints.
 
@@ -19,6 +20,7 @@ mod envelope;
 mod error;
 mod extract;
 mod fetch;
+mod hooks;
 mod metrics;
 mod openapi;
 mod routes;
@@ -49,6 +51,10 @@ pub fn router(state: AppState) -> Router {
         // axum's own default would be a second, hidden one.
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(DefaultBodyLimit::disable());
+    // Webhooks carry big payloads (a push of many commits): their own, larger limit.
+    let hooks = routes::hooks()
+        .layer(RequestBodyLimitLayer::new(config.hook_body_limit))
+        .layer(DefaultBodyLimit::disable());
     // Metrics outermost: every answer is counted with its final status.
     metrics::handle();
     let layers = ServiceBuilder::new()
@@ -68,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::probes())
         .route("/metrics", axum::routing::get(metrics::scrape))
         .merge(api)
+        .merge(hooks)
         .merge(openapi::docs(&state))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
@@ -84,6 +91,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Fetches a previous server left unfinished run again (see `fetch.rs`).
     fetch::resume(&state);
+    // Webhook deliveries recorded and never processed (see `hooks.rs`).
+    hooks::resume(&state);
     // Live streams never end by themselves: they end when shutdown begins, or the graceful
     // shutdown would wait for them forever.
     let closing = state.bus().closing().clone();

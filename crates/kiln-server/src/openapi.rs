@@ -10,7 +10,9 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
 use crate::metrics;
-use crate::routes::{live, ops, projects, runs_read, runs_write, schedules, system, tokens};
+use crate::routes::{
+    deliveries, hooks, live, ops, projects, runs_read, runs_write, schedules, system, tokens,
+};
 use crate::state::AppState;
 
 #[derive(OpenApi)]
@@ -36,6 +38,10 @@ use crate::state::AppState;
         projects::update,
         projects::remove,
         projects::refetch,
+        hooks::receive,
+        deliveries::show,
+        deliveries::list,
+        deliveries::rotate,
         runs_read::list,
         runs_read::show,
         runs_read::job,
@@ -64,7 +70,8 @@ use crate::state::AppState;
         (name = "projects", description = "Projects: folders and git repositories of workflows"),
         (name = "operations", description = "The queue, statistics, settings and the database (settings and database: admin only)"),
         (name = "live", description = "Live events: SSE and WebSocket"),
-        (name = "schedules", description = "on.schedule entries of the projects' workflows: next fires, stop and start")
+        (name = "schedules", description = "on.schedule entries of the projects' workflows: next fires, stop and start"),
+        (name = "hooks", description = "Project webhooks (`/hooks/{hook_id}`, open, signed with the project's secret) and their recorded deliveries")
     )
 )]
 struct ApiDoc;

@@ -23,6 +23,9 @@ pub struct ServerConfig {
     pub public_url: String,
     /// The largest request body the API routes read, in bytes.
     pub body_limit: usize,
+    /// The largest webhook body `POST /hooks/{hook_id}` reads, in bytes (25 MB by default:
+    /// GitHub caps its payloads there).
+    pub hook_body_limit: usize,
     /// How long one request may take before the server answers `504 TIMEOUT`.
     pub request_timeout: Duration,
     /// What the server's own outbound connections (git fetches of projects) may reach; also
@@ -49,6 +52,7 @@ impl ServerConfig {
         Self {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             body_limit: 2 * 1024 * 1024,
+            hook_body_limit: 25 * 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             egress: EgressPolicy::default(),
             data_dir: PathBuf::from("kiln-data"),

@@ -3,6 +3,8 @@
 //!
 //! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
 
+pub(crate) mod deliveries;
+pub(crate) mod hooks;
 pub(crate) mod live;
 pub(crate) mod ops;
 pub(crate) mod projects;
@@ -42,6 +44,15 @@ pub(crate) fn api() -> Router<AppState> {
                 .delete(projects::remove),
         )
         .route("/api/v1/projects/{id}/fetch", post(projects::refetch))
+        .route(
+            "/api/v1/projects/{id}/deliveries",
+            get(deliveries::list),
+        )
+        .route(
+            "/api/v1/projects/{id}/hook/rotate",
+            post(deliveries::rotate),
+        )
+        .route("/api/v1/deliveries/{id}", get(deliveries::show))
         .route("/api/v1/projects/{id}/runs", post(runs_write::trigger))
         .route("/api/v1/runs", get(runs_read::list))
         .route("/api/v1/runs/{id}", get(runs_read::show))
@@ -60,6 +71,11 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/config", get(ops::config))
         .route("/api/v1/database/stats", get(ops::database_stats))
         .route("/api/v1/database/export", get(ops::database_export))
+}
+
+/// `/hooks/{hook_id}`: open (the signature is the credential), with a body limit of its own.
+pub(crate) fn hooks() -> Router<AppState> {
+    Router::new().route("/hooks/{hook_id}", post(hooks::receive))
 }
 
 /// Any path no route matches.

@@ -67,7 +67,8 @@ pub(crate) async fn list(
 }
 
 /// Registers a project. A git project's mirror is fetched in the background after the
-/// answer; poll the project for `head_sha` (or `fetch_error`).
+/// answer; poll the project for `head_sha` (or `fetch_error`). The answer carries the
+/// webhook's `secret` (given, or drawn at random): no other answer shows it.
 #[utoipa::path(
     post,
     path = "/api/v1/projects",
@@ -93,6 +94,9 @@ pub(crate) async fn create(
     if let Some(name) = &req.name {
         check_project_name(name).map_err(|m| field("name", m))?;
     }
+    if let Some(secret) = &req.secret {
+        kiln_proto::check_hook_secret(secret).map_err(|m| field("secret", m))?;
+    }
     check_source(&state, &caller, &req.source).await?;
     let name = match &req.name {
         Some(name) => name.as_str(),
@@ -104,11 +108,28 @@ pub(crate) async fn create(
         Err(e) => return Err(e.into()),
     };
     let id = record.project.id;
+    // The webhook's provider and secret; the secret is shown in this answer only.
+    let secret = match req.secret {
+        Some(s) => s,
+        None => kiln_store::generate_secret()?,
+    };
+    let hook = kiln_store::HookChange {
+        provider: req.provider,
+        new_hook_id: false,
+        secret: Some(secret.clone()),
+    };
+    state.store().set_hook(id, &hook).await?;
+    let record = ProjectRecord {
+        provider: req.provider.unwrap_or_default(),
+        ..record
+    };
     tracing::info!(project = %id, name, kind = record.kind().as_str(), by = %caller.id, "project added");
     if record.kind() == ProjectKind::Git {
         fetch::request(&state, id);
     }
-    Ok(Data::created(view(&state, &record)))
+    let mut shown = view(&state, &record);
+    shown.secret = Some(secret);
+    Ok(Data::created(shown))
 }
 
 /// One project, by id or name; an archived one too (with its `archived_at`).

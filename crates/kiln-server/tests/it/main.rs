@@ -5,6 +5,7 @@
 mod auth;
 mod envelope;
 mod harness;
+mod hooks;
 mod live;
 mod ops;
 mod projects;
