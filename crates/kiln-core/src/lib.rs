@@ -14,6 +14,7 @@
 //! - [`workflow`] — workflow files: the model, the parser, diagnostics with file/line/column.
 //! - [`matrix`] — `strategy.matrix` expansion with GitHub's include/exclude rules.
 //! - [`plan`] — the job graph: validation, expansion for a dry run, ready-set and priorities.
+//! - [`watch`] — `on.watch` entries: intervals, version constraints, which versions are new.
 
 pub mod cron;
 pub mod expr;
@@ -21,4 +22,5 @@ pub mod ids;
 pub mod matrix;
 pub mod plan;
 pub mod triggers;
+pub mod watch;
 pub mod workflow;

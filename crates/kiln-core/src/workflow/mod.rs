@@ -139,6 +139,8 @@ pub struct Triggers {
     pub schedule_entries: Vec<ScheduleEntry>,
     /// `on.workflow_dispatch.inputs`.
     pub dispatch_inputs: IndexMap<String, InputSpec>,
+    /// `on.watch` (a kiln extension): upstream sources polled for new versions.
+    pub watches: Vec<crate::watch::WatchEntry>,
 }
 
 /// One `on.schedule` entry. The pattern and the zone are checked when the file is parsed

@@ -37,6 +37,7 @@ const EVENTS: &[&str] = &[
     "release",
     "create",
     "delete",
+    "watch",
 ];
 
 /// GitHub events kiln never receives: accepted with a warning so real workflows move over.
@@ -555,6 +556,10 @@ impl<'s> Cx<'s> {
                         }
                         "workflow_dispatch" => {
                             t.dispatch_inputs = self.dispatch(v, &path);
+                            EventFilter::default()
+                        }
+                        "watch" => {
+                            t.watches = self.watches(v, &path);
                             EventFilter::default()
                         }
                         _ => self.event_filter(&event, v, &path),
@@ -1561,6 +1566,8 @@ impl<'s> Cx<'s> {
         steps
     }
 }
+
+mod watch;
 
 #[cfg(test)]
 mod tests;
