@@ -53,6 +53,44 @@ enum Command {
     Trigger(TriggerArgs),
     /// Add, list, show, change or remove a server's projects.
     Project(ProjectArgs),
+    /// List a server's schedules (`on.schedule` entries) with their next fire; stop or
+    /// start one.
+    Schedule(ScheduleArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScheduleArgs {
+    #[command(subcommand)]
+    pub(crate) command: ScheduleCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ScheduleCommand {
+    /// List the schedules: active ones by next fire, then stopped ones.
+    List(ScheduleListArgs),
+    /// Stop a schedule: it fires no more until started, whatever its workflow file says.
+    Stop(ScheduleOneArgs),
+    /// Start a stopped schedule; its next fire counts from now.
+    Start(ScheduleOneArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScheduleListArgs {
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScheduleOneArgs {
+    /// The schedule's id (from `kiln schedule list`).
+    #[arg(value_name = "ID")]
+    pub(crate) id: String,
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -428,6 +466,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Token(a) => crate::token::token(a).await,
         Command::Trigger(a) => crate::trigger::trigger(a).await,
         Command::Project(a) => crate::project::project(a).await,
+        Command::Schedule(a) => crate::schedule::schedule(a).await,
     }
 }
 

@@ -16,6 +16,7 @@ mod logs;
 mod output;
 mod project;
 mod runs;
+mod schedule;
 mod serve;
 mod source;
 mod status;

@@ -78,6 +78,10 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     // Leases anyone let expire (a killed `kiln run`, a vanished worker) are taken back and
     // their runs driven on here.
     engine.adopt_expired_every(std::time::Duration::from_secs(15));
+    // Schedules: every project's `on.schedule` entries are read now and every minute; each
+    // due fire is claimed (once across replicas) and started.
+    kiln_engine::schedule::Scheduler::new(engine.clone(), store.clone(), data_dir.clone())
+        .spawn(std::time::Duration::from_secs(60));
     if recovery != Recovery::default() {
         tracing::info!(
             expired_leases = recovery.expired_leases,

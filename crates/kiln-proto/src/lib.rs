@@ -10,10 +10,12 @@
 //! [`projects`]: projects as the API shows them, and the requests that change them.
 //! [`hooks`]: webhook providers, the hook route's answer and recorded deliveries.
 //! [`schedules`]: `on.schedule` entries as the API shows them.
+//! [`notifications`]: outbound notification receivers and their deliveries.
 
 pub mod api;
 pub mod auth;
 pub mod hooks;
+pub mod notifications;
 pub mod projects;
 pub mod schedules;
 
@@ -24,6 +26,10 @@ pub use auth::{
 pub use hooks::{
     DeliveryList, DeliveryStatus, DeliveryView, HookAnswer, HookProvider, HookRotate, HookSecret,
     check_hook_secret,
+};
+pub use notifications::{
+    AttemptView, NewReceiver, NotificationId, NotificationList, NotificationStatus,
+    NotificationView, ReceiverId, ReceiverList, ReceiverView,
 };
 pub use projects::{
     FetchStatus, NewProject, ProjectKind, ProjectList, ProjectUpdate, ProjectView,

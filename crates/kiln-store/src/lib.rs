@@ -12,13 +12,15 @@
 //! SQL dialects (one body of queries, included twice), `error` the error type, `token` how
 //! API token secrets are drawn and hashed, [`schedules`] `on.schedule` entries and their
 //! claimed fires, [`projects`] the project records of the API,
-//! [`hooks`] project webhooks and their recorded deliveries.
+//! [`hooks`] project webhooks and their recorded deliveries, [`notifications`] outbound
+//! notification receivers, deliveries and the notifier's cursor.
 //! Not here: scheduling, HTTP, anything that decides what to run.
 
 mod backend;
 pub mod blob;
 mod error;
 pub mod hooks;
+pub mod notifications;
 pub mod projects;
 pub mod schedules;
 mod token;
@@ -36,6 +38,9 @@ pub use blob::BlobStore;
 pub use error::StoreError;
 pub use hooks::{
     DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, Recorded, generate_secret,
+};
+pub use notifications::{
+    AfterAttempt, AttemptRecord, ClaimedNotification, NewNotification, ReceiverTarget,
 };
 pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
@@ -624,5 +629,118 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<kiln_proto::DeliveryView>, StoreError> {
         with_backend!(self, b => b.accepted_deliveries(limit).await)
+    }
+}
+
+/// Outbound notifications (`notifications_body.rs`; see [`notifications`] for how a delivery
+/// is sent at least once and never twice at a time).
+impl Store {
+    /// Registers a receiver of `project`'s events; it gets only events after the outbox's
+    /// head now. The answer carries `secret`, to be shown once.
+    pub async fn create_receiver(
+        &self,
+        project: ProjectId,
+        url: &str,
+        events: &[String],
+        secret: &str,
+    ) -> Result<kiln_proto::ReceiverView, StoreError> {
+        let head = self.event_head().await?;
+        with_backend!(self, b => b.create_receiver(project, url, events, secret, head, Timestamp::now()).await)
+    }
+
+    /// A project's receivers (not removed), oldest first, without their secrets.
+    pub async fn list_receivers(
+        &self,
+        project: ProjectId,
+    ) -> Result<Vec<kiln_proto::ReceiverView>, StoreError> {
+        with_backend!(self, b => b.list_receivers(project).await)
+    }
+
+    /// Every receiver not removed, of every project: what the notifier matches events with.
+    pub async fn active_receivers(&self) -> Result<Vec<ReceiverTarget>, StoreError> {
+        with_backend!(self, b => b.active_receivers().await)
+    }
+
+    /// Removes a receiver of `project`; its pending deliveries are cancelled, the others stay
+    /// listed. `false`: the project has no such receiver.
+    pub async fn remove_receiver(
+        &self,
+        project: ProjectId,
+        id: kiln_proto::ReceiverId,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.remove_receiver(project, id, Timestamp::now()).await)
+    }
+
+    /// Where the notifier `name` has read the outbox up to; a notifier that never ran starts
+    /// at `start` (the outbox head: notifications are about what happens from now on).
+    pub async fn notifier_cursor(&self, name: &str, start: i64) -> Result<i64, StoreError> {
+        with_backend!(self, b => b.notifier_cursor(name, start, Timestamp::now()).await)
+    }
+
+    /// Records the deliveries of the events up to `upto` and moves the cursor `name` there,
+    /// in one transaction (never back). A (receiver, event) recorded before is left as it is.
+    /// Returns how many deliveries are new.
+    pub async fn record_notifications(
+        &self,
+        name: &str,
+        upto: i64,
+        new: &[NewNotification],
+    ) -> Result<usize, StoreError> {
+        with_backend!(self, b => b.record_notifications(name, upto, new, Timestamp::now()).await)
+    }
+
+    /// Claims up to `limit` due deliveries for `owner` until `now + lease`; none that another
+    /// sender holds a live claim on.
+    pub async fn claim_notifications(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lease: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<ClaimedNotification>, StoreError> {
+        let lease = jiff::SignedDuration::try_from(lease).unwrap_or(jiff::SignedDuration::MAX);
+        let expires = now.checked_add(lease).unwrap_or(Timestamp::MAX);
+        with_backend!(self, b => b.claim_notifications(owner, now, expires, i64::from(limit)).await)
+    }
+
+    /// Records an attempt of a claimed delivery and what becomes of it. `false`: the claim
+    /// (`owner`, `token`) is no longer current, and nothing was recorded.
+    pub async fn finish_notification_attempt(
+        &self,
+        id: kiln_proto::NotificationId,
+        owner: &str,
+        token: i64,
+        attempt: &AttemptRecord,
+        after: AfterAttempt,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.finish_notification_attempt(id, owner, token, attempt, after).await)
+    }
+
+    /// A project's deliveries with their attempts, newest first, at most `limit`.
+    pub async fn list_notifications(
+        &self,
+        project: ProjectId,
+        limit: u32,
+    ) -> Result<Vec<kiln_proto::NotificationView>, StoreError> {
+        with_backend!(self, b => b.list_notifications(project, i64::from(limit)).await)
+    }
+
+    /// One delivery with its attempts.
+    pub async fn get_notification(
+        &self,
+        id: kiln_proto::NotificationId,
+    ) -> Result<Option<kiln_proto::NotificationView>, StoreError> {
+        with_backend!(self, b => b.get_notification(id).await)
+    }
+
+    /// Makes a delivered or failed delivery pending again, due at `now`, with a fresh count of
+    /// attempts for its backoff. `false`: it is pending already, cancelled, or its receiver
+    /// was removed.
+    pub async fn retry_notification(
+        &self,
+        id: kiln_proto::NotificationId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.retry_notification(id, now).await)
     }
 }

@@ -6,6 +6,7 @@ mod errors;
 mod postgres;
 mod projects;
 mod run;
+mod schedules;
 mod serve;
 mod server_runs;
 

@@ -147,6 +147,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "schedules",
             include_str!("../../migrations/sqlite/0007_schedules.sql"),
         ),
+        (
+            9,
+            "notifications",
+            include_str!("../../migrations/sqlite/0009_notifications.sql"),
+        ),
     ])
 }
 
@@ -277,6 +282,7 @@ include!("tokens_body.rs");
 include!("projects_body.rs");
 include!("hooks_body.rs");
 include!("schedules_body.rs");
+include!("notifications_body.rs");
 include!("ops_body.rs");
 
 impl Backend {

@@ -9,6 +9,7 @@
 mod batch;
 mod harness;
 mod hooks;
+mod notifications;
 mod ops;
 mod outbox;
 mod parity;
