@@ -403,6 +403,28 @@ pub(crate) enum ProjectCommand {
     Remove(ProjectOneArgs),
     /// Have the server fetch a git project again now (in the background).
     Fetch(ProjectOneArgs),
+    /// Give a project's webhook a new secret (shown once), and with --new-url a new hook id.
+    RotateHook(ProjectRotateHookArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProjectRotateHookArgs {
+    /// The project's id or name.
+    #[arg(value_name = "ID|NAME")]
+    pub(crate) project: String,
+    /// The new secret (at least 16 printable characters; default: 32 random bytes in hex).
+    #[arg(long, value_name = "SECRET")]
+    pub(crate) secret: Option<String>,
+    /// Also give the webhook a new URL (hook id); the old one stops working.
+    #[arg(long)]
+    pub(crate) new_url: bool,
+    /// Switch the provider whose signature scheme the webhook verifies.
+    #[arg(long, value_name = "github|gitlab|gitea|generic")]
+    pub(crate) provider: Option<kiln_proto::HookProvider>,
+    #[arg(long, value_enum, default_value_t)]
+    pub(crate) format: Format,
+    #[command(flatten)]
+    pub(crate) remote: ServerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -414,6 +436,13 @@ pub(crate) struct ProjectAddArgs {
     /// The project's name (default: the last segment of the path or URL, without `.git`).
     #[arg(long, value_name = "NAME")]
     pub(crate) name: Option<String>,
+    /// Whose signature scheme the project's webhook verifies.
+    #[arg(long, value_name = "github|gitlab|gitea|generic", default_value = "github")]
+    pub(crate) provider: kiln_proto::HookProvider,
+    /// The webhook secret (at least 16 printable characters; default: 32 random bytes in
+    /// hex). Printed once, here.
+    #[arg(long, value_name = "SECRET")]
+    pub(crate) secret: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     pub(crate) format: Format,
     #[command(flatten)]

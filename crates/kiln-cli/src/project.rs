@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::Failure;
 use crate::args::{
     Format, ProjectAddArgs, ProjectArgs, ProjectCommand, ProjectListArgs, ProjectOneArgs,
-    ProjectUpdateArgs,
+    ProjectRotateHookArgs, ProjectUpdateArgs,
 };
 use crate::client::{Client, path_segment};
 use crate::output::{print_json, stderr_line, stdout_line};
@@ -27,6 +27,7 @@ pub(crate) async fn project(a: ProjectArgs) -> Result<i32, Failure> {
         ProjectCommand::Update(c) => update(c).await,
         ProjectCommand::Remove(c) => remove(c).await,
         ProjectCommand::Fetch(c) => fetch(c).await,
+        ProjectCommand::RotateHook(c) => rotate_hook(c).await,
     }
 }
 
@@ -39,8 +40,8 @@ async fn add(a: ProjectAddArgs) -> Result<i32, Failure> {
     let req = NewProject {
         source: absolute_source(&a.source)?,
         name: a.name,
-        provider: None,
-        secret: None,
+        provider: Some(a.provider),
+        secret: a.secret,
     };
     let p: ProjectView = client.post("/api/v1/projects", &req).await?;
     match a.format {
@@ -48,6 +49,7 @@ async fn add(a: ProjectAddArgs) -> Result<i32, Failure> {
             "id": p.id,
             "name": p.name,
             "hook_url": p.hook_url,
+            "secret": p.secret,
         })),
         Format::Text => {
             stdout_line(&format!(
@@ -56,7 +58,13 @@ async fn add(a: ProjectAddArgs) -> Result<i32, Failure> {
                 p.name,
                 p.id
             ));
-            stdout_line(&format!("webhook URL: {}", p.hook_url));
+            stdout_line(&format!("webhook URL: {} ({})", p.hook_url, p.provider));
+            if let Some(secret) = &p.secret {
+                stdout_line(&format!(
+                    "webhook secret: {secret}  (shown once; `kiln project rotate-hook {}` draws a new one)",
+                    p.name
+                ));
+            }
             if p.fetch_status == kiln_proto::FetchStatus::Pending {
                 stderr_line(&format!(
                     "the server fetches it in the background; `kiln project show {}` tells how it went",
@@ -138,6 +146,31 @@ async fn fetch(a: ProjectOneArgs) -> Result<i32, Failure> {
             "fetching project `{}` in the background; `kiln project show {}` tells how it went",
             p.name, p.name
         )),
+    }
+    Ok(exit::OK)
+}
+
+async fn rotate_hook(a: ProjectRotateHookArgs) -> Result<i32, Failure> {
+    let client = Client::for_command(&a.remote, "kiln project rotate-hook")?;
+    let path = format!("{}/hook/rotate", one_path(&a.project));
+    let req = kiln_proto::HookRotate {
+        hook_id: a.new_url.then_some(true),
+        secret: Some(true),
+        value: a.secret,
+        provider: a.provider,
+    };
+    let h: kiln_proto::HookSecret = client.post(&path, &req).await?;
+    match a.format {
+        Format::Json => print_json(&json!({
+            "id": h.id,
+            "name": h.name,
+            "hook_url": h.hook_url,
+            "secret": h.secret,
+        })),
+        Format::Text => {
+            stdout_line(&format!("webhook URL: {} ({})", h.hook_url, h.provider));
+            stdout_line(&format!("webhook secret: {}  (shown once)", h.secret));
+        }
     }
     Ok(exit::OK)
 }

@@ -28,8 +28,13 @@ fn a_folder_project_is_added_listed_changed_and_removed() {
     assert_eq!(added.code, 0, "{}", added.stderr);
     let added = added.json();
     let keys: Vec<_> = added.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(keys, ["id", "name", "hook_url"]);
+    assert_eq!(keys, ["id", "name", "hook_url", "secret"]);
     assert_eq!(added["name"], "project");
+    assert_eq!(
+        added["secret"].as_str().unwrap().len(),
+        64,
+        "drawn: {added:#}"
+    );
     let hook_url = added["hook_url"].as_str().unwrap();
     assert!(
         hook_url.starts_with(&format!("{}/hooks/", s.url)),
@@ -43,11 +48,32 @@ fn a_folder_project_is_added_listed_changed_and_removed() {
     );
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     let shown = shown.json();
+    assert!(shown.get("secret").is_none(), "shown once only: {shown:#}");
+    assert_eq!(shown["provider"], "github");
     assert_eq!(shown["id"], added["id"]);
     assert_eq!(shown["hook_url"], added["hook_url"]);
     assert_eq!(shown["kind"], "path");
     let root = p.root().canonicalize().unwrap();
     assert_eq!(shown["source"], root.to_str().unwrap(), "sent absolute");
+
+    let rotated = s.call(
+        &p,
+        &admin,
+        &[
+            "project",
+            "rotate-hook",
+            "project",
+            "--secret",
+            "a-chosen-secret-of-some-length",
+            "--new-url",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    let rotated = rotated.json();
+    assert_eq!(rotated["secret"], "a-chosen-secret-of-some-length");
+    assert_ne!(rotated["hook_url"], added["hook_url"], "a new URL");
 
     let text = s.call(&p, &admin, &["project", "list"]);
     assert_eq!(text.code, 0, "{}", text.stderr);
