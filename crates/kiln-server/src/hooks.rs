@@ -16,8 +16,8 @@
 //! Not here: HTTP and signatures (`routes/hooks.rs`), SQL (the store's).
 
 use kiln_core::triggers::{self, HookEvent, Match, Provider};
-use kiln_engine::{EventTarget, TriggerRequest};
 use kiln_engine::source::GitRepo;
+use kiln_engine::{EventTarget, TriggerRequest};
 use kiln_proto::{DeliveryStatus, DeliveryView, HookProvider, ProjectKind};
 use kiln_store::DeliveryOutcome;
 use serde_json::Value;
