@@ -10,6 +10,7 @@
 //! [`projects`]: projects as the API shows them, and the requests that change them.
 //! [`hooks`]: webhook providers, the hook route's answer and recorded deliveries.
 //! [`schedules`]: `on.schedule` entries as the API shows them.
+//! [`watches`]: `on.watch` entries and their poll state as the API shows them.
 //! [`notifications`]: outbound notification receivers and their deliveries.
 
 pub mod api;
@@ -18,6 +19,7 @@ pub mod hooks;
 pub mod notifications;
 pub mod projects;
 pub mod schedules;
+pub mod watches;
 
 pub use api::{Envelope, ErrorBody, Meta, ServerStatus};
 pub use auth::{
@@ -36,6 +38,7 @@ pub use projects::{
     check_project_name, default_project_name,
 };
 pub use schedules::{ScheduleId, ScheduleList, ScheduleState, ScheduleView};
+pub use watches::{WatchCheck, WatchId, WatchList, WatchState, WatchVersion, WatchView};
 
 use jiff::Timestamp;
 use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus, StepStatus};

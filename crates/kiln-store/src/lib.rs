@@ -25,6 +25,7 @@ pub mod projects;
 pub mod schedules;
 mod token;
 pub mod types;
+pub mod watches;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +46,9 @@ pub use notifications::{
 pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
 pub use types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
+pub use watches::{
+    ClaimedVersion, NewVersion, PollRecord, SeenVersion, WatchDef, WatchRow, WatchSyncReport,
+};
 
 /// A handle on the store; cheap to clone and share between tasks.
 #[derive(Clone)]
@@ -742,5 +746,112 @@ impl Store {
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         with_backend!(self, b => b.retry_notification(id, now).await)
+    }
+}
+
+/// Watches (`on.watch`) and the versions they recorded (`watches_body.rs`).
+impl Store {
+    /// Makes `project`'s stored watches what its workflow files say: new entries are added
+    /// (due at `now`), changed ones updated (a new source forgets its ETag and is due at
+    /// `now`), entries gone from their file disabled — except in `keep_workflows`, files
+    /// that could not be read this time.
+    pub async fn sync_watches(
+        &self,
+        project: ProjectId,
+        defs: &[WatchDef],
+        keep_workflows: &[String],
+        now: Timestamp,
+    ) -> Result<WatchSyncReport, StoreError> {
+        with_backend!(self, b => b.sync_watches(project, defs, keep_workflows, now).await)
+    }
+
+    /// Every watch of projects not archived (of one project with `Some`), disabled included.
+    pub async fn list_watches(
+        &self,
+        project: Option<ProjectId>,
+    ) -> Result<Vec<kiln_proto::WatchView>, StoreError> {
+        with_backend!(self, b => b.list_watches(project).await)
+    }
+
+    pub async fn get_watch(
+        &self,
+        id: kiln_proto::WatchId,
+    ) -> Result<Option<kiln_proto::WatchView>, StoreError> {
+        with_backend!(self, b => b.get_watch(id).await)
+    }
+
+    /// A watch as a poller needs it.
+    pub async fn watch_row(&self, id: kiln_proto::WatchId) -> Result<Option<WatchRow>, StoreError> {
+        with_backend!(self, b => b.watch_row(id).await)
+    }
+
+    /// Enabled watches due at `now`, longest due first, at most `limit`.
+    pub async fn due_watches(
+        &self,
+        now: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<WatchRow>, StoreError> {
+        with_backend!(self, b => b.due_watches(now, limit).await)
+    }
+
+    /// The soonest poll of any enabled watch.
+    pub async fn next_watch_poll(&self) -> Result<Option<Timestamp>, StoreError> {
+        with_backend!(self, b => b.next_watch_poll().await)
+    }
+
+    /// Claims a watch's poll: moves `next_poll_at` from `seen_next` (what the poller read)
+    /// to `lease_until`. False when another poller moved it first.
+    pub async fn claim_watch(
+        &self,
+        id: kiln_proto::WatchId,
+        seen_next: Timestamp,
+        lease_until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.claim_watch(id, seen_next, lease_until).await)
+    }
+
+    /// Every version the watch recorded.
+    pub async fn seen_versions(&self, id: kiln_proto::WatchId) -> Result<Vec<String>, StoreError> {
+        with_backend!(self, b => b.seen_versions(id).await)
+    }
+
+    /// Records a successful poll in one transaction: its versions (each once per watch) and
+    /// the watch's ETag and next poll, failures reset. Returns the versions that were
+    /// inserted to start a run — only those may start one.
+    pub async fn record_poll(
+        &self,
+        id: kiln_proto::WatchId,
+        poll: &PollRecord,
+    ) -> Result<Vec<ClaimedVersion>, StoreError> {
+        with_backend!(self, b => b.record_poll(id, poll).await)
+    }
+
+    /// Records a failed poll: its error, one more failure, when to try again.
+    pub async fn record_poll_error(
+        &self,
+        id: kiln_proto::WatchId,
+        error: &str,
+        next_poll_at: Timestamp,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        with_backend!(self, b => b.record_poll_error(id, error, next_poll_at, now).await)
+    }
+
+    /// Records what a claimed version did: the run it started, or why none started.
+    pub async fn finish_watch_version(
+        &self,
+        watch: kiln_proto::WatchId,
+        version: uuid::Uuid,
+        result: Result<RunId, &str>,
+    ) -> Result<(), StoreError> {
+        with_backend!(self, b => b.finish_watch_version(watch, version, result).await)
+    }
+
+    /// Every version a watch recorded, oldest first.
+    pub async fn list_watch_versions(
+        &self,
+        id: kiln_proto::WatchId,
+    ) -> Result<Vec<SeenVersion>, StoreError> {
+        with_backend!(self, b => b.list_watch_versions(id).await)
     }
 }

@@ -148,6 +148,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             include_str!("../../migrations/sqlite/0007_schedules.sql"),
         ),
         (
+            8,
+            "watches",
+            include_str!("../../migrations/sqlite/0008_watches.sql"),
+        ),
+        (
             9,
             "notifications",
             include_str!("../../migrations/sqlite/0009_notifications.sql"),
@@ -282,6 +287,7 @@ include!("tokens_body.rs");
 include!("projects_body.rs");
 include!("hooks_body.rs");
 include!("schedules_body.rs");
+include!("watches_body.rs");
 include!("notifications_body.rs");
 include!("ops_body.rs");
 

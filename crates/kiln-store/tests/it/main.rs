@@ -18,3 +18,4 @@ mod schedules;
 mod suite;
 mod throughput;
 mod tokens;
+mod watches;
