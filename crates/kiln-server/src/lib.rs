@@ -22,6 +22,7 @@ mod extract;
 mod fetch;
 mod hooks;
 mod metrics;
+mod notify;
 mod openapi;
 mod routes;
 mod state;
@@ -39,6 +40,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use bus::LiveConfig;
+pub use notify::NotifyConfig;
 pub use state::{AppState, ServerConfig};
 
 /// The whole HTTP app: API routes behind auth, the open probes, documents and `/metrics`, and
@@ -96,6 +98,8 @@ pub async fn serve(
     // Live streams never end by themselves: they end when shutdown begins, or the graceful
     // shutdown would wait for them forever.
     let closing = state.bus().closing().clone();
+    // Outbound notifications from the outbox (see `notify.rs`); ends with the live streams.
+    let notifier = notify::spawn(&state, closing.clone());
     let shutdown = async move {
         shutdown.await;
         closing.cancel();
@@ -108,5 +112,8 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     upkeep.abort();
+    if let Some(notifier) = notifier {
+        notifier.abort();
+    }
     served
 }

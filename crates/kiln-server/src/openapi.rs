@@ -10,6 +10,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
 use crate::metrics;
+use crate::routes::notifications;
 use crate::routes::{
     deliveries, hooks, live, ops, projects, runs_read, runs_write, schedules, system, tokens,
 };
@@ -55,6 +56,11 @@ use crate::state::AppState;
         schedules::list,
         schedules::stop,
         schedules::start,
+        notifications::list_receivers,
+        notifications::create_receiver,
+        notifications::remove_receiver,
+        notifications::list_notifications,
+        notifications::retry,
         ops::queue,
         ops::stats,
         ops::config,
@@ -71,6 +77,7 @@ use crate::state::AppState;
         (name = "operations", description = "The queue, statistics, settings and the database (settings and database: admin only)"),
         (name = "live", description = "Live events: SSE and WebSocket"),
         (name = "schedules", description = "on.schedule entries of the projects' workflows: next fires, stop and start"),
+        (name = "notifications", description = "Outbound notifications: receivers a project names, signed deliveries of its events and their attempts"),
         (name = "hooks", description = "Project webhooks (`/hooks/{hook_id}`, open, signed with the project's secret) and their recorded deliveries")
     )
 )]
@@ -138,5 +145,14 @@ mod tests {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         assert!(doc["components"]["schemas"]["ScheduleView"].is_object());
+        for path in [
+            "/api/v1/projects/{id}/receivers",
+            "/api/v1/projects/{id}/receivers/{rid}",
+            "/api/v1/projects/{id}/notifications",
+            "/api/v1/notifications/{id}/retry",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        assert!(doc["components"]["schemas"]["NotificationView"].is_object());
     }
 }

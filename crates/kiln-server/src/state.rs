@@ -14,6 +14,7 @@ use kiln_store::Store;
 
 use crate::bus::{Bus, LiveConfig};
 use crate::fetch::Fetches;
+use crate::notify::NotifyConfig;
 
 /// The server's settings, resolved (flags and configuration already merged).
 #[derive(Clone, Debug)]
@@ -43,6 +44,8 @@ pub struct ServerConfig {
     pub worker_slots: Option<usize>,
     /// The event bus and its live clients (SSE, WebSocket).
     pub live: LiveConfig,
+    /// The notifier: outbound notifications to the receivers projects name.
+    pub notify: NotifyConfig,
 }
 
 impl ServerConfig {
@@ -60,6 +63,7 @@ impl ServerConfig {
             database: None,
             worker_slots: None,
             live: LiveConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 pub(crate) mod deliveries;
 pub(crate) mod hooks;
 pub(crate) mod live;
+pub(crate) mod notifications;
 pub(crate) mod ops;
 pub(crate) mod projects;
 pub(crate) mod runs_read;
@@ -66,6 +67,22 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/schedules", get(schedules::list))
         .route("/api/v1/schedules/{id}/stop", post(schedules::stop))
         .route("/api/v1/schedules/{id}/start", post(schedules::start))
+        .route(
+            "/api/v1/projects/{id}/receivers",
+            get(notifications::list_receivers).post(notifications::create_receiver),
+        )
+        .route(
+            "/api/v1/projects/{id}/receivers/{rid}",
+            delete(notifications::remove_receiver),
+        )
+        .route(
+            "/api/v1/projects/{id}/notifications",
+            get(notifications::list_notifications),
+        )
+        .route(
+            "/api/v1/notifications/{id}/retry",
+            post(notifications::retry),
+        )
         .route("/api/v1/queue", get(ops::queue))
         .route("/api/v1/stats", get(ops::stats))
         .route("/api/v1/config", get(ops::config))

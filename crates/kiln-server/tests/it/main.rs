@@ -7,6 +7,7 @@ mod envelope;
 mod harness;
 mod hooks;
 mod live;
+mod notify;
 mod ops;
 mod projects;
 mod runs_write;
