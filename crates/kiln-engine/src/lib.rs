@@ -11,6 +11,8 @@
 //!   start-up, and the handle that triggers, cancels and shuts down.
 //! - [`schedule`] — the schedule runner: syncs `on.schedule` entries into the store, claims
 //!   due fires and starts their runs.
+//! - [`watch`] — the watch poller: syncs `on.watch` entries into the store, polls due
+//!   sources (registries, URLs, commands) and starts one run per new version.
 //! - [`egress`] — the one policy every outbound connection kiln makes passes first.
 //! - [`source`] — git project sources: bare mirrors fetched with the git CLI, revisions,
 //!   workflow files at a commit, checkouts into job workspaces.
@@ -25,6 +27,7 @@ pub mod engine;
 pub mod project;
 pub mod schedule;
 pub mod source;
+pub mod watch;
 
 use std::path::PathBuf;
 
