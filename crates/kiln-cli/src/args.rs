@@ -56,6 +56,8 @@ enum Command {
     /// List a server's schedules (`on.schedule` entries) with their next fire; stop or
     /// start one.
     Schedule(ScheduleArgs),
+    /// Add, list or remove a project's notification receivers (signed POSTs of its events).
+    Receiver(crate::receiver::ReceiverArgs),
 }
 
 #[derive(Debug, Args)]
@@ -496,6 +498,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Trigger(a) => crate::trigger::trigger(a).await,
         Command::Project(a) => crate::project::project(a).await,
         Command::Schedule(a) => crate::schedule::schedule(a).await,
+        Command::Receiver(a) => crate::receiver::receiver(a).await,
     }
 }
 

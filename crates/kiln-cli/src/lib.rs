@@ -15,6 +15,7 @@ mod local;
 mod logs;
 mod output;
 mod project;
+mod receiver;
 mod runs;
 mod schedule;
 mod serve;

@@ -5,6 +5,7 @@ mod client_cmds;
 mod errors;
 mod postgres;
 mod projects;
+mod receivers;
 mod run;
 mod schedules;
 mod serve;
