@@ -35,6 +35,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         None => None,
     };
     let egress = a.egress.policy()?;
+    let bans = a.bans.config()?;
     let preseed = std::env::var(ADMIN_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
@@ -102,12 +103,25 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     config.egress = egress;
     config.data_dir = data_dir;
     config.worker_slots = Some(slots);
+    config.bans = bans;
     config.metrics_open = !a.metrics_need_token;
     if let Some(url) = &a.store.database {
         config = config.with_database(url);
     }
     tracing::info!(listen = %listening, public_url = %config.public_url, backend = store.backend_name(), "serving");
-    let state = AppState::new(store, config).with_engine(engine.clone());
+    // Watches: every project's `on.watch` entries are read now and every minute; due ones
+    // are polled (16 at a time, through the egress policy) and new versions start runs.
+    let watch_config = kiln_engine::watch::WatchConfig {
+        egress: config.egress.clone(),
+        ..Default::default()
+    };
+    let watcher =
+        kiln_engine::watch::Watcher::new(engine.clone(), store.clone(), config.data_dir.clone(), watch_config)
+            .map_err(|e| Failure::internal(format!("failed to start the watch poller: {e}")))?;
+    watcher.clone().spawn(std::time::Duration::from_secs(60));
+    let state = AppState::new(store, config)
+        .with_engine(engine.clone())
+        .with_watcher(watcher);
     let served = kiln_server::serve(listener, state, shutdown).await;
     // Intake has stopped: let running jobs finish within the grace period, then cancel and
     // record them.

@@ -11,6 +11,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::envelope::VERSION;
 use crate::metrics;
 use crate::routes::notifications;
+use crate::routes::watches;
 use crate::routes::{
     deliveries, hooks, live, ops, projects, runs_read, runs_write, schedules, system, tokens,
 };
@@ -56,6 +57,8 @@ use crate::state::AppState;
         schedules::list,
         schedules::stop,
         schedules::start,
+        watches::list,
+        watches::check,
         notifications::list_receivers,
         notifications::create_receiver,
         notifications::remove_receiver,
@@ -77,6 +80,7 @@ use crate::state::AppState;
         (name = "operations", description = "The queue, statistics, settings and the database (settings and database: admin only)"),
         (name = "live", description = "Live events: SSE and WebSocket"),
         (name = "schedules", description = "on.schedule entries of the projects' workflows: next fires, stop and start"),
+        (name = "watches", description = "on.watch entries of the projects' workflows: poll state, versions seen, poll now"),
         (name = "notifications", description = "Outbound notifications: receivers a project names, signed deliveries of its events and their attempts"),
         (name = "hooks", description = "Project webhooks (`/hooks/{hook_id}`, open, signed with the project's secret) and their recorded deliveries")
     )
@@ -141,6 +145,8 @@ mod tests {
             "/api/v1/schedules",
             "/api/v1/schedules/{id}/stop",
             "/api/v1/schedules/{id}/start",
+            "/api/v1/watches",
+            "/api/v1/watches/{id}/check",
         ] {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }

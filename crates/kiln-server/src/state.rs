@@ -87,6 +87,8 @@ struct Inner {
     store: Store,
     /// The engine that runs jobs; `None` for a server that only serves the store (tests).
     engine: Option<Engine>,
+    /// The watch poller (`POST /watches/{id}/check` polls through it); `None`: no watches.
+    watcher: Option<kiln_engine::watch::Watcher>,
     config: ServerConfig,
     started_at: Timestamp,
     /// The git fetches running in the background.
@@ -101,6 +103,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 engine: None,
+                watcher: None,
                 started_at: Timestamp::now(),
                 fetches: Arc::default(),
                 bus: Arc::new(Bus::new(config.live.clone())),
@@ -114,6 +117,7 @@ impl AppState {
         let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
             store: shared.store.clone(),
             engine: None,
+            watcher: shared.watcher.clone(),
             config: shared.config.clone(),
             started_at: shared.started_at,
             fetches: shared.fetches.clone(),
@@ -125,6 +129,28 @@ impl AppState {
                 ..inner
             }),
         }
+    }
+
+    /// The same state with `watcher` polling watches (set after [`AppState::with_engine`]).
+    pub fn with_watcher(self, watcher: kiln_engine::watch::Watcher) -> Self {
+        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
+            store: shared.store.clone(),
+            engine: shared.engine.clone(),
+            watcher: None,
+            config: shared.config.clone(),
+            started_at: shared.started_at,
+            fetches: shared.fetches.clone(),
+            bus: shared.bus.clone(),
+            bans: shared.bans.clone(),
+        });
+        inner.watcher = Some(watcher);
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn watcher(&self) -> Option<&kiln_engine::watch::Watcher> {
+        self.inner.watcher.as_ref()
     }
 
     pub fn engine(&self) -> Option<&Engine> {

@@ -14,6 +14,7 @@ pub(crate) mod runs_write;
 pub(crate) mod schedules;
 pub(crate) mod system;
 pub(crate) mod tokens;
+pub(crate) mod watches;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
@@ -67,6 +68,8 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/schedules", get(schedules::list))
         .route("/api/v1/schedules/{id}/stop", post(schedules::stop))
         .route("/api/v1/schedules/{id}/start", post(schedules::start))
+        .route("/api/v1/watches", get(watches::list))
+        .route("/api/v1/watches/{id}/check", post(watches::check))
         .route(
             "/api/v1/projects/{id}/receivers",
             get(notifications::list_receivers).post(notifications::create_receiver),
