@@ -88,7 +88,7 @@ struct Inner {
     /// The engine that runs jobs; `None` for a server that only serves the store (tests).
     engine: Option<Engine>,
     /// The watch poller (`POST /watches/{id}/check` polls through it); `None`: no watches.
-    watcher: Option<kiln_engine::watch::Watcher>,
+    watcher: std::sync::OnceLock<kiln_engine::watch::Watcher>,
     config: ServerConfig,
     started_at: Timestamp,
     /// The git fetches running in the background.
@@ -103,7 +103,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 store,
                 engine: None,
-                watcher: None,
+                watcher: std::sync::OnceLock::new(),
                 started_at: Timestamp::now(),
                 fetches: Arc::default(),
                 bus: Arc::new(Bus::new(config.live.clone())),
@@ -131,26 +131,14 @@ impl AppState {
         }
     }
 
-    /// The same state with `watcher` polling watches (set after [`AppState::with_engine`]).
+    /// The same state with `watcher` polling watches (the first one set stays).
     pub fn with_watcher(self, watcher: kiln_engine::watch::Watcher) -> Self {
-        let mut inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            store: shared.store.clone(),
-            engine: shared.engine.clone(),
-            watcher: None,
-            config: shared.config.clone(),
-            started_at: shared.started_at,
-            fetches: shared.fetches.clone(),
-            bus: shared.bus.clone(),
-            bans: shared.bans.clone(),
-        });
-        inner.watcher = Some(watcher);
-        Self {
-            inner: Arc::new(inner),
-        }
+        let _ = self.inner.watcher.set(watcher);
+        self
     }
 
     pub fn watcher(&self) -> Option<&kiln_engine::watch::Watcher> {
-        self.inner.watcher.as_ref()
+        self.inner.watcher.get()
     }
 
     pub fn engine(&self) -> Option<&Engine> {
