@@ -58,6 +58,8 @@ enum Command {
     Schedule(ScheduleArgs),
     /// Add, list or remove a project's notification receivers (signed POSTs of its events).
     Receiver(crate::receiver::ReceiverArgs),
+    /// List the webhook senders a server banned for failing verification; lift a ban.
+    Ban(crate::ban::BanArgs),
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +278,8 @@ pub(crate) struct ServeArgs {
     pub(crate) metrics_need_token: bool,
     #[command(flatten)]
     pub(crate) egress: EgressArgs,
+    #[command(flatten)]
+    pub(crate) bans: crate::ban::BanFlags,
 }
 
 /// What the server's own outbound connections may reach (DESIGN.md "Security model"). By
@@ -499,6 +503,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Project(a) => crate::project::project(a).await,
         Command::Schedule(a) => crate::schedule::schedule(a).await,
         Command::Receiver(a) => crate::receiver::receiver(a).await,
+        Command::Ban(a) => crate::ban::ban(a).await,
     }
 }
 

@@ -10,6 +10,7 @@
 //! (nothing ran), 3 kiln itself could not work, 130 cancelled by Ctrl-C.
 
 mod args;
+mod ban;
 mod client;
 mod local;
 mod logs;

@@ -254,3 +254,33 @@ mod tests {
         assert!(check_hook_secret("0123456789abcdef").is_ok());
     }
 }
+
+/// An address banned from a webhook (or from all of them) for failing verification too
+/// often — `GET /api/v1/bans`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Ban {
+    /// Pass to `DELETE /api/v1/bans/{id}` (or `kiln ban lift`) to lift it.
+    pub id: String,
+    /// The sender's address (as seen through trusted proxies).
+    pub address: String,
+    /// The hook it is banned from; `null`: every hook (it scanned for hook ids).
+    pub hook_id: Option<String>,
+    /// Why: what failed, how often.
+    pub reason: String,
+    /// The failures that led to it.
+    pub failures: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub created_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub expires_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub lifted_at: Option<Timestamp>,
+}
+
+/// The bans, newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BanList {
+    pub bans: Vec<Ban>,
+}

@@ -26,7 +26,7 @@ pub use auth::{
     CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole, check_token_name,
 };
 pub use hooks::{
-    DeliveryList, DeliveryStatus, DeliveryView, HookAnswer, HookProvider, HookRotate, HookSecret,
+    Ban, BanList, DeliveryList, DeliveryStatus, DeliveryView, HookAnswer, HookProvider, HookRotate, HookSecret,
     check_hook_secret,
 };
 pub use notifications::{

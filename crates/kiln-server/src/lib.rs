@@ -15,6 +15,7 @@
 //! Not here: SQL (the store's), deciding what runs (the engine's), anything the CLI prints.
 
 mod auth;
+mod bans;
 mod bus;
 mod envelope;
 mod error;
@@ -39,6 +40,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use bans::BanConfig;
 pub use bus::LiveConfig;
 pub use notify::NotifyConfig;
 pub use state::{AppState, ServerConfig};
@@ -56,7 +58,12 @@ pub fn router(state: AppState) -> Router {
     // Webhooks carry big payloads (a push of many commits): their own, larger limit.
     let hooks = routes::hooks()
         .layer(RequestBodyLimitLayer::new(config.hook_body_limit))
-        .layer(DefaultBodyLimit::disable());
+        .layer(DefaultBodyLimit::disable())
+        // Outermost: a banned sender is answered before its body is read.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            bans::guard,
+        ));
     // Metrics outermost: every answer is counted with its final status.
     metrics::handle();
     let layers = ServiceBuilder::new()

@@ -13,6 +13,7 @@ use crate::metrics;
 use crate::routes::notifications;
 use crate::routes::watches;
 use crate::routes::{
+    bans,
     deliveries, hooks, live, ops, projects, runs_read, runs_write, schedules, system, tokens,
 };
 use crate::state::AppState;
@@ -48,6 +49,8 @@ use crate::state::AppState;
         runs_read::show,
         runs_read::job,
         runs_read::log,
+        bans::list,
+        bans::lift,
         live::log_stream,
         live::events,
         live::ws,

@@ -27,6 +27,8 @@ pub struct ServerConfig {
     /// The largest webhook body `POST /hooks/{hook_id}` reads, in bytes (25 MB by default:
     /// GitHub caps its payloads there).
     pub hook_body_limit: usize,
+    /// When webhook senders are banned (see `bans.rs`).
+    pub bans: crate::bans::BanConfig,
     /// How long one request may take before the server answers `504 TIMEOUT`.
     pub request_timeout: Duration,
     /// What the server's own outbound connections (git fetches of projects) may reach; also
@@ -56,6 +58,7 @@ impl ServerConfig {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             body_limit: 2 * 1024 * 1024,
             hook_body_limit: 25 * 1024 * 1024,
+            bans: crate::bans::BanConfig::default(),
             request_timeout: Duration::from_secs(30),
             egress: EgressPolicy::default(),
             data_dir: PathBuf::from("kiln-data"),
@@ -95,6 +98,8 @@ struct Inner {
     fetches: Arc<Fetches>,
     /// What live clients read: the outbox, read once for all of them.
     bus: Arc<Bus>,
+    /// Failed webhook verifications counted towards bans.
+    bans: Arc<crate::bans::Failures>,
 }
 
 impl AppState {
@@ -107,6 +112,7 @@ impl AppState {
                 started_at: Timestamp::now(),
                 fetches: Arc::default(),
                 bus: Arc::new(Bus::new(config.live.clone())),
+                bans: Arc::default(),
                 config,
             }),
         }
@@ -122,6 +128,7 @@ impl AppState {
             started_at: shared.started_at,
             fetches: shared.fetches.clone(),
             bus: shared.bus.clone(),
+            bans: shared.bans.clone(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -155,6 +162,10 @@ impl AppState {
 
     pub(crate) fn started_at(&self) -> Timestamp {
         self.inner.started_at
+    }
+
+    pub(crate) fn bans(&self) -> &crate::bans::Failures {
+        &self.inner.bans
     }
 
     pub(crate) fn bus(&self) -> &Arc<Bus> {

@@ -589,6 +589,40 @@ impl Store {
         with_backend!(self, b => b.set_hook(project, change).await)
     }
 
+    /// Records a ban (its id, address, hook or `None` for every hook, reason, dates).
+    pub async fn add_ban(&self, ban: &kiln_proto::Ban) -> Result<(), StoreError> {
+        with_backend!(self, b => b.add_ban(ban).await)
+    }
+
+    /// The ban in force at `now` that keeps `address` from hook `hook_id` (a ban from that
+    /// hook, or from every hook), if any.
+    pub async fn active_ban(
+        &self,
+        address: &str,
+        hook_id: &str,
+        now: Timestamp,
+    ) -> Result<Option<kiln_proto::Ban>, StoreError> {
+        with_backend!(self, b => b.active_ban(address, hook_id, now).await)
+    }
+
+    /// Bans newest first: those in force at `now`, or with `all` every one ever made.
+    pub async fn list_bans(
+        &self,
+        all: bool,
+        now: Timestamp,
+    ) -> Result<Vec<kiln_proto::Ban>, StoreError> {
+        with_backend!(self, b => b.list_bans(all, now).await)
+    }
+
+    /// Lifts a ban (a second lift keeps the first time); `None`: no such ban.
+    pub async fn lift_ban(
+        &self,
+        id: &str,
+        at: Timestamp,
+    ) -> Result<Option<kiln_proto::Ban>, StoreError> {
+        with_backend!(self, b => b.lift_ban(id, at).await)
+    }
+
     /// Records a verified delivery, once per (project, provider delivery id): a delivery id
     /// seen before is [`Recorded::Duplicate`] with the first delivery as it stands.
     pub async fn record_delivery(&self, new: &NewDelivery) -> Result<Recorded, StoreError> {

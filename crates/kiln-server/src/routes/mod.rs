@@ -3,6 +3,7 @@
 //!
 //! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
 
+pub(crate) mod bans;
 pub(crate) mod deliveries;
 pub(crate) mod hooks;
 pub(crate) mod live;
@@ -87,6 +88,8 @@ pub(crate) fn api() -> Router<AppState> {
             post(notifications::retry),
         )
         .route("/api/v1/queue", get(ops::queue))
+        .route("/api/v1/bans", get(bans::list))
+        .route("/api/v1/bans/{id}", delete(bans::lift))
         .route("/api/v1/stats", get(ops::stats))
         .route("/api/v1/config", get(ops::config))
         .route("/api/v1/database/stats", get(ops::database_stats))

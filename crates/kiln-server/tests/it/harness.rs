@@ -13,6 +13,9 @@ use sqlx::postgres::PgConnection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// A change to a test server's settings.
+type Tweak = Box<dyn FnOnce(&mut ServerConfig) + Send>;
+
 const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A base PostgreSQL URL that accepts connections: `KILN_TEST_DATABASE_URL`, else the
@@ -187,6 +190,16 @@ impl Server {
     /// A server with these live settings (event bus, SSE and WebSocket clients), with an
     /// engine or not, on PostgreSQL or SQLite.
     pub(crate) async fn with_live(postgres: bool, engine: bool, live: LiveConfig) -> Self {
+        Self::with_config(postgres, engine, move |c| c.live = live).await
+    }
+
+    /// A server whose settings `tweak` changes, with an engine or not, on PostgreSQL or
+    /// SQLite.
+    pub(crate) async fn with_config(
+        postgres: bool,
+        engine: bool,
+        tweak: impl FnOnce(&mut ServerConfig) + Send + 'static,
+    ) -> Self {
         let (store, dir, pg) = if postgres {
             let (store, dir, pg) = pg_store().await;
             (store, dir, Some(pg))
@@ -194,7 +207,8 @@ impl Server {
             let dir = tempfile::tempdir().unwrap();
             (Store::open_sqlite(dir.path()).await.unwrap(), dir, None)
         };
-        Self::start_full(store, dir, pg, engine, EgressPolicy::default(), Some(live)).await
+        let tweak: Tweak = Box::new(tweak);
+        Self::start_full(store, dir, pg, engine, EgressPolicy::default(), Some(tweak)).await
     }
 
     async fn start_configured(
@@ -214,7 +228,7 @@ impl Server {
         pg: Option<(String, String)>,
         engine: bool,
         egress: EgressPolicy,
-        live: Option<LiveConfig>,
+        tweak: Option<Tweak>,
     ) -> Self {
         // reqwest is built with rustls and no provider of its own: use ring, as the CLI does.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -229,8 +243,8 @@ impl Server {
         let mut config = ServerConfig::new(&base);
         config.data_dir = dir.path().to_owned();
         config.egress = egress;
-        if let Some(live) = live {
-            config.live = live;
+        if let Some(tweak) = tweak {
+            tweak(&mut config);
         }
         let mut state = AppState::new(store.clone(), config);
         let mut kept_engine = None;

@@ -3,6 +3,7 @@
 //! `KILN_TEST_DATABASE_URL`; each test in a fresh schema it drops at the end).
 
 mod auth;
+mod bans;
 mod envelope;
 mod harness;
 mod hooks;

@@ -140,6 +140,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "notifications",
             include_str!("../../migrations/postgres/0009_notifications.sql"),
         ),
+        (
+            10,
+            "bans",
+            include_str!("../../migrations/postgres/0010_bans.sql"),
+        ),
     ])
 }
 
@@ -237,6 +242,7 @@ const LOCK_TOKENS: Option<&str> = Some("SELECT pg_advisory_xact_lock(1802792811)
 include!("tokens_body.rs");
 include!("projects_body.rs");
 include!("hooks_body.rs");
+include!("bans_body.rs");
 include!("schedules_body.rs");
 include!("watches_body.rs");
 include!("notifications_body.rs");

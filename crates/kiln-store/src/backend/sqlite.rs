@@ -157,6 +157,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "notifications",
             include_str!("../../migrations/sqlite/0009_notifications.sql"),
         ),
+        (
+            10,
+            "bans",
+            include_str!("../../migrations/sqlite/0010_bans.sql"),
+        ),
     ])
 }
 
@@ -286,6 +291,7 @@ const LOCK_TOKENS: Option<&str> = None;
 include!("tokens_body.rs");
 include!("projects_body.rs");
 include!("hooks_body.rs");
+include!("bans_body.rs");
 include!("schedules_body.rs");
 include!("watches_body.rs");
 include!("notifications_body.rs");
