@@ -443,7 +443,11 @@ pub(crate) struct ProjectAddArgs {
     #[arg(long, value_name = "NAME")]
     pub(crate) name: Option<String>,
     /// Whose signature scheme the project's webhook verifies.
-    #[arg(long, value_name = "github|gitlab|gitea|generic", default_value = "github")]
+    #[arg(
+        long,
+        value_name = "github|gitlab|gitea|generic",
+        default_value = "github"
+    )]
     pub(crate) provider: kiln_proto::HookProvider,
     /// The webhook secret (at least 16 printable characters; default: 32 random bytes in
     /// hex). Printed once, here.

@@ -115,9 +115,13 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         egress: config.egress.clone(),
         ..Default::default()
     };
-    let watcher =
-        kiln_engine::watch::Watcher::new(engine.clone(), store.clone(), config.data_dir.clone(), watch_config)
-            .map_err(|e| Failure::internal(format!("failed to start the watch poller: {e}")))?;
+    let watcher = kiln_engine::watch::Watcher::new(
+        engine.clone(),
+        store.clone(),
+        config.data_dir.clone(),
+        watch_config,
+    )
+    .map_err(|e| Failure::internal(format!("failed to start the watch poller: {e}")))?;
     watcher.clone().spawn(std::time::Duration::from_secs(60));
     let state = AppState::new(store, config)
         .with_engine(engine.clone())

@@ -26,8 +26,8 @@ pub use auth::{
     CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole, check_token_name,
 };
 pub use hooks::{
-    Ban, BanList, DeliveryList, DeliveryStatus, DeliveryView, HookAnswer, HookProvider, HookRotate, HookSecret,
-    check_hook_secret,
+    Ban, BanList, DeliveryList, DeliveryStatus, DeliveryView, HookAnswer, HookProvider, HookRotate,
+    HookSecret, check_hook_secret,
 };
 pub use notifications::{
     AttemptView, NewReceiver, NotificationId, NotificationList, NotificationStatus,

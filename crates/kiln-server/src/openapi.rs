@@ -13,8 +13,7 @@ use crate::metrics;
 use crate::routes::notifications;
 use crate::routes::watches;
 use crate::routes::{
-    bans,
-    deliveries, hooks, live, ops, projects, runs_read, runs_write, schedules, system, tokens,
+    bans, deliveries, hooks, live, ops, projects, runs_read, runs_write, schedules, system, tokens,
 };
 use crate::state::AppState;
 

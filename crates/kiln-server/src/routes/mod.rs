@@ -47,10 +47,7 @@ pub(crate) fn api() -> Router<AppState> {
                 .delete(projects::remove),
         )
         .route("/api/v1/projects/{id}/fetch", post(projects::refetch))
-        .route(
-            "/api/v1/projects/{id}/deliveries",
-            get(deliveries::list),
-        )
+        .route("/api/v1/projects/{id}/deliveries", get(deliveries::list))
         .route(
             "/api/v1/projects/{id}/hook/rotate",
             post(deliveries::rotate),

@@ -146,8 +146,11 @@ async fn unknown_routes_and_methods_get_envelopes(s: &Server) {
     s.get("/no/such/page", Some(&s.admin))
         .await
         .expect_error(404, "NOT_FOUND");
-    // Open prefixes without routes yet are plain 404s too, without a token.
+    // The webhook route takes POST only; other paths under it are plain 404s.
     s.get("/hooks/0000", None)
+        .await
+        .expect_error(405, "METHOD_NOT_ALLOWED");
+    s.get("/hooks/0000/x", None)
         .await
         .expect_error(404, "NOT_FOUND");
 
