@@ -62,12 +62,21 @@ pub enum FireOutcome {
     Lost,
 }
 
+/// What runs before a scheduled run of a project starts: the server fetches a git
+/// project's mirror there, so that the run is of the default branch as it is now.
+pub type BeforeRun = std::sync::Arc<
+    dyn Fn(ProjectId) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Syncs schedules and starts their runs; cheap to clone.
 #[derive(Clone)]
 pub struct Scheduler {
     engine: Engine,
     store: Store,
     data_dir: PathBuf,
+    before_run: Option<BeforeRun>,
 }
 
 impl Scheduler {
@@ -77,7 +86,14 @@ impl Scheduler {
             engine,
             store,
             data_dir: data_dir.into(),
+            before_run: None,
         }
+    }
+
+    /// The same scheduler, awaiting `hook` before each run it starts (see [`BeforeRun`]).
+    pub fn with_before_run(mut self, hook: BeforeRun) -> Self {
+        self.before_run = Some(hook);
+        self
     }
 
     /// Syncs every project that is not archived (see [`Scheduler::sync_project`]); a project
@@ -219,6 +235,9 @@ impl Scheduler {
         if kind == FireKind::Skip {
             tracing::info!(schedule = %schedule.id, workflow = schedule.workflow, %fire_at, "skipped a missed fire (catch-up: none)");
             return Ok(FireOutcome::Skipped);
+        }
+        if let Some(hook) = &self.before_run {
+            hook(schedule.project).await;
         }
         let request = TriggerRequest {
             project: schedule.project,

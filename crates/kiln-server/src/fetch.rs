@@ -110,6 +110,15 @@ pub(crate) fn resume(state: &AppState) {
     });
 }
 
+/// Before a run the server starts by itself (a schedule's fire): a git project's mirror is
+/// fetched first, as a trigger's is; when that fails the run goes on with the mirror as last
+/// fetched (the failure is on the project's record and in the log).
+pub async fn refresh_before_run(state: &AppState, id: ProjectId) {
+    if let Err(e) = fetch_now(state, id).await {
+        tracing::warn!(project = %id, error = %e, "fetch before a scheduled run failed; the run uses the mirror as last fetched");
+    }
+}
+
 /// Fetches a git project's mirror now and waits for it (a run is about to be planned from
 /// it: the ref must name what the upstream has now, not what the last fetch saw).
 /// `Err`: the fetch failed, as the project's record now says too.

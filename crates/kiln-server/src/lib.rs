@@ -42,6 +42,7 @@ use tower_http::trace::TraceLayer;
 
 pub use bans::BanConfig;
 pub use bus::LiveConfig;
+pub use fetch::refresh_before_run;
 pub use notify::NotifyConfig;
 pub use state::{AppState, ServerConfig};
 

@@ -226,3 +226,31 @@ async fn stopped_schedules_stay_stopped_and_removed_entries_go() {
     assert!(f.store.list_schedules(None).await.unwrap().is_empty());
     f.engine.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+/// The hook a server gives (it fetches a git project's mirror there) runs before each
+/// scheduled run, with the run's project, and only for fires that run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_before_run_hook_runs_before_each_scheduled_run() {
+    let f = Fixture::new(EVERY_MINUTE).await;
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = calls.clone();
+    let s = f
+        .scheduler()
+        .with_before_run(std::sync::Arc::new(move |project| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                seen.lock().unwrap().push(project);
+            })
+        }));
+    let t0 = t("2026-05-01T10:00:30Z");
+    s.sync_all(t0).await.unwrap();
+    assert!(s.tick(plus(t0, 20)).await.unwrap().is_empty());
+    assert!(calls.lock().unwrap().is_empty(), "nothing was due");
+    let fired = s.tick(t("2026-05-01T10:01:00.500Z")).await.unwrap();
+    let FireOutcome::Started(run) = fired[0].outcome.clone() else {
+        panic!("expected a started run, got {fired:?}");
+    };
+    let project = f.store.get_run(run).await.unwrap().unwrap().project;
+    assert_eq!(*calls.lock().unwrap(), vec![project]);
+    assert_eq!(wait_terminal(&f.store, run).await, RunStatus::Success);
+}
