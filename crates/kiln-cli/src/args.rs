@@ -11,6 +11,11 @@
 //! `*.domain` wildcards, IP addresses and CIDRs, comma-separated; `--egress-allow`),
 //! `KILN__EGRESS__ALLOW_LOOPBACK`, `KILN__EGRESS__ALLOW_PRIVATE` and
 //! `KILN__EGRESS__ALLOW_LOCAL_PATHS` (`true`/`false`; the `--egress-allow-…` flags).
+//!
+//! `kiln serve`'s watch poller (declared with its flags in `watch.rs`):
+//! `KILN__WATCH__GITHUB_URL`, `KILN__WATCH__PYPI_URL`, `KILN__WATCH__NPM_URL`,
+//! `KILN__WATCH__CRATES_URL`, `KILN__WATCH__CONCURRENCY`, `KILN__WATCH__SYNC_INTERVAL`, and
+//! `KILN__WATCH__GITHUB_TOKEN` (environment only: the token sent to the GitHub API).
 
 use std::path::PathBuf;
 
@@ -60,6 +65,8 @@ enum Command {
     Receiver(crate::receiver::ReceiverArgs),
     /// List the webhook senders a server banned for failing verification; lift a ban.
     Ban(crate::ban::BanArgs),
+    /// List a server's watches (`on.watch` entries) with their state; poll one now.
+    Watch(crate::watch::WatchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +287,8 @@ pub(crate) struct ServeArgs {
     pub(crate) egress: EgressArgs,
     #[command(flatten)]
     pub(crate) bans: crate::ban::BanFlags,
+    #[command(flatten)]
+    pub(crate) watch: crate::watch::WatchFlags,
 }
 
 /// What the server's own outbound connections may reach (DESIGN.md "Security model"). By
@@ -508,6 +517,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Schedule(a) => crate::schedule::schedule(a).await,
         Command::Receiver(a) => crate::receiver::receiver(a).await,
         Command::Ban(a) => crate::ban::ban(a).await,
+        Command::Watch(a) => crate::watch::watch(a).await,
     }
 }
 

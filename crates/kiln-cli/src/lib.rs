@@ -24,6 +24,7 @@ mod source;
 mod status;
 mod token;
 mod trigger;
+mod watch;
 
 use std::io::Write;
 

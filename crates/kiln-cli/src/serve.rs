@@ -36,6 +36,9 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     };
     let egress = a.egress.policy()?;
     let bans = a.bans.config()?;
+    let watch_config = a
+        .watch
+        .config(std::env::var(crate::watch::GITHUB_TOKEN_ENV).ok())?;
     let preseed = std::env::var(ADMIN_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
@@ -109,11 +112,12 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         config = config.with_database(url);
     }
     tracing::info!(listen = %listening, public_url = %config.public_url, backend = store.backend_name(), "serving");
-    // Watches: every project's `on.watch` entries are read now and every minute; due ones
-    // are polled (16 at a time, through the egress policy) and new versions start runs.
+    // Watches: every project's `on.watch` entries are read now and every
+    // `--watch-sync-interval`; due ones are polled (`--watch-concurrency` at a time, through
+    // the egress policy) and new versions start runs.
     let watch_config = kiln_engine::watch::WatchConfig {
         egress: config.egress.clone(),
-        ..Default::default()
+        ..watch_config
     };
     let watcher = kiln_engine::watch::Watcher::new(
         engine.clone(),
@@ -122,7 +126,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         watch_config,
     )
     .map_err(|e| Failure::internal(format!("failed to start the watch poller: {e}")))?;
-    watcher.clone().spawn(std::time::Duration::from_secs(60));
+    watcher.clone().spawn(a.watch.sync_interval());
     let state = AppState::new(store, config)
         .with_engine(engine.clone())
         .with_watcher(watcher);
