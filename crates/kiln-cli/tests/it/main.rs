@@ -10,6 +10,7 @@ mod run;
 mod schedules;
 mod serve;
 mod server_runs;
+mod watches;
 
 use std::path::Path;
 
