@@ -3,6 +3,7 @@
 
 mod client_cmds;
 mod errors;
+mod example_deploy;
 mod postgres;
 mod projects;
 mod receivers;
