@@ -15,3 +15,4 @@ mod runs_write;
 mod schedules;
 mod system;
 mod tokens;
+mod watches;
