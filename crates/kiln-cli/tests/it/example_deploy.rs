@@ -3,7 +3,8 @@
 //! `--egress-allow-loopback --egress-allow-local-paths`, the folder added as a project, a
 //! receiver on the deployer's `/notify`, `kiln trigger --wait --format json`. The run succeeds,
 //! the deploy job's output is the deployer's job link, the deployer logged the deployment, and
-//! it received a correctly signed `run.completed` for the run.
+//! it received a correctly signed `run.completed` for the run. A signed push with a wrong
+//! secret is refused, and one to another branch than main starts nothing.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpStream;
@@ -79,19 +80,23 @@ impl Drop for Deployer {
     }
 }
 
-/// `GET url` (plain `http://host:port/path`) with optional headers: the status and body.
-fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+/// `METHOD url` (plain `http://host:port/path`) with headers and a body: the status and body.
+fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").expect("an http URL");
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut stream = TcpStream::connect(host).expect("connect");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut req = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n");
+    let mut req = format!(
+        "{method} /{path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    req.push_str(body);
     stream.write_all(req.as_bytes()).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
@@ -102,6 +107,39 @@ fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {answer:?}"));
     (status, body.to_owned())
+}
+
+fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http("GET", url, headers, "")
+}
+
+/// A push to `git_ref` on the project's hook, signed as the README signs it (generic scheme)
+/// with `secret`: the status and body.
+fn push(hook_url: &str, git_ref: &str, secret: &str, delivery: &str) -> (u16, String) {
+    let body = format!(
+        r#"{{"ref":"{git_ref}","after":"0000000000000000000000000000000000000001","repository":{{"full_name":"demo/greet"}}}}"#
+    );
+    let timestamp = unix_now().to_string();
+    let signature = kiln_signature(secret, &timestamp, &body);
+    http(
+        "POST",
+        hook_url,
+        &[
+            ("Content-Type", "application/json"),
+            ("X-Kiln-Timestamp", &timestamp),
+            ("X-Kiln-Signature", &signature),
+            ("X-Kiln-Delivery", delivery),
+            ("X-Kiln-Event", "push"),
+        ],
+        &body,
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// The JSON lines of `path`; none while it does not exist.
@@ -187,6 +225,7 @@ fn the_deploy_example_builds_deploys_and_notifies() {
         ],
     );
     assert_eq!(added.code, 0, "{}", added.stderr);
+    let hook_url = added.json()["hook_url"].as_str().unwrap().to_owned();
     let notify_url = format!("{}/notify", d.url);
     let receiver = s.call(
         &p,
@@ -292,11 +331,7 @@ fn the_deploy_example_builds_deploys_and_notifies() {
         note["signature"].as_str().unwrap(),
         kiln_signature("another-secret-0123", timestamp, body)
     );
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let age = now - timestamp.parse::<i64>().unwrap();
+    let age = unix_now() - timestamp.parse::<i64>().unwrap();
     assert!(
         (0..=300).contains(&age),
         "timestamp {timestamp} is {age} s old"
@@ -329,6 +364,39 @@ fn the_deploy_example_builds_deploys_and_notifies() {
             break;
         }
         assert!(Instant::now() < deadline, "not delivered: {listed:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The README's other way in, a signed push: a wrong secret is refused, and a push to a
+    // branch other than main is recorded but starts nothing. (A push to main would deploy to
+    // the default http://127.0.0.1:8099, which a test cannot own; the trigger above ran the
+    // same workflow.)
+    let (status, refused) = push(&hook_url, "refs/heads/main", "not-the-secret-0123", "d-1");
+    assert_eq!(status, 401, "{refused}");
+    assert!(refused.contains("SIGNATURE_INVALID"), "{refused}");
+    let (status, accepted) = push(&hook_url, "refs/heads/feature", HOOK_SECRET, "d-2");
+    assert_eq!(status, 202, "{accepted}");
+    let accepted: Value = serde_json::from_str(&accepted).unwrap();
+    let delivery = accepted["data"]["delivery_id"].as_str().unwrap();
+    let path = format!("{}/api/v1/deliveries/{delivery}", s.url);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, shown) = get(&path, &[("Authorization", &auth)]);
+        assert_eq!(status, 200, "{shown}");
+        let shown: Value = serde_json::from_str(&shown).unwrap();
+        if shown["data"]["status"] != "accepted" {
+            assert_eq!(shown["data"]["status"], "ignored", "{shown:#}");
+            assert!(
+                shown["data"]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("branch `feature`"),
+                "{shown:#}"
+            );
+            assert_eq!(shown["data"]["runs"], serde_json::json!([]), "{shown:#}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not processed: {shown:#}");
         std::thread::sleep(Duration::from_millis(100));
     }
 
