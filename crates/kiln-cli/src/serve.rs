@@ -82,10 +82,6 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     // Leases anyone let expire (a killed `kiln run`, a vanished worker) are taken back and
     // their runs driven on here.
     engine.adopt_expired_every(std::time::Duration::from_secs(15));
-    // Schedules: every project's `on.schedule` entries are read now and every minute; each
-    // due fire is claimed (once across replicas) and started.
-    kiln_engine::schedule::Scheduler::new(engine.clone(), store.clone(), data_dir.clone())
-        .spawn(std::time::Duration::from_secs(60));
     if recovery != Recovery::default() {
         tracing::info!(
             expired_leases = recovery.expired_leases,
@@ -130,6 +126,20 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     let state = AppState::new(store, config)
         .with_engine(engine.clone())
         .with_watcher(watcher);
+    // Schedules: every project's `on.schedule` entries are read now and every minute; each
+    // due fire is claimed (once across replicas) and started — a git project's mirror
+    // fetched first.
+    let fetching = state.clone();
+    kiln_engine::schedule::Scheduler::new(
+        engine.clone(),
+        state.store().clone(),
+        state.config().data_dir.clone(),
+    )
+    .with_before_run(std::sync::Arc::new(move |project| {
+        let state = fetching.clone();
+        Box::pin(async move { kiln_server::refresh_before_run(&state, project).await })
+    }))
+    .spawn(std::time::Duration::from_secs(60));
     let served = kiln_server::serve(listener, state, shutdown).await;
     // Intake has stopped: let running jobs finish within the grace period, then cancel and
     // record them.
