@@ -109,10 +109,12 @@ pub(crate) async fn list(
     request_body = HookRotate,
     responses(
         (status = 200, description = "The hook as it now is, with its secret (shown once)", body = kiln_proto::Envelope<HookSecret>),
+        (status = 400, description = "`MALFORMED_JSON`, with `line` and `column`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 403, description = "`FORBIDDEN`: not a maintainer or admin token", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 404, description = "`PROJECT_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 409, description = "`PROJECT_ARCHIVED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body is not `application/json`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 422, description = "`VALIDATION_FAILED`: a chosen secret that is too short", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]

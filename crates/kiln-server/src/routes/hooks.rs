@@ -56,6 +56,7 @@ pub(crate) const GENERIC_WINDOW_SECS: i64 = 300;
         (status = 200, description = "A delivery id seen before (`duplicate`, with the first delivery's runs), or a ping", body = kiln_proto::Envelope<HookAnswer>),
         (status = 400, description = "`MALFORMED_JSON` (recorded as a failed delivery; `details.delivery_id`), or `BAD_REQUEST`: a header the scheme needs is missing", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 401, description = "`SIGNATURE_INVALID`: a missing or wrong signature, token or timestamp; the message names the header", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`BANNED`: the sender failed verification (or tried unknown hook ids) too often; answered before the body is read", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 404, description = "`HOOK_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = kiln_proto::Envelope<serde_json::Value>)
     )

@@ -73,10 +73,12 @@ pub(crate) async fn list_receivers(
     request_body = NewReceiver,
     responses(
         (status = 201, description = "The receiver, with its secret (shown once)", body = kiln_proto::Envelope<ReceiverView>),
+        (status = 400, description = "`MALFORMED_JSON`, with `line` and `column`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 403, description = "`FORBIDDEN`: not a maintainer or admin token", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 404, description = "`PROJECT_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 409, description = "`PROJECT_ARCHIVED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: the body is not `application/json`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 422, description = "`VALIDATION_FAILED`: a URL that is not http(s) or that the egress policy refuses, an unknown event pattern, a short secret", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
