@@ -292,6 +292,25 @@ mod ops {
         ("log_chunks", "SELECT COUNT(*) AS n FROM log_chunks"),
         ("events", "SELECT COUNT(*) AS n FROM events"),
         ("api_tokens", "SELECT COUNT(*) AS n FROM api_tokens"),
+        ("deliveries", "SELECT COUNT(*) AS n FROM deliveries"),
+        ("schedules", "SELECT COUNT(*) AS n FROM schedules"),
+        ("schedule_fires", "SELECT COUNT(*) AS n FROM schedule_fires"),
+        ("watches", "SELECT COUNT(*) AS n FROM watches"),
+        ("watch_versions", "SELECT COUNT(*) AS n FROM watch_versions"),
+        (
+            "notification_receivers",
+            "SELECT COUNT(*) AS n FROM notification_receivers",
+        ),
+        (
+            "notification_deliveries",
+            "SELECT COUNT(*) AS n FROM notification_deliveries",
+        ),
+        (
+            "notification_attempts",
+            "SELECT COUNT(*) AS n FROM notification_attempts",
+        ),
+        ("notifier_cursor", "SELECT COUNT(*) AS n FROM notifier_cursor"),
+        ("bans", "SELECT COUNT(*) AS n FROM bans"),
     ];
 
     impl Backend {

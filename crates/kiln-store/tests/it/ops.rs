@@ -292,10 +292,42 @@ async fn database_stats_count_every_table(h: &Harness) {
     assert_eq!(rows["log_chunks"], 0);
     assert_eq!(rows["api_tokens"], 1);
     assert!(rows["events"] >= 2, "{rows:?}");
+    // Every table of the schema is counted: one a migration adds must be added to the stats.
+    let counted: BTreeSet<String> = rows.keys().map(|t| (*t).to_owned()).collect();
+    assert_eq!(counted, tables_of(h).await);
     assert!(stats.size_bytes.is_some_and(|n| n > 0), "{stats:?}");
     // Both backends can size their tables (SQLite through the bundled `dbstat`).
     let runs = stats.tables.iter().find(|t| t.name == "runs").unwrap();
     assert!(runs.bytes.is_some_and(|n| n > 0), "{stats:?}");
+}
+
+/// Every table of kiln's schema (not sqlx's bookkeeping).
+async fn tables_of(h: &Harness) -> BTreeSet<String> {
+    let names: Vec<String> = match &h.kind {
+        Kind::Sqlite => {
+            let url = format!("sqlite://{}", h.dir.path().join("kiln.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query_scalar(
+                "SELECT name FROM sqlite_master WHERE type = 'table' \
+                 AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+        }
+        Kind::Postgres { base, schema } => {
+            let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
+            sqlx::query_scalar(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = $1 AND table_name NOT LIKE '_sqlx%'",
+            )
+            .bind(schema)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+        }
+    };
+    names.into_iter().collect()
 }
 
 /// Every column of `table` as the database has it.
