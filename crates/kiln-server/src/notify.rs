@@ -128,6 +128,26 @@ pub(crate) fn spawn(state: &AppState, closing: CancellationToken) -> Option<Join
     Some(tokio::spawn(notifier.run(closing)))
 }
 
+/// How long a round waits after a write for more to come.
+const GATHER: Duration = Duration::from_millis(100);
+/// How often the stored cursor moves when there is nothing to record.
+const PERSIST_EVERY: Duration = Duration::from_secs(5);
+
+/// Where the notifier has read to, and when it last stored that.
+struct Cursor {
+    at: Option<i64>,
+    persisted: std::time::Instant,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Self {
+            at: None,
+            persisted: std::time::Instant::now(),
+        }
+    }
+}
+
 struct Notifier {
     store: Store,
     egress: EgressPolicy,
@@ -140,35 +160,47 @@ struct Notifier {
 impl Notifier {
     async fn run(self, closing: CancellationToken) {
         let mut writes = self.store.watch_writes();
-        let mut cursor = None;
+        let mut cursor = Cursor::default();
         loop {
             if let Err(e) = self.round(&mut cursor).await {
                 tracing::warn!(error = %e, "notifier round failed; trying again");
             }
             tokio::select! {
                 () = closing.cancelled() => break,
-                _ = writes.changed() => {}
+                _ = writes.changed() => {
+                    // A busy server writes thousands of times a second: gather what comes
+                    // in the next moment into one round rather than a round per write.
+                    tokio::select! {
+                        () = closing.cancelled() => break,
+                        () = tokio::time::sleep(GATHER) => {}
+                    }
+                    writes.borrow_and_update();
+                }
                 () = tokio::time::sleep(self.config.poll) => {}
             }
         }
     }
 
-    async fn round(&self, cursor: &mut Option<i64>) -> Result<(), StoreError> {
-        let after = match *cursor {
+    async fn round(&self, cursor: &mut Cursor) -> Result<(), StoreError> {
+        let after = match cursor.at {
             Some(c) => c,
             None => {
                 let head = self.store.event_head().await?;
                 let c = self.store.notifier_cursor(CURSOR, head).await?;
-                *cursor = Some(c);
+                cursor.at = Some(c);
                 c
             }
         };
-        *cursor = Some(self.scan(after).await?);
+        let at = self.scan(after, cursor).await?;
+        cursor.at = Some(at);
         self.send_due().await
     }
 
-    /// Records the deliveries of every event after `after`; returns the new cursor.
-    async fn scan(&self, mut after: i64) -> Result<i64, StoreError> {
+    /// Records the deliveries of every event after `after`; returns the new cursor. The
+    /// stored cursor moves with every delivery recorded, and otherwise at most every
+    /// [`PERSIST_EVERY`]: re-reading events after a restart records nothing twice (a
+    /// delivery is unique per receiver and event), so a write per round buys nothing.
+    async fn scan(&self, mut after: i64, cursor: &mut Cursor) -> Result<i64, StoreError> {
         loop {
             let events = self.store.events_after(after, PAGE).await?;
             let Some(last) = events.last().map(|e| e.id) else {
@@ -193,9 +225,12 @@ impl Notifier {
                     });
                 }
             }
-            let made = self.store.record_notifications(CURSOR, last, &new).await?;
-            if made > 0 {
-                tracing::debug!(made, upto = last, "notifications recorded");
+            if !new.is_empty() || cursor.persisted.elapsed() >= PERSIST_EVERY {
+                let made = self.store.record_notifications(CURSOR, last, &new).await?;
+                if made > 0 {
+                    tracing::debug!(made, upto = last, "notifications recorded");
+                }
+                cursor.persisted = std::time::Instant::now();
             }
             after = last;
             if events.len() < PAGE as usize {

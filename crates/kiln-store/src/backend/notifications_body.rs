@@ -274,6 +274,20 @@ mod api_notifications {
         ) -> Result<Vec<ClaimedNotification>, StoreError> {
             const T: &str = "notification_deliveries";
             let now_ms = ms(now);
+            // Most rounds find nothing due: ask a reader first, so that they take no write
+            // transaction (the writer is what every job transition waits for).
+            let due: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM notification_deliveries WHERE status = 'pending' \
+                 AND next_attempt_at <= $1 \
+                 AND (claim_expires_at IS NULL OR claim_expires_at <= $1) LIMIT 1",
+            )
+            .bind(now_ms)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(query("look for due notification deliveries"))?;
+            if due.is_none() {
+                return Ok(Vec::new());
+            }
             let mut tx = self.begin_write().await?;
             let rows = sqlx::query(
                 "SELECT d.id, d.receiver_id, r.url, r.secret, d.event_type, d.payload, \
