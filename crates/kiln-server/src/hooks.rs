@@ -26,6 +26,11 @@ use crate::state::AppState;
 
 /// Deliveries resumed at start-up, at most.
 const RESUME_LIMIT: u32 = 1000;
+/// How long a server's claim on a delivery lasts: processing includes a git fetch.
+const CLAIM_FOR: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
+/// How often deliveries nobody processes (a server died with them claimed, or before it
+/// claimed them) are looked for.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Processes delivery `id` in the background.
 pub(crate) fn spawn(state: &AppState, id: String) {
@@ -33,22 +38,29 @@ pub(crate) fn spawn(state: &AppState, id: String) {
     tokio::spawn(async move { process_id(&state, &id).await });
 }
 
-/// At start-up: processes every delivery left `accepted`, oldest first.
+/// At start-up and then every minute: processes every delivery left `accepted` whose claim
+/// (if any) has expired, oldest first — what a previous or another server did not finish.
 pub(crate) fn resume(state: &AppState) {
     if state.engine().is_none() {
         return;
     }
     let state = state.clone();
     tokio::spawn(async move {
-        let pending = match state.store().accepted_deliveries(RESUME_LIMIT).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "failed to list webhook deliveries to resume");
+        loop {
+            match state.store().accepted_deliveries(RESUME_LIMIT).await {
+                Ok(pending) => {
+                    for d in pending {
+                        process_id(&state, &d.id).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to list webhook deliveries to resume");
+                }
+            }
+            if state.engine().is_none_or(|e| e.is_stopped()) {
                 return;
             }
-        };
-        for d in pending {
-            process_id(&state, &d.id).await;
+            tokio::time::sleep(SWEEP_EVERY).await;
         }
     });
 }
@@ -76,6 +88,22 @@ async fn process_id(state: &AppState, id: &str) {
     if delivery.status != DeliveryStatus::Accepted {
         return;
     }
+    // One server processes it: another's live claim means it is being processed there.
+    let Some(engine) = state.engine() else { return };
+    let now = jiff::Timestamp::now();
+    let until = now.checked_add(CLAIM_FOR).unwrap_or(now);
+    // This process's claims carry the engine's id (kept across restarts) and a name of
+    // their own: an earlier process of the same server left its claims for this one.
+    let stale = format!("{}/", engine.owner());
+    let me = format!("{stale}{}", process_name());
+    match store.claim_delivery(id, &me, &stale, now, until).await {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(e) => {
+            tracing::warn!(delivery = id, error = %e, "failed to claim a webhook delivery");
+            return;
+        }
+    }
     let outcome = process(state, &delivery, &payload).await;
     tracing::info!(
         delivery = id,
@@ -88,6 +116,12 @@ async fn process_id(state: &AppState, id: &str) {
     if let Err(e) = store.finish_delivery(id, &outcome).await {
         tracing::warn!(delivery = id, error = %e, "failed to record a processed webhook delivery");
     }
+}
+
+/// A name for this process, drawn once.
+fn process_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| uuid::Uuid::now_v7().to_string())
 }
 
 fn ignored(reason: impl Into<String>) -> DeliveryOutcome {

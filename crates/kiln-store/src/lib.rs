@@ -639,6 +639,21 @@ impl Store {
         with_backend!(self, b => b.finish_delivery(id, outcome, Timestamp::now()).await)
     }
 
+    /// Claims an accepted delivery for `owner` until `until`, so that one processor handles
+    /// it: `false` when it is not accepted any more or another claim is still live. Claims
+    /// by owners starting with `stale` (but not `owner` itself) count as dead: a restarted
+    /// server's earlier processes, which cannot be processing any more.
+    pub async fn claim_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        stale: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.claim_delivery(id, owner, stale, now, until).await)
+    }
+
     /// One delivery by kiln's id.
     pub async fn get_delivery(
         &self,

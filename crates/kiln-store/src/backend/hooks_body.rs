@@ -203,6 +203,35 @@ mod api_hooks {
             Ok(done.rows_affected() > 0)
         }
 
+        pub(crate) async fn claim_delivery(
+            &self,
+            id: &str,
+            owner: &str,
+            stale: &str,
+            now: Timestamp,
+            until: Timestamp,
+        ) -> Result<bool, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query(
+                "UPDATE deliveries SET claimed_by = $2, claim_expires_at = $3 \
+                 WHERE id = $1 AND status = 'accepted' \
+                 AND (claim_expires_at IS NULL OR claim_expires_at <= $4 \
+                 OR (claimed_by <> $2 AND substr(claimed_by, 1, length($5)) = $5))",
+            )
+            .bind(id)
+            .bind(owner)
+            .bind(ms(until))
+            .bind(ms(now))
+            .bind(stale)
+            .execute(&mut *tx)
+            .await
+            .map_err(query("claim a delivery"))?;
+            tx.commit()
+                .await
+                .map_err(query("commit a delivery's claim"))?;
+            Ok(done.rows_affected() > 0)
+        }
+
         pub(crate) async fn get_delivery(
             &self,
             id: &str,

@@ -162,6 +162,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "bans",
             include_str!("../../migrations/sqlite/0010_bans.sql"),
         ),
+        (
+            11,
+            "delivery_claims",
+            include_str!("../../migrations/sqlite/0011_delivery_claims.sql"),
+        ),
     ])
 }
 

@@ -11,6 +11,7 @@ use crate::harness::{Harness, both_backends};
 both_backends!(
     hooks_are_found_by_id_and_rotated,
     deliveries_are_recorded_once_and_finished,
+    one_processor_claims_a_delivery,
 );
 
 async fn hooks_are_found_by_id_and_rotated(h: &Harness) {
@@ -153,4 +154,71 @@ async fn deliveries_are_recorded_once_and_finished(h: &Harness) {
         s.record_delivery(&elsewhere).await.unwrap(),
         Recorded::New(_)
     ));
+}
+
+/// Servers racing for an accepted delivery: one claim wins; the others get it only when that
+/// claim expires, or — for a restarted server — when the claim was its own earlier process's.
+async fn one_processor_claims_a_delivery(h: &Harness) {
+    let s = &h.store;
+    let p = s.create_project("app", "/srv/app").await.unwrap();
+    let Recorded::New(d) = s
+        .record_delivery(&NewDelivery {
+            project: p.project.id,
+            provider: HookProvider::Github,
+            delivery: "d-1".to_owned(),
+            event: "push".to_owned(),
+            status: DeliveryStatus::Accepted,
+            reason: None,
+            payload: b"{}".to_vec(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("new")
+    };
+    let t = |secs: i64| jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap();
+    assert!(
+        s.claim_delivery(&d.id, "a/1", "a/", t(0), t(600))
+            .await
+            .unwrap()
+    );
+    // Another server, and the same server's same process: the claim is live.
+    assert!(
+        !s.claim_delivery(&d.id, "b/1", "b/", t(10), t(610))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.claim_delivery(&d.id, "a/1", "a/", t(10), t(610))
+            .await
+            .unwrap()
+    );
+    // Server a restarted (a new process): its earlier claim is dead at once.
+    assert!(
+        s.claim_delivery(&d.id, "a/2", "a/", t(20), t(620))
+            .await
+            .unwrap()
+    );
+    // Expired: anyone may take it.
+    assert!(
+        s.claim_delivery(&d.id, "b/1", "b/", t(700), t(1300))
+            .await
+            .unwrap()
+    );
+    // Finished: nobody claims it any more.
+    s.finish_delivery(
+        &d.id,
+        &DeliveryOutcome {
+            status: DeliveryStatus::Processed,
+            reason: None,
+            runs: Vec::new(),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        !s.claim_delivery(&d.id, "c/1", "c/", t(2000), t(2600))
+            .await
+            .unwrap()
+    );
 }
