@@ -542,6 +542,81 @@ fn copy_dir(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// A git project's mirror in the engine's data dir and the commit its default branch is at;
+/// `None` when it has not been fetched yet or has no commits.
+pub(crate) async fn default_head(
+    data_dir: &Path,
+    project: &kiln_proto::Project,
+) -> Result<Option<(crate::source::GitRepo, String)>, EngineError> {
+    let mirror = data_dir.join("repos").join(format!("{}.git", project.id));
+    if !mirror.exists() {
+        return Ok(None);
+    }
+    let src = |e| EngineError::Source(Box::new(e));
+    let repo = crate::source::GitRepo::open(&mirror).await.map_err(src)?;
+    let Some(branch) = repo.default_branch().await.map_err(src)? else {
+        return Ok(None);
+    };
+    let sha = repo.resolve(&branch).await.map_err(src)?;
+    Ok(Some((repo, sha)))
+}
+
+/// `(file, contents)` of a project's workflows as they are now — a folder as it is, a git
+/// project's at its default branch — or `None` when there is nothing to read yet (a mirror
+/// not fetched). `None` contents: a file that cannot be read.
+pub(crate) async fn current_workflow_files(
+    data_dir: &Path,
+    project: &kiln_proto::Project,
+) -> Result<Option<Vec<(String, Option<String>)>>, EngineError> {
+    let path = Path::new(&project.source);
+    if path.is_absolute() {
+        let root = path.to_path_buf();
+        return tokio::task::spawn_blocking(move || Ok(Some(folder_workflows(&root))))
+            .await
+            .map_err(|e| EngineError::Usage(format!("failed to read a project: {e}")))?;
+    }
+    let Some((repo, sha)) = default_head(data_dir, project).await? else {
+        return Ok(None);
+    };
+    let files = repo
+        .workflow_files(&sha)
+        .await
+        .map_err(|e| EngineError::Source(Box::new(e)))?;
+    Ok(Some(files.into_iter().map(|(f, s)| (f, Some(s))).collect()))
+}
+
+/// The workflow files of a project folder, named as [`load_project`] names
+/// them (`.kiln/workflows/x.yml`); `None` contents for a file that cannot be read.
+pub(crate) fn folder_workflows(root: &Path) -> Vec<(String, Option<String>)> {
+    let Some(dir) = WORKFLOW_DIRS.into_iter().find(|d| root.join(d).is_dir()) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yml") | Some("yaml")
+                )
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let name = format!(
+                "{dir}/{}",
+                p.file_name().unwrap_or_default().to_string_lossy()
+            );
+            (name, std::fs::read_to_string(&p).ok())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@
 //!
 //! Not here: computing fire times (`kiln_core::cron`), the claim itself (`kiln-store`), HTTP.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use indexmap::IndexMap;
@@ -26,8 +26,6 @@ use kiln_proto::{Project, ScheduleId, ScheduleView};
 use kiln_store::{FireKind, ScheduleDef, Store, SyncReport};
 use serde_json::json;
 
-use crate::project::WORKFLOW_DIRS;
-use crate::source::GitRepo;
 use crate::{Engine, EngineError, TriggerRequest};
 
 /// A fire older than this when a scheduler first sees it was missed (no server ran at its
@@ -154,39 +152,7 @@ impl Scheduler {
         &self,
         project: &Project,
     ) -> Result<Option<Vec<(String, Option<String>)>>, EngineError> {
-        let path = Path::new(&project.source);
-        if path.is_absolute() {
-            let root = path.to_path_buf();
-            return tokio::task::spawn_blocking(move || Ok(Some(folder_workflows(&root))))
-                .await
-                .map_err(|e| EngineError::Usage(format!("failed to read a project: {e}")))?;
-        }
-        let mirror = self
-            .data_dir
-            .join("repos")
-            .join(format!("{}.git", project.id));
-        if !mirror.exists() {
-            return Ok(None);
-        }
-        let repo = GitRepo::open(&mirror)
-            .await
-            .map_err(|e| EngineError::Source(Box::new(e)))?;
-        let Some(branch) = repo
-            .default_branch()
-            .await
-            .map_err(|e| EngineError::Source(Box::new(e)))?
-        else {
-            return Ok(None);
-        };
-        let sha = repo
-            .resolve(&branch)
-            .await
-            .map_err(|e| EngineError::Source(Box::new(e)))?;
-        let files = repo
-            .workflow_files(&sha)
-            .await
-            .map_err(|e| EngineError::Source(Box::new(e)))?;
-        Ok(Some(files.into_iter().map(|(f, s)| (f, Some(s))).collect()))
+        crate::project::current_workflow_files(&self.data_dir, project).await
     }
 
     /// Handles every fire due at `now`: claims it (or finds another replica did), moves its
@@ -322,38 +288,6 @@ pub fn schedule_defs(wf: &Workflow) -> Vec<ScheduleDef> {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_ZONE.to_owned()),
             catch_up: e.catch_up,
-        })
-        .collect()
-}
-
-/// The workflow files of a project folder, named as [`crate::project::load_project`] names
-/// them (`.kiln/workflows/x.yml`); `None` contents for a file that cannot be read.
-fn folder_workflows(root: &Path) -> Vec<(String, Option<String>)> {
-    let Some(dir) = WORKFLOW_DIRS.into_iter().find(|d| root.join(d).is_dir()) else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yml") | Some("yaml")
-                )
-        })
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let name = format!(
-                "{dir}/{}",
-                p.file_name().unwrap_or_default().to_string_lossy()
-            );
-            (name, std::fs::read_to_string(&p).ok())
         })
         .collect()
 }

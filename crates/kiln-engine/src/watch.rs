@@ -47,7 +47,6 @@ pub use client::{FetchError, Fetched, HttpClient};
 pub use sources::{Found, Registries, extract, run_command, url_of};
 
 use crate::egress::EgressPolicy;
-use crate::project::WORKFLOW_DIRS;
 use crate::source::GitRepo;
 use crate::{Engine, EngineError, TriggerRequest};
 
@@ -484,20 +483,7 @@ impl Watcher {
 
     /// A git project's mirror and the commit of its default branch (`None`: not fetched).
     async fn mirror(&self, project: &Project) -> Result<Option<(GitRepo, String)>, EngineError> {
-        let mirror = self
-            .data_dir
-            .join("repos")
-            .join(format!("{}.git", project.id));
-        if !mirror.exists() {
-            return Ok(None);
-        }
-        let src = |e| EngineError::Source(Box::new(e));
-        let repo = GitRepo::open(&mirror).await.map_err(src)?;
-        let Some(branch) = repo.default_branch().await.map_err(src)? else {
-            return Ok(None);
-        };
-        let sha = repo.resolve(&branch).await.map_err(src)?;
-        Ok(Some((repo, sha)))
+        crate::project::default_head(&self.data_dir, project).await
     }
 
     /// `(file, contents)` of the project's workflows, or `None` when there is nothing to
@@ -506,21 +492,7 @@ impl Watcher {
         &self,
         project: &Project,
     ) -> Result<Option<Vec<(String, Option<String>)>>, EngineError> {
-        let path = Path::new(&project.source);
-        if path.is_absolute() {
-            let root = path.to_path_buf();
-            return tokio::task::spawn_blocking(move || Ok(Some(folder_workflows(&root))))
-                .await
-                .map_err(|e| EngineError::Usage(format!("failed to read a project: {e}")))?;
-        }
-        let Some((repo, sha)) = self.mirror(project).await? else {
-            return Ok(None);
-        };
-        let files = repo
-            .workflow_files(&sha)
-            .await
-            .map_err(|e| EngineError::Source(Box::new(e)))?;
-        Ok(Some(files.into_iter().map(|(f, s)| (f, Some(s))).collect()))
+        crate::project::current_workflow_files(&self.data_dir, project).await
     }
 
     /// Runs in the background until the engine stops: syncs every project at once and then
@@ -604,38 +576,6 @@ fn add(t: Timestamp, d: Duration) -> Timestamp {
         .ok()
         .and_then(|d| t.checked_add(d).ok())
         .unwrap_or(t)
-}
-
-/// The workflow files of a project folder, named as [`crate::project::load_project`] names
-/// them; `None` contents for a file that cannot be read.
-fn folder_workflows(root: &Path) -> Vec<(String, Option<String>)> {
-    let Some(dir) = WORKFLOW_DIRS.into_iter().find(|d| root.join(d).is_dir()) else {
-        return Vec::new();
-    };
-    let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
-        return Vec::new();
-    };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yml") | Some("yaml")
-                )
-        })
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let name = format!(
-                "{dir}/{}",
-                p.file_name().unwrap_or_default().to_string_lossy()
-            );
-            (name, std::fs::read_to_string(&p).ok())
-        })
-        .collect()
 }
 
 #[cfg(test)]
