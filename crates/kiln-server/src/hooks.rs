@@ -118,6 +118,20 @@ async fn process_id(state: &AppState, id: &str) {
     }
 }
 
+/// Whether the project's mirror holds commit `sha` (a full commit id).
+async fn mirror_has(state: &AppState, project: kiln_core::ids::ProjectId, sha: &str) -> bool {
+    let dir = crate::fetch::mirror_dir(&state.config().data_dir, project);
+    if sha.len() != 40 || !dir.exists() {
+        return false;
+    }
+    let Ok(repo) = kiln_engine::source::GitRepo::open(&dir).await else {
+        return false;
+    };
+    repo.resolve(sha)
+        .await
+        .is_ok_and(|found| found.eq_ignore_ascii_case(sha))
+}
+
 /// A name for this process, drawn once.
 fn process_name() -> &'static str {
     static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -173,7 +187,16 @@ async fn process(state: &AppState, d: &DeliveryView, payload: &[u8]) -> Delivery
         Err(e) => return failed(format!("the store failed: {e}")),
     };
     let git = record.kind() == ProjectKind::Git;
-    if git && let Err(e) = crate::fetch::fetch_now(state, d.project).await {
+    // The mirror is fetched unless it has the event's commit already (a burst of pushes, a
+    // redelivery): then every fact the run needs is there, and a fetch would only cost.
+    let have = match &event.sha {
+        Some(sha) if git && !event.deleted => mirror_has(state, d.project, sha).await,
+        _ => false,
+    };
+    if git
+        && !have
+        && let Err(e) = crate::fetch::fetch_now(state, d.project).await
+    {
         return failed(format!("could not fetch the project: {e}"));
     }
     // A deleted ref has no commit: it runs at the default branch's head, as on GitHub.

@@ -256,6 +256,12 @@ async fn each_provider_runs_the_workflow_at_the_pushed_commit(s: &Server) {
     let later = up.commit(&[("a", "3")], "three");
     for provider in ["github", "gitlab", "gitea", "generic"] {
         let (id, hook) = s.hooked(&up, &format!("app-{provider}"), provider).await;
+        let fetched_at = |p: Value| p["fetched_at"].clone();
+        let before = fetched_at(
+            s.get(&format!("/api/v1/projects/{id}"), Some(&s.admin))
+                .await
+                .data(),
+        );
         let body = serde_json::to_vec(&push_payload(provider, &first, &pushed)).unwrap();
         let headers = signed(provider, SECRET, &format!("{provider}-1"), &body);
         let r = s.deliver(&hook, &headers, body).await;
@@ -292,7 +298,29 @@ async fn each_provider_runs_the_workflow_at_the_pushed_commit(s: &Server) {
             .await
             .data();
         assert_eq!(listed["deliveries"][0]["id"], d["id"]);
+        // The mirror had the pushed commit already: it was not fetched again.
+        let after = s
+            .get(&format!("/api/v1/projects/{id}"), Some(&s.admin))
+            .await
+            .data();
+        assert_eq!(fetched_at(after), before, "{provider}");
     }
+    // A commit the mirror does not have yet is fetched before it runs.
+    let (id, hook) = s.hooked(&up, "app-new-commit", "github").await;
+    let newer = up.commit(&[("a", "4")], "four");
+    let body = serde_json::to_vec(&push_payload("github", &later, &newer)).unwrap();
+    let r = s
+        .deliver(&hook, &signed("github", SECRET, "github-new", &body), body)
+        .await;
+    let d = s.processed(r.data()["delivery_id"].as_str().unwrap()).await;
+    assert_eq!(d["status"], "processed", "{d:#}");
+    let run = s.finished(d["runs"][0].as_str().unwrap()).await;
+    assert_eq!(run.sha, newer);
+    let shown = s
+        .get(&format!("/api/v1/projects/{id}"), Some(&s.admin))
+        .await
+        .data();
+    assert_eq!(shown["head_sha"], newer, "{shown:#}");
 }
 
 async fn replays_bad_signatures_and_bodies_are_told_apart(s: &Server) {
