@@ -11,39 +11,12 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use kiln_core::ids::ProjectId;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-/// An API token's id (not its secret): what `DELETE /api/v1/tokens/{id}` and
-/// `kiln token revoke` take.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct TokenId(pub Uuid);
-
-impl TokenId {
-    /// A new time-ordered id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for TokenId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for TokenId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for TokenId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
+kiln_core::typed_id!(
+    /// An API token's id (not its secret): what `DELETE /api/v1/tokens/{id}` and
+    /// `kiln token revoke` take.
+    TokenId
+);
 
 /// What a token's holder is allowed to be. `worker` is for remote workers (claim jobs,
 /// report, nothing else); the others are the per-project roles of the design.

@@ -15,48 +15,12 @@ use std::str::FromStr;
 use jiff::Timestamp;
 use kiln_core::ids::{ProjectId, RunId};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-macro_rules! uuid_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(transparent)]
-        pub struct $name(pub Uuid);
-
-        impl $name {
-            /// A new time-ordered id.
-            pub fn new() -> Self {
-                Self(Uuid::now_v7())
-            }
-        }
-
-        impl Default for $name {
-            fn default() -> Self {
-                Self::new()
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = uuid::Error;
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map(Self)
-            }
-        }
-    };
-}
-
-uuid_id!(
+kiln_core::typed_id!(
     /// A notification receiver's id.
     ReceiverId
 );
-uuid_id!(
+kiln_core::typed_id!(
     /// One notification delivery's id (one per receiver and event; its `X-Kiln-Delivery`).
     NotificationId
 );

@@ -5,44 +5,14 @@
 //! file, index in `on.schedule`), so that `stop` survives the periodic re-read of the files.
 //! Not here: computing fire times (`kiln_core::cron`), storing or claiming fires.
 
-use std::fmt;
-use std::str::FromStr;
-
 use jiff::Timestamp;
 use kiln_core::ids::{ProjectId, RunId};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-/// A schedule's id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct ScheduleId(pub Uuid);
-
-impl ScheduleId {
-    /// A new time-ordered id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for ScheduleId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for ScheduleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for ScheduleId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
+kiln_core::typed_id!(
+    /// A schedule's id.
+    ScheduleId
+);
 
 /// Whether a schedule fires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -4,44 +4,14 @@
 //! A watch's id is stable while its entry keeps its name in the same workflow file (project,
 //! workflow file, `name:`). Not here: polling sources, storing versions, starting runs.
 
-use std::fmt;
-use std::str::FromStr;
-
 use jiff::Timestamp;
 use kiln_core::ids::{ProjectId, RunId};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-/// A watch's id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct WatchId(pub Uuid);
-
-impl WatchId {
-    /// A new time-ordered id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-}
-
-impl Default for WatchId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for WatchId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for WatchId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s).map(Self)
-    }
-}
+kiln_core::typed_id!(
+    /// A watch's id.
+    WatchId
+);
 
 /// Where a watch stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
