@@ -561,6 +561,31 @@ pub(crate) async fn default_head(
     Ok(Some((repo, sha)))
 }
 
+/// A project's workflows as they are now (see [`current_workflow_files`]), parsed, and the
+/// files that could not be read or parsed — whose stored schedules and watches a sync keeps
+/// as they were. `None`: nothing to read yet (a mirror not fetched).
+pub(crate) async fn current_workflows(
+    data_dir: &Path,
+    project: &kiln_proto::Project,
+) -> Result<Option<(Vec<Workflow>, Vec<String>)>, EngineError> {
+    let Some(files) = current_workflow_files(data_dir, project).await? else {
+        return Ok(None);
+    };
+    let mut parsed = Vec::new();
+    let mut unreadable = Vec::new();
+    for (file, source) in files {
+        match source.map(|s| parse_workflow(&file, &s)) {
+            Some(Ok(wf)) => parsed.push(wf),
+            Some(Err(d)) => {
+                tracing::debug!(project = %project.name, file, problems = %d, "a workflow does not parse; what it declared stays as it was");
+                unreadable.push(file);
+            }
+            None => unreadable.push(file),
+        }
+    }
+    Ok(Some((parsed, unreadable)))
+}
+
 /// `(file, contents)` of a project's workflows as they are now — a folder as it is, a git
 /// project's at its default branch — or `None` when there is nothing to read yet (a mirror
 /// not fetched). `None` contents: a file that cannot be read.

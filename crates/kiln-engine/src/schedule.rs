@@ -21,7 +21,7 @@ use indexmap::IndexMap;
 use jiff::{SignedDuration, Timestamp};
 use kiln_core::cron::{CronSchedule, DEFAULT_ZONE};
 use kiln_core::ids::{ProjectId, RunId};
-use kiln_core::workflow::{CatchUp, Workflow, parse_workflow};
+use kiln_core::workflow::{CatchUp, Workflow};
 use kiln_proto::{Project, ScheduleId, ScheduleView};
 use kiln_store::{FireKind, ScheduleDef, Store, SyncReport};
 use serde_json::json;
@@ -113,21 +113,12 @@ impl Scheduler {
         project: &Project,
         now: Timestamp,
     ) -> Result<SyncReport, EngineError> {
-        let Some(files) = self.workflow_files(project).await? else {
+        let Some((workflows, keep)) =
+            crate::project::current_workflows(&self.data_dir, project).await?
+        else {
             return Ok(SyncReport::default());
         };
-        let mut defs = Vec::new();
-        let mut keep = Vec::new();
-        for (file, source) in files {
-            match source.map(|s| parse_workflow(&file, &s)) {
-                Some(Ok(wf)) => defs.extend(schedule_defs(&wf)),
-                Some(Err(d)) => {
-                    tracing::debug!(project = %project.name, file, problems = %d, "a workflow does not parse; its schedules stay as they were");
-                    keep.push(file);
-                }
-                None => keep.push(file),
-            }
-        }
+        let defs: Vec<ScheduleDef> = workflows.iter().flat_map(schedule_defs).collect();
         Ok(self
             .store
             .sync_schedules(project.id, &defs, &keep, now)
@@ -144,15 +135,6 @@ impl Scheduler {
             Some(p) => self.sync_project(&p, now).await,
             None => Ok(SyncReport::default()),
         }
-    }
-
-    /// `(file, contents)` of the project's workflows (`None` contents: unreadable), or
-    /// `None` when there is nothing to read yet (a git mirror not fetched).
-    async fn workflow_files(
-        &self,
-        project: &Project,
-    ) -> Result<Option<Vec<(String, Option<String>)>>, EngineError> {
-        crate::project::current_workflow_files(&self.data_dir, project).await
     }
 
     /// Handles every fire due at `now`: claims it (or finds another replica did), moves its

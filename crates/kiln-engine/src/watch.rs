@@ -37,7 +37,7 @@ use indexmap::IndexMap;
 use jiff::{SignedDuration, Timestamp};
 use kiln_core::ids::RunId;
 use kiln_core::watch::{Selector, WatchSource, decide, parse_known_versions};
-use kiln_core::workflow::{Workflow, parse_workflow};
+use kiln_core::workflow::Workflow;
 use kiln_proto::{Project, WatchCheck, WatchId, WatchVersion};
 use kiln_store::{NewVersion, PollRecord, Store, WatchDef, WatchRow, WatchSyncReport};
 use serde_json::json;
@@ -161,17 +161,12 @@ impl Watcher {
         project: &Project,
         now: Timestamp,
     ) -> Result<WatchSyncReport, EngineError> {
-        let Some(files) = self.workflow_files(project).await? else {
+        let Some((workflows, keep)) =
+            crate::project::current_workflows(&self.data_dir, project).await?
+        else {
             return Ok(WatchSyncReport::default());
         };
-        let mut defs = Vec::new();
-        let mut keep = Vec::new();
-        for (file, source) in files {
-            match source.map(|s| parse_workflow(&file, &s)) {
-                Some(Ok(wf)) => defs.extend(watch_defs(&wf)),
-                Some(Err(_)) | None => keep.push(file),
-            }
-        }
+        let defs: Vec<WatchDef> = workflows.iter().flat_map(watch_defs).collect();
         Ok(self
             .store
             .sync_watches(project.id, &defs, &keep, now)
@@ -484,15 +479,6 @@ impl Watcher {
     /// A git project's mirror and the commit of its default branch (`None`: not fetched).
     async fn mirror(&self, project: &Project) -> Result<Option<(GitRepo, String)>, EngineError> {
         crate::project::default_head(&self.data_dir, project).await
-    }
-
-    /// `(file, contents)` of the project's workflows, or `None` when there is nothing to
-    /// read yet (a git mirror not fetched).
-    async fn workflow_files(
-        &self,
-        project: &Project,
-    ) -> Result<Option<Vec<(String, Option<String>)>>, EngineError> {
-        crate::project::current_workflow_files(&self.data_dir, project).await
     }
 
     /// Runs in the background until the engine stops: syncs every project at once and then
