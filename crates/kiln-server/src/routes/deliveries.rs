@@ -20,9 +20,6 @@ use crate::extract::ApiJson;
 use crate::routes::projects::{lookup, refuse_archived};
 use crate::state::AppState;
 
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
-
 /// One delivery: what became of it and the runs it started.
 #[utoipa::path(
     get,
@@ -77,18 +74,7 @@ pub(crate) async fn list(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Data<DeliveryList>, ApiError> {
-    let limit = match q.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(field(
-                    "limit",
-                    format!("expected a number from 1 to {MAX_LIMIT}, got `{l}`"),
-                ));
-            }
-        },
-    };
+    let limit = super::project_list_limit(&q)?;
     let project = lookup(&state, &caller, &id).await?;
     let deliveries = state
         .store()

@@ -98,6 +98,25 @@ pub(crate) fn hooks() -> Router<AppState> {
     Router::new().route("/hooks/{hook_id}", post(hooks::receive))
 }
 
+/// `?limit=` of a project's deliveries or notifications: 50 when absent, 1–500, else
+/// `422 VALIDATION_FAILED` naming `limit`.
+pub(crate) fn project_list_limit(
+    q: &std::collections::HashMap<String, String>,
+) -> Result<u32, ApiError> {
+    const DEFAULT: u32 = 50;
+    const MAX: u32 = 500;
+    match q.get("limit") {
+        None => Ok(DEFAULT),
+        Some(l) => match l.parse::<u32>() {
+            Ok(n) if (1..=MAX).contains(&n) => Ok(n),
+            _ => Err(ApiError::validation(vec![crate::error::FieldError {
+                field: "limit".to_owned(),
+                message: format!("expected a number from 1 to {MAX}, got `{l}`"),
+            }])),
+        },
+    }
+}
+
 /// Any path no route matches.
 pub(crate) async fn not_found() -> ApiError {
     ApiError::not_found(

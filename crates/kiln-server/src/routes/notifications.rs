@@ -36,9 +36,6 @@ use crate::notify;
 use crate::routes::projects::{lookup, refuse_archived};
 use crate::state::AppState;
 
-const DEFAULT_LIMIT: u32 = 50;
-const MAX_LIMIT: u32 = 500;
-
 /// A project's receivers, oldest first, without their secrets.
 #[utoipa::path(
     get,
@@ -187,18 +184,7 @@ pub(crate) async fn list_notifications(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Data<NotificationList>, ApiError> {
-    let limit = match q.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<u32>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return Err(ApiError::validation(vec![field_error(
-                    "limit",
-                    format!("expected a number from 1 to {MAX_LIMIT}, got `{l}`"),
-                )]));
-            }
-        },
-    };
+    let limit = super::project_list_limit(&q)?;
     let project = lookup(&state, &caller, &id).await?;
     let notifications = state
         .store()
