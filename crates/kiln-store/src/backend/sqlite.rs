@@ -252,25 +252,59 @@ impl Writer {
             .execute(&mut held.conn)
             .await
             .map_err(crate::error::query("begin a write transaction"))?;
-        Ok(WriteTx(held))
+        Ok(WriteTx(Some(held)))
     }
 }
 
-/// A write transaction on the writer. Dropped without `commit`, it is rolled back by the
-/// writer's next user.
-pub(crate) struct WriteTx(OwnedMutexGuard<Held>);
+/// A write transaction on the writer. Dropped without `commit` or `rollback` (an early
+/// `return Ok(None)`, an error, a cancelled future), it is rolled back at once by a spawned
+/// task that keeps the writer until then: left open, the transaction would hold the database
+/// file's write lock, and another process on the same file (a second replica, `kiln token
+/// create --data-dir` beside a server) would wait out its busy timeout and fail with
+/// "database is locked". Outside a runtime the writer's next user rolls it back instead.
+pub(crate) struct WriteTx(Option<OwnedMutexGuard<Held>>);
 
 impl WriteTx {
+    fn held(&mut self) -> &mut Held {
+        self.0
+            .as_mut()
+            .expect("a write transaction holds the writer until dropped")
+    }
+
     pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
-        sqlx::query("COMMIT").execute(&mut self.0.conn).await?;
-        self.0.open = false;
+        let held = self.held();
+        sqlx::query("COMMIT").execute(&mut held.conn).await?;
+        held.open = false;
         Ok(())
     }
 
     pub(crate) async fn rollback(mut self) -> Result<(), sqlx::Error> {
-        sqlx::query("ROLLBACK").execute(&mut self.0.conn).await?;
-        self.0.open = false;
+        let held = self.held();
+        sqlx::query("ROLLBACK").execute(&mut held.conn).await?;
+        held.open = false;
         Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        let Some(mut held) = self.0.take() else {
+            return;
+        };
+        if !held.open {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if sqlx::query("ROLLBACK")
+                    .execute(&mut held.conn)
+                    .await
+                    .is_ok()
+                {
+                    held.open = false;
+                }
+            });
+        }
     }
 }
 
@@ -278,13 +312,17 @@ impl std::ops::Deref for WriteTx {
     type Target = SqliteConnection;
 
     fn deref(&self) -> &SqliteConnection {
-        &self.0.conn
+        &self
+            .0
+            .as_ref()
+            .expect("a write transaction holds the writer until dropped")
+            .conn
     }
 }
 
 impl std::ops::DerefMut for WriteTx {
     fn deref_mut(&mut self) -> &mut SqliteConnection {
-        &mut self.0.conn
+        &mut self.held().conn
     }
 }
 

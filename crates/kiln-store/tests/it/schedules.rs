@@ -14,6 +14,7 @@ both_backends!(
     sync_stop_start_and_remove,
     a_fire_is_claimed_once_and_moves_the_schedule_on,
     two_replicas_racing_claim_a_fire_once,
+    a_lost_claim_leaves_the_database_writable_for_another_replica,
     archived_projects_do_not_fire,
 );
 
@@ -325,6 +326,50 @@ async fn two_replicas_racing_claim_a_fire_once(h: &Harness) {
         let fires = b.list_fires(v.id, 100).await.unwrap();
         assert_eq!(fires.len(), 4, "one fire a minute for {}", v.index);
     }
+}
+
+/// A replica that loses a claim gives its write transaction back at once: before, the lost
+/// claim's transaction stayed open on the writer until its next write, holding SQLite's file
+/// lock, and the other replica's next write failed with "database is locked" after its busy
+/// timeout.
+async fn a_lost_claim_leaves_the_database_writable_for_another_replica(h: &Harness) {
+    let a = h.store.clone();
+    let b = h.reopen().await;
+    let p = a.upsert_project("lost", "/tmp/lost").await.unwrap();
+    a.sync_schedules(
+        p.id,
+        &[def("wf/l.yml", 0, "* * * * *", "UTC")],
+        &[],
+        t("2026-05-01T10:00:30Z"),
+    )
+    .await
+    .unwrap();
+    let now = t("2026-05-01T10:01:01Z");
+    let due = a.due_schedules(now, 10).await.unwrap();
+    let fire = due[0].next_fire_at.unwrap();
+    let next = Some(t("2026-05-01T10:02:00Z"));
+    assert!(
+        b.claim_fire(due[0].id, fire, next, FireKind::Run, "b", now)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        a.claim_fire(due[0].id, fire, next, FireKind::Run, "a", now)
+            .await
+            .unwrap()
+            .is_none(),
+        "the fire is b's"
+    );
+    // b writes again while a stays idle.
+    b.upsert_project("after", "/tmp/after").await.unwrap();
+    let later = t("2026-05-01T10:02:01Z");
+    assert!(
+        b.claim_fire(due[0].id, next.unwrap(), None, FireKind::Run, "b", later)
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
 
 async fn archived_projects_do_not_fire(h: &Harness) {
