@@ -14,15 +14,18 @@
 //! - `envfile` — `$GITHUB_OUTPUT`, `$GITHUB_ENV`, `$GITHUB_PATH` parsing.
 //! - [`logs`](Masker) — secret masking, `::add-mask::`, whole-line log chunks.
 //! - [`hash`](WorkspaceHasher) — `hashFiles()` over the workspace.
+//! - [`sandbox`] — bubblewrap confinement for package builds (and later steps): detection at
+//!   start-up, and the `bwrap … --` prefix that confines a command.
 //!
-//! Not here: sandboxing (later), checking out sources (the caller copies the project into the
-//! workspace first), storing logs.
+//! Not here: checking out sources (the caller copies the project into the workspace first),
+//! storing logs.
 
 mod envfile;
 mod hash;
 mod job;
 mod logs;
 mod process;
+pub mod sandbox;
 mod shell;
 
 use std::path::PathBuf;
@@ -37,6 +40,9 @@ pub use hash::WorkspaceHasher;
 pub use job::{is_step_file, run_job, run_job_with_limits};
 pub use logs::{MAX_CHUNK, Masker, mask};
 pub use process::Limits;
+pub use sandbox::{
+    Confinement, Network, ParseSandboxModeError, Sandbox, SandboxError, SandboxMode, WrappedCommand,
+};
 pub use shell::{ShellCommand, ShellError};
 
 /// Everything needed to run one job.

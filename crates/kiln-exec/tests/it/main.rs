@@ -10,4 +10,5 @@ mod actions;
 mod control;
 mod env;
 mod logs;
+mod sandbox;
 mod shells;
