@@ -20,6 +20,7 @@ pub mod cron;
 pub mod expr;
 pub mod ids;
 pub mod matrix;
+pub mod packages;
 pub mod plan;
 pub mod triggers;
 pub mod watch;

@@ -5,6 +5,8 @@
 //! Only a dev-dependency. Fixtures written by others (the corpus in `../shared/corpus`) are
 //! read by path from [`corpus_dir`], never copied.
 
+pub mod tree;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;

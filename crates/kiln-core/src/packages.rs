@@ -1,0 +1,56 @@
+//! Package trees: a folder of `CATEGORY/NAME/kiln-package.toml` (DESIGN.md "Package trees"),
+//! loaded, validated, ordered and keyed.
+//!
+//! This is the model `kiln build` plans with; it runs nothing. Unlike the rest of kiln-core it
+//! reads files — a tree is tens of thousands of folders, and loading and hashing them in
+//! parallel is the part that must be fast — but only through two entry points,
+//! [`Tree::load`] and [`compute_keys`]; everything else is a plain function over values:
+//! [`parse_manifest`] takes `&str`, [`Tree::from_manifests`] builds a tree from parsed
+//! manifests, and [`Graph`] answers ordering questions over `u32` indices.
+//!
+//! Layout:
+//! - [`manifest`](parse_manifest) — one `kiln-package.toml`, every problem with file, line and
+//!   key.
+//! - [`Tree`] — loading a folder, interning origins, resolving dependencies, and validation:
+//!   unknown dependencies and every dependency cycle, all reported at once ([`TreeErrors`]).
+//! - [`Graph`] — the compact graph: `$KILN_DEPS` closures ([`DepsWalker`]), selections,
+//!   topological order, critical-path priorities.
+//! - [`compute_keys`] — the cache key scheme ([`KEY_SCHEME_VERSION`]).
+//!
+//! Not here: running builds, the store's history, scheduling with slots (the executor owns
+//! the ready queue; this module gives it the order and the priorities).
+
+mod graph;
+mod key;
+mod manifest;
+mod par;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+pub use graph::{DepsWalker, Graph, Selection};
+pub use key::{
+    FolderDigest, KEY_SCHEME_VERSION, Key, KeyError, KeyErrors, Keys, compute_keys, hash_folder,
+    package_keys,
+};
+pub use manifest::{
+    Dependency, Distfile, MANIFEST_FILE, Manifest, ManifestError, is_origin, parse_manifest,
+};
+pub use tree::{DependencyKind, Package, Tree, TreeError, TreeErrors, UnknownOrigins};
+
+/// A package of one [`Tree`]: an index into it. Packages are numbered in origin order, so
+/// sorting ids sorts by origin; ids of one tree mean nothing in another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PackageId(u32);
+
+impl PackageId {
+    /// The position of this package in the tree's vectors (and in [`Keys`], priorities…).
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+
+    pub(crate) fn new(index: usize) -> Self {
+        Self(u32::try_from(index).expect("a tree holds fewer than 2^32 packages"))
+    }
+}

@@ -1,0 +1,368 @@
+use super::*;
+
+fn manifest(depends: &[&str], run_depends: &[&str]) -> Manifest {
+    let dep = |o: &&str| Dependency {
+        origin: (*o).to_owned(),
+        line: 2,
+    };
+    Manifest {
+        version: "1.0".to_owned(),
+        depends: depends.iter().map(dep).collect(),
+        run_depends: run_depends.iter().map(dep).collect(),
+        fetch: None,
+        distfiles: Vec::new(),
+        build: "make".to_owned(),
+    }
+}
+
+/// A tree from `(origin, depends, run-depends)`.
+fn tree(spec: &[(&str, &[&str], &[&str])]) -> Result<Tree, TreeErrors> {
+    Tree::from_manifests(
+        spec.iter()
+            .map(|(o, d, r)| ((*o).to_owned(), manifest(d, r))),
+    )
+}
+
+fn origins(t: &Tree, ids: &[PackageId]) -> Vec<String> {
+    ids.iter().map(|&p| t.origin(p).to_owned()).collect()
+}
+
+fn id(t: &Tree, o: &str) -> PackageId {
+    t.id(o).unwrap_or_else(|| panic!("{o} is in the tree"))
+}
+
+#[test]
+fn manifest_with_every_key() {
+    let src = r#"
+version = "2.4.1"
+depends = ["devel/gmake", "lang/perl5"]
+run-depends = ["lang/perl5"]
+fetch = "curl -LO https://example.org/foo-2.4.1.tar.gz"
+distfiles = { "foo-2.4.1.tar.gz" = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" }
+build = '''make install DESTDIR="$KILN_OUT"'''
+"#;
+    let m = parse_manifest("x/y/kiln-package.toml", src).expect("valid");
+    assert_eq!(m.version, "2.4.1");
+    assert_eq!(
+        m.depends,
+        vec![
+            Dependency {
+                origin: "devel/gmake".into(),
+                line: 3
+            },
+            Dependency {
+                origin: "lang/perl5".into(),
+                line: 3
+            }
+        ]
+    );
+    assert_eq!(m.run_depends[0].origin, "lang/perl5");
+    assert_eq!(
+        m.fetch.as_deref(),
+        Some("curl -LO https://example.org/foo-2.4.1.tar.gz")
+    );
+    assert_eq!(m.distfiles.len(), 1);
+    assert_eq!(m.distfiles[0].name, "foo-2.4.1.tar.gz");
+    assert_eq!(m.distfiles[0].sha256[0], 0x9f);
+    assert_eq!(m.build, "make install DESTDIR=\"$KILN_OUT\"");
+}
+
+#[test]
+fn minimal_manifest_and_table_syntax() {
+    let m = parse_manifest(
+        "f",
+        "version = \"1\"\nbuild = \"true\"\n[distfiles]\n\"a.tgz\" = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n",
+    )
+    .expect("valid");
+    assert!(m.depends.is_empty() && m.run_depends.is_empty() && m.fetch.is_none());
+    assert_eq!(m.distfiles[0].name, "a.tgz");
+}
+
+#[test]
+fn every_problem_of_a_manifest_is_reported_with_line_and_key() {
+    let src = "version = 3\ndepends = [\"devel/a\", \"nope\", 4]\ncolour = \"red\"\ndistfiles = { \"../x\" = \"sha256:00\", \"b\" = \"md5:1\" }\n";
+    let errors = parse_manifest("cat/pkg/kiln-package.toml", src).expect_err("invalid");
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "cat/pkg/kiln-package.toml:1: `build`: missing (every manifest needs `version` and `build`)",
+            "cat/pkg/kiln-package.toml:1: `version`: must be a string, not integer",
+            "cat/pkg/kiln-package.toml:2: `depends[1]`: `nope` is not an origin (\"category/name\", one slash)",
+            "cat/pkg/kiln-package.toml:2: `depends[2]`: must be an origin string, not integer",
+            "cat/pkg/kiln-package.toml:3: `colour`: unknown key (a manifest has version, depends, run-depends, fetch, distfiles, build)",
+            "cat/pkg/kiln-package.toml:4: `distfiles.\"../x\"`: a distfile is a plain file name (no `/`, not `.` or `..`)",
+            "cat/pkg/kiln-package.toml:4: `distfiles.\"b\"`: must be \"sha256:\" followed by 64 lowercase hex digits",
+        ]
+    );
+}
+
+#[test]
+fn a_syntax_error_is_reported_alone_with_its_line() {
+    let errors =
+        parse_manifest("f", "version = \"1\"\nbuild = \"x\"\ndepends = [\n").expect_err("invalid");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].key, None);
+    assert!(errors[0].line >= 3, "{}", errors[0]);
+}
+
+#[test]
+fn origins_have_exactly_one_slash() {
+    for ok in ["devel/gmake", "x11-fonts/font-a", "a/b"] {
+        assert!(is_origin(ok), "{ok}");
+    }
+    for bad in ["devel", "a/b/c", "/b", "a/", "../b", "a/..", "a b/c", ""] {
+        assert!(!is_origin(bad), "{bad}");
+    }
+}
+
+#[test]
+fn ids_follow_origin_order_and_dependencies_resolve() {
+    let t = tree(&[
+        ("z/app", &["a/lib", "m/tool", "a/lib"], &[]),
+        ("a/lib", &[], &[]),
+        ("m/tool", &[], &["a/lib"]),
+    ])
+    .expect("valid");
+    assert_eq!(
+        origins(&t, &t.ids().collect::<Vec<_>>()),
+        ["a/lib", "m/tool", "z/app"]
+    );
+    let app = id(&t, "z/app");
+    // Repeats collapse; lists are sorted by origin.
+    assert_eq!(origins(&t, t.graph().depends(app)), ["a/lib", "m/tool"]);
+    assert_eq!(
+        origins(&t, t.graph().run_depends(id(&t, "m/tool"))),
+        ["a/lib"]
+    );
+    assert_eq!(t.package(app).build, "make");
+}
+
+/// `$KILN_DEPS` is the closure of `depends` and of their `run-depends`, without the
+/// package's own `run-depends`; `wait_for` is the smaller build-before relation.
+#[test]
+fn kiln_deps_closure_and_wait_for() {
+    let t = tree(&[
+        ("a/app", &["b/lib"], &["r/own-runtime"]),
+        ("b/lib", &["c/base"], &["d/runtime"]),
+        ("c/base", &[], &[]),
+        ("d/runtime", &["e/deep"], &["f/runtime2"]),
+        ("e/deep", &[], &[]),
+        ("f/runtime2", &[], &[]),
+        ("r/own-runtime", &[], &[]),
+    ])
+    .expect("valid");
+    let g = t.graph();
+    let mut w = DepsWalker::new(g);
+    let app = id(&t, "a/app");
+    assert_eq!(
+        origins(&t, w.kiln_deps(app)),
+        ["b/lib", "c/base", "d/runtime", "e/deep", "f/runtime2"]
+    );
+    assert_eq!(origins(&t, w.kiln_deps(id(&t, "b/lib"))), ["c/base"]);
+    assert_eq!(
+        origins(&t, w.kiln_deps(id(&t, "c/base"))),
+        Vec::<String>::new()
+    );
+    // app waits for lib and for what lib needs at run time; the rest comes before those.
+    assert_eq!(
+        origins(&t, g.wait_for(app)),
+        ["b/lib", "d/runtime", "f/runtime2"]
+    );
+    assert_eq!(origins(&t, g.waiters(id(&t, "d/runtime"))), ["a/app"]);
+
+    // Every package comes after what it waits for, levels hold no edge inside them.
+    let pos: Vec<usize> = {
+        let mut pos = vec![0; t.len()];
+        for (i, p) in g.order().iter().enumerate() {
+            pos[p.index()] = i;
+        }
+        pos
+    };
+    for p in t.ids() {
+        for &d in g.wait_for(p) {
+            assert!(
+                pos[d.index()] < pos[p.index()],
+                "{} before {}",
+                t.origin(d),
+                t.origin(p)
+            );
+        }
+    }
+    let levels: Vec<Vec<String>> = g.levels().map(|l| origins(&t, l)).collect();
+    assert_eq!(
+        levels,
+        [
+            vec!["c/base", "e/deep", "f/runtime2", "r/own-runtime"],
+            vec!["b/lib", "d/runtime"],
+            vec!["a/app"],
+        ]
+    );
+}
+
+#[test]
+fn selection_takes_what_the_named_packages_need() {
+    let t = tree(&[
+        ("a/app", &["b/lib"], &["r/runtime"]),
+        ("b/lib", &["c/base"], &[]),
+        ("c/base", &[], &[]),
+        ("r/runtime", &["c/base"], &[]),
+        ("u/unrelated", &["c/base"], &[]),
+    ])
+    .expect("valid");
+    let sel = t.select(&["a/app"]).expect("known");
+    assert_eq!(
+        origins(&t, sel.ids()),
+        ["a/app", "b/lib", "c/base", "r/runtime"]
+    );
+    assert!(!sel.contains(id(&t, "u/unrelated")));
+    assert_eq!(
+        origins(&t, &sel.in_order(t.graph()))[0],
+        "c/base",
+        "dependencies first"
+    );
+    assert_eq!(
+        t.select(&["a/app", "x/nope", "b/nope"]),
+        Err(UnknownOrigins(vec!["b/nope".into(), "x/nope".into()]))
+    );
+    assert_eq!(t.graph().select_all().len(), 5);
+}
+
+#[test]
+fn critical_path_priorities() {
+    // base ← lib ← app (a chain of three) and base ← tool (short); durations weigh.
+    let t = tree(&[
+        ("a/app", &["b/lib"], &[]),
+        ("b/lib", &["c/base"], &[]),
+        ("c/base", &[], &[]),
+        ("t/tool", &["c/base"], &[]),
+        ("x/slow", &[], &[]),
+    ])
+    .expect("valid");
+    let weight = |p: PackageId| match t.origin(p) {
+        "x/slow" => 100,
+        "t/tool" => 7,
+        _ => 1,
+    };
+    let all = t.graph().select_all();
+    let prio = t.graph().priorities(&all, weight);
+    let of = |o: &str| prio[id(&t, o).index()];
+    assert_eq!(of("a/app"), 1);
+    assert_eq!(of("b/lib"), 2);
+    assert_eq!(of("t/tool"), 7);
+    // base heads both chains: 1 + max(lib chain 2, tool 7).
+    assert_eq!(of("c/base"), 8);
+    assert_eq!(of("x/slow"), 100);
+
+    // Outside the selection nothing counts.
+    let sel = t.select(&["b/lib"]).expect("known");
+    let prio = t.graph().priorities(&sel, weight);
+    assert_eq!(prio[id(&t, "c/base").index()], 2);
+    assert_eq!(prio[id(&t, "t/tool").index()], 0);
+}
+
+fn keys_with(t: &Tree, folders: &[FolderDigest], toolchain: &[u8]) -> Keys {
+    package_keys(t, &t.graph().select_all(), folders, toolchain)
+}
+
+/// Changing one package's folder changes exactly its key and the keys of the packages that
+/// have it in their `$KILN_DEPS` (also through `run-depends`).
+#[test]
+fn one_folder_change_changes_exactly_its_dependents_keys() {
+    let t = tree(&[
+        ("a/app", &["b/lib"], &[]),
+        ("b/lib", &["c/base"], &["d/runtime"]),
+        ("c/base", &[], &[]),
+        ("d/runtime", &[], &[]),
+        ("e/other", &["c/base"], &[]),
+        ("f/user-of-runtime", &["d/runtime"], &[]),
+        ("g/alone", &[], &[]),
+    ])
+    .expect("valid");
+    let folders: Vec<FolderDigest> = (0..t.len())
+        .map(|i| FolderDigest([u8::try_from(i).expect("small"); 32]))
+        .collect();
+    let before = keys_with(&t, &folders, b"cc 14");
+    let mut changed = folders.clone();
+    changed[id(&t, "d/runtime").index()].0[0] ^= 1;
+    let after = keys_with(&t, &changed, b"cc 14");
+    let differ: Vec<&str> = t
+        .ids()
+        .filter(|&p| before.get(p) != after.get(p))
+        .map(|p| t.origin(p))
+        .collect();
+    // b/lib only run-depends on d/runtime: its own build does not see it, its dependents do.
+    assert_eq!(differ, ["a/app", "d/runtime", "f/user-of-runtime"]);
+
+    // The toolchain fingerprint is part of every key.
+    let other = keys_with(&t, &folders, b"cc 15");
+    assert!(t.ids().all(|p| before.get(p) != other.get(p)));
+    // Same input, same keys; keys are lowercase hex.
+    assert_eq!(before, keys_with(&t, &folders, b"cc 14"));
+    let hex = before.get(id(&t, "a/app")).expect("keyed").to_hex();
+    assert_eq!(hex.len(), 64);
+    assert!(
+        hex.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    );
+    assert_eq!(Key::from_hex(&hex).as_ref(), before.get(id(&t, "a/app")));
+}
+
+#[test]
+fn commands_and_manifest_fields_are_in_the_key() {
+    let base = || {
+        vec![
+            ("a/app".to_owned(), manifest(&["b/lib"], &[])),
+            ("b/lib".to_owned(), manifest(&[], &[])),
+        ]
+    };
+    let key_of_app = |ms: Vec<(String, Manifest)>| {
+        let t = Tree::from_manifests(ms).expect("valid");
+        let folders = vec![FolderDigest::default(); t.len()];
+        *keys_with(&t, &folders, b"")
+            .get(id(&t, "a/app"))
+            .expect("keyed")
+    };
+    let reference = key_of_app(base());
+    let mut changed = base();
+    changed[1].1.build = "make -j4".into();
+    assert_ne!(
+        key_of_app(changed),
+        reference,
+        "a dependency's build command"
+    );
+    let mut changed = base();
+    changed[0].1.fetch = Some("curl x".into());
+    assert_ne!(key_of_app(changed), reference, "fetch");
+    let mut changed = base();
+    changed[0].1.version = "1.1".into();
+    assert_ne!(key_of_app(changed), reference, "version");
+    let mut changed = base();
+    changed[0].1.distfiles.push(Distfile {
+        name: "a.tgz".into(),
+        sha256: [0; 32],
+    });
+    assert_ne!(key_of_app(changed), reference, "distfiles");
+}
+
+#[test]
+fn only_selected_packages_are_keyed() {
+    let t = tree(&[
+        ("a/app", &["b/lib"], &[]),
+        ("b/lib", &[], &[]),
+        ("c/x", &[], &[]),
+    ])
+    .expect("valid");
+    let sel = t.select(&["a/app"]).expect("known");
+    let keys = package_keys(&t, &sel, &[FolderDigest::default(); 3], b"");
+    assert!(keys.get(id(&t, "a/app")).is_some() && keys.get(id(&t, "b/lib")).is_some());
+    assert!(keys.get(id(&t, "c/x")).is_none());
+}
+
+#[test]
+fn parallel_map_keeps_input_order() {
+    let items: Vec<u32> = (0..10_000).collect();
+    let out = par::map(&items, |&x| x * 2);
+    assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+    assert!(par::map(&[] as &[u32], |&x| x).is_empty());
+}
