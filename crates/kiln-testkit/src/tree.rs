@@ -470,3 +470,99 @@ fn toml_string(s: &str) -> String {
     out.push('"');
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_tree() {
+        let a = GeneratedTree::generate(&TreeSpec::new(2_000, 5));
+        let b = GeneratedTree::generate(&TreeSpec::new(2_000, 5));
+        let c = GeneratedTree::generate(&TreeSpec::new(2_000, 6));
+        assert_eq!(a.origins, b.origins);
+        assert_eq!(a.depends, b.depends);
+        assert_eq!(a.run_depends, b.run_depends);
+        assert_ne!(a.depends, c.depends);
+    }
+
+    /// Tens of thousands of packages: ~60 categories, depth ~40, a few packages needed by
+    /// thousands and most by a handful.
+    #[test]
+    fn the_shape_is_ports_like() {
+        let t = GeneratedTree::generate(&TreeSpec::new(30_000, 1));
+        let (depth, max_fan_in) = t.shape();
+        assert_eq!(depth, 41);
+        assert!(max_fan_in > 2_000, "max fan-in {max_fan_in}");
+        let mut fan_in = vec![0usize; t.len()];
+        for deps in &t.depends {
+            for &d in deps {
+                fan_in[d as usize] += 1;
+            }
+        }
+        fan_in.sort_unstable();
+        let median = fan_in[fan_in.len() / 2];
+        assert!(median <= 3, "median fan-in {median}");
+        let categories: std::collections::BTreeSet<&str> = t
+            .origins
+            .iter()
+            .filter_map(|o| o.split_once('/').map(|(c, _)| c))
+            .collect();
+        assert!(categories.len() >= 55, "{} categories", categories.len());
+        let unique: std::collections::BTreeSet<&String> = t.origins.iter().collect();
+        assert_eq!(unique.len(), t.len());
+    }
+
+    #[test]
+    fn cycles_are_injected_as_asked_and_recorded() {
+        let mut spec = TreeSpec::new(3_000, 2);
+        spec.cycles = 4;
+        let t = GeneratedTree::generate(&spec);
+        assert_eq!(t.cycles.len(), 4);
+        for cycle in &t.cycles {
+            for (i, &p) in cycle.iter().enumerate() {
+                let next = cycle[(i + 1) % cycle.len()];
+                assert!(t.depends[p as usize].contains(&next), "{cycle:?}");
+            }
+        }
+        let dir = tempfile::tempdir().expect("temporary folder");
+        assert!(
+            t.write_ninja(dir.path()).is_err(),
+            "ninja cannot take cycles"
+        );
+    }
+
+    #[test]
+    fn manifests_quote_commands_and_sleep() {
+        let mut spec = TreeSpec::new(50, 3);
+        spec.sleep_ms = Some((1_500, 1_500));
+        spec.build = "echo \"hi\" > $KILN_OUT/x".to_owned();
+        let t = GeneratedTree::generate(&spec);
+        let m = t.manifest(0);
+        assert!(
+            m.contains("build = \"sleep 1.500 && echo \\\"hi\\\" > $KILN_OUT/x\"\n"),
+            "{m}"
+        );
+        assert!(m.starts_with("version = \""));
+    }
+
+    #[test]
+    fn ninja_has_one_edge_per_package_with_its_waits() {
+        let t = GeneratedTree::generate(&TreeSpec::new(200, 4));
+        let dir = tempfile::tempdir().expect("temporary folder");
+        t.write_ninja(dir.path()).expect("write");
+        let text = std::fs::read_to_string(dir.path().join("build.ninja")).expect("read");
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("build ")).count(),
+            200
+        );
+        let last = t.len() - 1;
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("build .ninja-out/{}.stamp:", t.origins[last])))
+            .expect("an edge for the last package");
+        for d in t.wait_for(last) {
+            assert!(line.contains(&format!(".ninja-out/{}.stamp", t.origins[d as usize])));
+        }
+    }
+}

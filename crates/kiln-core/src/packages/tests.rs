@@ -366,3 +366,37 @@ fn parallel_map_keeps_input_order() {
     assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
     assert!(par::map(&[] as &[u32], |&x| x).is_empty());
 }
+
+/// A group with more cycles than are worth listing: the first ones, then one line naming the
+/// whole group.
+#[test]
+fn a_tangled_group_lists_some_cycles_and_names_the_group() {
+    let leaves: Vec<String> = (0..40).map(|i| format!("leaf/p{i:02}")).collect();
+    let leaf_refs: Vec<&str> = leaves.iter().map(String::as_str).collect();
+    let mut spec: Vec<(&str, &[&str], &[&str])> = vec![("a/hub", &leaf_refs, &[])];
+    for leaf in &leaf_refs {
+        spec.push((leaf, &["a/hub"], &[]));
+    }
+    let errors = tree(&spec).expect_err("cycles");
+    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(shown.len(), 33, "{errors}");
+    assert_eq!(shown[0], "dependency cycle: a/hub → leaf/p00 → a/hub");
+    assert_eq!(
+        shown[32],
+        "dependency cycles: 41 packages depend on each other (a/hub, leaf/p00, leaf/p01, leaf/p02, leaf/p03, leaf/p04, leaf/p05, leaf/p06, leaf/p07, leaf/p08, … 31 more); only 32 of their cycles are listed"
+    );
+}
+
+#[test]
+fn duplicate_and_invalid_origins_are_refused() {
+    let errors = Tree::from_manifests([
+        ("a/x".to_owned(), manifest(&[], &[])),
+        ("a/x".to_owned(), manifest(&[], &[])),
+        ("nocategory".to_owned(), manifest(&[], &[])),
+    ])
+    .expect_err("invalid");
+    assert_eq!(
+        errors.to_string(),
+        "a/x: defined more than once\nnocategory/kiln-package.toml:1: `nocategory` is not an origin (\"category/name\", one slash)"
+    );
+}

@@ -99,7 +99,7 @@ pub enum TreeError {
     },
     /// A group of packages that depend on each other with more cycles than are listed.
     #[error(
-        "dependency cycles: {count} packages depend on each other ({}); the {MAX_CYCLES_PER_GROUP} cycles above are some of theirs",
+        "dependency cycles: {count} packages depend on each other ({}); only {MAX_CYCLES_PER_GROUP} of their cycles are listed",
         sample(packages)
     )]
     CycleGroup { count: usize, packages: Vec<String> },

@@ -285,6 +285,7 @@ fn sixty_thousand_packages_timing() {
     let dir = tempfile::tempdir().expect("temporary folder");
     let generated = GeneratedTree::generate(&TreeSpec::new(60_000, 7));
     generated.write(dir.path()).expect("write tree");
+    drop(generated);
     let cpu = || {
         let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
         let fields: Vec<&str> = stat
@@ -327,4 +328,11 @@ fn sixty_thousand_packages_timing() {
             tree.graph().levels().len(),
         );
     }
+    // Peak RSS of the whole test process: an upper bound, the generator's tree included.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let peak = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap_or("VmHWM: ?");
+    eprintln!("peak RSS ({peak})");
 }
