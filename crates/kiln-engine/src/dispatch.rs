@@ -180,28 +180,36 @@ pub async fn run_local(
     };
     let mut d = Dispatcher::new(store, &config, progress);
     let secrets = Arc::new(req.secrets);
-    for (wf, inputs) in prepared {
-        let spec = RunSpec {
-            project: req.project,
-            workflow: Arc::new(wf),
-            trigger: req.trigger.clone(),
-            secrets: secrets.clone(),
-            snapshot: req.snapshot.clone(),
-            github: Map::new(),
-        };
-        d.create_run(spec, inputs).await?;
+    let specs = prepared
+        .into_iter()
+        .map(|(wf, inputs)| {
+            let spec = RunSpec {
+                project: req.project,
+                workflow: Arc::new(wf),
+                trigger: req.trigger.clone(),
+                secrets: secrets.clone(),
+                snapshot: req.snapshot.clone(),
+                github: Map::new(),
+            };
+            (spec, inputs)
+        })
+        .collect();
+    for created in d.create_runs(specs).await {
+        created?;
     }
     d.drive(cancel).await
 }
 
+/// A run to create: its spec and its resolved inputs.
+pub(crate) type NewSpec = (RunSpec, Map<String, Value>);
+
 /// A request to a long-lived dispatcher (see [`crate::engine`]).
 pub(crate) enum Command {
-    /// Create a run (its inputs already resolved) and drive it; answers with the run as
-    /// recorded.
+    /// Create runs (their inputs already resolved) in one store transaction and drive them;
+    /// answers with each run as recorded, in order.
     Submit {
-        spec: Box<RunSpec>,
-        inputs: Map<String, Value>,
-        reply: oneshot::Sender<Result<Run, EngineError>>,
+        specs: Vec<NewSpec>,
+        reply: oneshot::Sender<Vec<Result<Run, EngineError>>>,
     },
     /// Drive a run recorded earlier (by this server before a restart): its jobs as stored,
     /// leases already taken back.
@@ -410,17 +418,17 @@ impl Dispatcher {
         }
     }
 
-    /// Plan the workflow's statically known jobs and record the run with them.
-    async fn create_run(
+    /// Plans a new run (nothing stored yet): the run to record, and what driving it needs.
+    fn prepare_run(
         &mut self,
         spec: RunSpec,
         inputs: Map<String, Value>,
-    ) -> Result<Run, EngineError> {
+    ) -> Result<(NewRun, NewRunState), EngineError> {
         let run_id = RunId::new();
         let wf = spec.workflow.clone();
         // run_number is the store's to assign; plan with a placeholder and fix the context
         // once the run is recorded.
-        let mut base = self.base_contexts(&spec, run_id, 0, 1, &inputs);
+        let base = self.base_contexts(&spec, run_id, 0, 1, &inputs);
 
         let planned = plan::dry_run(&wf, &base).map_err(EngineError::Invalid)?;
         let priorities = plan::critical_path(&wf.jobs);
@@ -445,6 +453,7 @@ impl Dispatcher {
             .collect();
 
         let mut new_jobs = Vec::new();
+        let mut recs = Vec::new();
         let mut by_key: IndexMap<String, Vec<PlannedJob>> = IndexMap::new();
         for p in planned {
             by_key.entry(p.id.clone()).or_default().push(p);
@@ -468,10 +477,10 @@ impl Dispatcher {
                     max_attempts: self.max_attempts,
                 });
                 self.seq += 1;
-                self.jobs.insert(
+                recs.push((
                     id,
                     JobRec::new(run_id, key.clone(), p.name, matrix, index, total, self.seq),
-                );
+                ));
                 ids.push(id);
             }
             if let Some(ks) = keys.get_mut(&key) {
@@ -479,23 +488,65 @@ impl Dispatcher {
             }
         }
 
-        let run = self
-            .store
-            .create_run(NewRun {
-                id: run_id,
-                project: spec.project,
-                workflow: wf.file.clone(),
-                workflow_name: wf.display_name().to_owned(),
-                event: spec.trigger.event.clone(),
-                git_ref: spec.trigger.git_ref.clone(),
-                sha: spec.trigger.sha.clone(),
-                inputs,
-                status: RunStatus::Queued,
-                jobs: new_jobs,
-                at: now(),
-            })
-            .await?;
-        base = self.base_contexts(&spec, run_id, run.run_number, run.run_attempt, &run.inputs);
+        let new = NewRun {
+            id: run_id,
+            project: spec.project,
+            workflow: wf.file.clone(),
+            workflow_name: wf.display_name().to_owned(),
+            event: spec.trigger.event.clone(),
+            git_ref: spec.trigger.git_ref.clone(),
+            sha: spec.trigger.sha.clone(),
+            inputs,
+            status: RunStatus::Queued,
+            jobs: new_jobs,
+            at: now(),
+        };
+        Ok((new, NewRunState { spec, keys, recs }))
+    }
+
+    /// Creates runs in one store transaction and starts driving them; one answer per spec,
+    /// in order. When the transaction fails, each run is tried alone, so each answer says
+    /// what went wrong with that run.
+    async fn create_runs(&mut self, specs: Vec<NewSpec>) -> Vec<Result<Run, EngineError>> {
+        let mut answers: Vec<Option<Result<Run, EngineError>>> = Vec::with_capacity(specs.len());
+        let mut planned = Vec::new();
+        for (index, (spec, inputs)) in specs.into_iter().enumerate() {
+            match self.prepare_run(spec, inputs) {
+                Ok((new, state)) => {
+                    answers.push(None);
+                    planned.push((index, new, state));
+                }
+                Err(e) => answers.push(Some(Err(e))),
+            }
+        }
+        let news: Vec<NewRun> = planned.iter().map(|(_, new, _)| new.clone()).collect();
+        let stored: Vec<Result<Run, EngineError>> = match self.store.create_runs(news).await {
+            Ok(runs) => runs.into_iter().map(Ok).collect(),
+            Err(e) if planned.len() == 1 => vec![Err(e.into())],
+            Err(_) => {
+                let mut one_by_one = Vec::with_capacity(planned.len());
+                for (_, new, _) in &planned {
+                    one_by_one.push(self.store.create_run(new.clone()).await.map_err(Into::into));
+                }
+                one_by_one
+            }
+        };
+        for ((index, _, state), run) in planned.into_iter().zip(stored) {
+            answers[index] = Some(run.and_then(|run| self.install_run(run, state)));
+        }
+        answers
+            .into_iter()
+            .map(|a| a.expect("every spec answered"))
+            .collect()
+    }
+
+    /// Starts driving a run just recorded.
+    fn install_run(&mut self, run: Run, state: NewRunState) -> Result<Run, EngineError> {
+        let NewRunState { spec, keys, recs } = state;
+        let run_id = run.id;
+        let wf = spec.workflow.clone();
+        self.jobs.extend(recs);
+        let base = self.base_contexts(&spec, run_id, run.run_number, run.run_attempt, &run.inputs);
         let _ = self.progress.send(Progress::RunCreated {
             run: Box::new(run.clone()),
         });
@@ -533,7 +584,16 @@ impl Dispatcher {
         );
         Ok(run)
     }
+}
 
+/// A planned run between [`Dispatcher::prepare_run`] and [`Dispatcher::install_run`].
+struct NewRunState {
+    spec: RunSpec,
+    keys: IndexMap<String, KeyState>,
+    recs: Vec<(JobId, JobRec)>,
+}
+
+impl Dispatcher {
     /// Rebuild a recorded run's state from its jobs as stored, and drive it on: queued jobs
     /// go to the ready queue, keys whose jobs are all pending are decided again when their
     /// needs have ended, and the run ends as usual.
@@ -791,11 +851,9 @@ impl Dispatcher {
                 }
                 cmd = next_command(&mut self.commands), if self.commands.is_some() => {
                     match cmd {
-                        Some(Command::Submit { spec, inputs, reply }) => {
-                            let created = self.create_run(*spec, inputs).await;
-                            if let Ok(run) = &created {
-                                run_ids.push(run.id);
-                            }
+                        Some(Command::Submit { specs, reply }) => {
+                            let created = self.create_runs(specs).await;
+                            run_ids.extend(created.iter().flatten().map(|run| run.id));
                             let _ = reply.send(created);
                         }
                         Some(Command::Resume { run, spec, reply }) => {

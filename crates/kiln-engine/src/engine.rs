@@ -28,7 +28,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::EngineError;
 use crate::contexts::{Trigger, resolve_inputs};
-use crate::dispatch::{self, Command, DispatchConfig, RunOutcome, RunSpec};
+use crate::dispatch::{self, Command, DispatchConfig, NewSpec, RunOutcome, RunSpec};
 use crate::project::{Snapshot, load_project, snapshot};
 use crate::source::GitRepo;
 
@@ -73,6 +73,26 @@ pub struct EventTarget {
     /// `github` context fields laid over those made from the trigger (a webhook's `actor`,
     /// `head_ref`, `base_ref`, `ref`, …).
     pub github: Map<String, Value>,
+}
+
+/// A project's workflows read at one commit (or from its folder as it is), ready to start
+/// runs from: [`Engine::prepare_at`] makes it, [`Engine::trigger_prepared`] uses it.
+pub struct Prepared {
+    project: Project,
+    source: Source,
+    local: crate::project::LocalProject,
+}
+
+impl Prepared {
+    /// The workflows, as parsed.
+    pub fn workflows(&self) -> &[Workflow] {
+        &self.local.workflows
+    }
+
+    /// The commit they were read at (a folder project's: see `project::snapshot`).
+    pub fn sha(&self) -> &str {
+        &self.source.sha
+    }
 }
 
 /// A handle on the running engine; cheap to clone.
@@ -208,16 +228,117 @@ impl Engine {
         req: TriggerRequest,
         target: EventTarget,
     ) -> Result<Vec<Run>, EngineError> {
+        let prepared = self
+            .prepare_at(req.project, req.git_ref.as_deref(), target.sha.as_deref())
+            .await?;
+        let mut answers = self
+            .trigger_prepared(&prepared, vec![(req, target)])
+            .await?;
+        answers.pop().expect("one answer for one request")
+    }
+
+    /// The workflows of `project` at `sha` on `git_ref` (git projects; default: the default
+    /// branch's head), or in its folder as it is, for a caller that decides which of them an
+    /// event starts (the webhook receiver); pass them to [`Engine::trigger`] as
+    /// `TriggerRequest::workflows`. Also the commit they were read at.
+    pub async fn workflows_at(
+        &self,
+        project: ProjectId,
+        git_ref: Option<&str>,
+        sha: Option<&str>,
+    ) -> Result<(Vec<Workflow>, String), EngineError> {
+        let prepared = self.prepare_at(project, git_ref, sha).await?;
+        Ok((prepared.local.workflows, prepared.source.sha))
+    }
+
+    /// Reads `project`'s workflows at `sha` on `git_ref` (as [`Engine::workflows_at`]) once,
+    /// for any number of runs to start from them with [`Engine::trigger_prepared`]: a burst of
+    /// webhook deliveries for one commit checks out and parses the workflows once.
+    pub async fn prepare_at(
+        &self,
+        project: ProjectId,
+        git_ref: Option<&str>,
+        sha: Option<&str>,
+    ) -> Result<Prepared, EngineError> {
         let project = self
             .inner
             .store
-            .get_project(req.project)
+            .get_project(project)
             .await?
-            .ok_or_else(|| EngineError::Usage(format!("no project {}", req.project)))?;
-        let source = self
-            .materialise(&project, req.git_ref.as_deref(), target.sha.as_deref())
-            .await?;
+            .ok_or_else(|| EngineError::Usage(format!("no project {project}")))?;
+        let source = self.materialise(&project, git_ref, sha).await?;
         let local = load_project(&source.root)?;
+        Ok(Prepared {
+            project,
+            source,
+            local,
+        })
+    }
+
+    /// Starts the runs each request asks for, from workflows read once by
+    /// [`Engine::prepare_at`] (each request's `git_ref` and `target.sha` are those it was
+    /// prepared at), and creates all of them in one store transaction. One answer per
+    /// request, in order; `Err` only when nothing could be asked of the engine.
+    pub async fn trigger_prepared(
+        &self,
+        prepared: &Prepared,
+        requests: Vec<(TriggerRequest, EventTarget)>,
+    ) -> Result<Vec<Result<Vec<Run>, EngineError>>, EngineError> {
+        let mut answers: Vec<Result<Vec<Run>, EngineError>> = Vec::with_capacity(requests.len());
+        // For each request, how many of the specs below are its runs.
+        let mut counts = Vec::with_capacity(requests.len());
+        let mut specs = Vec::new();
+        for (req, target) in requests {
+            match self.run_specs(prepared, req, target) {
+                Ok(mine) => {
+                    counts.push(Some(mine.len()));
+                    specs.extend(mine);
+                    answers.push(Ok(Vec::new()));
+                }
+                Err(e) => {
+                    counts.push(None);
+                    answers.push(Err(e));
+                }
+            }
+        }
+        let mut created = if specs.is_empty() {
+            Vec::new()
+        } else {
+            let (reply, answer) = oneshot::channel();
+            self.send(Command::Submit { specs, reply })?;
+            answer.await.map_err(|_| stopped())?
+        }
+        .into_iter();
+        for (answer, count) in answers.iter_mut().zip(counts) {
+            let Some(count) = count else { continue };
+            let mut runs = Vec::with_capacity(count);
+            let mut failed = None;
+            for created in created.by_ref().take(count) {
+                match created {
+                    Ok(run) => runs.push(run),
+                    Err(e) => failed = failed.or(Some(e)),
+                }
+            }
+            *answer = match failed {
+                Some(e) => Err(e),
+                None => Ok(runs),
+            };
+        }
+        Ok(answers)
+    }
+
+    /// The runs (spec and inputs) one request asks for, checked before anything is stored.
+    fn run_specs(
+        &self,
+        prepared: &Prepared,
+        req: TriggerRequest,
+        target: EventTarget,
+    ) -> Result<Vec<NewSpec>, EngineError> {
+        let Prepared {
+            project,
+            source,
+            local,
+        } = prepared;
         let selected = match &target.workflows {
             Some(files) => local
                 .workflows
@@ -233,63 +354,37 @@ impl Engine {
             )));
         }
         let mut problems = Vec::new();
-        let mut prepared = Vec::new();
+        let mut prepared_wfs = Vec::new();
         for wf in selected {
             problems.extend(plan::check_runnable(wf));
             let inputs = resolve_inputs(wf, &req.inputs).map_err(EngineError::Usage)?;
-            prepared.push((wf.clone(), inputs));
+            prepared_wfs.push((wf.clone(), inputs));
         }
         if !problems.is_empty() {
             return Err(EngineError::Invalid(Diagnostics(problems)));
         }
         let trigger = Trigger {
-            event: req.event.clone(),
-            payload: req.payload.clone(),
-            inputs: req.inputs.clone(),
+            event: req.event,
+            payload: req.payload,
+            inputs: req.inputs,
             git_ref: source.git_ref.clone(),
             sha: source.sha.clone(),
-            repository: repository_name(&project),
+            repository: repository_name(project),
         };
-        let mut runs = Vec::new();
-        for (wf, inputs) in prepared {
-            let spec = RunSpec {
-                project: project.id,
-                workflow: Arc::new(wf),
-                trigger: trigger.clone(),
-                secrets: Arc::new(IndexMap::new()),
-                snapshot: source.snapshot.clone(),
-                github: target.github.clone(),
-            };
-            let (reply, answer) = oneshot::channel();
-            self.send(Command::Submit {
-                spec: Box::new(spec),
-                inputs,
-                reply,
-            })?;
-            runs.push(answer.await.map_err(|_| stopped())??);
-        }
-        Ok(runs)
-    }
-
-    /// The workflows of `project` at `sha` on `git_ref` (git projects; default: the default
-    /// branch's head), or in its folder as it is, for a caller that decides which of them an
-    /// event starts (the webhook receiver); pass them to [`Engine::trigger`] as
-    /// `TriggerRequest::workflows`. Also the commit they were read at.
-    pub async fn workflows_at(
-        &self,
-        project: ProjectId,
-        git_ref: Option<&str>,
-        sha: Option<&str>,
-    ) -> Result<(Vec<Workflow>, String), EngineError> {
-        let project = self
-            .inner
-            .store
-            .get_project(project)
-            .await?
-            .ok_or_else(|| EngineError::Usage(format!("no project {project}")))?;
-        let source = self.materialise(&project, git_ref, sha).await?;
-        let local = load_project(&source.root)?;
-        Ok((local.workflows, source.sha))
+        Ok(prepared_wfs
+            .into_iter()
+            .map(|(wf, inputs)| {
+                let spec = RunSpec {
+                    project: project.id,
+                    workflow: Arc::new(wf),
+                    trigger: trigger.clone(),
+                    secrets: Arc::new(IndexMap::new()),
+                    snapshot: source.snapshot.clone(),
+                    github: target.github.clone(),
+                };
+                (spec, inputs)
+            })
+            .collect())
     }
 
     /// Cancels a run's jobs (running ones are stopped and recorded as cancelled). Whether

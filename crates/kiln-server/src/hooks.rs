@@ -15,27 +15,66 @@
 //!
 //! Not here: HTTP and signatures (`routes/hooks.rs`), SQL (the store's).
 
+use indexmap::IndexMap;
+use kiln_core::ids::ProjectId;
 use kiln_core::triggers::{self, HookEvent, Match, Provider};
 use kiln_engine::source::GitRepo;
-use kiln_engine::{EventTarget, TriggerRequest};
+use kiln_engine::{EventTarget, Prepared, TriggerRequest};
 use kiln_proto::{DeliveryStatus, DeliveryView, HookProvider, ProjectKind};
 use kiln_store::DeliveryOutcome;
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use crate::state::AppState;
 
 /// Deliveries resumed at start-up, at most.
 const RESUME_LIMIT: u32 = 1000;
+/// Deliveries processed together, at most: claimed in one transaction, their runs created
+/// in one, their outcomes recorded in one.
+const BATCH: usize = 256;
 /// How long a server's claim on a delivery lasts: processing includes a git fetch.
 const CLAIM_FOR: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
 /// How often deliveries nobody processes (a server died with them claimed, or before it
 /// claimed them) are looked for.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Processes delivery `id` in the background.
+/// The deliveries recorded and waiting to be processed, in the order they came: one task
+/// takes whatever has gathered while it processed the last batch, so a burst of pushes is
+/// read, matched and turned into runs in a few transactions rather than several each.
+#[derive(Default)]
+pub(crate) struct Queue(std::sync::OnceLock<mpsc::UnboundedSender<String>>);
+
+/// Processes delivery `id` in the background (see [`Queue`]).
 pub(crate) fn spawn(state: &AppState, id: String) {
-    let state = state.clone();
-    tokio::spawn(async move { process_id(&state, &id).await });
+    if state.engine().is_none() {
+        tracing::warn!(
+            delivery = id,
+            "no engine: the webhook delivery stays accepted"
+        );
+        return;
+    }
+    let sender = state.hook_queue().0.get_or_init(|| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(drain(state.downgrade(), rx));
+        tx
+    });
+    // The receiver lives as long as the state: a send cannot fail while `state` does.
+    let _ = sender.send(id);
+}
+
+/// The queue's task. It holds the state weakly: once the server is gone, so is the
+/// queue's sender, and the task ends.
+async fn drain(state: crate::state::WeakState, mut rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(first) = rx.recv().await {
+        let mut ids = vec![first];
+        while ids.len() < BATCH
+            && let Ok(id) = rx.try_recv()
+        {
+            ids.push(id);
+        }
+        let Some(state) = state.upgrade() else { return };
+        process_batch(&state, ids).await;
+    }
 }
 
 /// At start-up and then every minute: processes every delivery left `accepted` whose claim
@@ -49,8 +88,9 @@ pub(crate) fn resume(state: &AppState) {
         loop {
             match state.store().accepted_deliveries(RESUME_LIMIT).await {
                 Ok(pending) => {
-                    for d in pending {
-                        process_id(&state, &d.id).await;
+                    let ids: Vec<String> = pending.into_iter().map(|d| d.id).collect();
+                    for chunk in ids.chunks(BATCH) {
+                        process_batch(&state, chunk.to_vec()).await;
                     }
                 }
                 Err(e) => {
@@ -65,61 +105,264 @@ pub(crate) fn resume(state: &AppState) {
     });
 }
 
-async fn process_id(state: &AppState, id: &str) {
-    if state.engine().is_none() {
-        tracing::warn!(
-            delivery = id,
-            "no engine: the webhook delivery stays accepted"
-        );
-        return;
-    }
-    let store = state.store();
-    let (delivery, payload) = match (
-        store.get_delivery(id).await,
-        store.delivery_payload(id).await,
-    ) {
-        (Ok(Some(d)), Ok(Some(p))) => (d, p),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(delivery = id, error = %e, "failed to read a webhook delivery");
-            return;
-        }
-        _ => return,
-    };
-    if delivery.status != DeliveryStatus::Accepted {
-        return;
-    }
-    // One server processes it: another's live claim means it is being processed there.
+/// A claimed delivery whose payload reads as an event kiln runs on.
+struct Item {
+    delivery: DeliveryView,
+    event: HookEvent,
+}
+
+/// Claims the deliveries `ids` (those still accepted and not claimed by another server),
+/// processes them project by project (projects side by side), and records every outcome.
+async fn process_batch(state: &AppState, ids: Vec<String>) {
     let Some(engine) = state.engine() else { return };
+    let store = state.store();
     let now = jiff::Timestamp::now();
     let until = now.checked_add(CLAIM_FOR).unwrap_or(now);
     // This process's claims carry the engine's id (kept across restarts) and a name of
     // their own: an earlier process of the same server left its claims for this one.
     let stale = format!("{}/", engine.owner());
     let me = format!("{stale}{}", process_name());
-    match store.claim_delivery(id, &me, &stale, now, until).await {
-        Ok(true) => {}
-        Ok(false) => return,
+    let claimed = match store.claim_deliveries(&ids, &me, &stale, now, until).await {
+        Ok(claimed) => claimed,
         Err(e) => {
-            tracing::warn!(delivery = id, error = %e, "failed to claim a webhook delivery");
+            tracing::warn!(deliveries = ids.len(), error = %e, "failed to claim webhook deliveries");
             return;
         }
+    };
+    let mut done = Vec::with_capacity(claimed.len());
+    let mut by_project: IndexMap<ProjectId, Vec<Item>> = IndexMap::new();
+    for (delivery, payload) in claimed {
+        match read_event(&delivery, &payload) {
+            Ok(event) => by_project
+                .entry(delivery.project)
+                .or_default()
+                .push(Item { delivery, event }),
+            Err(outcome) => done.push((delivery, outcome)),
+        }
     }
-    let outcome = process(state, &delivery, &payload).await;
-    tracing::info!(
-        delivery = id,
-        project = %delivery.project,
-        status = %outcome.status,
-        runs = outcome.runs.len(),
-        reason = outcome.reason.as_deref().unwrap_or(""),
-        "webhook delivery processed"
-    );
-    if let Err(e) = store.finish_delivery(id, &outcome).await {
-        tracing::warn!(delivery = id, error = %e, "failed to record a processed webhook delivery");
+    let mut projects = tokio::task::JoinSet::new();
+    for (project, items) in by_project {
+        let state = state.clone();
+        projects.spawn(async move { process_project(&state, project, items).await });
+    }
+    while let Some(finished) = projects.join_next().await {
+        match finished {
+            Ok(outcomes) => done.extend(outcomes),
+            // The deliveries stay claimed; the sweep takes them again when the claim ends.
+            Err(e) => tracing::error!(error = %e, "processing webhook deliveries panicked"),
+        }
+    }
+    for (d, outcome) in &done {
+        tracing::info!(
+            delivery = d.id,
+            project = %d.project,
+            status = %outcome.status,
+            runs = outcome.runs.len(),
+            reason = outcome.reason.as_deref().unwrap_or(""),
+            "webhook delivery processed"
+        );
+    }
+    let done: Vec<(String, DeliveryOutcome)> = done.into_iter().map(|(d, o)| (d.id, o)).collect();
+    if let Err(e) = store.finish_deliveries(&done).await {
+        tracing::warn!(deliveries = done.len(), error = %e, "failed to record processed webhook deliveries");
     }
 }
 
+/// The event a delivery's payload describes, or why it starts nothing.
+fn read_event(d: &DeliveryView, payload: &[u8]) -> Result<HookEvent, DeliveryOutcome> {
+    let body: Value = serde_json::from_slice(payload)
+        .map_err(|e| failed(format!("the body is not JSON: {e}")))?;
+    match triggers::normalize(provider(d.provider), &d.event, &body) {
+        Ok(Some(event)) => Ok(event),
+        Ok(None) => Err(ignored(format!(
+            "kiln runs nothing on the {} event `{}`",
+            d.provider, d.event
+        ))),
+        Err(e) => Err(failed(format!("the payload cannot be read: {e}"))),
+    }
+}
+
+/// One project's deliveries: its mirror fetched at most once (when a commit is missing),
+/// its workflows read once per commit, and all the runs they start created together.
+async fn process_project(
+    state: &AppState,
+    project: ProjectId,
+    items: Vec<Item>,
+) -> Vec<(DeliveryView, DeliveryOutcome)> {
+    let all = |items: Vec<Item>, outcome: DeliveryOutcome| {
+        items
+            .into_iter()
+            .map(|i| (i.delivery, outcome.clone()))
+            .collect()
+    };
+    let Some(engine) = state.engine() else {
+        return all(items, failed("the server has no engine to run workflows"));
+    };
+    let record = match state.store().project_record(project).await {
+        Ok(Some(r)) if !r.is_archived() => r,
+        Ok(_) => return all(items, ignored("the project has been removed")),
+        Err(e) => return all(items, failed(format!("the store failed: {e}"))),
+    };
+    let git = record.kind() == ProjectKind::Git;
+    // The mirror is fetched unless it has every event's commit already (a burst of pushes,
+    // a redelivery): then every fact the runs need is there, and a fetch would only cost.
+    if git
+        && !mirror_has_all(state, project, &items).await
+        && let Err(e) = crate::fetch::fetch_now(state, project).await
+    {
+        return all(items, failed(format!("could not fetch the project: {e}")));
+    }
+    // A deleted ref has no commit: it runs at the default branch's head, as on GitHub.
+    let mut by_target: IndexMap<(Option<String>, Option<String>), Vec<Item>> = IndexMap::new();
+    for item in items {
+        let target = if item.event.deleted || item.event.sha.is_none() {
+            (None, None)
+        } else {
+            (item.event.git_ref.clone(), item.event.sha.clone())
+        };
+        by_target.entry(target).or_default().push(item);
+    }
+    let mut done = Vec::new();
+    for ((git_ref, sha), items) in by_target {
+        let prepared = match engine
+            .prepare_at(project, git_ref.as_deref(), sha.as_deref())
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("could not read the workflows at the event's commit: {e}");
+                done.extend(all(items, failed(why)));
+                continue;
+            }
+        };
+        let mut asked = Vec::new();
+        let mut requests = Vec::new();
+        for item in items {
+            match choose(state, git, &prepared, &item).await {
+                Ok(workflows) => {
+                    requests.push(request(project, &git_ref, &sha, &item.event, workflows));
+                    asked.push(item.delivery);
+                }
+                Err(outcome) => done.push((item.delivery, outcome)),
+            }
+        }
+        if requests.is_empty() {
+            continue;
+        }
+        match engine.trigger_prepared(&prepared, requests).await {
+            Ok(answers) => {
+                for (delivery, answer) in asked.into_iter().zip(answers) {
+                    let outcome = match answer {
+                        Ok(runs) => DeliveryOutcome {
+                            status: DeliveryStatus::Processed,
+                            reason: None,
+                            runs: runs.iter().map(|r| r.id).collect(),
+                        },
+                        Err(e) => failed(format!("could not start the runs: {e}")),
+                    };
+                    done.push((delivery, outcome));
+                }
+            }
+            Err(e) => {
+                let outcome = failed(format!("could not start the runs: {e}"));
+                done.extend(asked.into_iter().map(|d| (d, outcome.clone())));
+            }
+        }
+    }
+    done
+}
+
+/// Whether the project's mirror holds the commit of every event (each commit looked up
+/// once).
+async fn mirror_has_all(state: &AppState, project: ProjectId, items: &[Item]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    for item in items {
+        let Some(sha) = item.event.sha.as_deref().filter(|_| !item.event.deleted) else {
+            return false;
+        };
+        if seen.insert(sha) && !mirror_has(state, project, sha).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// The workflows (by file) whose `on:` takes the event and whose filters match it, or why
+/// none runs.
+async fn choose(
+    state: &AppState,
+    git: bool,
+    prepared: &Prepared,
+    item: &Item,
+) -> Result<Vec<String>, DeliveryOutcome> {
+    let (d, event) = (&item.delivery, &item.event);
+    let workflows = prepared.workflows();
+    let mut chosen = Vec::new();
+    let mut reasons = Vec::new();
+    let mut changed: Option<Vec<String>> = None;
+    for wf in workflows {
+        let mut answer = triggers::matches_triggers(event, &wf.on, changed.as_deref());
+        if answer == Match::NeedPaths {
+            if !git {
+                // A folder has no history to diff: path filters are not applied.
+                answer = Match::Yes;
+            } else {
+                match changed_paths(state, d, event, prepared.sha()).await {
+                    Ok(paths) => {
+                        answer = triggers::matches_triggers(event, &wf.on, Some(&paths));
+                        changed = Some(paths);
+                    }
+                    Err(e) => return Err(failed(format!("could not list the changed files: {e}"))),
+                }
+            }
+        }
+        match answer {
+            Match::Yes => chosen.push(wf.file.clone()),
+            Match::No(why) => reasons.push(format!("{}: {why}", wf.file)),
+            Match::NeedPaths => reasons.push(format!("{}: the changed files are unknown", wf.file)),
+        }
+    }
+    if chosen.is_empty() {
+        if workflows.is_empty() {
+            return Err(ignored("the project has no workflows"));
+        }
+        return Err(ignored(format!(
+            "no workflow runs on this event ({})",
+            reasons.join("; ")
+        )));
+    }
+    Ok(chosen)
+}
+
+/// What to ask the engine for one event: its `workflows` at the event's commit, with the
+/// event's `github` context.
+fn request(
+    project: ProjectId,
+    git_ref: &Option<String>,
+    sha: &Option<String>,
+    event: &HookEvent,
+    workflows: Vec<String>,
+) -> (TriggerRequest, EventTarget) {
+    let mut github = triggers::github_context(event);
+    // What the event leaves unknown (a deletion's sha) the engine fills in.
+    github.retain(|_, v| v.as_str() != Some(""));
+    let request = TriggerRequest {
+        project,
+        event: event.event_name.clone(),
+        git_ref: git_ref.clone(),
+        payload: Some(event.payload.clone()),
+        ..TriggerRequest::default()
+    };
+    let target = EventTarget {
+        sha: sha.clone(),
+        workflows: Some(workflows),
+        github,
+    };
+    (request, target)
+}
+
 /// Whether the project's mirror holds commit `sha` (a full commit id).
-async fn mirror_has(state: &AppState, project: kiln_core::ids::ProjectId, sha: &str) -> bool {
+async fn mirror_has(state: &AppState, project: ProjectId, sha: &str) -> bool {
     let dir = crate::fetch::mirror_dir(&state.config().data_dir, project);
     if sha.len() != 40 || !dir.exists() {
         return false;
@@ -160,118 +403,6 @@ fn provider(p: HookProvider) -> Provider {
         HookProvider::Gitlab => Provider::Gitlab,
         HookProvider::Gitea => Provider::Gitea,
         HookProvider::Generic => Provider::Generic,
-    }
-}
-
-async fn process(state: &AppState, d: &DeliveryView, payload: &[u8]) -> DeliveryOutcome {
-    let Some(engine) = state.engine() else {
-        return failed("the server has no engine to run workflows");
-    };
-    let body: Value = match serde_json::from_slice(payload) {
-        Ok(v) => v,
-        Err(e) => return failed(format!("the body is not JSON: {e}")),
-    };
-    let event = match triggers::normalize(provider(d.provider), &d.event, &body) {
-        Ok(Some(event)) => event,
-        Ok(None) => {
-            return ignored(format!(
-                "kiln runs nothing on the {} event `{}`",
-                d.provider, d.event
-            ));
-        }
-        Err(e) => return failed(format!("the payload cannot be read: {e}")),
-    };
-    let record = match state.store().project_record(d.project).await {
-        Ok(Some(r)) if !r.is_archived() => r,
-        Ok(_) => return ignored("the project has been removed"),
-        Err(e) => return failed(format!("the store failed: {e}")),
-    };
-    let git = record.kind() == ProjectKind::Git;
-    // The mirror is fetched unless it has the event's commit already (a burst of pushes, a
-    // redelivery): then every fact the run needs is there, and a fetch would only cost.
-    let have = match &event.sha {
-        Some(sha) if git && !event.deleted => mirror_has(state, d.project, sha).await,
-        _ => false,
-    };
-    if git
-        && !have
-        && let Err(e) = crate::fetch::fetch_now(state, d.project).await
-    {
-        return failed(format!("could not fetch the project: {e}"));
-    }
-    // A deleted ref has no commit: it runs at the default branch's head, as on GitHub.
-    let (git_ref, sha) = if event.deleted || event.sha.is_none() {
-        (None, None)
-    } else {
-        (event.git_ref.clone(), event.sha.clone())
-    };
-    let (workflows, at_sha) = match engine
-        .workflows_at(d.project, git_ref.as_deref(), sha.as_deref())
-        .await
-    {
-        Ok(w) => w,
-        Err(e) => {
-            return failed(format!(
-                "could not read the workflows at the event's commit: {e}"
-            ));
-        }
-    };
-    let mut chosen = Vec::new();
-    let mut reasons = Vec::new();
-    let mut changed: Option<Vec<String>> = None;
-    for wf in &workflows {
-        let mut answer = triggers::matches_triggers(&event, &wf.on, changed.as_deref());
-        if answer == Match::NeedPaths {
-            if !git {
-                // A folder has no history to diff: path filters are not applied.
-                answer = Match::Yes;
-            } else {
-                match changed_paths(state, d, &event, &at_sha).await {
-                    Ok(paths) => {
-                        answer = triggers::matches_triggers(&event, &wf.on, Some(&paths));
-                        changed = Some(paths);
-                    }
-                    Err(e) => return failed(format!("could not list the changed files: {e}")),
-                }
-            }
-        }
-        match answer {
-            Match::Yes => chosen.push(wf.file.clone()),
-            Match::No(why) => reasons.push(format!("{}: {why}", wf.file)),
-            Match::NeedPaths => reasons.push(format!("{}: the changed files are unknown", wf.file)),
-        }
-    }
-    if chosen.is_empty() {
-        if workflows.is_empty() {
-            return ignored("the project has no workflows");
-        }
-        return ignored(format!(
-            "no workflow runs on this event ({})",
-            reasons.join("; ")
-        ));
-    }
-    let mut github = triggers::github_context(&event);
-    // What the event leaves unknown (a deletion's sha) the engine fills in.
-    github.retain(|_, v| v.as_str() != Some(""));
-    let request = TriggerRequest {
-        project: d.project,
-        event: event.event_name.clone(),
-        git_ref,
-        payload: Some(event.payload.clone()),
-        ..TriggerRequest::default()
-    };
-    let target = EventTarget {
-        sha,
-        workflows: Some(chosen),
-        github,
-    };
-    match engine.trigger_at(request, target).await {
-        Ok(runs) => DeliveryOutcome {
-            status: DeliveryStatus::Processed,
-            reason: None,
-            runs: runs.iter().map(|r| r.id).collect(),
-        },
-        Err(e) => failed(format!("could not start the runs: {e}")),
     }
 }
 

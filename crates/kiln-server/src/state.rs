@@ -81,6 +81,15 @@ impl ServerConfig {
 }
 
 /// The handlers' shared state; cheap to clone.
+/// An [`AppState`] that does not keep it alive.
+pub(crate) struct WeakState(std::sync::Weak<Inner>);
+
+impl WeakState {
+    pub(crate) fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(|inner| AppState { inner })
+    }
+}
+
 #[derive(Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -100,6 +109,8 @@ struct Inner {
     bus: Arc<Bus>,
     /// Failed webhook verifications counted towards bans.
     bans: Arc<crate::bans::Failures>,
+    /// Webhook deliveries waiting to be processed.
+    hooks: crate::hooks::Queue,
 }
 
 impl AppState {
@@ -113,6 +124,7 @@ impl AppState {
                 fetches: Arc::default(),
                 bus: Arc::new(Bus::new(config.live.clone())),
                 bans: Arc::default(),
+                hooks: crate::hooks::Queue::default(),
                 config,
             }),
         }
@@ -129,6 +141,9 @@ impl AppState {
             fetches: shared.fetches.clone(),
             bus: shared.bus.clone(),
             bans: shared.bans.clone(),
+            // A queue of its own: one started for the state without an engine has nobody
+            // to process it.
+            hooks: crate::hooks::Queue::default(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -162,6 +177,16 @@ impl AppState {
 
     pub(crate) fn started_at(&self) -> Timestamp {
         self.inner.started_at
+    }
+
+    pub(crate) fn hook_queue(&self) -> &crate::hooks::Queue {
+        &self.inner.hooks
+    }
+
+    /// A handle that does not keep the state alive (for background tasks that should end
+    /// with the server).
+    pub(crate) fn downgrade(&self) -> WeakState {
+        WeakState(Arc::downgrade(&self.inner))
     }
 
     pub(crate) fn bans(&self) -> &crate::bans::Failures {

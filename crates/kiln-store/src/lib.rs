@@ -215,9 +215,19 @@ impl Store {
     /// largest of its (project, workflow); `run_attempt` is 1. Appends `run.queued` (or the
     /// event of its initial status) and an event for each job not created `pending`.
     pub async fn create_run(&self, new: NewRun) -> Result<Run, StoreError> {
-        let run = with_backend!(self, b => b.create_run(new).await);
+        let mut runs = self.create_runs(vec![new]).await?;
+        Ok(runs.pop().expect("one run created for one asked"))
+    }
+
+    /// [`Store::create_run`] for many runs in ONE transaction: all are created, in order, or
+    /// none (a burst of webhook deliveries commits once).
+    pub async fn create_runs(&self, news: Vec<NewRun>) -> Result<Vec<Run>, StoreError> {
+        if news.is_empty() {
+            return Ok(Vec::new());
+        }
+        let runs = with_backend!(self, b => b.create_runs(news).await);
         self.wrote();
-        run
+        runs
     }
 
     /// Applies all `ops` in ONE transaction (group commit) and answers for each, in order. A
@@ -636,7 +646,8 @@ impl Store {
         id: &str,
         outcome: &DeliveryOutcome,
     ) -> Result<bool, StoreError> {
-        with_backend!(self, b => b.finish_delivery(id, outcome, Timestamp::now()).await)
+        let done = [(id.to_owned(), outcome.clone())];
+        Ok(self.finish_deliveries(&done).await?.first() == Some(&true))
     }
 
     /// Claims an accepted delivery for `owner` until `until`, so that one processor handles
@@ -651,7 +662,32 @@ impl Store {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<bool, StoreError> {
-        with_backend!(self, b => b.claim_delivery(id, owner, stale, now, until).await)
+        let ids = [id.to_owned()];
+        let claimed = self.claim_deliveries(&ids, owner, stale, now, until).await?;
+        Ok(!claimed.is_empty())
+    }
+
+    /// [`Store::claim_delivery`] for a batch, in one transaction: the deliveries claimed,
+    /// each with its payload, in the order of `ids` (the others are finished or claimed
+    /// elsewhere).
+    pub async fn claim_deliveries(
+        &self,
+        ids: &[String],
+        owner: &str,
+        stale: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<(kiln_proto::DeliveryView, Vec<u8>)>, StoreError> {
+        with_backend!(self, b => b.claim_deliveries(ids, owner, stale, now, until).await)
+    }
+
+    /// [`Store::finish_delivery`] for a batch, in one transaction: for each, whether it was
+    /// still accepted.
+    pub async fn finish_deliveries(
+        &self,
+        done: &[(String, DeliveryOutcome)],
+    ) -> Result<Vec<bool>, StoreError> {
+        with_backend!(self, b => b.finish_deliveries(done, Timestamp::now()).await)
     }
 
     /// One delivery by kiln's id.

@@ -302,81 +302,18 @@ impl Backend {
 
     // ---- runs and jobs: writes ----------------------------------------------------------
 
-    pub(crate) async fn create_run(&self, new: NewRun) -> Result<Run, StoreError> {
+    /// Creates runs with their jobs, all in one transaction (a burst of webhook deliveries
+    /// becomes one commit, not one per run).
+    pub(crate) async fn create_runs(&self, news: Vec<NewRun>) -> Result<Vec<Run>, StoreError> {
         let mut tx = self.begin_write().await?;
         let mut pending = Pending::default();
-        let project = new.project.to_string();
-        let run_id = new.id.to_string();
-        let found = sqlx::query(SQL.lock_project)
-            .bind(&project)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query("look up the project of a new run"))?;
-        if found.is_none() {
-            return Err(StoreError::NotFound {
-                what: "project",
-                id: project,
-            });
+        let mut runs = Vec::with_capacity(news.len());
+        for new in news {
+            runs.push(insert_run(&mut tx, &mut pending, new).await?);
         }
-        let run_number: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(run_number), 0) + 1 FROM runs \
-             WHERE project_id = $1 AND workflow = $2",
-        )
-        .bind(&project)
-        .bind(&new.workflow)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(query("number a new run"))?;
-
-        let at = ms(new.at);
-        let started_at = (new.status == RunStatus::Running).then_some(at);
-        let finished_at = new.status.is_terminal().then_some(at);
-        sqlx::query(
-            "INSERT INTO runs (id, project_id, workflow, workflow_name, run_number, run_attempt, \
-             status, event, git_ref, sha, inputs, created_at, started_at, finished_at) \
-             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(&run_id)
-        .bind(&project)
-        .bind(&new.workflow)
-        .bind(&new.workflow_name)
-        .bind(run_number)
-        .bind(new.status.as_str())
-        .bind(&new.event)
-        .bind(&new.git_ref)
-        .bind(&new.sha)
-        .bind(json_text(&new.inputs))
-        .bind(at)
-        .bind(started_at)
-        .bind(finished_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(query("insert a run"))?;
-        pending.run_status(at, &project, &run_id, new.status, true);
-
-        let jobs = insert_jobs(&mut tx, &mut pending, new.id, &project, 0, new.jobs, at).await?;
         self.finish(tx, pending).await?;
-
-        let at = truncate(new.at);
-        Ok(Run {
-            id: new.id,
-            project: new.project,
-            workflow: new.workflow,
-            workflow_name: new.workflow_name,
-            run_number,
-            run_attempt: 1,
-            status: new.status,
-            event: new.event,
-            git_ref: new.git_ref,
-            sha: new.sha,
-            inputs: new.inputs,
-            created_at: at,
-            started_at: started_at.map(|_| at),
-            finished_at: finished_at.map(|_| at),
-            jobs,
-        })
+        Ok(runs)
     }
-
     /// Re-runs a finished run's failed jobs: see [`crate::Store::retry_run`].
     pub(crate) async fn retry_run(
         &self,
@@ -424,7 +361,14 @@ impl Backend {
         pending.run_status(at, &project, &run_id, RunStatus::Queued, false);
         for row in &reset {
             let job: String = get(row, "jobs", "id")?;
-            pending.job_status(at, &project, &run_id, &job, JobStatus::Pending, json!({ "retry": true }));
+            pending.job_status(
+                at,
+                &project,
+                &run_id,
+                &job,
+                JobStatus::Pending,
+                json!({ "retry": true }),
+            );
         }
         self.finish(tx, pending).await?;
         Ok(Ok(()))
@@ -511,6 +455,79 @@ impl Backend {
         self.finish(tx, pending).await?;
         Ok(expired)
     }
+}
+
+/// Inserts a run and its jobs in `tx` (see `Store::create_run`).
+async fn insert_run(tx: &mut Conn, pending: &mut Pending, new: NewRun) -> Result<Run, StoreError> {
+    let project = new.project.to_string();
+    let run_id = new.id.to_string();
+    let found = sqlx::query(SQL.lock_project)
+        .bind(&project)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query("look up the project of a new run"))?;
+    if found.is_none() {
+        return Err(StoreError::NotFound {
+            what: "project",
+            id: project,
+        });
+    }
+    let run_number: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(run_number), 0) + 1 FROM runs \
+         WHERE project_id = $1 AND workflow = $2",
+    )
+    .bind(&project)
+    .bind(&new.workflow)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(query("number a new run"))?;
+
+    let at = ms(new.at);
+    let started_at = (new.status == RunStatus::Running).then_some(at);
+    let finished_at = new.status.is_terminal().then_some(at);
+    sqlx::query(
+        "INSERT INTO runs (id, project_id, workflow, workflow_name, run_number, run_attempt, \
+         status, event, git_ref, sha, inputs, created_at, started_at, finished_at) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&run_id)
+    .bind(&project)
+    .bind(&new.workflow)
+    .bind(&new.workflow_name)
+    .bind(run_number)
+    .bind(new.status.as_str())
+    .bind(&new.event)
+    .bind(&new.git_ref)
+    .bind(&new.sha)
+    .bind(json_text(&new.inputs))
+    .bind(at)
+    .bind(started_at)
+    .bind(finished_at)
+    .execute(&mut *tx)
+    .await
+    .map_err(query("insert a run"))?;
+    pending.run_status(at, &project, &run_id, new.status, true);
+
+    let jobs = insert_jobs(tx, pending, new.id, &project, 0, new.jobs, at).await?;
+
+    let at = truncate(new.at);
+    Ok(Run {
+        id: new.id,
+        project: new.project,
+        workflow: new.workflow,
+        workflow_name: new.workflow_name,
+        run_number,
+        run_attempt: 1,
+        status: new.status,
+        event: new.event,
+        git_ref: new.git_ref,
+        sha: new.sha,
+        inputs: new.inputs,
+        created_at: at,
+        started_at: started_at.map(|_| at),
+        finished_at: finished_at.map(|_| at),
+        jobs,
+    })
 }
 
 /// Inserts jobs with consecutive `seq` numbers from `first_seq`; returns them as read back.
@@ -1153,8 +1170,12 @@ async fn apply_batch(
     let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
     for i in 0..ops.len() {
         let op = &ops[i];
-        let Some(kind) = batch::kind(op) else { continue };
-        let Some(job) = batch::job_of(op) else { continue };
+        let Some(kind) = batch::kind(op) else {
+            continue;
+        };
+        let Some(job) = batch::job_of(op) else {
+            continue;
+        };
         let job_id = job.to_string();
         let step_idx = match op {
             Op::StepResult { step, .. } => Some(i64::from(step.index)),

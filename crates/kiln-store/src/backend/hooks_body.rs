@@ -177,59 +177,82 @@ mod api_hooks {
             Ok(recorded)
         }
 
-        pub(crate) async fn finish_delivery(
+        /// Claims accepted deliveries (see `Store::claim_delivery`) in one transaction,
+        /// answering the ones claimed with their payloads, in the order asked.
+        pub(crate) async fn claim_deliveries(
             &self,
-            id: &str,
-            outcome: &DeliveryOutcome,
-            now: Timestamp,
-        ) -> Result<bool, StoreError> {
-            let mut tx = self.begin_write().await?;
-            let runs: Vec<String> = outcome.runs.iter().map(ToString::to_string).collect();
-            let done = sqlx::query(
-                "UPDATE deliveries SET status = $2, reason = $3, run_ids = $4, \
-                 processed_at = $5 WHERE id = $1 AND status = 'accepted'",
-            )
-            .bind(id)
-            .bind(outcome.status.as_str())
-            .bind(outcome.reason.as_deref().map(bounded_reason))
-            .bind(json_text(&runs))
-            .bind(ms(now))
-            .execute(&mut *tx)
-            .await
-            .map_err(query("record how a delivery was processed"))?;
-            tx.commit()
-                .await
-                .map_err(query("commit a processed delivery"))?;
-            Ok(done.rows_affected() > 0)
-        }
-
-        pub(crate) async fn claim_delivery(
-            &self,
-            id: &str,
+            ids: &[String],
             owner: &str,
             stale: &str,
             now: Timestamp,
             until: Timestamp,
-        ) -> Result<bool, StoreError> {
+        ) -> Result<Vec<(DeliveryView, Vec<u8>)>, StoreError> {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
             let mut tx = self.begin_write().await?;
-            let done = sqlx::query(
-                "UPDATE deliveries SET claimed_by = $2, claim_expires_at = $3 \
-                 WHERE id = $1 AND status = 'accepted' \
-                 AND (claim_expires_at IS NULL OR claim_expires_at <= $4 \
-                 OR (claimed_by <> $2 AND substr(claimed_by, 1, length($5)) = $5))",
-            )
-            .bind(id)
-            .bind(owner)
-            .bind(ms(until))
-            .bind(ms(now))
-            .bind(stale)
-            .execute(&mut *tx)
-            .await
-            .map_err(query("claim a delivery"))?;
+            let mut claimed = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = sqlx::query(concat!(
+                    "UPDATE deliveries SET claimed_by = $2, claim_expires_at = $3 \
+                     WHERE id = $1 AND status = 'accepted' \
+                     AND (claim_expires_at IS NULL OR claim_expires_at <= $4 \
+                     OR (claimed_by <> $2 AND substr(claimed_by, 1, length($5)) = $5)) \
+                     RETURNING payload, ",
+                    delivery_cols!()
+                ))
+                .bind(id)
+                .bind(owner)
+                .bind(ms(until))
+                .bind(ms(now))
+                .bind(stale)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query("claim a delivery"))?;
+                if let Some(row) = row {
+                    let payload: Vec<u8> = get(&row, "deliveries", "payload")?;
+                    claimed.push((delivery_from_row(&row)?, payload));
+                }
+            }
             tx.commit()
                 .await
-                .map_err(query("commit a delivery's claim"))?;
-            Ok(done.rows_affected() > 0)
+                .map_err(query("commit deliveries' claims"))?;
+            Ok(claimed)
+        }
+
+        /// Marks accepted deliveries processed, ignored or failed (see
+        /// `Store::finish_delivery`) in one transaction: for each, whether it was still
+        /// `accepted`.
+        pub(crate) async fn finish_deliveries(
+            &self,
+            done: &[(String, DeliveryOutcome)],
+            now: Timestamp,
+        ) -> Result<Vec<bool>, StoreError> {
+            if done.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut tx = self.begin_write().await?;
+            let mut answers = Vec::with_capacity(done.len());
+            for (id, outcome) in done {
+                let runs: Vec<String> = outcome.runs.iter().map(ToString::to_string).collect();
+                let updated = sqlx::query(
+                    "UPDATE deliveries SET status = $2, reason = $3, run_ids = $4, \
+                     processed_at = $5 WHERE id = $1 AND status = 'accepted'",
+                )
+                .bind(id)
+                .bind(outcome.status.as_str())
+                .bind(outcome.reason.as_deref().map(bounded_reason))
+                .bind(json_text(&runs))
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await
+                .map_err(query("record how a delivery was processed"))?;
+                answers.push(updated.rows_affected() > 0);
+            }
+            tx.commit()
+                .await
+                .map_err(query("commit processed deliveries"))?;
+            Ok(answers)
         }
 
         pub(crate) async fn get_delivery(

@@ -6,12 +6,14 @@ use kiln_core::ids::RunId;
 use kiln_proto::{DeliveryStatus, HookProvider};
 use kiln_store::{DeliveryOutcome, HookChange, NewDelivery, Recorded, generate_secret};
 
-use crate::harness::{Harness, both_backends};
+use crate::harness::{Harness, both_backends, new_run};
 
 both_backends!(
     hooks_are_found_by_id_and_rotated,
     deliveries_are_recorded_once_and_finished,
     one_processor_claims_a_delivery,
+    a_batch_is_claimed_and_finished_in_one_go,
+    runs_of_a_batch_are_created_all_or_none,
 );
 
 async fn hooks_are_found_by_id_and_rotated(h: &Harness) {
@@ -221,4 +223,117 @@ async fn one_processor_claims_a_delivery(h: &Harness) {
             .await
             .unwrap()
     );
+}
+
+/// A burst of deliveries is claimed (with payloads, in the order asked) and finished in one
+/// transaction each; what is claimed elsewhere or finished is left out.
+async fn a_batch_is_claimed_and_finished_in_one_go(h: &Harness) {
+    let s = &h.store;
+    let p = s.create_project("burst", "/srv/burst").await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let Recorded::New(d) = s
+            .record_delivery(&NewDelivery {
+                project: p.project.id,
+                provider: HookProvider::Github,
+                delivery: format!("burst-{i}"),
+                event: "push".to_owned(),
+                status: DeliveryStatus::Accepted,
+                reason: None,
+                payload: format!("{{\"n\":{i}}}").into_bytes(),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("new")
+        };
+        ids.push(d.id);
+    }
+    let t = |secs: i64| jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap();
+    // One of them is another server's already.
+    assert!(
+        s.claim_delivery(&ids[1], "b/1", "b/", t(0), t(600))
+            .await
+            .unwrap()
+    );
+    let mut asked = ids.clone();
+    asked.push("no-such-delivery".to_owned());
+    let claimed = s
+        .claim_deliveries(&asked, "a/1", "a/", t(1), t(601))
+        .await
+        .unwrap();
+    let got: Vec<(&str, &[u8])> = claimed
+        .iter()
+        .map(|(d, payload)| (d.id.as_str(), payload.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (ids[0].as_str(), b"{\"n\":0}".as_slice()),
+            (ids[2].as_str(), b"{\"n\":2}".as_slice())
+        ]
+    );
+    let run = RunId::new();
+    let done = vec![
+        (
+            ids[0].clone(),
+            DeliveryOutcome {
+                status: DeliveryStatus::Processed,
+                reason: None,
+                runs: vec![run],
+            },
+        ),
+        (
+            ids[2].clone(),
+            DeliveryOutcome {
+                status: DeliveryStatus::Ignored,
+                reason: Some("no workflow runs on this event".to_owned()),
+                runs: Vec::new(),
+            },
+        ),
+    ];
+    assert_eq!(s.finish_deliveries(&done).await.unwrap(), vec![true, true]);
+    assert_eq!(
+        s.finish_deliveries(&done).await.unwrap(),
+        vec![false, false],
+        "finished once"
+    );
+    let first = s.get_delivery(&ids[0]).await.unwrap().unwrap();
+    assert_eq!(first.status, DeliveryStatus::Processed);
+    assert_eq!(first.runs, vec![run]);
+    let third = s.get_delivery(&ids[2]).await.unwrap().unwrap();
+    assert_eq!(third.status, DeliveryStatus::Ignored);
+    let second = s.get_delivery(&ids[1]).await.unwrap().unwrap();
+    assert_eq!(second.status, DeliveryStatus::Accepted, "b's to finish");
+}
+
+/// Runs created together are numbered in order and committed together: when one of them
+/// cannot be created (its project is gone), none is.
+async fn runs_of_a_batch_are_created_all_or_none(h: &Harness) {
+    let s = &h.store;
+    let p = s.create_project("many", "/srv/many").await.unwrap();
+    let id = p.project.id;
+    let runs = s
+        .create_runs(vec![
+            new_run(id, "ci.yml", Vec::new()),
+            new_run(id, "ci.yml", Vec::new()),
+            new_run(id, "other.yml", Vec::new()),
+        ])
+        .await
+        .unwrap();
+    let numbers: Vec<i64> = runs.iter().map(|r| r.run_number).collect();
+    assert_eq!(numbers, vec![1, 2, 1]);
+    let missing = kiln_core::ids::ProjectId::new();
+    let refused = s
+        .create_runs(vec![
+            new_run(id, "ci.yml", Vec::new()),
+            new_run(missing, "ci.yml", Vec::new()),
+        ])
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let listed = s
+        .list_runs(&kiln_store::RunFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3, "nothing of the refused batch was kept");
 }
