@@ -5,6 +5,9 @@
 //! touching callers. Writes are atomic (temp file + rename) so a reader never sees half a
 //! blob, but not fsynced one by one: log chunks are small and many, and the database row that
 //! points at a blob is itself only as durable as SQLite's `synchronous=NORMAL`.
+//! Package outputs and build logs are content-addressed instead ([`ContentBlob`]): stored under
+//! the SHA-256 of their bytes, so an unchanged output is stored once and a damaged one is
+//! noticed when read.
 //! Not here: which blobs exist (the database's index says) or deleting them (retention).
 
 use std::path::{Path, PathBuf};
@@ -106,7 +109,238 @@ impl BlobStore {
     }
 }
 
+/// A blob stored under the SHA-256 of its bytes ([`BlobStore::put_content_with`]): the same
+/// bytes stored twice are one blob, and a reader can check what it read.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ContentBlob {
+    /// SHA-256 of the bytes, lowercase hex.
+    pub digest: String,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// The key of the content-addressed blob `digest`: `sha256/<first two digits>/<digest>`, so
+/// that no folder holds more than a 256th of them.
+pub fn content_key(digest: &str) -> Result<String, StoreError> {
+    if digest.len() != 64
+        || !digest
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(StoreError::BadBlobKey {
+            key: digest.to_owned(),
+            reason: "a content digest is 64 lowercase hex digits",
+        });
+    }
+    Ok(format!("sha256/{}/{digest}", &digest[..2]))
+}
+
+/// Content-addressed blobs (package outputs and build logs): written and read as streams,
+/// because a package's output can be far larger than memory should hold.
+impl BlobStore {
+    /// Stores what `write` writes under its SHA-256 (computed while writing, so the bytes
+    /// pass once). `write` runs on the blocking pool; if it fails nothing is stored and its
+    /// error is returned. Storing bytes that are there already leaves one blob.
+    pub async fn put_content_with<E>(
+        &self,
+        write: impl FnOnce(&mut dyn std::io::Write) -> Result<(), E> + Send + 'static,
+    ) -> Result<ContentBlob, E>
+    where
+        E: From<StoreError> + Send + 'static,
+    {
+        match self {
+            Self::Local(local) => {
+                let local = local.clone();
+                tokio::task::spawn_blocking(move || local.put_content_sync(write))
+                    .await
+                    .map_err(|e| StoreError::BlobTask(e.to_string()))?
+            }
+        }
+    }
+
+    /// Stores `data` under its SHA-256 (a build's log).
+    pub async fn put_content(&self, data: Vec<u8>) -> Result<ContentBlob, StoreError> {
+        self.put_content_with(move |w: &mut dyn std::io::Write| {
+            w.write_all(&data).map_err(|source| StoreError::BlobWrite {
+                path: PathBuf::from("sha256"),
+                source,
+            })
+        })
+        .await
+    }
+
+    /// Runs `read` over the content-addressed blob `digest` on the blocking pool, then reads
+    /// what `read` left and checks the whole against the digest: a blob damaged on disk is an
+    /// error ([`StoreError::BlobRead`], `InvalidData`) even when `read` itself succeeded.
+    pub async fn read_content_with<T, E>(
+        &self,
+        digest: &str,
+        read: impl FnOnce(&mut dyn std::io::Read) -> Result<T, E> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let key = content_key(digest)?;
+        match self {
+            Self::Local(local) => {
+                let path = local.path_of(&key)?;
+                let digest = digest.to_owned();
+                tokio::task::spawn_blocking(move || read_checked(&path, &digest, read))
+                    .await
+                    .map_err(|e| StoreError::BlobTask(e.to_string()))?
+            }
+        }
+    }
+
+    /// The whole content-addressed blob `digest`, checked against it.
+    pub async fn get_content(&self, digest: &str) -> Result<Vec<u8>, StoreError> {
+        self.read_content_with(digest, |r: &mut dyn std::io::Read| {
+            let mut buf = Vec::new();
+            r.read_to_end(&mut buf)
+                .map(|_| buf)
+                .map_err(|source| StoreError::BlobRead {
+                    path: PathBuf::from("sha256"),
+                    source,
+                })
+        })
+        .await
+    }
+
+    /// Whether the content-addressed blob `digest` is stored (a cache hit is only as good as
+    /// its output: retention may have pruned it).
+    pub async fn contains_content(&self, digest: &str) -> Result<bool, StoreError> {
+        let key = content_key(digest)?;
+        match self {
+            Self::Local(local) => {
+                let path = local.path_of(&key)?;
+                tokio::fs::try_exists(&path)
+                    .await
+                    .map_err(|source| StoreError::BlobRead { path, source })
+            }
+        }
+    }
+}
+
+/// Counts and hashes what passes through to the temp file of a content-addressed blob; its
+/// errors name that file (a full disk must not read as a failure of the caller's source).
+struct HashingWriter<'a> {
+    inner: std::io::BufWriter<std::fs::File>,
+    path: &'a Path,
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl std::io::Write for HashingWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.write(buf).map_err(|e| blob_io(self.path, e))?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush().map_err(|e| blob_io(self.path, e))
+    }
+}
+
+fn blob_io(path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("blob file {}: {e}", path.display()))
+}
+
+/// Reads the file `path` through `read`, then the rest of it, and compares its SHA-256 with
+/// `digest`.
+fn read_checked<T, E: From<StoreError>>(
+    path: &Path,
+    digest: &str,
+    read: impl FnOnce(&mut dyn std::io::Read) -> Result<T, E>,
+) -> Result<T, E> {
+    use sha2::Digest as _;
+    struct Hashing<R> {
+        inner: R,
+        hasher: sha2::Sha256,
+    }
+    impl<R: std::io::Read> std::io::Read for Hashing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.hasher.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let read_err = |source| StoreError::BlobRead {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let mut r = Hashing {
+        inner: std::io::BufReader::new(file),
+        hasher: sha2::Sha256::new(),
+    };
+    let value = read(&mut r)?;
+    std::io::copy(&mut r, &mut std::io::sink()).map_err(read_err)?;
+    if hex::encode(r.hasher.finalize()) != digest {
+        return Err(read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "its content does not match its SHA-256 digest: the blob is damaged",
+        ))
+        .into());
+    }
+    Ok(value)
+}
+
 impl LocalBlobs {
+    fn put_content_sync<E: From<StoreError>>(
+        &self,
+        write: impl FnOnce(&mut dyn std::io::Write) -> Result<(), E>,
+    ) -> Result<ContentBlob, E> {
+        use sha2::Digest as _;
+        use std::io::Write as _;
+        let dir = self.root.join("sha256");
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        // A temp name of its own, in the blobs' file system, so the rename below is atomic.
+        let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
+        let file = std::fs::File::create(&tmp).map_err(|source| StoreError::BlobWrite {
+            path: tmp.clone(),
+            source,
+        })?;
+        let mut w = HashingWriter {
+            inner: std::io::BufWriter::new(file),
+            path: &tmp,
+            hasher: sha2::Sha256::new(),
+            size: 0,
+        };
+        let written = write(&mut w).and_then(|()| {
+            w.flush().map_err(|source| {
+                E::from(StoreError::BlobWrite {
+                    path: tmp.clone(),
+                    source,
+                })
+            })
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        let blob = ContentBlob {
+            digest: hex::encode(w.hasher.finalize()),
+            size: w.size,
+        };
+        let path = self.path_of(&content_key(&blob.digest)?)?;
+        let placed = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if let Err(source) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::BlobWrite { path, source }.into());
+        }
+        Ok(blob)
+    }
+
     fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
         check_key(key)?;
         Ok(self.root.join(key))
@@ -176,6 +410,21 @@ mod tests {
             "", "/abs", "a//b", "../x", "a/../b", "a/.tmp", "a/b c", "a\\b",
         ] {
             assert!(check_key(key).is_err(), "{key:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn content_keys_are_digests_only() {
+        let digest = "ab".repeat(32);
+        assert_eq!(content_key(&digest).unwrap(), format!("sha256/ab/{digest}"));
+        for bad in [
+            "",
+            "ab",
+            &"AB".repeat(32),
+            &"zz".repeat(32),
+            &"ab".repeat(33),
+        ] {
+            assert!(content_key(bad).is_err(), "{bad:?} should be refused");
         }
     }
 

@@ -13,7 +13,8 @@
 //! API token secrets are drawn and hashed, [`schedules`] `on.schedule` entries and their
 //! claimed fires, [`projects`] the project records of the API,
 //! [`hooks`] project webhooks and their recorded deliveries, [`notifications`] outbound
-//! notification receivers, deliveries and the notifier's cursor.
+//! notification receivers, deliveries and the notifier's cursor, [`packages`] package builds
+//! (`kiln build`): their history, the cache by key, and outputs packed into the blob store.
 //! Not here: scheduling, HTTP, anything that decides what to run.
 
 mod backend;
@@ -21,12 +22,14 @@ pub mod blob;
 mod error;
 pub mod hooks;
 pub mod notifications;
+pub mod packages;
 pub mod projects;
 pub mod schedules;
 mod token;
 pub mod types;
 pub mod watches;
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -35,13 +38,17 @@ use kiln_core::ids::{JobId, ProjectId, RunId, RunStatus};
 use kiln_proto::{Event, Job, Project, Role, Run, TokenId, TokenInfo};
 use tokio::sync::watch;
 
-pub use blob::BlobStore;
+pub use blob::{BlobStore, ContentBlob};
 pub use error::StoreError;
 pub use hooks::{
     DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, Recorded, generate_secret,
 };
 pub use notifications::{
     AfterAttempt, AttemptRecord, ClaimedNotification, NewNotification, ReceiverTarget,
+};
+pub use packages::{
+    BuildCounts, BuildSession, BuildSessionId, CachedBuild, OutputError, PackageBuild,
+    PackageBuildId, PackageBuildStatus, PackageStats,
 };
 pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
@@ -938,5 +945,159 @@ impl Store {
         id: kiln_proto::WatchId,
     ) -> Result<Vec<SeenVersion>, StoreError> {
         with_backend!(self, b => b.list_watch_versions(id).await)
+    }
+}
+
+/// Package builds (`kiln build`) and their sessions (`packages_body.rs`; see [`packages`] for
+/// who reads what). Calls that record take the time, so that builders (and tests) decide it.
+impl Store {
+    /// Starts a session: the builds of one `kiln build` (or of one workflow job building a
+    /// tree) of the tree in the folder `tree`, `slots` at a time.
+    pub async fn begin_build_session(
+        &self,
+        tree: &str,
+        slots: u32,
+        at: Timestamp,
+    ) -> Result<BuildSessionId, StoreError> {
+        with_backend!(self, b => b.begin_build_session(tree, slots, at).await)
+    }
+
+    /// Ends a session with what it did. `false`: no such session, or it had ended already
+    /// (the first end stands).
+    pub async fn finish_build_session(
+        &self,
+        id: BuildSessionId,
+        counts: &BuildCounts,
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.finish_build_session(id, counts, at).await)
+    }
+
+    pub async fn build_session(
+        &self,
+        id: BuildSessionId,
+    ) -> Result<Option<BuildSession>, StoreError> {
+        with_backend!(self, b => b.build_session(id).await)
+    }
+
+    /// Sessions, newest first (by start), at most `limit`.
+    pub async fn build_sessions(&self, limit: u32) -> Result<Vec<BuildSession>, StoreError> {
+        with_backend!(self, b => b.build_sessions(limit).await)
+    }
+
+    /// Records `builds` in ONE transaction, all or none, a few statements for however many:
+    /// a builder batches what finished since its last call instead of committing each. The
+    /// database refuses the whole batch ([`StoreError::Query`]) when a build's session does
+    /// not exist, an id is recorded already, or an output is missing from a `success` or
+    /// `cached` build (or present on another). NUL characters in texts become U+FFFD.
+    pub async fn record_package_builds(&self, builds: &[PackageBuild]) -> Result<(), StoreError> {
+        with_backend!(self, b => b.record_package_builds(builds).await)
+    }
+
+    /// The successful build of each of `keys` that has one (the newest, when a key was built
+    /// more than once): what a builder reuses instead of building. Keys without one are
+    /// absent. One query per 2,000 keys, so a whole tree is looked up at once. The output
+    /// blob is not checked here ([`BlobStore::contains_content`] does).
+    pub async fn cached_builds(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, CachedBuild>, StoreError> {
+        with_backend!(self, b => b.cached_builds(keys).await)
+    }
+
+    /// One build by id.
+    pub async fn package_build(
+        &self,
+        id: PackageBuildId,
+    ) -> Result<Option<PackageBuild>, StoreError> {
+        with_backend!(self, b => b.package_build(id).await)
+    }
+
+    /// The latest build of `origin` (by finish time), whatever its status.
+    pub async fn package_latest(&self, origin: &str) -> Result<Option<PackageBuild>, StoreError> {
+        Ok(self.package_history(origin, None, 1).await?.pop())
+    }
+
+    /// The builds of `origin`, newest first (by finish time), at most `limit`; with
+    /// `before`, only those older than that build (the last of the previous page).
+    pub async fn package_history(
+        &self,
+        origin: &str,
+        before: Option<PackageBuildId>,
+        limit: u32,
+    ) -> Result<Vec<PackageBuild>, StoreError> {
+        with_backend!(self, b => b.package_history(origin, before, limit).await)
+    }
+
+    /// The latest build of every origin ever built, by origin, at most `limit` of them;
+    /// with `after`, only origins after that one (the last of the previous page).
+    pub async fn package_status(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PackageBuild>, StoreError> {
+        with_backend!(self, b => b.package_status(after, limit).await)
+    }
+
+    /// How long the latest successful build of each of `origins` took: the scheduler's
+    /// critical-path weights. Origins never built successfully are absent.
+    pub async fn package_durations(
+        &self,
+        origins: &[String],
+    ) -> Result<HashMap<String, std::time::Duration>, StoreError> {
+        with_backend!(self, b => b.package_durations(origins).await)
+    }
+
+    /// Package figures: the last finished session's counts, all-time counts by status, and
+    /// build-time percentiles of every successful build.
+    pub async fn package_stats(&self) -> Result<PackageStats, StoreError> {
+        with_backend!(self, b => b.package_stats().await)
+    }
+
+    /// Packs the folder `dir` (a build's `$KILN_OUT`) as a deterministic tar
+    /// ([`packages::pack_output`]) straight into the content-addressed blob store: an
+    /// unchanged output is the same blob.
+    pub async fn store_package_output(&self, dir: &Path) -> Result<ContentBlob, OutputError> {
+        let dir = dir.to_owned();
+        self.blobs()
+            .put_content_with(move |out: &mut dyn std::io::Write| packages::pack_output(&dir, out))
+            .await
+    }
+
+    /// Unpacks the output blob `digest` into `dst` (missing, or an empty folder) with every
+    /// check of [`packages::unpack_output`], and checks the blob against its digest. On an
+    /// error `dst` is left empty: a refused or damaged archive leaves nothing behind.
+    pub async fn restore_package_output(
+        &self,
+        digest: &str,
+        dst: &Path,
+    ) -> Result<(), OutputError> {
+        let blocking = |e: tokio::task::JoinError| StoreError::BlobTask(e.to_string());
+        let prepared = dst.to_owned();
+        tokio::task::spawn_blocking(move || packages::prepare_destination(&prepared))
+            .await
+            .map_err(blocking)??;
+        let into = dst.to_owned();
+        let unpacked = self
+            .blobs()
+            .read_content_with(digest, move |archive: &mut dyn std::io::Read| {
+                packages::unpack_output(archive, &into)
+            })
+            .await;
+        if unpacked.is_err() {
+            let emptied = dst.to_owned();
+            let cleanup =
+                tokio::task::spawn_blocking(move || packages::empty_destination(&emptied))
+                    .await
+                    .map_err(blocking)?;
+            if let Err(e) = cleanup {
+                tracing::warn!(
+                    path = %dst.display(),
+                    error = %e,
+                    "could not empty a folder after a failed unpack"
+                );
+            }
+        }
+        unpacked
     }
 }

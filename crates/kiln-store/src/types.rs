@@ -305,16 +305,22 @@ pub enum ExportTable {
     Events,
     /// API tokens, without their hashes.
     Tokens,
+    /// `kiln build` invocations.
+    BuildSessions,
+    /// Every package build, with its key, status, and log and output digests.
+    PackageBuilds,
 }
 
 impl ExportTable {
-    pub const ALL: [ExportTable; 6] = [
+    pub const ALL: [ExportTable; 8] = [
         ExportTable::Projects,
         ExportTable::Runs,
         ExportTable::Jobs,
         ExportTable::Steps,
         ExportTable::Events,
         ExportTable::Tokens,
+        ExportTable::BuildSessions,
+        ExportTable::PackageBuilds,
     ];
 
     /// The name an export line carries (`"table"`).
@@ -326,6 +332,8 @@ impl ExportTable {
             ExportTable::Steps => "steps",
             ExportTable::Events => "events",
             ExportTable::Tokens => "tokens",
+            ExportTable::BuildSessions => "build_sessions",
+            ExportTable::PackageBuilds => "package_builds",
         }
     }
 }

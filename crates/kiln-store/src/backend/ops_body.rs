@@ -194,6 +194,36 @@ mod ops {
         ("revoked_at", Col::Int),
     ];
 
+    const BUILD_SESSIONS: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("tree", Col::Text),
+        ("slots", Col::Int),
+        ("started_at", Col::Int),
+        ("finished_at", Col::Int),
+        ("built", Col::Int),
+        ("failed", Col::Int),
+        ("skipped", Col::Int),
+        ("cached", Col::Int),
+        ("cancelled", Col::Int),
+    ];
+    const PACKAGE_BUILDS: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("session_id", Col::Text),
+        ("origin", Col::Text),
+        ("version", Col::Text),
+        ("build_key", Col::Text),
+        ("status", Col::Text),
+        ("reason", Col::Text),
+        ("started_at", Col::Int),
+        ("finished_at", Col::Int),
+        ("duration_ms", Col::Int),
+        ("log_digest", Col::Text),
+        ("log_size", Col::Int),
+        ("log_tail", Col::Text),
+        ("output_digest", Col::Text),
+        ("output_size", Col::Int),
+    ];
+
     fn export_of(table: ExportTable) -> Export {
         match table {
             ExportTable::Projects => Export {
@@ -237,6 +267,21 @@ mod ops {
                 columns: TOKENS,
                 page: "SELECT id, name, role, project_id, created_at, last_used_at, \
                        revoked_at FROM api_tokens WHERE id > $1 ORDER BY id LIMIT $2",
+            },
+            ExportTable::BuildSessions => Export {
+                table: "build_sessions",
+                columns: BUILD_SESSIONS,
+                page: "SELECT id, tree, slots, started_at, finished_at, built, failed, \
+                       skipped, cached, cancelled FROM build_sessions WHERE id > $1 \
+                       ORDER BY id LIMIT $2",
+            },
+            ExportTable::PackageBuilds => Export {
+                table: "package_builds",
+                columns: PACKAGE_BUILDS,
+                page: "SELECT id, session_id, origin, version, build_key, status, reason, \
+                       started_at, finished_at, duration_ms, log_digest, log_size, log_tail, \
+                       output_digest, output_size FROM package_builds WHERE id > $1 \
+                       ORDER BY id LIMIT $2",
             },
         }
     }
@@ -311,6 +356,8 @@ mod ops {
         ),
         ("notifier_cursor", "SELECT COUNT(*) AS n FROM notifier_cursor"),
         ("bans", "SELECT COUNT(*) AS n FROM bans"),
+        ("build_sessions", "SELECT COUNT(*) AS n FROM build_sessions"),
+        ("package_builds", "SELECT COUNT(*) AS n FROM package_builds"),
     ];
 
     impl Backend {

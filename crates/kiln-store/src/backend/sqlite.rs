@@ -167,6 +167,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "delivery_claims",
             include_str!("../../migrations/sqlite/0011_delivery_claims.sql"),
         ),
+        (
+            12,
+            "package_builds",
+            include_str!("../../migrations/sqlite/0012_package_builds.sql"),
+        ),
     ])
 }
 
@@ -338,6 +343,7 @@ include!("bans_body.rs");
 include!("schedules_body.rs");
 include!("watches_body.rs");
 include!("notifications_body.rs");
+include!("packages_body.rs");
 include!("ops_body.rs");
 
 impl Backend {

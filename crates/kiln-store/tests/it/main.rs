@@ -13,6 +13,7 @@ mod hooks;
 mod notifications;
 mod ops;
 mod outbox;
+mod packages;
 mod parity;
 mod projects;
 mod schedules;
