@@ -16,14 +16,17 @@
 //! - [`Graph`] — the compact graph: `$KILN_DEPS` closures ([`DepsWalker`]), selections,
 //!   topological order, critical-path priorities.
 //! - [`compute_keys`] — the cache key scheme ([`KEY_SCHEME_VERSION`]).
+//! - [`Schedule`] — the ready queue as a state machine: the next package to start, what a
+//!   finished one makes ready, what a failed one skips.
 //!
-//! Not here: running builds, the store's history, scheduling with slots (the executor owns
-//! the ready queue; this module gives it the order and the priorities).
+//! Not here: running builds, slots, processes, time, the store's history: the executor
+//! owns those and asks this module what to do next.
 
 mod graph;
 mod key;
 mod manifest;
 mod par;
+mod schedule;
 mod tree;
 
 #[cfg(test)]
@@ -32,11 +35,12 @@ mod tests;
 pub use graph::{DepsWalker, Graph, Selection};
 pub use key::{
     FolderDigest, KEY_SCHEME_VERSION, Key, KeyError, KeyErrors, Keys, compute_keys, hash_folder,
-    package_keys,
+    package_keys, toolchain_fingerprint,
 };
 pub use manifest::{
     Dependency, Distfile, MANIFEST_FILE, Manifest, ManifestError, is_origin, parse_manifest,
 };
+pub use schedule::{Outcome, Schedule, State};
 pub use tree::{DependencyKind, Package, Tree, TreeError, TreeErrors, UnknownOrigins};
 
 /// A package of one [`Tree`]: an index into it. Packages are numbered in origin order, so

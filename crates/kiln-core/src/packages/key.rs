@@ -115,6 +115,22 @@ impl Keys {
     }
 }
 
+/// A toolchain fingerprint from named parts — configured environment variables, tool
+/// versions — in any order: sorted by name and length-prefixed, so the same settings always
+/// give the same bytes (an environment's iteration order must not change every key).
+pub fn toolchain_fingerprint<'a>(parts: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<u8> {
+    let mut parts: Vec<(&str, &str)> = parts.into_iter().collect();
+    parts.sort_unstable();
+    let mut out = Vec::new();
+    for (name, value) in parts {
+        for s in [name, value] {
+            out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out
+}
+
 /// Feeds one length-prefixed field.
 fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_le_bytes());

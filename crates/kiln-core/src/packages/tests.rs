@@ -400,3 +400,113 @@ fn duplicate_and_invalid_origins_are_refused() {
         "a/x: defined more than once\nnocategory/kiln-package.toml:1: `nocategory` is not an origin (\"category/name\", one slash)"
     );
 }
+
+#[test]
+fn toolchain_fingerprints_ignore_order_but_not_content() {
+    let a = toolchain_fingerprint([("CC", "cc 14"), ("PATH", "/usr/bin")]);
+    assert_eq!(
+        a,
+        toolchain_fingerprint([("PATH", "/usr/bin"), ("CC", "cc 14")])
+    );
+    assert_ne!(
+        a,
+        toolchain_fingerprint([("CC", "cc 15"), ("PATH", "/usr/bin")])
+    );
+    // Length prefixes: moving a character between name and value is a change.
+    assert_ne!(
+        toolchain_fingerprint([("AB", "C")]),
+        toolchain_fingerprint([("A", "BC")])
+    );
+}
+
+/// Runs a schedule with one slot; every package in `fail` fails. The start order and the
+/// final states.
+fn run_one_slot(t: &Tree, fail: &[&str]) -> (Vec<String>, Vec<(String, State)>) {
+    let all = t.graph().select_all();
+    let prio = t.graph().priorities(&all, |_| 1);
+    let mut s = Schedule::new(t.graph(), &all, prio);
+    let mut started = Vec::new();
+    while let Some(p) = s.start_next() {
+        started.push(t.origin(p).to_owned());
+        let outcome = if fail.contains(&t.origin(p)) {
+            Outcome::Failed
+        } else {
+            Outcome::Built
+        };
+        s.finish(p, outcome);
+    }
+    assert!(s.is_done());
+    assert_eq!(s.unfinished().count(), 0);
+    let states = t
+        .ids()
+        .map(|p| (t.origin(p).to_owned(), s.state(p)))
+        .collect();
+    (started, states)
+}
+
+#[test]
+fn a_failure_skips_what_waits_for_it_and_the_rest_goes_on() {
+    let t = tree(&[
+        ("a/base", &[], &[]),
+        ("b/lib", &["a/base"], &[]),
+        ("c/app", &["b/lib", "d/other"], &[]),
+        ("d/other", &[], &[]),
+        ("e/needs-lib-at-runtime", &["f/tool"], &[]),
+        ("f/tool", &[], &["b/lib"]),
+        ("g/alone", &[], &[]),
+    ])
+    .expect("valid");
+    let (started, states) = run_one_slot(&t, &["b/lib"]);
+    assert!(!started.contains(&"c/app".to_owned()));
+    let lib = id(&t, "b/lib");
+    let state = |o: &str| states.iter().find(|(x, _)| x == o).expect("listed").1;
+    assert_eq!(state("b/lib"), State::Finished(Outcome::Failed));
+    assert_eq!(state("c/app"), State::Skipped { cause: lib });
+    // Through run-depends: the tool itself builds, what needs it with its runtime does not.
+    assert_eq!(state("f/tool"), State::Finished(Outcome::Built));
+    assert_eq!(
+        state("e/needs-lib-at-runtime"),
+        State::Skipped { cause: lib }
+    );
+    for o in ["a/base", "d/other", "g/alone"] {
+        assert_eq!(state(o), State::Finished(Outcome::Built), "{o}");
+    }
+}
+
+#[test]
+fn the_longest_remaining_chain_starts_first() {
+    let t = tree(&[
+        ("a/short", &[], &[]),
+        ("b/chain1", &[], &[]),
+        ("c/chain2", &["b/chain1"], &[]),
+        ("d/chain3", &["c/chain2"], &[]),
+        ("e/short", &[], &[]),
+    ])
+    .expect("valid");
+    let (started, _) = run_one_slot(&t, &[]);
+    // chain1 heads a chain of 3, then chain2 (2 left); then everything has 1 left and
+    // ties go by origin.
+    assert_eq!(
+        started,
+        ["b/chain1", "c/chain2", "a/short", "d/chain3", "e/short"]
+    );
+}
+
+#[test]
+fn skipped_lists_come_back_from_finish_and_cached_counts_as_success() {
+    let t = tree(&[
+        ("a/base", &[], &[]),
+        ("b/x", &["a/base"], &[]),
+        ("c/y", &["b/x"], &[]),
+    ])
+    .expect("valid");
+    let all = t.graph().select_all();
+    let mut s = Schedule::new(t.graph(), &all, t.graph().priorities(&all, |_| 1));
+    let base = s.start_next().expect("ready");
+    assert_eq!(s.start_next(), None, "nothing else is ready");
+    assert_eq!(s.unfinished().count(), 3);
+    assert!(s.finish(base, Outcome::Cached).is_empty());
+    let x = s.start_next().expect("ready after a cached dependency");
+    assert_eq!(s.finish(x, Outcome::Failed), vec![id(&t, "c/y")]);
+    assert!(s.is_done());
+}

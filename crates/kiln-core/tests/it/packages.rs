@@ -5,7 +5,10 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Instant;
 
-use kiln_core::packages::{DepsWalker, FolderDigest, Tree, TreeError, compute_keys, package_keys};
+use kiln_core::packages::{
+    DepsWalker, FolderDigest, Outcome, PackageId, Schedule, Tree, TreeError, compute_keys,
+    package_keys, parse_manifest,
+};
 use kiln_testkit::tree::{GeneratedTree, TreeSpec};
 
 /// A tree folder built file by file, removed on drop.
@@ -273,6 +276,65 @@ fn every_injected_cycle_of_a_generated_tree_is_reported() {
                 "{from} → {to} is no dependency"
             );
         }
+    }
+}
+
+/// A generated tree as a [`Tree`] without touching the disk.
+fn in_memory(generated: &GeneratedTree) -> Tree {
+    Tree::from_manifests((0..generated.len()).map(|i| {
+        let origin = generated.origins[i].clone();
+        let file = format!("{origin}/kiln-package.toml");
+        let m = parse_manifest(&file, &generated.manifest(i)).expect("generated manifests parse");
+        (origin, m)
+    }))
+    .expect("a generated tree without cycles is valid")
+}
+
+/// The schedule's makespan on random durations with `slots` slots, simulated, against the
+/// lower bound max(critical path, total work / slots): the target is 1.05×.
+fn simulated_makespan_ratio(tree: &Tree, duration: &[u64], slots: usize) -> f64 {
+    let all = tree.graph().select_all();
+    let prio = tree.graph().priorities(&all, |p| duration[p.index()]);
+    let critical = prio.iter().copied().max().unwrap_or(0);
+    let total: u64 = duration.iter().sum();
+    let bound = critical.max(total.div_ceil(slots as u64));
+    let mut schedule = Schedule::new(tree.graph(), &all, prio);
+    let mut running: Vec<(u64, PackageId)> = Vec::new();
+    let mut now = 0;
+    loop {
+        while running.len() < slots {
+            let Some(p) = schedule.start_next() else {
+                break;
+            };
+            running.push((now + duration[p.index()], p));
+        }
+        let Some(i) = (0..running.len()).min_by_key(|&i| running[i]) else {
+            break;
+        };
+        let (end, p) = running.swap_remove(i);
+        now = end;
+        schedule.finish(p, Outcome::Built);
+    }
+    assert!(schedule.is_done());
+    now as f64 / bound as f64
+}
+
+#[test]
+fn critical_path_first_keeps_the_makespan_near_its_lower_bound() {
+    let mut spec = TreeSpec::new(5_000, 11);
+    spec.sleep_ms = Some((10, 2_000));
+    let generated = GeneratedTree::generate(&spec);
+    let tree = in_memory(&generated);
+    let mut duration = vec![0u64; tree.len()];
+    for (i, origin) in generated.origins.iter().enumerate() {
+        duration[tree.id(origin).expect("loaded").index()] = u64::from(generated.sleep_ms[i]);
+    }
+    for slots in [2, 8] {
+        let ratio = simulated_makespan_ratio(&tree, &duration, slots);
+        assert!(
+            ratio <= 1.05,
+            "{slots} slots: makespan {ratio:.3}× the lower bound"
+        );
     }
 }
 

@@ -71,6 +71,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Writing over an older tree would leave its extra packages behind: a different tree.
+    if std::fs::read_dir(&out).is_ok_and(|mut entries| entries.next().is_some()) {
+        eprintln!("{}: not empty; give a new or empty folder", out.display());
+        return ExitCode::from(2);
+    }
     let tree = GeneratedTree::generate(&spec);
     let written = std::fs::create_dir_all(&out)
         .and_then(|()| tree.write(&out))
