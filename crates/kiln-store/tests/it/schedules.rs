@@ -347,7 +347,8 @@ async fn a_lost_claim_leaves_the_database_writable_for_another_replica(h: &Harne
     let now = t("2026-05-01T10:01:01Z");
     let due = a.due_schedules(now, 10).await.unwrap();
     let fire = due[0].next_fire_at.unwrap();
-    let next = Some(t("2026-05-01T10:02:00Z"));
+    let second = t("2026-05-01T10:02:00Z");
+    let next = Some(second);
     assert!(
         b.claim_fire(due[0].id, fire, next, FireKind::Run, "b", now)
             .await
@@ -365,7 +366,7 @@ async fn a_lost_claim_leaves_the_database_writable_for_another_replica(h: &Harne
     b.upsert_project("after", "/tmp/after").await.unwrap();
     let later = t("2026-05-01T10:02:01Z");
     assert!(
-        b.claim_fire(due[0].id, next.unwrap(), None, FireKind::Run, "b", later)
+        b.claim_fire(due[0].id, second, None, FireKind::Run, "b", later)
             .await
             .unwrap()
             .is_some()
