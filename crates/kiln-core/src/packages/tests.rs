@@ -510,3 +510,111 @@ fn skipped_lists_come_back_from_finish_and_cached_counts_as_success() {
     assert_eq!(s.finish(x, Outcome::Failed), vec![id(&t, "c/y")]);
     assert!(s.is_done());
 }
+
+/// `(depends, run-depends)` lists of a random small tree, edges anywhere (cycles included).
+fn random_tree() -> impl proptest::strategy::Strategy<Value = Vec<(Vec<usize>, Vec<usize>)>> {
+    use proptest::prelude::*;
+    (1usize..9).prop_flat_map(|n| {
+        proptest::collection::vec(
+            (
+                proptest::collection::vec(0..n, 0..3),
+                proptest::collection::vec(0..n, 0..2),
+            ),
+            n,
+        )
+    })
+}
+
+/// `$KILN_DEPS` by its definition, for comparison: everything reachable from `depends(p)`
+/// over both kinds of edge.
+fn brute_kiln_deps(
+    lists: &[(Vec<usize>, Vec<usize>)],
+    p: usize,
+) -> std::collections::BTreeSet<usize> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack = lists[p].0.clone();
+    while let Some(x) = stack.pop() {
+        if seen.insert(x) {
+            stack.extend(&lists[x].0);
+            stack.extend(&lists[x].1);
+        }
+    }
+    seen
+}
+
+proptest::proptest! {
+    /// A tree is refused for cycles exactly when some package would need itself in its own
+    /// `$KILN_DEPS`; every reported cycle is real and goes through a `depends` edge. A valid
+    /// tree's closures match the definition, its order respects them, and a changed folder
+    /// changes exactly the keys of the packages that have it in `$KILN_DEPS`.
+    #[test]
+    fn validation_closures_and_keys_agree_with_the_definitions(
+        lists in random_tree(),
+        changed in 0usize..9,
+    ) {
+        let n = lists.len();
+        let name = |i: usize| format!("c/p{i}");
+        let manifests = (0..n).map(|i| {
+            let deps = |l: &[usize]| {
+                l.iter().map(|&d| Dependency { origin: name(d), line: 1 }).collect()
+            };
+            (name(i), Manifest {
+                version: "1".into(),
+                depends: deps(&lists[i].0),
+                run_depends: deps(&lists[i].1),
+                fetch: None,
+                distfiles: Vec::new(),
+                build: "b".into(),
+            })
+        });
+        let self_needing = (0..n).any(|p| brute_kiln_deps(&lists, p).contains(&p));
+        match Tree::from_manifests(manifests) {
+            Err(errors) => {
+                proptest::prop_assert!(self_needing, "refused without a cycle: {errors}");
+                for e in errors.iter() {
+                    let TreeError::Cycle { path, .. } = e else {
+                        proptest::prop_assert!(false, "not a cycle: {e}");
+                        continue;
+                    };
+                    let idx = |o: &String| o[3..].parse::<usize>().expect("c/pN");
+                    let mut through_depends = false;
+                    for (k, from) in path.iter().enumerate() {
+                        let (a, b) = (idx(from), idx(&path[(k + 1) % path.len()]));
+                        let dep = lists[a].0.contains(&b);
+                        proptest::prop_assert!(dep || lists[a].1.contains(&b), "{e}");
+                        through_depends |= dep;
+                    }
+                    proptest::prop_assert!(through_depends, "{e}");
+                }
+            }
+            Ok(t) => {
+                proptest::prop_assert!(!self_needing);
+                let g = t.graph();
+                let mut w = DepsWalker::new(g);
+                let of = |p: PackageId| t.origin(p)[3..].parse::<usize>().expect("c/pN");
+                let mut pos = vec![0; n];
+                for (k, p) in g.order().iter().enumerate() {
+                    pos[p.index()] = k;
+                }
+                for p in t.ids() {
+                    let got: std::collections::BTreeSet<usize> =
+                        w.kiln_deps(p).iter().map(|&d| of(d)).collect();
+                    proptest::prop_assert_eq!(&got, &brute_kiln_deps(&lists, of(p)));
+                    for &d in w.kiln_deps(p) {
+                        proptest::prop_assert!(pos[d.index()] < pos[p.index()]);
+                    }
+                }
+                let changed = changed % n;
+                let folders = vec![FolderDigest::default(); n];
+                let mut edited = folders.clone();
+                edited[id(&t, &name(changed)).index()] = FolderDigest([1; 32]);
+                let before = keys_with(&t, &folders, b"");
+                let after = keys_with(&t, &edited, b"");
+                for p in t.ids() {
+                    let should = of(p) == changed || brute_kiln_deps(&lists, of(p)).contains(&changed);
+                    proptest::prop_assert_eq!(before.get(p) != after.get(p), should);
+                }
+            }
+        }
+    }
+}
