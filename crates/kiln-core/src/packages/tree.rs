@@ -329,6 +329,16 @@ impl Tree {
             }
             dup
         });
+        Self::build(entries, errors)
+    }
+
+    /// Interns `entries` (sorted by origin, distinct), resolves dependencies and validates.
+    fn build(
+        entries: Vec<(String, Option<Manifest>)>,
+        mut errors: Vec<TreeError>,
+    ) -> Result<Self, TreeErrors> {
+        // A folder name can be anything a file system allows; an origin cannot (it is named
+        // in manifests and becomes a folder under `$KILN_DEPS`).
         for (origin, _) in &entries {
             if !super::is_origin(origin) {
                 errors.push(TreeError::Manifest(ManifestError {
@@ -339,14 +349,6 @@ impl Tree {
                 }));
             }
         }
-        Self::build(entries, errors)
-    }
-
-    /// Interns `entries` (sorted by origin, distinct), resolves dependencies and validates.
-    fn build(
-        entries: Vec<(String, Option<Manifest>)>,
-        mut errors: Vec<TreeError>,
-    ) -> Result<Self, TreeErrors> {
         let n = entries.len();
         let mut origins: Vec<Box<str>> = Vec::with_capacity(n);
         let mut index = HashMap::with_capacity_and_hasher(n, BuildHasherDefault::default());

@@ -77,6 +77,7 @@ fn malformed_manifests() {
             "version = \"1\"\nbuild = \"make\"\nfetch = \"curl -O x\"\n[distfiles]\n\"x.tgz\" = \"sha256:ABC\"\n\"sub/y.tgz\" = \"sha256:0000000000000000000000000000000000000000000000000000000000000000\"\n",
         )
         .file("net/empty/kiln-package.toml", "")
+        .file("net/with space/kiln-package.toml", "version = \"1\"\nbuild = \"make\"\n")
         // Not packages: no manifest, hidden folders, files at the top.
         .file("Mk/bsd.port.mk", "")
         .file(".git/x/kiln-package.toml", "broken = ")
