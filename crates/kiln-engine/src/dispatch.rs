@@ -501,7 +501,15 @@ impl Dispatcher {
             jobs: new_jobs,
             at: now(),
         };
-        Ok((new, NewRunState { spec, keys, recs }))
+        Ok((
+            new,
+            NewRunState {
+                spec,
+                keys,
+                recs,
+                base,
+            },
+        ))
     }
 
     /// Creates runs in one store transaction and starts driving them; one answer per spec,
@@ -542,11 +550,21 @@ impl Dispatcher {
 
     /// Starts driving a run just recorded.
     fn install_run(&mut self, run: Run, state: NewRunState) -> Result<Run, EngineError> {
-        let NewRunState { spec, keys, recs } = state;
+        let NewRunState {
+            spec,
+            keys,
+            recs,
+            mut base,
+        } = state;
         let run_id = run.id;
         let wf = spec.workflow.clone();
         self.jobs.extend(recs);
-        let base = self.base_contexts(&spec, run_id, run.run_number, run.run_attempt, &run.inputs);
+        // Planned with a placeholder number: the store has numbered the run since. (Patched
+        // rather than made again: the contexts hold the whole event payload.)
+        if let Some(Value::Object(github)) = base.get_mut("github") {
+            github.insert("run_number".into(), run.run_number.to_string().into());
+            github.insert("run_attempt".into(), run.run_attempt.to_string().into());
+        }
         let _ = self.progress.send(Progress::RunCreated {
             run: Box::new(run.clone()),
         });
@@ -591,6 +609,8 @@ struct NewRunState {
     spec: RunSpec,
     keys: IndexMap<String, KeyState>,
     recs: Vec<(JobId, JobRec)>,
+    /// The run's contexts, made with run number 0.
+    base: Map<String, Value>,
 }
 
 impl Dispatcher {
