@@ -3,14 +3,13 @@
 //!
 //! This is the model `kiln build` plans with; it runs nothing. Unlike the rest of kiln-core it
 //! reads files — a tree is tens of thousands of folders, and loading and hashing them in
-//! parallel is the part that must be fast — but only through two entry points,
-//! [`Tree::load`] and [`compute_keys`]; everything else is a plain function over values:
+//! parallel is the part that must be fast — but only through [`Tree::load`],
+//! [`hash_folder`] and [`compute_keys`]; everything else is a plain function over values:
 //! [`parse_manifest`] takes `&str`, [`Tree::from_manifests`] builds a tree from parsed
 //! manifests, and [`Graph`] answers ordering questions over `u32` indices.
 //!
 //! Layout:
-//! - [`manifest`](parse_manifest) — one `kiln-package.toml`, every problem with file, line and
-//!   key.
+//! - [`parse_manifest`] — one `kiln-package.toml`, every problem with file, line and key.
 //! - [`Tree`] — loading a folder, interning origins, resolving dependencies, and validation:
 //!   unknown dependencies and every dependency cycle, all reported at once ([`TreeErrors`]).
 //! - [`Graph`] — the compact graph: `$KILN_DEPS` closures ([`DepsWalker`]), selections,
@@ -18,6 +17,14 @@
 //! - [`compute_keys`] — the cache key scheme ([`KEY_SCHEME_VERSION`]).
 //! - [`Schedule`] — the ready queue as a state machine: the next package to start, what a
 //!   finished one makes ready, what a failed one skips.
+//!
+//! A build uses them in this order: [`Tree::load`] (on [`TreeErrors`], print them and exit
+//! 2); [`Tree::select`] for named origins or [`Graph::select_all`]; [`compute_keys`] with a
+//! [`toolchain_fingerprint`], then the store says which keys are built already;
+//! [`Graph::priorities`] weighted by each package's last duration (1 when unknown);
+//! [`Schedule::new`], then [`Schedule::start_next`] whenever a slot is free and
+//! [`Schedule::finish`] when a build ends (a cached package is finished at once). A build's
+//! `$KILN_DEPS/<origin>/` folders are [`DepsWalker::kiln_deps`] of it.
 //!
 //! Not here: running builds, slots, processes, time, the store's history: the executor
 //! owns those and asks this module what to do next.

@@ -21,7 +21,7 @@ use super::PackageId;
 
 /// Edge lists of all nodes in two flat vectors (compressed sparse rows).
 #[derive(Clone, Debug, Default)]
-struct Csr {
+pub(super) struct Csr {
     /// `offsets[i]..offsets[i + 1]` are node `i`'s edges in `targets`.
     offsets: Vec<u32>,
     targets: Vec<PackageId>,
@@ -63,7 +63,7 @@ impl Csr {
         Self { offsets, targets }
     }
 
-    fn get(&self, i: usize) -> &[PackageId] {
+    pub(super) fn get(&self, i: usize) -> &[PackageId] {
         &self.targets[self.offsets[i] as usize..self.offsets[i + 1] as usize]
     }
 }
@@ -200,6 +200,11 @@ impl Graph {
     /// `p` skips, transitively.
     pub fn waiters(&self, p: PackageId) -> &[PackageId] {
         self.waiters.get(p.index())
+    }
+
+    /// The whole [`Graph::waiters`] relation, for a [`super::Schedule`] to own a copy.
+    pub(super) fn waiters_csr(&self) -> &Csr {
+        &self.waiters
     }
 
     /// Every package, each after everything it waits for; levels in turn, ids ascending in

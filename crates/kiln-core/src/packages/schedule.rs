@@ -4,13 +4,15 @@
 //! The executor owns the slots, the processes and the clock; it asks [`Schedule::start_next`] when
 //! a slot is free and reports with [`Schedule::finish`]. Keeping the decisions here, pure,
 //! means they are tested without running anything, and the same rules serve `kiln build`
-//! and the server's package jobs.
+//! and the server's package jobs. A schedule owns what it needs (a copy of the
+//! [`Graph::waiters`] lists, 1.3 MB for 60,000 packages) rather than borrowing the
+//! tree, so a dispatcher task can own both without a self-referential struct.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use super::PackageId;
-use super::graph::{Graph, Selection};
+use super::graph::{Csr, Graph, Selection};
 
 /// How a package's build ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +43,8 @@ pub enum State {
 }
 
 /// The ready queue of one build: highest remaining critical path first, ties by origin.
-pub struct Schedule<'g> {
-    graph: &'g Graph,
+pub struct Schedule {
+    waiters: Csr,
     state: Vec<State>,
     /// Per package: how many of what it waits for are not finished yet.
     remaining: Vec<u32>,
@@ -51,10 +53,10 @@ pub struct Schedule<'g> {
     unfinished: usize,
 }
 
-impl<'g> Schedule<'g> {
+impl Schedule {
     /// A schedule of `selection` (closed under what its packages need, as
     /// [`Graph::select`] makes it) with `priorities` from [`Graph::priorities`].
-    pub fn new(graph: &'g Graph, selection: &Selection, priorities: Vec<u64>) -> Self {
+    pub fn new(graph: &Graph, selection: &Selection, priorities: Vec<u64>) -> Self {
         let n = graph.len();
         let mut state = vec![State::NotSelected; n];
         let mut remaining = vec![0u32; n];
@@ -74,7 +76,7 @@ impl<'g> Schedule<'g> {
             }
         }
         Self {
-            graph,
+            waiters: graph.waiters_csr().clone(),
             state,
             remaining,
             priorities,
@@ -105,7 +107,7 @@ impl<'g> Schedule<'g> {
         if outcome == Outcome::Failed {
             let mut stack = vec![p];
             while let Some(x) = stack.pop() {
-                for &w in self.graph.waiters(x) {
+                for &w in self.waiters.get(x.index()) {
                     if self.state[w.index()] == State::Waiting {
                         self.state[w.index()] = State::Skipped { cause: p };
                         self.unfinished -= 1;
@@ -117,7 +119,7 @@ impl<'g> Schedule<'g> {
             skipped.sort_unstable();
             return skipped;
         }
-        for &w in self.graph.waiters(p) {
+        for &w in self.waiters.get(p.index()) {
             if self.state[w.index()] != State::Waiting {
                 continue;
             }

@@ -618,3 +618,15 @@ proptest::proptest! {
         }
     }
 }
+
+/// A dispatcher task owns its schedule next to the tree: no borrow between them.
+#[test]
+fn a_schedule_owns_what_it_needs() {
+    fn owned<T: Send + 'static>(_: &T) {}
+    let t = tree(&[("a/x", &[], &[])]).expect("valid");
+    let all = t.graph().select_all();
+    let s = Schedule::new(t.graph(), &all, vec![1]);
+    drop(t);
+    owned(&s);
+    assert!(!s.is_done());
+}
