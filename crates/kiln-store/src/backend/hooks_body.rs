@@ -131,7 +131,8 @@ mod api_hooks {
             new: &NewDelivery,
             now: Timestamp,
         ) -> Result<Recorded, StoreError> {
-            let mut tx = self.begin_write().await?;
+            // One statement, committed on its own: the answer to the sender waits for it.
+            let mut conn = self.writer.single().await?;
             let finished = (new.status != DeliveryStatus::Accepted).then_some(ms(now));
             let size = i64::try_from(new.payload.len()).unwrap_or(i64::MAX);
             let inserted = sqlx::query(concat!(
@@ -152,7 +153,7 @@ mod api_hooks {
             .bind(new.payload.as_slice())
             .bind(size)
             .bind(finished)
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(query("record a webhook delivery"))?;
             let recorded = match inserted {
@@ -165,15 +166,12 @@ mod api_hooks {
                     ))
                     .bind(new.project.to_string())
                     .bind(new.delivery.as_str())
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err(query("read a delivery seen before"))?;
                     Recorded::Duplicate(delivery_from_row(&row)?)
                 }
             };
-            tx.commit()
-                .await
-                .map_err(query("commit a webhook delivery"))?;
             Ok(recorded)
         }
 

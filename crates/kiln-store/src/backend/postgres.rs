@@ -277,7 +277,18 @@ pub(crate) struct Writer(Pool<Db>);
 /// A write transaction.
 pub(crate) type WriteTx = sqlx::Transaction<'static, Db>;
 
+/// A connection for one autocommit statement (see `Writer::single`).
+pub(crate) type Single = sqlx::pool::PoolConnection<Db>;
+
 impl Writer {
+    /// A connection for one statement in autocommit mode (atomic on its own).
+    pub(crate) async fn single(&self) -> Result<Single, StoreError> {
+        self.0
+            .acquire()
+            .await
+            .map_err(query("take a connection to write"))
+    }
+
     pub(crate) async fn begin(&self) -> Result<WriteTx, StoreError> {
         self.0
             .begin_with(SQL.begin_write)

@@ -249,6 +249,13 @@ impl Writer {
         Ok(held)
     }
 
+    /// The writer for one statement in autocommit mode (atomic on its own, one trip to the
+    /// connection's thread instead of three with BEGIN and COMMIT): a lone statement takes
+    /// the write lock when it starts, so `busy_timeout` applies.
+    pub(crate) async fn single(&self) -> Result<Single, StoreError> {
+        Ok(Single(self.lock().await?))
+    }
+
     /// Begins a write transaction (`BEGIN IMMEDIATE`: see `Dialect::begin_write`).
     pub(crate) async fn begin(&self) -> Result<WriteTx, StoreError> {
         let mut held = self.lock().await?;
@@ -258,6 +265,23 @@ impl Writer {
             .await
             .map_err(crate::error::query("begin a write transaction"))?;
         Ok(WriteTx(Some(held)))
+    }
+}
+
+/// The writer, held for one autocommit statement (see [`Writer::single`]).
+pub(crate) struct Single(OwnedMutexGuard<Held>);
+
+impl std::ops::Deref for Single {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.0.conn
+    }
+}
+
+impl std::ops::DerefMut for Single {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.0.conn
     }
 }
 
