@@ -275,25 +275,33 @@ impl Tree {
         }
         candidates.sort_unstable();
 
-        let parsed = par::map_with(&candidates, String::new, |buf, origin| {
-            let file = format!("{origin}/{MANIFEST_FILE}");
-            buf.clear();
-            match std::fs::File::open(root.join(&file))
-                .and_then(|mut f| io::Read::read_to_string(&mut f, buf))
-            {
-                Ok(_) => match parse_manifest(&file, buf) {
-                    Ok(m) => Parsed::Ok(m),
-                    Err(es) => Parsed::Broken(es.into_iter().map(TreeError::Manifest).collect()),
-                },
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || e.kind() == io::ErrorKind::NotADirectory =>
+        let parsed = par::map_with(
+            &candidates,
+            || String::with_capacity(8192),
+            |buf, origin| {
+                let file = format!("{origin}/{MANIFEST_FILE}");
+                buf.clear();
+                // Through `take`: `File::read_to_string` would first ask the file's size (statx
+                // and lseek), two system calls per package that the reused buffer makes useless.
+                match std::fs::File::open(root.join(&file))
+                    .and_then(|f| io::Read::read_to_string(&mut io::Read::take(f, u64::MAX), buf))
                 {
-                    Parsed::Absent
+                    Ok(_) => match parse_manifest(&file, buf) {
+                        Ok(m) => Parsed::Ok(m),
+                        Err(es) => {
+                            Parsed::Broken(es.into_iter().map(TreeError::Manifest).collect())
+                        }
+                    },
+                    Err(e)
+                        if e.kind() == io::ErrorKind::NotFound
+                            || e.kind() == io::ErrorKind::NotADirectory =>
+                    {
+                        Parsed::Absent
+                    }
+                    Err(source) => Parsed::Broken(vec![TreeError::Io { path: file, source }]),
                 }
-                Err(source) => Parsed::Broken(vec![TreeError::Io { path: file, source }]),
-            }
-        });
+            },
+        );
 
         let mut entries = Vec::with_capacity(candidates.len());
         for (origin, parsed) in candidates.into_iter().zip(parsed) {
