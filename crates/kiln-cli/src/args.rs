@@ -16,6 +16,9 @@
 //! `KILN__WATCH__GITHUB_URL`, `KILN__WATCH__PYPI_URL`, `KILN__WATCH__NPM_URL`,
 //! `KILN__WATCH__CRATES_URL`, `KILN__WATCH__CONCURRENCY`, `KILN__WATCH__SYNC_INTERVAL`, and
 //! `KILN__WATCH__GITHUB_TOKEN` (environment only: the token sent to the GitHub API).
+//!
+//! `kiln serve`'s package tree, which the API's `/packages/…/deps` reads:
+//! `KILN__PACKAGES__TREE` (`--tree`).
 
 use std::path::PathBuf;
 
@@ -289,6 +292,11 @@ pub(crate) struct ServeArgs {
     pub(crate) bans: crate::ban::BanFlags,
     #[command(flatten)]
     pub(crate) watch: crate::watch::WatchFlags,
+    /// The package tree (`CATEGORY/NAME/kiln-package.toml` folders) whose dependencies
+    /// `GET /api/v1/packages/{category}/{name}/deps` answers with, read as it is at each
+    /// request. Package history needs no tree.
+    #[arg(long, env = "KILN__PACKAGES__TREE", value_name = "DIR")]
+    pub(crate) tree: Option<PathBuf>,
 }
 
 /// What the server's own outbound connections may reach (DESIGN.md "Security model"). By

@@ -39,6 +39,19 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     let watch_config = a
         .watch
         .config(std::env::var(crate::watch::GITHUB_TOKEN_ENV).ok())?;
+    // Checked now, not at the first `/deps` request: a mistyped path should stop the start.
+    let package_tree = match &a.tree {
+        Some(dir) if dir.is_dir() => Some(std::path::absolute(dir).map_err(|e| {
+            Failure::internal(format!("failed to resolve --tree {}: {e}", dir.display()))
+        })?),
+        Some(dir) => {
+            return Err(Failure::invalid(format!(
+                "--tree {}: not a folder (expected a package tree of CATEGORY/NAME/kiln-package.toml)",
+                dir.display()
+            )));
+        }
+        None => None,
+    };
     let preseed = std::env::var(ADMIN_TOKEN_ENV)
         .ok()
         .filter(|t| !t.is_empty());
@@ -104,6 +117,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     config.worker_slots = Some(slots);
     config.bans = bans;
     config.metrics_open = !a.metrics_need_token;
+    config.package_tree = package_tree;
     if let Some(url) = &a.store.database {
         config = config.with_database(url);
     }

@@ -12,11 +12,13 @@
 //! [`schedules`]: `on.schedule` entries as the API shows them.
 //! [`watches`]: `on.watch` entries and their poll state as the API shows them.
 //! [`notifications`]: outbound notification receivers and their deliveries.
+//! [`packages`]: package builds, an origin's history and dependencies, package figures.
 
 pub mod api;
 pub mod auth;
 pub mod hooks;
 pub mod notifications;
+pub mod packages;
 pub mod projects;
 pub mod schedules;
 pub mod watches;
@@ -32,6 +34,10 @@ pub use hooks::{
 pub use notifications::{
     AttemptView, NewReceiver, NotificationId, NotificationList, NotificationStatus,
     NotificationView, ReceiverId, ReceiverList, ReceiverView,
+};
+pub use packages::{
+    BlobRef, PackageBuildStatus, PackageBuildView, PackageCounts, PackageDeps, PackageHistory,
+    PackageList, PackageSessionView, PackageStatsView, PackageStatus, PackageView,
 };
 pub use projects::{
     FetchStatus, NewProject, ProjectKind, ProjectList, ProjectUpdate, ProjectView,

@@ -13,7 +13,8 @@ use crate::metrics;
 use crate::routes::notifications;
 use crate::routes::watches;
 use crate::routes::{
-    bans, deliveries, hooks, live, ops, projects, runs_read, runs_write, schedules, system, tokens,
+    bans, deliveries, hooks, live, ops, packages, projects, runs_read, runs_write, schedules,
+    system, tokens,
 };
 use crate::state::AppState;
 
@@ -71,6 +72,12 @@ use crate::state::AppState;
         ops::config,
         ops::database_stats,
         ops::database_export,
+        packages::list,
+        packages::show,
+        packages::status,
+        packages::history,
+        packages::deps,
+        packages::log,
         metrics::scrape,
     ),
     modifiers(&BearerAuth),
@@ -84,6 +91,7 @@ use crate::state::AppState;
         (name = "schedules", description = "on.schedule entries of the projects' workflows: next fires, stop and start"),
         (name = "watches", description = "on.watch entries of the projects' workflows: poll state, versions seen, poll now"),
         (name = "notifications", description = "Outbound notifications: receivers a project names, signed deliveries of its events and their attempts"),
+        (name = "packages", description = "Package builds (`kiln build`): the latest build of every origin, an origin's history, status and build logs, and its dependencies in the server's tree. An origin `CATEGORY/NAME` is two path segments: `/api/v1/packages/devel/gmake/history`"),
         (name = "hooks", description = "Project webhooks (`/hooks/{hook_id}`, open, signed with the project's secret) and their recorded deliveries")
     )
 )]
@@ -162,5 +170,18 @@ mod tests {
             assert!(doc["paths"][path].is_object(), "{path} missing");
         }
         assert!(doc["components"]["schemas"]["NotificationView"].is_object());
+        for path in [
+            "/api/v1/packages",
+            "/api/v1/packages/{category}/{name}",
+            "/api/v1/packages/{category}/{name}/status",
+            "/api/v1/packages/{category}/{name}/history",
+            "/api/v1/packages/{category}/{name}/deps",
+            "/api/v1/packages/{category}/{name}/builds/{id}/log",
+        ] {
+            assert!(doc["paths"][path].is_object(), "{path} missing");
+        }
+        for schema in ["PackageBuildView", "PackageDeps", "PackageStatsView"] {
+            assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+        }
     }
 }

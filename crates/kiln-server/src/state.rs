@@ -48,6 +48,10 @@ pub struct ServerConfig {
     pub live: LiveConfig,
     /// The notifier: outbound notifications to the receivers projects name.
     pub notify: NotifyConfig,
+    /// The package tree `GET /api/v1/packages/{category}/{name}/deps` reads (`kiln serve
+    /// --tree DIR`); `None`: that route answers `409 PACKAGE_TREE_NOT_CONFIGURED`. Package
+    /// history needs no tree: it is in the store.
+    pub package_tree: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -67,6 +71,7 @@ impl ServerConfig {
             worker_slots: None,
             live: LiveConfig::default(),
             notify: NotifyConfig::default(),
+            package_tree: None,
         }
     }
 }
@@ -111,6 +116,8 @@ struct Inner {
     bans: Arc<crate::bans::Failures>,
     /// Webhook deliveries waiting to be processed.
     hooks: crate::hooks::Queue,
+    /// The package tree `/deps` answers from, kept between requests.
+    package_trees: Arc<crate::routes::packages::TreeCache>,
 }
 
 impl AppState {
@@ -125,6 +132,7 @@ impl AppState {
                 bus: Arc::new(Bus::new(config.live.clone())),
                 bans: Arc::default(),
                 hooks: crate::hooks::Queue::default(),
+                package_trees: Arc::default(),
                 config,
             }),
         }
@@ -144,6 +152,7 @@ impl AppState {
             // A queue of its own: one started for the state without an engine has nobody
             // to process it.
             hooks: crate::hooks::Queue::default(),
+            package_trees: shared.package_trees.clone(),
         });
         Self {
             inner: Arc::new(Inner {
@@ -195,6 +204,10 @@ impl AppState {
 
     pub(crate) fn bus(&self) -> &Arc<Bus> {
         &self.inner.bus
+    }
+
+    pub(crate) fn package_trees(&self) -> &Arc<crate::routes::packages::TreeCache> {
+        &self.inner.package_trees
     }
 
     pub(crate) fn fetches(&self) -> &Fetches {

@@ -9,6 +9,7 @@ pub(crate) mod hooks;
 pub(crate) mod live;
 pub(crate) mod notifications;
 pub(crate) mod ops;
+pub(crate) mod packages;
 pub(crate) mod projects;
 pub(crate) mod runs_read;
 pub(crate) mod runs_write;
@@ -87,6 +88,24 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/queue", get(ops::queue))
         .route("/api/v1/bans", get(bans::list))
         .route("/api/v1/bans/{id}", delete(bans::lift))
+        .route("/api/v1/packages", get(packages::list))
+        .route("/api/v1/packages/{category}/{name}", get(packages::show))
+        .route(
+            "/api/v1/packages/{category}/{name}/status",
+            get(packages::status),
+        )
+        .route(
+            "/api/v1/packages/{category}/{name}/history",
+            get(packages::history),
+        )
+        .route(
+            "/api/v1/packages/{category}/{name}/deps",
+            get(packages::deps),
+        )
+        .route(
+            "/api/v1/packages/{category}/{name}/builds/{id}/log",
+            get(packages::log),
+        )
         .route("/api/v1/stats", get(ops::stats))
         .route("/api/v1/config", get(ops::config))
         .route("/api/v1/database/stats", get(ops::database_stats))

@@ -194,13 +194,18 @@ pub(crate) struct StatsView {
     #[schema(value_type = BTreeMap<String, i64>)]
     runs_per_day: IndexMap<String, i64>,
     days: u32,
+    /// Package builds (`kiln build`): counts all time and of the last finished session, and
+    /// build-time percentiles of every successful build (all time).
+    packages: kiln_proto::PackageStatsView,
 }
 
 fn seconds(ms: Option<i64>) -> Option<f64> {
     ms.map(|ms| ms as f64 / 1000.0)
 }
 
-/// Runs and jobs by status, runs and duration percentiles per workflow, and runs per day.
+/// Runs and jobs by status, runs and duration percentiles per workflow, runs per day, and
+/// package builds (`packages`: counts all time and of the last finished `kiln build`, build
+/// time percentiles all time).
 #[utoipa::path(
     get,
     path = "/api/v1/stats",
@@ -220,6 +225,7 @@ pub(crate) async fn stats(
 ) -> Result<Data<StatsView>, ApiError> {
     let days = bounded(&q, "days", STATS_DAYS, MAX_STATS_DAYS)?;
     let stats = state.store().run_stats(days, Timestamp::now()).await?;
+    let packages = crate::routes::packages::stats_view(state.store().package_stats().await?);
     Ok(Data::ok(StatsView {
         runs: stats
             .counts
@@ -253,6 +259,7 @@ pub(crate) async fn stats(
             .map(|(d, n)| (d.to_string(), *n))
             .collect(),
         days,
+        packages,
     }))
 }
 

@@ -10,6 +10,7 @@ mod hooks;
 mod live;
 mod notify;
 mod ops;
+mod packages;
 mod projects;
 mod runs_write;
 mod schedules;
