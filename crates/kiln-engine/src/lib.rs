@@ -13,6 +13,8 @@
 //!   due fires and starts their runs.
 //! - [`watch`] — the watch poller: syncs `on.watch` entries into the store, polls due
 //!   sources (registries, URLs, commands) and starts one run per new version.
+//! - [`packages`] — the package-tree builder of `kiln build`: plan (validate, key, look up
+//!   the cache), then build on N slots in critical-path order, every build recorded.
 //! - [`egress`] — the one policy every outbound connection kiln makes passes first.
 //! - [`source`] — git project sources: bare mirrors fetched with the git CLI, revisions,
 //!   workflow files at a commit, checkouts into job workspaces.
@@ -24,6 +26,7 @@ pub mod contexts;
 pub mod dispatch;
 pub mod egress;
 pub mod engine;
+pub mod packages;
 pub mod project;
 pub mod schedule;
 pub mod source;

@@ -11,6 +11,8 @@
 //! - `process` — spawning a step in its own process group, streaming its output, killing the
 //!   group on timeout or cancel with bounded waits.
 //! - `shell` — GitHub's `shell:` keywords and custom `{0}` templates.
+//! - [`command`](run_command) — one command outside a job (a package build's phases), run
+//!   and ended as a step's process is.
 //! - `envfile` — `$GITHUB_OUTPUT`, `$GITHUB_ENV`, `$GITHUB_PATH` parsing.
 //! - [`logs`](Masker) — secret masking, `::add-mask::`, whole-line log chunks.
 //! - [`hash`](WorkspaceHasher) — `hashFiles()` over the workspace.
@@ -20,6 +22,7 @@
 //! Not here: checking out sources (the caller copies the project into the workspace first),
 //! storing logs.
 
+mod command;
 mod envfile;
 mod hash;
 mod job;
@@ -35,6 +38,7 @@ use kiln_core::ids::JobStatus;
 use kiln_core::workflow::{Defaults, Job};
 use serde_json::{Map, Value};
 
+pub use command::{CommandEnd, CommandError, CommandSpec, run_command};
 pub use envfile::{EnvFileError, parse_env_file, parse_path_file};
 pub use hash::WorkspaceHasher;
 pub use job::{is_step_file, run_job, run_job_with_limits};

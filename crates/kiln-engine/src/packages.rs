@@ -1,0 +1,1175 @@
+//! The package builder behind `kiln build` (DESIGN.md "Package trees"): plan a tree — load
+//! and validate it, key every selected package, ask the store which keys are built already —
+//! then build what is left on N slots, highest remaining critical path first, recording every
+//! package's build in the store's history.
+//!
+//! The decisions are kiln-core's ([`kiln_core::packages`]: validation, keys, the ready queue
+//! [`Schedule`]); this module is the loop around them that does I/O. One dispatcher (the body
+//! of [`build`]) owns the schedule and the rows waiting to be recorded; each running package
+//! is one task ([`execute`]) that owns its folders and its processes and returns how it ended.
+//!
+//! A package's build, in its own folder under the session's work area
+//! (`<data dir>/work/packages/<session>/<category>/<name>/`):
+//! - `src/`: a copy of the package's folder (the tree itself is never written to), where both
+//!   phases run;
+//! - `out/`: `$KILN_OUT`, empty at the start; on success packed into the blob store
+//!   ([`Store::store_package_output`]) and kept for this session's dependents;
+//! - `deps/<origin>/`: `$KILN_DEPS`, the outputs of its `$KILN_DEPS` closure, hard-linked from
+//!   the session's `outputs/` (a dependency built now, or a cached one restored from the
+//!   blob store once per session, when a dependent first needs it).
+//!
+//! Phases run under the [`Sandbox`]: `fetch` with the network, then every `distfiles` entry is
+//! checked against its SHA-256, then `build` without the network; `src/` (and in `build`,
+//! `out/`) writable, `deps/` and the tree read-only, kiln's data folder hidden. Commands run as
+//! `sh -ec COMMAND` with a fixed environment ([`BUILD_PATH`], `HOME` = `src/`, the four
+//! `KILN_*` variables and the toolchain's variables): whatever a build sees of kiln's
+//! environment is in its key.
+//!
+//! Not here: validation rules and keys (kiln-core), SQL and blobs (kiln-store), spawning and
+//! killing processes (kiln-exec), printing (kiln-cli).
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kiln_core::packages::{
+    DepsWalker, Distfile, Key, KeyErrors, Keys, Outcome, PackageId, Schedule, Selection, State,
+    Tree, TreeErrors, UnknownOrigins, compute_keys, toolchain_fingerprint,
+};
+use kiln_exec::{CommandEnd, CommandSpec, Confinement, ExecEvent, Network, run_command};
+/// The sandbox and process limits a build is configured with (in [`BuildOptions`]).
+pub use kiln_exec::{Limits, Sandbox, SandboxError, SandboxMode};
+use kiln_store::packages::log_tail;
+use kiln_store::{
+    BuildCounts, BuildSessionId, CachedBuild, ContentBlob, PackageBuild, PackageBuildId,
+    PackageBuildStatus, Store, StoreError,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OnceCell, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// The `PATH` every build gets, whatever kiln's own: a build must not change with the shell
+/// kiln was started from, and its key does not cover kiln's `PATH`. Name `PATH` among the
+/// toolchain's variables to pass (and key) kiln's own instead.
+pub const BUILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+
+/// Rows waiting to be recorded are written when this many have gathered…
+const FLUSH_ROWS: usize = 1000;
+/// …or when the oldest has waited this long: history stays current during a long build
+/// without a commit per package.
+const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
+/// At most this much of one build's log is kept (a runaway build must not exhaust memory);
+/// the rest is dropped with a note.
+const MAX_LOG: usize = 64 * 1024 * 1024;
+/// The log tail kept with each build for summaries.
+const TAIL_LINES: usize = 30;
+const TAIL_BYTES: usize = 8 * 1024;
+
+/// Why a plan or a build could not be made. Messages read after "failed to …" where they are
+/// kiln's own trouble; user errors ([`BuildError::is_user_error`]) name the file, package or
+/// origin at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The tree is invalid (malformed manifests, unknown dependencies, cycles): nothing built.
+    #[error("{0}")]
+    Invalid(TreeErrors),
+    /// Origins asked for that the tree does not have: nothing built.
+    #[error("{0}")]
+    UnknownOrigins(UnknownOrigins),
+    /// A package folder that cannot be hashed (unreadable, or holding a socket or FIFO).
+    #[error("{0}")]
+    Unhashable(KeyErrors),
+    /// The request itself is unusable (zero slots, …).
+    #[error("{0}")]
+    Usage(String),
+    #[error("failed to use the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("failed to {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl BuildError {
+    /// Whether the error is the user's input (exit 2) rather than kiln's (exit 3).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            Self::Invalid(_) | Self::UnknownOrigins(_) | Self::Unhashable(_) | Self::Usage(_)
+        )
+    }
+}
+
+/// The toolchain fingerprint's parts (part 5 of a key, [`kiln_core::packages`] key scheme)
+/// and the variables builds get from kiln's environment.
+///
+/// What goes in: the operating system and architecture kiln was built for; the `sh` that runs
+/// every command, as the SHA-256 of its binary (dash has no `--version`; the digest catches
+/// any upgrade); the value of `KILN_TOOLCHAIN` (a free label: bump it to rebuild everything,
+/// e.g. after a compiler upgrade kiln cannot see); and each configured variable's value. The
+/// configured variables (`CC`, `CFLAGS`, …) are also passed to builds, so what a build reads
+/// from kiln's environment is always in its key.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Toolchain {
+    /// Named facts, in any order ([`toolchain_fingerprint`] sorts them).
+    pub facts: Vec<(String, String)>,
+    /// Variables passed to every build.
+    pub env: Vec<(String, String)>,
+}
+
+impl Toolchain {
+    /// The facts of this machine: `label` is `KILN_TOOLCHAIN`'s value; `env` the names of the
+    /// variables to pass and key, read from kiln's own environment (unset ones are keyed as
+    /// unset and not passed). Reads the `sh` binary found on [`BUILD_PATH`] (or on kiln's
+    /// `PATH` when `PATH` is configured).
+    pub fn detect(label: Option<&str>, env: &[String]) -> Self {
+        let mut facts = vec![
+            ("os".to_owned(), std::env::consts::OS.to_owned()),
+            ("arch".to_owned(), std::env::consts::ARCH.to_owned()),
+            (
+                "KILN_TOOLCHAIN".to_owned(),
+                label.unwrap_or_default().to_owned(),
+            ),
+        ];
+        let mut passed = Vec::new();
+        for name in env {
+            match std::env::var(name) {
+                Ok(value) => {
+                    facts.push((format!("env:{name}"), value.clone()));
+                    passed.push((name.clone(), value));
+                }
+                Err(_) => facts.push((format!("env:{name}"), "(unset)".to_owned())),
+            }
+        }
+        let path = passed
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(BUILD_PATH, |(_, v)| v.as_str());
+        facts.push(("sh".to_owned(), binary_digest("sh", path)));
+        Self { facts, env: passed }
+    }
+
+    fn fingerprint(&self) -> Vec<u8> {
+        toolchain_fingerprint(self.facts.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+}
+
+/// `name`'s path on `path` and the SHA-256 of its content (links followed), or why not.
+fn binary_digest(name: &str, path: &str) -> String {
+    for dir in std::env::split_paths(path) {
+        let candidate = dir.join(name);
+        if let Ok(bytes) = std::fs::read(&candidate) {
+            return format!(
+                "{} sha256:{}",
+                candidate.display(),
+                hex::encode(Sha256::digest(&bytes))
+            );
+        }
+    }
+    "(not found)".to_owned()
+}
+
+/// What a build is asked to do.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// The tree's folder.
+    pub tree: PathBuf,
+    /// The origins asked for (with everything they need); empty: the whole tree.
+    pub origins: Vec<String>,
+    /// How many packages build at once.
+    pub slots: usize,
+    /// kiln's data folder: the work area is under it, and builds never see the rest of it.
+    pub data_dir: PathBuf,
+    /// Detected once by the caller ([`Sandbox::detect`]).
+    pub sandbox: Sandbox,
+    pub toolchain: Toolchain,
+    /// How a cancelled build's processes are ended.
+    pub limits: Limits,
+}
+
+impl BuildOptions {
+    /// Options with the defaults for everything but where the tree and the data are: all
+    /// packages, one slot per core, no sandbox, this machine's toolchain without extras.
+    pub fn new(tree: impl Into<PathBuf>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            tree: tree.into(),
+            origins: Vec::new(),
+            slots: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            data_dir: data_dir.into(),
+            sandbox: Sandbox::off(),
+            toolchain: Toolchain::detect(None, &[]),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A planned build: the valid tree, what is selected, every selected package's key and the
+/// stored build each cached one reuses.
+pub struct BuildPlan {
+    tree: Arc<Tree>,
+    root: PathBuf,
+    selection: Selection,
+    keys: Keys,
+    cached: HashMap<PackageId, CachedBuild>,
+}
+
+/// One package of a plan, for printing.
+#[derive(Clone, Copy, Debug)]
+pub struct PlannedPackage<'a> {
+    pub origin: &'a str,
+    pub version: &'a str,
+    pub key: Key,
+    /// The stored successful build with the same key; `None`: it will be built.
+    pub cached: Option<&'a CachedBuild>,
+}
+
+impl BuildPlan {
+    pub fn tree(&self) -> &Tree {
+        &self.tree
+    }
+
+    /// How many packages are selected.
+    pub fn total(&self) -> usize {
+        self.selection.len()
+    }
+
+    /// How many will be built (not cached).
+    pub fn to_build(&self) -> usize {
+        self.total() - self.cached.len()
+    }
+
+    /// How many have a stored build with their key.
+    pub fn cached(&self) -> usize {
+        self.cached.len()
+    }
+
+    /// Every selected package, in origin order.
+    pub fn packages(&self) -> impl ExactSizeIterator<Item = PlannedPackage<'_>> + '_ {
+        self.selection.ids().iter().map(|&p| self.planned(p))
+    }
+
+    fn planned(&self, p: PackageId) -> PlannedPackage<'_> {
+        PlannedPackage {
+            origin: self.tree.origin(p),
+            version: &self.tree.package(p).version,
+            key: self.key(p),
+            cached: self.cached.get(&p),
+        }
+    }
+
+    fn key(&self, p: PackageId) -> Key {
+        *self.keys.get(p).expect("every selected package is keyed")
+    }
+}
+
+/// A validated, selected and keyed tree, before the store is asked which keys are built
+/// ([`Prepared::lookup`]). Split from [`plan`] so that a caller can refuse an invalid tree
+/// before it opens (and so creates) a store.
+pub struct Prepared {
+    tree: Tree,
+    root: PathBuf,
+    selection: Selection,
+    keys: Keys,
+}
+
+/// Loads and validates the tree, selects the asked origins with what they need and keys them.
+/// Reads the tree only.
+pub async fn prepare(opts: &BuildOptions) -> Result<Prepared, BuildError> {
+    let root = opts.tree.clone();
+    let origins = opts.origins.clone();
+    let fingerprint = opts.toolchain.fingerprint();
+    // Loading and hashing use every core themselves; off the async threads.
+    tokio::task::spawn_blocking(move || {
+        let tree = Tree::load(&root).map_err(BuildError::Invalid)?;
+        let selection = if origins.is_empty() {
+            tree.graph().select_all()
+        } else {
+            tree.select(&origins).map_err(BuildError::UnknownOrigins)?
+        };
+        let keys =
+            compute_keys(&tree, &root, &selection, &fingerprint).map_err(BuildError::Unhashable)?;
+        Ok(Prepared {
+            tree,
+            root,
+            selection,
+            keys,
+        })
+    })
+    .await
+    .map_err(|e| BuildError::Usage(format!("the planning task failed: {e}")))?
+}
+
+impl Prepared {
+    /// Looks every selected key up in the store (one batched call): each package will be
+    /// built, or is cached.
+    pub async fn lookup(self, store: &Store) -> Result<BuildPlan, BuildError> {
+        let hex: Vec<String> = self
+            .selection
+            .ids()
+            .iter()
+            .map(|&p| {
+                self.keys
+                    .get(p)
+                    .expect("selected packages are keyed")
+                    .to_hex()
+            })
+            .collect();
+        let mut found = store.cached_builds(&hex).await?;
+        let mut cached = HashMap::with_capacity(found.len());
+        for (&p, key) in self.selection.ids().iter().zip(&hex) {
+            if let Some(build) = found.remove(key) {
+                cached.insert(p, build);
+            }
+        }
+        Ok(BuildPlan {
+            tree: Arc::new(self.tree),
+            root: self.root,
+            selection: self.selection,
+            keys: self.keys,
+            cached,
+        })
+    }
+}
+
+/// [`prepare`] then [`Prepared::lookup`]: the whole plan. Touches nothing but the store's
+/// reads.
+pub async fn plan(store: &Store, opts: &BuildOptions) -> Result<BuildPlan, BuildError> {
+    prepare(opts).await?.lookup(store).await
+}
+
+/// What a build reports while it runs, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BuildEvent {
+    /// The session began.
+    Began {
+        session: BuildSessionId,
+        total: usize,
+        to_build: usize,
+        cached: usize,
+        slots: usize,
+        /// The sum of the last durations of the packages to build that have one…
+        expected_work: Duration,
+        /// …and how many of them have one (for an ETA that extrapolates the rest).
+        with_history: usize,
+    },
+    /// A package started building.
+    Started {
+        origin: String,
+        /// Its last successful build's duration.
+        expected: Option<Duration>,
+    },
+    /// A package ended: built, failed, cached, skipped (the reason names the failed
+    /// dependency) or cancelled.
+    Finished {
+        origin: String,
+        status: PackageBuildStatus,
+        duration: Duration,
+        reason: Option<String>,
+    },
+}
+
+/// A failed package, for the summary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedPackage {
+    pub origin: String,
+    pub reason: Option<String>,
+    pub log_tail: String,
+    pub log: Option<ContentBlob>,
+}
+
+/// How a build went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildReport {
+    pub session: BuildSessionId,
+    pub counts: BuildCounts,
+    /// Whether it was stopped by the cancel token.
+    pub cancelled: bool,
+    /// The failed packages, in the order they failed.
+    pub failures: Vec<FailedPackage>,
+    pub elapsed: Duration,
+}
+
+/// What the package tasks share: read-only but for the outputs, each filled once.
+struct Shared {
+    store: Store,
+    tree: Arc<Tree>,
+    root: PathBuf,
+    work: PathBuf,
+    data_dir: PathBuf,
+    sandbox: Sandbox,
+    env: Vec<(String, String)>,
+    limits: Limits,
+    /// Per package: the folder holding its output in this session, filled when it is built
+    /// or, for a cached one, restored the first time a dependent needs it.
+    outputs: Vec<OnceCell<PathBuf>>,
+    /// Per package: the output blob of its cached build.
+    cached_output: Vec<Option<String>>,
+}
+
+/// One package to build.
+struct Job {
+    id: PackageId,
+    key: String,
+    deps: Vec<PackageId>,
+}
+
+/// How one package's task ended.
+struct Done {
+    id: PackageId,
+    status: PackageBuildStatus,
+    reason: Option<String>,
+    started_at: Timestamp,
+    finished_at: Timestamp,
+    duration: Duration,
+    log: Option<ContentBlob>,
+    log_tail: String,
+    output: Option<ContentBlob>,
+}
+
+/// Builds `plan`: every package not cached, `opts.slots` at a time, highest remaining
+/// critical path first (weighted by each package's last successful duration, 1 ms when
+/// unknown, 0 for cached ones). A failed package's dependents are skipped naming it, the rest
+/// goes on. When `cancel` fires, running builds are ended (their process groups killed) and
+/// recorded `cancelled` with everything not started. Every package gets a row in the store's
+/// history — cached and skipped ones too — written in batches, and the session its counts.
+///
+/// An error means kiln itself failed (the store, the work area); running builds are ended
+/// first.
+pub async fn build(
+    store: &Store,
+    plan: BuildPlan,
+    opts: &BuildOptions,
+    progress: mpsc::UnboundedSender<BuildEvent>,
+    cancel: CancellationToken,
+) -> Result<BuildReport, BuildError> {
+    if opts.slots == 0 {
+        return Err(BuildError::Usage("at least one slot is needed".to_owned()));
+    }
+    let began = std::time::Instant::now();
+    let session = store
+        .begin_build_session(
+            &plan.root.display().to_string(),
+            u32::try_from(opts.slots).unwrap_or(u32::MAX),
+            Timestamp::now(),
+        )
+        .await?;
+    let work = opts
+        .data_dir
+        .join("work")
+        .join("packages")
+        .join(session.to_string());
+    create_dir(&work).await?;
+    let result = dispatch(store, &plan, opts, session, &work, progress, cancel).await;
+    if let Err(e) = tokio::fs::remove_dir_all(&work).await {
+        tracing::warn!(path = %work.display(), error = %e, "cannot remove a build's work area");
+    }
+    let (counts, cancelled, failures) = result?;
+    store
+        .finish_build_session(session, &counts, Timestamp::now())
+        .await?;
+    Ok(BuildReport {
+        session,
+        counts,
+        cancelled,
+        failures,
+        elapsed: began.elapsed(),
+    })
+}
+
+/// The dispatcher: owns the schedule, starts package tasks, records what ends.
+async fn dispatch(
+    store: &Store,
+    plan: &BuildPlan,
+    opts: &BuildOptions,
+    session: BuildSessionId,
+    work: &Path,
+    progress: mpsc::UnboundedSender<BuildEvent>,
+    cancel: CancellationToken,
+) -> Result<(BuildCounts, bool, Vec<FailedPackage>), BuildError> {
+    let tree = &plan.tree;
+    let graph = tree.graph();
+    let to_build: Vec<String> = plan
+        .selection
+        .ids()
+        .iter()
+        .filter(|p| !plan.cached.contains_key(p))
+        .map(|&p| tree.origin(p).to_owned())
+        .collect();
+    let durations = store.package_durations(&to_build).await?;
+    let expected = |p: PackageId| durations.get(tree.origin(p)).copied();
+    let priorities = graph.priorities(&plan.selection, |p| {
+        if plan.cached.contains_key(&p) {
+            0
+        } else {
+            expected(p).map_or(1, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+            })
+        }
+    });
+    let _ = progress.send(BuildEvent::Began {
+        session,
+        total: plan.total(),
+        to_build: to_build.len(),
+        cached: plan.cached(),
+        slots: opts.slots,
+        expected_work: durations.values().sum(),
+        with_history: durations.len(),
+    });
+
+    let mut cached_output = vec![None; tree.len()];
+    for (p, c) in &plan.cached {
+        cached_output[p.index()] = Some(c.output.digest.clone());
+    }
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        tree: plan.tree.clone(),
+        root: plan.root.clone(),
+        work: work.to_owned(),
+        data_dir: opts.data_dir.clone(),
+        sandbox: opts.sandbox.clone(),
+        env: opts.toolchain.env.clone(),
+        limits: opts.limits,
+        outputs: (0..tree.len()).map(|_| OnceCell::new()).collect(),
+        cached_output,
+    });
+    let mut schedule = Schedule::new(graph, &plan.selection, priorities);
+    let mut walker = DepsWalker::new(graph);
+    // Package tasks stop on this; it also fires when the dispatcher gives up on an error.
+    let stop = cancel.child_token();
+    let mut running: JoinSet<Done> = JoinSet::new();
+    let mut task_of: HashMap<tokio::task::Id, PackageId> = HashMap::new();
+    let mut recorded = vec![false; tree.len()];
+    let mut rows: Vec<PackageBuild> = Vec::new();
+    let mut oldest_row: Option<tokio::time::Instant> = None;
+    let mut counts = BuildCounts::default();
+    let mut failures = Vec::new();
+    let mut cancelled = false;
+
+    let row = |p: PackageId, status: PackageBuildStatus, reason: Option<String>| {
+        let now = Timestamp::now();
+        PackageBuild {
+            id: PackageBuildId::new(),
+            session,
+            origin: tree.origin(p).to_owned(),
+            version: tree.package(p).version.clone(),
+            key: plan.key(p).to_hex(),
+            status,
+            reason,
+            started_at: now,
+            finished_at: now,
+            duration: Duration::ZERO,
+            log: None,
+            log_tail: String::new(),
+            output: None,
+        }
+    };
+    let finished = |b: &PackageBuild| BuildEvent::Finished {
+        origin: b.origin.clone(),
+        status: b.status,
+        duration: b.duration,
+        reason: b.reason.clone(),
+    };
+
+    let outcome: Result<(), BuildError> = async {
+        loop {
+            while !cancelled && running.len() < opts.slots {
+                let Some(p) = schedule.start_next() else {
+                    break;
+                };
+                if let Some(c) = plan.cached.get(&p) {
+                    schedule.finish(p, Outcome::Cached);
+                    let mut b = row(
+                        p,
+                        PackageBuildStatus::Cached,
+                        Some(format!(
+                            "same key as build {} of {}",
+                            c.id,
+                            c.finished_at.strftime("%Y-%m-%d %H:%M:%SZ")
+                        )),
+                    );
+                    b.output = Some(c.output.clone());
+                    let _ = progress.send(finished(&b));
+                    counts.add(b.status, 1);
+                    recorded[p.index()] = true;
+                    rows.push(b);
+                    continue;
+                }
+                let job = Job {
+                    id: p,
+                    key: plan.key(p).to_hex(),
+                    deps: walker.kiln_deps(p).to_vec(),
+                };
+                let _ = progress.send(BuildEvent::Started {
+                    origin: tree.origin(p).to_owned(),
+                    expected: expected(p),
+                });
+                let handle = running.spawn(execute(shared.clone(), job, stop.clone()));
+                task_of.insert(handle.id(), p);
+            }
+            if rows.len() >= FLUSH_ROWS {
+                flush(store, &mut rows, &mut oldest_row).await?;
+            }
+            if !rows.is_empty() && oldest_row.is_none() {
+                oldest_row = Some(tokio::time::Instant::now());
+            }
+            if running.is_empty() {
+                break;
+            }
+            let flush_at = oldest_row.map(|t| t + FLUSH_EVERY);
+            tokio::select! {
+                joined = running.join_next_with_id() => {
+                    let Some(joined) = joined else { continue };
+                    let done = match joined {
+                        Ok((id, done)) => {
+                            task_of.remove(&id);
+                            done
+                        }
+                        Err(e) => {
+                            let p = task_of.remove(&e.id()).expect("every task is mapped");
+                            let now = Timestamp::now();
+                            Done {
+                                id: p,
+                                status: PackageBuildStatus::Failure,
+                                reason: Some(format!("kiln's build task failed: {e}")),
+                                started_at: now,
+                                finished_at: now,
+                                duration: Duration::ZERO,
+                                log: None,
+                                log_tail: String::new(),
+                                output: None,
+                            }
+                        }
+                    };
+                    let p = done.id;
+                    let b = PackageBuild {
+                        id: PackageBuildId::new(),
+                        session,
+                        origin: tree.origin(p).to_owned(),
+                        version: tree.package(p).version.clone(),
+                        key: plan.key(p).to_hex(),
+                        status: done.status,
+                        reason: done.reason,
+                        started_at: done.started_at,
+                        finished_at: done.finished_at,
+                        duration: done.duration,
+                        log: done.log,
+                        log_tail: done.log_tail,
+                        output: done.output,
+                    };
+                    let _ = progress.send(finished(&b));
+                    counts.add(b.status, 1);
+                    recorded[p.index()] = true;
+                    match b.status {
+                        PackageBuildStatus::Success => {
+                            schedule.finish(p, Outcome::Built);
+                        }
+                        PackageBuildStatus::Failure => {
+                            failures.push(FailedPackage {
+                                origin: b.origin.clone(),
+                                reason: b.reason.clone(),
+                                log_tail: b.log_tail.clone(),
+                                log: b.log.clone(),
+                            });
+                            let cause = b.origin.clone();
+                            for s in schedule.finish(p, Outcome::Failed) {
+                                let skipped = row(
+                                    s,
+                                    PackageBuildStatus::Skipped,
+                                    Some(format!("dependency {cause} failed")),
+                                );
+                                let _ = progress.send(finished(&skipped));
+                                counts.add(skipped.status, 1);
+                                recorded[s.index()] = true;
+                                rows.push(skipped);
+                            }
+                        }
+                        // Left `Running` in the schedule: nothing after it may start.
+                        _ => {}
+                    }
+                    rows.push(b);
+                }
+                () = cancel.cancelled(), if !cancelled => {
+                    cancelled = true;
+                }
+                () = sleep_until(flush_at), if flush_at.is_some() => {
+                    flush(store, &mut rows, &mut oldest_row).await?;
+                }
+            }
+        }
+        if cancel.is_cancelled() {
+            cancelled = true;
+        }
+        if cancelled {
+            let left: Vec<PackageId> = schedule
+                .unfinished()
+                .filter(|p| !recorded[p.index()])
+                .collect();
+            for p in left {
+                let why = match schedule.state(p) {
+                    State::Running => "stopped: the build was cancelled",
+                    _ => "not started: the build was cancelled",
+                };
+                let b = row(p, PackageBuildStatus::Cancelled, Some(why.to_owned()));
+                let _ = progress.send(finished(&b));
+                counts.add(b.status, 1);
+                rows.push(b);
+            }
+        }
+        flush(store, &mut rows, &mut oldest_row).await
+    }
+    .await;
+    if outcome.is_err() {
+        // Give up cleanly: end what runs before the work area goes.
+        stop.cancel();
+        while running.join_next().await.is_some() {}
+    }
+    outcome?;
+    Ok((counts, cancelled, failures))
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Records the rows gathered so far in one transaction.
+async fn flush(
+    store: &Store,
+    rows: &mut Vec<PackageBuild>,
+    oldest: &mut Option<tokio::time::Instant>,
+) -> Result<(), BuildError> {
+    *oldest = None;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    store.record_package_builds(rows).await?;
+    rows.clear();
+    Ok(())
+}
+
+async fn create_dir(path: &Path) -> Result<(), BuildError> {
+    tokio::fs::create_dir_all(path)
+        .await
+        .map_err(|source| BuildError::Io {
+            action: "create the folder",
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// One package's log: kiln's own lines and both phases' output, in order, bounded.
+#[derive(Default)]
+struct Log {
+    data: Vec<u8>,
+    truncated: bool,
+}
+
+impl Log {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        if self.data.len() + bytes.len() > MAX_LOG {
+            let room = MAX_LOG - self.data.len();
+            self.data.extend_from_slice(&bytes[..room]);
+            self.data
+                .extend_from_slice(b"\n==> kiln: the log was cut here: it exceeded 64 MiB\n");
+            self.truncated = true;
+            return;
+        }
+        self.data.extend_from_slice(bytes);
+    }
+
+    fn line(&mut self, text: &str) {
+        self.push(format!("==> {text}\n").as_bytes());
+    }
+}
+
+/// How a phase or a preparation step ended when it did not succeed.
+enum Stop {
+    Failed(String),
+    Cancelled,
+}
+
+/// One package's build from its scratch copy to its stored output; never fails itself:
+/// kiln's own trouble while preparing or storing fails the package with the reason.
+async fn execute(shared: Arc<Shared>, job: Job, cancel: CancellationToken) -> Done {
+    let started_at = Timestamp::now();
+    let clock = std::time::Instant::now();
+    let mut log = Log::default();
+    let origin = shared.tree.origin(job.id).to_owned();
+    let dir = shared.work.join(&origin);
+    log.line(&format!(
+        "{origin} {} (key {})",
+        shared.tree.package(job.id).version,
+        job.key
+    ));
+    let result = run_phases(&shared, &job, &dir, &mut log, &cancel).await;
+    let mut output = None;
+    let (status, reason) = match result {
+        Ok(()) => match finish_output(&shared, &job, &dir).await {
+            Ok(blob) => {
+                output = Some(blob);
+                (PackageBuildStatus::Success, None)
+            }
+            Err(e) => {
+                log.line(&format!("error: {e}"));
+                (PackageBuildStatus::Failure, Some(e))
+            }
+        },
+        Err(Stop::Failed(why)) => {
+            log.line(&format!("error: {why}"));
+            (PackageBuildStatus::Failure, Some(why))
+        }
+        Err(Stop::Cancelled) => {
+            log.line("cancelled: its processes were stopped");
+            (
+                PackageBuildStatus::Cancelled,
+                Some("stopped: the build was cancelled".to_owned()),
+            )
+        }
+    };
+    let duration = clock.elapsed();
+    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+        tracing::warn!(path = %dir.display(), error = %e, "cannot remove a package's build folder");
+    }
+    let tail = log_tail(&log.data, TAIL_LINES, TAIL_BYTES);
+    let (log_blob, status, reason) = match shared.store.blobs().put_content(log.data).await {
+        Ok(blob) => (Some(blob), status, reason),
+        // A build whose log cannot be kept has no history worth trusting.
+        Err(e) if status == PackageBuildStatus::Success => (
+            None,
+            PackageBuildStatus::Failure,
+            Some(format!("failed to store the build's log: {e}")),
+        ),
+        Err(e) => {
+            tracing::warn!(origin, error = %e, "cannot store a failed build's log");
+            (None, status, reason)
+        }
+    };
+    let output = if status == PackageBuildStatus::Success {
+        output
+    } else {
+        None
+    };
+    Done {
+        id: job.id,
+        status,
+        reason,
+        started_at,
+        finished_at: Timestamp::now(),
+        duration,
+        log: log_blob,
+        log_tail: tail,
+        output,
+    }
+}
+
+/// Prepares the package's folders and runs `fetch`, the distfile checks and `build`.
+async fn run_phases(
+    shared: &Shared,
+    job: &Job,
+    dir: &Path,
+    log: &mut Log,
+    cancel: &CancellationToken,
+) -> Result<(), Stop> {
+    let origin = shared.tree.origin(job.id);
+    let pkg = shared.tree.package(job.id);
+    let src = dir.join("src");
+    let out = dir.join("out");
+    let deps = dir.join("deps");
+    let prepare = |what: &str, e: String| Stop::Failed(format!("kiln could not {what}: {e}"));
+
+    let from = shared.root.join(origin);
+    let to = src.clone();
+    blocking(move || copy_tree(&from, &to))
+        .await
+        .map_err(|e| prepare("copy the package's folder", e))?;
+    for d in [&out, &deps] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| prepare("create", format!("{}: {e}", d.display())))?;
+    }
+    for &d in &job.deps {
+        if cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        let from = dependency_output(shared, d).await.map_err(Stop::Failed)?;
+        let to = deps.join(shared.tree.origin(d));
+        blocking(move || link_tree(&from, &to))
+            .await
+            .map_err(|e| prepare("lay out $KILN_DEPS", e))?;
+    }
+
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), BUILD_PATH.into()),
+        ("HOME".into(), src.clone().into()),
+        ("TMPDIR".into(), "/tmp".into()),
+        ("KILN_PACKAGE".into(), origin.into()),
+        ("KILN_VERSION".into(), pkg.version.clone().into()),
+        ("KILN_OUT".into(), out.clone().into()),
+        ("KILN_DEPS".into(), deps.clone().into()),
+    ];
+    // Configured variables come last: one named `PATH` replaces the default.
+    env.retain(|(k, _)| !shared.env.iter().any(|(n, _)| k == n.as_str()));
+    env.extend(shared.env.iter().map(|(k, v)| (k.into(), v.into())));
+
+    let base = Confinement::new(&src)
+        .read_only(&deps)
+        .read_only(&shared.root)
+        .hidden(&shared.data_dir);
+    if let Some(fetch) = &pkg.fetch {
+        log.line(&format!("fetch: {fetch}"));
+        let confinement = base.clone().network(Network::Allowed);
+        phase(
+            shared,
+            "fetch",
+            fetch,
+            &confinement,
+            &src,
+            &env,
+            log,
+            cancel,
+        )
+        .await?;
+    }
+    if !pkg.distfiles.is_empty() {
+        log.line("checking distfiles");
+        let files = pkg.distfiles.clone();
+        let at = src.clone();
+        let problems = blocking(move || Ok(check_distfiles(&at, &files)))
+            .await
+            .map_err(|e| prepare("check the distfiles", e))?;
+        if !problems.is_empty() {
+            for p in &problems {
+                log.line(p);
+            }
+            return Err(Stop::Failed(problems.join("; ")));
+        }
+    }
+    log.line(&format!("build: {}", pkg.build));
+    let confinement = base.writable(&out).network(Network::Denied);
+    phase(
+        shared,
+        "build",
+        &pkg.build,
+        &confinement,
+        &src,
+        &env,
+        log,
+        cancel,
+    )
+    .await
+}
+
+/// Runs one phase's command confined, its output into the log.
+#[expect(clippy::too_many_arguments, reason = "the pieces of one phase")]
+async fn phase(
+    shared: &Shared,
+    name: &str,
+    command: &str,
+    confinement: &Confinement,
+    dir: &Path,
+    env: &[(OsString, OsString)],
+    log: &mut Log,
+    cancel: &CancellationToken,
+) -> Result<(), Stop> {
+    if cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
+    let wrapped = shared
+        .sandbox
+        .wrap(confinement, "sh", ["-ec", command])
+        .map_err(|e| Stop::Failed(format!("kiln could not confine the {name} phase: {e}")))?;
+    let spec = CommandSpec {
+        program: wrapped.program.to_string_lossy().into_owned(),
+        args: wrapped
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        env: env.to_vec(),
+        dir: dir.to_owned(),
+    };
+    let (tx, mut rx) = mpsc::channel::<ExecEvent>(64);
+    // No deadline: a manifest has no timeout, and Ctrl-C ends a build that hangs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+    let limits = shared.limits;
+    let run = async move {
+        let tx = tx;
+        run_command(&spec, deadline, cancel, limits, &tx).await
+    };
+    let collect = async {
+        while let Some(ev) = rx.recv().await {
+            if let ExecEvent::Log { data, .. } = ev {
+                log.push(&data);
+            }
+        }
+    };
+    let (ended, ()) = tokio::join!(run, collect);
+    match ended {
+        Err(e) => Err(Stop::Failed(format!(
+            "the {name} phase could not start: {e}"
+        ))),
+        Ok(CommandEnd::Exited(status)) if status.success() => Ok(()),
+        Ok(CommandEnd::Exited(status)) => {
+            use std::os::unix::process::ExitStatusExt;
+            Err(Stop::Failed(match (status.code(), status.signal()) {
+                (Some(code), _) => format!("the {name} phase exited with status {code}"),
+                (None, Some(sig)) => format!("the {name} phase was killed by signal {sig}"),
+                _ => format!("the {name} phase failed"),
+            }))
+        }
+        Ok(CommandEnd::Cancelled) => Err(Stop::Cancelled),
+        Ok(CommandEnd::TimedOut) => Err(Stop::Failed(format!("the {name} phase timed out"))),
+    }
+}
+
+/// Every distfile that is missing or does not match its checksum, described.
+fn check_distfiles(dir: &Path, files: &[Distfile]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for f in files {
+        let path = dir.join(&f.name);
+        let expected = hex::encode(f.sha256);
+        match sha256_of(&path) {
+            Ok(got) if got == expected => {}
+            Ok(got) => problems.push(format!(
+                "distfile {}: checksum mismatch: expected sha256:{expected}, got sha256:{got}",
+                f.name
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(format!(
+                "distfile {}: missing after the fetch phase",
+                f.name
+            )),
+            Err(e) => problems.push(format!("distfile {}: cannot read: {e}", f.name)),
+        }
+    }
+    problems
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Packs a successful build's `$KILN_OUT` into the blob store and keeps it as this session's
+/// copy for dependents.
+async fn finish_output(shared: &Shared, job: &Job, dir: &Path) -> Result<ContentBlob, String> {
+    let out = dir.join("out");
+    let blob = shared
+        .store
+        .store_package_output(&out)
+        .await
+        .map_err(|e| format!("the output in $KILN_OUT cannot be stored: {e}"))?;
+    let kept = shared.work.join("outputs").join(shared.tree.origin(job.id));
+    if let Some(parent) = kept.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| format!("kiln could not create {}: {e}", parent.display()))?;
+    }
+    tokio::fs::rename(&out, &kept)
+        .await
+        .map_err(|e| format!("kiln could not keep the output at {}: {e}", kept.display()))?;
+    let _ = shared.outputs[job.id.index()].set(kept);
+    Ok(blob)
+}
+
+/// The folder holding dependency `d`'s output in this session: built now, or its cached
+/// build's output restored from the blob store (once, whoever asks first).
+async fn dependency_output(shared: &Shared, d: PackageId) -> Result<PathBuf, String> {
+    let origin = shared.tree.origin(d);
+    shared.outputs[d.index()]
+        .get_or_try_init(|| async {
+            let Some(digest) = &shared.cached_output[d.index()] else {
+                return Err(format!(
+                    "kiln has no output of the dependency {origin} (it was not built)"
+                ));
+            };
+            let dst = shared.work.join("outputs").join(origin);
+            shared
+                .store
+                .restore_package_output(digest, &dst)
+                .await
+                .map_err(|e| {
+                    format!("the stored output of the dependency {origin} cannot be restored: {e}")
+                })?;
+            Ok(dst)
+        })
+        .await
+        .cloned()
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// Copies the folder `from` to `to` (created): files with their executable bit, folders, and
+/// symbolic links as links.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    mirror(from, to, &|src, dst| std::fs::copy(src, dst).map(|_| ()))
+}
+
+/// Lays out `from` at `to` (created) with hard links to its files (copies where the file
+/// system cannot link): a dependency's output costs a link per file per dependent instead of
+/// its bytes. Builds see `$KILN_DEPS` read-only in the sandbox, so nothing writes through the
+/// links.
+fn link_tree(from: &Path, to: &Path) -> Result<(), String> {
+    mirror(from, to, &|src, dst| {
+        std::fs::hard_link(src, dst).or_else(|_| std::fs::copy(src, dst).map(|_| ()))
+    })
+}
+
+fn mirror(
+    from: &Path,
+    to: &Path,
+    file: &dyn Fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), String> {
+    let fail = |path: &Path, e: std::io::Error| format!("{}: {e}", path.display());
+    std::fs::create_dir_all(to).map_err(|e| fail(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| fail(from, e))? {
+        let entry = entry.map_err(|e| fail(from, e))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let ty = entry.file_type().map_err(|e| fail(&src, e))?;
+        if ty.is_dir() {
+            mirror(&src, &dst, file)?;
+        } else if ty.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|e| fail(&src, e))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| fail(&dst, e))?;
+        } else if ty.is_file() {
+            file(&src, &dst).map_err(|e| fail(&dst, e))?;
+        } else {
+            return Err(format!(
+                "{}: not a file, folder or symbolic link",
+                src.display()
+            ));
+        }
+    }
+    Ok(())
+}
