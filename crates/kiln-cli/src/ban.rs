@@ -48,7 +48,7 @@ struct BanLiftArgs {
     remote: ServerArgs,
 }
 
-/// `kiln serve`'s flags for webhook bans.
+/// `kiln serve`'s flags for webhook bans (and how long delivery bodies are kept).
 #[derive(Debug, Clone, Args)]
 pub(crate) struct BanFlags {
     /// Failed webhook verifications (per address and hook), or unknown hook ids (per
@@ -94,9 +94,24 @@ pub(crate) struct BanFlags {
         value_name = "CIDR"
     )]
     hook_trusted_proxy: Vec<String>,
+    /// Days a processed webhook delivery keeps its body (its row, outcome and size stay
+    /// for good); 0 keeps bodies forever.
+    #[arg(
+        long,
+        default_value_t = 30,
+        env = "KILN__HOOKS__PAYLOAD_RETENTION_DAYS",
+        value_name = "DAYS"
+    )]
+    hook_payload_retention: u64,
 }
 
 impl BanFlags {
+    /// How long processed deliveries keep their bodies (`None`: for good).
+    pub(crate) fn payload_retention(&self) -> Option<Duration> {
+        (self.hook_payload_retention > 0)
+            .then(|| Duration::from_secs(self.hook_payload_retention.saturating_mul(86_400)))
+    }
+
     /// The server's ban settings; a bad CIDR or a zero threshold is exit 2 naming the flag.
     pub(crate) fn config(&self) -> Result<kiln_server::BanConfig, Failure> {
         let nets = |flag: &str, values: &[String]| {

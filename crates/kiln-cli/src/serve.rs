@@ -116,6 +116,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     config.data_dir = data_dir;
     config.worker_slots = Some(slots);
     config.bans = bans;
+    config.hook_payload_retention = a.bans.payload_retention();
     config.metrics_open = !a.metrics_need_token;
     config.package_tree = package_tree;
     if let Some(url) = &a.store.database {

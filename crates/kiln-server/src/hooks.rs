@@ -97,12 +97,34 @@ pub(crate) fn resume(state: &AppState) {
                     tracing::warn!(error = %e, "failed to list webhook deliveries to resume");
                 }
             }
+            prune(&state).await;
             if state.engine().is_none_or(|e| e.is_stopped()) {
                 return;
             }
             tokio::time::sleep(SWEEP_EVERY).await;
         }
     });
+}
+
+/// Empties the bodies of deliveries processed longer ago than the retention allows.
+async fn prune(state: &AppState) {
+    let Some(keep) = state.config().hook_payload_retention else {
+        return;
+    };
+    let Ok(keep) = jiff::SignedDuration::try_from(keep) else {
+        return;
+    };
+    let Ok(before) = jiff::Timestamp::now().checked_sub(keep) else {
+        return;
+    };
+    match state.store().prune_delivery_payloads(before).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            deliveries = n,
+            "dropped the bodies of old webhook deliveries"
+        ),
+        Err(e) => tracing::warn!(error = %e, "failed to drop old webhook delivery bodies"),
+    }
 }
 
 /// A claimed delivery whose payload reads as an event kiln runs on.

@@ -27,6 +27,9 @@ pub struct ServerConfig {
     /// The largest webhook body `POST /hooks/{hook_id}` reads, in bytes (25 MB by default:
     /// GitHub caps its payloads there).
     pub hook_body_limit: usize,
+    /// How long a processed webhook delivery keeps its body (`None`: for good); the row
+    /// stays either way. 30 days by default.
+    pub hook_payload_retention: Option<Duration>,
     /// When webhook senders are banned (see `bans.rs`).
     pub bans: crate::bans::BanConfig,
     /// How long one request may take before the server answers `504 TIMEOUT`.
@@ -62,6 +65,7 @@ impl ServerConfig {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             body_limit: 2 * 1024 * 1024,
             hook_body_limit: 25 * 1024 * 1024,
+            hook_payload_retention: Some(Duration::from_secs(30 * 86_400)),
             bans: crate::bans::BanConfig::default(),
             request_timeout: Duration::from_secs(30),
             egress: EgressPolicy::default(),

@@ -697,6 +697,20 @@ impl Store {
         with_backend!(self, b => b.finish_deliveries(done, Timestamp::now()).await)
     }
 
+    /// Drops the bodies of webhook deliveries received before `before` that are processed,
+    /// ignored or failed (their rows, outcomes and sizes stay), in rounds of at most a
+    /// thousand: how many were emptied. Deliveries still waiting keep theirs.
+    pub async fn prune_delivery_payloads(&self, before: Timestamp) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let n = with_backend!(self, b => b.prune_delivery_payloads(before, 1000).await)?;
+            total += n;
+            if n < 1000 {
+                return Ok(total);
+            }
+        }
+    }
+
     /// One delivery by kiln's id.
     pub async fn get_delivery(
         &self,

@@ -253,6 +253,28 @@ mod api_hooks {
             Ok(answers)
         }
 
+        /// Empties the payloads of deliveries received before `before` and no longer
+        /// waiting to be processed, at most `limit`: how many.
+        pub(crate) async fn prune_delivery_payloads(
+            &self,
+            before: Timestamp,
+            limit: u32,
+        ) -> Result<u64, StoreError> {
+            let mut conn = self.writer.single().await?;
+            let done = sqlx::query(
+                "UPDATE deliveries SET payload = $1 WHERE id IN (SELECT id FROM deliveries \
+                 WHERE received_at < $2 AND status <> 'accepted' AND length(payload) > 0 \
+                 ORDER BY id LIMIT $3)",
+            )
+            .bind(Vec::<u8>::new())
+            .bind(ms(before))
+            .bind(i64::from(limit))
+            .execute(&mut *conn)
+            .await
+            .map_err(query("prune old delivery payloads"))?;
+            Ok(done.rows_affected())
+        }
+
         pub(crate) async fn get_delivery(
             &self,
             id: &str,

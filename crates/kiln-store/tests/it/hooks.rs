@@ -14,6 +14,7 @@ both_backends!(
     one_processor_claims_a_delivery,
     a_batch_is_claimed_and_finished_in_one_go,
     runs_of_a_batch_are_created_all_or_none,
+    old_payloads_are_pruned_once_processed,
 );
 
 async fn hooks_are_found_by_id_and_rotated(h: &Harness) {
@@ -336,4 +337,59 @@ async fn runs_of_a_batch_are_created_all_or_none(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(listed.len(), 3, "nothing of the refused batch was kept");
+}
+
+/// Old bodies go once their deliveries are done with; waiting deliveries and recent ones
+/// keep theirs, and every row stays listed with its size.
+async fn old_payloads_are_pruned_once_processed(h: &Harness) {
+    let s = &h.store;
+    let p = s.create_project("prune", "/srv/prune").await.unwrap();
+    let mut ids = Vec::new();
+    for (i, status) in [
+        DeliveryStatus::Accepted,
+        DeliveryStatus::Ignored,
+        DeliveryStatus::Failed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let Recorded::New(d) = s
+            .record_delivery(&NewDelivery {
+                project: p.project.id,
+                provider: HookProvider::Github,
+                delivery: format!("prune-{i}"),
+                event: "push".to_owned(),
+                status,
+                reason: None,
+                payload: b"{\"big\":true}".to_vec(),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("new")
+        };
+        ids.push(d.id);
+    }
+    let long_ago = jiff::Timestamp::from_second(1_000_000_000).unwrap();
+    assert_eq!(
+        s.prune_delivery_payloads(long_ago).await.unwrap(),
+        0,
+        "all recent"
+    );
+    let later = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(60))
+        .unwrap();
+    assert_eq!(s.prune_delivery_payloads(later).await.unwrap(), 2);
+    assert_eq!(s.prune_delivery_payloads(later).await.unwrap(), 0, "once");
+    let payload = |id: String| async move { s.delivery_payload(&id).await.unwrap().unwrap() };
+    assert_eq!(
+        payload(ids[0].clone()).await,
+        b"{\"big\":true}",
+        "still waiting"
+    );
+    assert!(payload(ids[1].clone()).await.is_empty());
+    assert!(payload(ids[2].clone()).await.is_empty());
+    let listed = s.list_deliveries(p.project.id, 10).await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|d| d.size == 12), "sizes stay");
 }
