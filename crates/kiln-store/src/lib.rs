@@ -670,7 +670,9 @@ impl Store {
         until: Timestamp,
     ) -> Result<bool, StoreError> {
         let ids = [id.to_owned()];
-        let claimed = self.claim_deliveries(&ids, owner, stale, now, until).await?;
+        let claimed = self
+            .claim_deliveries(&ids, owner, stale, now, until)
+            .await?;
         Ok(!claimed.is_empty())
     }
 
