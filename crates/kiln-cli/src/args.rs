@@ -17,6 +17,10 @@
 //! `KILN__WATCH__CRATES_URL`, `KILN__WATCH__CONCURRENCY`, `KILN__WATCH__SYNC_INTERVAL`, and
 //! `KILN__WATCH__GITHUB_TOKEN` (environment only: the token sent to the GitHub API).
 //!
+//! `kiln build`'s toolchain (declared with its flags in `build.rs`): `KILN_TOOLCHAIN` (a
+//! label in every package's key; `--toolchain`) and `KILN_TOOLCHAIN_ENV` (variables passed to
+//! builds and keyed, comma-separated; `--toolchain-env`).
+//!
 //! `kiln serve`'s package tree, which the API's `/packages/…/deps` reads:
 //! `KILN__PACKAGES__TREE` (`--tree`).
 
@@ -47,6 +51,10 @@ pub struct Cli {
 enum Command {
     /// Run a project's workflow(s) here, without a server, recorded in the local store.
     Run(RunArgs),
+    /// Build a package tree here (all packages, or the named ones with what they need),
+    /// rebuilding only what changed; `kiln build status` and `kiln build history ORIGIN`
+    /// read what was built.
+    Build(crate::build::BuildArgs),
     /// List runs, newest first (a server's with `--server`, else the local store's).
     Runs(RunsArgs),
     /// Print the log of a run's jobs (or of one job); `-f` follows it until the run ends.
@@ -515,6 +523,7 @@ pub(crate) struct ProjectUpdateArgs {
 pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
     match cli.command {
         Command::Run(a) => crate::local::run(a).await,
+        Command::Build(a) => crate::build::build_command(a).await,
         Command::Runs(a) => crate::runs::runs(a).await,
         Command::Logs(a) => crate::logs::logs(a).await,
         Command::Status(a) => crate::status::status(a).await,

@@ -11,6 +11,7 @@
 
 mod args;
 mod ban;
+mod build;
 mod client;
 mod local;
 mod logs;

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `kiln` binary: real processes, a real store in a temporary data
 //! folder, the documented exit codes and output shapes.
 
+mod build;
 mod client_cmds;
 mod errors;
 mod example_deploy;
