@@ -295,16 +295,44 @@ pub struct DatabaseStats {
 }
 
 /// The tables [`Store::export_page`](crate::Store::export_page) reads, in export order
-/// (parents before children).
+/// (parents before children): every table of the schema, each with every column but its
+/// secrets (see [`Projects`](Self::Projects), [`Tokens`](Self::Tokens),
+/// [`NotificationReceivers`](Self::NotificationReceivers)) and the bytes of webhook payloads
+/// (see [`Deliveries`](Self::Deliveries)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ExportTable {
+    /// Projects, without their webhook secrets (`hook_secret` is absent).
     Projects,
     Runs,
     Jobs,
     Steps,
+    /// The index of the logs (job, attempt, byte offset → blob key); not the log bytes,
+    /// which live in the blob store.
+    LogChunks,
     Events,
     /// API tokens, without their hashes.
     Tokens,
+    /// Webhook deliveries: the payload's `size` but not its bytes (`payload` is absent).
+    Deliveries,
+    /// Schedules (`on.schedule`).
+    Schedules,
+    /// Every fire a scheduler claimed.
+    ScheduleFires,
+    /// Watches (`on.watch`), their source spec as JSON.
+    Watches,
+    /// Every version a watch recorded.
+    WatchVersions,
+    /// Notification receivers, without the secret their deliveries are signed with
+    /// (`secret` is absent; every receiver has one).
+    NotificationReceivers,
+    /// Notification deliveries, with the body they send (`payload`: event data, not signed).
+    NotificationDeliveries,
+    /// Every attempt of a notification delivery.
+    NotificationAttempts,
+    /// How far each notifier has read the outbox.
+    NotifierCursor,
+    /// Webhook senders banned for failing verification.
+    Bans,
     /// `kiln build` invocations.
     BuildSessions,
     /// Every package build, with its key, status, and log and output digests.
@@ -312,26 +340,49 @@ pub enum ExportTable {
 }
 
 impl ExportTable {
-    pub const ALL: [ExportTable; 8] = [
+    pub const ALL: [ExportTable; 19] = [
         ExportTable::Projects,
         ExportTable::Runs,
         ExportTable::Jobs,
         ExportTable::Steps,
+        ExportTable::LogChunks,
         ExportTable::Events,
         ExportTable::Tokens,
+        ExportTable::Deliveries,
+        ExportTable::Schedules,
+        ExportTable::ScheduleFires,
+        ExportTable::Watches,
+        ExportTable::WatchVersions,
+        ExportTable::NotificationReceivers,
+        ExportTable::NotificationDeliveries,
+        ExportTable::NotificationAttempts,
+        ExportTable::NotifierCursor,
+        ExportTable::Bans,
         ExportTable::BuildSessions,
         ExportTable::PackageBuilds,
     ];
 
-    /// The name an export line carries (`"table"`).
+    /// The name an export line carries (`"table"`): the table's name in the schema, but
+    /// `tokens` for `api_tokens`.
     pub fn name(self) -> &'static str {
         match self {
             ExportTable::Projects => "projects",
             ExportTable::Runs => "runs",
             ExportTable::Jobs => "jobs",
             ExportTable::Steps => "steps",
+            ExportTable::LogChunks => "log_chunks",
             ExportTable::Events => "events",
             ExportTable::Tokens => "tokens",
+            ExportTable::Deliveries => "deliveries",
+            ExportTable::Schedules => "schedules",
+            ExportTable::ScheduleFires => "schedule_fires",
+            ExportTable::Watches => "watches",
+            ExportTable::WatchVersions => "watch_versions",
+            ExportTable::NotificationReceivers => "notification_receivers",
+            ExportTable::NotificationDeliveries => "notification_deliveries",
+            ExportTable::NotificationAttempts => "notification_attempts",
+            ExportTable::NotifierCursor => "notifier_cursor",
+            ExportTable::Bans => "bans",
             ExportTable::BuildSessions => "build_sessions",
             ExportTable::PackageBuilds => "package_builds",
         }
@@ -347,8 +398,10 @@ pub struct ExportCursor(pub(crate) ExportKey);
 pub(crate) enum ExportKey {
     Text(String),
     Int(i64),
-    /// A step: (job id, attempt, index).
-    Step(String, i64, i64),
+    /// A notification attempt: (delivery id, attempt).
+    Pair(String, i64),
+    /// A step (job id, attempt, index) or a log chunk (job id, attempt, byte offset).
+    Triple(String, i64, i64),
 }
 
 /// One page of an export: rows as JSON objects (column → value; timestamps as the stored

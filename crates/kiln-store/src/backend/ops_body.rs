@@ -102,12 +102,29 @@ mod ops {
         Json,
     }
 
-    /// What the export reads of one table: its columns (every one but secrets and the
-    /// database's own bookkeeping) and the statement of a page after a key.
+    /// The primary key an export pages by: the columns it is made of, in order.
+    #[derive(Clone, Copy)]
+    enum Key {
+        /// One text column (a uuid, a name).
+        Text(&'static str),
+        /// One integer column.
+        Int(&'static str),
+        /// A text column, then an integer one.
+        Pair(&'static str, &'static str),
+        /// A text column, then two integer ones.
+        Triple(&'static str, &'static str, &'static str),
+    }
+
+    /// What the export reads of one table: its columns (every one but secrets, payload
+    /// bytes and the database's own bookkeeping) and the statement of a page after a key.
     struct Export {
         table: &'static str,
         columns: &'static [(&'static str, Col)],
-        /// `$1` (and `$2`, `$3` for steps) the key to continue after, then the limit.
+        key: Key,
+        /// `$1` (to `$2`, `$3` for a composite key) the key to continue after, then the
+        /// limit. A composite key compares as a row value, `(a, b) > ($1, $2)`, which both
+        /// databases answer with a range of the primary key's index (PostgreSQL filters an
+        /// index scan from the start instead when it is spelled with `OR`).
         page: &'static str,
     }
 
@@ -194,6 +211,143 @@ mod ops {
         ("revoked_at", Col::Int),
     ];
 
+    // The index of the logs; the bytes are in the blob store.
+    const LOG_CHUNKS: &[(&str, Col)] = &[
+        ("job_id", Col::Text),
+        ("attempt", Col::Int),
+        ("byte_offset", Col::Int),
+        ("length", Col::Int),
+        ("step", Col::Int),
+        ("blob_key", Col::Text),
+        ("blob_offset", Col::Int),
+    ];
+    // No `payload`: a webhook's body is not exported, only its `size`.
+    const DELIVERIES: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("project_id", Col::Text),
+        ("provider", Col::Text),
+        ("delivery_id", Col::Text),
+        ("event", Col::Text),
+        ("received_at", Col::Int),
+        ("status", Col::Text),
+        ("reason", Col::Text),
+        ("run_ids", Col::Json),
+        ("size", Col::Int),
+        ("processed_at", Col::Int),
+        ("claimed_by", Col::Text),
+        ("claim_expires_at", Col::Int),
+    ];
+    const SCHEDULES: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("project_id", Col::Text),
+        ("workflow", Col::Text),
+        ("idx", Col::Int),
+        ("cron", Col::Text),
+        ("timezone", Col::Text),
+        ("catch_up", Col::Text),
+        ("stopped_at", Col::Int),
+        ("removed_at", Col::Int),
+        ("next_fire_at", Col::Int),
+        ("last_fired_at", Col::Int),
+        ("last_run_id", Col::Text),
+        ("created_at", Col::Int),
+        ("updated_at", Col::Int),
+    ];
+    const SCHEDULE_FIRES: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("schedule_id", Col::Text),
+        ("fire_at", Col::Int),
+        ("claimed_at", Col::Int),
+        ("claimed_by", Col::Text),
+        ("outcome", Col::Text),
+        ("run_id", Col::Text),
+        ("error", Col::Text),
+    ];
+    const WATCHES: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("project_id", Col::Text),
+        ("workflow", Col::Text),
+        ("name", Col::Text),
+        ("source", Col::Json),
+        ("version_req", Col::Text),
+        ("filter", Col::Text),
+        ("known_versions", Col::Text),
+        ("interval_secs", Col::Int),
+        ("enabled", Col::Int),
+        ("polled", Col::Int),
+        ("next_poll_at", Col::Int),
+        ("last_poll_at", Col::Int),
+        ("etag", Col::Text),
+        ("last_error", Col::Text),
+        ("failures", Col::Int),
+        ("last_run_id", Col::Text),
+        ("created_at", Col::Int),
+        ("updated_at", Col::Int),
+    ];
+    const WATCH_VERSIONS: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("watch_id", Col::Text),
+        ("version", Col::Text),
+        ("source_uri", Col::Text),
+        ("found_at", Col::Int),
+        ("outcome", Col::Text),
+        ("run_id", Col::Text),
+        ("error", Col::Text),
+    ];
+    // No `secret`: the key a receiver's deliveries are signed with stays in the database.
+    const NOTIFICATION_RECEIVERS: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("project_id", Col::Text),
+        ("url", Col::Text),
+        ("events", Col::Json),
+        ("from_event", Col::Int),
+        ("created_at", Col::Int),
+        ("removed_at", Col::Int),
+    ];
+    // `payload` is text: the notifier's body as it made it, exported as it is.
+    const NOTIFICATION_DELIVERIES: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("receiver_id", Col::Text),
+        ("project_id", Col::Text),
+        ("event_id", Col::Int),
+        ("event_type", Col::Text),
+        ("run_id", Col::Text),
+        ("payload", Col::Text),
+        ("status", Col::Text),
+        ("attempts", Col::Int),
+        ("retry_base", Col::Int),
+        ("next_attempt_at", Col::Int),
+        ("claimed_by", Col::Text),
+        ("claim_expires_at", Col::Int),
+        ("claim_token", Col::Int),
+        ("created_at", Col::Int),
+        ("updated_at", Col::Int),
+    ];
+    const NOTIFICATION_ATTEMPTS: &[(&str, Col)] = &[
+        ("delivery_id", Col::Text),
+        ("attempt", Col::Int),
+        ("at", Col::Int),
+        ("duration_ms", Col::Int),
+        ("status_code", Col::Int),
+        ("error", Col::Text),
+        ("sent_by", Col::Text),
+    ];
+    const NOTIFIER_CURSOR: &[(&str, Col)] = &[
+        ("name", Col::Text),
+        ("after_id", Col::Int),
+        ("updated_at", Col::Int),
+    ];
+    const BANS: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("address", Col::Text),
+        ("hook_id", Col::Text),
+        ("reason", Col::Text),
+        ("failures", Col::Int),
+        ("created_at", Col::Int),
+        ("expires_at", Col::Int),
+        ("lifted_at", Col::Int),
+    ];
+
     const BUILD_SESSIONS: &[(&str, Col)] = &[
         ("id", Col::Text),
         ("tree", Col::Text),
@@ -229,6 +383,7 @@ mod ops {
             ExportTable::Projects => Export {
                 table: "projects",
                 columns: PROJECTS,
+                key: Key::Text("id"),
                 page: "SELECT id, name, source, hook_id, created_at, default_branch, head_sha, \
                        fetch_requested_at, fetched_at, fetch_error, updated_at, archived_at, \
                        hook_provider FROM projects WHERE id > $1 ORDER BY id LIMIT $2",
@@ -236,6 +391,7 @@ mod ops {
             ExportTable::Runs => Export {
                 table: "runs",
                 columns: RUNS,
+                key: Key::Text("id"),
                 page: "SELECT id, project_id, workflow, workflow_name, run_number, \
                        run_attempt, status, event, git_ref, sha, inputs, created_at, \
                        started_at, finished_at FROM runs WHERE id > $1 ORDER BY id LIMIT $2",
@@ -243,6 +399,7 @@ mod ops {
             ExportTable::Jobs => Export {
                 table: "jobs",
                 columns: JOBS,
+                key: Key::Text("id"),
                 page: "SELECT id, run_id, project_id, seq, job_key, name, matrix, needs, \
                        status, attempts, max_attempts, lease_owner, lease_token, \
                        lease_expires_at, log_length, outputs, created_at, started_at, \
@@ -251,26 +408,118 @@ mod ops {
             ExportTable::Steps => Export {
                 table: "steps",
                 columns: STEPS,
+                key: Key::Triple("job_id", "attempt", "idx"),
                 page: "SELECT job_id, attempt, idx, name, status, outputs, started_at, \
-                       finished_at FROM steps WHERE job_id > $1 OR (job_id = $1 AND \
-                       (attempt > $2 OR (attempt = $2 AND idx > $3))) \
+                       finished_at FROM steps WHERE (job_id, attempt, idx) > ($1, $2, $3) \
                        ORDER BY job_id, attempt, idx LIMIT $4",
+            },
+            ExportTable::LogChunks => Export {
+                table: "log_chunks",
+                columns: LOG_CHUNKS,
+                key: Key::Triple("job_id", "attempt", "byte_offset"),
+                page: "SELECT job_id, attempt, byte_offset, length, step, blob_key, \
+                       blob_offset FROM log_chunks \
+                       WHERE (job_id, attempt, byte_offset) > ($1, $2, $3) \
+                       ORDER BY job_id, attempt, byte_offset LIMIT $4",
             },
             ExportTable::Events => Export {
                 table: "events",
                 columns: EVENTS,
+                key: Key::Int("id"),
                 page: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
                        WHERE id > $1 ORDER BY id LIMIT $2",
             },
             ExportTable::Tokens => Export {
                 table: "api_tokens",
                 columns: TOKENS,
+                key: Key::Text("id"),
                 page: "SELECT id, name, role, project_id, created_at, last_used_at, \
                        revoked_at FROM api_tokens WHERE id > $1 ORDER BY id LIMIT $2",
+            },
+            ExportTable::Deliveries => Export {
+                table: "deliveries",
+                columns: DELIVERIES,
+                key: Key::Text("id"),
+                page: "SELECT id, project_id, provider, delivery_id, event, received_at, \
+                       status, reason, run_ids, size, processed_at, claimed_by, \
+                       claim_expires_at FROM deliveries WHERE id > $1 ORDER BY id LIMIT $2",
+            },
+            ExportTable::Schedules => Export {
+                table: "schedules",
+                columns: SCHEDULES,
+                key: Key::Text("id"),
+                page: "SELECT id, project_id, workflow, idx, cron, timezone, catch_up, \
+                       stopped_at, removed_at, next_fire_at, last_fired_at, last_run_id, \
+                       created_at, updated_at FROM schedules WHERE id > $1 \
+                       ORDER BY id LIMIT $2",
+            },
+            ExportTable::ScheduleFires => Export {
+                table: "schedule_fires",
+                columns: SCHEDULE_FIRES,
+                key: Key::Text("id"),
+                page: "SELECT id, schedule_id, fire_at, claimed_at, claimed_by, outcome, \
+                       run_id, error FROM schedule_fires WHERE id > $1 ORDER BY id LIMIT $2",
+            },
+            ExportTable::Watches => Export {
+                table: "watches",
+                columns: WATCHES,
+                key: Key::Text("id"),
+                page: "SELECT id, project_id, workflow, name, source, version_req, filter, \
+                       known_versions, interval_secs, enabled, polled, next_poll_at, \
+                       last_poll_at, etag, last_error, failures, last_run_id, created_at, \
+                       updated_at FROM watches WHERE id > $1 ORDER BY id LIMIT $2",
+            },
+            ExportTable::WatchVersions => Export {
+                table: "watch_versions",
+                columns: WATCH_VERSIONS,
+                key: Key::Text("id"),
+                page: "SELECT id, watch_id, version, source_uri, found_at, outcome, run_id, \
+                       error FROM watch_versions WHERE id > $1 ORDER BY id LIMIT $2",
+            },
+            ExportTable::NotificationReceivers => Export {
+                table: "notification_receivers",
+                columns: NOTIFICATION_RECEIVERS,
+                key: Key::Text("id"),
+                page: "SELECT id, project_id, url, events, from_event, created_at, \
+                       removed_at FROM notification_receivers WHERE id > $1 \
+                       ORDER BY id LIMIT $2",
+            },
+            ExportTable::NotificationDeliveries => Export {
+                table: "notification_deliveries",
+                columns: NOTIFICATION_DELIVERIES,
+                key: Key::Text("id"),
+                page: "SELECT id, receiver_id, project_id, event_id, event_type, run_id, \
+                       payload, status, attempts, retry_base, next_attempt_at, claimed_by, \
+                       claim_expires_at, claim_token, created_at, updated_at \
+                       FROM notification_deliveries WHERE id > $1 ORDER BY id LIMIT $2",
+            },
+            ExportTable::NotificationAttempts => Export {
+                table: "notification_attempts",
+                columns: NOTIFICATION_ATTEMPTS,
+                key: Key::Pair("delivery_id", "attempt"),
+                page: "SELECT delivery_id, attempt, at, duration_ms, status_code, error, \
+                       sent_by FROM notification_attempts \
+                       WHERE (delivery_id, attempt) > ($1, $2) \
+                       ORDER BY delivery_id, attempt LIMIT $3",
+            },
+            ExportTable::NotifierCursor => Export {
+                table: "notifier_cursor",
+                columns: NOTIFIER_CURSOR,
+                key: Key::Text("name"),
+                page: "SELECT name, after_id, updated_at FROM notifier_cursor \
+                       WHERE name > $1 ORDER BY name LIMIT $2",
+            },
+            ExportTable::Bans => Export {
+                table: "bans",
+                columns: BANS,
+                key: Key::Text("id"),
+                page: "SELECT id, address, hook_id, reason, failures, created_at, \
+                       expires_at, lifted_at FROM bans WHERE id > $1 ORDER BY id LIMIT $2",
             },
             ExportTable::BuildSessions => Export {
                 table: "build_sessions",
                 columns: BUILD_SESSIONS,
+                key: Key::Text("id"),
                 page: "SELECT id, tree, slots, started_at, finished_at, built, failed, \
                        skipped, cached, cancelled FROM build_sessions WHERE id > $1 \
                        ORDER BY id LIMIT $2",
@@ -278,6 +527,7 @@ mod ops {
             ExportTable::PackageBuilds => Export {
                 table: "package_builds",
                 columns: PACKAGE_BUILDS,
+                key: Key::Text("id"),
                 page: "SELECT id, session_id, origin, version, build_key, status, reason, \
                        started_at, finished_at, duration_ms, log_digest, log_size, log_tail, \
                        output_digest, output_size FROM package_builds WHERE id > $1 \
@@ -313,19 +563,15 @@ mod ops {
     }
 
     /// The key of the last row of a page, to continue after.
-    fn key_of(table: ExportTable, row: &Map<String, Value>) -> Option<ExportKey> {
-        match table {
-            ExportTable::Events => row.get("id")?.as_i64().map(ExportKey::Int),
-            ExportTable::Steps => Some(ExportKey::Step(
-                row.get("job_id")?.as_str()?.to_owned(),
-                row.get("attempt")?.as_i64()?,
-                row.get("idx")?.as_i64()?,
-            )),
-            _ => row
-                .get("id")?
-                .as_str()
-                .map(|s| ExportKey::Text(s.to_owned())),
-        }
+    fn key_of(key: Key, row: &Map<String, Value>) -> Option<ExportKey> {
+        let text = |column: &str| row.get(column)?.as_str().map(str::to_owned);
+        let int = |column: &str| row.get(column)?.as_i64();
+        Some(match key {
+            Key::Text(a) => ExportKey::Text(text(a)?),
+            Key::Int(a) => ExportKey::Int(int(a)?),
+            Key::Pair(a, b) => ExportKey::Pair(text(a)?, int(b)?),
+            Key::Triple(a, b, c) => ExportKey::Triple(text(a)?, int(b)?, int(c)?),
+        })
     }
 
     /// The tables counted by `database_stats`, with their row-count statements.
@@ -354,7 +600,10 @@ mod ops {
             "notification_attempts",
             "SELECT COUNT(*) AS n FROM notification_attempts",
         ),
-        ("notifier_cursor", "SELECT COUNT(*) AS n FROM notifier_cursor"),
+        (
+            "notifier_cursor",
+            "SELECT COUNT(*) AS n FROM notifier_cursor",
+        ),
         ("bans", "SELECT COUNT(*) AS n FROM bans"),
         ("build_sessions", "SELECT COUNT(*) AS n FROM build_sessions"),
         ("package_builds", "SELECT COUNT(*) AS n FROM package_builds"),
@@ -586,15 +835,18 @@ mod ops {
             let export = export_of(table);
             let limit = limit.max(1);
             let q = sqlx::query(export.page);
-            let q = match (table, after.map(|c| &c.0)) {
-                (ExportTable::Steps, Some(ExportKey::Step(job, attempt, idx))) => {
-                    q.bind(job.clone()).bind(*attempt).bind(*idx)
+            // Before the first row: below every key (ids and names are never empty).
+            let q = match (export.key, after.map(|c| &c.0)) {
+                (Key::Triple(..), Some(ExportKey::Triple(a, b, c))) => {
+                    q.bind(a.clone()).bind(*b).bind(*c)
                 }
-                (ExportTable::Steps, _) => q.bind(String::new()).bind(-1_i64).bind(-1_i64),
-                (ExportTable::Events, Some(ExportKey::Int(id))) => q.bind(*id),
-                (ExportTable::Events, _) => q.bind(i64::MIN),
-                (_, Some(ExportKey::Text(id))) => q.bind(id.clone()),
-                (_, _) => q.bind(String::new()),
+                (Key::Triple(..), _) => q.bind(String::new()).bind(i64::MIN).bind(i64::MIN),
+                (Key::Pair(..), Some(ExportKey::Pair(a, b))) => q.bind(a.clone()).bind(*b),
+                (Key::Pair(..), _) => q.bind(String::new()).bind(i64::MIN),
+                (Key::Int(_), Some(ExportKey::Int(id))) => q.bind(*id),
+                (Key::Int(_), _) => q.bind(i64::MIN),
+                (Key::Text(_), Some(ExportKey::Text(id))) => q.bind(id.clone()),
+                (Key::Text(_), _) => q.bind(String::new()),
             };
             let rows = q
                 .bind(i64::from(limit))
@@ -607,7 +859,7 @@ mod ops {
                 .collect::<Result<Vec<_>, _>>()?;
             let next = if rows.len() == limit as usize {
                 rows.last()
-                    .and_then(|last| key_of(table, last))
+                    .and_then(|last| key_of(export.key, last))
                     .map(ExportCursor)
             } else {
                 None
