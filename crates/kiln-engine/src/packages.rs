@@ -6,7 +6,7 @@
 //! The decisions are kiln-core's ([`kiln_core::packages`]: validation, keys, the ready queue
 //! [`Schedule`]); this module is the loop around them that does I/O. One dispatcher (the body
 //! of [`build`]) owns the schedule and the rows waiting to be recorded; each running package
-//! is one task ([`execute`]) that owns its folders and its processes and returns how it ended.
+//! is one task (`execute`) that owns its folders and its processes and returns how it ended.
 //!
 //! A package's build, in its own folder under the session's work area
 //! (`<data dir>/work/packages/<session>/<category>/<name>/`):

@@ -548,3 +548,44 @@ async fn a_sandboxed_build_cannot_write_the_tree_or_kilns_data_or_reach_the_netw
 fn path(p: &Path) -> String {
     format!("'{}'", p.display())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_see_only_the_keyed_environment_and_the_toolchain_label_is_in_every_key() {
+    let f = Fixture::new().await;
+    // nextest and cargo set CARGO_* for the test process; a build must not inherit them.
+    f.package(
+        "env/probe",
+        &[],
+        "test -z \"${CARGO_MANIFEST_DIR:-}\" || { echo leaked; exit 20; }
+         test \"$KILN_TEST_CC\" = clang || { echo \"CC=$KILN_TEST_CC\"; exit 21; }
+         test \"$KILN_PACKAGE $KILN_VERSION\" = 'env/probe 1' || exit 22
+         test \"$PATH\" = /usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin || exit 23
+         test \"$HOME\" = \"$PWD\" || exit 24",
+        "",
+    );
+    let mut opts = f.options();
+    opts.toolchain
+        .env
+        .push(("KILN_TEST_CC".to_owned(), "clang".to_owned()));
+    let (report, _) = f.build(&opts).await;
+    let probe = f.latest("env/probe").await;
+    assert_eq!(
+        probe.status,
+        PackageBuildStatus::Success,
+        "{report:?}\n{}",
+        f.log(&probe).await
+    );
+
+    let keys = |p: &BuildPlan| p.packages().map(|x| x.key).collect::<Vec<_>>();
+    let mut a = f.options();
+    a.toolchain = kiln_engine::packages::Toolchain::detect(Some("gcc-13"), &[]);
+    let mut b = f.options();
+    b.toolchain = kiln_engine::packages::Toolchain::detect(Some("gcc-14"), &[]);
+    let (ka, kb) = (keys(&f.plan(&a).await), keys(&f.plan(&b).await));
+    assert_eq!(
+        ka,
+        keys(&f.plan(&a).await),
+        "the same toolchain, the same keys"
+    );
+    assert_ne!(ka, kb);
+}
