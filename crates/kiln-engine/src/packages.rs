@@ -900,16 +900,20 @@ async fn run_phases(
         std::fs::create_dir_all(d)
             .map_err(|e| prepare("create", format!("{}: {e}", d.display())))?;
     }
+    // Outputs first (a cached one may have to be restored), then the whole layout in one
+    // trip to the blocking pool: a closure can hold thousands of packages, and a trip per
+    // package cost more than the links themselves.
+    let mut layout = Vec::with_capacity(job.deps.len());
     for &d in &job.deps {
         if cancel.is_cancelled() {
             return Err(Stop::Cancelled);
         }
         let from = dependency_output(shared, d).await.map_err(Stop::Failed)?;
-        let to = deps.join(shared.tree.origin(d));
-        blocking(move || link_tree(&from, &to))
-            .await
-            .map_err(|e| prepare("lay out $KILN_DEPS", e))?;
+        layout.push((from, deps.join(shared.tree.origin(d))));
     }
+    blocking(move || layout.iter().try_for_each(|(from, to)| link_tree(from, to)))
+        .await
+        .map_err(|e| prepare("lay out $KILN_DEPS", e))?;
 
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), BUILD_PATH.into()),
