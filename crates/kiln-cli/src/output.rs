@@ -14,10 +14,19 @@ use kiln_store::Store;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-/// Print one line on stdout (results, not progress).
-#[expect(clippy::print_stdout, reason = "the CLI's results go to stdout")]
+/// Print one line on stdout (results, not progress). When the reader has gone (`kiln … |
+/// head`), kiln stops quietly as other command-line tools do, instead of panicking as
+/// `println!` would; any other failure to write is reported once on stderr, with exit 3.
 pub(crate) fn stdout_line(line: &str) {
-    println!("{line}");
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        stderr_line(&format!("kiln: could not write to stdout: {e}"));
+        std::process::exit(3);
+    }
 }
 
 /// Print a value as pretty JSON on stdout.

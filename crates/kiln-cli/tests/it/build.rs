@@ -239,3 +239,31 @@ fn a_build_then_an_all_cached_plan_and_the_history_of_each_package() {
         .collect();
     assert_eq!(by_origin, [("app/one", "skipped"), ("lib/base", "failure")]);
 }
+
+/// A reader that stops early (`kiln build --dry-run --format json | head`) ends kiln quietly:
+/// no panic on the broken pipe, exit 0.
+#[test]
+fn a_reader_that_stops_early_ends_the_output_quietly() {
+    // Enough packages that the plan outgrows the pipe's buffer.
+    let names: Vec<String> = (0..800).map(|i| format!("cat/pkg{i:04}")).collect();
+    let packages: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), BASE)).collect();
+    let p = tree(&packages);
+    let data = p.root().join("data");
+    let mut child = std::process::Command::new(bin())
+        .args(["build", "--dry-run", "--format", "json", "--tree"])
+        .arg(p.root().join("tree"))
+        .arg("--data-dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 16];
+    std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+    assert_eq!(&head[..1], b"{");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
