@@ -9,13 +9,11 @@
 //! store, a required sandbox), 130 Ctrl-C.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
 use indexmap::IndexMap;
-use indicatif::{ProgressBar, ProgressStyle};
 use kiln_engine::packages::{
     BuildError, BuildEvent, BuildOptions, BuildPlan, BuildReport, Sandbox, SandboxMode, Toolchain,
     build, prepare,
@@ -30,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Failure;
 use crate::args::{Format, StoreArgs};
 use crate::local::open_store;
-use crate::output::{print_json, stderr_line, stdout_line};
+use crate::output::{Live, Report, consume, print_json, stderr_line, stdout_line};
 
 /// `kiln build [OPTIONS] [ORIGIN…]`, or one of its subcommands.
 #[derive(Debug, Args)]
@@ -176,7 +174,7 @@ async fn run(a: BuildRunArgs) -> Result<i32, Failure> {
         })
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    let reporter = tokio::spawn(Reporter::new(a.format == Format::Text).consume(rx));
+    let reporter = tokio::spawn(consume(Reporter::new(a.format == Format::Text), rx));
     let result = build(&store, plan, &opts, tx, cancel).await;
     ctrl_c.abort();
     let _ = reporter.await;
@@ -345,8 +343,7 @@ fn secs(d: Duration) -> String {
 /// history; otherwise one line per started, failed, skipped or cancelled package (cached
 /// ones only in the final counts: a no-op rebuild of a big tree would print thousands).
 struct Reporter {
-    enabled: bool,
-    bar: Option<ProgressBar>,
+    live: Live,
     total: usize,
     slots: usize,
     built: usize,
@@ -360,22 +357,24 @@ struct Reporter {
     guess: Option<Duration>,
 }
 
+impl Report<BuildEvent> for Reporter {
+    fn on(&mut self, e: BuildEvent) {
+        self.on_event(e);
+    }
+
+    fn refresh(&self) {
+        self.redraw();
+    }
+
+    fn live(&mut self) -> &mut Live {
+        &mut self.live
+    }
+}
+
 impl Reporter {
     fn new(enabled: bool) -> Self {
-        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
-            let bar = ProgressBar::new(0);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} [{pos}/{len}] {elapsed_precise} {wide_msg}",
-                )
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        });
         Self {
-            enabled,
-            bar,
+            live: Live::new(enabled),
             total: 0,
             slots: 1,
             built: 0,
@@ -389,36 +388,11 @@ impl Reporter {
         }
     }
 
-    async fn consume(mut self, mut rx: mpsc::UnboundedReceiver<BuildEvent>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                e = rx.recv() => match e {
-                    Some(e) => self.on(e),
-                    None => break,
-                },
-                _ = tick.tick(), if self.bar.is_some() => self.refresh(),
-            }
-        }
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
-    }
-
     fn line(&self, text: &str) {
-        if !self.enabled {
-            return;
-        }
-        match &self.bar {
-            Some(bar) => bar.println(text),
-            None => stderr_line(&format!(
-                "{} {text}",
-                jiff::Timestamp::now().strftime("%H:%M:%S%.3fZ")
-            )),
-        }
+        self.live.line(text);
     }
 
-    fn on(&mut self, e: BuildEvent) {
+    fn on_event(&mut self, e: BuildEvent) {
         match e {
             BuildEvent::Began {
                 total,
@@ -446,7 +420,7 @@ impl Reporter {
                 if let Some(d) = expected {
                     self.pending_work = self.pending_work.saturating_sub(d);
                 }
-                if self.bar.is_none() {
+                if self.live.bar().is_none() {
                     self.line(&format!("{origin}: started"));
                 }
                 self.running.insert(origin, (Instant::now(), expected));
@@ -468,7 +442,7 @@ impl Reporter {
                 let why = reason.map(|r| format!(" — {r}")).unwrap_or_default();
                 match status {
                     PackageBuildStatus::Cached => {}
-                    PackageBuildStatus::Success if self.bar.is_some() => {}
+                    PackageBuildStatus::Success if self.live.bar().is_some() => {}
                     PackageBuildStatus::Success | PackageBuildStatus::Failure => {
                         self.line(&format!("{origin}: {status} in {}{why}", secs(duration)))
                     }
@@ -494,8 +468,8 @@ impl Reporter {
         Some((self.pending_work + running) / u32::try_from(self.slots).unwrap_or(1))
     }
 
-    fn refresh(&self) {
-        let Some(bar) = &self.bar else { return };
+    fn redraw(&self) {
+        let Some(bar) = self.live.bar() else { return };
         bar.set_length(self.total as u64);
         bar.set_position(self.done() as u64);
         let mut msg = format!(

@@ -56,21 +56,15 @@ fn secs(d: Duration) -> String {
     }
 }
 
-/// Shows progress as the engine reports it.
-pub(crate) struct Reporter {
+/// Where progress goes: a bar on a terminal, timestamped lines on stderr otherwise, and
+/// nothing at all with `--format json` (stdout carries the JSON; final errors still reach
+/// stderr).
+pub(crate) struct Live {
     enabled: bool,
     bar: Option<ProgressBar>,
-    total: usize,
-    done: usize,
-    seen: HashMap<JobId, bool>,
-    running: IndexMap<JobId, (String, Instant)>,
-    run_names: HashMap<RunId, String>,
-    multi_run: bool,
 }
 
-impl Reporter {
-    /// With `enabled` false (`--format json`) nothing is shown: stdout carries the JSON and the
-    /// final errors still reach stderr.
+impl Live {
     pub(crate) fn new(enabled: bool) -> Self {
         let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::new(0);
@@ -83,9 +77,83 @@ impl Reporter {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
+        Self { enabled, bar }
+    }
+
+    /// The bar, on a terminal.
+    pub(crate) fn bar(&self) -> Option<&ProgressBar> {
+        self.bar.as_ref()
+    }
+
+    /// One line of progress, above the bar or timestamped.
+    pub(crate) fn line(&self, text: &str) {
+        if !self.enabled {
+            return;
+        }
+        match &self.bar {
+            Some(bar) => bar.println(text),
+            None => stderr_line(&format!("{} {text}", clock())),
+        }
+    }
+}
+
+/// A progress reporter fed events of type `E` ([`consume`] drives it).
+pub(crate) trait Report<E> {
+    fn on(&mut self, event: E);
+    /// Redraws the bar (every 250 ms while there is one).
+    fn refresh(&self);
+    fn live(&mut self) -> &mut Live;
+}
+
+/// Feeds `reporter` every event until the sender is gone, redrawing its bar meanwhile, then
+/// clears the bar.
+pub(crate) async fn consume<E, R: Report<E>>(mut reporter: R, mut rx: mpsc::UnboundedReceiver<E>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            e = rx.recv() => match e {
+                Some(e) => reporter.on(e),
+                None => break,
+            },
+            _ = tick.tick(), if reporter.live().bar.is_some() => reporter.refresh(),
+        }
+    }
+    if let Some(bar) = reporter.live().bar.take() {
+        bar.finish_and_clear();
+    }
+}
+
+/// Shows progress as the engine reports it.
+pub(crate) struct Reporter {
+    live: Live,
+    total: usize,
+    done: usize,
+    seen: HashMap<JobId, bool>,
+    running: IndexMap<JobId, (String, Instant)>,
+    run_names: HashMap<RunId, String>,
+    multi_run: bool,
+}
+
+impl Report<Progress> for Reporter {
+    fn on(&mut self, p: Progress) {
+        self.on_event(p);
+    }
+
+    fn refresh(&self) {
+        self.redraw();
+    }
+
+    fn live(&mut self) -> &mut Live {
+        &mut self.live
+    }
+}
+
+impl Reporter {
+    /// With `enabled` false (`--format json`) nothing is shown: stdout carries the JSON and the
+    /// final errors still reach stderr.
+    pub(crate) fn new(enabled: bool) -> Self {
         Self {
-            enabled,
-            bar,
+            live: Live::new(enabled),
             total: 0,
             done: 0,
             seen: HashMap::new(),
@@ -95,30 +163,12 @@ impl Reporter {
         }
     }
 
-    pub(crate) async fn consume(mut self, mut rx: mpsc::UnboundedReceiver<Progress>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                p = rx.recv() => match p {
-                    Some(p) => self.on(p),
-                    None => break,
-                },
-                _ = tick.tick(), if self.bar.is_some() => self.refresh(),
-            }
-        }
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
-        }
+    pub(crate) async fn consume(self, rx: mpsc::UnboundedReceiver<Progress>) {
+        consume(self, rx).await;
     }
 
     fn line(&self, text: &str) {
-        if !self.enabled {
-            return;
-        }
-        match &self.bar {
-            Some(bar) => bar.println(text),
-            None => stderr_line(&format!("{} {text}", clock())),
-        }
+        self.live.line(text);
     }
 
     fn prefix(&self, run: RunId) -> String {
@@ -141,7 +191,7 @@ impl Reporter {
         self.total = self.total.max(self.seen.len()).max(self.done);
     }
 
-    fn on(&mut self, p: Progress) {
+    fn on_event(&mut self, p: Progress) {
         match p {
             Progress::RunCreated { run } => {
                 if !self.run_names.is_empty() {
@@ -164,7 +214,7 @@ impl Reporter {
             Progress::JobStarted { run, job, name } => {
                 self.count(job, false);
                 self.running.insert(job, (name.clone(), Instant::now()));
-                if self.bar.is_none() {
+                if self.live.bar().is_none() {
                     self.line(&format!("{}{name}: started", self.prefix(run)));
                 }
             }
@@ -186,7 +236,7 @@ impl Reporter {
                 if let Some(e) = error {
                     text.push_str(&format!(" — {e}"));
                 }
-                if self.bar.is_none() || status != JobStatus::Success {
+                if self.live.bar().is_none() || status != JobStatus::Success {
                     self.line(&text);
                 }
             }
@@ -198,8 +248,8 @@ impl Reporter {
         self.refresh();
     }
 
-    fn refresh(&self) {
-        let Some(bar) = &self.bar else { return };
+    fn redraw(&self) {
+        let Some(bar) = self.live.bar() else { return };
         bar.set_length(self.total as u64);
         bar.set_position(self.done as u64);
         let running: Vec<String> = self
