@@ -65,3 +65,17 @@ impl PackageId {
         Self(u32::try_from(index).expect("a tree holds fewer than 2^32 packages"))
     }
 }
+
+/// Writes `items` one a line (the error lists' `Display`).
+fn write_lines<T: std::fmt::Display>(
+    f: &mut std::fmt::Formatter<'_>,
+    items: &[T],
+) -> std::fmt::Result {
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            writeln!(f)?;
+        }
+        write!(f, "{item}")?;
+    }
+    Ok(())
+}
