@@ -330,6 +330,46 @@ impl Server {
         .await
     }
 
+    /// Sends `request` (a whole HTTP/1.1 request) on a connection of its own and reads the
+    /// answer. The server may answer (`413`) and close before it has read a body over its
+    /// limit, which is its right: a failed write is no error here, where an HTTP client may
+    /// report its unfinished upload's broken pipe instead of the answer.
+    pub(crate) async fn send_over_socket(&self, request: &[u8]) -> String {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut conn = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let _ = conn.write_all(request).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            conn.read_to_end(&mut answer),
+        )
+        .await;
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    /// `POST path` with `body` (JSON, with a `Content-Length`) and `headers` over a socket of
+    /// its own (see [`Server::send_over_socket`]); the answer as text.
+    pub(crate) async fn post_over_socket(
+        &self,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> String {
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        self.send_over_socket(&bytes).await
+    }
+
     /// Creates a token through the API as the admin; returns its plaintext.
     pub(crate) async fn token(&self, role: &str) -> String {
         let r = self
