@@ -23,11 +23,10 @@ use kiln_store::{PackageBuild, PackageBuildStatus};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::Failure;
 use crate::args::{Format, StoreArgs};
-use crate::local::open_store;
+use crate::local::{cancel_on_ctrl_c, open_store};
 use crate::output::{Live, Report, consume, print_json, stderr_line, stdout_line};
 
 /// `kiln build [OPTIONS] [ORIGIN…]`, or one of its subcommands.
@@ -164,15 +163,7 @@ async fn run(a: BuildRunArgs) -> Result<i32, Failure> {
         stderr_line(warning);
     }
 
-    let cancel = CancellationToken::new();
-    let ctrl_c = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        })
-    };
+    let (cancel, ctrl_c) = cancel_on_ctrl_c();
     let (tx, rx) = mpsc::unbounded_channel();
     let reporter = tokio::spawn(consume(Reporter::new(a.format == Format::Text), rx));
     let result = build(&store, plan, &opts, tx, cancel).await;

@@ -130,15 +130,7 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
         max_attempts: 1,
     };
 
-    let cancel = CancellationToken::new();
-    let ctrl_c = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                cancel.cancel();
-            }
-        })
-    };
+    let (cancel, ctrl_c) = cancel_on_ctrl_c();
     let (ptx, prx) = mpsc::unbounded_channel::<Progress>();
     let reporter = tokio::spawn(Reporter::new(a.format == Format::Text).consume(prx));
     let outcome = kiln_engine::run_local(store.clone(), req, ptx, cancel).await;
@@ -263,4 +255,19 @@ fn dry_run(
         }
     }
     Ok(exit::OK)
+}
+
+/// A token cancelled at the first Ctrl-C, and the task listening for it (abort it once the
+/// work is done).
+pub(crate) fn cancel_on_ctrl_c() -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let cancel = CancellationToken::new();
+    let listener = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                cancel.cancel();
+            }
+        })
+    };
+    (cancel, listener)
 }
