@@ -128,6 +128,7 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
         work_dir: work_dir.clone(),
         owner: format!("kiln-run:{}:{}", std::process::id(), uuid::Uuid::now_v7()),
         max_attempts: 1,
+        data_dir: data_dir.clone(),
     };
 
     let (cancel, ctrl_c) = cancel_on_ctrl_c();

@@ -30,7 +30,8 @@ use indexmap::IndexMap;
 use jiff::Timestamp;
 use kiln_core::expr::{self, JobState as ExprState, Scope};
 use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus};
-use kiln_core::plan::{self, PlannedJob};
+use kiln_core::packages::{Outcome as PackageOutcome, PackageId, Schedule as PackageSchedule};
+use kiln_core::plan::{self, JobInstance, PlannedJob};
 use kiln_core::workflow::{Diagnostics, Workflow};
 use kiln_exec::{ExecEvent, JobOutcome, JobSpec};
 use kiln_proto::Run;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
 use crate::contexts::{Trigger, github_context, resolve_inputs, runner_context};
+use crate::packages::{PackageSet, WorkflowPackages};
 use crate::project::{Snapshot, Written};
 
 /// How long a local lease lasts without a heartbeat.
@@ -77,6 +79,9 @@ pub struct RunSpec {
     /// `github` context fields laid over those made from `trigger` (a webhook's actor,
     /// head and base refs, …); empty for `kiln run` and API triggers.
     pub github: Map<String, Value>,
+    /// The workflow's `packages:` jobs, planned from `snapshot`'s files
+    /// ([`crate::packages::plan_workflow`]); empty when it has none.
+    pub packages: WorkflowPackages,
 }
 
 /// How a dispatcher runs jobs: the same for every run it drives.
@@ -109,6 +114,9 @@ pub struct LocalRun {
     pub owner: String,
     /// Executions a job may have before an expired lease fails it.
     pub max_attempts: i64,
+    /// kiln's data folder: package trees build in a work area under it, and builds never see
+    /// the rest of it.
+    pub data_dir: PathBuf,
 }
 
 /// What happened, for whoever shows progress. Sent only after it was committed.
@@ -178,11 +186,20 @@ pub async fn run_local(
         owner: req.owner.clone(),
         max_attempts: req.max_attempts,
     };
+    // Package trees are planned (validated, keyed, looked up) before any run is created.
+    let mut planned = Vec::with_capacity(prepared.len());
+    for (wf, inputs) in prepared {
+        let packages =
+            crate::packages::plan_workflow(&store, &wf, &req.snapshot.root, &req.data_dir)
+                .await
+                .map_err(EngineError::from)?;
+        planned.push((wf, inputs, packages));
+    }
     let mut d = Dispatcher::new(store, &config, progress);
     let secrets = Arc::new(req.secrets);
-    let specs = prepared
+    let specs = planned
         .into_iter()
-        .map(|(wf, inputs)| {
+        .map(|(wf, inputs, packages)| {
             let spec = RunSpec {
                 project: req.project,
                 workflow: Arc::new(wf),
@@ -190,6 +207,7 @@ pub async fn run_local(
                 secrets: secrets.clone(),
                 snapshot: req.snapshot.clone(),
                 github: Map::new(),
+                packages,
             };
             (spec, inputs)
         })
@@ -303,6 +321,19 @@ struct KeyState {
     /// Whether a job this key needs, directly or not, failed (set when it is decided, from
     /// its needs' own flags, so that no decision walks the whole graph).
     ancestor_failed: bool,
+    /// A `packages:` key's instances, wired by the packages' dependencies.
+    pkg: Option<PkgState>,
+}
+
+/// A `packages:` key once decided to run: which package each instance builds, and the
+/// package-level ready queue that releases an instance when what it waits for succeeded.
+struct PkgState {
+    set: Arc<PackageSet>,
+    schedule: PackageSchedule,
+    job_of: HashMap<PackageId, JobId>,
+    pkg_of: HashMap<JobId, PackageId>,
+    /// Instances queued or running now (bounded by the key's `slots`).
+    in_flight: usize,
 }
 
 struct JobRec {
@@ -370,6 +401,8 @@ struct Dispatcher {
     owner: String,
     max_attempts: i64,
     cancelled: bool,
+    /// Package sets of runs that ended, to close ([`PackageSet::close`]) at the next flush.
+    closing: Vec<Arc<PackageSet>>,
 }
 
 fn now() -> Timestamp {
@@ -415,6 +448,7 @@ impl Dispatcher {
             owner: req.owner.clone(),
             max_attempts: req.max_attempts.max(1),
             cancelled: false,
+            closing: Vec::new(),
         }
     }
 
@@ -447,6 +481,7 @@ impl Dispatcher {
                         max_parallel: None,
                         held: Vec::new(),
                         ancestor_failed: false,
+                        pkg: None,
                     },
                 )
             })
@@ -461,6 +496,9 @@ impl Dispatcher {
         for (key, entries) in by_key {
             if entries.iter().any(|p| p.matrix.is_none()) {
                 continue; // its matrix needs other jobs' outputs: expanded when they end
+            }
+            if spec.packages.contains_key(&key) {
+                continue; // one instance per package to build: made when it is decided
             }
             let total = entries.len();
             let mut ids = Vec::new();
@@ -677,10 +715,11 @@ impl Dispatcher {
                     instances: (!ids.is_empty()).then_some(ids),
                     decided,
                     priority: priorities.get(key).copied().unwrap_or(0),
-                    fail_fast: plan::fail_fast(def, &base),
-                    max_parallel: plan::max_parallel(def, &base),
+                    fail_fast: def.packages.is_none() && plan::fail_fast(def, &base),
+                    max_parallel: package_slots(def).or_else(|| plan::max_parallel(def, &base)),
                     held: Vec::new(),
                     ancestor_failed: false,
+                    pkg: None,
                 },
             );
         }
@@ -1003,6 +1042,9 @@ impl Dispatcher {
 
     /// Commit what this turn decided, then act on it.
     async fn flush(&mut self) -> Result<(), EngineError> {
+        for set in std::mem::take(&mut self.closing) {
+            set.close().await;
+        }
         if self.ops.is_empty() {
             for p in self.after.drain(..) {
                 let _ = self.progress.send(p);
@@ -1191,6 +1233,7 @@ impl Dispatcher {
         if failed {
             self.fail_fast(run, &key, job);
         }
+        self.package_ended(run, &key, job, outcome.status);
     }
 
     /// `fail-fast`: a failed matrix instance cancels its siblings.
@@ -1401,15 +1444,21 @@ impl Dispatcher {
             },
             hasher: None,
         };
-        let fail_fast = plan::fail_fast(job, &ctx);
-        let max_parallel = plan::max_parallel(job, &ctx);
+        let pkg_set = run.spec.packages.get(key).cloned();
+        // A package tree goes on past a failure: only what waits on it is skipped.
+        let fail_fast = pkg_set.is_none() && plan::fail_fast(job, &ctx);
+        let max_parallel = package_slots(job).or_else(|| plan::max_parallel(job, &ctx));
 
         // Expand a matrix that had to wait for its needs.
         let mut newly_open = 0usize;
         let instances = match run.keys.get(key).and_then(|k| k.instances.clone()) {
             Some(ids) => ids,
             None => {
-                let (new_jobs, ids) = match plan::expand_job(job, &ctx) {
+                let expanded = match &pkg_set {
+                    Some(set) => Ok(package_instances(key, job, set)),
+                    None => plan::expand_job(job, &ctx),
+                };
+                let (new_jobs, ids) = match expanded {
                     Ok(list) => {
                         let total = list.len();
                         let mut new_jobs = Vec::new();
@@ -1527,7 +1576,14 @@ impl Dispatcher {
         let mut queued = 0usize;
         let mut held = Vec::new();
         let mut ended = Vec::new();
-        for id in &instances {
+        // A package tree that runs: its instances are queued by the package schedule below
+        // as their dependencies succeed, not all at once.
+        let no_instances = instances.is_empty();
+        let pkg = match (&pkg_set, &verdict) {
+            (Some(set), Ok(true)) => Some(self.package_state(set.clone(), &instances)),
+            _ => None,
+        };
+        for id in instances.iter().filter(|_| pkg.is_none()) {
             let Some(rec) = self.jobs.get_mut(id) else {
                 continue;
             };
@@ -1590,13 +1646,180 @@ impl Dispatcher {
                 ks.fail_fast = fail_fast;
                 ks.max_parallel = max_parallel;
                 ks.held = held;
+                ks.pkg = pkg;
             }
             r.undecided = r.undecided.saturating_sub(1);
             r.open += newly_open;
+            if no_instances {
+                // Nothing will end to wake its dependents (a package tree all cached).
+                if let Some(deps) = r.dependents.get(key) {
+                    r.candidates.extend(deps.iter().cloned());
+                }
+            }
         }
         for id in ended {
             self.ended(id);
         }
+        self.pump_packages(run_id, key);
+    }
+
+    /// The package state of a `packages:` key about to run: its instances mapped to their
+    /// packages, a fresh package schedule.
+    fn package_state(&self, set: Arc<PackageSet>, instances: &[JobId]) -> PkgState {
+        let mut job_of = HashMap::with_capacity(instances.len());
+        let mut pkg_of = HashMap::with_capacity(instances.len());
+        for id in instances {
+            if let Some(p) = self.jobs.get(id).and_then(|r| set.package_of(&r.matrix)) {
+                job_of.insert(p, *id);
+                pkg_of.insert(*id, p);
+            }
+        }
+        PkgState {
+            schedule: set.schedule(),
+            set,
+            job_of,
+            pkg_of,
+            in_flight: 0,
+        }
+    }
+
+    /// Queues the package jobs of `key` whose dependencies have all succeeded, highest
+    /// critical path first, up to the key's `slots`; cached packages (no job) and packages
+    /// whose jobs ended earlier (a resumed run) are passed through the schedule at once.
+    fn pump_packages(&mut self, run_id: RunId, key: &str) {
+        let mut skipped: Vec<(PackageId, PackageId)> = Vec::new();
+        {
+            let Some(run) = self.runs.get_mut(&run_id) else {
+                return;
+            };
+            if run.cancelled {
+                return;
+            }
+            let Some(ks) = run.keys.get_mut(key) else {
+                return;
+            };
+            let max = ks.max_parallel;
+            let base = ks.priority;
+            let Some(pk) = ks.pkg.as_mut() else { return };
+            loop {
+                if max.is_some_and(|m| pk.in_flight >= m.max(1)) {
+                    break;
+                }
+                let Some(p) = pk.schedule.start_next() else {
+                    break;
+                };
+                let Some(rec) = pk.job_of.get(&p).and_then(|j| self.jobs.get_mut(j)) else {
+                    // Cached: its stored output serves its dependents.
+                    pk.set.note_cached(p);
+                    pk.schedule.finish(p, PackageOutcome::Cached);
+                    continue;
+                };
+                let job = pk.job_of[&p];
+                match rec.status {
+                    JobStatus::Success => {
+                        pk.schedule.finish(p, PackageOutcome::Built);
+                    }
+                    s if s.is_terminal() => {
+                        for w in pk.schedule.finish(p, PackageOutcome::Failed) {
+                            skipped.push((w, p));
+                        }
+                    }
+                    JobStatus::Pending => {
+                        rec.status = JobStatus::Queued;
+                        self.ops.push(Op::SetJobStatus {
+                            job,
+                            status: JobStatus::Queued,
+                            at: now(),
+                        });
+                        let prio = u32::try_from(pk.set.priority(p)).unwrap_or(u32::MAX);
+                        self.ready.push(Ready {
+                            priority: base.saturating_add(prio),
+                            seq: rec.seq,
+                            job,
+                        });
+                        pk.in_flight += 1;
+                    }
+                    // Queued again by a resume: already in the ready queue.
+                    _ => pk.in_flight += 1,
+                }
+            }
+        }
+        self.skip_packages(run_id, key, skipped);
+    }
+
+    /// Skips the jobs of packages whose dependency `cause` failed (each `(package, cause)`).
+    fn skip_packages(&mut self, run_id: RunId, key: &str, skipped: Vec<(PackageId, PackageId)>) {
+        if skipped.is_empty() {
+            return;
+        }
+        let Some(pk) = self
+            .runs
+            .get(&run_id)
+            .and_then(|r| r.keys.get(key))
+            .and_then(|k| k.pkg.as_ref())
+        else {
+            return;
+        };
+        let set = pk.set.clone();
+        let jobs: Vec<(PackageId, PackageId, Option<JobId>)> = skipped
+            .into_iter()
+            .map(|(p, cause)| (p, cause, pk.job_of.get(&p).copied()))
+            .collect();
+        for (p, cause, job) in jobs {
+            set.note_skipped(p, cause);
+            let Some(job) = job else { continue };
+            let Some(rec) = self.jobs.get_mut(&job) else {
+                continue;
+            };
+            if rec.status.is_terminal() {
+                continue;
+            }
+            rec.status = JobStatus::Skipped;
+            self.ops.push(Op::SetJobStatus {
+                job,
+                status: JobStatus::Skipped,
+                at: now(),
+            });
+            self.after.push(Progress::JobSkipped {
+                run: run_id,
+                job,
+                name: rec.name.clone(),
+            });
+            self.ended(job);
+        }
+    }
+
+    /// A package job ended: release what waited on it, or skip it all when it failed.
+    fn package_ended(&mut self, run_id: RunId, key: &str, job: JobId, status: JobStatus) {
+        let skipped = {
+            let Some(pk) = self
+                .runs
+                .get_mut(&run_id)
+                .and_then(|r| r.keys.get_mut(key))
+                .and_then(|k| k.pkg.as_mut())
+            else {
+                return;
+            };
+            let Some(&p) = pk.pkg_of.get(&job) else {
+                return;
+            };
+            pk.in_flight = pk.in_flight.saturating_sub(1);
+            if pk.schedule.state(p) != kiln_core::packages::State::Running {
+                return;
+            }
+            let outcome = if status == JobStatus::Success {
+                PackageOutcome::Built
+            } else {
+                PackageOutcome::Failed
+            };
+            pk.schedule
+                .finish(p, outcome)
+                .into_iter()
+                .map(|w| (w, p))
+                .collect()
+        };
+        self.skip_packages(run_id, key, skipped);
+        self.pump_packages(run_id, key);
     }
 
     /// Whether any job `key` depends on, directly or not, failed. Its needs are decided (and
@@ -1693,6 +1916,8 @@ impl Dispatcher {
         };
         if let Some(r) = self.runs.get_mut(&run_id) {
             r.status = status;
+            // Package trees' sessions end with the run (closed at the next flush).
+            self.closing.extend(r.spec.packages.values().cloned());
         }
         self.ops.push(Op::SetRunStatus {
             run: run_id,
@@ -1730,6 +1955,16 @@ impl Dispatcher {
             written: Written::new(),
             last_run: None,
         });
+        if let Some(set) = run.spec.packages.get(&rec.key)
+            && let Some(p) = set.package_of(&rec.matrix)
+        {
+            let set = set.clone();
+            let permits = self.permits.clone();
+            let tx = self.tx.clone();
+            let cancel = rec.cancel.clone();
+            tokio::spawn(execute_package(job, set, p, slot, permits, tx, cancel));
+            return;
+        }
         let dir = slot.dir.clone();
         let workspace = dir.join("workspace");
         let temp = dir.join("temp");
@@ -2005,18 +2240,9 @@ async fn execute(
         Ok((Ok(()), written)) => {
             slot.written = written;
             // Permits are handed out in the order executors ask, which is lease order.
-            let permit = tokio::select! {
-                p = permits.acquire_owned() => p.ok(),
-                () = cancel.cancelled() => None,
-            };
-            let Some(permit) = permit else {
-                let outcome = JobOutcome {
-                    status: JobStatus::Cancelled,
-                    outputs: Map::new(),
-                    continue_on_error: false,
-                    error: None,
-                };
-                return (outcome, slot);
+            let permit = match run_permit(permits, &cancel).await {
+                Ok(p) => p,
+                Err(cancelled) => return (cancelled, slot),
             };
             let _ = tx.send(Msg::Started(job));
             let (etx, mut erx) = mpsc::channel::<ExecEvent>(256);
@@ -2043,6 +2269,100 @@ async fn execute(
         Err(e) => failure(format!("failed to prepare the job's workspace: {e}")),
     };
     (outcome, slot)
+}
+
+/// A run permit, or — when the job is cancelled while it waits — its `cancelled` outcome.
+async fn run_permit(
+    permits: Arc<tokio::sync::Semaphore>,
+    cancel: &CancellationToken,
+) -> Result<tokio::sync::OwnedSemaphorePermit, JobOutcome> {
+    let permit = tokio::select! {
+        p = permits.acquire_owned() => p.ok(),
+        () = cancel.cancelled() => None,
+    };
+    permit.ok_or(JobOutcome {
+        status: JobStatus::Cancelled,
+        outputs: Map::new(),
+        continue_on_error: false,
+        error: None,
+    })
+}
+
+/// One package job's executor: wait for a run permit, build the package (its slot folder is
+/// not used: a package builds in its own scratch copy), report its log as it comes.
+async fn execute_package(
+    job: JobId,
+    set: Arc<PackageSet>,
+    p: PackageId,
+    slot: Slot,
+    permits: Arc<tokio::sync::Semaphore>,
+    tx: mpsc::UnboundedSender<Msg>,
+    cancel: CancellationToken,
+) {
+    let permit = match run_permit(permits, &cancel).await {
+        Ok(p) => p,
+        Err(cancelled) => {
+            let _ = tx.send(Msg::Done(job, Box::new(cancelled), slot));
+            return;
+        }
+    };
+    let _ = tx.send(Msg::Started(job));
+    let (log, mut lines) = mpsc::unbounded_channel::<Vec<u8>>();
+    let forward = async {
+        while let Some(data) = lines.recv().await {
+            let _ = tx.send(Msg::Exec(job, ExecEvent::Log { index: 0, data }));
+        }
+    };
+    let build = async move {
+        let ended = set.build(p, cancel, log).await;
+        drop(permit);
+        ended
+    };
+    let ((status, outputs, reason), ()) = tokio::join!(build, forward);
+    let status = match status {
+        kiln_store::PackageBuildStatus::Success => JobStatus::Success,
+        kiln_store::PackageBuildStatus::Cancelled => JobStatus::Cancelled,
+        _ => JobStatus::Failure,
+    };
+    let outcome = JobOutcome {
+        status,
+        outputs,
+        continue_on_error: false,
+        error: if status == JobStatus::Failure {
+            reason
+        } else {
+            None
+        },
+    };
+    let _ = tx.send(Msg::Done(job, Box::new(outcome), slot));
+}
+
+/// A `packages:` job's `slots`: at most this many of its packages build at once.
+fn package_slots(job: &kiln_core::workflow::Job) -> Option<usize> {
+    job.packages
+        .as_ref()
+        .and_then(|p| p.slots)
+        .map(|n| n as usize)
+}
+
+/// The instances of a `packages:` key: one per package to build, named after it.
+fn package_instances(
+    key: &str,
+    job: &kiln_core::workflow::Job,
+    set: &PackageSet,
+) -> Vec<JobInstance> {
+    let base = job
+        .name
+        .as_deref()
+        .filter(|n| !n.contains("${{"))
+        .unwrap_or(key);
+    set.to_build()
+        .into_iter()
+        .map(|(p, matrix)| JobInstance {
+            name: format!("{base} ({})", set.tree().origin(p)),
+            matrix,
+        })
+        .collect()
 }
 
 /// Empty a slot's temp folder for the next job. Files are truncated rather than deleted (the

@@ -12,6 +12,7 @@
 //!
 //! Not here: HTTP (kiln-server), the scheduling itself (`dispatch`).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use crate::EngineError;
 use crate::contexts::{Trigger, resolve_inputs};
 use crate::dispatch::{self, Command, DispatchConfig, NewSpec, RunOutcome, RunSpec};
+use crate::packages::WorkflowPackages;
 use crate::project::{Snapshot, load_project, snapshot};
 use crate::source::GitRepo;
 
@@ -301,6 +303,58 @@ impl Engine {
                 }
             }
         }
+        // Package trees are planned per workflow (once, shared by the runs of one request set).
+        let mut planned: HashMap<String, WorkflowPackages> = HashMap::new();
+        let mut unplannable: HashMap<String, String> = HashMap::new();
+        for (spec, _) in &specs {
+            let wf = &spec.workflow;
+            if !wf.jobs.values().any(|j| j.packages.is_some())
+                || planned.contains_key(&wf.file)
+                || unplannable.contains_key(&wf.file)
+            {
+                continue;
+            }
+            match crate::packages::plan_workflow(
+                &self.inner.store,
+                wf,
+                &spec.snapshot.root,
+                &self.inner.config.data_dir,
+            )
+            .await
+            {
+                Ok(p) => {
+                    planned.insert(wf.file.clone(), p);
+                }
+                Err(e) => {
+                    unplannable.insert(wf.file.clone(), EngineError::from(e).to_string());
+                }
+            }
+        }
+        for (spec, _) in &mut specs {
+            if let Some(p) = planned.get(&spec.workflow.file) {
+                spec.packages = p.clone();
+            }
+        }
+        if !unplannable.is_empty() {
+            // A request whose workflow's tree cannot be planned gets that error; the others go on.
+            let mut kept = Vec::with_capacity(specs.len());
+            let mut index = 0;
+            for (answer, count) in answers.iter_mut().zip(counts.iter_mut()) {
+                let Some(n) = *count else { continue };
+                let mine: Vec<NewSpec> = specs[index..index + n].to_vec();
+                index += n;
+                if let Some(msg) = mine
+                    .iter()
+                    .find_map(|(s, _)| unplannable.get(&s.workflow.file))
+                {
+                    *answer = Err(EngineError::Usage(msg.clone()));
+                    *count = None;
+                } else {
+                    kept.extend(mine);
+                }
+            }
+            specs = kept;
+        }
         let mut created = if specs.is_empty() {
             Vec::new()
         } else {
@@ -381,6 +435,7 @@ impl Engine {
                     secrets: Arc::new(IndexMap::new()),
                     snapshot: source.snapshot.clone(),
                     github: target.github.clone(),
+                    packages: Arc::default(),
                 };
                 (spec, inputs)
             })
@@ -510,9 +565,9 @@ impl Engine {
                 (k.clone(), v)
             })
             .collect();
+        let wf_arc = Arc::new(wf);
         let spec = RunSpec {
             project: project.id,
-            workflow: Arc::new(wf),
             trigger: Trigger {
                 event: run.event.clone(),
                 payload: None,
@@ -522,6 +577,14 @@ impl Engine {
                 repository: repository_name(&project),
             },
             secrets: Arc::new(IndexMap::new()),
+            packages: crate::packages::plan_workflow(
+                store,
+                &wf_arc,
+                &source.snapshot.root,
+                &self.inner.config.data_dir,
+            )
+            .await?,
+            workflow: wf_arc,
             snapshot: source.snapshot,
             github: Map::new(),
         };

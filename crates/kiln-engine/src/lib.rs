@@ -64,6 +64,27 @@ pub enum EngineError {
     },
 }
 
+impl From<packages::BuildError> for EngineError {
+    /// A `packages:` job's tree that cannot be planned: the user's fault (invalid tree, unknown
+    /// origins, …) or kiln's (the store, the work area).
+    fn from(e: packages::BuildError) -> Self {
+        use packages::BuildError as B;
+        match e {
+            B::Store(e) => Self::Store(e),
+            B::Io {
+                action,
+                path,
+                source,
+            } => Self::Io {
+                action,
+                path,
+                source,
+            },
+            user => Self::Usage(user.to_string()),
+        }
+    }
+}
+
 impl EngineError {
     /// Whether the error is the user's input (exit 2) rather than kiln's (exit 3).
     pub fn is_user_error(&self) -> bool {

@@ -43,6 +43,9 @@ use kiln_core::packages::{
 use kiln_exec::{CommandEnd, CommandSpec, Confinement, ExecEvent, Network, run_command};
 /// The sandbox and process limits a build is configured with (in [`BuildOptions`]).
 pub use kiln_exec::{Limits, Sandbox, SandboxError, SandboxMode};
+pub use workflow::{PackageSet, WorkflowPackages, plan_workflow};
+
+mod workflow;
 use kiln_store::packages::log_tail;
 use kiln_store::{
     BuildCounts, BuildSessionId, CachedBuild, ContentBlob, PackageBuild, PackageBuildId,
@@ -269,6 +272,51 @@ impl BuildPlan {
     fn key(&self, p: PackageId) -> Key {
         *self.keys.get(p).expect("every selected package is keyed")
     }
+
+    /// The history row of a package that did not build in `session` (skipped, cancelled,
+    /// cached): no duration, log or output.
+    fn unbuilt_row(
+        &self,
+        session: BuildSessionId,
+        p: PackageId,
+        status: PackageBuildStatus,
+        reason: Option<String>,
+    ) -> PackageBuild {
+        let now = Timestamp::now();
+        PackageBuild {
+            id: PackageBuildId::new(),
+            session,
+            origin: self.tree.origin(p).to_owned(),
+            version: self.tree.package(p).version.clone(),
+            key: self.key(p).to_hex(),
+            status,
+            reason,
+            started_at: now,
+            finished_at: now,
+            duration: Duration::ZERO,
+            log: None,
+            log_tail: String::new(),
+            output: None,
+        }
+    }
+
+    /// The `cached` row of `p` in `session`, naming the build it reuses, with that build's
+    /// output; `None` when `p` is not cached.
+    fn cached_row(&self, session: BuildSessionId, p: PackageId) -> Option<PackageBuild> {
+        let c = self.cached.get(&p)?;
+        let mut row = self.unbuilt_row(
+            session,
+            p,
+            PackageBuildStatus::Cached,
+            Some(format!(
+                "same key as build {} of {}",
+                c.id,
+                c.finished_at.strftime("%Y-%m-%d %H:%M:%SZ")
+            )),
+        );
+        row.output = Some(c.output.clone());
+        Some(row)
+    }
 }
 
 /// A validated, selected and keyed tree, before the store is asked which keys are built
@@ -455,19 +503,7 @@ pub async fn build(
         return Err(BuildError::Usage("at least one slot is needed".to_owned()));
     }
     let began = std::time::Instant::now();
-    let session = store
-        .begin_build_session(
-            &plan.root.display().to_string(),
-            u32::try_from(opts.slots).unwrap_or(u32::MAX),
-            Timestamp::now(),
-        )
-        .await?;
-    let work = opts
-        .data_dir
-        .join("work")
-        .join("packages")
-        .join(session.to_string());
-    create_dir(&work).await?;
+    let (session, work) = begin_session(store, &plan, opts).await?;
     let result = dispatch(store, &plan, opts, session, &work, progress, cancel).await;
     if let Err(e) = tokio::fs::remove_dir_all(&work).await {
         tracing::warn!(path = %work.display(), error = %e, "cannot remove a build's work area");
@@ -485,18 +521,45 @@ pub async fn build(
     })
 }
 
-/// The dispatcher: owns the schedule, starts package tasks, records what ends.
-async fn dispatch(
+/// Begins a build session for `plan` and makes its work area
+/// (`<data dir>/work/packages/<session>`).
+async fn begin_session(
     store: &Store,
     plan: &BuildPlan,
     opts: &BuildOptions,
-    session: BuildSessionId,
+) -> Result<(BuildSessionId, PathBuf), BuildError> {
+    let session = store
+        .begin_build_session(
+            &plan.root.display().to_string(),
+            u32::try_from(opts.slots).unwrap_or(u32::MAX),
+            Timestamp::now(),
+        )
+        .await?;
+    let work = opts
+        .data_dir
+        .join("work")
+        .join("packages")
+        .join(session.to_string());
+    create_dir(&work).await?;
+    Ok((session, work))
+}
+
+/// What building `plan` starts from: the last durations of the packages to build, every
+/// package's critical-path priority (weighted by those durations, 1 ms when unknown, 0 for
+/// cached ones), and the state its package tasks share.
+struct Start {
+    durations: HashMap<String, Duration>,
+    priorities: Vec<u64>,
+    shared: Arc<Shared>,
+}
+
+async fn start(
+    store: &Store,
+    plan: &BuildPlan,
+    opts: &BuildOptions,
     work: &Path,
-    progress: mpsc::UnboundedSender<BuildEvent>,
-    cancel: CancellationToken,
-) -> Result<(BuildCounts, bool, Vec<FailedPackage>), BuildError> {
+) -> Result<Start, BuildError> {
     let tree = &plan.tree;
-    let graph = tree.graph();
     let to_build: Vec<String> = plan
         .selection
         .ids()
@@ -505,26 +568,15 @@ async fn dispatch(
         .map(|&p| tree.origin(p).to_owned())
         .collect();
     let durations = store.package_durations(&to_build).await?;
-    let expected = |p: PackageId| durations.get(tree.origin(p)).copied();
-    let priorities = graph.priorities(&plan.selection, |p| {
+    let priorities = tree.graph().priorities(&plan.selection, |p| {
         if plan.cached.contains_key(&p) {
             0
         } else {
-            expected(p).map_or(1, |d| {
+            durations.get(tree.origin(p)).map_or(1, |d| {
                 u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
             })
         }
     });
-    let _ = progress.send(BuildEvent::Began {
-        session,
-        total: plan.total(),
-        to_build: to_build.len(),
-        cached: plan.cached(),
-        slots: opts.slots,
-        expected_work: durations.values().sum(),
-        with_history: durations.len(),
-    });
-
     let mut cached_output = vec![None; tree.len()];
     for (p, c) in &plan.cached {
         cached_output[p.index()] = Some(c.output.digest.clone());
@@ -541,6 +593,41 @@ async fn dispatch(
         outputs: (0..tree.len()).map(|_| OnceCell::new()).collect(),
         cached_output,
     });
+    Ok(Start {
+        durations,
+        priorities,
+        shared,
+    })
+}
+
+/// The dispatcher: owns the schedule, starts package tasks, records what ends.
+async fn dispatch(
+    store: &Store,
+    plan: &BuildPlan,
+    opts: &BuildOptions,
+    session: BuildSessionId,
+    work: &Path,
+    progress: mpsc::UnboundedSender<BuildEvent>,
+    cancel: CancellationToken,
+) -> Result<(BuildCounts, bool, Vec<FailedPackage>), BuildError> {
+    let tree = &plan.tree;
+    let graph = tree.graph();
+    let Start {
+        durations,
+        priorities,
+        shared,
+    } = start(store, plan, opts, work).await?;
+    let expected = |p: PackageId| durations.get(tree.origin(p)).copied();
+    let _ = progress.send(BuildEvent::Began {
+        session,
+        total: plan.total(),
+        to_build: plan.to_build(),
+        cached: plan.cached(),
+        slots: opts.slots,
+        expected_work: durations.values().sum(),
+        with_history: durations.len(),
+    });
+
     let mut schedule = Schedule::new(graph, &plan.selection, priorities);
     let mut walker = DepsWalker::new(graph);
     // Package tasks stop on this; it also fires when the dispatcher gives up on an error.
@@ -555,22 +642,7 @@ async fn dispatch(
     let mut cancelled = false;
 
     let row = |p: PackageId, status: PackageBuildStatus, reason: Option<String>| {
-        let now = Timestamp::now();
-        PackageBuild {
-            id: PackageBuildId::new(),
-            session,
-            origin: tree.origin(p).to_owned(),
-            version: tree.package(p).version.clone(),
-            key: plan.key(p).to_hex(),
-            status,
-            reason,
-            started_at: now,
-            finished_at: now,
-            duration: Duration::ZERO,
-            log: None,
-            log_tail: String::new(),
-            output: None,
-        }
+        plan.unbuilt_row(session, p, status, reason)
     };
     let finished = |b: &PackageBuild| BuildEvent::Finished {
         origin: b.origin.clone(),
@@ -585,18 +657,8 @@ async fn dispatch(
                 let Some(p) = schedule.start_next() else {
                     break;
                 };
-                if let Some(c) = plan.cached.get(&p) {
+                if let Some(b) = plan.cached_row(session, p) {
                     schedule.finish(p, Outcome::Cached);
-                    let mut b = row(
-                        p,
-                        PackageBuildStatus::Cached,
-                        Some(format!(
-                            "same key as build {} of {}",
-                            c.id,
-                            c.finished_at.strftime("%Y-%m-%d %H:%M:%SZ")
-                        )),
-                    );
-                    b.output = Some(c.output.clone());
                     let _ = progress.send(finished(&b));
                     counts.add(b.status, 1);
                     recorded[p.index()] = true;
@@ -612,7 +674,7 @@ async fn dispatch(
                     origin: tree.origin(p).to_owned(),
                     expected: expected(p),
                 });
-                let handle = running.spawn(execute(shared.clone(), job, stop.clone()));
+                let handle = running.spawn(execute(shared.clone(), job, stop.clone(), None));
                 task_of.insert(handle.id(), p);
             }
             if rows.len() >= FLUSH_ROWS {
@@ -773,6 +835,8 @@ async fn create_dir(path: &Path) -> Result<(), BuildError> {
 struct Log {
     data: Vec<u8>,
     truncated: bool,
+    /// Where each piece also goes as it comes (a workflow job's live log).
+    tap: Option<mpsc::UnboundedSender<Vec<u8>>>,
 }
 
 impl Log {
@@ -781,14 +845,21 @@ impl Log {
             return;
         }
         if self.data.len() + bytes.len() > MAX_LOG {
-            let room = MAX_LOG - self.data.len();
+            let start = self.data.len();
+            let room = MAX_LOG - start;
             self.data.extend_from_slice(&bytes[..room]);
             self.data
                 .extend_from_slice(b"\n==> kiln: the log was cut here: it exceeded 64 MiB\n");
             self.truncated = true;
+            if let Some(tap) = &self.tap {
+                let _ = tap.send(self.data[start..].to_vec());
+            }
             return;
         }
         self.data.extend_from_slice(bytes);
+        if let Some(tap) = &self.tap {
+            let _ = tap.send(bytes.to_vec());
+        }
     }
 
     fn line(&mut self, text: &str) {
@@ -804,10 +875,18 @@ enum Stop {
 
 /// One package's build from its scratch copy to its stored output; never fails itself:
 /// kiln's own trouble while preparing or storing fails the package with the reason.
-async fn execute(shared: Arc<Shared>, job: Job, cancel: CancellationToken) -> Done {
+async fn execute(
+    shared: Arc<Shared>,
+    job: Job,
+    cancel: CancellationToken,
+    tap: Option<mpsc::UnboundedSender<Vec<u8>>>,
+) -> Done {
     let started_at = Timestamp::now();
     let clock = std::time::Instant::now();
-    let mut log = Log::default();
+    let mut log = Log {
+        tap,
+        ..Log::default()
+    };
     let origin = shared.tree.origin(job.id).to_owned();
     let dir = shared.work.join(&origin);
     log.line(&format!(

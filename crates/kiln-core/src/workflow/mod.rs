@@ -269,6 +269,22 @@ pub struct Job {
     pub environment: Option<EnvironmentRef>,
     pub concurrency: Option<Concurrency>,
     pub steps: Vec<Step>,
+    /// `packages:` (kiln extension): the job builds a package tree, one job per package.
+    pub packages: Option<Packages>,
+}
+
+/// `jobs.<id>.packages` (kiln extension): build a package tree (DESIGN.md "Package trees")
+/// as one job per package, each waiting for the packages it depends on.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Packages {
+    /// The tree's folder, relative to the project root (`.` for the root itself).
+    pub tree: String,
+    /// The origins to build with what they need; empty: the whole tree.
+    pub origins: Vec<String>,
+    /// At most this many of the job's packages build at once; `None`: as many as slots.
+    pub slots: Option<u32>,
+    /// Where `packages:` stands.
+    pub pos: Pos,
 }
 
 /// `strategy:`.

@@ -22,8 +22,8 @@ use serde_json::Value;
 use super::yaml::{self, Kind, Node};
 use super::{
     Action, CatchUp, Concurrency, Defaults, Diagnostic, Diagnostics, EnvironmentRef, EventFilter,
-    InputKind, InputSpec, Job, Pos, ScheduleEntry, Severity, Step, StepAction, Strategy, Triggers,
-    UsesKind, Workflow,
+    InputKind, InputSpec, Job, Packages, Pos, ScheduleEntry, Severity, Step, StepAction, Strategy,
+    Triggers, UsesKind, Workflow,
 };
 use crate::expr::{self, Template};
 
@@ -1019,10 +1019,13 @@ impl<'s> Cx<'s> {
             environment: None,
             concurrency: None,
             steps: Vec::new(),
+            packages: None,
         };
         let mut needs = Vec::new();
         let mut has_steps = false;
         let mut uses = None;
+        // Where `packages:` stands, even when its value had errors (reported already).
+        let mut packages_at = None;
         for (k_text, k, v) in &entries {
             let p = join(path, k_text);
             match k_text.as_str() {
@@ -1055,6 +1058,10 @@ impl<'s> Cx<'s> {
                     job.steps = self.steps(v, &p, false);
                 }
                 "uses" => uses = Some((*k, *v)),
+                "packages" => {
+                    packages_at = Some(k.pos);
+                    job.packages = self.packages(k.pos, v, &p);
+                }
                 // Arguments of a reusable-workflow call; the call itself is refused below.
                 "with" | "secrets" if entries.iter().any(|(t, _, _)| t == "uses") => {}
                 "services" => self.error(
@@ -1079,13 +1086,38 @@ impl<'s> Cx<'s> {
                     "calling a reusable workflow (`uses: {target}`) is not supported by kiln; copy its jobs into this workflow"
                 ),
             );
+        } else if let Some(at) = packages_at {
+            // The job's work is its packages' builds: nothing else may run in it.
+            if has_steps {
+                self.error(
+                    at,
+                    &join(path, "packages"),
+                    format!(
+                        "the job `{id}` has both `packages` and `steps`: a packages job runs one build per package; put the steps in a job that `needs: {id}`"
+                    ),
+                );
+            }
+            if job.strategy.as_ref().is_some_and(|s| s.matrix.is_some()) {
+                self.error(
+                    at,
+                    &join(path, "packages"),
+                    format!(
+                        "the job `{id}` has both `packages` and `strategy.matrix`: its packages are its instances"
+                    ),
+                );
+            }
         } else if !has_steps {
             self.error(
                 key.pos,
                 path,
-                format!("the job `{id}` has neither `steps` nor `uses`"),
+                format!("the job `{id}` has neither `steps`, `uses` nor `packages`"),
             );
-        } else if job.runs_on.is_none() && !entries.iter().any(|(t, _, _)| t == "runs-on") {
+        }
+        if uses.is_none()
+            && (has_steps || packages_at.is_some())
+            && job.runs_on.is_none()
+            && !entries.iter().any(|(t, _, _)| t == "runs-on")
+        {
             self.error(
                 key.pos,
                 path,
@@ -1167,6 +1199,102 @@ impl<'s> Cx<'s> {
                 None
             }
         }
+    }
+
+    /// `packages:` — the tree's folder as a string, or `{tree, origins, slots}`.
+    fn packages(&mut self, pos: Pos, node: &Node, path: &str) -> Option<Packages> {
+        let mut out = Packages {
+            tree: ".".to_owned(),
+            origins: Vec::new(),
+            slots: None,
+            pos,
+        };
+        let mut ok = true;
+        if node.as_scalar().is_some() {
+            out.tree = self.scalar_text(node, path, "`packages`")?;
+            ok &= self.tree_path(node, &out.tree, path);
+        } else {
+            let entries = self.mapping(node, path, "`packages`")?;
+            for (key, k, v) in entries {
+                let p = join(path, &key);
+                match key.as_str() {
+                    "tree" => match self.scalar_text(v, &p, "`tree`") {
+                        Some(t) => {
+                            ok &= self.tree_path(v, &t, &p);
+                            out.tree = t;
+                        }
+                        None => ok = false,
+                    },
+                    "origins" => {
+                        for (i, (origin, pos)) in
+                            self.string_list(v, &p, "`origins`").into_iter().enumerate()
+                        {
+                            if crate::packages::is_origin(&origin) {
+                                out.origins.push(origin);
+                            } else {
+                                ok = false;
+                                let at = if matches!(v.kind, Kind::Seq(_)) {
+                                    format!("{p}[{i}]")
+                                } else {
+                                    p.clone()
+                                };
+                                self.error(
+                                    pos,
+                                    &at,
+                                    format!(
+                                        "`{origin}` is not an origin (\"category/name\", one slash)"
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                    "slots" => match v.to_value().as_u64() {
+                        Some(n) if (1..=u64::from(u32::MAX)).contains(&n) => {
+                            out.slots = Some(n as u32);
+                        }
+                        _ => {
+                            ok = false;
+                            self.error(
+                                v.pos,
+                                &p,
+                                format!(
+                                    "`slots` must be a positive whole number, not {}",
+                                    v.describe()
+                                ),
+                            );
+                        }
+                    },
+                    _ => self.unexpected(k, &p),
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// Whether `tree` is a folder inside the project: relative, without `..`, no expression.
+    fn tree_path(&mut self, node: &Node, tree: &str, path: &str) -> bool {
+        let problem = if tree.is_empty() {
+            Some("is empty (use `.` for the project's root)")
+        } else if tree.contains("${{") {
+            Some("cannot be an expression: the tree is read when the run is created")
+        } else if std::path::Path::new(tree).is_absolute() {
+            Some("must be relative to the project's root")
+        } else if std::path::Path::new(tree)
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            Some("must stay inside the project (no `..`)")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            self.error(
+                node.pos,
+                path,
+                format!("the package tree `{tree}` {problem}"),
+            );
+        }
+        problem.is_none()
     }
 
     fn strategy(&mut self, node: &Node, path: &str) -> Option<Strategy> {

@@ -38,6 +38,7 @@ with_engine!(
     a_failed_run_is_retried_keeping_its_successful_jobs,
     a_running_run_is_cancelled,
     refused_triggers_store_nothing,
+    a_package_tree_job_runs_its_packages_and_a_retry_builds_only_what_failed,
 );
 
 const FLAKY: &str = r#"
@@ -517,4 +518,111 @@ async fn a_project_token_sees_its_project_only(s: &Server) {
     )
     .await
     .expect_error(403, "FORBIDDEN");
+}
+
+const PORTS: &str = r#"
+name: ports
+on: workflow_dispatch
+jobs:
+  ports:
+    runs-on: local
+    packages:
+      tree: tree
+"#;
+
+/// A `packages:` job over the API: one job per package; the failed package's dependent is
+/// skipped; a retry (the server plans the tree again) builds the failed package and what
+/// waited on it, and reuses the rest from the cache. The history is served by the package API.
+async fn a_package_tree_job_runs_its_packages_and_a_retry_builds_only_what_failed(s: &Server) {
+    let dir = tempfile::tempdir().unwrap();
+    // Outside /tmp, which is private in the build sandbox.
+    let flags = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let marker = flags.path().join("fixed");
+    let flaky = format!(
+        "version = \"1\"\ndepends = [\"lib/base\"]\nbuild = 'test -e {}'\n",
+        marker.display()
+    );
+    let id = project(
+        s,
+        dir.path(),
+        &[
+            (".kiln/workflows/ports.yml", PORTS),
+            (
+                "tree/lib/base/kiln-package.toml",
+                "version = \"1\"\nbuild = 'echo base > \"$KILN_OUT/base\"'\n",
+            ),
+            ("tree/app/flaky/kiln-package.toml", &flaky),
+            (
+                "tree/app/top/kiln-package.toml",
+                "version = \"1\"\ndepends = [\"app/flaky\"]\nbuild = 'test -f \"$KILN_DEPS/lib/base/base\"'\n",
+            ),
+        ],
+    )
+    .await;
+    let created = s
+        .post(&format!("/api/v1/projects/{id}/runs"), &s.admin, &json!({}))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let run_id: RunId = created.data()["runs"][0]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let first = wait_until(s, run_id, |r| r.status.is_terminal()).await;
+    let by_name = |r: &Run| {
+        let mut v: Vec<(String, JobStatus)> =
+            r.jobs.iter().map(|j| (j.name.clone(), j.status)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    assert_eq!(first.status, RunStatus::Failure);
+    assert_eq!(
+        by_name(&first),
+        [
+            ("ports (app/flaky)".to_owned(), JobStatus::Failure),
+            ("ports (app/top)".to_owned(), JobStatus::Skipped),
+            ("ports (lib/base)".to_owned(), JobStatus::Success),
+        ]
+    );
+    let top = s.get("/api/v1/packages/app/top", Some(&s.admin)).await;
+    assert_eq!(top.status, 200, "{}", top.text);
+    assert_eq!(top.data()["latest"]["status"], "skipped", "{}", top.text);
+
+    std::fs::write(&marker, "").unwrap();
+    let retried = s
+        .post(
+            &format!("/api/v1/runs/{run_id}/retry"),
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    let second = wait_until(s, run_id, |r| r.status.is_terminal() && r.run_attempt == 2).await;
+    assert_eq!(second.status, RunStatus::Success, "{second:#?}");
+    assert_eq!(
+        by_name(&second),
+        [
+            ("ports (app/flaky)".to_owned(), JobStatus::Success),
+            ("ports (app/top)".to_owned(), JobStatus::Success),
+            ("ports (lib/base)".to_owned(), JobStatus::Success),
+        ]
+    );
+    let base = second
+        .jobs
+        .iter()
+        .find(|j| j.name == "ports (lib/base)")
+        .unwrap();
+    assert_eq!(base.attempts, 1, "the built package did not run again");
+    let history = s
+        .get("/api/v1/packages/app/flaky/history", Some(&s.admin))
+        .await;
+    assert_eq!(history.status, 200, "{}", history.text);
+    let builds = history.data();
+    let statuses: Vec<&str> = builds["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["success", "failure"], "{}", history.text);
 }

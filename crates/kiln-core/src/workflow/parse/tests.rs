@@ -638,7 +638,10 @@ jobs:
     steps: [{run: x}]
 "#,
     );
-    let d = find(&e, "the job `nosteps` has neither `steps` nor `uses`");
+    let d = find(
+        &e,
+        "the job `nosteps` has neither `steps`, `uses` nor `packages`",
+    );
     assert_eq!(
         (d.pos, d.path.as_str()),
         (Pos { line: 4, column: 3 }, "jobs.nosteps")
@@ -953,4 +956,42 @@ jobs:
     );
     let d = find(&diags, "Required property is missing: `cron`");
     assert_eq!(d.path, "on.schedule[4]");
+}
+
+#[test]
+fn packages_key_as_a_folder_or_a_mapping() {
+    let wf = ok(
+        "on: push\njobs:\n  all:\n    runs-on: x\n    packages: ports\n  some:\n    runs-on: x\n    needs: all\n    packages:\n      tree: trees/main\n      origins: [www/nginx, lang/perl5]\n      slots: 3\n",
+    );
+    let all = wf.jobs["all"].packages.as_ref().unwrap();
+    assert_eq!(
+        (all.tree.as_str(), all.origins.len(), all.slots, all.pos),
+        ("ports", 0, None, Pos { line: 5, column: 5 })
+    );
+    assert!(wf.jobs["all"].steps.is_empty());
+    let some = wf.jobs["some"].packages.as_ref().unwrap();
+    assert_eq!(some.tree, "trees/main");
+    assert_eq!(some.origins, ["www/nginx", "lang/perl5"]);
+    assert_eq!(some.slots, Some(3));
+    let root = ok("on: push\njobs:\n  a:\n    runs-on: x\n    packages: {}\n");
+    assert_eq!(root.jobs["a"].packages.as_ref().unwrap().tree, ".");
+}
+
+#[test]
+fn packages_problems_name_the_key() {
+    let e = errs(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    packages:\n      tree: /abs\n      origins: [ok/one, nope]\n      slots: many\n      extra: 1\n    strategy:\n      matrix: {x: [1]}\n  b:\n    packages: [x]\n",
+    );
+    find(&e, "the package tree `/abs` must be relative");
+    let d = find(&e, "`nope` is not an origin");
+    assert_eq!(d.path, "jobs.a.packages.origins[1]");
+    find(
+        &e,
+        "`slots` must be a positive whole number, not the string `many`",
+    );
+    find(&e, "Unexpected value 'extra'");
+    let d = find(&e, "has both `packages` and `strategy.matrix`");
+    assert_eq!(d.pos, Pos { line: 5, column: 5 });
+    find(&e, "`packages` must be a mapping, not a list");
+    find(&e, "Required property is missing: `runs-on` (job `b`)");
 }

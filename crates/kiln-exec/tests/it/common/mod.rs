@@ -105,6 +105,7 @@ impl Harness {
                 environment: None,
                 concurrency: None,
                 steps,
+                packages: None,
             },
             workflow_env: IndexMap::new(),
             workflow_defaults: Defaults::default(),
