@@ -227,6 +227,7 @@ impl PackageSet {
             id: p,
             key: key.clone(),
             deps,
+            expected: None,
         };
         let done = execute(self.shared.clone(), job, cancel, Some(log)).await;
         let mut outputs = Map::new();

@@ -280,10 +280,12 @@ async fn cancelling_kills_running_builds_with_their_group_and_records_them_cance
 
 /// a/base ← b/lib ← c/app; a/base ← d/other; e/alone. Each output names the package and
 /// copies what it saw of its dependencies.
-fn chain(f: &Fixture) {
-    let build = "mkdir -p \"$KILN_OUT/share\"; echo \"$KILN_PACKAGE $KILN_VERSION\" > \"$KILN_OUT/share/name\"; \
+const CHAIN_BUILD: &str = "mkdir -p \"$KILN_OUT/share\"; echo \"$KILN_PACKAGE $KILN_VERSION\" > \"$KILN_OUT/share/name\"; \
                  (cd \"$KILN_DEPS\" && find . | sort) > \"$KILN_OUT/share/deps\"; \
                  for d in \"$KILN_DEPS\"/*/*; do [ -e \"$d\" ] && cat \"$d/share/name\" >> \"$KILN_OUT/share/seen\"; done; true";
+
+fn chain(f: &Fixture) {
+    let build = CHAIN_BUILD;
     f.package("a/base", &[], build, "")
         .package("b/lib", &["a/base"], build, "")
         .package("c/app", &["b/lib"], build, "")
@@ -342,11 +344,39 @@ async fn a_second_run_is_all_cached_and_one_changed_file_rebuilds_exactly_its_de
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dependent_of_cached_packages_sees_their_restored_outputs_in_kiln_deps() {
+    dependent_of_cached_packages(None).await;
+}
+
+/// The same in the sandbox, where `$KILN_DEPS` is made of read-only binds: the closure's
+/// outputs as folders, and no other package's output (e/alone, d/other) anywhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sandboxed_dependent_sees_exactly_its_closure_in_kiln_deps() {
+    let Some(sandbox) = confining_sandbox() else {
+        return;
+    };
+    dependent_of_cached_packages(Some(sandbox)).await;
+}
+
+async fn dependent_of_cached_packages(sandbox: Option<Sandbox>) {
     let f = Fixture::new().await;
     chain(&f);
-    let opts = f.options();
+    let mut opts = f.options();
+    if let Some(s) = sandbox {
+        opts.sandbox = s;
+        // Nothing of the session's outputs is reachable beside the closure.
+        f.package(
+            "c/app",
+            &["b/lib"],
+            &format!(
+                "{CHAIN_BUILD}; if grep -rqs 'e/alon[e] 1' \"$KILN_DEPS/../../..\" /tmp; then echo saw e/alone; exit 9; fi; \
+                 if echo x > \"$KILN_DEPS/b/lib/share/name\" 2>/dev/null; then echo wrote a dependency; exit 8; fi"
+            ),
+            "",
+        );
+    }
     let (first, _) = f.build(&opts).await;
-    assert_eq!(first.counts.built, 5);
+    let app = f.latest("c/app").await;
+    assert_eq!(first.counts.built, 5, "{first:?}\n{}", f.log(&app).await);
 
     // Only c/app changes: a/base and b/lib are cached and come from the blob store.
     f.file("c/app", "README", "changed\n");
