@@ -476,26 +476,66 @@ struct Shared {
     /// Where `Started` is reported, once a package holds a slot.
     progress: Option<mpsc::UnboundedSender<BuildEvent>>,
     /// `$KILN_DEPS` folders not in use, each left as its last build laid it out.
-    deps_pool: std::sync::Mutex<Vec<PathBuf>>,
+    deps_pool: std::sync::Mutex<Vec<DepsDir>>,
     deps_made: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
-    /// A `$KILN_DEPS` folder for one build: a free one (as its last build left it), or a
-    /// new path under the work area. Give it back with [`Shared::give_back_deps`].
-    fn take_deps(&self) -> PathBuf {
-        if let Some(d) = self.deps_pool.lock().expect("pool lock").pop() {
-            return d;
+    /// A `$KILN_DEPS` folder for a build whose closure is `closure` (sorted): of the free
+    /// ones, the one whose last layout differs least from it (the fewest folders to make
+    /// and remove), or a new path under the work area. Give it back with
+    /// [`Shared::give_back_deps`].
+    fn take_deps(&self, closure: &[PackageId]) -> DepsDir {
+        let mut pool = self.deps_pool.lock().expect("pool lock");
+        let best = pool
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, d)| sorted_difference(&d.laid_out, closure))
+            .map(|(i, _)| i);
+        if let Some(i) = best {
+            return pool.swap_remove(i);
         }
         let n = self
             .deps_made
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.work.join("deps").join(n.to_string())
+        DepsDir {
+            path: self.work.join("deps").join(n.to_string()),
+            laid_out: Vec::new(),
+        }
     }
 
-    fn give_back_deps(&self, deps: PathBuf) {
+    fn give_back_deps(&self, deps: DepsDir) {
         self.deps_pool.lock().expect("pool lock").push(deps);
     }
+}
+
+/// A reusable `$KILN_DEPS` folder and the closure its last build laid out (sorted; a guess
+/// for choosing among folders: [`lay_out_deps`] checks what is really there).
+struct DepsDir {
+    path: PathBuf,
+    laid_out: Vec<PackageId>,
+}
+
+/// How many elements are in one of the sorted lists `a` and `b` but not the other.
+fn sorted_difference(a: &[PackageId], b: &[PackageId]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => {
+                n += 1;
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                n += 1;
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n + (a.len() - i) + (b.len() - j)
 }
 
 /// One package to build.
@@ -939,9 +979,10 @@ async fn execute(
         shared.tree.package(job.id).version,
         job.key
     ));
-    let deps = shared.take_deps();
-    let result = run_phases(&shared, &job, &dir, &deps, &mut log, &cancel).await;
+    let mut deps = shared.take_deps(&job.deps);
+    let result = run_phases(&shared, &job, &dir, &deps.path, &mut log, &cancel).await;
     // Whatever the build did, the next one makes the folder right again.
+    deps.laid_out.clone_from(&job.deps);
     shared.give_back_deps(deps);
     let mut output = None;
     let (status, reason) = match result {
