@@ -8,7 +8,7 @@
 # 3. makespan: trees whose builds sleep 20–400 ms, built at 2 and 8 slots — wall time ÷
 #    max(critical path, total work / slots) (target ≤1.05×), the ideal computed from the
 #    manifests' sleeps and the tree's wait-for edges.
-# Results are appended to bench/results.md.
+# Results replace the "Package trees" section of bench/results.md.
 #
 # usage: bench/packages.sh        (builds kiln and kiln-gen-tree in release mode; installs
 #                                  ninja-build and time)
@@ -119,6 +119,18 @@ for slots in 2 8; do
   hratio[$slots]=$(echo "${hspan[$slots]} / ${ideal_s[$slots]}" | bc -l)
 done
 
+# This run's section replaces the last one's.
+python3 - bench/results.md <<'PY'
+import sys
+p = sys.argv[1]
+out, skip = [], False
+for line in open(p).read().split("\n"):
+    if line.startswith("## "):
+        skip = line.startswith("## Package trees")
+    if not skip:
+        out.append(line)
+open(p, "w").write("\n".join(out).rstrip("\n") + "\n")
+PY
 {
   echo
   echo "## Package trees (\`kiln build\`)"
