@@ -517,7 +517,7 @@ struct DepsDir {
 }
 
 /// How many elements are in one of the sorted lists `a` and `b` but not the other.
-fn sorted_difference(a: &[PackageId], b: &[PackageId]) -> usize {
+fn sorted_difference<T: Ord>(a: &[T], b: &[T]) -> usize {
     let (mut i, mut j, mut n) = (0, 0, 0);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
@@ -1403,4 +1403,77 @@ fn mirror(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Every file under `dir`, relative, sorted.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                    out.push(rel);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_reused_deps_folder_is_made_to_hold_exactly_the_new_closure() {
+        let root = tempfile::tempdir().unwrap();
+        let outputs = root.path().join("outputs");
+        for origin in ["a/one", "a/two", "b/three"] {
+            write(&outputs.join(origin).join("lib/file"), origin);
+        }
+        let deps = root.path().join("deps");
+        let layout = |origins: &[&str]| -> Vec<(PathBuf, PathBuf)> {
+            origins
+                .iter()
+                .map(|o| (outputs.join(o), deps.join(o)))
+                .collect()
+        };
+        lay_out_deps(&deps, &layout(&["a/one", "b/three"])).unwrap();
+        assert_eq!(files(&deps), ["a/one/lib/file", "b/three/lib/file"]);
+
+        // A stray file at each level, and an origin no longer wanted: all go; the kept one
+        // is not remade (a marker inside it survives).
+        write(&deps.join("stray"), "x");
+        write(&deps.join("a/stray"), "x");
+        write(&deps.join("a/one/marker"), "kept");
+        lay_out_deps(&deps, &layout(&["a/one", "a/two"])).unwrap();
+        assert_eq!(
+            files(&deps),
+            ["a/one/lib/file", "a/one/marker", "a/two/lib/file"]
+        );
+        assert!(!deps.join("b").exists(), "an emptied category goes");
+        assert_eq!(
+            std::fs::read_to_string(deps.join("a/two/lib/file")).unwrap(),
+            "a/two"
+        );
+
+        lay_out_deps(&deps, &[]).unwrap();
+        assert_eq!(files(&deps), Vec::<String>::new());
+    }
+
+    #[test]
+    fn sorted_difference_counts_what_is_in_one_list_only() {
+        assert_eq!(sorted_difference(&[1, 2, 3], &[2, 3, 4, 5]), 3);
+        assert_eq!(sorted_difference(&[], &[7]), 1);
+        assert_eq!(sorted_difference(&[1, 9], &[1, 9]), 0);
+    }
 }
