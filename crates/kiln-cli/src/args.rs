@@ -216,6 +216,10 @@ pub(crate) struct RunArgs {
     /// How many jobs run at once (default: the number of cores).
     #[arg(long, short = 'j', value_name = "N")]
     pub(crate) jobs: Option<usize>,
+    /// How `packages:` jobs confine their builds: `auto` with bubblewrap where it works here
+    /// (warning loudly when not), `require` (refuse to run without it), `off`.
+    #[arg(long, default_value = "auto", value_name = "auto|require|off")]
+    pub(crate) sandbox: kiln_engine::packages::SandboxMode,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// Print the jobs that would run, run nothing.
@@ -287,6 +291,15 @@ pub(crate) struct ServeArgs {
     /// Local worker slots (default: one per core).
     #[arg(long, value_name = "N")]
     pub(crate) workers: Option<usize>,
+    /// How `packages:` jobs confine their builds: `auto` with bubblewrap where it works here
+    /// (warning loudly at start-up when not), `require` (refuse to start without it), `off`.
+    #[arg(
+        long,
+        env = "KILN_SANDBOX",
+        default_value = "auto",
+        value_name = "auto|require|off"
+    )]
+    pub(crate) sandbox: kiln_engine::packages::SandboxMode,
     /// At shutdown (SIGINT/SIGTERM), how long running jobs may take to finish before they
     /// are cancelled.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]

@@ -150,18 +150,7 @@ async fn run(a: BuildRunArgs) -> Result<i32, Failure> {
         return Ok(exit::OK);
     }
 
-    let mode = a.sandbox;
-    opts.sandbox = tokio::task::spawn_blocking(move || Sandbox::detect(mode))
-        .await
-        .map_err(|e| Failure::internal(format!("failed to detect the sandbox: {e}")))?
-        .map_err(|e| {
-            Failure::internal(format!(
-                "--sandbox require: builds cannot be sandboxed here: {e}"
-            ))
-        })?;
-    if let Some(warning) = opts.sandbox.warning() {
-        stderr_line(warning);
-    }
+    opts.sandbox = detect_sandbox(a.sandbox).await?;
 
     let (cancel, ctrl_c) = cancel_on_ctrl_c();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -642,4 +631,22 @@ async fn history(a: BuildHistoryArgs) -> Result<i32, Failure> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The sandbox of `--sandbox MODE`, probed off the async threads; `auto`'s warning, when
+/// builds cannot be confined here, is printed once on stderr. `require` without a working
+/// bubblewrap: exit 3 naming why.
+pub(crate) async fn detect_sandbox(mode: SandboxMode) -> Result<Sandbox, Failure> {
+    let sandbox = tokio::task::spawn_blocking(move || Sandbox::detect(mode))
+        .await
+        .map_err(|e| Failure::internal(format!("failed to detect the sandbox: {e}")))?
+        .map_err(|e| {
+            Failure::internal(format!(
+                "--sandbox require: builds cannot be sandboxed here: {e}"
+            ))
+        })?;
+    if let Some(warning) = sandbox.warning() {
+        stderr_line(warning);
+    }
+    Ok(sandbox)
 }

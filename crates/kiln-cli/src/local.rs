@@ -117,6 +117,15 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
     if slots == 0 {
         return Err(Failure::invalid("--jobs must be at least 1"));
     }
+    // Probed only when a workflow builds packages (its warning is about them).
+    let sandbox = if selected
+        .iter()
+        .any(|wf| wf.jobs.values().any(|j| j.packages.is_some()))
+    {
+        crate::build::detect_sandbox(a.sandbox).await?
+    } else {
+        kiln_engine::packages::Sandbox::off()
+    };
     let work_dir = std::env::temp_dir().join(format!("kiln-work-{}", uuid::Uuid::now_v7()));
     let req = LocalRun {
         project: project_row.id,
@@ -129,6 +138,7 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
         owner: format!("kiln-run:{}:{}", std::process::id(), uuid::Uuid::now_v7()),
         max_attempts: 1,
         data_dir: data_dir.clone(),
+        sandbox,
     };
 
     let (cancel, ctrl_c) = cancel_on_ctrl_c();

@@ -83,12 +83,14 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
             .map(|n| n.get())
             .unwrap_or(2)
     });
+    let sandbox = crate::build::detect_sandbox(a.sandbox).await?;
     let (engine, recovery) = Engine::start(
         store.clone(),
         EngineConfig {
             slots,
             data_dir: data_dir.clone(),
             max_attempts: 3,
+            sandbox,
         },
     )
     .await?;

@@ -117,6 +117,8 @@ pub struct LocalRun {
     /// kiln's data folder: package trees build in a work area under it, and builds never see
     /// the rest of it.
     pub data_dir: PathBuf,
+    /// What confines `packages:` jobs' builds (detected once by the caller).
+    pub sandbox: crate::packages::Sandbox,
 }
 
 /// What happened, for whoever shows progress. Sent only after it was committed.
@@ -189,10 +191,15 @@ pub async fn run_local(
     // Package trees are planned (validated, keyed, looked up) before any run is created.
     let mut planned = Vec::with_capacity(prepared.len());
     for (wf, inputs) in prepared {
-        let packages =
-            crate::packages::plan_workflow(&store, &wf, &req.snapshot.root, &req.data_dir)
-                .await
-                .map_err(EngineError::from)?;
+        let packages = crate::packages::plan_workflow(
+            &store,
+            &wf,
+            &req.snapshot.root,
+            &req.data_dir,
+            &req.sandbox,
+        )
+        .await
+        .map_err(EngineError::from)?;
         planned.push((wf, inputs, packages));
     }
     let mut d = Dispatcher::new(store, &config, progress);

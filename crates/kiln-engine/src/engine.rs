@@ -44,6 +44,8 @@ pub struct EngineConfig {
     pub data_dir: PathBuf,
     /// Executions a job may have before an expired lease fails it.
     pub max_attempts: i64,
+    /// What confines `packages:` jobs' builds (detected once by the caller).
+    pub sandbox: crate::packages::Sandbox,
 }
 
 /// What starts runs: a project, which of its workflows, and the event.
@@ -319,6 +321,7 @@ impl Engine {
                 wf,
                 &spec.snapshot.root,
                 &self.inner.config.data_dir,
+                &self.inner.config.sandbox,
             )
             .await
             {
@@ -582,6 +585,7 @@ impl Engine {
                 &wf_arc,
                 &source.snapshot.root,
                 &self.inner.config.data_dir,
+                &self.inner.config.sandbox,
             )
             .await?,
             workflow: wf_arc,

@@ -43,3 +43,22 @@ pub(crate) fn job<'a>(run: &'a serde_json::Value, name: &str) -> &'a serde_json:
         .find(|j| j["name"] == name)
         .unwrap_or_else(|| panic!("no job named {name} in {run:#}"))
 }
+
+/// A `PATH` for kiln naming one empty folder: no `bwrap`, no `git`, no shell (for the
+/// refusals of `--sandbox require`).
+pub(crate) fn path_without_tools(p: &Project) -> String {
+    let empty = p.root().join("no-tools");
+    std::fs::create_dir_all(&empty).expect("create an empty folder");
+    empty.display().to_string()
+}
+
+/// Asserts that kiln refused `--sandbox require`: exit 3, saying why.
+pub(crate) fn assert_sandbox_refused(out: &kiln_testkit::Outcome) {
+    assert_eq!(out.code, 3, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("--sandbox require: builds cannot be sandboxed here"),
+        "{}",
+        out.stderr
+    );
+}

@@ -403,3 +403,18 @@ fn metrics_may_need_a_token_and_config_shows_the_pool() {
     assert!(body.contains("kiln_queue_depth"), "{body}");
     assert_eq!(closed.stop(), 0);
 }
+
+/// `kiln serve --sandbox require` where bubblewrap cannot run: it refuses to start (exit 3,
+/// saying why) instead of building packages unconfined.
+#[test]
+fn serve_with_a_required_sandbox_refuses_to_start_without_bubblewrap() {
+    let p = Project::new();
+    let out = p
+        .kiln(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--sandbox", "require"])
+        .env("PATH", &crate::path_without_tools(&p))
+        .with_data_dir()
+        .output();
+    crate::assert_sandbox_refused(&out);
+    assert!(!out.stdout.contains("listening"), "{}", out.stdout);
+}

@@ -215,3 +215,45 @@ fn an_invalid_tree_or_packages_key_runs_nothing_and_exits_2_naming_the_problem()
         out.stderr
     );
 }
+
+#[test]
+fn sandbox_require_refuses_to_run_packages_where_bubblewrap_cannot_run() {
+    // Package jobs only: steps would need a shell on kiln's PATH.
+    let p = project(GOOD).file(
+        ".kiln/workflows/ports.yml",
+        "on: push\njobs:\n  ports:\n    runs-on: any\n    packages: tree\n",
+    );
+    // No `bwrap` on kiln's PATH (the builds' own PATH is fixed, so they are unaffected).
+    let path = crate::path_without_tools(&p);
+    let out = p
+        .kiln(bin())
+        .args(["run"])
+        .args([p.root()])
+        .args(["--sandbox", "require", "--format", "json"])
+        .env("PATH", &path)
+        .with_data_dir()
+        .output();
+    crate::assert_sandbox_refused(&out);
+    assert!(out.stdout.is_empty());
+
+    // `off` runs them unconfined, without the warning `auto` gives where it cannot confine.
+    let out = p
+        .kiln(bin())
+        .args(["run"])
+        .args([p.root()])
+        .args(["--sandbox", "off", "--format", "json"])
+        .env("PATH", &path)
+        .with_data_dir()
+        .output();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(!out.stderr.contains("WITHOUT A SANDBOX"), "{}", out.stderr);
+    let bad = p
+        .kiln(bin())
+        .args(["run"])
+        .args([p.root()])
+        .args(["--sandbox", "sometimes"])
+        .with_data_dir()
+        .output();
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("sometimes"), "{}", bad.stderr);
+}

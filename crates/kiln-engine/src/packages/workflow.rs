@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use jiff::Timestamp;
 use kiln_core::packages::{DepsWalker, PackageId, Schedule, Tree};
@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BuildError, BuildOptions, BuildPlan, Job, Sandbox, SandboxMode, Shared, Start, begin_session,
-    execute, plan, start,
+    BuildError, BuildOptions, BuildPlan, Job, Sandbox, Shared, Start, begin_session, execute, plan,
+    start,
 };
 use kiln_store::Store;
 
@@ -53,14 +53,6 @@ struct Book {
     closed: bool,
 }
 
-/// The sandbox package jobs run in: probed once per process (`auto`).
-fn sandbox() -> Sandbox {
-    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX
-        .get_or_init(|| Sandbox::detect(SandboxMode::Auto).unwrap_or_else(|_| Sandbox::off()))
-        .clone()
-}
-
 /// Plans every `packages:` job of `wf` from the run's files at `root`: the tree validated,
 /// keyed and looked up in the store, a build session begun for each. Errors name the job.
 pub async fn plan_workflow(
@@ -68,6 +60,7 @@ pub async fn plan_workflow(
     wf: &Workflow,
     root: &Path,
     data_dir: &Path,
+    sandbox: &Sandbox,
 ) -> Result<WorkflowPackages, BuildError> {
     let mut out = HashMap::new();
     for (key, job) in &wf.jobs {
@@ -93,7 +86,7 @@ pub async fn plan_workflow(
         }
         let mut opts = BuildOptions::new(&tree_dir, data_dir);
         opts.origins = spec.origins.clone();
-        opts.sandbox = sandbox();
+        opts.sandbox = sandbox.clone();
         if let Some(slots) = spec.slots {
             opts.slots = slots as usize;
         }

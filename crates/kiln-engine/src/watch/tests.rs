@@ -238,6 +238,7 @@ async fn start(store: &Store, data: &std::path::Path) -> Engine {
             slots: 1,
             data_dir: data.to_path_buf(),
             max_attempts: 1,
+            sandbox: crate::packages::Sandbox::off(),
         },
     )
     .await

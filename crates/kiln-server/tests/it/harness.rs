@@ -253,6 +253,7 @@ impl Server {
                 slots: 2,
                 data_dir: dir.path().to_owned(),
                 max_attempts: 3,
+                sandbox: sandbox(),
             };
             let (engine, _) = kiln_engine::Engine::start(store.clone(), config)
                 .await
@@ -423,3 +424,13 @@ macro_rules! both_backends {
     };
 }
 pub(crate) use both_backends;
+
+/// What confines the servers' `packages:` jobs: bubblewrap where it runs here (`.ci/run`
+/// installs it), else nothing; probed once.
+fn sandbox() -> kiln_engine::packages::Sandbox {
+    use kiln_engine::packages::{Sandbox, SandboxMode};
+    static SANDBOX: std::sync::OnceLock<Sandbox> = std::sync::OnceLock::new();
+    SANDBOX
+        .get_or_init(|| Sandbox::detect(SandboxMode::Auto).unwrap_or_else(|_| Sandbox::off()))
+        .clone()
+}

@@ -263,6 +263,7 @@ impl Srv {
                     slots: 2,
                     data_dir: data_dir.to_owned(),
                     max_attempts: 3,
+                    sandbox: kiln_engine::packages::Sandbox::off(),
                 },
             )
             .await

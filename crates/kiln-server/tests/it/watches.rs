@@ -115,6 +115,7 @@ impl Polled {
                 slots: 2,
                 data_dir: dir.path().to_owned(),
                 max_attempts: 3,
+                sandbox: kiln_engine::packages::Sandbox::off(),
             },
         )
         .await
