@@ -83,7 +83,7 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
     let data_dir = absolute(&a.store.data_dir);
 
     if a.dry_run {
-        return dry_run(&selected, &inputs, &a, &folder);
+        return dry_run(&selected, &inputs, &a, &folder, &root, &data_dir).await;
     }
 
     let (snap, revision) = snapshot(&root, std::slice::from_ref(&data_dir))?;
@@ -211,14 +211,17 @@ async fn project_name(store: &Store, folder: &str, root: &Path) -> Result<String
     }
 }
 
-fn dry_run(
+async fn dry_run(
     selected: &[&kiln_core::workflow::Workflow],
     inputs: &IndexMap<String, String>,
     a: &RunArgs,
     folder: &str,
+    root: &Path,
+    data_dir: &Path,
 ) -> Result<i32, Failure> {
     let mut jobs = Vec::new();
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
     for wf in selected {
         let typed = resolve_inputs(wf, inputs).map_err(Failure::invalid)?;
         let trigger = Trigger {
@@ -237,9 +240,55 @@ fn dry_run(
         ctx.insert("inputs".into(), Value::Object(typed));
         ctx.insert("vars".into(), json!({}));
         ctx.insert("env".into(), json!({}));
-        match kiln_core::plan::dry_run(wf, &ctx) {
-            Ok(planned) => jobs.extend(planned),
-            Err(d) => problems.extend(d.0),
+        let planned = match kiln_core::plan::dry_run(wf, &ctx) {
+            Ok(planned) => planned,
+            Err(d) => {
+                problems.extend(d.0);
+                continue;
+            }
+        };
+        // A `packages:` job becomes its packages' jobs (planned against the store, as a run
+        // plans it: cached packages get none).
+        let previews = if wf.jobs.values().any(|j| j.packages.is_some()) {
+            let store = open_store(&a.store).await?;
+            kiln_engine::packages::preview_workflow(&store, wf, root, data_dir)
+                .await
+                .map_err(|e| match e.is_user_error() {
+                    true => Failure::invalid(e.to_string()),
+                    false => Failure::internal(e.to_string()),
+                })?
+        } else {
+            Default::default()
+        };
+        for j in planned {
+            let Some(preview) = previews.get(&j.id) else {
+                jobs.push(j);
+                continue;
+            };
+            let base = wf.jobs[&j.id]
+                .name
+                .as_deref()
+                .filter(|n| !n.contains("${{"))
+                .unwrap_or(&j.id)
+                .to_owned();
+            for (origin, version) in &preview.jobs {
+                let mut matrix = serde_json::Map::new();
+                matrix.insert("package".into(), origin.clone().into());
+                matrix.insert("version".into(), version.clone().into());
+                jobs.push(kiln_core::plan::PlannedJob {
+                    workflow: j.workflow.clone(),
+                    id: j.id.clone(),
+                    name: format!("{base} ({origin})"),
+                    needs: j.needs.clone(),
+                    matrix: Some(matrix),
+                });
+            }
+            if preview.cached > 0 {
+                notes.push(format!(
+                    "{}  {base}: {} cached package(s) get no job",
+                    j.workflow, preview.cached
+                ));
+            }
         }
     }
     if !problems.is_empty() {
@@ -262,6 +311,9 @@ fn dry_run(
                     format!(" needs: {}", j.needs.join(", "))
                 };
                 stdout_line(&format!("{}  {}{}{}", j.workflow, j.name, needs, matrix));
+            }
+            for n in &notes {
+                stdout_line(n);
             }
         }
     }

@@ -45,7 +45,7 @@ use kiln_core::packages::{
 use kiln_exec::{CommandEnd, CommandSpec, Confinement, ExecEvent, Network, run_command};
 /// The sandbox and process limits a build is configured with (in [`BuildOptions`]).
 pub use kiln_exec::{Limits, Sandbox, SandboxError, SandboxMode};
-pub use workflow::{PackageSet, WorkflowPackages, plan_workflow};
+pub use workflow::{PackagePreview, PackageSet, WorkflowPackages, plan_workflow, preview_workflow};
 
 mod workflow;
 use kiln_store::packages::log_tail;

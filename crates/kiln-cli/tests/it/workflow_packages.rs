@@ -112,6 +112,30 @@ fn a_packages_job_runs_one_job_per_package_and_a_failure_skips_only_its_dependen
     // Fixed: what succeeded is cached and gets no job; the fixed package and what waited on
     // it build, the dependent seeing its dependencies' outputs (one restored from the cache).
     let p = p.file("tree/app/bad/kiln-package.toml", GOOD);
+    // A dry run lists the jobs the packages would get, planned against the store.
+    let dry = run_json(&p, &["--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.stderr);
+    let planned = dry.json();
+    let names: Vec<&str> = planned["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ports (app/bad)", "ports (app/top)", "report"]);
+    let text = p
+        .kiln(bin())
+        .args(["run"])
+        .args([p.root()])
+        .args(["--dry-run"])
+        .with_data_dir()
+        .output();
+    assert!(
+        text.stdout
+            .contains("ports: 2 cached package(s) get no job"),
+        "{}",
+        text.stdout
+    );
     let again = run_json(&p, &[]);
     assert_eq!(again.code, 0, "{}\n{}", again.stdout, again.stderr);
     assert_eq!(

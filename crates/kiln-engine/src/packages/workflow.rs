@@ -63,6 +63,60 @@ pub async fn plan_workflow(
     sandbox: &Sandbox,
 ) -> Result<WorkflowPackages, BuildError> {
     let mut out = HashMap::new();
+    for (key, planned, opts) in plan_jobs(store, wf, root, data_dir, sandbox).await? {
+        out.insert(
+            key,
+            Arc::new(PackageSet::begin(store, planned, &opts).await?),
+        );
+    }
+    Ok(Arc::new(out))
+}
+
+/// What a run of `wf` would build for each `packages:` job, by job key: the jobs its
+/// packages would get (`(origin, version)`, origin order) and how many are cached. Reads the
+/// tree and the store only (`kiln run --dry-run`).
+pub async fn preview_workflow(
+    store: &Store,
+    wf: &Workflow,
+    root: &Path,
+    data_dir: &Path,
+) -> Result<HashMap<String, PackagePreview>, BuildError> {
+    let mut out = HashMap::new();
+    for (key, planned, _) in plan_jobs(store, wf, root, data_dir, &Sandbox::off()).await? {
+        let jobs = planned
+            .packages()
+            .filter(|p| p.cached.is_none())
+            .map(|p| (p.origin.to_owned(), p.version.to_owned()))
+            .collect();
+        out.insert(
+            key,
+            PackagePreview {
+                jobs,
+                cached: planned.cached(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// One `packages:` job as a dry run shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackagePreview {
+    /// `(origin, version)` of each package that would get a job.
+    pub jobs: Vec<(String, String)>,
+    /// Packages with a stored build of their key (no job).
+    pub cached: usize,
+}
+
+/// Each `packages:` job's plan with the options it was made with; errors name the job.
+async fn plan_jobs(
+    store: &Store,
+    wf: &Workflow,
+    root: &Path,
+    data_dir: &Path,
+    sandbox: &Sandbox,
+) -> Result<Vec<(String, BuildPlan, BuildOptions)>, BuildError> {
+    let mut out = Vec::new();
     for (key, job) in &wf.jobs {
         let Some(spec) = &job.packages else { continue };
         let at = |e: BuildError| {
@@ -91,12 +145,9 @@ pub async fn plan_workflow(
             opts.slots = slots as usize;
         }
         let planned = plan(store, &opts).await.map_err(at)?;
-        out.insert(
-            key.clone(),
-            Arc::new(PackageSet::begin(store, planned, &opts).await?),
-        );
+        out.push((key.clone(), planned, opts));
     }
-    Ok(Arc::new(out))
+    Ok(out)
 }
 
 impl PackageSet {
