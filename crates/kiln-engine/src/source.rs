@@ -254,6 +254,45 @@ impl GitRepo {
         Ok(repo)
     }
 
+    /// Fetches `refs` (full ref names the provider keeps outside branches and tags, such as
+    /// a pull request's `refs/pull/7/head`, which holds a fork's commit) from `url` into the
+    /// mirror at `dir`, each under its own name, after the egress check. The mirror's regular
+    /// fetch never prunes them (its refspecs cover branches and tags only).
+    pub async fn fetch_refs(
+        url: &str,
+        dir: &Path,
+        policy: &EgressPolicy,
+        refs: &[String],
+    ) -> Result<GitRepo, SourceError> {
+        for r in refs {
+            check_rev_syntax(r)?;
+            if !r.starts_with("refs/")
+                || r.starts_with("refs/heads/")
+                || r.starts_with("refs/tags/")
+            {
+                return Err(SourceError::BadRevision {
+                    rev: r.clone(),
+                    reason: "only refs outside branches and tags are fetched this way",
+                });
+            }
+        }
+        let target = policy.check_url(url).await?;
+        let remote = Remote::new(url, &target);
+        let repo = Self::open_or_init(dir, &egress::redact_url(url)).await?;
+        if refs.is_empty() {
+            return Ok(repo);
+        }
+        Git::new(NETWORK_TIMEOUT)
+            .git_dir(dir)
+            .configs(&remote.config)
+            .args(["fetch", "--no-write-fetch-head"])
+            .url(&remote)
+            .args(refs.iter().map(|r| format!("+{r}:{r}")))
+            .run()
+            .await?;
+        Ok(repo)
+    }
+
     /// An existing mirror made by [`GitRepo::fetch`].
     pub async fn open(dir: &Path) -> Result<GitRepo, SourceError> {
         let (status, stdout, _) = Git::new(LOCAL_TIMEOUT)

@@ -129,6 +129,32 @@ pub(crate) async fn fetch_now(state: &AppState, id: ProjectId) -> Result<(), Str
     }
 }
 
+/// Fetches `refs` of project `id` (a pull request's head ref, which holds a fork's commit)
+/// into its mirror, one fetch of the mirror at a time, behind the egress policy. Not recorded
+/// as the project's fetch: branches and the default branch are the regular fetch's.
+pub(crate) async fn fetch_refs(
+    state: &AppState,
+    id: ProjectId,
+    refs: &[String],
+) -> Result<(), String> {
+    let lock = state.fetches().lock_of(id);
+    let _one_at_a_time = lock.lock().await;
+    let record = match state.store().project_record(id).await {
+        Ok(Some(r)) if !r.is_archived() && r.kind() == ProjectKind::Git => r,
+        Ok(_) => return Ok(()),
+        Err(e) => return Err(format!("the store failed: {e}")),
+    };
+    let config = state.config();
+    let dir = mirror_dir(&config.data_dir, id);
+    GitRepo::fetch_refs(&record.project.source, &dir, &config.egress, refs)
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            e.to_string()
+                .replace(&config.data_dir.display().to_string(), "<data dir>")
+        })
+}
+
 /// One fetch of the project's current source, recorded in the store; what it found
 /// (`None`: not a git project, or the store failed).
 async fn fetch_once(state: &AppState, id: ProjectId) -> Option<FetchOutcome> {

@@ -234,6 +234,24 @@ async fn process_project(
     {
         return all(items, failed(format!("could not fetch the project: {e}")));
     }
+    // A pull request from a fork: its head commit is on no branch of the repository, only
+    // under the provider's pull request ref.
+    if git {
+        let mut refs = Vec::new();
+        for item in &items {
+            if let (Some(sha), Some(r)) = (&item.event.sha, &item.event.fetch_ref)
+                && !refs.contains(r)
+                && !mirror_has(state, project, sha).await
+            {
+                refs.push(r.clone());
+            }
+        }
+        if !refs.is_empty()
+            && let Err(e) = crate::fetch::fetch_refs(state, project, &refs).await
+        {
+            tracing::warn!(project = %project, error = %e, "cannot fetch pull request refs");
+        }
+    }
     // A deleted ref has no commit: it runs at the default branch's head, as on GitHub.
     let mut by_target: IndexMap<(Option<String>, Option<String>), Vec<Item>> = IndexMap::new();
     for item in items {

@@ -44,6 +44,7 @@ with_engine!(
     each_provider_runs_the_workflow_at_the_pushed_commit,
     replays_bad_signatures_and_bodies_are_told_apart,
     rotation_changes_the_secret_and_the_url,
+    a_pull_request_from_a_fork_runs_at_its_head_commit,
 );
 
 fn local() -> EgressPolicy {
@@ -571,4 +572,62 @@ async fn rotation_changes_the_secret_and_the_url(s: &Server) {
     )
     .await
     .expect_invalid("value");
+}
+
+const PR: &str = r#"
+on:
+  pull_request:
+    branches: [main]
+jobs:
+  check:
+    runs-on: local
+    steps:
+      - run: echo "sha=$GITHUB_SHA head=${{ github.head_ref }} ref=${{ github.ref }}"; cat fork.txt
+"#;
+
+/// A pull request from a fork: its head commit is on no branch of the repository, only under
+/// `refs/pull/N/head`. kiln fetches that ref and runs at the commit.
+async fn a_pull_request_from_a_fork_runs_at_its_head_commit(s: &Server) {
+    let up = GitUpstream::new();
+    let base = up.commit(&[(".kiln/workflows/pr.yml", PR)], "base");
+    let (_, hook) = s.hooked(&up, "app-fork-pr", "github").await;
+    // The fork's commit, reachable upstream only through the pull request's ref.
+    up.git(&["checkout", "--quiet", "-b", "fork-topic"]);
+    let head = up.commit(&[("fork.txt", "from the fork")], "fork work");
+    up.git(&["update-ref", "refs/pull/7/head", &head]);
+    up.git(&["checkout", "--quiet", "main"]);
+    up.git(&["branch", "--quiet", "-D", "fork-topic"]);
+
+    let mut p = corpus("github/pull_request.opened.payload.json");
+    p["number"] = json!(7);
+    p["pull_request"]["number"] = json!(7);
+    p["pull_request"]["head"]["sha"] = json!(head);
+    p["pull_request"]["head"]["ref"] = json!("topic");
+    p["pull_request"]["base"]["ref"] = json!("main");
+    p["pull_request"]["base"]["sha"] = json!(base);
+    let body = serde_json::to_vec(&p).unwrap();
+    let mut headers = signed("github", SECRET, "fork-pr-1", &body);
+    for (k, v) in &mut headers {
+        if k == "X-GitHub-Event" {
+            *v = "pull_request".to_owned();
+        }
+    }
+    let r = s.deliver(&hook, &headers, body).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let d = s.processed(r.data()["delivery_id"].as_str().unwrap()).await;
+    assert_eq!(d["status"], "processed", "{d:#}");
+    let run = s.finished(d["runs"][0].as_str().unwrap()).await;
+    assert_eq!(run.sha, head);
+    assert_eq!(
+        (run.event.as_str(), run.git_ref.as_str()),
+        ("pull_request", "refs/pull/7/merge")
+    );
+    let log = s.store.read_log(run.jobs[0].id, 0, 1 << 20).await.unwrap();
+    let log = String::from_utf8_lossy(&log.data);
+    assert_eq!(run.status, RunStatus::Success, "{log}");
+    assert!(
+        log.contains(&format!("sha={head} head=topic ref=refs/pull/7/merge")),
+        "{log}"
+    );
+    assert!(log.contains("from the fork"), "{log}");
 }
