@@ -75,6 +75,12 @@ pub(crate) fn mirror_dir(data_dir: &Path, id: ProjectId) -> PathBuf {
     data_dir.join("repos").join(format!("{id}.git"))
 }
 
+/// `message` with the server's data folder written `<data dir>`: users read fetch and
+/// delivery errors, not where the server keeps its data.
+pub(crate) fn hide_data_dir(data_dir: &Path, message: &str) -> String {
+    message.replace(&data_dir.display().to_string(), "<data dir>")
+}
+
 /// Fetches project `id`'s mirror in the background (see the module doc).
 pub(crate) fn request(state: &AppState, id: ProjectId) {
     if !state.fetches().claim(id) {
@@ -149,10 +155,7 @@ pub(crate) async fn fetch_refs(
     GitRepo::fetch_refs(&record.project.source, &dir, &config.egress, refs)
         .await
         .map(|_| ())
-        .map_err(|e| {
-            e.to_string()
-                .replace(&config.data_dir.display().to_string(), "<data dir>")
-        })
+        .map_err(|e| hide_data_dir(&config.data_dir, &e.to_string()))
 }
 
 /// One fetch of the project's current source, recorded in the store; what it found
@@ -187,9 +190,7 @@ async fn fetch_once(state: &AppState, id: ProjectId) -> Option<FetchOutcome> {
             // The user's to fix (a URL, access to the repository), not the operator's.
             tracing::warn!(project = %id, error = %e, "failed to fetch a project's mirror");
             // Readers of the project see the error, not where the server keeps its data.
-            let shown = e
-                .to_string()
-                .replace(&config.data_dir.display().to_string(), "<data dir>");
+            let shown = hide_data_dir(&config.data_dir, &e.to_string());
             FetchOutcome::Failed(shown)
         }
     };

@@ -165,7 +165,16 @@ async fn process_batch(state: &AppState, ids: Vec<String>) {
     let mut projects = tokio::task::JoinSet::new();
     for (project, items) in by_project {
         let state = state.clone();
-        projects.spawn(async move { process_project(&state, project, items).await });
+        projects.spawn(async move {
+            let mut done = process_project(&state, project, items).await;
+            // Reasons quote git and the engine, whose messages name paths in the data dir.
+            for (_, outcome) in &mut done {
+                if let Some(reason) = &mut outcome.reason {
+                    *reason = crate::fetch::hide_data_dir(&state.config().data_dir, reason);
+                }
+            }
+            done
+        });
     }
     while let Some(finished) = projects.join_next().await {
         match finished {

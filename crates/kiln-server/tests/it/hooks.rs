@@ -585,6 +585,17 @@ jobs:
       - run: echo "sha=$GITHUB_SHA head=${{ github.head_ref }} ref=${{ github.ref }}"; cat fork.txt
 "#;
 
+/// GitHub's headers for a signed `pull_request` delivery.
+fn pull_request_headers(body: &[u8], delivery: &str) -> Vec<(String, String)> {
+    let mut headers = signed("github", SECRET, delivery, body);
+    for (k, v) in &mut headers {
+        if k == "X-GitHub-Event" {
+            *v = "pull_request".to_owned();
+        }
+    }
+    headers
+}
+
 /// A pull request from a fork: its head commit is on no branch of the repository, only under
 /// `refs/pull/N/head`. kiln fetches that ref and runs at the commit.
 async fn a_pull_request_from_a_fork_runs_at_its_head_commit(s: &Server) {
@@ -606,12 +617,7 @@ async fn a_pull_request_from_a_fork_runs_at_its_head_commit(s: &Server) {
     p["pull_request"]["base"]["ref"] = json!("main");
     p["pull_request"]["base"]["sha"] = json!(base);
     let body = serde_json::to_vec(&p).unwrap();
-    let mut headers = signed("github", SECRET, "fork-pr-1", &body);
-    for (k, v) in &mut headers {
-        if k == "X-GitHub-Event" {
-            *v = "pull_request".to_owned();
-        }
-    }
+    let headers = pull_request_headers(&body, "fork-pr-1");
     let r = s.deliver(&hook, &headers, body).await;
     assert_eq!(r.status, 202, "{}", r.text);
     let d = s.processed(r.data()["delivery_id"].as_str().unwrap()).await;
@@ -630,4 +636,23 @@ async fn a_pull_request_from_a_fork_runs_at_its_head_commit(s: &Server) {
         "{log}"
     );
     assert!(log.contains("from the fork"), "{log}");
+
+    // A commit the provider does not have under that ref either: the delivery fails saying
+    // why, without naming where the server keeps its data.
+    let mut p = p;
+    p["number"] = json!(8);
+    p["pull_request"]["number"] = json!(8);
+    p["pull_request"]["head"]["sha"] = json!("0123456789abcdef0123456789abcdef01234567");
+    let body = serde_json::to_vec(&p).unwrap();
+    let headers = pull_request_headers(&body, "fork-pr-2");
+    let r = s.deliver(&hook, &headers, body).await;
+    let d = s.processed(r.data()["delivery_id"].as_str().unwrap()).await;
+    assert_eq!(d["status"], "failed", "{d:#}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("could not read the workflows at the event's commit"),
+        "{reason}"
+    );
+    let data = s.data_dir().display().to_string();
+    assert!(!reason.contains(&data), "{reason}");
 }
