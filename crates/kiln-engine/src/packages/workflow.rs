@@ -10,7 +10,7 @@
 //! `build`, output into the blob store, a row in the package history. So `kiln build
 //! history`, the package API and the cache see workflow builds and `kiln build` alike.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +47,7 @@ pub struct PackageSet {
 struct Book {
     counts: BuildCounts,
     /// Packages with a row already (built, failed, cancelled while running).
-    recorded: HashMap<PackageId, ()>,
+    recorded: HashSet<PackageId>,
     /// Rows recorded when the set is closed.
     pending: Vec<PackageBuild>,
     closed: bool,
@@ -238,7 +238,7 @@ impl PackageSet {
         let Some(p) = self.tree().id(&row.origin) else {
             return;
         };
-        if book.recorded.insert(p, ()).is_none() {
+        if book.recorded.insert(p) {
             book.counts.add(row.status, 1);
             book.pending.push(row);
         }
@@ -307,7 +307,7 @@ impl PackageSet {
         }
         {
             let mut book = self.book.lock().expect("book lock");
-            if book.recorded.insert(p, ()).is_none() {
+            if book.recorded.insert(p) {
                 book.counts.add(status, 1);
             }
         }
@@ -326,7 +326,7 @@ impl PackageSet {
             book.closed = true;
             let mut rows = std::mem::take(&mut book.pending);
             for &p in self.plan.selection.ids() {
-                if !book.recorded.contains_key(&p) {
+                if !book.recorded.contains(&p) {
                     let row = self.row(
                         p,
                         PackageBuildStatus::Cancelled,
