@@ -280,6 +280,7 @@ async fn dry_run(
                     id: j.id.clone(),
                     name: format!("{base} ({origin})"),
                     needs: j.needs.clone(),
+                    labels: j.labels.clone(),
                     matrix: Some(matrix),
                 });
             }

@@ -32,6 +32,9 @@ pub struct PlannedJob {
     /// This instance's matrix values: `{}` without a matrix, `None` when the matrix depends
     /// on a job that has not run yet (it is expanded when that job ends).
     pub matrix: Option<Map<String, Value>>,
+    /// Its `runs-on` labels (see [`runs_on_labels`]); empty while `matrix` is `None`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
 }
 
 /// One instance of a job after its matrix is expanded.
@@ -39,6 +42,8 @@ pub struct PlannedJob {
 pub struct JobInstance {
     pub name: String,
     pub matrix: Map<String, Value>,
+    /// Its `runs-on` labels, rendered with this instance's matrix.
+    pub labels: Vec<String>,
 }
 
 /// Whether `event` starts `wf`.
@@ -342,7 +347,15 @@ fn expand_inner(job: &Job, contexts: &Map<String, Value>) -> Result<Vec<JobInsta
                 key: "name",
                 message,
             })?;
-            Ok(JobInstance { name, matrix: m })
+            let labels = runs_on_labels(job, &m, contexts).map_err(|message| ExpandError {
+                key: "runs-on",
+                message,
+            })?;
+            Ok(JobInstance {
+                name,
+                matrix: m,
+                labels,
+            })
         })
         .collect()
 }
@@ -392,6 +405,59 @@ pub fn display_name(
     }
 }
 
+/// The labels a worker needs to run one instance of `job`: its `runs-on` rendered with
+/// `matrix` (and the other contexts). A string is one label (or, when it is one expression,
+/// whatever that gives: a string or a list of strings); a list is its items; a mapping is its
+/// `labels` plus its `group` (kiln has no runner groups: a group is one more label). Blank
+/// and repeated labels are dropped; no `runs-on` is no labels, which any worker may run.
+pub fn runs_on_labels(
+    job: &Job,
+    matrix: &Map<String, Value>,
+    contexts: &Map<String, Value>,
+) -> Result<Vec<String>, String> {
+    let Some(runs_on) = &job.runs_on else {
+        return Ok(Vec::new());
+    };
+    let mut ctx = contexts.clone();
+    ctx.insert("matrix".to_owned(), Value::Object(matrix.clone()));
+    let value = expr::eval_value(runs_on, &scope(&ctx)).map_err(|e| e.to_string())?;
+    let mut labels: Vec<String> = Vec::new();
+    let mut add = |v: &Value| -> Result<(), String> {
+        let items: &[Value] = match v {
+            Value::Array(items) => items,
+            other => std::slice::from_ref(other),
+        };
+        for item in items {
+            let label = match item {
+                Value::String(s) => s.trim().to_owned(),
+                Value::Null => continue,
+                Value::Number(_) | Value::Bool(_) => expr::to_display_string(item),
+                Value::Array(_) | Value::Object(_) => {
+                    return Err(format!(
+                        "a label must be a string, but one evaluated to {}",
+                        serde_json::to_string(item).unwrap_or_default()
+                    ));
+                }
+            };
+            if !label.is_empty() && !labels.contains(&label) {
+                labels.push(label);
+            }
+        }
+        Ok(())
+    };
+    match &value {
+        Value::Object(m) => {
+            for key in ["labels", "group"] {
+                if let Some(v) = m.get(key) {
+                    add(v)?;
+                }
+            }
+        }
+        other => add(other)?,
+    }
+    Ok(labels)
+}
+
 /// `strategy.fail-fast` (default true): whether one failed instance cancels the others.
 pub fn fail_fast(job: &Job, contexts: &Map<String, Value>) -> bool {
     match job.strategy.as_ref().and_then(|s| s.fail_fast.as_ref()) {
@@ -439,22 +505,27 @@ pub fn dry_run(
     let mut problems = validate(wf);
     let mut out = Vec::new();
     for job in wf.jobs.values() {
-        let planned = |name: String, matrix: Option<Map<String, Value>>| PlannedJob {
+        let planned = |name: String, matrix: Option<Map<String, Value>>, labels| PlannedJob {
             workflow: wf.file.clone(),
             id: job.id.clone(),
             name,
             needs: job.needs.clone(),
             matrix,
+            labels,
         };
         if matrix_waits_for_needs(job) {
             out.push(planned(
                 job.name.clone().unwrap_or_else(|| job.id.clone()),
                 None,
+                Vec::new(),
             ));
             continue;
         }
         match expand_inner(job, contexts) {
-            Ok(list) => out.extend(list.into_iter().map(|i| planned(i.name, Some(i.matrix)))),
+            Ok(list) => out.extend(
+                list.into_iter()
+                    .map(|i| planned(i.name, Some(i.matrix), i.labels)),
+            ),
             Err(e) => problems.push(Diagnostic {
                 severity: Severity::Error,
                 file: wf.file.clone(),

@@ -520,6 +520,7 @@ impl Dispatcher {
                     needs: p.needs.clone(),
                     status: JobStatus::Pending,
                     max_attempts: self.max_attempts,
+                    labels: p.labels.clone(),
                 });
                 self.seq += 1;
                 recs.push((
@@ -1462,7 +1463,7 @@ impl Dispatcher {
             Some(ids) => ids,
             None => {
                 let expanded = match &pkg_set {
-                    Some(set) => Ok(package_instances(key, job, set)),
+                    Some(set) => package_instances(key, job, set, &ctx),
                     None => plan::expand_job(job, &ctx),
                 };
                 let (new_jobs, ids) = match expanded {
@@ -1481,6 +1482,7 @@ impl Dispatcher {
                                 needs: job.needs.clone(),
                                 status: JobStatus::Pending,
                                 max_attempts: self.max_attempts,
+                                labels: inst.labels.clone(),
                             });
                             self.jobs.insert(
                                 id,
@@ -2162,6 +2164,7 @@ fn new_jobs_failed(
             needs: needs.to_vec(),
             status: JobStatus::Failure,
             max_attempts,
+            labels: Vec::new(),
         }],
         at: now(),
     });
@@ -2357,7 +2360,8 @@ fn package_instances(
     key: &str,
     job: &kiln_core::workflow::Job,
     set: &PackageSet,
-) -> Vec<JobInstance> {
+    ctx: &Map<String, Value>,
+) -> Result<Vec<JobInstance>, String> {
     let base = job
         .name
         .as_deref()
@@ -2365,9 +2369,12 @@ fn package_instances(
         .unwrap_or(key);
     set.to_build()
         .into_iter()
-        .map(|(p, matrix)| JobInstance {
-            name: format!("{base} ({})", set.tree().origin(p)),
-            matrix,
+        .map(|(p, matrix)| {
+            Ok(JobInstance {
+                name: format!("{base} ({})", set.tree().origin(p)),
+                labels: plan::runs_on_labels(job, &matrix, ctx)?,
+                matrix,
+            })
         })
         .collect()
 }

@@ -118,6 +118,9 @@ pub struct Job {
     pub max_attempts: i64,
     /// Keys of the jobs this one needs.
     pub needs: Vec<String>,
+    /// Its `runs-on` labels: a worker must have every one of them to run it.
+    #[serde(default)]
+    pub labels: Vec<String>,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     pub outputs: Map<String, Value>,

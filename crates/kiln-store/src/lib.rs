@@ -52,7 +52,9 @@ pub use packages::{
 };
 pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
-pub use types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
+pub use types::{
+    Claim, Claimed, ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter,
+};
 pub use watches::{
     ClaimedVersion, NewVersion, PollRecord, SeenVersion, WatchDef, WatchRow, WatchSyncReport,
 };
@@ -276,6 +278,20 @@ impl Store {
         let expired = with_backend!(self, b => b.expire_leases(now, owner).await);
         self.wrote();
         expired
+    }
+
+    /// Leases up to `claim.limit` queued jobs, oldest first (then in their run's order),
+    /// whose labels the claimer has: each becomes `leased` with the next fencing token and
+    /// `attempts` + 1, and appends `job.leased`. Safe to call from many processes at once:
+    /// on PostgreSQL a claim skips rows another claim holds (`FOR UPDATE SKIP LOCKED`)
+    /// instead of waiting for it, so no job is leased twice and no claimer blocks another.
+    pub async fn claim_jobs(&self, claim: &Claim) -> Result<Vec<Claimed>, StoreError> {
+        if claim.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let claimed = with_backend!(self, b => b.claim_jobs(claim).await);
+        self.wrote();
+        claimed
     }
 
     /// Marks that this process wrote (and may have appended events).

@@ -35,6 +35,8 @@ pub struct NewJob {
     pub status: JobStatus,
     /// How many executions the job may have before an expired lease fails it.
     pub max_attempts: i64,
+    /// Its `runs-on` labels: only a claimer with every one of them may take it.
+    pub labels: Vec<String>,
 }
 
 /// One transition for [`Store::commit`](crate::Store::commit). Ops carrying a `token` are
@@ -143,6 +145,31 @@ pub enum Refusal {
     /// The op asked for a status it cannot set: `leased`/`running` through `SetJobStatus`
     /// (those need a lease), or a non-terminal status through `CompleteJob`.
     BadTransition { job: JobId, to: JobStatus },
+}
+
+/// What [`Store::claim_jobs`](crate::Store::claim_jobs) asks for: up to `limit` queued jobs,
+/// oldest first, whose labels `owner` has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// Who holds the leases (a worker's id, or a server's local pool).
+    pub owner: String,
+    /// The claimer's labels: it takes only jobs whose every label is among them. `None`
+    /// takes any job (the local pool and `kiln run` run whatever `runs-on` says).
+    pub labels: Option<Vec<String>>,
+    pub limit: u32,
+    /// How long each lease lasts unless renewed.
+    pub ttl_ms: i64,
+    pub at: Timestamp,
+}
+
+/// A job [`Store::claim_jobs`](crate::Store::claim_jobs) leased.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Claimed {
+    /// The job as it is now: `leased`, `attempts` counting this execution.
+    pub job: kiln_proto::Job,
+    pub project: ProjectId,
+    /// The lease's fencing token: every op of this execution carries it.
+    pub token: i64,
 }
 
 /// A lease [`Store::expire_leases`](crate::Store::expire_leases) took back.

@@ -150,7 +150,10 @@ jobs:
           "matrix": {
             "os": "ubuntu",
             "rust": "1.75"
-          }
+          },
+          "labels": [
+            "x"
+          ]
         },
         {
           "workflow": ".kiln/workflows/ci.yml",
@@ -160,7 +163,10 @@ jobs:
           "matrix": {
             "os": "macos",
             "rust": "1.75"
-          }
+          },
+          "labels": [
+            "x"
+          ]
         },
         {
           "workflow": ".kiln/workflows/ci.yml",
@@ -169,7 +175,10 @@ jobs:
           "needs": [
             "test"
           ],
-          "matrix": {}
+          "matrix": {},
+          "labels": [
+            "x"
+          ]
         }
       ]
     }

@@ -135,11 +135,13 @@ jobs:
         vec![
             JobInstance {
                 name: "Build linux".into(),
-                matrix: ctx(json!({"t": "linux"}))
+                matrix: ctx(json!({"t": "linux"})),
+                labels: vec!["x".into()],
             },
             JobInstance {
                 name: "Build bsd".into(),
-                matrix: ctx(json!({"t": "bsd"}))
+                matrix: ctx(json!({"t": "bsd"})),
+                labels: vec!["x".into()],
             },
         ]
     );
@@ -290,4 +292,80 @@ fn topological_order_puts_needs_first() {
     assert!(pos("a") < pos("b"));
     assert!(pos("b") < pos("d"));
     assert!(pos("c") < pos("d"));
+}
+
+#[test]
+fn runs_on_becomes_the_labels_a_worker_needs() {
+    let w = wf(r#"
+on: push
+jobs:
+  one:
+    runs-on: linux
+    steps: [{run: x}]
+  list:
+    runs-on: [self-hosted, linux, " linux ", ""]
+    steps: [{run: x}]
+  per-os:
+    runs-on: ${{ matrix.os }}
+    strategy:
+      matrix:
+        os: [bsd, [linux, arm64]]
+    steps: [{run: x}]
+  rendered:
+    runs-on: [ci, "builder-${{ inputs.size }}"]
+    steps: [{run: x}]
+  group:
+    runs-on: {group: big, labels: [gpu]}
+    steps: [{run: x}]
+  bad:
+    runs-on: '${{ fromJSON(''[{"a": 1}]'') }}'
+    steps: [{run: x}]
+"#);
+    let contexts = ctx(json!({"inputs": {"size": "xl"}}));
+    let labels = |key: &str, matrix: Value| {
+        let Value::Object(m) = matrix else { panic!() };
+        runs_on_labels(&w.jobs[key], &m, &contexts)
+    };
+    assert_eq!(labels("one", json!({})), Ok(vec!["linux".to_owned()]));
+    assert_eq!(
+        labels("list", json!({})),
+        Ok(vec!["self-hosted".to_owned(), "linux".to_owned()])
+    );
+    assert_eq!(
+        labels("per-os", json!({"os": "bsd"})),
+        Ok(vec!["bsd".to_owned()])
+    );
+    assert_eq!(
+        labels("per-os", json!({"os": ["linux", "arm64"]})),
+        Ok(vec!["linux".to_owned(), "arm64".to_owned()])
+    );
+    assert_eq!(
+        labels("rendered", json!({})),
+        Ok(vec!["ci".to_owned(), "builder-xl".to_owned()])
+    );
+    assert_eq!(
+        labels("group", json!({})),
+        Ok(vec!["gpu".to_owned(), "big".to_owned()])
+    );
+    assert_eq!(
+        labels("bad", json!({})),
+        Err("a label must be a string, but one evaluated to {\"a\":1}".to_owned())
+    );
+
+    // Planning carries them per instance, and a bad `runs-on` is reported where it is.
+    let planned = dry_run(
+        &wf("on: push\njobs:\n  t:\n    runs-on: ${{ matrix.os }}\n    strategy:\n      matrix:\n        os: [a, b]\n    steps: [{run: x}]\n"),
+        &Map::new(),
+    )
+    .expect("plans");
+    let got: Vec<&[String]> = planned.iter().map(|p| p.labels.as_slice()).collect();
+    assert_eq!(got, [["a".to_owned()], ["b".to_owned()]]);
+    let err = dry_run(
+        &wf(
+            "on: push\njobs:\n  t:\n    runs-on: ${{ fromJSON('[[1]]') }}\n    steps: [{run: x}]\n",
+        ),
+        &Map::new(),
+    )
+    .expect_err("a list in a list is no label");
+    assert_eq!(err.0[0].path, "jobs.t.runs-on");
 }

@@ -35,6 +35,7 @@ async fn a_run_whose_lease_expired_is_driven_on_by_the_server() {
         },
         status,
         max_attempts: 3,
+        labels: Vec::new(),
     };
     let jobs = vec![job("a", JobStatus::Queued), job("b", JobStatus::Pending)];
     let a = jobs[0].id;

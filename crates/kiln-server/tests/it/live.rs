@@ -259,6 +259,7 @@ fn new_run(project: ProjectId, jobs: usize) -> NewRun {
                 needs: Vec::new(),
                 status: JobStatus::Queued,
                 max_attempts: 1,
+                labels: Vec::new(),
             })
             .collect(),
         at: jiff::Timestamp::now(),

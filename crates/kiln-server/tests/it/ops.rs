@@ -35,6 +35,7 @@ fn new_job(key: &str, status: JobStatus) -> NewJob {
         needs: Vec::new(),
         status,
         max_attempts: 2,
+        labels: Vec::new(),
     }
 }
 

@@ -541,6 +541,7 @@ async fn removing_waits_for_runs_then_archives(s: &Server) {
                 needs: Vec::new(),
                 status: JobStatus::Queued,
                 max_attempts: 1,
+                labels: Vec::new(),
             }],
             at: jiff::Timestamp::now(),
         })

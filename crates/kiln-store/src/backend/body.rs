@@ -19,7 +19,7 @@ use crate::backend::{
 };
 use crate::blob::BlobStore;
 use crate::error::{StoreError, query};
-use crate::types::{ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
+use crate::types::{Claim, Claimed, ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
 
 type DbRow = <Db as sqlx::Database>::Row;
 /// A read transaction. (Write transactions are each backend's `WriteTx`.)
@@ -41,7 +41,7 @@ macro_rules! run_cols {
 macro_rules! job_cols {
     () => {
         "id, run_id, job_key, name, matrix, needs, status, attempts, max_attempts, started_at, \
-         finished_at, outputs"
+         finished_at, outputs, labels"
     };
 }
 macro_rules! step_cols {
@@ -113,6 +113,7 @@ fn job_from_row(row: &DbRow) -> Result<Job, StoreError> {
         attempts: get(row, T, "attempts")?,
         max_attempts: get(row, T, "max_attempts")?,
         needs: parse_strings(T, "needs", &get::<String>(row, T, "needs")?)?,
+        labels: parse_strings(T, "labels", &get::<String>(row, T, "labels")?)?,
         started_at: opt_ts(T, "started_at", get(row, T, "started_at")?)?,
         finished_at: opt_ts(T, "finished_at", get(row, T, "finished_at")?)?,
         outputs: parse_map(T, "outputs", &get::<String>(row, T, "outputs")?)?,
@@ -455,6 +456,53 @@ impl Backend {
         self.finish(tx, pending).await?;
         Ok(expired)
     }
+
+    pub(crate) async fn claim_jobs(&self, claim: &Claim) -> Result<Vec<Claimed>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut pending = Pending::default();
+        let at = ms(claim.at);
+        let rows = sqlx::query(SQL.claim_jobs)
+            .bind(&claim.owner)
+            .bind(at.saturating_add(claim.ttl_ms))
+            .bind(claim.labels.as_ref().map(json_text))
+            .bind(i64::from(claim.limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query("claim jobs"))?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let job = job_from_row(row)?;
+            let project: String = get(row, "jobs", "project_id")?;
+            let token: i64 = get(row, "jobs", "lease_token")?;
+            let order = (
+                get::<i64>(row, "jobs", "created_at")?,
+                job.run.to_string(),
+                get::<i64>(row, "jobs", "seq")?,
+            );
+            claimed.push((
+                order,
+                Claimed {
+                    project: parse("jobs", "project_id", &project)?,
+                    token,
+                    job,
+                },
+            ));
+        }
+        // RETURNING gives no order: put the claims back in queue order, and the events too.
+        claimed.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, c) in &claimed {
+            pending.job_status(
+                at,
+                &c.project.to_string(),
+                &c.job.run.to_string(),
+                &c.job.id.to_string(),
+                JobStatus::Leased,
+                json!({ "owner": claim.owner, "attempt": c.job.attempts }),
+            );
+        }
+        self.finish(tx, pending).await?;
+        Ok(claimed.into_iter().map(|(_, c)| c).collect())
+    }
 }
 
 /// Inserts a run and its jobs in `tx` (see `Store::create_run`).
@@ -556,6 +604,7 @@ async fn insert_jobs(
                 new.status.as_str(),
                 new.max_attempts,
                 finished_at(new.status),
+                json_text(&new.labels),
             ])
         })
         .collect();
@@ -587,6 +636,7 @@ async fn insert_jobs(
             attempts: 0,
             max_attempts: new.max_attempts,
             needs: new.needs,
+            labels: new.labels,
             started_at: None,
             finished_at: finished_at(new.status)
                 .and_then(|ms| Timestamp::from_millisecond(ms).ok()),

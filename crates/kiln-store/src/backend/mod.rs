@@ -35,7 +35,7 @@ pub(crate) struct Dialect {
     /// Serialises the tail of event-writing transactions on PostgreSQL (see `postgres.rs`).
     pub(crate) lock_outbox: Option<&'static str>,
     /// Inserts jobs from a JSON array of `[id, key, name, matrix, needs, status,
-    /// max_attempts, finished_at]` rows; `$1` run, `$2` project, `$3` first seq, `$4` now.
+    /// max_attempts, finished_at, labels]` rows; `$1` run, `$2` project, `$3` first seq, `$4` now.
     pub(crate) insert_jobs: &'static str,
     /// Inserts a JSON array of `[at, kind, project, run, job, data]` rows in array order.
     pub(crate) insert_events: &'static str,
@@ -46,6 +46,10 @@ pub(crate) struct Dialect {
     /// The batched job transitions (see `batch.rs`). Each statement takes a JSON array of
     /// rows and returns `kind, id, run_id, project_id, token, attempts, idx` per applied row.
     pub(crate) batch: Batch,
+    /// Leases queued jobs: `$1` owner, `$2` lease expiry, `$3` the claimer's labels as a
+    /// JSON array (NULL: any), `$4` limit. Returns `job_cols!()` plus `project_id`,
+    /// `lease_token`, `seq` and `created_at`.
+    pub(crate) claim_jobs: &'static str,
     /// Inserts a JSON array of `[job, attempt, offset, length, step, blob_key, blob_offset]`.
     pub(crate) insert_chunks: &'static str,
 }

@@ -180,6 +180,7 @@ mod ops {
         ("created_at", Col::Int),
         ("started_at", Col::Int),
         ("finished_at", Col::Int),
+        ("labels", Col::Json),
     ];
     const STEPS: &[(&str, Col)] = &[
         ("job_id", Col::Text),
@@ -403,7 +404,7 @@ mod ops {
                 page: "SELECT id, run_id, project_id, seq, job_key, name, matrix, needs, \
                        status, attempts, max_attempts, lease_owner, lease_token, \
                        lease_expires_at, log_length, outputs, created_at, started_at, \
-                       finished_at FROM jobs WHERE id > $1 ORDER BY id LIMIT $2",
+                       finished_at, labels FROM jobs WHERE id > $1 ORDER BY id LIMIT $2",
             },
             ExportTable::Steps => Export {
                 table: "steps",

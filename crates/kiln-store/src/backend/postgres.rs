@@ -29,9 +29,9 @@ const SQL: Dialect = Dialect {
     lock_outbox: Some("SELECT pg_advisory_xact_lock(1802071150)"),
     insert_jobs: "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, \
                   status, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
-                  log_length, outputs, created_at, started_at, finished_at) \
+                  log_length, outputs, created_at, started_at, finished_at, labels) \
                   SELECT e->>0, $1, $2, $3 + n - 1, e->>1, e->>2, e->>3, e->>4, e->>5, 0, \
-                  (e->>6)::bigint, NULL, 0, NULL, 0, '{}', $4, NULL, (e->>7)::bigint \
+                  (e->>6)::bigint, NULL, 0, NULL, 0, '{}', $4, NULL, (e->>7)::bigint, e->>8 \
                   FROM jsonb_array_elements($5::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n",
     insert_events: "INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
                     SELECT (e->>0)::bigint, e->>1, e->>2, e->>3, e->>4, e->>5 \
@@ -90,6 +90,22 @@ const SQL: Dialect = Dialect {
         project_id, jobs.lease_token AS token, jobs.attempts AS attempts, NULL::int8 AS \
         idx",
     ]),
+    // The CTE locks the rows it picks and skips those another claim holds, so concurrent
+    // claimers each get different jobs without waiting on one another. It must be
+    // materialised: as `WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` the planner
+    // may run the subquery once per outer row, and each run skips past the rows the last
+    // one locked — one claim of `LIMIT 1` then leased the whole queue.
+    claim_jobs: "WITH next AS MATERIALIZED (SELECT id FROM jobs WHERE status = 'queued' \
+                 AND ($3::text IS NULL OR labels::jsonb <@ $3::jsonb) \
+                 ORDER BY created_at, run_id, seq LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                 UPDATE jobs SET status = 'leased', lease_owner = $1, \
+                 lease_token = jobs.lease_token + 1, lease_expires_at = $2, \
+                 attempts = jobs.attempts + 1, log_length = 0, started_at = NULL, \
+                 finished_at = NULL \
+                 FROM next WHERE jobs.id = next.id \
+                 RETURNING jobs.id, run_id, job_key, name, matrix, needs, status, attempts, \
+                 max_attempts, started_at, finished_at, outputs, labels, project_id, lease_token, \
+                 seq, created_at",
     insert_chunks: "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key, \
                     blob_offset) \
                     SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint, \
@@ -154,6 +170,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             12,
             "package_builds",
             include_str!("../../migrations/postgres/0012_package_builds.sql"),
+        ),
+        (
+            13,
+            "job_queue",
+            include_str!("../../migrations/postgres/0013_job_queue.sql"),
         ),
     ])
 }

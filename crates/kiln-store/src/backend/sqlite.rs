@@ -91,12 +91,12 @@ const SQL: Dialect = Dialect {
     lock_outbox: None,
     insert_jobs: "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, \
                   status, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
-                  log_length, outputs, created_at, started_at, finished_at) \
+                  log_length, outputs, created_at, started_at, finished_at, labels) \
                   SELECT json_extract(value, '$[0]'), $1, $2, $3 + key, \
                   json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
                   json_extract(value, '$[3]'), json_extract(value, '$[4]'), \
                   json_extract(value, '$[5]'), 0, json_extract(value, '$[6]'), NULL, 0, NULL, \
-                  0, '{}', $4, NULL, json_extract(value, '$[7]') \
+                  0, '{}', $4, NULL, json_extract(value, '$[7]'), json_extract(value, '$[8]') \
                   FROM json_each($5) ORDER BY key",
     insert_events: insert_events!(),
     events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
@@ -106,6 +106,18 @@ const SQL: Dialect = Dialect {
         batch: batch_script!(),
         begin_batch: concat!("BEGIN IMMEDIATE; ", batch_script!()),
     },
+    // One writer at a time: no row locks to skip. A job fits when none of its labels is
+    // missing from the claimer's.
+    claim_jobs: "UPDATE jobs SET status = 'leased', lease_owner = $1, \
+                 lease_token = lease_token + 1, lease_expires_at = $2, \
+                 attempts = attempts + 1, log_length = 0, started_at = NULL, \
+                 finished_at = NULL \
+                 WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' \
+                 AND ($3 IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(jobs.labels) AS l \
+                 WHERE l.value NOT IN (SELECT value FROM json_each($3)))) \
+                 ORDER BY created_at, run_id, seq LIMIT $4) \
+                 RETURNING id, run_id, job_key, name, matrix, needs, status, attempts, max_attempts, \
+                 started_at, finished_at, outputs, labels, project_id, lease_token, seq, created_at",
     insert_chunks: "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key, \
                     blob_offset) \
                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
@@ -171,6 +183,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             12,
             "package_builds",
             include_str!("../../migrations/sqlite/0012_package_builds.sql"),
+        ),
+        (
+            13,
+            "job_queue",
+            include_str!("../../migrations/sqlite/0013_job_queue.sql"),
         ),
     ])
 }

@@ -140,6 +140,7 @@ pub(crate) fn new_job(key: &str, status: JobStatus, max_attempts: i64) -> NewJob
         needs: Vec::new(),
         status,
         max_attempts,
+        labels: Vec::new(),
     }
 }
 

@@ -16,6 +16,7 @@ mod outbox;
 mod packages;
 mod parity;
 mod projects;
+mod queue;
 mod schedules;
 mod suite;
 mod throughput;

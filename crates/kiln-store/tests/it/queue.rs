@@ -1,0 +1,264 @@
+//! The job queue that workers and replicas claim from: labels, order, concurrent claimers,
+//! and fencing of a lease that expired.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_core::ids::{JobId, JobStatus, RunStatus};
+use kiln_store::{Claim, Claimed, ExpiredLease, NewJob, Op, OpResult, Refusal};
+use serde_json::{Map, json};
+use tokio::sync::Mutex;
+
+use crate::harness::{Harness, at, both_backends, new_job, new_run};
+
+both_backends!(
+    claims_take_queued_jobs_oldest_first_that_the_claimer_has_labels_for,
+    concurrent_claimers_never_take_the_same_job,
+    a_completion_from_an_expired_claim_is_refused,
+);
+
+fn labelled(key: &str, status: JobStatus, labels: &[&str]) -> NewJob {
+    NewJob {
+        labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        ..new_job(key, status, 3)
+    }
+}
+
+fn claim(owner: &str, labels: Option<&[&str]>, limit: u32, now: i64) -> Claim {
+    Claim {
+        owner: owner.to_owned(),
+        labels: labels.map(|l| l.iter().map(|s| (*s).to_owned()).collect()),
+        limit,
+        ttl_ms: 10_000,
+        at: at(now),
+    }
+}
+
+fn keys(claimed: &[Claimed]) -> Vec<&str> {
+    claimed.iter().map(|c| c.job.key.as_str()).collect()
+}
+
+async fn claims_take_queued_jobs_oldest_first_that_the_claimer_has_labels_for(h: &Harness) {
+    let s = &h.store;
+    let project = s.upsert_project("p", "/src/p").await.unwrap();
+    // The newer run is created first: the queue goes by when jobs were made, not by insertion.
+    let mut newer = new_run(
+        project.id,
+        "ci.yml",
+        vec![labelled("n1", JobStatus::Queued, &[])],
+    );
+    newer.at = at(5_000);
+    s.create_run(newer).await.unwrap();
+    let older = new_run(
+        project.id,
+        "ci.yml",
+        vec![
+            labelled("linux", JobStatus::Queued, &["linux"]),
+            labelled("gpu", JobStatus::Queued, &["linux", "gpu"]),
+            labelled("waits", JobStatus::Pending, &[]),
+            labelled("any", JobStatus::Queued, &[]),
+            labelled("done", JobStatus::Success, &[]),
+        ],
+    );
+    let older_id = older.id;
+    s.create_run(older).await.unwrap();
+    let head = s.event_head().await.unwrap();
+
+    // A worker with `linux` (and more) takes the linux job and the unlabelled ones, in
+    // order, but not the one that also needs a GPU.
+    let got = s
+        .claim_jobs(&claim("w1", Some(&["x86_64", "linux"]), 10, 6_000))
+        .await
+        .unwrap();
+    assert_eq!(keys(&got), ["linux", "any", "n1"]);
+    for c in &got {
+        assert_eq!(c.project, project.id);
+        assert_eq!(
+            (c.job.status, c.job.attempts, c.token),
+            (JobStatus::Leased, 1, 1)
+        );
+    }
+    assert_eq!(got[0].job.labels, ["linux"]);
+    assert_eq!(got[0].job.run, older_id);
+
+    // Leased jobs are taken; the limit holds; no labels at all takes only unlabelled jobs.
+    assert!(
+        s.claim_jobs(&claim("w2", Some(&[]), 10, 6_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let gpu = s
+        .claim_jobs(&claim("w2", Some(&["gpu", "linux"]), 1, 6_000))
+        .await
+        .unwrap();
+    assert_eq!(keys(&gpu), ["gpu"]);
+    // The local pool (labels `None`) would have taken anything; nothing queued is left.
+    assert!(
+        s.claim_jobs(&claim("pool", None, 10, 6_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Every claim is recorded with its owner, and reads show the lease.
+    let job = s.get_job(gpu[0].job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (job.status, job.labels.clone()),
+        (
+            JobStatus::Leased,
+            vec!["linux".to_owned(), "gpu".to_owned()]
+        )
+    );
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = s.events_after(head, 100).await.unwrap();
+        if events.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let leased: Vec<(Option<JobId>, serde_json::Value)> = events
+        .iter()
+        .filter(|e| e.kind == "job.leased")
+        .map(|e| (e.job, e.data["owner"].clone()))
+        .collect();
+    assert_eq!(leased.len(), 4, "{events:?}");
+    assert!(leased.contains(&(Some(gpu[0].job.id), json!("w2"))));
+    assert!(leased.contains(&(Some(got[0].job.id), json!("w1"))));
+}
+
+async fn concurrent_claimers_never_take_the_same_job(h: &Harness) {
+    let s = &h.store;
+    let project = s.upsert_project("p", "/src/p").await.unwrap();
+    let jobs: Vec<NewJob> = (0..120)
+        .map(|i| labelled(&format!("j{i}"), JobStatus::Queued, &[]))
+        .collect();
+    let mut run = new_run(project.id, "ci.yml", jobs);
+    run.status = RunStatus::Running;
+    let run = s.create_run(run).await.unwrap();
+
+    // Four claimers, each with its own store handle (on PostgreSQL its own pool, as a
+    // replica would have), claim one job at a time and complete it.
+    let seen: Arc<Mutex<HashMap<JobId, usize>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let store = h.reopen().await;
+        let seen = seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            loop {
+                let got = store
+                    .claim_jobs(&claim(&owner, Some(&["linux"]), 1, 1_000))
+                    .await
+                    .unwrap();
+                assert!(got.len() <= 1, "a claim of one took {}", got.len());
+                let Some(c) = got.into_iter().next() else {
+                    break;
+                };
+                *seen.lock().await.entry(c.job.id).or_default() += 1;
+                let done = store
+                    .commit(vec![Op::CompleteJob {
+                        job: c.job.id,
+                        token: c.token,
+                        status: JobStatus::Success,
+                        outputs: Map::new(),
+                        at: at(2_000),
+                    }])
+                    .await
+                    .unwrap();
+                assert_eq!(done, [OpResult::Done]);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let seen = seen.lock().await;
+    assert_eq!(seen.len(), 120);
+    assert!(seen.values().all(|n| *n == 1), "a job was claimed twice");
+    let run = s.get_run(run.id).await.unwrap().unwrap();
+    assert!(
+        run.jobs
+            .iter()
+            .all(|j| (j.status, j.attempts) == (JobStatus::Success, 1))
+    );
+}
+
+async fn a_completion_from_an_expired_claim_is_refused(h: &Harness) {
+    let s = &h.store;
+    let project = s.upsert_project("p", "/src/p").await.unwrap();
+    let mut run = new_run(
+        project.id,
+        "ci.yml",
+        vec![NewJob {
+            max_attempts: 2,
+            ..labelled("a", JobStatus::Queued, &[])
+        }],
+    );
+    run.status = RunStatus::Running;
+    let run = s.create_run(run).await.unwrap();
+    let id = run.jobs[0].id;
+
+    let first = s.claim_jobs(&claim("dead", None, 1, 0)).await.unwrap();
+    assert_eq!(first[0].token, 1);
+    // The holder goes quiet: its lease expires and the job goes back to the queue.
+    assert_eq!(
+        s.expire_leases(at(10_001), None).await.unwrap(),
+        vec![ExpiredLease {
+            job: id,
+            run: run.id,
+            requeued: true
+        }]
+    );
+    let second = s
+        .claim_jobs(&claim("alive", None, 1, 10_002))
+        .await
+        .unwrap();
+    assert_eq!((second[0].token, second[0].job.attempts), (2, 2));
+
+    // The late completion of the dead holder is refused and changes nothing.
+    let late = s
+        .commit(vec![Op::CompleteJob {
+            job: id,
+            token: first[0].token,
+            status: JobStatus::Success,
+            outputs: Map::new(),
+            at: at(10_003),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(
+        late,
+        [OpResult::Refused {
+            reason: Refusal::StaleToken {
+                job: id,
+                given: 1,
+                current: 2
+            }
+        }]
+    );
+    assert_eq!(
+        s.get_job(id).await.unwrap().unwrap().status,
+        JobStatus::Leased
+    );
+    let done = s
+        .commit(vec![Op::CompleteJob {
+            job: id,
+            token: 2,
+            status: JobStatus::Failure,
+            outputs: Map::new(),
+            at: at(10_004),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(done, [OpResult::Done]);
+    // Spent: when the second holder's lease had expired instead, the job would fail.
+    assert!(
+        s.claim_jobs(&claim("x", None, 1, 10_005))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
