@@ -227,12 +227,6 @@ impl Backend {
             self.blobs.put(&key, bytes).await?;
         }
         if pending.has_events() {
-            if let Some(lock) = SQL.lock_outbox {
-                sqlx::query(lock)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(query("lock the outbox"))?;
-            }
             sqlx::query(SQL.insert_events)
                 .bind(pending.events_json())
                 .execute(&mut *tx)
@@ -458,17 +452,24 @@ impl Backend {
     }
 
     pub(crate) async fn claim_jobs(&self, claim: &Claim) -> Result<Vec<Claimed>, StoreError> {
-        let mut tx = self.begin_write().await?;
-        let mut pending = Pending::default();
         let at = ms(claim.at);
-        let rows = sqlx::query(SQL.claim_jobs)
+        let statement = sqlx::query(SQL.claim_jobs)
             .bind(&claim.owner)
             .bind(at.saturating_add(claim.ttl_ms))
             .bind(claim.labels.as_ref().map(json_text))
             .bind(i64::from(claim.limit))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(query("claim jobs"))?;
+            .bind(at);
+        // Either the statement appends its own events and commits alone, or it runs in a
+        // write transaction that appends them.
+        let (rows, tx) = if SQL.claim_appends_events {
+            let rows = statement.fetch_all(&self.reader).await;
+            (rows.map_err(query("claim jobs"))?, None)
+        } else {
+            let mut tx = self.begin_write().await?;
+            let rows = statement.fetch_all(&mut *tx).await;
+            (rows.map_err(query("claim jobs"))?, Some(tx))
+        };
+        let mut pending = Pending::default();
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = job_from_row(row)?;
@@ -490,17 +491,19 @@ impl Backend {
         }
         // RETURNING gives no order: put the claims back in queue order, and the events too.
         claimed.sort_by(|a, b| a.0.cmp(&b.0));
-        for (_, c) in &claimed {
-            pending.job_status(
-                at,
-                &c.project.to_string(),
-                &c.job.run.to_string(),
-                &c.job.id.to_string(),
-                JobStatus::Leased,
-                json!({ "owner": claim.owner, "attempt": c.job.attempts }),
-            );
+        if let Some(tx) = tx {
+            for (_, c) in &claimed {
+                pending.job_status(
+                    at,
+                    &c.project.to_string(),
+                    &c.job.run.to_string(),
+                    &c.job.id.to_string(),
+                    JobStatus::Leased,
+                    json!({ "owner": claim.owner, "attempt": c.job.attempts }),
+                );
+            }
+            self.finish(tx, pending).await?;
         }
-        self.finish(tx, pending).await?;
         Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 }

@@ -32,12 +32,12 @@ pub(crate) struct Dialect {
     /// Finds the project of a new run; on PostgreSQL it also locks the project row so that
     /// two concurrent runs of one workflow cannot take the same run number.
     pub(crate) lock_project: &'static str,
-    /// Serialises the tail of event-writing transactions on PostgreSQL (see `postgres.rs`).
-    pub(crate) lock_outbox: Option<&'static str>,
     /// Inserts jobs from a JSON array of `[id, key, name, matrix, needs, status,
     /// max_attempts, finished_at, labels]` rows; `$1` run, `$2` project, `$3` first seq, `$4` now.
     pub(crate) insert_jobs: &'static str,
     /// Inserts a JSON array of `[at, kind, project, run, job, data]` rows in array order.
+    /// On PostgreSQL it first takes the outbox lock (see `postgres.rs`): one round trip for
+    /// both.
     pub(crate) insert_events: &'static str,
     /// `$1`: the last id seen, `$2`: the limit.
     pub(crate) events_after: &'static str,
@@ -47,9 +47,12 @@ pub(crate) struct Dialect {
     /// rows and returns `kind, id, run_id, project_id, token, attempts, idx` per applied row.
     pub(crate) batch: Batch,
     /// Leases queued jobs: `$1` owner, `$2` lease expiry, `$3` the claimer's labels as a
-    /// JSON array (NULL: any), `$4` limit. Returns `job_cols!()` plus `project_id`,
-    /// `lease_token`, `seq` and `created_at`.
+    /// JSON array (NULL: any), `$4` limit, `$5` now. Returns `job_cols!()` plus
+    /// `project_id`, `lease_token`, `seq` and `created_at`.
     pub(crate) claim_jobs: &'static str,
+    /// Whether `claim_jobs` also appends the `job.leased` events, so that a claim is one
+    /// statement committed on its own (PostgreSQL: one round trip instead of five).
+    pub(crate) claim_appends_events: bool,
     /// Inserts a JSON array of `[job, attempt, offset, length, step, blob_key, blob_offset]`.
     pub(crate) insert_chunks: &'static str,
 }

@@ -88,7 +88,7 @@ const SQL: Dialect = Dialect {
     begin_write: "BEGIN IMMEDIATE",
     begin_read: "BEGIN",
     lock_project: "SELECT id FROM projects WHERE id = $1",
-    lock_outbox: None,
+    claim_appends_events: false,
     insert_jobs: "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, \
                   status, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
                   log_length, outputs, created_at, started_at, finished_at, labels) \

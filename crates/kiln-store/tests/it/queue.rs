@@ -254,6 +254,28 @@ async fn a_completion_from_an_expired_claim_is_refused(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(done, [OpResult::Done]);
+    // Its events: leased twice (once requeued between), then completed and failed, in order.
+    let mut events = Vec::new();
+    for _ in 0..200 {
+        events = s.events_after(0, 1_000).await.unwrap();
+        if events.iter().any(|e| e.kind == "job.failed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let of_job: Vec<(&str, serde_json::Value)> = events
+        .iter()
+        .filter(|e| e.job == Some(id))
+        .map(|e| (e.kind.as_str(), e.data.clone()))
+        .collect();
+    assert_eq!(
+        of_job[of_job.len() - 2..],
+        [
+            ("job.completed", json!({"status": "failure", "attempt": 2})),
+            ("job.failed", json!({"status": "failure", "attempt": 2})),
+        ]
+    );
+    assert_eq!(of_job.iter().filter(|(k, _)| *k == "job.leased").count(), 2);
     // Spent: when the second holder's lease had expired instead, the job would fail.
     assert!(
         s.claim_jobs(&claim("x", None, 1, 10_005))
