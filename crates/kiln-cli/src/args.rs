@@ -30,7 +30,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kiln_core::ids::ProjectId;
 use kiln_engine::egress::EgressPolicy;
 use kiln_proto::Role;
-use kiln_store::Store;
+use kiln_store::{Store, StoreError};
 
 use crate::Failure;
 
@@ -165,7 +165,14 @@ impl StoreArgs {
     pub(crate) async fn open(&self) -> Result<Store, Failure> {
         Store::open(self.database.as_deref(), &self.data_dir)
             .await
-            .map_err(|e| Failure::internal(format!("failed to open the store: {e}")))
+            .map_err(|e| match e {
+                // A key given but malformed, or not the one the stored secrets were sealed
+                // with: the configuration is wrong, not kiln.
+                StoreError::Secrets(_) => {
+                    Failure::invalid(format!("failed to open the store: {e}"))
+                }
+                e => Failure::internal(format!("failed to open the store: {e}")),
+            })
     }
 }
 

@@ -57,6 +57,11 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         .filter(|t| !t.is_empty());
 
     let store = a.store.open().await?;
+    if !store.has_secret_keys() {
+        // A PostgreSQL store with no key: hooks and receivers could be neither made nor
+        // verified, so say so now rather than at the first webhook.
+        return Err(Failure::invalid(StoreError::NoSecretKey.to_string()));
+    }
     let listener = tokio::net::TcpListener::bind(&a.listen)
         .await
         .map_err(|e| Failure::internal(format!("failed to listen on {}: {e}", a.listen)))?;

@@ -92,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
     let dir = tempfile::tempdir()?;
     let store = match &args.database {
-        Some(url) => Store::open_postgres(url, &dir.path().join("blobs")).await?,
+        Some(url) => Store::open_postgres(url, dir.path()).await?,
         None => Store::open_sqlite(dir.path()).await?,
     };
     let project = store.upsert_project("bench", "/src/bench").await?;

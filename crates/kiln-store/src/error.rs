@@ -66,6 +66,16 @@ pub enum StoreError {
         "failed to resolve run `{prefix}`: give the full id or a prefix of at least 4 characters"
     )]
     PrefixTooShort { prefix: String },
+    /// The secrets keys are malformed, missing a version, or do not open a stored secret.
+    #[error("failed to use the secrets keys: {0}")]
+    Secrets(String),
+    #[error(
+        "failed to find a secrets key: a PostgreSQL store keeps webhook and receiver secrets \
+         sealed under a key every replica must share, and kiln makes none up for it. Set \
+         KILN__SECRETS__KEY to 64 hex digits (`VERSION:KEY,VERSION:KEY` while rotating), or \
+         KILN__SECRETS__KEY_FILE to a file holding them, or put them in <data dir>/secrets.key"
+    )]
+    NoSecretKey,
 }
 
 /// Maps a sqlx error to [`StoreError::Query`] naming the operation.

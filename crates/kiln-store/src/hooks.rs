@@ -2,9 +2,9 @@
 //! received, with the requests that change them. Plain data; the SQL is in
 //! `backend/hooks_body.rs`.
 //!
-//! A hook's secret is kept as it is, because verifying an HMAC needs it; it leaves the store
-//! only through [`HookTarget`] (for the hook route) and the answer of the call that set it.
-//! Encryption at rest comes with the secrets store.
+//! A hook's secret must be readable, because verifying an HMAC needs it: the database holds
+//! it sealed ([`crate::secrets`]) and the store opens it only for [`HookTarget`] (for the hook
+//! route) and the answer of the call that set it.
 
 use kiln_core::ids::{ProjectId, RunId};
 use kiln_proto::{DeliveryStatus, DeliveryView, HookProvider};

@@ -25,6 +25,7 @@ pub mod notifications;
 pub mod packages;
 pub mod projects;
 pub mod schedules;
+pub mod secrets;
 mod token;
 pub mod types;
 pub mod watches;
@@ -52,6 +53,7 @@ pub use packages::{
 };
 pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
+pub use secrets::SecretKeys;
 pub use types::{
     Claim, Claimed, ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter,
 };
@@ -63,6 +65,9 @@ pub use watches::{
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Backend>,
+    /// What seals and opens webhook and receiver secrets (`None`: a PostgreSQL store given
+    /// no key; writing or reading a secret then fails with [`StoreError::NoSecretKey`]).
+    keys: Option<Arc<SecretKeys>>,
     /// Bumped after every write that may have appended events, so that readers of the
     /// outbox in this process need not wait for their next poll ([`Store::watch_writes`]).
     writes: Arc<watch::Sender<u64>>,
@@ -92,23 +97,70 @@ impl Store {
             source,
         })?;
         let blobs = BlobStore::local(&data_dir.join("blobs"))?;
+        let keys = SecretKeys::resolve(data_dir, true)?;
         let b = backend::sqlite::open(&data_dir.join("kiln.db"), blobs).await?;
-        Ok(Store {
+        Store {
             writes: Arc::default(),
             inner: Arc::new(Backend::Sqlite(b)),
-        })
+            keys: None,
+        }
+        .with_keys(keys)
+        .await
     }
 
-    /// Opens a PostgreSQL store, with blobs in the local folder `blob_dir`. Migrates the
-    /// database. `url` may end in `?schema=NAME` to work in that schema (tests do), or carry
-    /// sqlx's `options=-c search_path=…`.
-    pub async fn open_postgres(url: &str, blob_dir: &Path) -> Result<Store, StoreError> {
-        let blobs = BlobStore::local(blob_dir)?;
+    /// Opens a PostgreSQL store, with blobs in the local folder `<data_dir>/blobs`. Migrates
+    /// the database. `url` may end in `?schema=NAME` to work in that schema (tests do), or
+    /// carry sqlx's `options=-c search_path=…`. The secrets keys come from the environment or
+    /// `<data_dir>/secrets.key` ([`SecretKeys::resolve`]); without them the store opens but
+    /// refuses to write or read a secret.
+    pub async fn open_postgres(url: &str, data_dir: &Path) -> Result<Store, StoreError> {
+        let blobs = BlobStore::local(&data_dir.join("blobs"))?;
+        let keys = SecretKeys::resolve(data_dir, false)?;
         let b = backend::postgres::open(url, blobs).await?;
-        Ok(Store {
+        Store {
             writes: Arc::default(),
             inner: Arc::new(Backend::Postgres(b)),
-        })
+            keys: None,
+        }
+        .with_keys(keys)
+        .await
+    }
+
+    /// This store with `keys` sealing and opening its secrets. Every stored secret is opened
+    /// with them first (a key that does not open what is stored is an error, not a surprise
+    /// at the first webhook), and those stored in the clear or under an older key version are
+    /// sealed under the current one.
+    pub async fn with_secret_keys(self, keys: SecretKeys) -> Result<Store, StoreError> {
+        self.with_keys(Some(keys)).await
+    }
+
+    async fn with_keys(mut self, keys: Option<SecretKeys>) -> Result<Store, StoreError> {
+        let Some(keys) = keys else {
+            return Ok(self);
+        };
+        for (hook, id, stored) in with_backend!(self, b => b.stored_secrets().await)? {
+            let what = if hook {
+                secrets::hook_secret_id(&id)
+            } else {
+                secrets::receiver_secret_id(&id)
+            };
+            let plain = zeroize::Zeroizing::new(keys.open(&what, &stored)?);
+            if keys.needs_sealing(&stored) {
+                let sealed = keys.seal(&what, &plain)?;
+                with_backend!(self, b => b.replace_secret(hook, &id, &stored, &sealed).await)?;
+            }
+        }
+        self.keys = Some(Arc::new(keys));
+        Ok(self)
+    }
+
+    /// Whether this store can seal and open secrets (a PostgreSQL store needs a key given).
+    pub fn has_secret_keys(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    fn keys(&self) -> Result<&SecretKeys, StoreError> {
+        self.keys.as_deref().ok_or(StoreError::NoSecretKey)
     }
 
     /// Opens what the `--database` option names: nothing or `sqlite:…` is the embedded
@@ -119,7 +171,7 @@ impl Store {
             None => Self::open_sqlite(data_dir).await,
             Some(url) if url.starts_with("sqlite:") => Self::open_sqlite(data_dir).await,
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Self::open_postgres(url, &data_dir.join("blobs")).await
+                Self::open_postgres(url, data_dir).await
             }
             Some(url) => Err(StoreError::BadUrl {
                 url: url.split('@').next_back().unwrap_or_default().to_owned(),
@@ -609,7 +661,14 @@ impl Store {
 impl Store {
     /// The project whose webhook URL is `/hooks/{hook_id}`, with what verifying needs.
     pub async fn hook_target(&self, hook_id: &str) -> Result<Option<HookTarget>, StoreError> {
-        with_backend!(self, b => b.hook_target(hook_id).await)
+        let mut target = with_backend!(self, b => b.hook_target(hook_id).await)?;
+        if let Some(t) = &mut target
+            && let Some(stored) = &t.secret
+        {
+            let what = secrets::hook_secret_id(&t.project.to_string());
+            t.secret = Some(self.keys()?.open(&what, stored)?);
+        }
+        Ok(target)
     }
 
     /// Changes a project's hook: its provider, its hook id (a new random one), its secret.
@@ -619,7 +678,25 @@ impl Store {
         project: ProjectId,
         change: &HookChange,
     ) -> Result<Option<HookSettings>, StoreError> {
-        with_backend!(self, b => b.set_hook(project, change).await)
+        let what = secrets::hook_secret_id(&project.to_string());
+        let sealed;
+        let change = match &change.secret {
+            Some(secret) => {
+                sealed = HookChange {
+                    secret: Some(self.keys()?.seal(&what, secret)?),
+                    ..change.clone()
+                };
+                &sealed
+            }
+            None => change,
+        };
+        let mut settings = with_backend!(self, b => b.set_hook(project, change).await)?;
+        if let Some(s) = &mut settings
+            && let Some(stored) = &s.secret
+        {
+            s.secret = Some(self.keys()?.open(&what, stored)?);
+        }
+        Ok(settings)
     }
 
     /// Records a ban (its id, address, hook or `None` for every hook, reason, dates).
@@ -773,7 +850,13 @@ impl Store {
         secret: &str,
     ) -> Result<kiln_proto::ReceiverView, StoreError> {
         let head = self.event_head().await?;
-        with_backend!(self, b => b.create_receiver(project, url, events, secret, head, Timestamp::now()).await)
+        let id = kiln_proto::ReceiverId::new();
+        let sealed = self
+            .keys()?
+            .seal(&secrets::receiver_secret_id(&id.to_string()), secret)?;
+        let mut view = with_backend!(self, b => b.create_receiver(id, project, url, events, &sealed, head, Timestamp::now()).await)?;
+        view.secret = Some(secret.to_owned());
+        Ok(view)
     }
 
     /// A project's receivers (not removed), oldest first, without their secrets.
@@ -828,7 +911,12 @@ impl Store {
     ) -> Result<Vec<ClaimedNotification>, StoreError> {
         let lease = jiff::SignedDuration::try_from(lease).unwrap_or(jiff::SignedDuration::MAX);
         let expires = now.checked_add(lease).unwrap_or(Timestamp::MAX);
-        with_backend!(self, b => b.claim_notifications(owner, now, expires, i64::from(limit)).await)
+        let mut claimed = with_backend!(self, b => b.claim_notifications(owner, now, expires, i64::from(limit)).await)?;
+        for c in &mut claimed {
+            let what = secrets::receiver_secret_id(&c.receiver.to_string());
+            c.secret = self.keys()?.open(&what, &c.secret)?;
+        }
+        Ok(claimed)
     }
 
     /// Records an attempt of a claimed delivery and what becomes of it. `false`: the claim

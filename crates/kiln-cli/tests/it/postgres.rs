@@ -129,3 +129,78 @@ fn an_unreachable_database_exits_3() {
     assert_eq!(out.code, 3, "{}", out.stderr);
     assert!(out.stderr.contains("store"), "{}", out.stderr);
 }
+
+/// A server on PostgreSQL keeps webhook secrets sealed under a key its replicas share: with
+/// no key it refuses to start (exit 2, saying how to give one), a malformed key likewise;
+/// with one, a project's hook secret is shown once and stored sealed.
+#[test]
+fn serve_on_postgres_needs_a_shared_secrets_key_and_seals_hook_secrets() {
+    let schema = Schema::new();
+    let p = Project::new();
+    let url = schema.url();
+    let serve = |key: Option<&str>| {
+        let mut k = p
+            .kiln(bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+            .args(["--egress-allow-local-paths"])
+            .with_data_dir();
+        if let Some(key) = key {
+            k = k.env("KILN__SECRETS__KEY", key);
+        }
+        k
+    };
+    let out = serve(None).output();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("KILN__SECRETS__KEY"), "{}", out.stderr);
+    assert!(out.stderr.contains("every replica"), "{}", out.stderr);
+    assert!(!out.stdout.contains("listening"), "{}", out.stdout);
+
+    let out = serve(Some("not-a-key")).output();
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("KILN__SECRETS__KEY: the key of version 1 is not 64 hex digits"),
+        "{}",
+        out.stderr
+    );
+
+    let key = "ab".repeat(32);
+    let mut cmd = serve(Some(&key)).command();
+    for var in ["KILN_SERVER", "KILN_TOKEN", "KILN_ADMIN_TOKEN"] {
+        cmd.env_remove(var);
+    }
+    let served = crate::serve::Served::from_command(&mut cmd);
+    let admin = served
+        .admin()
+        .expect("the first start prints the admin token");
+    let src = p.root().to_str().unwrap().to_owned();
+    let out = served.call(
+        &p,
+        &admin,
+        &[
+            "project",
+            "add",
+            &src,
+            "--provider",
+            "github",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let added: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let secret = added["secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 64, "{added}");
+    let stored = psql(&format!(
+        "SELECT hook_secret FROM {}.projects WHERE id = '{}'",
+        schema.name,
+        added["id"].as_str().unwrap()
+    ));
+    let stored = String::from_utf8_lossy(&stored.stdout).into_owned();
+    assert!(stored.contains("sealed:01"), "{stored}");
+    assert!(
+        !stored.contains(&secret),
+        "the secret is stored in the clear: {stored}"
+    );
+    drop(served);
+}

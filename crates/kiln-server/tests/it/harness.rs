@@ -50,9 +50,11 @@ async fn pg_store() -> (Store, tempfile::TempDir, (String, String)) {
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}schema={schema}");
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_postgres(&url, &dir.path().join("blobs"))
-        .await
+    kiln_store::SecretKeys::generate()
+        .unwrap()
+        .write_file(&dir.path().join(kiln_store::secrets::KEY_FILE_NAME))
         .unwrap();
+    let store = Store::open_postgres(&url, dir.path()).await.unwrap();
     (store, dir, (base, schema))
 }
 

@@ -169,10 +169,13 @@ impl Backing {
                 let base = pg_base().await;
                 let schema = format!("ntf_{}", uuid::Uuid::new_v4().simple());
                 pg_exec(&base, format!("CREATE SCHEMA {schema}")).await;
-                let store =
-                    Store::open_postgres(&Self::url(&base, &schema), &dir.path().join("blobs"))
-                        .await
-                        .unwrap();
+                kiln_store::SecretKeys::generate()
+                    .unwrap()
+                    .write_file(&dir.path().join(kiln_store::secrets::KEY_FILE_NAME))
+                    .unwrap();
+                let store = Store::open_postgres(&Self::url(&base, &schema), dir.path())
+                    .await
+                    .unwrap();
                 Self {
                     store,
                     dir,
@@ -191,11 +194,9 @@ impl Backing {
     async fn open_again(&self) -> Store {
         match &self.pg {
             None => Store::open_sqlite(self.dir.path()).await.unwrap(),
-            Some((base, schema)) => {
-                Store::open_postgres(&Self::url(base, schema), &self.dir.path().join("blobs"))
-                    .await
-                    .unwrap()
-            }
+            Some((base, schema)) => Store::open_postgres(&Self::url(base, schema), self.dir.path())
+                .await
+                .unwrap(),
         }
     }
 

@@ -101,9 +101,11 @@ impl Polled {
             pg_exec(&base, format!("CREATE SCHEMA {schema}")).await;
             let sep = if base.contains('?') { '&' } else { '?' };
             let url = format!("{base}{sep}schema={schema}");
-            let store = Store::open_postgres(&url, &dir.path().join("blobs"))
-                .await
+            kiln_store::SecretKeys::generate()
+                .unwrap()
+                .write_file(&dir.path().join(kiln_store::secrets::KEY_FILE_NAME))
                 .unwrap();
+            let store = Store::open_postgres(&url, dir.path()).await.unwrap();
             (store, Some((base, schema)))
         } else {
             (Store::open_sqlite(dir.path()).await.unwrap(), None)

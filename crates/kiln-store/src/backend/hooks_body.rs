@@ -336,5 +336,56 @@ mod api_hooks {
             .map(delivery_from_row)
             .collect()
         }
+
+        /// Every stored secret: `(true, project id, hook secret)` for webhooks and
+        /// `(false, receiver id, secret)` for notification receivers, as stored.
+        pub(crate) async fn stored_secrets(
+            &self,
+        ) -> Result<Vec<(bool, String, String)>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT CAST(1 AS BIGINT) AS hook, id, hook_secret AS secret FROM projects \
+                 WHERE hook_secret IS NOT NULL \
+                 UNION ALL SELECT CAST(0 AS BIGINT) AS hook, id, secret FROM notification_receivers",
+            )
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("read the stored secrets"))?;
+            rows.iter()
+                .map(|row| {
+                    Ok((
+                        get::<i64>(row, "secrets", "hook")? == 1,
+                        get(row, "secrets", "id")?,
+                        get(row, "secrets", "secret")?,
+                    ))
+                })
+                .collect()
+        }
+
+        /// Replaces one stored secret with `new` if it is still `old` (a rotation meanwhile
+        /// wins). `hook` as in [`stored_secrets`](Self::stored_secrets).
+        pub(crate) async fn replace_secret(
+            &self,
+            hook: bool,
+            id: &str,
+            old: &str,
+            new: &str,
+        ) -> Result<(), StoreError> {
+            let sql = if hook {
+                "UPDATE projects SET hook_secret = $3 WHERE id = $1 AND hook_secret = $2"
+            } else {
+                "UPDATE notification_receivers SET secret = $3 WHERE id = $1 AND secret = $2"
+            };
+            let mut tx = self.begin_write().await?;
+            sqlx::query(sql)
+                .bind(id)
+                .bind(old)
+                .bind(new)
+                .execute(&mut *tx)
+                .await
+                .map_err(query("seal a stored secret"))?;
+            tx.commit()
+                .await
+                .map_err(query("commit a sealed secret"))
+        }
     }
 }

@@ -80,8 +80,10 @@ mod api_notifications {
     }
 
     impl Backend {
+        #[expect(clippy::too_many_arguments, reason = "one receiver's fields")]
         pub(crate) async fn create_receiver(
             &self,
+            id: ReceiverId,
             project: ProjectId,
             url: &str,
             events: &[String],
@@ -89,7 +91,6 @@ mod api_notifications {
             from_event: i64,
             now: Timestamp,
         ) -> Result<ReceiverView, StoreError> {
-            let id = ReceiverId::new();
             let mut tx = self.begin_write().await?;
             sqlx::query(
                 "INSERT INTO notification_receivers (id, project_id, url, events, secret, \

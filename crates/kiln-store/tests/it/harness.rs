@@ -58,7 +58,11 @@ impl Harness {
             .unwrap();
         conn.close().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_postgres(&schema_url(&base, &schema), &dir.path().join("blobs"))
+        kiln_store::SecretKeys::generate()
+            .unwrap()
+            .write_file(&dir.path().join(kiln_store::secrets::KEY_FILE_NAME))
+            .unwrap();
+        let store = Store::open_postgres(&schema_url(&base, &schema), dir.path())
             .await
             .unwrap();
         assert_eq!(store.backend_name(), "postgres");
@@ -74,7 +78,7 @@ impl Harness {
         match &self.kind {
             Kind::Sqlite => Store::open_sqlite(self.dir.path()).await.unwrap(),
             Kind::Postgres { base, schema } => {
-                Store::open_postgres(&schema_url(base, schema), &self.dir.path().join("blobs"))
+                Store::open_postgres(&schema_url(base, schema), self.dir.path())
                     .await
                     .unwrap()
             }

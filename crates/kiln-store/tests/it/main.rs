@@ -18,6 +18,7 @@ mod parity;
 mod projects;
 mod queue;
 mod schedules;
+mod secrets;
 mod suite;
 mod throughput;
 mod tokens;
