@@ -22,6 +22,7 @@ pub mod packages;
 pub mod projects;
 pub mod schedules;
 pub mod watches;
+pub mod workers;
 
 pub use api::{Envelope, ErrorBody, Meta, ServerStatus};
 pub use auth::{
@@ -45,6 +46,7 @@ pub use projects::{
 };
 pub use schedules::{ScheduleId, ScheduleList, ScheduleState, ScheduleView};
 pub use watches::{WatchCheck, WatchId, WatchList, WatchState, WatchVersion, WatchView};
+pub use workers::{WorkerId, WorkerStatus, WorkerView};
 
 use jiff::Timestamp;
 use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus, StepStatus};

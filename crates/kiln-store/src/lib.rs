@@ -1221,3 +1221,60 @@ impl Store {
         unpacked
     }
 }
+
+/// Remote workers (`workers_body.rs`).
+impl Store {
+    /// Records a worker that introduced itself; its id.
+    pub async fn register_worker(
+        &self,
+        new: &kiln_proto::workers::RegisterWorker,
+        at: Timestamp,
+    ) -> Result<kiln_proto::WorkerId, StoreError> {
+        with_backend!(self, b => b.register_worker(new, at).await)
+    }
+
+    /// Notes that a worker was heard from at `at`: whether it is paused, or `None` when no
+    /// worker has this id.
+    pub async fn worker_seen(
+        &self,
+        id: kiln_proto::WorkerId,
+        at: Timestamp,
+    ) -> Result<Option<bool>, StoreError> {
+        with_backend!(self, b => b.worker_seen(id, at).await)
+    }
+
+    /// Pauses (no new jobs) or resumes a worker. `false`: no such worker.
+    pub async fn set_worker_paused(
+        &self,
+        id: kiln_proto::WorkerId,
+        paused: bool,
+    ) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.set_worker_paused(id, paused).await)
+    }
+
+    /// Every worker, newest first, with the jobs it holds; `offline` when not heard from for
+    /// longer than `offline_after` before `now`.
+    pub async fn list_workers(
+        &self,
+        now: Timestamp,
+        offline_after: std::time::Duration,
+    ) -> Result<Vec<kiln_proto::WorkerView>, StoreError> {
+        let after = i64::try_from(offline_after.as_millis()).unwrap_or(i64::MAX);
+        with_backend!(self, b => b.list_workers(None, now, after).await)
+    }
+
+    /// One worker, as [`Store::list_workers`] shows it.
+    pub async fn get_worker(
+        &self,
+        id: kiln_proto::WorkerId,
+        now: Timestamp,
+        offline_after: std::time::Duration,
+    ) -> Result<Option<kiln_proto::WorkerView>, StoreError> {
+        let after = i64::try_from(offline_after.as_millis()).unwrap_or(i64::MAX);
+        Ok(
+            with_backend!(self, b => b.list_workers(Some(id), now, after).await)?
+                .into_iter()
+                .next(),
+        )
+    }
+}

@@ -364,10 +364,12 @@ pub enum ExportTable {
     BuildSessions,
     /// Every package build, with its key, status, and log and output digests.
     PackageBuilds,
+    /// Registered remote workers.
+    Workers,
 }
 
 impl ExportTable {
-    pub const ALL: [ExportTable; 19] = [
+    pub const ALL: [ExportTable; 20] = [
         ExportTable::Projects,
         ExportTable::Runs,
         ExportTable::Jobs,
@@ -387,6 +389,7 @@ impl ExportTable {
         ExportTable::Bans,
         ExportTable::BuildSessions,
         ExportTable::PackageBuilds,
+        ExportTable::Workers,
     ];
 
     /// The name an export line carries (`"table"`): the table's name in the schema, but
@@ -412,6 +415,7 @@ impl ExportTable {
             ExportTable::Bans => "bans",
             ExportTable::BuildSessions => "build_sessions",
             ExportTable::PackageBuilds => "package_builds",
+            ExportTable::Workers => "workers",
         }
     }
 }

@@ -484,7 +484,7 @@ impl Export {
 /// runs, jobs, steps, log_chunks, events, tokens (without their hashes), deliveries (a
 /// webhook payload's size, not its bytes), schedules, schedule_fires, watches,
 /// watch_versions, notification_receivers (without their secrets), notification_deliveries,
-/// notification_attempts, notifier_cursor, bans, build_sessions, package_builds.
+/// notification_attempts, notifier_cursor, bans, build_sessions, package_builds, workers.
 /// Timestamps are the stored unix milliseconds. Rows written during the export may or may
 /// not be in it. An error before the first byte is an envelope; one half-way cuts the
 /// stream short (the body ends without its final chunk).

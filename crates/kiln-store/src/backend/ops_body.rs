@@ -349,6 +349,18 @@ mod ops {
         ("lifted_at", Col::Int),
     ];
 
+    const WORKERS: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("name", Col::Text),
+        ("labels", Col::Json),
+        ("slots", Col::Int),
+        ("protocol", Col::Int),
+        ("version", Col::Text),
+        ("paused", Col::Int),
+        ("registered_at", Col::Int),
+        ("last_seen_at", Col::Int),
+    ];
+
     const BUILD_SESSIONS: &[(&str, Col)] = &[
         ("id", Col::Text),
         ("tree", Col::Text),
@@ -517,6 +529,14 @@ mod ops {
                 page: "SELECT id, address, hook_id, reason, failures, created_at, \
                        expires_at, lifted_at FROM bans WHERE id > $1 ORDER BY id LIMIT $2",
             },
+            ExportTable::Workers => Export {
+                table: "workers",
+                columns: WORKERS,
+                key: Key::Text("id"),
+                page: "SELECT id, name, labels, slots, protocol, version, paused, \
+                       registered_at, last_seen_at FROM workers WHERE id > $1 ORDER BY id \
+                       LIMIT $2",
+            },
             ExportTable::BuildSessions => Export {
                 table: "build_sessions",
                 columns: BUILD_SESSIONS,
@@ -608,6 +628,7 @@ mod ops {
         ("bans", "SELECT COUNT(*) AS n FROM bans"),
         ("build_sessions", "SELECT COUNT(*) AS n FROM build_sessions"),
         ("package_builds", "SELECT COUNT(*) AS n FROM package_builds"),
+        ("workers", "SELECT COUNT(*) AS n FROM workers"),
     ];
 
     impl Backend {

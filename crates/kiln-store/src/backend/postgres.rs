@@ -190,6 +190,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "job_queue",
             include_str!("../../migrations/postgres/0013_job_queue.sql"),
         ),
+        (
+            14,
+            "workers",
+            include_str!("../../migrations/postgres/0014_workers.sql"),
+        ),
     ])
 }
 
@@ -293,6 +298,7 @@ include!("watches_body.rs");
 include!("notifications_body.rs");
 include!("packages_body.rs");
 include!("ops_body.rs");
+include!("workers_body.rs");
 
 /// A completion and its events in one statement committed alone, as `CLAIM` does for a
 /// claim: `$1` job, `$2` token, `$3` status, `$4` outputs, `$5` now, `$6` the event kinds as

@@ -189,6 +189,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "job_queue",
             include_str!("../../migrations/sqlite/0013_job_queue.sql"),
         ),
+        (
+            14,
+            "workers",
+            include_str!("../../migrations/sqlite/0014_workers.sql"),
+        ),
     ])
 }
 
@@ -386,6 +391,7 @@ include!("watches_body.rs");
 include!("notifications_body.rs");
 include!("packages_body.rs");
 include!("ops_body.rs");
+include!("workers_body.rs");
 
 impl Backend {
     /// Applies `ops` in one transaction. The transaction is begun by the first script and

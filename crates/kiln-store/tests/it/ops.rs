@@ -609,6 +609,18 @@ async fn export_all(s: &Store, limit: u32) -> BTreeMap<&'static str, Vec<Map<Str
 async fn the_export_pages_through_every_column_but_secrets(h: &Harness) {
     let s = &h.store;
     let p = s.upsert_project("export", "/srv/export").await.unwrap();
+    s.register_worker(
+        &kiln_proto::workers::RegisterWorker {
+            name: "w".to_owned(),
+            labels: vec!["linux".to_owned()],
+            slots: 1,
+            protocol: 1,
+            version: "0".to_owned(),
+        },
+        at(1),
+    )
+    .await
+    .unwrap();
     let mut run = new_run(
         p.id,
         "ci.yml",

@@ -16,6 +16,7 @@ both_backends!(
     claims_take_queued_jobs_oldest_first_that_the_claimer_has_labels_for,
     concurrent_claimers_never_take_the_same_job,
     a_completion_from_an_expired_claim_is_refused,
+    workers_register_and_show_what_they_hold,
 );
 
 fn labelled(key: &str, status: JobStatus, labels: &[&str]) -> NewJob {
@@ -283,4 +284,68 @@ async fn a_completion_from_an_expired_claim_is_refused(h: &Harness) {
             .unwrap()
             .is_empty()
     );
+}
+
+async fn workers_register_and_show_what_they_hold(h: &Harness) {
+    use kiln_proto::workers::{RegisterWorker, WorkerStatus, lease_owner};
+    let s = &h.store;
+    let day = Duration::from_secs(86_400);
+    let w = s
+        .register_worker(
+            &RegisterWorker {
+                name: "builder-1".to_owned(),
+                labels: vec!["linux".to_owned(), "x86_64".to_owned()],
+                slots: 2,
+                protocol: 1,
+                version: "0.1.0".to_owned(),
+            },
+            at(0),
+        )
+        .await
+        .unwrap();
+    let view = s.get_worker(w, at(1), day).await.unwrap().unwrap();
+    assert_eq!(
+        (view.name.as_str(), view.slots, view.status),
+        ("builder-1", 2, WorkerStatus::Idle)
+    );
+    assert_eq!(view.labels, ["linux", "x86_64"]);
+
+    // It holds what it claimed under its owner id: busy.
+    let project = s.upsert_project("p", "/src/p").await.unwrap();
+    let mut run = new_run(
+        project.id,
+        "ci.yml",
+        vec![labelled("a", JobStatus::Queued, &["linux"])],
+    );
+    run.status = RunStatus::Running;
+    s.create_run(run).await.unwrap();
+    let got = s
+        .claim_jobs(&Claim {
+            owner: lease_owner(w),
+            labels: Some(view.labels.clone()),
+            limit: 2,
+            ttl_ms: 10_000,
+            at: at(2),
+        })
+        .await
+        .unwrap();
+    let view = s.get_worker(w, at(3), day).await.unwrap().unwrap();
+    assert_eq!(view.status, WorkerStatus::Busy);
+    assert_eq!(view.jobs, [got[0].job.id]);
+
+    // Paused, then not heard from: offline wins; heard from again: paused.
+    assert!(s.set_worker_paused(w, true).await.unwrap());
+    assert_eq!(s.worker_seen(w, at(4)).await.unwrap(), Some(true));
+    let list = s.list_workers(at(5), day).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].status, WorkerStatus::Paused);
+    let later = s.list_workers(at(4 + 86_400_001), day).await.unwrap();
+    assert_eq!(later[0].status, WorkerStatus::Offline);
+    assert!(s.set_worker_paused(w, false).await.unwrap());
+    assert_eq!(s.worker_seen(w, at(6)).await.unwrap(), Some(false));
+    // Unknown workers are said to be so.
+    let nobody = kiln_proto::WorkerId::new();
+    assert_eq!(s.worker_seen(nobody, at(7)).await.unwrap(), None);
+    assert!(!s.set_worker_paused(nobody, true).await.unwrap());
+    assert!(s.get_worker(nobody, at(7), day).await.unwrap().is_none());
 }

@@ -1,0 +1,185 @@
+//! Remote workers and the protocol they speak with a server (`/api/v1/workers…`, `kiln
+//! worker`): register, long-poll for jobs whose `runs-on` labels they have, report each job's
+//! progress under its lease's fencing token, and heartbeat to keep their leases.
+//!
+//! A worker and a server agree on [`PROTOCOL`]: a server refuses a worker speaking another one
+//! with `409 PROTOCOL_MISMATCH`, naming both. Not here: running a job (`kiln-exec`), choosing
+//! which job a worker gets (`kiln-engine`).
+
+use jiff::Timestamp;
+use kiln_core::ids::{JobId, JobStatus, RunId};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Step;
+
+/// The worker protocol this build speaks.
+pub const PROTOCOL: u32 = 1;
+
+kiln_core::typed_id!(
+    /// A registered worker.
+    WorkerId
+);
+
+/// What a worker is doing, as `GET /api/v1/workers` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerStatus {
+    /// Heard from lately, running nothing.
+    Idle,
+    /// Heard from lately, running jobs.
+    Busy,
+    /// Paused by a person: it gets no new jobs (running ones finish).
+    Paused,
+    /// Not heard from for longer than a lease lasts.
+    Offline,
+}
+
+/// `POST /api/v1/workers`: a worker introduces itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RegisterWorker {
+    /// A name for people (the host name by default).
+    pub name: String,
+    /// The labels it runs jobs for: a job runs here only when the worker has every label of
+    /// its `runs-on`.
+    pub labels: Vec<String>,
+    /// How many jobs it runs at once.
+    pub slots: u32,
+    /// The protocol it speaks ([`PROTOCOL`]).
+    pub protocol: u32,
+    /// Its kiln version, for people.
+    pub version: String,
+}
+
+/// A registered worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub id: WorkerId,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub slots: u32,
+    pub status: WorkerStatus,
+    pub version: String,
+    pub protocol: u32,
+    /// The jobs it holds leases of now.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub jobs: Vec<JobId>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub registered_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub last_heartbeat_at: Timestamp,
+}
+
+/// `POST /api/v1/workers/{id}/claim`: up to `free` jobs, waiting up to `wait_ms` for one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ClaimRequest {
+    pub free: u32,
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A job handed to a worker, with all it needs to run it besides the source (fetched from
+/// `GET /api/v1/workers/{id}/jobs/{job}/source`, a tar of the project at the run's commit).
+/// The worker parses `workflow` from that source and runs `key`'s steps; it fills in what
+/// depends on where it runs (`github.workspace`, the `runner` context, `GITHUB_WORKSPACE`,
+/// `RUNNER_TEMP`, `GITHUB_EVENT_PATH` holding `event`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AssignedJob {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub job: JobId,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub run: RunId,
+    /// The lease's fencing token: every report carries it.
+    pub token: i64,
+    /// Which execution of the job this is (1 at first; + 1 after a lease expired).
+    pub attempt: i64,
+    pub name: String,
+    /// The job's key under `jobs:`.
+    pub key: String,
+    /// The workflow file, relative to the source's root.
+    pub workflow: String,
+    /// `github`, `inputs`, `vars`, `secrets`, `matrix`, `needs`, `strategy`, `job`.
+    pub contexts: Map<String, Value>,
+    /// The default environment (`CI`, `GITHUB_SHA`, `GITHUB_RUN_ID`, …).
+    pub env: Vec<(String, String)>,
+    /// Values to mask in every log line.
+    pub masks: Vec<String>,
+    /// The event payload (`github.event`).
+    pub event: Value,
+}
+
+/// The answer to a claim.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Claimed {
+    pub jobs: Vec<AssignedJob>,
+}
+
+/// One thing that happened in a job on a worker, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ReportEvent {
+    /// The steps begin (the workspace is ready).
+    Started,
+    /// Output of step `step` (masked by the worker), as text.
+    Log { step: u32, data: String },
+    /// A step ended (or was skipped).
+    Step { step: Step },
+    /// The job ended.
+    Done {
+        status: JobStatus,
+        #[serde(default)]
+        outputs: Map<String, Value>,
+        #[serde(default)]
+        error: Option<String>,
+    },
+}
+
+/// `POST /api/v1/workers/{id}/jobs/{job}/report`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobReport {
+    pub token: i64,
+    pub events: Vec<ReportEvent>,
+}
+
+/// A job a worker holds, as its heartbeat lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeldJob {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub job: JobId,
+    pub token: i64,
+}
+
+/// `POST /api/v1/workers/{id}/heartbeat`: the jobs it runs; their leases are renewed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Heartbeat {
+    pub jobs: Vec<HeldJob>,
+}
+
+/// What the server answers a heartbeat.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatReply {
+    /// Jobs to stop: their run was cancelled (report them `cancelled`).
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub cancel: Vec<JobId>,
+    /// Jobs whose lease this worker no longer holds (it expired and the job went back to the
+    /// queue, or the server does not know it): stop them and report nothing more.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
+    pub lost: Vec<JobId>,
+    /// Paused: claim nothing until resumed.
+    pub paused: bool,
+}
+
+/// The lease owner of the jobs a worker runs (`worker:<id>`).
+pub fn lease_owner(id: WorkerId) -> String {
+    format!("worker:{id}")
+}

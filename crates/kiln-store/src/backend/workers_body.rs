@@ -1,0 +1,166 @@
+// The queries of remote workers, written once for both dialects like `body.rs`: `sqlite.rs`
+// and `postgres.rs` each `include!` this file after `body.rs`. A module of its own so that its
+// imports cannot clash with body.rs's. (An included file cannot carry a `//!`; the module's
+// inner doc below is inside its braces.)
+
+mod api_workers {
+    //! Registered workers: added at each start of `kiln worker`, seen at each claim and
+    //! heartbeat, paused and resumed by people. What a worker runs is read from the leases
+    //! it holds (`jobs.lease_owner`), never kept twice.
+
+    use std::collections::HashMap;
+
+    use jiff::Timestamp;
+    use kiln_proto::workers::{RegisterWorker, WorkerId, WorkerStatus, WorkerView, lease_owner};
+
+    use super::{Backend, Db, get};
+    use crate::backend::{json_text, ms, parse, parse_strings, ts};
+    use crate::error::{StoreError, query};
+
+    type DbRow = <Db as sqlx::Database>::Row;
+
+    const COLS: &str =
+        "id, name, labels, slots, protocol, version, paused, registered_at, last_seen_at";
+
+    fn worker_from_row(
+        row: &DbRow,
+        jobs: &HashMap<String, Vec<kiln_core::ids::JobId>>,
+        now: i64,
+        offline_after_ms: i64,
+    ) -> Result<WorkerView, StoreError> {
+        const T: &str = "workers";
+        let id: WorkerId = parse(T, "id", &get::<String>(row, T, "id")?)?;
+        let held = jobs.get(&lease_owner(id)).cloned().unwrap_or_default();
+        let last_seen: i64 = get(row, T, "last_seen_at")?;
+        let status = if now.saturating_sub(last_seen) > offline_after_ms {
+            WorkerStatus::Offline
+        } else if get::<i64>(row, T, "paused")? != 0 {
+            WorkerStatus::Paused
+        } else if held.is_empty() {
+            WorkerStatus::Idle
+        } else {
+            WorkerStatus::Busy
+        };
+        Ok(WorkerView {
+            id,
+            name: get(row, T, "name")?,
+            labels: parse_strings(T, "labels", &get::<String>(row, T, "labels")?)?,
+            slots: u32::try_from(get::<i64>(row, T, "slots")?).unwrap_or(0),
+            status,
+            version: get(row, T, "version")?,
+            protocol: u32::try_from(get::<i64>(row, T, "protocol")?).unwrap_or(0),
+            jobs: held,
+            registered_at: ts(T, "registered_at", get(row, T, "registered_at")?)?,
+            last_heartbeat_at: ts(T, "last_seen_at", last_seen)?,
+        })
+    }
+
+    impl Backend {
+        pub(crate) async fn register_worker(
+            &self,
+            new: &RegisterWorker,
+            at: Timestamp,
+        ) -> Result<WorkerId, StoreError> {
+            let id = WorkerId::new();
+            let mut tx = self.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO workers (id, name, labels, slots, protocol, version, paused, \
+                 registered_at, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $7)",
+            )
+            .bind(id.to_string())
+            .bind(&new.name)
+            .bind(json_text(&new.labels))
+            .bind(i64::from(new.slots))
+            .bind(i64::from(new.protocol))
+            .bind(&new.version)
+            .bind(ms(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(query("register a worker"))?;
+            tx.commit()
+                .await
+                .map_err(query("commit a worker's registration"))?;
+            Ok(id)
+        }
+
+        /// Notes that the worker was heard from; its `paused` flag, or `None` when unknown.
+        pub(crate) async fn worker_seen(
+            &self,
+            id: WorkerId,
+            at: Timestamp,
+        ) -> Result<Option<bool>, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let paused: Option<i64> = sqlx::query_scalar(
+                "UPDATE workers SET last_seen_at = $2 WHERE id = $1 RETURNING paused",
+            )
+            .bind(id.to_string())
+            .bind(ms(at))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("note a worker's heartbeat"))?;
+            tx.commit()
+                .await
+                .map_err(query("commit a worker's heartbeat"))?;
+            Ok(paused.map(|p| p != 0))
+        }
+
+        pub(crate) async fn set_worker_paused(
+            &self,
+            id: WorkerId,
+            paused: bool,
+        ) -> Result<bool, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let done = sqlx::query("UPDATE workers SET paused = $2 WHERE id = $1")
+                .bind(id.to_string())
+                .bind(i64::from(paused))
+                .execute(&mut *tx)
+                .await
+                .map_err(query("pause or resume a worker"))?;
+            tx.commit()
+                .await
+                .map_err(query("commit a worker's pause"))?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        /// Workers, newest first, or the one `only` names; offline when not heard from for
+        /// longer than `offline_after_ms` before `now`.
+        pub(crate) async fn list_workers(
+            &self,
+            only: Option<WorkerId>,
+            now: Timestamp,
+            offline_after_ms: i64,
+        ) -> Result<Vec<WorkerView>, StoreError> {
+            let rows = match only {
+                Some(id) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLS} FROM workers WHERE id = $1"
+                )))
+                .bind(id.to_string())
+                .fetch_all(&self.reader)
+                .await,
+                None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLS} FROM workers ORDER BY registered_at DESC, id DESC"
+                )))
+                .fetch_all(&self.reader)
+                .await,
+            }
+            .map_err(query("list workers"))?;
+            let held = sqlx::query(
+                "SELECT id, lease_owner FROM jobs WHERE lease_owner LIKE 'worker:%' \
+                 AND status IN ('leased', 'running') ORDER BY id",
+            )
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("list the jobs workers hold"))?;
+            let mut jobs: HashMap<String, Vec<kiln_core::ids::JobId>> = HashMap::new();
+            for row in &held {
+                let owner: String = get(row, "jobs", "lease_owner")?;
+                let id: String = get(row, "jobs", "id")?;
+                jobs.entry(owner).or_default().push(parse("jobs", "id", &id)?);
+            }
+            let now = ms(now);
+            rows.iter()
+                .map(|row| worker_from_row(row, &jobs, now, offline_after_ms))
+                .collect()
+        }
+    }
+}
