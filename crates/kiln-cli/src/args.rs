@@ -295,9 +295,14 @@ pub(crate) struct ServeArgs {
     /// How clients reach this server (default: `http://` and the address it listens on).
     #[arg(long, value_name = "URL")]
     pub(crate) public_url: Option<String>,
-    /// Local worker slots (default: one per core).
+    /// Local worker slots (default: one per core). 0: no job runs here, remote workers
+    /// (`kiln worker`) run them all (but `packages:` jobs, which need the local pool).
     #[arg(long, value_name = "N")]
     pub(crate) workers: Option<usize>,
+    /// How long a job's lease lasts without a heartbeat: how soon the job of a remote worker
+    /// that vanished goes back to the queue (seconds, at least 1).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) lease_ttl: u64,
     /// How `packages:` jobs confine their builds: `auto` with bubblewrap where it works here
     /// (warning loudly at start-up when not), `require` (refuse to start without it), `off`.
     #[arg(

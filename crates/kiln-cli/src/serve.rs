@@ -21,9 +21,6 @@ use crate::client::check_http_url;
 use crate::output::stdout_line;
 
 pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
-    if a.workers == Some(0) {
-        return Err(Failure::invalid("--workers must be at least 1"));
-    }
     if let Err(e) = a.listen.to_socket_addrs() {
         return Err(Failure::invalid(format!(
             "--listen `{}`: expected HOST:PORT ({e})",
@@ -96,12 +93,15 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
             data_dir: data_dir.clone(),
             max_attempts: 3,
             sandbox,
+            lease_ttl: std::time::Duration::from_secs(a.lease_ttl),
         },
     )
     .await?;
     // Leases anyone let expire (a killed `kiln run`, a vanished worker) are taken back and
     // their runs driven on here.
-    engine.adopt_expired_every(std::time::Duration::from_secs(15));
+    engine.adopt_expired_every(
+        std::time::Duration::from_secs(15).min(std::time::Duration::from_secs(a.lease_ttl) / 2),
+    );
     if recovery != Recovery::default() {
         tracing::info!(
             expired_leases = recovery.expired_leases,

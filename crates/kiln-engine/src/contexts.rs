@@ -182,26 +182,6 @@ fn default_payload(trigger: &Trigger) -> Value {
     p
 }
 
-/// The `runner` context.
-pub fn runner_context(temp: &str) -> Value {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "X64",
-        "aarch64" => "ARM64",
-        "x86" => "X86",
-        "arm" => "ARM",
-        other => other,
-    };
-    json!({
-        "os": "Linux",
-        "arch": arch,
-        "name": "kiln",
-        "environment": "self-hosted",
-        "temp": temp,
-        "tool_cache": temp,
-        "debug": "",
-    })
-}
-
 /// Parse `NAME=VALUE` (for `--input` and `--secret`); the value may contain `=`.
 pub fn parse_assignment(flag: &str, text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {

@@ -41,12 +41,18 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::EngineError;
-use crate::contexts::{Trigger, github_context, resolve_inputs, runner_context};
+use crate::contexts::{Trigger, github_context, resolve_inputs};
 use crate::packages::{PackageSet, WorkflowPackages};
 use crate::project::{Snapshot, Written};
 
 /// How long a local lease lasts without a heartbeat.
-const LEASE_TTL: Duration = Duration::from_secs(60);
+mod remote;
+
+pub use remote::ReportRefusal;
+
+/// How long a lease lasts unless renewed, by default (the local pool renews every
+/// [`RENEW_EVERY`] or a quarter of it, a remote worker at each heartbeat).
+pub const LEASE_TTL: Duration = Duration::from_secs(60);
 /// How long progress records (log bytes, step results) may wait for a decision to share a
 /// transaction with.
 const PROGRESS_DELAY: Duration = Duration::from_millis(50);
@@ -95,6 +101,8 @@ pub struct DispatchConfig {
     pub owner: String,
     /// Executions a job may have before an expired lease fails it.
     pub max_attempts: i64,
+    /// How long a lease lasts unless renewed.
+    pub lease_ttl: Duration,
 }
 
 /// What `kiln run` asks the engine to do.
@@ -187,6 +195,7 @@ pub async fn run_local(
         work_dir: req.work_dir.clone(),
         owner: req.owner.clone(),
         max_attempts: req.max_attempts,
+        lease_ttl: LEASE_TTL,
     };
     // Package trees are planned (validated, keyed, looked up) before any run is created.
     let mut planned = Vec::with_capacity(prepared.len());
@@ -248,6 +257,40 @@ pub(crate) enum Command {
         run: RunId,
         reply: oneshot::Sender<bool>,
     },
+    /// A remote worker (`owner`, with `labels`) asks for up to `max` jobs.
+    Claim {
+        owner: String,
+        labels: Vec<String>,
+        max: usize,
+        reply: oneshot::Sender<Result<Vec<kiln_proto::workers::AssignedJob>, EngineError>>,
+    },
+    /// A remote worker reports on a job it holds; answered once what it reported is
+    /// committed.
+    Report {
+        owner: String,
+        job: JobId,
+        token: i64,
+        events: Vec<kiln_proto::workers::ReportEvent>,
+        reply: oneshot::Sender<Result<Result<(), remote::ReportRefusal>, EngineError>>,
+    },
+    /// A remote worker's heartbeat: answers (jobs to cancel, jobs it lost).
+    Heartbeat {
+        owner: String,
+        jobs: Vec<kiln_proto::workers::HeldJob>,
+        reply: oneshot::Sender<(Vec<JobId>, Vec<JobId>)>,
+    },
+    /// The project files of a job a remote worker holds (`None`: it does not hold it).
+    Source {
+        owner: String,
+        job: JobId,
+        token: i64,
+        reply: oneshot::Sender<Option<Arc<Snapshot>>>,
+    },
+    /// Leases the store took back because they expired.
+    Expired {
+        expired: Vec<kiln_store::ExpiredLease>,
+        reply: oneshot::Sender<()>,
+    },
     /// Stop: start nothing new, give leased jobs that have not started back to the queue,
     /// let running jobs finish until `grace` has passed, then cancel them. Answers when
     /// everything is recorded.
@@ -263,11 +306,13 @@ pub(crate) fn spawn_long_lived(
     store: Store,
     config: &DispatchConfig,
     commands: mpsc::UnboundedReceiver<Command>,
+    ready_signal: Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<Result<RunOutcome, EngineError>> {
     // Nobody shows progress: the outbox carries every transition to the API's clients.
     let (progress, _) = mpsc::unbounded_channel();
     let mut d = Dispatcher::new(store, config, progress);
     d.commands = Some(commands);
+    d.ready_signal = Some(ready_signal);
     tokio::spawn(d.drive(CancellationToken::new()))
 }
 
@@ -360,6 +405,19 @@ struct JobRec {
     seq: u64,
     /// Leased but given back at shutdown before it started: it returns to the queue.
     released: bool,
+    /// Its `runs-on` labels: a remote worker must have them all.
+    labels: Vec<String>,
+    /// The lease owner (`worker:<id>`) of the remote worker running it, if one is.
+    remote: Option<String>,
+}
+
+/// What [`Dispatcher::job_inputs`] gives: a job's definition, contexts and environment,
+/// before any folder is named.
+struct JobInputs {
+    def: kiln_core::workflow::Job,
+    contexts: Map<String, Value>,
+    env: Vec<(String, String)>,
+    masks: Vec<String>,
 }
 
 enum Msg {
@@ -410,6 +468,11 @@ struct Dispatcher {
     cancelled: bool,
     /// Package sets of runs that ended, to close ([`PackageSet::close`]) at the next flush.
     closing: Vec<Arc<PackageSet>>,
+    /// Told when the ready queue grew, for remote workers waiting for a job.
+    ready_signal: Option<Arc<tokio::sync::Notify>>,
+    /// The ready queue's length when last looked at.
+    ready_seen: usize,
+    lease_ttl: Duration,
 }
 
 fn now() -> Timestamp {
@@ -432,15 +495,16 @@ impl Dispatcher {
             ready: BinaryHeap::new(),
             busy: 0,
             running: 0,
-            slots: req.slots.max(1),
-            permits: Arc::new(tokio::sync::Semaphore::new(req.slots.max(1))),
+            // 0 on a server whose jobs all run on remote workers.
+            slots: req.slots,
+            permits: Arc::new(tokio::sync::Semaphore::new(req.slots)),
             seq: 0,
             ops: Vec::new(),
             after: Vec::new(),
             tx,
             rx,
             // A folder per lease: a slot's running job and the one prepared to follow it.
-            free: (0..req.slots.max(1) * (1 + LOOKAHEAD))
+            free: (0..req.slots * (1 + LOOKAHEAD))
                 .rev()
                 .map(|k| Slot {
                     dir: req.work_dir.join(format!("slot-{k}")),
@@ -456,6 +520,9 @@ impl Dispatcher {
             max_attempts: req.max_attempts.max(1),
             cancelled: false,
             closing: Vec::new(),
+            ready_signal: None,
+            ready_seen: 0,
+            lease_ttl: req.lease_ttl.max(Duration::from_millis(100)),
         }
     }
 
@@ -523,10 +590,10 @@ impl Dispatcher {
                     labels: p.labels.clone(),
                 });
                 self.seq += 1;
-                recs.push((
-                    id,
-                    JobRec::new(run_id, key.clone(), p.name, matrix, index, total, self.seq),
-                ));
+                let mut rec =
+                    JobRec::new(run_id, key.clone(), p.name, matrix, index, total, self.seq);
+                rec.labels = p.labels;
+                recs.push((id, rec));
                 ids.push(id);
             }
             if let Some(ks) = keys.get_mut(&key) {
@@ -708,6 +775,7 @@ impl Dispatcher {
                 );
                 rec.status = job.status;
                 rec.outputs = job.outputs.clone();
+                rec.labels = job.labels.clone();
                 if !job.status.is_terminal() {
                     open += 1;
                 }
@@ -891,7 +959,7 @@ impl Dispatcher {
     }
 
     async fn drive(mut self, cancel: CancellationToken) -> Result<RunOutcome, EngineError> {
-        let mut renew = tokio::time::interval(RENEW_EVERY);
+        let mut renew = tokio::time::interval(RENEW_EVERY.min(self.lease_ttl / 4));
         renew.tick().await;
         let mut run_ids: Vec<RunId> = self.runs.keys().copied().collect();
         // The first turn decides the jobs that need nothing.
@@ -934,6 +1002,25 @@ impl Dispatcher {
                         Some(Command::Cancel { run, reply }) => {
                             let _ = reply.send(self.cancel_run(run));
                         }
+                        Some(Command::Claim { owner, labels, max, reply }) => {
+                            let _ = reply.send(self.claim_remote(&owner, &labels, max).await);
+                        }
+                        Some(Command::Report { owner, job, token, events, reply }) => {
+                            let taken = self.remote_report(&owner, job, token, events);
+                            self.advance_all();
+                            let flushed = self.flush().await;
+                            let _ = reply.send(flushed.map(|()| taken));
+                        }
+                        Some(Command::Heartbeat { owner, jobs, reply }) => {
+                            let _ = reply.send(self.remote_heartbeat(&owner, &jobs));
+                        }
+                        Some(Command::Source { owner, job, token, reply }) => {
+                            let _ = reply.send(self.remote_source(&owner, job, token));
+                        }
+                        Some(Command::Expired { expired, reply }) => {
+                            self.remote_leases_expired(&expired);
+                            let _ = reply.send(());
+                        }
                         Some(Command::Shutdown { grace, reply }) => {
                             shutdown = Some(reply);
                             self.begin_drain(grace);
@@ -953,6 +1040,12 @@ impl Dispatcher {
                     if deadline.is_some() => {}
             }
             self.advance_all();
+            if self.ready.len() > self.ready_seen
+                && let Some(signal) = &self.ready_signal
+            {
+                signal.notify_waiters();
+            }
+            self.ready_seen = self.ready.len();
             // Decisions (leases, completions, skips, run ends) are committed at once: someone
             // acts on them. Mere progress (a job started, log bytes, step results) rides along
             // with the next decision, or is committed within PROGRESS_DELAY: that halves the
@@ -998,7 +1091,9 @@ impl Dispatcher {
         self.draining = Some(tokio::time::Instant::now() + grace);
         self.ready.clear();
         for rec in self.jobs.values_mut() {
-            if rec.status == JobStatus::Leased {
+            // A remote worker's job runs on; its lease outlives this server, and expires if
+            // nobody takes its reports.
+            if rec.status == JobStatus::Leased && rec.remote.is_none() {
                 rec.released = true;
                 rec.cancel.cancel();
             }
@@ -1008,7 +1103,7 @@ impl Dispatcher {
     /// The grace period is over: cancel what still runs (recorded as cancelled).
     fn cancel_running(&mut self) {
         for rec in self.jobs.values() {
-            if rec.status == JobStatus::Running {
+            if rec.status == JobStatus::Running && rec.remote.is_none() {
                 rec.cancel.cancel();
             }
         }
@@ -1073,13 +1168,22 @@ impl Dispatcher {
         }
         for (granted, result) in kinds.into_iter().zip(results) {
             match (granted, result) {
-                (Some(job), OpResult::Lease { token }) => self.spawn(job, token),
+                (Some(job), OpResult::Lease { token }) => {
+                    match self.jobs.get_mut(&job) {
+                        // A remote worker's: it starts when the worker gets its answer.
+                        Some(rec) if rec.remote.is_some() => rec.token = Some(token),
+                        _ => self.spawn(job, token),
+                    }
+                }
                 (Some(job), other) => {
                     // The store refused a lease we decided on: the in-memory view was wrong.
                     // Give the slot back and record the job as failed rather than hang.
                     tracing::warn!(%job, ?other, "lease refused");
-                    self.busy = self.busy.saturating_sub(1);
+                    if self.jobs.get(&job).is_some_and(|r| r.remote.is_none()) {
+                        self.busy = self.busy.saturating_sub(1);
+                    }
                     if let Some(rec) = self.jobs.get_mut(&job) {
+                        rec.remote = None;
                         rec.status = JobStatus::Failure;
                         self.ended(job);
                     }
@@ -1126,7 +1230,9 @@ impl Dispatcher {
         let Some(token) = rec.token else { return };
         rec.started = Some(Instant::now());
         rec.status = JobStatus::Running;
-        self.running += 1;
+        if rec.remote.is_none() {
+            self.running += 1;
+        }
         self.ops.push(Op::StartJob {
             job,
             token,
@@ -1175,9 +1281,14 @@ impl Dispatcher {
         let Some(token) = rec.token.take() else {
             return;
         };
-        self.busy = self.busy.saturating_sub(1);
+        // A remote worker's job holds no local slot or permit.
+        if rec.remote.is_none() {
+            self.busy = self.busy.saturating_sub(1);
+        }
         if rec.started.is_some() {
-            self.running = self.running.saturating_sub(1);
+            if rec.remote.is_none() {
+                self.running = self.running.saturating_sub(1);
+            }
         } else if rec.released {
             // Given back at shutdown before it started: queued again, for whoever drives the
             // run next (this server after a restart, or another).
@@ -1322,11 +1433,14 @@ impl Dispatcher {
     fn renew_leases(&mut self) {
         let at = now();
         for (id, rec) in &self.jobs {
-            if let Some(token) = rec.token {
+            // A remote worker's leases last as long as its heartbeats.
+            if let Some(token) = rec.token
+                && rec.remote.is_none()
+            {
                 self.ops.push(Op::RenewLease {
                     job: *id,
                     token,
-                    ttl_ms: LEASE_TTL.as_millis() as i64,
+                    ttl_ms: self.lease_ttl.as_millis() as i64,
                     at,
                 });
             }
@@ -1484,18 +1598,17 @@ impl Dispatcher {
                                 max_attempts: self.max_attempts,
                                 labels: inst.labels.clone(),
                             });
-                            self.jobs.insert(
-                                id,
-                                JobRec::new(
-                                    run_id,
-                                    key.to_owned(),
-                                    inst.name,
-                                    inst.matrix,
-                                    index,
-                                    total,
-                                    self.seq,
-                                ),
+                            let mut rec = JobRec::new(
+                                run_id,
+                                key.to_owned(),
+                                inst.name,
+                                inst.matrix,
+                                index,
+                                total,
+                                self.seq,
                             );
+                            rec.labels = inst.labels;
+                            self.jobs.insert(id, rec);
                             ids.push(id);
                         }
                         (new_jobs, ids)
@@ -1875,19 +1988,24 @@ impl Dispatcher {
             self.ops.push(Op::GrantLease {
                 job: next.job,
                 owner: self.owner.clone(),
-                ttl_ms: LEASE_TTL.as_millis() as i64,
+                ttl_ms: self.lease_ttl.as_millis() as i64,
                 at: now(),
             });
-            if let Some(r) = self.runs.get_mut(&run)
-                && r.status == RunStatus::Queued
-            {
-                r.status = RunStatus::Running;
-                self.ops.push(Op::SetRunStatus {
-                    run,
-                    status: RunStatus::Running,
-                    at: now(),
-                });
-            }
+            self.mark_run_running(run);
+        }
+    }
+
+    /// A job of a queued run was leased: the run is running.
+    fn mark_run_running(&mut self, run: RunId) {
+        if let Some(r) = self.runs.get_mut(&run)
+            && r.status == RunStatus::Queued
+        {
+            r.status = RunStatus::Running;
+            self.ops.push(Op::SetRunStatus {
+                run,
+                status: RunStatus::Running,
+                at: now(),
+            });
         }
     }
 
@@ -1940,50 +2058,17 @@ impl Dispatcher {
     }
 
     /// Start an executor for a granted lease.
-    fn spawn(&mut self, job: JobId, token: i64) {
-        {
-            let Some(rec) = self.jobs.get_mut(&job) else {
-                return;
-            };
-            rec.token = Some(token);
-        }
-        let Some(rec) = self.jobs.get(&job) else {
-            return;
-        };
-        let Some(run) = self.runs.get(&rec.run) else {
-            return;
-        };
-        let Some(def) = run.wf.jobs.get(&rec.key) else {
-            return;
-        };
+    /// What any executor needs to run `job`, besides where it runs: its definition, its
+    /// contexts and environment (no folder named yet: see [`kiln_exec::place_job`]) and the
+    /// values to mask. `None`: the job or its run is not driven here.
+    fn job_inputs(&self, job: JobId) -> Option<JobInputs> {
+        let rec = self.jobs.get(&job)?;
+        let run = self.runs.get(&rec.run)?;
+        let def = run.wf.jobs.get(&rec.key)?;
         let ks = run.keys.get(&rec.key);
-
-        // There is a folder per lease, so a leased job always finds a free one.
-        let slot = self.free.pop().unwrap_or_else(|| Slot {
-            dir: self.work_dir.join(format!("slot-extra-{job}")),
-            written: Written::new(),
-            last_run: None,
-        });
-        if let Some(set) = run.spec.packages.get(&rec.key)
-            && let Some(p) = set.package_of(&rec.matrix)
-        {
-            let set = set.clone();
-            let permits = self.permits.clone();
-            let tx = self.tx.clone();
-            let cancel = rec.cancel.clone();
-            tokio::spawn(execute_package(job, set, p, slot, permits, tx, cancel));
-            return;
-        }
-        let dir = slot.dir.clone();
-        let workspace = dir.join("workspace");
-        let temp = dir.join("temp");
-        let ws_str = workspace.to_string_lossy().into_owned();
-        let temp_str = temp.to_string_lossy().into_owned();
-
         let mut contexts = run.base.clone();
         if let Some(Value::Object(gh)) = contexts.get_mut("github") {
             gh.insert("job".into(), Value::String(rec.key.clone()));
-            gh.insert("workspace".into(), Value::String(ws_str.clone()));
         }
         contexts.insert("matrix".into(), Value::Object(rec.matrix.clone()));
         let needs = self.needs_context(run, &def.needs);
@@ -1997,13 +2082,10 @@ impl Dispatcher {
                 "max-parallel": ks.and_then(|k| k.max_parallel).unwrap_or(rec.total),
             }),
         );
-        contexts.insert("runner".into(), runner_context(&temp_str));
         contexts.insert(
             "job".into(),
             json!({"status": "success", "container": {}, "services": {}}),
         );
-
-        let event_path = run.event_path.clone();
         let t = &run.spec.trigger;
         let ref_name = t
             .git_ref
@@ -2011,11 +2093,10 @@ impl Dispatcher {
             .or_else(|| t.git_ref.strip_prefix("refs/tags/"))
             .unwrap_or(&t.git_ref)
             .to_owned();
-        let base_env = vec![
+        let env = vec![
             ("CI".to_owned(), "true".to_owned()),
             ("GITHUB_ACTIONS".to_owned(), "true".to_owned()),
             ("KILN".to_owned(), "true".to_owned()),
-            ("GITHUB_WORKSPACE".to_owned(), ws_str.clone()),
             ("GITHUB_SHA".to_owned(), t.sha.clone()),
             ("GITHUB_REF".to_owned(), t.git_ref.clone()),
             ("GITHUB_REF_NAME".to_owned(), ref_name),
@@ -2029,10 +2110,6 @@ impl Dispatcher {
                 .to_owned(),
             ),
             ("GITHUB_EVENT_NAME".to_owned(), t.event.clone()),
-            (
-                "GITHUB_EVENT_PATH".to_owned(),
-                event_path.to_string_lossy().into_owned(),
-            ),
             ("GITHUB_REPOSITORY".to_owned(), t.repository.clone()),
             (
                 "GITHUB_REPOSITORY_OWNER".to_owned(),
@@ -2056,32 +2133,83 @@ impl Dispatcher {
             ),
             ("GITHUB_SERVER_URL".to_owned(), String::new()),
             ("GITHUB_API_URL".to_owned(), String::new()),
-            ("RUNNER_OS".to_owned(), "Linux".to_owned()),
-            (
-                "RUNNER_ARCH".to_owned(),
-                contexts
-                    .get("runner")
-                    .and_then(|r| r.get("arch"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("X64")
-                    .to_owned(),
-            ),
-            ("RUNNER_NAME".to_owned(), "kiln".to_owned()),
-            ("RUNNER_TEMP".to_owned(), temp_str.clone()),
-            ("RUNNER_TOOL_CACHE".to_owned(), temp_str.clone()),
             ("KILN_RUN_ID".to_owned(), run.id.to_string()),
             ("KILN_JOB_ID".to_owned(), job.to_string()),
         ];
+        Some(JobInputs {
+            def: def.clone(),
+            contexts,
+            env,
+            masks: run.spec.secrets.values().cloned().collect(),
+        })
+    }
+
+    fn spawn(&mut self, job: JobId, token: i64) {
+        {
+            let Some(rec) = self.jobs.get_mut(&job) else {
+                return;
+            };
+            rec.token = Some(token);
+        }
+        let Some(rec) = self.jobs.get(&job) else {
+            return;
+        };
+        let Some(run) = self.runs.get(&rec.run) else {
+            return;
+        };
+
+        // There is a folder per lease, so a leased job always finds a free one.
+        let slot = self.free.pop().unwrap_or_else(|| Slot {
+            dir: self.work_dir.join(format!("slot-extra-{job}")),
+            written: Written::new(),
+            last_run: None,
+        });
+        if let Some(set) = run.spec.packages.get(&rec.key)
+            && let Some(p) = set.package_of(&rec.matrix)
+        {
+            let set = set.clone();
+            let permits = self.permits.clone();
+            let tx = self.tx.clone();
+            let cancel = rec.cancel.clone();
+            tokio::spawn(execute_package(job, set, p, slot, permits, tx, cancel));
+            return;
+        }
+        let Some(JobInputs {
+            def,
+            mut contexts,
+            mut env,
+            masks,
+        }) = self.job_inputs(job)
+        else {
+            self.free.push(slot);
+            return;
+        };
+        let dir = slot.dir.clone();
+        let workspace = dir.join("workspace");
+        let temp = dir.join("temp");
+        let ws_str = workspace.to_string_lossy().into_owned();
+        let temp_str = temp.to_string_lossy().into_owned();
+        let event_str = run.event_path.to_string_lossy().into_owned();
+        kiln_exec::place_job(
+            &mut contexts,
+            &mut env,
+            kiln_exec::Place {
+                workspace: &ws_str,
+                temp: &temp_str,
+                event_path: &event_str,
+                runner_name: "kiln",
+            },
+        );
         let spec = JobSpec {
-            job: def.clone(),
+            job: def,
             workflow_env: run.wf.env.clone(),
             workflow_defaults: run.wf.defaults.clone(),
             contexts,
             workspace: workspace.clone(),
             temp_dir: temp.clone(),
-            base_env,
+            base_env: env,
             inherit_env: true,
-            masks: run.spec.secrets.values().cloned().collect(),
+            masks,
         };
         let snapshot = run.spec.snapshot.clone();
         let permits = self.permits.clone();
@@ -2205,6 +2333,8 @@ impl JobRec {
             started: None,
             seq,
             released: false,
+            labels: Vec::new(),
+            remote: None,
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use indexmap::IndexMap;
 use jiff::Timestamp;
-use kiln_core::ids::{JobStatus, ProjectId, RunId, RunStatus};
+use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus};
 use kiln_core::plan;
 use kiln_core::workflow::{Diagnostics, Workflow};
 use kiln_proto::{Project, Run};
@@ -46,6 +46,9 @@ pub struct EngineConfig {
     pub max_attempts: i64,
     /// What confines `packages:` jobs' builds (detected once by the caller).
     pub sandbox: crate::packages::Sandbox,
+    /// How long a lease lasts unless renewed ([`crate::dispatch::LEASE_TTL`] by default): how
+    /// soon the job of a vanished remote worker goes back to the queue.
+    pub lease_ttl: Duration,
 }
 
 /// What starts runs: a project, which of its workflows, and the event.
@@ -110,6 +113,8 @@ struct Inner {
     config: EngineConfig,
     owner: String,
     commands: mpsc::UnboundedSender<Command>,
+    /// Told when jobs become ready, for remote workers waiting for one.
+    ready: Arc<tokio::sync::Notify>,
     task: Mutex<Option<tokio::task::JoinHandle<Result<RunOutcome, EngineError>>>>,
 }
 
@@ -135,18 +140,21 @@ impl Engine {
         let expired = store.expire_leases(Timestamp::now(), Some(&owner)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let dispatch_config = DispatchConfig {
-            slots: config.slots.max(1),
+            slots: config.slots,
             work_dir: config.data_dir.join("work"),
             owner: owner.clone(),
             max_attempts: config.max_attempts.max(1),
+            lease_ttl: config.lease_ttl,
         };
-        let task = dispatch::spawn_long_lived(store.clone(), &dispatch_config, rx);
+        let ready = Arc::new(tokio::sync::Notify::new());
+        let task = dispatch::spawn_long_lived(store.clone(), &dispatch_config, rx, ready.clone());
         let engine = Engine {
             inner: Arc::new(Inner {
                 store,
                 config,
                 owner,
                 commands: tx,
+                ready,
                 task: Mutex::new(Some(task)),
             }),
         };
@@ -183,6 +191,15 @@ impl Engine {
     async fn adopt_expired(&self) -> Result<(), EngineError> {
         let store = &self.inner.store;
         let expired = store.expire_leases(Timestamp::now(), None).await?;
+        if !expired.is_empty() {
+            // Remote workers' jobs of runs driven here go back to this dispatcher's queue.
+            let (reply, answer) = oneshot::channel();
+            self.send(Command::Expired {
+                expired: expired.clone(),
+                reply,
+            })?;
+            answer.await.map_err(|_| stopped())?;
+        }
         let mut runs: Vec<RunId> = expired.iter().map(|e| e.run).collect();
         runs.sort();
         runs.dedup();
@@ -205,6 +222,11 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// How long a lease lasts unless renewed.
+    pub fn lease_ttl(&self) -> Duration {
+        self.inner.config.lease_ttl
     }
 
     /// The lease owner id of this engine's local pool (stable across restarts of one data
@@ -490,6 +512,105 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Leases to the remote worker `owner` up to `max` ready jobs whose every label it has,
+    /// waiting up to `wait` for one when none is ready.
+    pub async fn claim_remote(
+        &self,
+        owner: &str,
+        labels: &[String],
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<kiln_proto::workers::AssignedJob>, EngineError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Listening before asking: a job made ready meanwhile still wakes us.
+            let notified = self.inner.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (reply, answer) = oneshot::channel();
+            self.send(Command::Claim {
+                owner: owner.to_owned(),
+                labels: labels.to_vec(),
+                max,
+                reply,
+            })?;
+            let jobs = answer.await.map_err(|_| stopped())??;
+            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(jobs);
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Takes a remote worker's report on a job it holds; answers once it is committed.
+    /// `Ok(Err(_))`: refused (the worker no longer holds the lease, or the report is wrong).
+    pub async fn report_remote(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+        events: Vec<kiln_proto::workers::ReportEvent>,
+    ) -> Result<Result<(), dispatch::ReportRefusal>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Report {
+            owner: owner.to_owned(),
+            job,
+            token,
+            events,
+            reply,
+        })?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// A remote worker's heartbeat over the jobs it holds: renews their leases; answers the
+    /// jobs to cancel and the jobs it no longer holds.
+    pub async fn heartbeat_remote(
+        &self,
+        owner: &str,
+        jobs: Vec<kiln_proto::workers::HeldJob>,
+    ) -> Result<(Vec<JobId>, Vec<JobId>), EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Heartbeat {
+            owner: owner.to_owned(),
+            jobs,
+            reply,
+        })?;
+        answer.await.map_err(|_| stopped())
+    }
+
+    /// The project files of a job the remote worker `owner` holds (lease `token`), as a tar
+    /// archive; `None` when it does not hold it.
+    pub async fn job_source(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+    ) -> Result<Option<Vec<u8>>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Source {
+            owner: owner.to_owned(),
+            job,
+            token,
+            reply,
+        })?;
+        let Some(snapshot) = answer.await.map_err(|_| stopped())? else {
+            return Ok(None);
+        };
+        let root = snapshot.root.clone();
+        let tar = tokio::task::spawn_blocking(move || snapshot.to_tar())
+            .await
+            .map_err(|e| EngineError::Usage(format!("failed to pack the project: {e}")))?
+            .map_err(|source| EngineError::Io {
+                action: "pack the project's files for a worker",
+                path: root,
+                source,
+            })?;
+        Ok(Some(tar))
     }
 
     fn send(&self, cmd: Command) -> Result<(), EngineError> {

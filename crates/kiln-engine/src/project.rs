@@ -404,6 +404,21 @@ impl Snapshot {
     /// removed, and every snapshot file is rewritten in place unless it still has the size and
     /// modification time it had right after kiln last wrote it — the same stat-based check git
     /// uses for its index.
+    /// The snapshot as a tar archive (what a remote worker unpacks as the job's workspace):
+    /// its folders, then its files and symbolic links (as links), with their modes.
+    pub fn to_tar(&self) -> io::Result<Vec<u8>> {
+        let mut tar = tar::Builder::new(Vec::new());
+        tar.follow_symlinks(false);
+        tar.mode(tar::HeaderMode::Deterministic);
+        for d in &self.dirs {
+            tar.append_dir(d, self.root.join(d))?;
+        }
+        for rel in &self.files {
+            tar.append_path_with_name(self.root.join(rel), rel)?;
+        }
+        tar.into_inner()
+    }
+
     pub fn refresh(&self, dest: &Path, written: &mut Written) -> io::Result<()> {
         fs::create_dir_all(dest)?;
         let wanted: HashSet<&Path> = self.files.iter().map(PathBuf::as_path).collect();

@@ -27,6 +27,7 @@ mod envfile;
 mod hash;
 mod job;
 mod logs;
+mod place;
 mod process;
 pub mod sandbox;
 mod shell;
@@ -43,6 +44,7 @@ pub use envfile::{EnvFileError, parse_env_file, parse_path_file};
 pub use hash::WorkspaceHasher;
 pub use job::{is_step_file, run_job, run_job_with_limits};
 pub use logs::{MAX_CHUNK, Masker, mask};
+pub use place::{Place, place_job, runner_arch, runner_context};
 pub use process::Limits;
 pub use sandbox::{
     Confinement, Network, ParseSandboxModeError, Sandbox, SandboxError, SandboxMode, WrappedCommand,

@@ -138,6 +138,9 @@ pub enum ReportEvent {
         outputs: Map<String, Value>,
         #[serde(default)]
         error: Option<String>,
+        /// The job's `continue-on-error`, evaluated: its failure does not fail the run.
+        #[serde(default)]
+        continue_on_error: bool,
     },
 }
 
@@ -182,4 +185,24 @@ pub struct HeartbeatReply {
 /// The lease owner of the jobs a worker runs (`worker:<id>`).
 pub fn lease_owner(id: WorkerId) -> String {
     format!("worker:{id}")
+}
+
+/// The answer to a registration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Registered {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub id: WorkerId,
+    pub protocol: u32,
+    /// How often to heartbeat while holding jobs.
+    pub heartbeat_ms: u64,
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ms: u64,
+}
+
+/// The list `GET /api/v1/workers` answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WorkerList {
+    pub workers: Vec<WorkerView>,
 }

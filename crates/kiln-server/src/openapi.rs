@@ -12,6 +12,7 @@ use crate::envelope::VERSION;
 use crate::metrics;
 use crate::routes::notifications;
 use crate::routes::watches;
+use crate::routes::workers;
 use crate::routes::{
     bans, deliveries, hooks, live, ops, packages, projects, runs_read, runs_write, schedules,
     system, tokens,
@@ -78,6 +79,15 @@ use crate::state::AppState;
         packages::history,
         packages::deps,
         packages::log,
+        workers::register,
+        workers::claim,
+        workers::heartbeat,
+        workers::report,
+        workers::source,
+        workers::list,
+        workers::show,
+        workers::pause,
+        workers::resume,
         metrics::scrape,
     ),
     modifiers(&BearerAuth),
@@ -92,6 +102,7 @@ use crate::state::AppState;
         (name = "watches", description = "on.watch entries of the projects' workflows: poll state, versions seen, poll now"),
         (name = "notifications", description = "Outbound notifications: receivers a project names, signed deliveries of its events and their attempts"),
         (name = "packages", description = "Package builds (`kiln build`): the latest build of every origin, an origin's history, status and build logs, and its dependencies in the server's tree. An origin `CATEGORY/NAME` is two path segments: `/api/v1/packages/devel/gmake/history`"),
+        (name = "workers", description = "Remote workers: the protocol `kiln worker` speaks under `/api/v1/worker/` (register, claim jobs by label, report under the lease's fencing token, heartbeat), and `/api/v1/workers` for people (list, pause, resume)"),
         (name = "hooks", description = "Project webhooks (`/hooks/{hook_id}`, open, signed with the project's secret) and their recorded deliveries")
     )
 )]

@@ -335,8 +335,8 @@ fn client_and_server_failures_have_their_exit_codes() {
 
     let bad_listen = serve_command(&p, "nonsense").output().unwrap();
     assert_eq!(bad_listen.status.code(), Some(2));
-    let no_workers = local(&p, &["serve", "--workers", "0"]);
-    assert_eq!(no_workers.code, 2, "{}", no_workers.stderr);
+    let not_a_count = local(&p, &["serve", "--workers", "-1"]);
+    assert_eq!(not_a_count.code, 2, "{}", not_a_count.stderr);
 
     // A port already taken: kiln could not work, and no token was made that nobody saw.
     let s = Served::start(&p, &[]);

@@ -17,6 +17,7 @@ pub(crate) mod schedules;
 pub(crate) mod system;
 pub(crate) mod tokens;
 pub(crate) mod watches;
+pub(crate) mod workers;
 
 use axum::Router;
 use axum::routing::{delete, get, post};
@@ -110,6 +111,21 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/config", get(ops::config))
         .route("/api/v1/database/stats", get(ops::database_stats))
         .route("/api/v1/database/export", get(ops::database_export))
+        .route("/api/v1/worker/register", post(workers::register))
+        .route("/api/v1/worker/{id}/claim", post(workers::claim))
+        .route("/api/v1/worker/{id}/heartbeat", post(workers::heartbeat))
+        .route(
+            "/api/v1/worker/{id}/jobs/{job}/report",
+            post(workers::report),
+        )
+        .route(
+            "/api/v1/worker/{id}/jobs/{job}/source",
+            get(workers::source),
+        )
+        .route("/api/v1/workers", get(workers::list))
+        .route("/api/v1/workers/{id}", get(workers::show))
+        .route("/api/v1/workers/{id}/pause", post(workers::pause))
+        .route("/api/v1/workers/{id}/resume", post(workers::resume))
 }
 
 /// `/hooks/{hook_id}`: open (the signature is the credential), with a body limit of its own.

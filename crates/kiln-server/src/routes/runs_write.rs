@@ -214,7 +214,7 @@ pub(crate) async fn retry(
     }
 }
 
-fn engine_unavailable() -> ApiError {
+pub(crate) fn engine_unavailable() -> ApiError {
     ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "ENGINE_UNAVAILABLE",
@@ -223,7 +223,7 @@ fn engine_unavailable() -> ApiError {
 }
 
 /// The engine's refusals are the caller's (4xx); its failures are the server's (5xx).
-fn engine_error(e: EngineError) -> ApiError {
+pub(crate) fn engine_error(e: EngineError) -> ApiError {
     match e {
         EngineError::Invalid(diags) => {
             let problems: Vec<Value> = diags

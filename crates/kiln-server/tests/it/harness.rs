@@ -210,7 +210,30 @@ impl Server {
             (Store::open_sqlite(dir.path()).await.unwrap(), dir, None)
         };
         let tweak: Tweak = Box::new(tweak);
-        Self::start_full(store, dir, pg, engine, EgressPolicy::default(), Some(tweak)).await
+        Self::start_full(
+            store,
+            dir,
+            pg,
+            engine,
+            EgressPolicy::default(),
+            Some(tweak),
+            None,
+        )
+        .await
+    }
+
+    /// A server with an engine that runs no job itself (`--workers 0`): remote workers run
+    /// them, under leases of `lease_ttl`.
+    pub(crate) async fn for_remote_workers(postgres: bool, lease_ttl: std::time::Duration) -> Self {
+        let (store, dir, pg) = if postgres {
+            let (store, dir, pg) = pg_store().await;
+            (store, dir, Some(pg))
+        } else {
+            let dir = tempfile::tempdir().unwrap();
+            (Store::open_sqlite(dir.path()).await.unwrap(), dir, None)
+        };
+        let policy = EgressPolicy::default();
+        Self::start_full(store, dir, pg, true, policy, None, Some((0, lease_ttl))).await
     }
 
     async fn start_configured(
@@ -220,7 +243,7 @@ impl Server {
         engine: bool,
         egress: EgressPolicy,
     ) -> Self {
-        Self::start_full(store, dir, pg, engine, egress, None).await
+        Self::start_full(store, dir, pg, engine, egress, None, None).await
     }
 
     /// The server's data dir is the test's temporary folder.
@@ -231,6 +254,7 @@ impl Server {
         engine: bool,
         egress: EgressPolicy,
         tweak: Option<Tweak>,
+        pool: Option<(usize, std::time::Duration)>,
     ) -> Self {
         // reqwest is built with rustls and no provider of its own: use ring, as the CLI does.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -251,15 +275,20 @@ impl Server {
         let mut state = AppState::new(store.clone(), config);
         let mut kept_engine = None;
         if engine {
+            let (slots, lease_ttl) = pool.unwrap_or((2, kiln_engine::dispatch::LEASE_TTL));
             let config = kiln_engine::EngineConfig {
-                slots: 2,
+                slots,
                 data_dir: dir.path().to_owned(),
                 max_attempts: 3,
                 sandbox: sandbox(),
+                lease_ttl,
             };
             let (engine, _) = kiln_engine::Engine::start(store.clone(), config)
                 .await
                 .unwrap();
+            if let Some((_, ttl)) = pool {
+                engine.adopt_expired_every(ttl / 2);
+            }
             kept_engine = Some(engine.clone());
             state = state.with_engine(engine);
         }

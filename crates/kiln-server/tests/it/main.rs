@@ -17,3 +17,4 @@ mod schedules;
 mod system;
 mod tokens;
 mod watches;
+mod workers;

@@ -1,0 +1,361 @@
+//! The remote-worker protocol over HTTP, with the test acting as the workers: registration and
+//! its refusals, claims by label, a job's source, reports under the lease's token, a lease
+//! that expires and goes to another worker (the late report of the first refused), cancel
+//! through heartbeats, pause, and the workers listing. On SQLite and PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use kiln_core::ids::{JobStatus, RunId, RunStatus};
+use serde_json::{Value, json};
+
+use crate::harness::Server;
+
+const LEASE: Duration = Duration::from_secs(2);
+
+macro_rules! remote {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let s = $crate::harness::Server::for_remote_workers(false, super::LEASE).await;
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    let s = $crate::harness::Server::for_remote_workers(true, super::LEASE).await;
+                    super::$name(&s).await;
+                    s.stop().await;
+                }
+            }
+        )+
+    };
+}
+
+remote!(
+    workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker,
+    a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none,
+);
+
+const CI: &str = r#"
+name: ci
+on: workflow_dispatch
+jobs:
+  build:
+    runs-on: linux
+    outputs:
+      v: ${{ steps.s.outputs.v }}
+    steps:
+      - id: s
+        run: echo "v=1" >> "$GITHUB_OUTPUT"
+  test:
+    needs: build
+    runs-on: [linux, gpu]
+    steps:
+      - run: echo "${{ needs.build.outputs.v }}"
+"#;
+
+async fn project_with(s: &Server, workflow: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".kiln/workflows/ci.yml");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, workflow).unwrap();
+    std::fs::write(dir.path().join("README"), "the project's own file\n").unwrap();
+    let name = format!("p{}", uuid::Uuid::new_v4().simple());
+    let p = s
+        .store
+        .upsert_project(&name, &dir.path().to_string_lossy())
+        .await
+        .unwrap();
+    (dir, p.id.to_string())
+}
+
+async fn trigger(s: &Server, project: &str) -> RunId {
+    let r = s
+        .post(
+            &format!("/api/v1/projects/{project}/runs"),
+            &s.admin,
+            &json!({"workflow": "ci"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    r.data()["runs"][0]["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn register(s: &Server, token: &str, name: &str, labels: &[&str]) -> String {
+    let r = s
+        .post(
+            "/api/v1/worker/register",
+            token,
+            &json!({"name": name, "labels": labels, "slots": 2, "protocol": 1, "version": "test"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.data()["lease_ms"], 2000);
+    r.data()["id"].as_str().unwrap().to_owned()
+}
+
+async fn claim(s: &Server, token: &str, worker: &str, wait_ms: u64) -> Vec<Value> {
+    let r = s
+        .post(
+            &format!("/api/v1/worker/{worker}/claim"),
+            token,
+            &json!({"free": 2, "wait_ms": wait_ms}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.data()["jobs"].as_array().unwrap().clone()
+}
+
+async fn report(s: &Server, token: &str, worker: &str, job: &Value, events: Value) -> u16 {
+    let r = s
+        .post(
+            &format!(
+                "/api/v1/worker/{worker}/jobs/{}/report",
+                job["job"].as_str().unwrap()
+            ),
+            token,
+            &json!({"token": job["token"], "events": events}),
+        )
+        .await;
+    r.status
+}
+
+async fn wait_run(
+    s: &Server,
+    run: RunId,
+    done: impl Fn(&kiln_proto::Run) -> bool,
+) -> kiln_proto::Run {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = s.store.get_run(run).await.unwrap().unwrap();
+        if done(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run stuck: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn step(index: u32, outputs: Value) -> Value {
+    json!({"type": "step", "step": {
+        "index": index, "name": "s", "status": "success", "outputs": outputs,
+        "started_at": null, "finished_at": null
+    }})
+}
+
+async fn workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker(s: &Server) {
+    let token = s.token("worker").await;
+    // Another protocol, or nonsense, is refused saying what is wrong.
+    let r = s
+        .post(
+            "/api/v1/worker/register",
+            &token,
+            &json!({"name": "old", "labels": [], "slots": 1, "protocol": 99, "version": "x"}),
+        )
+        .await;
+    let e = r.expect_error(409, "PROTOCOL_MISMATCH");
+    assert!(e["message"].as_str().unwrap().contains("protocol 1"), "{e}");
+    let r = s
+        .post(
+            "/api/v1/worker/register",
+            &token,
+            &json!({"name": "", "labels": ["a b "], "slots": 0, "protocol": 1, "version": "x"}),
+        )
+        .await;
+    let e = r.expect_invalid("name");
+    let fields: Vec<&str> = e["details"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "slots", "labels[0]"]);
+    // A worker token reaches the worker routes only.
+    assert_eq!(s.get("/api/v1/runs", Some(&token)).await.status, 403);
+
+    let linux = register(s, &token, "linux-1", &["linux"]).await;
+    let (_dir, project) = project_with(s, CI).await;
+    let run = trigger(s, &project).await;
+
+    let got = claim(s, &token, &linux, 10_000).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let build = &got[0];
+    assert_eq!(
+        (build["key"].as_str(), build["attempt"].as_i64()),
+        (Some("build"), Some(1))
+    );
+    assert_eq!(build["workflow"], ".kiln/workflows/ci.yml");
+    assert!(
+        build["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e[0] == "GITHUB_RUN_ID")
+    );
+    // Its source: the project's files as a tar.
+    let src = s
+        .send(
+            s.request(
+                reqwest::Method::GET,
+                &format!(
+                    "/api/v1/worker/{linux}/jobs/{}/source?token={}",
+                    build["job"].as_str().unwrap(),
+                    build["token"]
+                ),
+            )
+            .bearer_auth(&token),
+        )
+        .await;
+    assert_eq!(src.status, 200);
+    assert!(src.text.contains("the project's own file"));
+    assert!(src.text.contains(".kiln/workflows/ci.yml"));
+
+    // It runs and reports; the job ends as it says.
+    let events = json!([
+        {"type": "started"},
+        {"type": "log", "step": 0, "data": "hello from linux-1\n"},
+        step(0, json!({"v": "1"})),
+        {"type": "done", "status": "success", "outputs": {"v": "1"}},
+    ]);
+    assert_eq!(report(s, &token, &linux, build, events).await, 200);
+    let r = wait_run(s, run, |r| {
+        r.jobs
+            .iter()
+            .any(|j| j.key == "build" && j.status == JobStatus::Success)
+    })
+    .await;
+    let build_id = r.jobs.iter().find(|j| j.key == "build").unwrap().id;
+    let log = s
+        .get(&format!("/api/v1/logs/{build_id}"), Some(&s.admin))
+        .await;
+    assert!(log.text.contains("hello from linux-1"), "{}", log.text);
+
+    // `test` needs a GPU: not for this worker.
+    assert!(claim(s, &token, &linux, 300).await.is_empty());
+    let gpu = register(s, &token, "gpu-1", &["gpu", "linux", "x86_64"]).await;
+    let got = claim(s, &token, &gpu, 10_000).await;
+    assert_eq!(got.len(), 1);
+    let first = got[0].clone();
+    assert_eq!(first["key"], "test");
+    assert_eq!(first["contexts"]["needs"]["build"]["outputs"]["v"], "1");
+    assert_eq!(
+        report(s, &token, &gpu, &first, json!([{"type": "started"}])).await,
+        200
+    );
+
+    // gpu-1 goes silent: its lease expires and the job goes back to the queue, attempt 2.
+    let gpu2 = register(s, &token, "gpu-2", &["gpu", "linux"]).await;
+    let got = claim(s, &token, &gpu2, 15_000).await;
+    assert_eq!(got.len(), 1, "the job came back to the queue");
+    let second = got[0].clone();
+    assert_eq!(
+        (second["job"].clone(), second["attempt"].as_i64()),
+        (first["job"].clone(), Some(2))
+    );
+    assert!(second["token"].as_i64() > first["token"].as_i64());
+
+    // gpu-1 wakes up: what it says now is refused, and its heartbeat says it lost the job.
+    let late = json!([{"type": "done", "status": "success"}]);
+    assert_eq!(report(s, &token, &gpu, &first, late).await, 409);
+    let hb = s
+        .post(
+            &format!("/api/v1/worker/{gpu}/heartbeat"),
+            &token,
+            &json!({"jobs": [{"job": first["job"], "token": first["token"]}]}),
+        )
+        .await;
+    assert_eq!(hb.data()["lost"], json!([first["job"]]));
+
+    let done = json!([{"type": "started"}, {"type": "done", "status": "success"}]);
+    assert_eq!(report(s, &token, &gpu2, &second, done).await, 200);
+    let r = wait_run(s, run, |r| r.status.is_terminal()).await;
+    assert_eq!(r.status, RunStatus::Success, "{r:#?}");
+    let test = r.jobs.iter().find(|j| j.key == "test").unwrap();
+    assert_eq!((test.status, test.attempts), (JobStatus::Success, 2));
+
+    // People see the workers.
+    let list = s.get("/api/v1/workers", Some(&s.admin)).await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let data = list.data();
+    let names: Vec<&str> = data["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let one = s
+        .get(&format!("/api/v1/workers/{gpu2}"), Some(&s.admin))
+        .await;
+    assert_eq!(one.data()["status"], "idle");
+    assert_eq!(one.data()["labels"], json!(["gpu", "linux"]));
+}
+
+async fn a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none(s: &Server) {
+    let token = s.token("worker").await;
+    let w = register(s, &token, "w", &["linux", "gpu"]).await;
+    let (_dir, project) = project_with(s, CI).await;
+    let run = trigger(s, &project).await;
+    let got = claim(s, &token, &w, 10_000).await;
+    let build = got[0].clone();
+    assert_eq!(
+        report(s, &token, &w, &build, json!([{"type": "started"}])).await,
+        200
+    );
+    let busy = s.get(&format!("/api/v1/workers/{w}"), Some(&s.admin)).await;
+    assert_eq!(busy.data()["status"], "busy");
+    assert_eq!(busy.data()["jobs"], json!([build["job"]]));
+
+    let r = s
+        .post(&format!("/api/v1/runs/{run}/cancel"), &s.admin, &json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // The next heartbeat tells the worker to stop the job; it reports it cancelled.
+    let hb = s
+        .post(
+            &format!("/api/v1/worker/{w}/heartbeat"),
+            &token,
+            &json!({"jobs": [{"job": build["job"], "token": build["token"]}]}),
+        )
+        .await;
+    assert_eq!(hb.data()["cancel"], json!([build["job"]]));
+    assert_eq!(hb.data()["paused"], false);
+    let stop = json!([{"type": "done", "status": "cancelled"}]);
+    assert_eq!(report(s, &token, &w, &build, stop).await, 200);
+    let r = wait_run(s, run, |r| r.status.is_terminal()).await;
+    assert_eq!(r.status, RunStatus::Cancelled);
+
+    // A paused worker gets nothing (at once), until resumed; only maintainers pause.
+    assert_eq!(
+        s.post(&format!("/api/v1/workers/{w}/pause"), &token, &json!({}))
+            .await
+            .status,
+        403
+    );
+    let p = s
+        .post(&format!("/api/v1/workers/{w}/pause"), &s.admin, &json!({}))
+        .await;
+    assert_eq!(p.data()["status"], "paused");
+    let run = trigger(s, &project).await;
+    let started = Instant::now();
+    assert!(claim(s, &token, &w, 5_000).await.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a paused worker waits for nothing"
+    );
+    s.post(&format!("/api/v1/workers/{w}/resume"), &s.admin, &json!({}))
+        .await;
+    assert_eq!(claim(s, &token, &w, 10_000).await.len(), 1);
+    let missing = s
+        .post(
+            "/api/v1/workers/0190ffff-0000-7000-8000-000000000000/pause",
+            &s.admin,
+            &json!({}),
+        )
+        .await;
+    missing.expect_error(404, "WORKER_NOT_FOUND");
+    let _ = run;
+}
