@@ -59,6 +59,17 @@ async fn pg_store() -> (Store, tempfile::TempDir, (String, String)) {
 }
 
 /// One running server and what a test needs to talk to it.
+/// A fresh store on PostgreSQL (its schema) or SQLite, in a temporary data dir.
+async fn any_store(postgres: bool) -> (Store, tempfile::TempDir, Option<(String, String)>) {
+    if postgres {
+        let (store, dir, pg) = pg_store().await;
+        (store, dir, Some(pg))
+    } else {
+        let dir = tempfile::tempdir().unwrap();
+        (Store::open_sqlite(dir.path()).await.unwrap(), dir, None)
+    }
+}
+
 pub(crate) struct Server {
     /// `http://127.0.0.1:PORT`.
     pub(crate) base: String,
@@ -202,13 +213,7 @@ impl Server {
         engine: bool,
         tweak: impl FnOnce(&mut ServerConfig) + Send + 'static,
     ) -> Self {
-        let (store, dir, pg) = if postgres {
-            let (store, dir, pg) = pg_store().await;
-            (store, dir, Some(pg))
-        } else {
-            let dir = tempfile::tempdir().unwrap();
-            (Store::open_sqlite(dir.path()).await.unwrap(), dir, None)
-        };
+        let (store, dir, pg) = any_store(postgres).await;
         let tweak: Tweak = Box::new(tweak);
         Self::start_full(
             store,
@@ -225,13 +230,7 @@ impl Server {
     /// A server with an engine that runs no job itself (`--workers 0`): remote workers run
     /// them, under leases of `lease_ttl`.
     pub(crate) async fn for_remote_workers(postgres: bool, lease_ttl: std::time::Duration) -> Self {
-        let (store, dir, pg) = if postgres {
-            let (store, dir, pg) = pg_store().await;
-            (store, dir, Some(pg))
-        } else {
-            let dir = tempfile::tempdir().unwrap();
-            (Store::open_sqlite(dir.path()).await.unwrap(), dir, None)
-        };
+        let (store, dir, pg) = any_store(postgres).await;
         let policy = EgressPolicy::default();
         Self::start_full(store, dir, pg, true, policy, None, Some((0, lease_ttl))).await
     }

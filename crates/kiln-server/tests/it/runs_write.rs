@@ -95,7 +95,7 @@ async fn project(s: &Server, dir: &Path, files: &[(&str, &str)]) -> String {
     p.id.to_string()
 }
 
-async fn wait_until(s: &Server, run: RunId, done: impl Fn(&Run) -> bool) -> Run {
+pub(crate) async fn wait_until(s: &Server, run: RunId, done: impl Fn(&Run) -> bool) -> Run {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let r = s.store.get_run(run).await.unwrap().unwrap();

@@ -9,6 +9,7 @@ use kiln_core::ids::{JobStatus, RunId, RunStatus};
 use serde_json::{Value, json};
 
 use crate::harness::Server;
+use crate::runs_write::wait_until;
 
 const LEASE: Duration = Duration::from_secs(2);
 
@@ -123,22 +124,6 @@ async fn report(s: &Server, token: &str, worker: &str, job: &Value, events: Valu
     r.status
 }
 
-async fn wait_run(
-    s: &Server,
-    run: RunId,
-    done: impl Fn(&kiln_proto::Run) -> bool,
-) -> kiln_proto::Run {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = s.store.get_run(run).await.unwrap().unwrap();
-        if done(&r) {
-            return r;
-        }
-        assert!(Instant::now() < deadline, "run stuck: {r:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn step(index: u32, outputs: Value) -> Value {
     json!({"type": "step", "step": {
         "index": index, "name": "s", "status": "success", "outputs": outputs,
@@ -221,7 +206,7 @@ async fn workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker(s: &S
         {"type": "done", "status": "success", "outputs": {"v": "1"}},
     ]);
     assert_eq!(report(s, &token, &linux, build, events).await, 200);
-    let r = wait_run(s, run, |r| {
+    let r = wait_until(s, run, |r| {
         r.jobs
             .iter()
             .any(|j| j.key == "build" && j.status == JobStatus::Success)
@@ -271,7 +256,7 @@ async fn workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker(s: &S
 
     let done = json!([{"type": "started"}, {"type": "done", "status": "success"}]);
     assert_eq!(report(s, &token, &gpu2, &second, done).await, 200);
-    let r = wait_run(s, run, |r| r.status.is_terminal()).await;
+    let r = wait_until(s, run, |r| r.status.is_terminal()).await;
     assert_eq!(r.status, RunStatus::Success, "{r:#?}");
     let test = r.jobs.iter().find(|j| j.key == "test").unwrap();
     assert_eq!((test.status, test.attempts), (JobStatus::Success, 2));
@@ -325,7 +310,7 @@ async fn a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none(s
     assert_eq!(hb.data()["paused"], false);
     let stop = json!([{"type": "done", "status": "cancelled"}]);
     assert_eq!(report(s, &token, &w, &build, stop).await, 200);
-    let r = wait_run(s, run, |r| r.status.is_terminal()).await;
+    let r = wait_until(s, run, |r| r.status.is_terminal()).await;
     assert_eq!(r.status, RunStatus::Cancelled);
 
     // A paused worker gets nothing (at once), until resumed; only maintainers pause.
