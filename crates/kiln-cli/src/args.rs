@@ -78,6 +78,9 @@ enum Command {
     Ban(crate::ban::BanArgs),
     /// List a server's watches (`on.watch` entries) with their state; poll one now.
     Watch(crate::watch::WatchArgs),
+    /// Run a server's jobs here: claim jobs whose `runs-on` labels this worker has, run them,
+    /// report back (SIGTERM drains: no new jobs, running ones finish).
+    Worker(crate::worker::WorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -560,6 +563,7 @@ pub(crate) async fn dispatch(cli: Cli) -> Result<i32, Failure> {
         Command::Receiver(a) => crate::receiver::receiver(a).await,
         Command::Ban(a) => crate::ban::ban(a).await,
         Command::Watch(a) => crate::watch::watch(a).await,
+        Command::Worker(a) => crate::worker::worker(a).await,
     }
 }
 

@@ -26,6 +26,7 @@ mod status;
 mod token;
 mod trigger;
 mod watch;
+mod worker;
 
 use std::io::Write;
 

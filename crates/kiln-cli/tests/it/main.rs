@@ -13,6 +13,7 @@ mod schedules;
 mod serve;
 mod server_runs;
 mod watches;
+mod workers;
 mod workflow_packages;
 
 use std::path::Path;

@@ -1,0 +1,275 @@
+//! `kiln worker` against a real `kiln serve --workers 0`: jobs run on the workers whose labels
+//! fit; a worker killed with `kill -9` mid-job loses its lease, and the job runs again (attempt
+//! 2) on another worker; SIGTERM drains a worker (its running job finishes, it claims no
+//! more, it exits 0); a worker speaking to a server that refuses it exits 2.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kiln_testkit::Project;
+use serde_json::Value;
+
+use crate::serve::{Served, kiln};
+
+const CI: &str = r#"
+name: ci
+on: workflow_dispatch
+jobs:
+  build:
+    runs-on: linux
+    steps:
+      # The first attempt announces itself and hangs; a later one finishes at once.
+      - run: |
+          if [ ! -e "$MARKER" ]; then touch "$MARKER"; sleep 120; fi
+          echo "built on $RUNNER_NAME attempt $GITHUB_RUN_ATTEMPT-${{ github.run_attempt }}"
+  ship:
+    needs: build
+    runs-on: [linux, deploy]
+    steps:
+      - run: echo "shipped from $RUNNER_NAME"; sleep "$PAUSE"
+"#;
+
+/// A running `kiln worker`, killed on drop.
+struct Worker {
+    child: Child,
+    id: String,
+}
+
+impl Worker {
+    fn start(
+        p: &Project,
+        s: &Served,
+        token: &str,
+        name: &str,
+        labels: &str,
+        env: &[(&str, &str)],
+    ) -> Worker {
+        let work = p.data_dir().join(format!("work-{name}"));
+        let mut cmd = kiln(
+            p,
+            &[
+                "worker",
+                "--server",
+                &s.url,
+                "--labels",
+                labels,
+                "--name",
+                name,
+                "--work-dir",
+                work.to_str().unwrap(),
+            ],
+        );
+        cmd.env("KILN_TOKEN", token);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kiln worker");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("kiln worker says it registered");
+        let id = line
+            .strip_prefix("worker ")
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        Worker { child, id }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    fn wait(&mut self, within: Duration) -> i32 {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "kiln worker did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(s: &Served, token: &str, path: &str) -> Value {
+    let out = Command::new("curl")
+        .args(["-sS", "-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("{}{path}", s.url))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn wait_run(s: &Served, token: &str, run: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = get(s, token, &format!("/api/v1/runs/{run}"))["data"].clone();
+        if matches!(
+            r["status"].as_str(),
+            Some("success" | "failure" | "cancelled")
+        ) {
+            return r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run still {}: {r:#}",
+            r["status"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn job<'a>(run: &'a Value, key: &str) -> &'a Value {
+    run["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["key"] == key)
+        .unwrap()
+}
+
+#[test]
+fn workers_run_jobs_a_killed_worker_loses_its_job_to_another_and_sigterm_drains() {
+    let p = Project::new().workflow("ci.yml", CI);
+    let data = p.data_dir();
+    let mut cmd = kiln(
+        &p,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--workers",
+            "0",
+            "--lease-ttl",
+            "3",
+            "--egress-allow-local-paths",
+        ],
+    );
+    let s = Served::from_command(&mut cmd);
+    let admin = s.admin().unwrap();
+    let out = s.call(
+        &p,
+        &admin,
+        &["token", "create", "--name", "w", "--role", "worker"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let token = out.stdout.trim().to_owned();
+    let src = p.root().to_str().unwrap().to_owned();
+    let out = s.call(&p, &admin, &["project", "add", &src, "--name", "app"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    // A server refusing a worker (here: a token it does not know) is exit 2.
+    let w0 = p.data_dir().join("w0");
+    let refused = crate::serve::run(
+        &p,
+        &[
+            "worker",
+            "--server",
+            &s.url,
+            "--token",
+            "kiln_nope",
+            "--work-dir",
+            w0.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("UNAUTHORIZED"),
+        "{}",
+        refused.stderr
+    );
+
+    let marker = p.data_dir().join("marker");
+    let env = [("MARKER", marker.to_str().unwrap()), ("PAUSE", "2")];
+    let mut a = Worker::start(&p, &s, &token, "a", "linux", &env);
+    let out = s.call(
+        &p,
+        &admin,
+        &["trigger", "app", "--workflow", "ci", "--format", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
+
+    // `build` runs on `a` (the only worker); once it hangs, kill -9 the worker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "build never started on worker a");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let held = get(&s, &admin, &format!("/api/v1/workers/{}", a.id));
+    assert_eq!(held["data"]["status"], "busy", "{held:#}");
+    a.signal("-KILL");
+    a.wait(Duration::from_secs(10));
+
+    // `b` has every label: it gets `build` back once a's lease expired (attempt 2), then
+    // `ship`. SIGTERM while it ships: the job still finishes, and b exits 0.
+    let mut b = Worker::start(&p, &s, &token, "b", "deploy,linux", &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = get(&s, &admin, &format!("/api/v1/runs/{run}"))["data"].clone();
+        if job(&r, "ship")["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ship never started: {r:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    b.signal("-TERM");
+    assert_eq!(b.wait(Duration::from_secs(30)), 0);
+    let r = wait_run(&s, &admin, &run, Duration::from_secs(30));
+    assert_eq!(r["status"], "success", "{r:#}");
+    let build = job(&r, "build");
+    assert_eq!(
+        (build["status"].as_str(), build["attempts"].as_i64()),
+        (Some("success"), Some(2))
+    );
+    assert_eq!(job(&r, "ship")["attempts"], 1);
+    let log = get(
+        &s,
+        &admin,
+        &format!("/api/v1/logs/{}", build["id"].as_str().unwrap()),
+    );
+    let text = log["data"]["data"].as_str().unwrap_or_default().to_owned();
+    assert!(text.contains("built on b attempt 1-1"), "{log:#}");
+
+    // Both workers are listed; the killed one went quiet.
+    let list = get(&s, &admin, "/api/v1/workers")["data"]["workers"].clone();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["b", "a"], "{list:#}");
+    assert_eq!(s.stop(), 0);
+}

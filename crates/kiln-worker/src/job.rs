@@ -1,0 +1,271 @@
+//! One job on this worker: its folder, its source, its steps, and its reports.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kiln_core::ids::JobStatus;
+use kiln_core::workflow::parse_workflow;
+use kiln_exec::{ExecEvent, JobOutcome, JobSpec, Place};
+use kiln_proto::workers::{AssignedJob, JobReport, ReportEvent, WorkerId};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Answer, Api};
+
+/// How often buffered progress (log lines, step results) is sent.
+const REPORT_EVERY: Duration = Duration::from_millis(200);
+
+/// What every job of this worker shares.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) api: Api,
+    pub(crate) worker: WorkerId,
+    pub(crate) name: String,
+    pub(crate) work_dir: PathBuf,
+    /// How long a lease lasts: reports are retried this long at most.
+    pub(crate) lease: Duration,
+}
+
+/// Runs `a` to its end and reports it, unless the lease is `lost` first.
+pub(crate) async fn run(
+    ctx: &Context,
+    a: AssignedJob,
+    cancel: CancellationToken,
+    lost: CancellationToken,
+) {
+    let dir = ctx.work_dir.join(a.job.to_string());
+    let (tx, rx) = mpsc::unbounded_channel::<ReportEvent>();
+    let reporter = tokio::spawn(report(
+        ctx.clone(),
+        a.clone(),
+        rx,
+        cancel.clone(),
+        lost.clone(),
+    ));
+    let outcome = match prepare(ctx, &a, &dir).await {
+        Ok(spec) => {
+            let _ = tx.send(ReportEvent::Started);
+            let (etx, mut erx) = mpsc::channel::<ExecEvent>(256);
+            let forward = {
+                let tx = tx.clone();
+                async move {
+                    while let Some(ev) = erx.recv().await {
+                        let event = match ev {
+                            ExecEvent::StepStarted { .. } => continue,
+                            ExecEvent::Log { index, data } => ReportEvent::Log {
+                                step: index,
+                                data: String::from_utf8_lossy(&data).into_owned(),
+                            },
+                            ExecEvent::StepFinished { step } => ReportEvent::Step { step },
+                        };
+                        let _ = tx.send(event);
+                    }
+                }
+            };
+            let (outcome, ()) =
+                tokio::join!(kiln_exec::run_job(spec, etx, cancel.clone()), forward);
+            outcome
+        }
+        Err(error) => JobOutcome {
+            status: if cancel.is_cancelled() {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Failure
+            },
+            outputs: Map::new(),
+            continue_on_error: false,
+            error: Some(error),
+        },
+    };
+    tracing::info!(job = %a.job, status = %outcome.status, "job ended");
+    let _ = tx.send(ReportEvent::Done {
+        status: outcome.status,
+        outputs: outcome.outputs,
+        error: outcome.error,
+        continue_on_error: outcome.continue_on_error,
+    });
+    drop(tx);
+    let _ = reporter.await;
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+}
+
+/// The job's folder with its source unpacked, and what the executor needs.
+async fn prepare(ctx: &Context, a: &AssignedJob, dir: &Path) -> Result<JobSpec, String> {
+    let workspace = dir.join("workspace");
+    let temp = dir.join("temp");
+    for d in [&workspace, &temp] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| format!("failed to make the job's folder {}: {e}", d.display()))?;
+    }
+    let tar = ctx
+        .api
+        .get_bytes(
+            &format!(
+                "/api/v1/worker/{}/jobs/{}/source?token={}",
+                ctx.worker, a.job, a.token
+            ),
+            Duration::from_secs(300),
+        )
+        .await
+        .map_err(|e| format!("failed to fetch the job's source: {}", describe(&e)))?;
+    let into = workspace.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut archive = tar::Archive::new(&tar[..]);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(true);
+        // `unpack` writes nothing outside `into` (entries with `..` or absolute paths are
+        // refused).
+        archive.unpack(&into)
+    })
+    .await
+    .map_err(|e| format!("failed to unpack the job's source: {e}"))?
+    .map_err(|e| format!("failed to unpack the job's source: {e}"))?;
+
+    let wf_path = workspace.join(&a.workflow);
+    let text = std::fs::read_to_string(&wf_path)
+        .map_err(|e| format!("failed to read the workflow {}: {e}", a.workflow))?;
+    let wf =
+        parse_workflow(&a.workflow, &text).map_err(|d| format!("the workflow is invalid:\n{d}"))?;
+    let def = wf
+        .jobs
+        .get(&a.key)
+        .cloned()
+        .ok_or_else(|| format!("the workflow {} has no job `{}`", a.workflow, a.key))?;
+    let event_path = dir.join("event.json");
+    std::fs::write(
+        &event_path,
+        serde_json::to_vec(&a.event).unwrap_or_default(),
+    )
+    .map_err(|e| format!("failed to write the event file: {e}"))?;
+    let mut contexts = a.contexts.clone();
+    let mut env = a.env.clone();
+    let (ws, tmp, ev) = (
+        workspace.to_string_lossy().into_owned(),
+        temp.to_string_lossy().into_owned(),
+        event_path.to_string_lossy().into_owned(),
+    );
+    kiln_exec::place_job(
+        &mut contexts,
+        &mut env,
+        Place {
+            workspace: &ws,
+            temp: &tmp,
+            event_path: &ev,
+            runner_name: &ctx.name,
+        },
+    );
+    Ok(JobSpec {
+        job: def,
+        workflow_env: wf.env.clone(),
+        workflow_defaults: wf.defaults.clone(),
+        contexts,
+        workspace,
+        temp_dir: temp,
+        base_env: env,
+        inherit_env: true,
+        masks: a.masks.clone(),
+    })
+}
+
+fn describe(a: &Answer) -> String {
+    match a {
+        Answer::Refused { code, message, .. } => format!("{code}: {message}"),
+        Answer::Failed(m) => m.clone(),
+    }
+}
+
+/// Sends what the job reports, in order, every [`REPORT_EVERY`] and at its end; stops when
+/// the server says the lease is lost.
+async fn report(
+    ctx: Context,
+    a: AssignedJob,
+    mut rx: mpsc::UnboundedReceiver<ReportEvent>,
+    cancel: CancellationToken,
+    lost: CancellationToken,
+) {
+    let path = format!("/api/v1/worker/{}/jobs/{}/report", ctx.worker, a.job);
+    let mut pending: Vec<ReportEvent> = Vec::new();
+    let mut open = true;
+    while open || !pending.is_empty() {
+        if open {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => {
+                        let done = matches!(ev, ReportEvent::Done { .. });
+                        pending.push(ev);
+                        if !done {
+                            continue;
+                        }
+                    }
+                    None => open = false,
+                },
+                () = tokio::time::sleep(REPORT_EVERY) => {}
+            }
+        }
+        while let Ok(ev) = rx.try_recv() {
+            pending.push(ev);
+        }
+        if pending.is_empty() {
+            continue;
+        }
+        if lost.is_cancelled() {
+            return;
+        }
+        let batch = JobReport {
+            token: a.token,
+            events: std::mem::take(&mut pending),
+        };
+        if !send(&ctx, &path, &batch, &cancel, &lost).await {
+            return;
+        }
+    }
+}
+
+/// Posts one report, retrying network failures with backoff for as long as the lease could
+/// still be held. `false`: stop reporting (the lease is lost, or the server cannot be reached).
+async fn send(
+    ctx: &Context,
+    path: &str,
+    batch: &JobReport,
+    cancel: &CancellationToken,
+    lost: &CancellationToken,
+) -> bool {
+    let began = Instant::now();
+    let mut wait = Duration::from_millis(250);
+    loop {
+        match ctx
+            .api
+            .post::<Value>(path, batch, Duration::from_secs(30))
+            .await
+        {
+            Ok(_) => return true,
+            Err(Answer::Refused {
+                status: 409,
+                message,
+                ..
+            }) => {
+                tracing::warn!(%message, "lease lost: stopping the job");
+                lost.cancel();
+                cancel.cancel();
+                return false;
+            }
+            Err(Answer::Refused { code, message, .. }) => {
+                // Not something a retry fixes: say so, and carry on with what follows.
+                tracing::error!(%code, %message, "the server refused a report");
+                return true;
+            }
+            Err(Answer::Failed(m)) => {
+                if began.elapsed() > ctx.lease {
+                    tracing::error!(error = %m, "cannot report for longer than a lease: giving the job up");
+                    lost.cancel();
+                    cancel.cancel();
+                    return false;
+                }
+                tracing::warn!(error = %m, retry_in = ?wait, "cannot report");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

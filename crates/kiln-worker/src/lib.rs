@@ -1,0 +1,382 @@
+//! kiln-worker: the remote worker (`kiln worker`). It registers with a server, long-polls for
+//! jobs whose `runs-on` labels it has, runs each with the same executor as the server's local
+//! pool (`kiln-exec`) in a folder of its own, streams the job's progress back under the
+//! lease's fencing token, and heartbeats to keep its leases.
+//!
+//! - A job the server says is cancelled is cancelled here (its steps' process groups killed)
+//!   and reported `cancelled`; a job whose lease the server says this worker lost (it expired
+//!   and went to another worker) is stopped and nothing more is reported.
+//! - Draining (SIGTERM, SIGINT): no new claims; running jobs finish and report; then it
+//!   returns.
+//! - Reports that fail for a network reason are retried with backoff, keeping their order,
+//!   until the lease would have expired.
+//!
+//! Not here: deciding which job runs where (the server's engine), the CLI flags (`kiln-cli`).
+
+mod job;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kiln_core::ids::JobId;
+use kiln_proto::workers::{
+    AssignedJob, ClaimRequest, Claimed, Heartbeat, HeartbeatReply, HeldJob, PROTOCOL,
+    RegisterWorker, Registered, WorkerId,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// The server's base URL (`http://host:port`).
+    pub server: String,
+    /// A `worker`-role API token.
+    pub token: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    /// Jobs at once.
+    pub slots: u32,
+    /// Where each job gets its folder (`<work dir>/<job id>/`), removed when it ends.
+    pub work_dir: PathBuf,
+    /// kiln's version, shown to people.
+    pub version: String,
+}
+
+/// Why the worker stopped other than by draining.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The server refused the worker (a protocol it does not speak, a bad token, bad
+    /// settings): nothing will change by trying again.
+    #[error("the server refused this worker: {0}")]
+    Refused(String),
+    /// The server could not be reached or failed.
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+/// A job running here.
+struct Running {
+    token: i64,
+    /// Cancels the job's steps (run cancelled, or draining past its grace).
+    cancel: CancellationToken,
+    /// Set when the server says this worker lost the lease: report nothing more.
+    lost: CancellationToken,
+}
+
+/// The HTTP side: one client, the server's URL, the token.
+#[derive(Clone)]
+pub(crate) struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+/// What a request's answer was, beyond success.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// A 4xx with the envelope's code and message.
+    Refused {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// The server could not be reached, or answered 5xx.
+    Failed(String),
+}
+
+impl Api {
+    fn new(server: &str, token: &str) -> Result<Api, WorkerError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| WorkerError::Unreachable(format!("failed to make an HTTP client: {e}")))?;
+        Ok(Api {
+            http,
+            base: server.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        timeout: Duration,
+    ) -> Result<T, Answer> {
+        let req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .json(body);
+        let res = req
+            .send()
+            .await
+            .map_err(|e| Answer::Failed(e.to_string()))?;
+        Self::data(res).await
+    }
+
+    pub(crate) async fn get_bytes(&self, path: &str, timeout: Duration) -> Result<Vec<u8>, Answer> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| Answer::Failed(e.to_string()))?;
+        let status = res.status();
+        if status.is_success() {
+            return res
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .map_err(|e| Answer::Failed(e.to_string()));
+        }
+        Err(Self::refusal(status, res).await)
+    }
+
+    async fn data<T: DeserializeOwned>(res: reqwest::Response) -> Result<T, Answer> {
+        let status = res.status();
+        if !status.is_success() {
+            return Err(Self::refusal(status, res).await);
+        }
+        let body: Value = res
+            .json()
+            .await
+            .map_err(|e| Answer::Failed(format!("an answer that is not JSON: {e}")))?;
+        serde_json::from_value(body.get("data").cloned().unwrap_or(Value::Null))
+            .map_err(|e| Answer::Failed(format!("an answer of the wrong shape: {e}")))
+    }
+
+    async fn refusal(status: reqwest::StatusCode, res: reqwest::Response) -> Answer {
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        let code = body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let message = body["error"]["message"]
+            .as_str()
+            .map_or_else(|| format!("HTTP {status}"), str::to_owned);
+        if status.is_client_error() {
+            Answer::Refused {
+                status: status.as_u16(),
+                code,
+                message,
+            }
+        } else {
+            Answer::Failed(format!("HTTP {status}: {message}"))
+        }
+    }
+}
+
+fn answer_error(what: &str, a: Answer) -> WorkerError {
+    match a {
+        Answer::Refused { code, message, .. } => {
+            WorkerError::Refused(format!("{what}: {code}: {message}"))
+        }
+        Answer::Failed(m) => WorkerError::Unreachable(format!("failed to {what}: {m}")),
+    }
+}
+
+/// Registers, then claims and runs jobs until `drain` is cancelled and the running jobs have
+/// ended. `started` is told the worker's id once it is registered.
+pub async fn run_worker(
+    config: WorkerConfig,
+    drain: CancellationToken,
+    started: impl FnOnce(WorkerId),
+) -> Result<(), WorkerError> {
+    let api = Api::new(&config.server, &config.token)?;
+    let registered: Registered = api
+        .post(
+            "/api/v1/worker/register",
+            &RegisterWorker {
+                name: config.name.clone(),
+                labels: config.labels.clone(),
+                slots: config.slots,
+                protocol: PROTOCOL,
+                version: config.version.clone(),
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|a| answer_error(&format!("register with {}", config.server), a))?;
+    let id = registered.id;
+    started(id);
+    std::fs::create_dir_all(&config.work_dir).map_err(|e| {
+        WorkerError::Refused(format!(
+            "cannot make the work dir {}: {e}",
+            config.work_dir.display()
+        ))
+    })?;
+    let heartbeat_every = Duration::from_millis(registered.heartbeat_ms.max(100));
+    let lease = Duration::from_millis(registered.lease_ms.max(1_000));
+    let running: Arc<Mutex<HashMap<JobId, Running>>> = Arc::default();
+    let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_heartbeat = CancellationToken::new();
+    let heartbeat = tokio::spawn(heartbeats(
+        api.clone(),
+        id,
+        running.clone(),
+        paused.clone(),
+        heartbeat_every,
+        stop_heartbeat.clone(),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    let ctx = job::Context {
+        api: api.clone(),
+        worker: id,
+        name: config.name.clone(),
+        work_dir: config.work_dir.clone(),
+        lease,
+    };
+    let mut failures = 0u32;
+    while !drain.is_cancelled() {
+        while tasks.try_join_next().is_some() {}
+        let busy = running.lock().map_or(0, |r| r.len());
+        let free = config
+            .slots
+            .saturating_sub(u32::try_from(busy).unwrap_or(u32::MAX));
+        if free == 0 || paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::select! {
+                () = drain.cancelled() => break,
+                _ = tasks.join_next(), if !tasks.is_empty() => {}
+                () = tokio::time::sleep(heartbeat_every) => {}
+            }
+            continue;
+        }
+        let claim_path = format!("/api/v1/worker/{id}/claim");
+        let claim_body = ClaimRequest {
+            free,
+            wait_ms: 20_000,
+        };
+        let ask = api.post::<Claimed>(&claim_path, &claim_body, Duration::from_secs(60));
+        let claimed = tokio::select! {
+            () = drain.cancelled() => break,
+            c = ask => c,
+        };
+        match claimed {
+            Ok(c) => {
+                failures = 0;
+                for assigned in c.jobs {
+                    start_job(&ctx, &running, &mut tasks, assigned);
+                }
+            }
+            Err(Answer::Refused { status: 404, .. }) => {
+                stop_heartbeat.cancel();
+                return Err(WorkerError::Refused(
+                    "the server no longer knows this worker (its store was reset?)".to_owned(),
+                ));
+            }
+            Err(Answer::Refused { code, message, .. }) => {
+                stop_heartbeat.cancel();
+                return Err(WorkerError::Refused(format!("claim: {code}: {message}")));
+            }
+            Err(Answer::Failed(m)) => {
+                failures += 1;
+                let wait = Duration::from_millis(500 * 2u64.pow(failures.min(6)));
+                tracing::warn!(error = %m, retry_in = ?wait, "cannot claim jobs");
+                tokio::select! {
+                    () = drain.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    tracing::info!("draining: no new jobs; waiting for the running ones");
+    while tasks.join_next().await.is_some() {}
+    stop_heartbeat.cancel();
+    let _ = heartbeat.await;
+    Ok(())
+}
+
+fn start_job(
+    ctx: &job::Context,
+    running: &Arc<Mutex<HashMap<JobId, Running>>>,
+    tasks: &mut tokio::task::JoinSet<()>,
+    assigned: AssignedJob,
+) {
+    let cancel = CancellationToken::new();
+    let lost = CancellationToken::new();
+    if let Ok(mut r) = running.lock() {
+        r.insert(
+            assigned.job,
+            Running {
+                token: assigned.token,
+                cancel: cancel.clone(),
+                lost: lost.clone(),
+            },
+        );
+    }
+    tracing::info!(job = %assigned.job, name = %assigned.name, attempt = assigned.attempt, "job claimed");
+    let ctx = ctx.clone();
+    let running = running.clone();
+    tasks.spawn(async move {
+        let job = assigned.job;
+        job::run(&ctx, assigned, cancel, lost).await;
+        if let Ok(mut r) = running.lock() {
+            r.remove(&job);
+        }
+    });
+}
+
+/// Every `every`, tells the server which jobs run here; cancels what it says to cancel and
+/// stops what it says this worker lost.
+async fn heartbeats(
+    api: Api,
+    id: WorkerId,
+    running: Arc<Mutex<HashMap<JobId, Running>>>,
+    paused: Arc<std::sync::atomic::AtomicBool>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        let jobs: Vec<HeldJob> = running.lock().map_or_else(
+            |_| Vec::new(),
+            |r| {
+                r.iter()
+                    .map(|(job, run)| HeldJob {
+                        job: *job,
+                        token: run.token,
+                    })
+                    .collect()
+            },
+        );
+        let reply: Result<HeartbeatReply, Answer> = api
+            .post(
+                &format!("/api/v1/worker/{id}/heartbeat"),
+                &Heartbeat { jobs },
+                every.max(Duration::from_secs(5)),
+            )
+            .await;
+        match reply {
+            Ok(reply) => {
+                paused.store(reply.paused, std::sync::atomic::Ordering::Relaxed);
+                if let Ok(r) = running.lock() {
+                    for job in &reply.cancel {
+                        if let Some(run) = r.get(job) {
+                            tracing::info!(%job, "the server cancelled the job");
+                            run.cancel.cancel();
+                        }
+                    }
+                    for job in &reply.lost {
+                        if let Some(run) = r.get(job) {
+                            tracing::warn!(%job, "lease lost: stopping the job");
+                            run.lost.cancel();
+                            run.cancel.cancel();
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = ?e, "heartbeat failed"),
+        }
+    }
+}
