@@ -1230,7 +1230,9 @@ impl Store {
         new: &kiln_proto::workers::RegisterWorker,
         at: Timestamp,
     ) -> Result<kiln_proto::WorkerId, StoreError> {
-        with_backend!(self, b => b.register_worker(new, at).await)
+        let id = with_backend!(self, b => b.register_worker(new, at).await);
+        self.wrote();
+        id
     }
 
     /// Notes that a worker was heard from at `at`: whether it is paused, or `None` when no
@@ -1243,13 +1245,24 @@ impl Store {
         with_backend!(self, b => b.worker_seen(id, at).await)
     }
 
-    /// Pauses (no new jobs) or resumes a worker. `false`: no such worker.
+    /// Pauses (no new jobs) or resumes a worker, appending `worker.status`. `false`: no such
+    /// worker.
     pub async fn set_worker_paused(
         &self,
         id: kiln_proto::WorkerId,
         paused: bool,
     ) -> Result<bool, StoreError> {
-        with_backend!(self, b => b.set_worker_paused(id, paused).await)
+        let done =
+            with_backend!(self, b => b.set_worker_paused(id, paused, Timestamp::now()).await);
+        self.wrote();
+        done
+    }
+
+    /// Appends `worker.idle`: the worker ended its last job.
+    pub async fn worker_idle(&self, id: kiln_proto::WorkerId) -> Result<(), StoreError> {
+        with_backend!(self, b => b.worker_idle(id, Timestamp::now()).await)?;
+        self.wrote();
+        Ok(())
     }
 
     /// Every worker, newest first, with the jobs it holds; `offline` when not heard from for

@@ -89,7 +89,10 @@ async fn seen(state: &AppState, id: WorkerId) -> Result<bool, ApiError> {
         (status = 201, description = "Registered", body = kiln_proto::Envelope<Registered>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 409, description = "`PROTOCOL_MISMATCH`: the worker speaks another protocol", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 422, description = "`VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 422, description = "`VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "`MALFORMED_JSON` or a malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: not JSON", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn register(
@@ -162,7 +165,11 @@ pub(crate) async fn register(
     responses(
         (status = 200, description = "The jobs leased to it (maybe none)", body = kiln_proto::Envelope<Claimed>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "`MALFORMED_JSON` or a malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: not JSON", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 422, description = "`VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn claim(
@@ -212,7 +219,10 @@ pub(crate) struct SourceQuery {
     responses(
         (status = 200, description = "A tar archive", content_type = "application/x-tar"),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 409, description = "`LEASE_LOST`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 409, description = "`LEASE_LOST`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "`MALFORMED_JSON` or a malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`WORKER_NOT_FOUND` or `JOB_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn source(
@@ -249,7 +259,11 @@ pub(crate) async fn source(
         (status = 200, description = "Recorded", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 409, description = "`LEASE_LOST`", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 422, description = "`VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 422, description = "`VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "`MALFORMED_JSON` or a malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`WORKER_NOT_FOUND` or `JOB_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: not JSON", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn report(
@@ -262,12 +276,27 @@ pub(crate) async fn report(
     let job = parse_job(&job)?;
     let engine = state.engine().ok_or_else(engine_unavailable)?;
     seen(&state, id).await?;
+    let ends = body
+        .events
+        .iter()
+        .any(|e| matches!(e, kiln_proto::workers::ReportEvent::Done { .. }));
     match engine
         .report_remote(&lease_owner(id), job, body.token, body.events)
         .await
         .map_err(engine_error)?
     {
-        Ok(()) => Ok(Data::ok(serde_json::json!({}))),
+        Ok(()) => {
+            if ends {
+                let now = state
+                    .store()
+                    .get_worker(id, Timestamp::now(), lease_ttl(&state))
+                    .await?;
+                if now.is_some_and(|w| w.jobs.is_empty()) {
+                    state.store().worker_idle(id).await?;
+                }
+            }
+            Ok(Data::ok(serde_json::json!({})))
+        }
         Err(ReportRefusal::Lost) => Err(lease_lost(id, job)),
         Err(ReportRefusal::Invalid(message)) => Err(ApiError::validation(vec![FieldError {
             field: "events".to_owned(),
@@ -288,7 +317,11 @@ pub(crate) async fn report(
     responses(
         (status = 200, description = "What to do", body = kiln_proto::Envelope<HeartbeatReply>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "`MALFORMED_JSON` or a malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: not JSON", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 422, description = "`VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn heartbeat(
@@ -320,7 +353,8 @@ pub(crate) async fn heartbeat(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The workers", body = kiln_proto::Envelope<WorkerList>),
-        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn list(
@@ -344,7 +378,8 @@ pub(crate) async fn list(
     responses(
         (status = 200, description = "The worker", body = kiln_proto::Envelope<WorkerView>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn show(
@@ -383,7 +418,8 @@ async fn set_paused(state: &AppState, id: &str, paused: bool) -> Result<WorkerVi
     responses(
         (status = 200, description = "The worker, paused", body = kiln_proto::Envelope<WorkerView>),
         (status = 403, description = "`FORBIDDEN`: not a maintainer or admin token", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn pause(
@@ -406,7 +442,8 @@ pub(crate) async fn pause(
     responses(
         (status = 200, description = "The worker, resumed", body = kiln_proto::Envelope<WorkerView>),
         (status = 403, description = "`FORBIDDEN`: not a maintainer or admin token", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>)
+        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
 pub(crate) async fn resume(

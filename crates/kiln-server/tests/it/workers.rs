@@ -279,6 +279,26 @@ async fn workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker(s: &S
     assert_eq!(one.data()["labels"], json!(["gpu", "linux"]));
 }
 
+/// The `worker.*` events of worker `id` in the outbox, as (kind, status).
+async fn worker_events(s: &Server, id: &str, want: usize) -> Vec<(String, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events: Vec<(String, Value)> = s
+            .store
+            .events_after(0, 10_000)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind.starts_with("worker.") && e.data["worker"] == id)
+            .map(|e| (e.kind, e.data["status"].clone()))
+            .collect();
+        if events.len() >= want || Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none(s: &Server) {
     let token = s.token("worker").await;
     let w = register(s, &token, "w", &["linux", "gpu"]).await;
@@ -312,6 +332,14 @@ async fn a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none(s
     assert_eq!(report(s, &token, &w, &build, stop).await, 200);
     let r = wait_until(s, run, |r| r.status.is_terminal()).await;
     assert_eq!(r.status, RunStatus::Cancelled);
+    // Registered (idle), then idle again once its only job ended.
+    assert_eq!(
+        worker_events(s, &w, 2).await,
+        [
+            ("worker.status".to_owned(), json!("idle")),
+            ("worker.idle".to_owned(), Value::Null)
+        ]
+    );
 
     // A paused worker gets nothing (at once), until resumed; only maintainers pause.
     assert_eq!(
@@ -324,6 +352,8 @@ async fn a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none(s
         .post(&format!("/api/v1/workers/{w}/pause"), &s.admin, &json!({}))
         .await;
     assert_eq!(p.data()["status"], "paused");
+    let events = worker_events(s, &w, 3).await;
+    assert_eq!(events[2], ("worker.status".to_owned(), json!("paused")));
     let run = trigger(s, &project).await;
     let started = Instant::now();
     assert!(claim(s, &token, &w, 5_000).await.is_empty());

@@ -126,6 +126,18 @@ impl Pending {
         });
     }
 
+    /// An event of no project, run or job (a worker's).
+    pub(crate) fn system_event(&mut self, at: i64, kind: &'static str, data: Value) {
+        self.events.push(PendingEvent {
+            at,
+            kind,
+            project: None,
+            run: None,
+            job: None,
+            data,
+        });
+    }
+
     /// The events of a run's transition to `status`.
     pub(crate) fn run_status(
         &mut self,

@@ -13,8 +13,10 @@ mod api_workers {
     use jiff::Timestamp;
     use kiln_proto::workers::{RegisterWorker, WorkerId, WorkerStatus, WorkerView, lease_owner};
 
+    use serde_json::json;
+
     use super::{Backend, Db, get};
-    use crate::backend::{json_text, ms, parse, parse_strings, ts};
+    use crate::backend::{Pending, json_text, ms, parse, parse_strings, ts};
     use crate::error::{StoreError, query};
 
     type DbRow = <Db as sqlx::Database>::Row;
@@ -77,9 +79,13 @@ mod api_workers {
             .execute(&mut *tx)
             .await
             .map_err(query("register a worker"))?;
-            tx.commit()
-                .await
-                .map_err(query("commit a worker's registration"))?;
+            let mut pending = Pending::default();
+            pending.system_event(
+                ms(at),
+                "worker.status",
+                json!({"worker": id, "name": new.name, "labels": new.labels, "status": "idle"}),
+            );
+            self.finish(tx, pending).await?;
             Ok(id)
         }
 
@@ -108,6 +114,7 @@ mod api_workers {
             &self,
             id: WorkerId,
             paused: bool,
+            at: Timestamp,
         ) -> Result<bool, StoreError> {
             let mut tx = self.begin_write().await?;
             let done = sqlx::query("UPDATE workers SET paused = $2 WHERE id = $1")
@@ -116,10 +123,29 @@ mod api_workers {
                 .execute(&mut *tx)
                 .await
                 .map_err(query("pause or resume a worker"))?;
-            tx.commit()
-                .await
-                .map_err(query("commit a worker's pause"))?;
+            let mut pending = Pending::default();
+            if done.rows_affected() > 0 {
+                let status = if paused { "paused" } else { "idle" };
+                pending.system_event(
+                    ms(at),
+                    "worker.status",
+                    json!({"worker": id, "status": status}),
+                );
+            }
+            self.finish(tx, pending).await?;
             Ok(done.rows_affected() > 0)
+        }
+
+        /// Appends `worker.idle`: the worker ended its last job.
+        pub(crate) async fn worker_idle(
+            &self,
+            id: WorkerId,
+            at: Timestamp,
+        ) -> Result<(), StoreError> {
+            let tx = self.begin_write().await?;
+            let mut pending = Pending::default();
+            pending.system_event(ms(at), "worker.idle", json!({"worker": id}));
+            self.finish(tx, pending).await
         }
 
         /// Workers, newest first, or the one `only` names; offline when not heard from for
