@@ -515,13 +515,15 @@ impl Engine {
     }
 
     /// Leases to the remote worker `owner` up to `max` ready jobs whose every label it has,
-    /// waiting up to `wait` for one when none is ready.
+    /// waiting up to `wait` for one when none is ready — or until `stop` (the server is
+    /// shutting down, and a waiting request must not hold it up).
     pub async fn claim_remote(
         &self,
         owner: &str,
         labels: &[String],
         max: usize,
         wait: Duration,
+        stop: &tokio_util::sync::CancellationToken,
     ) -> Result<Vec<kiln_proto::workers::AssignedJob>, EngineError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
@@ -537,12 +539,13 @@ impl Engine {
                 reply,
             })?;
             let jobs = answer.await.map_err(|_| stopped())??;
-            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline {
+            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
                 return Ok(jobs);
             }
             tokio::select! {
                 () = &mut notified => {}
                 () = tokio::time::sleep_until(deadline) => {}
+                () = stop.cancelled() => {}
             }
         }
     }

@@ -1,10 +1,12 @@
 //! One job on this worker: its folder, its source, its steps, and its reports.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_core::ids::JobStatus;
-use kiln_core::workflow::parse_workflow;
+use kiln_core::ids::{JobStatus, RunId};
+use kiln_core::workflow::{Workflow, parse_workflow};
 use kiln_exec::{ExecEvent, JobOutcome, JobSpec, Place};
 use kiln_proto::workers::{AssignedJob, JobReport, ReportEvent, WorkerId};
 use serde_json::{Map, Value};
@@ -25,6 +27,53 @@ pub(crate) struct Context {
     pub(crate) work_dir: PathBuf,
     /// How long a lease lasts: reports are retried this long at most.
     pub(crate) lease: Duration,
+    /// The sources and workflows of the last few runs: every job of a run has the same, so
+    /// the next job of a run neither fetches nor parses them again.
+    pub(crate) runs: Arc<Mutex<RunCache>>,
+}
+
+/// How many runs' sources are kept.
+const CACHED_RUNS: usize = 4;
+
+/// A run's source (the tar the server sent) and its workflows parsed so far, by file.
+type RunEntry = (RunId, Arc<Vec<u8>>, Vec<(String, Arc<Workflow>)>);
+
+/// The sources and workflows of the last [`CACHED_RUNS`] runs.
+#[derive(Default)]
+pub(crate) struct RunCache {
+    entries: VecDeque<RunEntry>,
+}
+
+impl RunCache {
+    fn source(&self, run: RunId) -> Option<Arc<Vec<u8>>> {
+        self.entries
+            .iter()
+            .find(|e| e.0 == run)
+            .map(|e| e.1.clone())
+    }
+
+    fn keep_source(&mut self, run: RunId, tar: Arc<Vec<u8>>) {
+        if self.entries.iter().any(|e| e.0 == run) {
+            return;
+        }
+        if self.entries.len() == CACHED_RUNS {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((run, tar, Vec::new()));
+    }
+
+    fn workflow(&self, run: RunId, file: &str) -> Option<Arc<Workflow>> {
+        let e = self.entries.iter().find(|e| e.0 == run)?;
+        e.2.iter().find(|(f, _)| f == file).map(|(_, w)| w.clone())
+    }
+
+    fn keep_workflow(&mut self, run: RunId, file: &str, wf: Arc<Workflow>) {
+        if let Some(e) = self.entries.iter_mut().find(|e| e.0 == run)
+            && !e.2.iter().any(|(f, _)| f == file)
+        {
+            e.2.push((file.to_owned(), wf));
+        }
+    }
 }
 
 /// Runs `a` to its end and reports it, unless the lease is `lost` first.
@@ -98,17 +147,28 @@ async fn prepare(ctx: &Context, a: &AssignedJob, dir: &Path) -> Result<JobSpec, 
         std::fs::create_dir_all(d)
             .map_err(|e| format!("failed to make the job's folder {}: {e}", d.display()))?;
     }
-    let tar = ctx
-        .api
-        .get_bytes(
-            &format!(
-                "/api/v1/worker/{}/jobs/{}/source?token={}",
-                ctx.worker, a.job, a.token
-            ),
-            Duration::from_secs(300),
-        )
-        .await
-        .map_err(|e| format!("failed to fetch the job's source: {}", describe(&e)))?;
+    let cached = ctx.runs.lock().ok().and_then(|c| c.source(a.run));
+    let tar = match cached {
+        Some(tar) => tar,
+        None => {
+            let tar = ctx
+                .api
+                .get_bytes(
+                    &format!(
+                        "/api/v1/worker/{}/jobs/{}/source?token={}",
+                        ctx.worker, a.job, a.token
+                    ),
+                    Duration::from_secs(300),
+                )
+                .await
+                .map_err(|e| format!("failed to fetch the job's source: {}", describe(&e)))?;
+            let tar = Arc::new(tar);
+            if let Ok(mut c) = ctx.runs.lock() {
+                c.keep_source(a.run, tar.clone());
+            }
+            tar
+        }
+    };
     let into = workspace.clone();
     tokio::task::spawn_blocking(move || {
         let mut archive = tar::Archive::new(&tar[..]);
@@ -122,11 +182,26 @@ async fn prepare(ctx: &Context, a: &AssignedJob, dir: &Path) -> Result<JobSpec, 
     .map_err(|e| format!("failed to unpack the job's source: {e}"))?
     .map_err(|e| format!("failed to unpack the job's source: {e}"))?;
 
-    let wf_path = workspace.join(&a.workflow);
-    let text = std::fs::read_to_string(&wf_path)
-        .map_err(|e| format!("failed to read the workflow {}: {e}", a.workflow))?;
-    let wf =
-        parse_workflow(&a.workflow, &text).map_err(|d| format!("the workflow is invalid:\n{d}"))?;
+    let cached = ctx
+        .runs
+        .lock()
+        .ok()
+        .and_then(|c| c.workflow(a.run, &a.workflow));
+    let wf = match cached {
+        Some(wf) => wf,
+        None => {
+            let wf_path = workspace.join(&a.workflow);
+            let text = std::fs::read_to_string(&wf_path)
+                .map_err(|e| format!("failed to read the workflow {}: {e}", a.workflow))?;
+            let wf = parse_workflow(&a.workflow, &text)
+                .map_err(|d| format!("the workflow is invalid:\n{d}"))?;
+            let wf = Arc::new(wf);
+            if let Ok(mut c) = ctx.runs.lock() {
+                c.keep_workflow(a.run, &a.workflow, wf.clone());
+            }
+            wf
+        }
+    };
     let def = wf
         .jobs
         .get(&a.key)

@@ -233,6 +233,7 @@ pub async fn run_worker(
         name: config.name.clone(),
         work_dir: config.work_dir.clone(),
         lease,
+        runs: Arc::default(),
     };
     let mut failures = 0u32;
     while !drain.is_cancelled() {

@@ -273,3 +273,78 @@ fn workers_run_jobs_a_killed_worker_loses_its_job_to_another_and_sigterm_drains(
     assert_eq!(names, ["b", "a"], "{list:#}");
     assert_eq!(s.stop(), 0);
 }
+
+/// The server is killed (`kill -9`) while a worker runs a job, and started again on the same
+/// data dir and address: the worker hears that it lost the job, the job's lease expires, and
+/// the job runs again (attempt 2); the run still succeeds.
+#[test]
+fn a_server_killed_under_a_running_remote_job_gets_the_job_done_after_its_restart() {
+    let p = Project::new().workflow("ci.yml", CI);
+    let data = p.data_dir();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let serve = || {
+        kiln(
+            &p,
+            &[
+                "serve",
+                "--listen",
+                &listen,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--workers",
+                "0",
+                "--lease-ttl",
+                "3",
+                "--egress-allow-local-paths",
+            ],
+        )
+    };
+    let mut s = Served::from_command(&mut serve());
+    let admin = s.admin().unwrap();
+    let out = s.call(
+        &p,
+        &admin,
+        &["token", "create", "--name", "w", "--role", "worker"],
+    );
+    let token = out.stdout.trim().to_owned();
+    let src = p.root().to_str().unwrap().to_owned();
+    assert_eq!(
+        s.call(&p, &admin, &["project", "add", &src, "--name", "app"])
+            .code,
+        0
+    );
+    let marker = p.data_dir().join("marker");
+    let env = [("MARKER", marker.to_str().unwrap()), ("PAUSE", "0")];
+    let _w = Worker::start(&p, &s, &token, "w", "deploy,linux", &env);
+    let out = s.call(
+        &p,
+        &admin,
+        &["trigger", "app", "--workflow", "ci", "--format", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "build never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = s.child.wait();
+    s = Served::from_command(&mut serve());
+    let r = wait_run(&s, &admin, &run, Duration::from_secs(60));
+    assert_eq!(r["status"], "success", "{r:#}");
+    let build = job(&r, "build");
+    assert_eq!(build["attempts"], 2, "{r:#}");
+    assert_eq!(s.stop(), 0);
+}

@@ -226,15 +226,17 @@ impl Dispatcher {
         (cancel, lost)
     }
 
-    /// Leases the store took back because they expired: a remote job goes back to the ready
-    /// queue, or ends failed when its attempts were spent (as the store recorded).
+    /// Leases the store took back because they expired: a job held elsewhere — by a remote
+    /// worker, or by whoever held it when this server picked the run up after a restart —
+    /// goes back to the ready queue, or ends failed when its attempts were spent (as the store
+    /// recorded). Jobs this server's own pool runs hold a token and are left alone.
     pub(super) fn remote_leases_expired(&mut self, expired: &[ExpiredLease]) {
         for e in expired {
             let Some(rec) = self.jobs.get_mut(&e.job) else {
                 continue;
             };
-            if rec.remote.is_none() || !matches!(rec.status, JobStatus::Leased | JobStatus::Running)
-            {
+            let ours = rec.remote.is_none() && rec.token.is_some();
+            if ours || !matches!(rec.status, JobStatus::Leased | JobStatus::Running) {
                 continue;
             }
             rec.remote = None;

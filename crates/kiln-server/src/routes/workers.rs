@@ -191,7 +191,13 @@ pub(crate) async fn claim(
     let wait = Duration::from_millis(body.wait_ms).min(MAX_WAIT);
     let max = usize::try_from(body.free.min(worker.slots)).unwrap_or(1);
     let jobs = engine
-        .claim_remote(&lease_owner(id), &worker.labels, max, wait)
+        .claim_remote(
+            &lease_owner(id),
+            &worker.labels,
+            max,
+            wait,
+            state.bus().closing(),
+        )
         .await
         .map_err(engine_error)?;
     for j in &jobs {
