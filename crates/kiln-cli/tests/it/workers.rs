@@ -157,16 +157,15 @@ fn job<'a>(run: &'a Value, key: &str) -> &'a Value {
         .unwrap()
 }
 
-#[test]
-fn workers_run_jobs_a_killed_worker_loses_its_job_to_another_and_sigterm_drains() {
-    let p = Project::new().workflow("ci.yml", CI);
+/// `kiln serve --workers 0 --lease-ttl 3` on `listen` in `p`'s data dir, not started yet.
+fn serve_for_workers(p: &Project, listen: &str) -> Command {
     let data = p.data_dir();
-    let mut cmd = kiln(
-        &p,
+    kiln(
+        p,
         &[
             "serve",
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--data-dir",
             data.to_str().unwrap(),
             "--workers",
@@ -175,19 +174,50 @@ fn workers_run_jobs_a_killed_worker_loses_its_job_to_another_and_sigterm_drains(
             "3",
             "--egress-allow-local-paths",
         ],
-    );
-    let s = Served::from_command(&mut cmd);
+    )
+}
+
+/// On a first start of the server: its admin token, a worker token, and `p` added as `app`.
+fn first_start(s: &Served, p: &Project) -> (String, String) {
     let admin = s.admin().unwrap();
     let out = s.call(
-        &p,
+        p,
         &admin,
         &["token", "create", "--name", "w", "--role", "worker"],
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let token = out.stdout.trim().to_owned();
     let src = p.root().to_str().unwrap().to_owned();
-    let out = s.call(&p, &admin, &["project", "add", &src, "--name", "app"]);
+    let out = s.call(p, &admin, &["project", "add", &src, "--name", "app"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
+    (admin, token)
+}
+
+/// `kiln trigger app --workflow ci`: the run's id.
+fn trigger_ci(s: &Served, p: &Project, admin: &str) -> String {
+    let out = s.call(
+        p,
+        admin,
+        &["trigger", "app", "--workflow", "ci", "--format", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.json()["runs"][0]["id"].as_str().unwrap().to_owned()
+}
+
+/// Waits until the first attempt of `build` made its marker (it hangs after).
+fn wait_for_marker(marker: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "build never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn workers_run_jobs_a_killed_worker_loses_its_job_to_another_and_sigterm_drains() {
+    let p = Project::new().workflow("ci.yml", CI);
+    let s = Served::from_command(&mut serve_for_workers(&p, "127.0.0.1:0"));
+    let (admin, token) = first_start(&s, &p);
 
     // A server refusing a worker (here: a token it does not know) is exit 2.
     let w0 = p.data_dir().join("w0");
@@ -213,20 +243,10 @@ fn workers_run_jobs_a_killed_worker_loses_its_job_to_another_and_sigterm_drains(
     let marker = p.data_dir().join("marker");
     let env = [("MARKER", marker.to_str().unwrap()), ("PAUSE", "2")];
     let mut a = Worker::start(&p, &s, &token, "a", "linux", &env);
-    let out = s.call(
-        &p,
-        &admin,
-        &["trigger", "app", "--workflow", "ci", "--format", "json"],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let run = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
+    let run = trigger_ci(&s, &p, &admin);
 
     // `build` runs on `a` (the only worker); once it hangs, kill -9 the worker.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "build never started on worker a");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_marker(&marker);
     let held = get(&s, &admin, &format!("/api/v1/workers/{}", a.id));
     assert_eq!(held["data"]["status"], "busy", "{held:#}");
     a.signal("-KILL");
@@ -280,58 +300,18 @@ fn workers_run_jobs_a_killed_worker_loses_its_job_to_another_and_sigterm_drains(
 #[test]
 fn a_server_killed_under_a_running_remote_job_gets_the_job_done_after_its_restart() {
     let p = Project::new().workflow("ci.yml", CI);
-    let data = p.data_dir();
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let listen = format!("127.0.0.1:{port}");
-    let serve = || {
-        kiln(
-            &p,
-            &[
-                "serve",
-                "--listen",
-                &listen,
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--workers",
-                "0",
-                "--lease-ttl",
-                "3",
-                "--egress-allow-local-paths",
-            ],
-        )
-    };
-    let mut s = Served::from_command(&mut serve());
-    let admin = s.admin().unwrap();
-    let out = s.call(
-        &p,
-        &admin,
-        &["token", "create", "--name", "w", "--role", "worker"],
-    );
-    let token = out.stdout.trim().to_owned();
-    let src = p.root().to_str().unwrap().to_owned();
-    assert_eq!(
-        s.call(&p, &admin, &["project", "add", &src, "--name", "app"])
-            .code,
-        0
-    );
+    let mut s = Served::from_command(&mut serve_for_workers(&p, &listen));
+    let (admin, token) = first_start(&s, &p);
     let marker = p.data_dir().join("marker");
     let env = [("MARKER", marker.to_str().unwrap()), ("PAUSE", "0")];
     let _w = Worker::start(&p, &s, &token, "w", "deploy,linux", &env);
-    let out = s.call(
-        &p,
-        &admin,
-        &["trigger", "app", "--workflow", "ci", "--format", "json"],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let run = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !marker.exists() {
-        assert!(Instant::now() < deadline, "build never started");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let run = trigger_ci(&s, &p, &admin);
+    wait_for_marker(&marker);
     let pid = s.child.id().to_string();
     assert!(
         Command::new("kill")
@@ -341,7 +321,7 @@ fn a_server_killed_under_a_running_remote_job_gets_the_job_done_after_its_restar
             .success()
     );
     let _ = s.child.wait();
-    s = Served::from_command(&mut serve());
+    s = Served::from_command(&mut serve_for_workers(&p, &listen));
     let r = wait_run(&s, &admin, &run, Duration::from_secs(60));
     assert_eq!(r["status"], "success", "{r:#}");
     let build = job(&r, "build");
