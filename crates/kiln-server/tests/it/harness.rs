@@ -32,6 +32,27 @@ async fn pg_base_url() -> String {
     panic!("PostgreSQL is not reachable at {DEFAULT_PG} (as `postgres` or `root`)");
 }
 
+/// Drops a test's schema. A background task of the stopped server (a webhook being
+/// processed, a notifier's claim) may still hold locks in it, and PostgreSQL may then pick the
+/// drop as a deadlock's victim: it is tried again.
+pub(crate) async fn drop_schema(base: &str, schema: &str) {
+    for attempt in 1..=10 {
+        let mut conn = PgConnection::connect(base).await.unwrap();
+        let done = sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+            .execute(&mut conn)
+            .await;
+        let _ = conn.close().await;
+        match done {
+            Ok(_) => return,
+            Err(e) if attempt < 10 => {
+                tracing::warn!(%schema, error = %e, "dropping the test schema again");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("cannot drop the test schema {schema}: {e}"),
+        }
+    }
+}
+
 async fn pg_exec(base: &str, sql: String) {
     let mut conn = PgConnection::connect(base).await.unwrap();
     sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -426,7 +447,7 @@ impl Server {
             ended.unwrap().expect("serve ends without an error");
         }
         if let Some((base, schema)) = self.pg.take() {
-            pg_exec(&base, format!("DROP SCHEMA {schema} CASCADE")).await;
+            drop_schema(&base, &schema).await;
         }
     }
 }

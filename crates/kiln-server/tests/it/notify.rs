@@ -202,7 +202,7 @@ impl Backing {
 
     async fn drop_schema(self) {
         if let Some((base, schema)) = &self.pg {
-            pg_exec(base, format!("DROP SCHEMA {schema} CASCADE")).await;
+            crate::harness::drop_schema(base, schema).await;
         }
     }
 }

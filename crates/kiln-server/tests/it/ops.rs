@@ -686,7 +686,7 @@ impl Custom {
             .unwrap()
             .unwrap();
         if let Some((base, schema)) = self.pg {
-            pg_exec(&base, format!("DROP SCHEMA {schema} CASCADE")).await;
+            crate::harness::drop_schema(&base, &schema).await;
         }
     }
 }

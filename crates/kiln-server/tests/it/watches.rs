@@ -232,7 +232,7 @@ impl Polled {
             .await
             .unwrap();
         if let Some((base, schema)) = self.pg.take() {
-            pg_exec(&base, format!("DROP SCHEMA {schema} CASCADE")).await;
+            crate::harness::drop_schema(&base, &schema).await;
         }
     }
 }
