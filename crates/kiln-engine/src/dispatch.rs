@@ -405,6 +405,9 @@ struct JobRec {
     seq: u64,
     /// Leased but given back at shutdown before it started: it returns to the queue.
     released: bool,
+    /// Executions so far, as the store counts them (each grant adds one; a lease given back
+    /// before its job started does not count).
+    attempts: i64,
     /// Its `runs-on` labels: a remote worker must have them all.
     labels: Vec<String>,
     /// The lease owner (`worker:<id>`) of the remote worker running it, if one is.
@@ -776,6 +779,7 @@ impl Dispatcher {
                 rec.status = job.status;
                 rec.outputs = job.outputs.clone();
                 rec.labels = job.labels.clone();
+                rec.attempts = job.attempts;
                 if !job.status.is_terminal() {
                     open += 1;
                 }
@@ -1169,6 +1173,9 @@ impl Dispatcher {
         for (granted, result) in kinds.into_iter().zip(results) {
             match (granted, result) {
                 (Some(job), OpResult::Lease { token }) => {
+                    if let Some(rec) = self.jobs.get_mut(&job) {
+                        rec.attempts += 1;
+                    }
                     match self.jobs.get_mut(&job) {
                         // A remote worker's: it starts when the worker gets its answer.
                         Some(rec) if rec.remote.is_some() => rec.token = Some(token),
@@ -1293,6 +1300,7 @@ impl Dispatcher {
             // Given back at shutdown before it started: queued again, for whoever drives the
             // run next (this server after a restart, or another).
             rec.status = JobStatus::Queued;
+            rec.attempts -= 1;
             self.ops.push(Op::ReleaseLease { job, token });
             return;
         }
@@ -2333,6 +2341,7 @@ impl JobRec {
             started: None,
             seq,
             released: false,
+            attempts: 0,
             labels: Vec::new(),
             remote: None,
         }

@@ -92,10 +92,6 @@ impl Dispatcher {
             let Some(run) = self.runs.get(&rec.run) else {
                 continue;
             };
-            let attempt = match self.store.get_job(job).await? {
-                Some(j) => j.attempts,
-                None => 1,
-            };
             let event = run
                 .base
                 .get("github")
@@ -106,7 +102,7 @@ impl Dispatcher {
                 job,
                 run: rec.run,
                 token,
-                attempt,
+                attempt: rec.attempts,
                 name: rec.name.clone(),
                 key: rec.key.clone(),
                 workflow: run.wf.file.clone(),

@@ -170,12 +170,23 @@ mod api_workers {
                 .await,
             }
             .map_err(query("list workers"))?;
-            let held = sqlx::query(
-                "SELECT id, lease_owner FROM jobs WHERE lease_owner LIKE 'worker:%' \
-                 AND status IN ('leased', 'running') ORDER BY id",
-            )
-            .fetch_all(&self.reader)
-            .await
+            // One worker's jobs through the lease-owner index; every worker's by a scan of the
+            // held jobs.
+            let held = match only {
+                Some(id) => sqlx::query(
+                    "SELECT id, lease_owner FROM jobs WHERE lease_owner = $1 \
+                     AND status IN ('leased', 'running') ORDER BY id",
+                )
+                .bind(lease_owner(id))
+                .fetch_all(&self.reader)
+                .await,
+                None => sqlx::query(
+                    "SELECT id, lease_owner FROM jobs WHERE lease_owner LIKE 'worker:%' \
+                     AND status IN ('leased', 'running') ORDER BY id",
+                )
+                .fetch_all(&self.reader)
+                .await,
+            }
             .map_err(query("list the jobs workers hold"))?;
             let mut jobs: HashMap<String, Vec<kiln_core::ids::JobId>> = HashMap::new();
             for row in &held {
