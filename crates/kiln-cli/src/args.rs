@@ -23,6 +23,10 @@
 //!
 //! `kiln serve`'s package tree, which the API's `/packages/…/deps` reads:
 //! `KILN__PACKAGES__TREE` (`--tree`).
+//!
+//! `kiln serve`'s artifact store: `KILN__ARTIFACTS__URL` (`--artifacts`); for S3 the standard
+//! AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`,
+//! `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`), read by kiln-store's `ArtifactStore::s3`.
 
 use std::path::PathBuf;
 
@@ -298,6 +302,11 @@ pub(crate) struct ServeArgs {
     /// How clients reach this server (default: `http://` and the address it listens on).
     #[arg(long, value_name = "URL")]
     pub(crate) public_url: Option<String>,
+    /// Where artifacts are kept: a folder (default `<data dir>/artifacts`), or S3-compatible
+    /// storage as `s3://bucket/prefix`, configured by the standard AWS environment variables
+    /// (`AWS_ENDPOINT_URL` for a store other than AWS).
+    #[arg(long, env = "KILN__ARTIFACTS__URL", value_name = "URL")]
+    pub(crate) artifacts: Option<String>,
     /// Local worker slots (default: one per core). 0: no job runs here, remote workers
     /// (`kiln worker`) run them all (but `packages:` jobs, which need the local pool).
     #[arg(long, value_name = "N")]

@@ -86,6 +86,8 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
             .unwrap_or(2)
     });
     let sandbox = crate::build::detect_sandbox(a.sandbox).await?;
+    let artifacts = kiln_store::ArtifactStore::open(a.artifacts.as_deref(), &data_dir)
+        .map_err(|e| Failure::invalid(format!("--artifacts: {e}")))?;
     let (engine, recovery) = Engine::start(
         store.clone(),
         EngineConfig {
@@ -94,6 +96,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
             max_attempts: 3,
             sandbox,
             lease_ttl: std::time::Duration::from_secs(a.lease_ttl),
+            artifacts: Some(artifacts),
         },
     )
     .await?;

@@ -103,6 +103,8 @@ pub struct DispatchConfig {
     pub max_attempts: i64,
     /// How long a lease lasts unless renewed.
     pub lease_ttl: Duration,
+    /// Where jobs' artifacts are kept.
+    pub artifacts: kiln_store::ArtifactStore,
 }
 
 /// What `kiln run` asks the engine to do.
@@ -127,6 +129,8 @@ pub struct LocalRun {
     pub data_dir: PathBuf,
     /// What confines `packages:` jobs' builds (detected once by the caller).
     pub sandbox: crate::packages::Sandbox,
+    /// Where jobs' artifacts are kept; `None`: `<data dir>/artifacts`.
+    pub artifacts: Option<kiln_store::ArtifactStore>,
 }
 
 /// What happened, for whoever shows progress. Sent only after it was committed.
@@ -190,12 +194,17 @@ pub async fn run_local(
         return Err(EngineError::Invalid(Diagnostics(problems)));
     }
 
+    let artifacts = match req.artifacts.clone() {
+        Some(a) => a,
+        None => kiln_store::ArtifactStore::open(None, &req.data_dir).map_err(EngineError::Store)?,
+    };
     let config = DispatchConfig {
         slots: req.slots,
         work_dir: req.work_dir.clone(),
         owner: req.owner.clone(),
         max_attempts: req.max_attempts,
         lease_ttl: LEASE_TTL,
+        artifacts,
     };
     // Package trees are planned (validated, keyed, looked up) before any run is created.
     let mut planned = Vec::with_capacity(prepared.len());
@@ -285,6 +294,13 @@ pub(crate) enum Command {
         job: JobId,
         token: i64,
         reply: oneshot::Sender<Option<Arc<Snapshot>>>,
+    },
+    /// The run of a job a remote worker holds (`None`: it does not hold it).
+    Holds {
+        owner: String,
+        job: JobId,
+        token: i64,
+        reply: oneshot::Sender<Option<RunId>>,
     },
     /// Leases the store took back because they expired.
     Expired {
@@ -476,6 +492,8 @@ struct Dispatcher {
     /// The ready queue's length when last looked at.
     ready_seen: usize,
     lease_ttl: Duration,
+    /// Where jobs' artifacts are kept.
+    artifacts: kiln_store::ArtifactStore,
 }
 
 fn now() -> Timestamp {
@@ -526,6 +544,7 @@ impl Dispatcher {
             ready_signal: None,
             ready_seen: 0,
             lease_ttl: req.lease_ttl.max(Duration::from_millis(100)),
+            artifacts: req.artifacts.clone(),
         }
     }
 
@@ -1020,6 +1039,9 @@ impl Dispatcher {
                         }
                         Some(Command::Source { owner, job, token, reply }) => {
                             let _ = reply.send(self.remote_source(&owner, job, token));
+                        }
+                        Some(Command::Holds { owner, job, token, reply }) => {
+                            let _ = reply.send(self.remote_holds(&owner, job, token));
                         }
                         Some(Command::Expired { expired, reply }) => {
                             self.remote_leases_expired(&expired);
@@ -2218,6 +2240,12 @@ impl Dispatcher {
             base_env: env,
             inherit_env: true,
             masks,
+            artifacts: Some(Arc::new(crate::artifacts::StoreHost {
+                store: self.store.clone(),
+                objects: self.artifacts.clone(),
+                run: rec.run,
+                job,
+            })),
         };
         let snapshot = run.spec.snapshot.clone();
         let permits = self.permits.clone();

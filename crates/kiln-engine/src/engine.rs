@@ -23,6 +23,7 @@ use kiln_core::ids::{JobId, JobStatus, ProjectId, RunId, RunStatus};
 use kiln_core::plan;
 use kiln_core::workflow::{Diagnostics, Workflow};
 use kiln_proto::{Project, Run};
+use kiln_store::ArtifactStore;
 use kiln_store::{Op, RunFilter, Store};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -49,6 +50,8 @@ pub struct EngineConfig {
     /// How long a lease lasts unless renewed ([`crate::dispatch::LEASE_TTL`] by default): how
     /// soon the job of a vanished remote worker goes back to the queue.
     pub lease_ttl: Duration,
+    /// Where jobs' artifacts are kept (`--artifacts`); `None`: `<data dir>/artifacts`.
+    pub artifacts: Option<kiln_store::ArtifactStore>,
 }
 
 /// What starts runs: a project, which of its workflows, and the event.
@@ -112,6 +115,8 @@ struct Inner {
     store: Store,
     config: EngineConfig,
     owner: String,
+    /// Where jobs' artifacts are kept.
+    artifacts: ArtifactStore,
     commands: mpsc::UnboundedSender<Command>,
     /// Told when jobs become ready, for remote workers waiting for one.
     ready: Arc<tokio::sync::Notify>,
@@ -139,12 +144,17 @@ impl Engine {
         let owner = engine_owner(&config.data_dir)?;
         let expired = store.expire_leases(Timestamp::now(), Some(&owner)).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let artifacts = match config.artifacts.clone() {
+            Some(a) => a,
+            None => ArtifactStore::open(None, &config.data_dir)?,
+        };
         let dispatch_config = DispatchConfig {
             slots: config.slots,
             work_dir: config.data_dir.join("work"),
             owner: owner.clone(),
             max_attempts: config.max_attempts.max(1),
             lease_ttl: config.lease_ttl,
+            artifacts: artifacts.clone(),
         };
         let ready = Arc::new(tokio::sync::Notify::new());
         let task = dispatch::spawn_long_lived(store.clone(), &dispatch_config, rx, ready.clone());
@@ -153,6 +163,7 @@ impl Engine {
                 store,
                 config,
                 owner,
+                artifacts,
                 commands: tx,
                 ready,
                 task: Mutex::new(Some(task)),
@@ -222,6 +233,11 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Where jobs' artifacts are kept (the API serves them from here).
+    pub fn artifacts(&self) -> &ArtifactStore {
+        &self.inner.artifacts
     }
 
     /// How long a lease lasts unless renewed.
@@ -581,6 +597,24 @@ impl Engine {
         self.send(Command::Heartbeat {
             owner: owner.to_owned(),
             jobs,
+            reply,
+        })?;
+        answer.await.map_err(|_| stopped())
+    }
+
+    /// The run of a job the remote worker `owner` holds under lease `token`; `None` when it
+    /// does not hold it.
+    pub async fn job_holder(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+    ) -> Result<Option<RunId>, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Holds {
+            owner: owner.to_owned(),
+            job,
+            token,
             reply,
         })?;
         answer.await.map_err(|_| stopped())

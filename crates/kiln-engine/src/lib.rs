@@ -22,6 +22,7 @@
 //! Not here: SQL (`kiln-store`), running a step's processes (`kiln-exec`), printing
 //! (`kiln-cli`). The server (a later issue) reuses the dispatcher unchanged.
 
+pub mod artifacts;
 pub mod contexts;
 pub mod dispatch;
 pub mod egress;

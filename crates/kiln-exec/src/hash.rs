@@ -38,7 +38,7 @@ fn has_glob_chars(s: &str) -> bool {
 }
 
 impl WorkspaceHasher {
-    fn compile(&self, raw: &str) -> Result<Option<Pattern>, String> {
+    fn compile(&self, raw: &str, what: &str) -> Result<Option<Pattern>, String> {
         let raw = raw.trim();
         let (negate, pat) = match raw.strip_prefix('!') {
             Some(rest) => (true, rest.trim()),
@@ -57,7 +57,7 @@ impl WorkspaceHasher {
                 }
                 _ => {
                     return Err(format!(
-                        "hashFiles pattern `{pat}` is outside the workspace {}",
+                        "{what} pattern `{pat}` is outside the workspace {}",
                         self.root.display()
                     ));
                 }
@@ -70,7 +70,7 @@ impl WorkspaceHasher {
             .literal_separator(true)
             .backslash_escape(true)
             .build()
-            .map_err(|e| format!("invalid hashFiles pattern `{raw}`: {e}"))?
+            .map_err(|e| format!("invalid {what} pattern `{raw}`: {e}"))?
             .compile_matcher();
         let base: PathBuf = rel.split('/').take_while(|c| !has_glob_chars(c)).collect();
         Ok(Some(Pattern {
@@ -98,14 +98,34 @@ impl WorkspaceHasher {
     }
 }
 
-impl FileHasher for WorkspaceHasher {
-    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+/// The files some patterns match, and where their including patterns start.
+pub(crate) struct Matched {
+    /// Relative to the root, sorted, without duplicates.
+    pub(crate) files: Vec<PathBuf>,
+    /// The folders the including patterns search (a pattern naming one file: its folder).
+    pub(crate) roots: Vec<PathBuf>,
+}
+
+impl WorkspaceHasher {
+    /// The files under the root that `patterns` match (`what` names the caller in errors).
+    pub(crate) fn find_files(&self, patterns: &[String], what: &str) -> Result<Matched, String> {
         let mut compiled = Vec::new();
         for p in patterns {
-            if let Some(c) = self.compile(p)? {
+            if let Some(c) = self.compile(p, what)? {
                 compiled.push(c);
             }
         }
+        let roots = compiled
+            .iter()
+            .filter(|p| !p.negate)
+            .map(|p| {
+                if self.root.join(&p.base).is_file() {
+                    p.base.parent().map(Path::to_path_buf).unwrap_or_default()
+                } else {
+                    p.base.clone()
+                }
+            })
+            .collect();
         // Walk only from the literal prefixes of the including patterns, so that
         // `hashFiles('Cargo.lock')` does not read the whole tree (`.git` included).
         let mut bases: Vec<&Path> = compiled
@@ -122,8 +142,8 @@ impl FileHasher for WorkspaceHasher {
                 continue;
             }
             for entry in walkdir::WalkDir::new(&start).follow_links(true) {
-                let entry = entry
-                    .map_err(|e| format!("hashFiles: cannot read {}: {e}", start.display()))?;
+                let entry =
+                    entry.map_err(|e| format!("{what}: cannot read {}: {e}", start.display()))?;
                 if !entry.file_type().is_file() {
                     continue;
                 }
@@ -137,6 +157,18 @@ impl FileHasher for WorkspaceHasher {
         }
         files.sort();
         files.dedup();
+        Ok(Matched { files, roots })
+    }
+
+    /// The root folder.
+    pub(crate) fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+impl FileHasher for WorkspaceHasher {
+    fn hash_files(&self, patterns: &[String]) -> Result<String, String> {
+        let files = self.find_files(patterns, "hashFiles")?.files;
         if files.is_empty() {
             return Ok(String::new());
         }

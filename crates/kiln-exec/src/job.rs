@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::artifacts::{self, ArtifactHost};
 use crate::envfile::{parse_env_file, parse_path_file};
 use crate::hash::WorkspaceHasher;
 use crate::logs::{LogSink, Masker};
@@ -66,6 +67,7 @@ pub async fn run_job_with_limits(
         base_env,
         inherit_env,
         masks,
+        artifacts,
     } = spec;
 
     let mut runner = Runner {
@@ -85,6 +87,8 @@ pub async fn run_job_with_limits(
         job_timed_out: false,
         saw_cancel: false,
         error: None,
+        meta_file: PathBuf::new(),
+        artifacts,
     };
     let mut frame = Frame {
         contexts,
@@ -121,11 +125,36 @@ pub async fn run_job_with_limits(
         return outcome;
     }
 
+    // The file steps write artifact metadata to, empty at the start like GitHub's own files.
+    runner.meta_file = runner.temp_dir.join("artifact-metadata.jsonl");
+    if let Err(e) = std::fs::write(&runner.meta_file, b"") {
+        outcome.status = JobStatus::Failure;
+        outcome.error = Some(format!("cannot create {}: {e}", runner.meta_file.display()));
+        return outcome;
+    }
+    runner.static_env.push((
+        crate::artifacts::METADATA_ENV.into(),
+        runner.meta_file.clone().into_os_string(),
+    ));
+
     let deadline = runner.job_deadline;
     for (i, step) in job.steps.iter().enumerate() {
         let index = u32::try_from(i).unwrap_or(u32::MAX);
         runner
             .run_step(&mut frame, step, index, Some(index), deadline)
+            .await;
+    }
+    // `artifacts:` are kept once every step succeeded, reported as one more step.
+    if !job.artifacts.is_empty()
+        && !frame.failed
+        && !frame.timed_out
+        && runner.error.is_none()
+        && !runner.saw_cancel
+        && !runner.job_timed_out
+    {
+        let index = u32::try_from(job.steps.len()).unwrap_or(u32::MAX);
+        runner
+            .upload_job_artifacts(&mut frame, &job.artifacts, index)
             .await;
     }
 
@@ -206,6 +235,10 @@ struct Runner<'a> {
     saw_cancel: bool,
     /// The first error that is not a step's exit code.
     error: Option<String>,
+    /// `$KILN_ARTIFACT_METADATA`.
+    meta_file: PathBuf,
+    /// Where artifacts go; `None`: nowhere (uploads and downloads fail, saying so).
+    artifacts: Option<std::sync::Arc<dyn ArtifactHost>>,
 }
 
 /// One level of step execution: the job itself, or a composite action inside a step.
@@ -630,6 +663,10 @@ impl<'a> Runner<'a> {
                         status: StepStatus::Success,
                         outputs: Map::new(),
                     }
+                }
+                UsesKind::UploadArtifact => self.upload_step(frame, name, with, log_index).await,
+                UsesKind::DownloadArtifact => {
+                    self.download_step(frame, name, with, log_index).await
                 }
                 UsesKind::Local(path) => {
                     self.run_composite(
@@ -1079,6 +1116,346 @@ pub fn is_step_file(name: &str) -> bool {
     let tail = &rest[digits..];
     matches!(tail, "_output" | "_env" | "_path" | "_summary")
         || (tail.starts_with('.') && tail.len() > 1 && !tail[1..].contains(['/', '.']))
+}
+
+/// Artifacts: `jobs.<id>.artifacts`, `actions/upload-artifact`, `actions/download-artifact`.
+impl Runner<'_> {
+    /// Renders a `with:` against the frame.
+    fn render_with(
+        &self,
+        frame: &Frame,
+        name: &str,
+        with: &IndexMap<String, String>,
+    ) -> Result<IndexMap<String, String>, String> {
+        let scope = self.scope(frame);
+        with.iter()
+            .map(|(k, v)| {
+                expr::render_str(v, &scope)
+                    .map(|r| (k.clone(), r))
+                    .map_err(|e| format!("step `{name}`: with.{k}: {e}"))
+            })
+            .collect()
+    }
+
+    fn host(&self) -> Result<std::sync::Arc<dyn ArtifactHost>, String> {
+        self.artifacts
+            .clone()
+            .ok_or_else(|| "artifacts are not kept where this job runs".to_owned())
+    }
+
+    /// Finds, packs and uploads one artifact; a line for the log, or `None` when nothing
+    /// matched and `if_no_files` let that pass. The artifact's id and digest as outputs.
+    async fn keep_artifact(
+        &mut self,
+        spec: &kiln_core::workflow::ArtifactSpec,
+        meta: kiln_proto::ArtifactMeta,
+        log_index: u32,
+    ) -> Result<Map<String, Value>, String> {
+        use kiln_core::workflow::IfNoFiles;
+        let host = self.host()?;
+        let name = spec.name.as_str();
+        let packed = artifacts::pack(&self.hasher, name, &spec.paths, &self.temp_dir)?;
+        let Some(packed) = packed else {
+            let message = format!(
+                "artifact `{name}`: no files match {}",
+                spec.paths
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return match spec.if_no_files_found {
+                IfNoFiles::Error => Err(message),
+                IfNoFiles::Warn => {
+                    let mut sink = LogSink::new(log_index, self.events, &mut self.masker);
+                    sink.line(&format!("Warning: {message}; nothing was uploaded"))
+                        .await;
+                    Ok(Map::new())
+                }
+                IfNoFiles::Ignore => Ok(Map::new()),
+            };
+        };
+        let mut meta = meta;
+        if let Some(from_file) = artifacts::read_metadata_file(&self.meta_file)?.remove(name) {
+            meta.merge(from_file);
+        }
+        artifacts::check_meta(name, &meta)?;
+        let upload = kiln_proto::artifacts::ArtifactUpload {
+            name: name.to_owned(),
+            file_name: packed.file_name.clone(),
+            format: packed.format,
+            sha256: String::new(),
+            size: 0,
+            metadata: meta,
+        };
+        let id = host
+            .upload(&packed.blob, &upload)
+            .await
+            .map_err(|e| format!("artifact `{name}`: {e}"))?;
+        if packed.format == kiln_proto::ArtifactFormat::Tar {
+            let _ = std::fs::remove_file(&packed.blob);
+        }
+        let mut sink = LogSink::new(log_index, self.events, &mut self.masker);
+        sink.line(&format!(
+            "Kept artifact `{name}` ({} file{}, as {}): {id}",
+            packed.files,
+            if packed.files == 1 { "" } else { "s" },
+            packed.file_name
+        ))
+        .await;
+        let mut outputs = Map::new();
+        outputs.insert("artifact-id".into(), Value::String(id));
+        Ok(outputs)
+    }
+
+    /// The job's `artifacts:`, as a step of its own after the last one.
+    async fn upload_job_artifacts(
+        &mut self,
+        frame: &mut Frame,
+        specs: &[kiln_core::workflow::ArtifactSpec],
+        index: u32,
+    ) {
+        let name = "Upload artifacts";
+        let started = jiff::Timestamp::now();
+        self.send(ExecEvent::StepStarted {
+            index,
+            name: name.to_owned(),
+        })
+        .await;
+        let mut status = StepStatus::Success;
+        for spec in specs {
+            let rendered = (|| {
+                let scope = self.scope(frame);
+                let mut render = |t: &str| expr::render_str(t, &scope).map_err(|e| e.to_string());
+                let name = render(&spec.name).map_err(|e| format!("artifact name: {e}"))?;
+                let paths = spec
+                    .paths
+                    .iter()
+                    .map(|p| render(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("artifact `{name}`: path: {e}"))?;
+                let meta = artifacts::render_meta(&name, &spec.metadata, &mut render)?;
+                Ok::<_, String>((
+                    kiln_core::workflow::ArtifactSpec {
+                        name,
+                        paths,
+                        ..spec.clone()
+                    },
+                    meta,
+                ))
+            })();
+            let result = match rendered {
+                Ok((spec, meta)) => self.keep_artifact(&spec, meta, index).await,
+                Err(e) => Err(e),
+            };
+            if let Err(message) = result {
+                self.step_error(index, message).await;
+                status = StepStatus::Failure;
+                frame.failed = true;
+                break;
+            }
+        }
+        self.send(ExecEvent::StepFinished {
+            step: kiln_proto::Step {
+                index,
+                name: name.to_owned(),
+                status,
+                outputs: Map::new(),
+                started_at: Some(started),
+                finished_at: Some(jiff::Timestamp::now()),
+            },
+        })
+        .await;
+    }
+
+    /// `actions/upload-artifact`: `name` (default `artifact`), `path`, `if-no-files-found`
+    /// (default `warn`); `retention-days`, `compression-level` and `overwrite` are accepted
+    /// and have no effect (kiln keeps artifacts until retention prunes the run, stores them
+    /// uncompressed, and a job's re-upload under its own name replaces it).
+    async fn upload_step(
+        &mut self,
+        frame: &mut Frame,
+        name: &str,
+        with: &IndexMap<String, String>,
+        log_index: u32,
+    ) -> StepEnd {
+        let result = async {
+            let with = self.render_with(frame, name, with)?;
+            for key in with.keys() {
+                if !matches!(
+                    key.as_str(),
+                    "name"
+                        | "path"
+                        | "if-no-files-found"
+                        | "retention-days"
+                        | "compression-level"
+                        | "overwrite"
+                        | "include-hidden-files"
+                ) {
+                    return Err(format!(
+                        "step `{name}`: upload-artifact takes no input `{key}`"
+                    ));
+                }
+            }
+            let paths: Vec<String> = with
+                .get("path")
+                .map(|p| {
+                    p.lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if paths.is_empty() {
+                return Err(format!(
+                    "step `{name}`: upload-artifact needs `with.path` (the files to keep)"
+                ));
+            }
+            let if_no_files_found = match with.get("if-no-files-found").map(String::as_str) {
+                None | Some("") => kiln_core::workflow::IfNoFiles::Warn,
+                Some(v) => kiln_core::workflow::IfNoFiles::parse(v).ok_or_else(|| {
+                    format!(
+                        "step `{name}`: with.if-no-files-found is `error`, `warn` or `ignore`, not `{v}`"
+                    )
+                })?,
+            };
+            let spec = kiln_core::workflow::ArtifactSpec {
+                name: with
+                    .get("name")
+                    .filter(|n| !n.trim().is_empty())
+                    .cloned()
+                    .unwrap_or_else(|| "artifact".to_owned()),
+                paths,
+                metadata: Map::new(),
+                if_no_files_found,
+                pos: kiln_core::workflow::Pos::default(),
+            };
+            self.keep_artifact(&spec, kiln_proto::ArtifactMeta::default(), log_index)
+                .await
+        }
+        .await;
+        match result {
+            Ok(outputs) => StepEnd {
+                status: StepStatus::Success,
+                outputs,
+            },
+            Err(message) => {
+                self.step_error(log_index, message).await;
+                StepEnd::failure()
+            }
+        }
+    }
+
+    /// `actions/download-artifact`: `name` (one artifact into `path`), or every artifact of
+    /// the run (filtered by the glob `pattern`) each into `path/<name>/`, or all into `path`
+    /// with `merge-multiple: true`. `path` defaults to the workspace. Output: `download-path`.
+    async fn download_step(
+        &mut self,
+        frame: &mut Frame,
+        name: &str,
+        with: &IndexMap<String, String>,
+        log_index: u32,
+    ) -> StepEnd {
+        let result = async {
+            let with = self.render_with(frame, name, with)?;
+            for key in with.keys() {
+                if !matches!(
+                    key.as_str(),
+                    "name" | "path" | "pattern" | "merge-multiple" | "run-id" | "github-token"
+                        | "repository" | "artifact-ids"
+                ) {
+                    return Err(format!(
+                        "step `{name}`: download-artifact takes no input `{key}`"
+                    ));
+                }
+            }
+            if with.get("run-id").is_some_and(|v| !v.is_empty()) {
+                return Err(format!(
+                    "step `{name}`: download-artifact reads only this run's artifacts here (`run-id` is not supported)"
+                ));
+            }
+            let host = self.host()?;
+            let dest = match with.get("path").map(|p| p.trim()).filter(|p| !p.is_empty()) {
+                Some(p) => {
+                    let p = Path::new(p);
+                    if p.is_absolute() {
+                        p.to_path_buf()
+                    } else {
+                        self.workspace.join(p)
+                    }
+                }
+                None => self.workspace.clone(),
+            };
+            let all = host.list().await.map_err(|e| format!("step `{name}`: {e}"))?;
+            let wanted = with.get("name").filter(|n| !n.is_empty());
+            let merge = with.get("merge-multiple").is_some_and(|v| v == "true");
+            let mut chosen = Vec::new();
+            for a in all {
+                let keep = match (wanted, with.get("pattern").filter(|p| !p.is_empty())) {
+                    (Some(n), _) => a.name == *n,
+                    (None, Some(pattern)) => artifacts::name_matches(pattern, &a.name)?,
+                    (None, None) => true,
+                };
+                if keep {
+                    chosen.push(a);
+                }
+            }
+            if let Some(n) = wanted
+                && chosen.is_empty()
+            {
+                return Err(format!(
+                    "step `{name}`: this run has no artifact named `{n}` (yet: the job that keeps it must be in this job's `needs`)"
+                ));
+            }
+            let mut lines = Vec::new();
+            for a in &chosen {
+                let into = if wanted.is_some() || merge {
+                    dest.clone()
+                } else {
+                    dest.join(&a.name)
+                };
+                self.counter += 1;
+                let fetched = self.temp_dir.join(format!("download{}", self.counter));
+                host.fetch(a, &fetched)
+                    .await
+                    .map_err(|e| format!("step `{name}`: artifact `{}`: {e}", a.name))?;
+                let placed = artifacts::place(a, &fetched, &into);
+                let _ = std::fs::remove_file(&fetched);
+                placed.map_err(|e| format!("step `{name}`: {e}"))?;
+                lines.push(format!(
+                    "Downloaded artifact `{}` ({} bytes) into {}",
+                    a.name,
+                    a.size,
+                    into.display()
+                ));
+            }
+            if chosen.is_empty() {
+                lines.push("This run has no artifacts to download yet".to_owned());
+            }
+            let mut sink = LogSink::new(log_index, self.events, &mut self.masker);
+            for line in lines {
+                sink.line(&line).await;
+            }
+            let mut outputs = Map::new();
+            outputs.insert(
+                "download-path".into(),
+                Value::String(dest.to_string_lossy().into_owned()),
+            );
+            Ok(outputs)
+        }
+        .await;
+        match result {
+            Ok(outputs) => StepEnd {
+                status: StepStatus::Success,
+                outputs,
+            },
+            Err(message) => {
+                self.step_error(log_index, message).await;
+                StepEnd::failure()
+            }
+        }
+    }
 }
 
 #[cfg(test)]

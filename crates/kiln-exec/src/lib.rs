@@ -22,6 +22,7 @@
 //! Not here: checking out sources (the caller copies the project into the workspace first),
 //! storing logs.
 
+pub mod artifacts;
 mod command;
 mod envfile;
 mod hash;
@@ -39,6 +40,7 @@ use kiln_core::ids::JobStatus;
 use kiln_core::workflow::{Defaults, Job};
 use serde_json::{Map, Value};
 
+pub use artifacts::{ArtifactHost, HostFuture};
 pub use command::{CommandEnd, CommandError, CommandSpec, run_command};
 pub use envfile::{EnvFileError, parse_env_file, parse_path_file};
 pub use hash::WorkspaceHasher;
@@ -74,6 +76,9 @@ pub struct JobSpec {
     pub inherit_env: bool,
     /// Secret values to mask as `***` in every log line.
     pub masks: Vec<String>,
+    /// Where the job's artifacts go and the run's come from; `None`: artifact steps fail,
+    /// saying artifacts are not kept here.
+    pub artifacts: Option<std::sync::Arc<dyn ArtifactHost>>,
 }
 
 /// What [`run_job`] reports while it runs, in order.

@@ -15,6 +15,7 @@
 //! [`packages`]: package builds, an origin's history and dependencies, package figures.
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod hooks;
 pub mod notifications;
@@ -25,6 +26,7 @@ pub mod watches;
 pub mod workers;
 
 pub use api::{Envelope, ErrorBody, Meta, ServerStatus};
+pub use artifacts::{ArtifactFormat, ArtifactId, ArtifactMeta, ArtifactView, Dependency};
 pub use auth::{
     CreatedToken, NewToken, Role, TokenId, TokenInfo, TokenList, UnknownRole, check_token_name,
 };

@@ -56,6 +56,10 @@ pub fn router(state: AppState) -> Router {
         // axum's own default would be a second, hidden one.
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(DefaultBodyLimit::disable());
+    // Artifacts a worker uploads: as large as builds make them.
+    let blobs = routes::blobs()
+        .layer(RequestBodyLimitLayer::new(config.artifact_body_limit))
+        .layer(DefaultBodyLimit::disable());
     // Webhooks carry big payloads (a push of many commits): their own, larger limit.
     let hooks = routes::hooks()
         .layer(RequestBodyLimitLayer::new(config.hook_body_limit))
@@ -84,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::probes())
         .route("/metrics", axum::routing::get(metrics::scrape))
         .merge(api)
+        .merge(blobs)
         .merge(hooks)
         .merge(openapi::docs(&state))
         .fallback(routes::not_found)

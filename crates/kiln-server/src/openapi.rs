@@ -10,6 +10,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::envelope::VERSION;
 use crate::metrics;
+use crate::routes::artifacts;
 use crate::routes::notifications;
 use crate::routes::watches;
 use crate::routes::workers;
@@ -79,6 +80,14 @@ use crate::state::AppState;
         packages::history,
         packages::deps,
         packages::log,
+        artifacts::list,
+        artifacts::show,
+        artifacts::download,
+        artifacts::dependencies,
+        artifacts::worker_keep,
+        artifacts::worker_list,
+        artifacts::worker_put_blob,
+        artifacts::worker_get_blob,
         workers::register,
         workers::claim,
         workers::heartbeat,
@@ -102,6 +111,7 @@ use crate::state::AppState;
         (name = "watches", description = "on.watch entries of the projects' workflows: poll state, versions seen, poll now"),
         (name = "notifications", description = "Outbound notifications: receivers a project names, signed deliveries of its events and their attempts"),
         (name = "packages", description = "Package builds (`kiln build`): the latest build of every origin, an origin's history, status and build logs, and its dependencies in the server's tree. An origin `CATEGORY/NAME` is two path segments: `/api/v1/packages/devel/gmake/history`"),
+        (name = "artifacts", description = "Artifacts jobs kept (`jobs.<id>.artifacts`, `actions/upload-artifact`), content-addressed by SHA-256 with their metadata: list, metadata, download with ETag and ranges; and `/api/v1/dependencies`, the dep-server read API buildpacks query"),
         (name = "workers", description = "Remote workers: the protocol `kiln worker` speaks under `/api/v1/worker/` (register, claim jobs by label, report under the lease's fencing token, heartbeat), and `/api/v1/workers` for people (list, pause, resume)"),
         (name = "hooks", description = "Project webhooks (`/hooks/{hook_id}`, open, signed with the project's secret) and their recorded deliveries")
     )

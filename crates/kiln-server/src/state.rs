@@ -24,6 +24,8 @@ pub struct ServerConfig {
     pub public_url: String,
     /// The largest request body the API routes read, in bytes.
     pub body_limit: usize,
+    /// The largest artifact a remote worker may upload, in bytes (16 GiB by default).
+    pub artifact_body_limit: usize,
     /// The largest webhook body `POST /hooks/{hook_id}` reads, in bytes (25 MB by default:
     /// GitHub caps its payloads there).
     pub hook_body_limit: usize,
@@ -65,6 +67,7 @@ impl ServerConfig {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
             body_limit: 2 * 1024 * 1024,
             hook_body_limit: 25 * 1024 * 1024,
+            artifact_body_limit: 16 * 1024 * 1024 * 1024,
             hook_payload_retention: Some(Duration::from_secs(30 * 86_400)),
             bans: crate::bans::BanConfig::default(),
             request_timeout: Duration::from_secs(30),

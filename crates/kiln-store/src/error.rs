@@ -50,6 +50,12 @@ pub enum StoreError {
     },
     #[error("failed to use blob key `{key}`: {reason}")]
     BadBlobKey { key: String, reason: &'static str },
+    #[error("failed to {operation} `{key}` in the artifact store: {detail}")]
+    Objects {
+        operation: &'static str,
+        key: String,
+        detail: String,
+    },
     #[error("failed to run a blob task: {0}")]
     BlobTask(String),
     #[error("failed to draw random bytes for a token: {detail}")]

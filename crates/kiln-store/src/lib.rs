@@ -17,6 +17,7 @@
 //! (`kiln build`): their history, the cache by key, and outputs packed into the blob store.
 //! Not here: scheduling, HTTP, anything that decides what to run.
 
+pub mod artifacts;
 mod backend;
 pub mod blob;
 mod error;
@@ -39,6 +40,7 @@ use kiln_core::ids::{JobId, ProjectId, RunId, RunStatus};
 use kiln_proto::{Event, Job, Project, Role, Run, TokenId, TokenInfo};
 use tokio::sync::watch;
 
+pub use artifacts::{ArtifactFilter, ArtifactStore, NewArtifact, StoredBlob};
 pub use blob::{BlobStore, ContentBlob};
 pub use error::StoreError;
 pub use hooks::{
@@ -1289,5 +1291,59 @@ impl Store {
                 .into_iter()
                 .next(),
         )
+    }
+}
+
+/// Artifacts (`artifacts_body.rs`).
+impl Store {
+    /// Records an artifact whose blob is stored; its id. A name another job of the run used
+    /// already is [`StoreError::NameTaken`]; the same job using it again replaces it.
+    pub async fn record_artifact(
+        &self,
+        new: &artifacts::NewArtifact,
+    ) -> Result<kiln_proto::ArtifactId, StoreError> {
+        with_backend!(self, b => b.record_artifact(new, Timestamp::now()).await)
+    }
+
+    pub async fn get_artifact(
+        &self,
+        id: kiln_proto::ArtifactId,
+    ) -> Result<Option<kiln_proto::ArtifactView>, StoreError> {
+        with_backend!(self, b => b.get_artifact(id).await)
+    }
+
+    /// Up to `limit` artifacts (0: all) matching `filter`, newest first, older than
+    /// `before` when given.
+    pub async fn list_artifacts(
+        &self,
+        filter: &artifacts::ArtifactFilter,
+        before: Option<kiln_proto::ArtifactId>,
+        limit: usize,
+    ) -> Result<Vec<kiln_proto::ArtifactView>, StoreError> {
+        let want = if limit == 0 { usize::MAX } else { limit };
+        if filter.labels.is_empty() {
+            let n = i64::try_from(want).unwrap_or(i64::MAX);
+            return with_backend!(self, b => b.list_artifacts(filter, before, n).await);
+        }
+        // Labels live in the metadata JSON: read pages and keep the matching rows.
+        const PAGE: usize = 500;
+        let mut out = Vec::new();
+        let mut cursor = before;
+        loop {
+            let page =
+                with_backend!(self, b => b.list_artifacts(filter, cursor, PAGE as i64).await)?;
+            let full = page.len() == PAGE;
+            cursor = page.last().map(|a| a.id);
+            out.extend(page.into_iter().filter(|a| filter.labels_match(a)));
+            if out.len() >= want || !full {
+                out.truncate(want);
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Whether an artifact of `run` has the blob `sha256` (what a job of the run may read).
+    pub async fn run_has_blob(&self, run: RunId, sha256: &str) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.run_has_blob(run, sha256).await)
     }
 }

@@ -366,10 +366,12 @@ pub enum ExportTable {
     PackageBuilds,
     /// Registered remote workers.
     Workers,
+    /// Artifacts kept by jobs (their metadata; the bytes are in the artifact store).
+    Artifacts,
 }
 
 impl ExportTable {
-    pub const ALL: [ExportTable; 20] = [
+    pub const ALL: [ExportTable; 21] = [
         ExportTable::Projects,
         ExportTable::Runs,
         ExportTable::Jobs,
@@ -390,6 +392,7 @@ impl ExportTable {
         ExportTable::BuildSessions,
         ExportTable::PackageBuilds,
         ExportTable::Workers,
+        ExportTable::Artifacts,
     ];
 
     /// The name an export line carries (`"table"`): the table's name in the schema, but
@@ -416,6 +419,7 @@ impl ExportTable {
             ExportTable::BuildSessions => "build_sessions",
             ExportTable::PackageBuilds => "package_builds",
             ExportTable::Workers => "workers",
+            ExportTable::Artifacts => "artifacts",
         }
     }
 }

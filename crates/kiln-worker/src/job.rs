@@ -240,6 +240,12 @@ async fn prepare(ctx: &Context, a: &AssignedJob, dir: &Path) -> Result<JobSpec, 
         base_env: env,
         inherit_env: true,
         masks: a.masks.clone(),
+        artifacts: Some(Arc::new(crate::artifacts::HttpHost {
+            api: ctx.api.clone(),
+            worker: ctx.worker,
+            job: a.job,
+            token: a.token,
+        })),
     })
 }
 

@@ -13,6 +13,7 @@
 //!
 //! Not here: deciding which job runs where (the server's engine), the CLI flags (`kiln-cli`).
 
+mod artifacts;
 mod job;
 
 use std::collections::HashMap;
@@ -138,6 +139,79 @@ impl Api {
                 .map_err(|e| Answer::Failed(e.to_string()));
         }
         Err(Self::refusal(status, res).await)
+    }
+
+    pub(crate) async fn get_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, Answer> {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| Answer::Failed(e.to_string()))?;
+        Self::data(res).await
+    }
+
+    /// Streams a response's body into the file `dest` (created or truncated).
+    pub(crate) async fn get_to_file(
+        &self,
+        path: &str,
+        dest: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<(), Answer> {
+        use tokio::io::AsyncWriteExt;
+        let mut res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| Answer::Failed(e.to_string()))?;
+        let status = res.status();
+        if !status.is_success() {
+            return Err(Self::refusal(status, res).await);
+        }
+        let write =
+            |e: std::io::Error| Answer::Failed(format!("cannot write {}: {e}", dest.display()));
+        let mut file = tokio::fs::File::create(dest).await.map_err(write)?;
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| Answer::Failed(e.to_string()))?
+        {
+            file.write_all(&chunk).await.map_err(write)?;
+        }
+        file.flush().await.map_err(write)
+    }
+
+    /// Sends a file as a request's body, streamed.
+    pub(crate) async fn put_file(
+        &self,
+        path: &str,
+        file: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<(), Answer> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| Answer::Failed(format!("cannot read {}: {e}", file.display())))?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(f));
+        let res = self
+            .http
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(timeout)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Answer::Failed(e.to_string()))?;
+        Self::data::<Value>(res).await.map(|_| ())
     }
 
     async fn data<T: DeserializeOwned>(res: reqwest::Response) -> Result<T, Answer> {

@@ -18,7 +18,7 @@ use std::fmt;
 
 use indexmap::IndexMap;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// A position in a file, 1-based.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -271,6 +271,67 @@ pub struct Job {
     pub steps: Vec<Step>,
     /// `packages:` (kiln extension): the job builds a package tree, one job per package.
     pub packages: Option<Packages>,
+    /// `artifacts:` (kiln extension): files the job keeps once its steps succeeded.
+    pub artifacts: Vec<ArtifactSpec>,
+}
+
+/// The metadata fields an artifact takes (`jobs.<id>.artifacts[*].metadata`, the
+/// `$KILN_ARTIFACT_METADATA` file): every one optional. `cpes` and `stacks` are lists,
+/// `labels` a map, the rest strings.
+pub const ARTIFACT_META_FIELDS: &[&str] = &[
+    "id",
+    "version",
+    "source",
+    "source_sha256",
+    "purl",
+    "cpes",
+    "licenses",
+    "deprecation_date",
+    "stacks",
+    "labels",
+];
+
+/// One entry of `jobs.<id>.artifacts` (kiln extension), or the `with:` of an
+/// `actions/upload-artifact` step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ArtifactSpec {
+    /// `name:` (a template); `artifact` when absent, as upload-artifact does.
+    pub name: String,
+    /// `path:` — files, folders and globs relative to the workspace (templates); a leading
+    /// `!` excludes what it matches.
+    pub paths: Vec<String>,
+    /// `metadata:` — an object whose string leaves are templates; its keys are
+    /// [`ARTIFACT_META_FIELDS`].
+    pub metadata: Map<String, Value>,
+    /// `if-no-files-found:` — what nothing matching means.
+    pub if_no_files_found: IfNoFiles,
+    /// Where the entry stands.
+    pub pos: Pos,
+}
+
+/// What an artifact whose paths match nothing does (upload-artifact's `if-no-files-found`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IfNoFiles {
+    /// The job fails (kiln's default for `artifacts:`: a declared artifact is expected).
+    #[default]
+    Error,
+    /// A warning in the log (upload-artifact's default).
+    Warn,
+    /// Nothing.
+    Ignore,
+}
+
+impl IfNoFiles {
+    /// Reads `error`, `warn` or `ignore`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "error" => Some(Self::Error),
+            "warn" => Some(Self::Warn),
+            "ignore" => Some(Self::Ignore),
+            _ => None,
+        }
+    }
 }
 
 /// `jobs.<id>.packages` (kiln extension): build a package tree (DESIGN.md "Package trees")
@@ -339,6 +400,10 @@ pub enum UsesKind<'a> {
     Checkout,
     /// `./path/to/action`: a composite action in the project.
     Local(&'a str),
+    /// `actions/upload-artifact@…`: built in, kept as a kiln artifact.
+    UploadArtifact,
+    /// `actions/download-artifact@…`: built in, from the run's kiln artifacts.
+    DownloadArtifact,
     /// `docker://…`.
     Docker(&'a str),
     /// `owner/repo[/path]@ref`: not supported yet.
@@ -352,14 +417,17 @@ impl StepAction {
             UsesKind::Local(rest)
         } else if uses.starts_with("docker://") {
             UsesKind::Docker(uses)
-        } else if uses
-            .split('@')
-            .next()
-            .is_some_and(|repo| repo.eq_ignore_ascii_case("actions/checkout"))
-        {
-            UsesKind::Checkout
         } else {
-            UsesKind::Remote(uses)
+            let repo = uses.split('@').next().unwrap_or("");
+            if repo.eq_ignore_ascii_case("actions/checkout") {
+                UsesKind::Checkout
+            } else if repo.eq_ignore_ascii_case("actions/upload-artifact") {
+                UsesKind::UploadArtifact
+            } else if repo.eq_ignore_ascii_case("actions/download-artifact") {
+                UsesKind::DownloadArtifact
+            } else {
+                UsesKind::Remote(uses)
+            }
         }
     }
 }

@@ -17,13 +17,13 @@ use std::collections::{BTreeSet, HashMap};
 
 use indexmap::IndexMap;
 use saphyr_parser::ScalarStyle;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::yaml::{self, Kind, Node};
 use super::{
-    Action, CatchUp, Concurrency, Defaults, Diagnostic, Diagnostics, EnvironmentRef, EventFilter,
-    InputKind, InputSpec, Job, Packages, Pos, ScheduleEntry, Severity, Step, StepAction, Strategy,
-    Triggers, UsesKind, Workflow,
+    ARTIFACT_META_FIELDS, Action, ArtifactSpec, CatchUp, Concurrency, Defaults, Diagnostic,
+    Diagnostics, EnvironmentRef, EventFilter, IfNoFiles, InputKind, InputSpec, Job, Packages, Pos,
+    ScheduleEntry, Severity, Step, StepAction, Strategy, Triggers, UsesKind, Workflow,
 };
 use crate::expr::{self, Template};
 
@@ -1020,6 +1020,7 @@ impl<'s> Cx<'s> {
             concurrency: None,
             steps: Vec::new(),
             packages: None,
+            artifacts: Vec::new(),
         };
         let mut needs = Vec::new();
         let mut has_steps = false;
@@ -1062,6 +1063,7 @@ impl<'s> Cx<'s> {
                     packages_at = Some(k.pos);
                     job.packages = self.packages(k.pos, v, &p);
                 }
+                "artifacts" => job.artifacts = self.artifacts(v, &p),
                 // Arguments of a reusable-workflow call; the call itself is refused below.
                 "with" | "secrets" if entries.iter().any(|(t, _, _)| t == "uses") => {}
                 "services" => self.error(
@@ -1199,6 +1201,172 @@ impl<'s> Cx<'s> {
                 None
             }
         }
+    }
+
+    /// `artifacts:` — a list of `{name, path, metadata, if-no-files-found}`.
+    fn artifacts(&mut self, node: &Node, path: &str) -> Vec<ArtifactSpec> {
+        let Kind::Seq(items) = &node.kind else {
+            self.error(
+                node.pos,
+                path,
+                format!(
+                    "`artifacts` must be a list of `- name: …` entries with `path:`, not {}",
+                    node.describe()
+                ),
+            );
+            return Vec::new();
+        };
+        let mut out: Vec<ArtifactSpec> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let p = format!("{path}[{i}]");
+            let Some(entries) = self.mapping(item, &p, "an artifact") else {
+                continue;
+            };
+            let mut spec = ArtifactSpec {
+                name: "artifact".to_owned(),
+                paths: Vec::new(),
+                metadata: Map::new(),
+                if_no_files_found: IfNoFiles::Error,
+                pos: item.pos,
+            };
+            let mut ok = true;
+            let mut has_path = false;
+            for (key, k, v) in entries {
+                let kp = join(&p, &key);
+                match key.as_str() {
+                    "name" => match self.template(v, &kp, "`name`") {
+                        Some(n) if !n.trim().is_empty() => spec.name = n,
+                        Some(_) => {
+                            ok = false;
+                            self.error(v.pos, &kp, "an artifact's `name` must not be empty");
+                        }
+                        None => ok = false,
+                    },
+                    "path" => {
+                        has_path = true;
+                        spec.paths = self.artifact_paths(v, &kp);
+                        ok &= !spec.paths.is_empty();
+                    }
+                    "metadata" => match self.artifact_metadata(v, &kp) {
+                        Some(m) => spec.metadata = m,
+                        None => ok = false,
+                    },
+                    "if-no-files-found" => {
+                        let text = self.scalar_text(v, &kp, "`if-no-files-found`");
+                        match text.as_deref().map(IfNoFiles::parse) {
+                            Some(Some(x)) => spec.if_no_files_found = x,
+                            Some(None) => {
+                                ok = false;
+                                self.error(
+                                    v.pos,
+                                    &kp,
+                                    format!(
+                                        "`if-no-files-found` is `error`, `warn` or `ignore`, not `{}`",
+                                        text.unwrap_or_default()
+                                    ),
+                                );
+                            }
+                            None => ok = false,
+                        }
+                    }
+                    _ => {
+                        ok = false;
+                        self.unexpected(k, &kp);
+                    }
+                }
+            }
+            if !has_path {
+                ok = false;
+                self.error(
+                    item.pos,
+                    &p,
+                    "an artifact needs `path:` (the files, folders or globs to keep)",
+                );
+            }
+            if ok && let Some(other) = out.iter().find(|a| a.name == spec.name) {
+                self.error(
+                    item.pos,
+                    &join(&p, "name"),
+                    format!(
+                        "two artifacts of this job are named `{}` (the other at line {})",
+                        spec.name, other.pos.line
+                    ),
+                );
+                ok = false;
+            }
+            if ok {
+                out.push(spec);
+            }
+        }
+        out
+    }
+
+    /// An artifact's `path:`: a string (one path per line, as upload-artifact takes it) or a
+    /// list of strings; each a template.
+    fn artifact_paths(&mut self, node: &Node, path: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for (text, pos) in self.string_list(node, path, "`path`") {
+            self.check_template(node, &text, path);
+            for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                out.push(line.to_owned());
+            }
+            if text.trim().is_empty() {
+                self.error(pos, path, "an artifact's `path` must not be empty");
+            }
+        }
+        out
+    }
+
+    /// An artifact's `metadata:`: known keys only; `cpes` and `stacks` a string or a list,
+    /// `labels` a map of scalars, the rest scalars. String leaves are templates.
+    fn artifact_metadata(&mut self, node: &Node, path: &str) -> Option<Map<String, Value>> {
+        let entries = self.mapping(node, path, "`metadata`")?;
+        let mut out = Map::new();
+        let mut ok = true;
+        for (key, k, v) in entries {
+            let kp = join(path, &key);
+            let value = match key.as_str() {
+                "cpes" | "stacks" => {
+                    let items = self.string_list(v, &kp, &format!("`{key}`"));
+                    for (t, _) in &items {
+                        self.check_template(v, t, &kp);
+                    }
+                    Value::Array(items.into_iter().map(|(t, _)| Value::String(t)).collect())
+                }
+                "labels" => {
+                    let labels = self.string_map(v, &kp, "labels");
+                    Value::Object(
+                        labels
+                            .into_iter()
+                            .map(|(k, t)| (k, Value::String(t)))
+                            .collect(),
+                    )
+                }
+                other if ARTIFACT_META_FIELDS.contains(&other) => {
+                    match self.template(v, &kp, &format!("`{key}`")) {
+                        Some(t) => Value::String(t),
+                        None => {
+                            ok = false;
+                            continue;
+                        }
+                    }
+                }
+                _ => {
+                    ok = false;
+                    self.error(
+                        k.pos,
+                        &kp,
+                        format!(
+                            "unknown artifact metadata `{key}`; the fields are {}",
+                            ARTIFACT_META_FIELDS.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            };
+            out.insert(key, value);
+        }
+        ok.then_some(out)
     }
 
     /// `packages:` — the tree's folder as a string, or `{tree, origins, slots}`.

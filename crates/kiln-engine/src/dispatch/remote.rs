@@ -5,7 +5,7 @@
 //! to cancel or which it lost. A remote lease that expires (the worker died or was cut off)
 //! sends the job back to the queue with attempt + 1, or fails it when its attempts are spent.
 
-use kiln_core::ids::{JobId, JobStatus};
+use kiln_core::ids::{JobId, JobStatus, RunId};
 use kiln_exec::{ExecEvent, JobOutcome};
 use kiln_proto::workers::{AssignedJob, HeldJob, ReportEvent};
 use kiln_store::{ExpiredLease, Op};
@@ -190,6 +190,12 @@ impl Dispatcher {
             return None;
         }
         Some(self.runs.get(&rec.run)?.spec.snapshot.clone())
+    }
+
+    /// The run of a job `owner` holds under `token`.
+    pub(super) fn remote_holds(&self, owner: &str, job: JobId, token: i64) -> Option<RunId> {
+        let rec = self.jobs.get(&job)?;
+        (rec.remote.as_deref() == Some(owner) && rec.token == Some(token)).then_some(rec.run)
     }
 
     /// A worker's heartbeat: renews the leases it still holds; answers the jobs to cancel and

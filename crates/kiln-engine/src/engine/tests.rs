@@ -76,6 +76,7 @@ async fn a_run_whose_lease_expired_is_driven_on_by_the_server() {
             max_attempts: 3,
             sandbox: crate::packages::Sandbox::off(),
             lease_ttl: crate::dispatch::LEASE_TTL,
+            artifacts: None,
         },
     )
     .await

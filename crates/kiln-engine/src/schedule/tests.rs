@@ -67,6 +67,7 @@ async fn start(store: &Store, data: &std::path::Path) -> Engine {
             max_attempts: 1,
             sandbox: crate::packages::Sandbox::off(),
             lease_ttl: crate::dispatch::LEASE_TTL,
+            artifacts: None,
         },
     )
     .await

@@ -106,7 +106,8 @@ async fn steps_see_runner_variables_but_no_kiln_client_variables() {
              test -d \"$GITHUB_WORKSPACE\" && test -d \"$RUNNER_TEMP\" && echo summary >> \"$GITHUB_STEP_SUMMARY\"\n\
              test -n \"$HOME\" && test -n \"$PATH\"\n\
              test \"$KILN_OUTPUT\" = \"$GITHUB_OUTPUT\"\n\
-             env | grep '^KILN_' | grep -v '^KILN_OUTPUT=' && exit 1 || true"),
+             test -f \"$KILN_ARTIFACT_METADATA\"\n\
+             env | grep '^KILN_' | grep -v '^KILN_OUTPUT=' | grep -v '^KILN_ARTIFACT_METADATA=' && exit 1 || true"),
         "probe",
     )])
     .run()

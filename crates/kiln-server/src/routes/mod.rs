@@ -3,6 +3,7 @@
 //!
 //! Not here: auth (a layer, `auth.rs`), the envelope (a layer, `envelope.rs`).
 
+pub(crate) mod artifacts;
 pub(crate) mod bans;
 pub(crate) mod deliveries;
 pub(crate) mod hooks;
@@ -20,7 +21,7 @@ pub(crate) mod watches;
 pub(crate) mod workers;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -122,10 +123,30 @@ pub(crate) fn api() -> Router<AppState> {
             "/api/v1/worker/{id}/jobs/{job}/source",
             get(workers::source),
         )
+        .route(
+            "/api/v1/worker/{id}/jobs/{job}/artifacts",
+            get(artifacts::worker_list).post(artifacts::worker_keep),
+        )
+        .route(
+            "/api/v1/worker/{id}/jobs/{job}/blobs/{sha256}",
+            get(artifacts::worker_get_blob),
+        )
+        .route("/api/v1/artifacts", get(artifacts::list))
+        .route("/api/v1/artifacts/{id}", get(artifacts::show))
+        .route("/api/v1/artifacts/{id}/download", get(artifacts::download))
+        .route("/api/v1/dependencies", get(artifacts::dependencies))
         .route("/api/v1/workers", get(workers::list))
         .route("/api/v1/workers/{id}", get(workers::show))
         .route("/api/v1/workers/{id}/pause", post(workers::pause))
         .route("/api/v1/workers/{id}/resume", post(workers::resume))
+}
+
+/// A worker's artifact upload: behind a token like the API, with a body limit of its own.
+pub(crate) fn blobs() -> Router<AppState> {
+    Router::new().route(
+        "/api/v1/worker/{id}/jobs/{job}/blobs/{sha256}",
+        put(artifacts::worker_put_blob),
+    )
 }
 
 /// `/hooks/{hook_id}`: open (the signature is the credential), with a body limit of its own.

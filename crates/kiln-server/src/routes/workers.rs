@@ -49,16 +49,16 @@ fn worker_not_found(id: &str) -> ApiError {
     ApiError::not_found("WORKER_NOT_FOUND", format!("no worker `{id}`"))
 }
 
-fn parse_worker(id: &str) -> Result<WorkerId, ApiError> {
+pub(crate) fn parse_worker(id: &str) -> Result<WorkerId, ApiError> {
     id.parse().map_err(|_| worker_not_found(id))
 }
 
-fn parse_job(id: &str) -> Result<JobId, ApiError> {
+pub(crate) fn parse_job(id: &str) -> Result<JobId, ApiError> {
     id.parse()
         .map_err(|_| ApiError::not_found("JOB_NOT_FOUND", format!("no job `{id}`")))
 }
 
-fn lease_lost(worker: WorkerId, job: JobId) -> ApiError {
+pub(crate) fn lease_lost(worker: WorkerId, job: JobId) -> ApiError {
     ApiError::new(
         StatusCode::CONFLICT,
         "LEASE_LOST",

@@ -302,6 +302,7 @@ impl Server {
                 max_attempts: 3,
                 sandbox: sandbox(),
                 lease_ttl,
+                artifacts: None,
             };
             let (engine, _) = kiln_engine::Engine::start(store.clone(), config)
                 .await

@@ -266,6 +266,7 @@ impl Srv {
                     max_attempts: 3,
                     sandbox: kiln_engine::packages::Sandbox::off(),
                     lease_ttl: kiln_engine::dispatch::LEASE_TTL,
+                    artifacts: None,
                 },
             )
             .await

@@ -361,6 +361,22 @@ mod ops {
         ("last_seen_at", Col::Int),
     ];
 
+    const ARTIFACTS: &[(&str, Col)] = &[
+        ("id", Col::Text),
+        ("project_id", Col::Text),
+        ("run_id", Col::Text),
+        ("job_id", Col::Text),
+        ("name", Col::Text),
+        ("file_name", Col::Text),
+        ("format", Col::Text),
+        ("sha256", Col::Text),
+        ("size", Col::Int),
+        ("version", Col::Text),
+        ("semver", Col::Text),
+        ("metadata", Col::Json),
+        ("created_at", Col::Int),
+    ];
+
     const BUILD_SESSIONS: &[(&str, Col)] = &[
         ("id", Col::Text),
         ("tree", Col::Text),
@@ -537,6 +553,14 @@ mod ops {
                        registered_at, last_seen_at FROM workers WHERE id > $1 ORDER BY id \
                        LIMIT $2",
             },
+            ExportTable::Artifacts => Export {
+                table: "artifacts",
+                columns: ARTIFACTS,
+                key: Key::Text("id"),
+                page: "SELECT id, project_id, run_id, job_id, name, file_name, format, sha256, \
+                       size, version, semver, metadata, created_at FROM artifacts \
+                       WHERE id > $1 ORDER BY id LIMIT $2",
+            },
             ExportTable::BuildSessions => Export {
                 table: "build_sessions",
                 columns: BUILD_SESSIONS,
@@ -629,6 +653,7 @@ mod ops {
         ("build_sessions", "SELECT COUNT(*) AS n FROM build_sessions"),
         ("package_builds", "SELECT COUNT(*) AS n FROM package_builds"),
         ("workers", "SELECT COUNT(*) AS n FROM workers"),
+        ("artifacts", "SELECT COUNT(*) AS n FROM artifacts"),
     ];
 
     impl Backend {

@@ -195,6 +195,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "workers",
             include_str!("../../migrations/postgres/0014_workers.sql"),
         ),
+        (
+            15,
+            "artifacts",
+            include_str!("../../migrations/postgres/0015_artifacts.sql"),
+        ),
     ])
 }
 
@@ -299,6 +304,7 @@ include!("notifications_body.rs");
 include!("packages_body.rs");
 include!("ops_body.rs");
 include!("workers_body.rs");
+include!("artifacts_body.rs");
 
 /// A completion and its events in one statement committed alone, as `CLAIM` does for a
 /// claim: `$1` job, `$2` token, `$3` status, `$4` outputs, `$5` now, `$6` the event kinds as

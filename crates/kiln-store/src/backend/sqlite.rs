@@ -194,6 +194,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "workers",
             include_str!("../../migrations/sqlite/0014_workers.sql"),
         ),
+        (
+            15,
+            "artifacts",
+            include_str!("../../migrations/sqlite/0015_artifacts.sql"),
+        ),
     ])
 }
 
@@ -392,6 +397,7 @@ include!("notifications_body.rs");
 include!("packages_body.rs");
 include!("ops_body.rs");
 include!("workers_body.rs");
+include!("artifacts_body.rs");
 
 impl Backend {
     /// Applies `ops` in one transaction. The transaction is begun by the first script and

@@ -106,6 +106,7 @@ impl Harness {
                 concurrency: None,
                 steps,
                 packages: None,
+                artifacts: Vec::new(),
             },
             workflow_env: IndexMap::new(),
             workflow_defaults: Defaults::default(),
@@ -142,6 +143,7 @@ impl Harness {
             base_env: vec![("CI".into(), "true".into())],
             inherit_env: true,
             masks: self.masks,
+            artifacts: None,
         };
         let (tx, mut rx) = mpsc::channel(16);
         let collect = async {
