@@ -113,6 +113,13 @@ impl ArtifactStore {
     /// `s3://bucket[/prefix]`, configured from the AWS environment variables. A plain-HTTP
     /// endpoint (a local S3) is allowed when the endpoint says `http://`.
     pub fn s3(url: &str) -> Result<Self, StoreError> {
+        Self::s3_with(url, &|key| std::env::var(key).ok())
+    }
+
+    /// [`ArtifactStore::s3`] reading the AWS settings through `var` instead of the process
+    /// environment (tests give each store its own local S3).
+    pub fn s3_with(url: &str, var: &dyn Fn(&str) -> Option<String>) -> Result<Self, StoreError> {
+        use object_store::aws::AmazonS3ConfigKey as Key;
         let bad = |reason: &str| StoreError::BadUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -122,23 +129,36 @@ impl ArtifactStore {
         if bucket.is_empty() {
             return Err(bad("the bucket is missing: s3://bucket/prefix"));
         }
+        // The workspace's reqwest has rustls without a provider: ring is kiln's (STACK.md).
+        // Installing it is a no-op when the binary did already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        // Credentials from web identity, containers and the like: object_store reads them.
         let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-        let endpoint = std::env::var("AWS_ENDPOINT_URL")
-            .ok()
-            .or_else(|| std::env::var("AWS_ENDPOINT").ok());
+        for (name, key) in [
+            ("AWS_ACCESS_KEY_ID", Key::AccessKeyId),
+            ("AWS_SECRET_ACCESS_KEY", Key::SecretAccessKey),
+            ("AWS_SESSION_TOKEN", Key::Token),
+        ] {
+            if let Some(v) = var(name) {
+                builder = builder.with_config(key, v);
+            }
+        }
+        let endpoint = var("AWS_ENDPOINT_URL_S3")
+            .or_else(|| var("AWS_ENDPOINT_URL"))
+            .or_else(|| var("AWS_ENDPOINT"));
         if let Some(endpoint) = endpoint {
             if endpoint.starts_with("http://") {
                 builder = builder.with_allow_http(true);
             }
             builder = builder.with_endpoint(endpoint);
         }
-        if std::env::var_os("AWS_DEFAULT_REGION").is_none()
-            && std::env::var_os("AWS_REGION").is_none()
-        {
-            builder = builder.with_region("us-east-1");
-        } else if let Ok(region) = std::env::var("AWS_REGION") {
-            builder = builder.with_region(region);
+        if var("AWS_ALLOW_HTTP").is_some_and(|v| v == "true") {
+            builder = builder.with_allow_http(true);
         }
+        let region = var("AWS_REGION")
+            .or_else(|| var("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        builder = builder.with_region(region);
         let s3 = builder.build().map_err(|e| bad(&e.to_string()))?;
         Ok(Self {
             inner: Arc::new(s3),

@@ -6,6 +6,7 @@
 //! `root` role is tried when `postgres` is refused). `KILN_TEST_DATABASE_URL` overrides that
 //! base URL. Each test works in a fresh schema `t_<random>` that it drops at the end.
 
+mod artifacts;
 mod bans;
 mod batch;
 mod harness;
