@@ -244,8 +244,20 @@ impl Server {
             EgressPolicy::default(),
             Some(tweak),
             None,
+            None,
         )
         .await
+    }
+
+    /// A server with an engine whose jobs keep artifacts in `artifacts` (`None`: the data
+    /// dir's folder).
+    pub(crate) async fn with_artifacts(
+        postgres: bool,
+        artifacts: Option<kiln_store::ArtifactStore>,
+    ) -> Self {
+        let (store, dir, pg) = any_store(postgres).await;
+        let policy = EgressPolicy::default();
+        Self::start_full(store, dir, pg, true, policy, None, None, artifacts).await
     }
 
     /// A server with an engine that runs no job itself (`--workers 0`): remote workers run
@@ -253,7 +265,17 @@ impl Server {
     pub(crate) async fn for_remote_workers(postgres: bool, lease_ttl: std::time::Duration) -> Self {
         let (store, dir, pg) = any_store(postgres).await;
         let policy = EgressPolicy::default();
-        Self::start_full(store, dir, pg, true, policy, None, Some((0, lease_ttl))).await
+        Self::start_full(
+            store,
+            dir,
+            pg,
+            true,
+            policy,
+            None,
+            Some((0, lease_ttl)),
+            None,
+        )
+        .await
     }
 
     async fn start_configured(
@@ -263,7 +285,7 @@ impl Server {
         engine: bool,
         egress: EgressPolicy,
     ) -> Self {
-        Self::start_full(store, dir, pg, engine, egress, None, None).await
+        Self::start_full(store, dir, pg, engine, egress, None, None, None).await
     }
 
     /// The server's data dir is the test's temporary folder.
@@ -275,6 +297,7 @@ impl Server {
         egress: EgressPolicy,
         tweak: Option<Tweak>,
         pool: Option<(usize, std::time::Duration)>,
+        artifacts: Option<kiln_store::ArtifactStore>,
     ) -> Self {
         // reqwest is built with rustls and no provider of its own: use ring, as the CLI does.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -302,7 +325,7 @@ impl Server {
                 max_attempts: 3,
                 sandbox: sandbox(),
                 lease_ttl,
-                artifacts: None,
+                artifacts,
             };
             let (engine, _) = kiln_engine::Engine::start(store.clone(), config)
                 .await

@@ -2,6 +2,7 @@
 //! SQLite and on PostgreSQL (`postgres://postgres@127.0.0.1:5432/test`, or
 //! `KILN_TEST_DATABASE_URL`; each test in a fresh schema it drops at the end).
 
+mod artifacts;
 mod auth;
 mod bans;
 mod envelope;
