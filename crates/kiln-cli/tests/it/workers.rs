@@ -328,3 +328,67 @@ fn a_server_killed_under_a_running_remote_job_gets_the_job_done_after_its_restar
     assert_eq!(build["attempts"], 2, "{r:#}");
     assert_eq!(s.stop(), 0);
 }
+
+const ARTIFACTS: &str = r#"
+name: ci
+on: workflow_dispatch
+jobs:
+  build:
+    runs-on: linux
+    steps:
+      - run: |
+          mkdir -p out
+          printf 'tool-1.4.0' > out/tool-1.4.0.tgz
+          echo '{"name": "tool", "licenses": "Apache-2.0 OR MIT"}' >> "$KILN_ARTIFACT_METADATA"
+    artifacts:
+      - name: tool
+        path: out/tool-1.4.0.tgz
+        metadata:
+          version: 1.4.0
+  check:
+    needs: build
+    runs-on: linux
+    steps:
+      - uses: actions/download-artifact@v4
+        with:
+          name: tool
+      - run: test "$(cat tool-1.4.0.tgz)" = tool-1.4.0
+"#;
+
+/// A job on a remote worker keeps an artifact on the server's S3 (`--artifacts s3://…`) and
+/// a later job on a worker downloads it; the API and the dependency API show it.
+#[test]
+fn workers_keep_artifacts_on_the_servers_s3_and_download_them() {
+    let s3 = kiln_testkit::s3::LocalS3::start();
+    let p = Project::new().workflow("ci.yml", ARTIFACTS);
+    let mut cmd = serve_for_workers(&p, "127.0.0.1:0");
+    cmd.args(["--artifacts", &s3.url("kiln")]);
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    let s = Served::from_command(&mut cmd);
+    let (admin, token) = first_start(&s, &p);
+    let _w = Worker::start(&p, &s, &token, "w1", "linux", &[]);
+    let run = trigger_ci(&s, &p, &admin);
+    let r = wait_run(&s, &admin, &run, Duration::from_secs(60));
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert_eq!(job(&r, "check")["status"], "success");
+
+    let arts =
+        get(&s, &admin, &format!("/api/v1/artifacts?run={run}"))["data"]["artifacts"].clone();
+    assert_eq!(arts[0]["name"], "tool", "{arts:#}");
+    assert_eq!(arts[0]["metadata"]["licenses"], "Apache-2.0 OR MIT");
+    let deps = get(&s, &admin, "/api/v1/dependencies?name=tool")["data"].clone();
+    assert_eq!(deps[0]["version"], "1.4.0", "{deps:#}");
+    assert_eq!(
+        deps[0]["licenses"],
+        serde_json::json!(["Apache-2.0", "MIT"])
+    );
+    let body = Command::new("curl")
+        .args(["-sS", "-H", &format!("Authorization: Bearer {admin}")])
+        .arg(deps[0]["uri"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&body.stdout), "tool-1.4.0");
+    assert_eq!(s.stop(), 0);
+}

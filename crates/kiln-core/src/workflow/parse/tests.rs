@@ -503,6 +503,10 @@ fn matrix_as_one_expression() {
 
 #[test]
 fn matrix_problems() {
+    assert_eq!(
+        find(&d, "two artifacts of this job are named `d`").path,
+        "jobs.a.artifacts[4].name"
+    );
     let e = errs(
         "on: push\njobs:\n  a:\n    runs-on: x\n    strategy:\n      matrix:\n        os: []\n        v: ubuntu\n        include: {a: 1}\n        exclude: [x]\n    steps: [{run: x}]\n",
     );
@@ -994,4 +998,95 @@ fn packages_problems_name_the_key() {
     assert_eq!(d.pos, Pos { line: 5, column: 5 });
     find(&e, "`packages` must be a mapping, not a list");
     find(&e, "Required property is missing: `runs-on` (job `b`)");
+}
+
+#[test]
+fn artifacts_are_parsed_with_their_metadata() {
+    let wf = ok(r#"on: push
+jobs:
+  a:
+    runs-on: x
+    steps: [{run: x}]
+    artifacts:
+      - name: node-${{ github.sha }}
+        path: |
+          dist/*.tgz
+          !dist/skip.tgz
+        if-no-files-found: warn
+        metadata:
+          version: ${{ github.ref_name }}
+          cpes: cpe:2.3:a:x:y:1:*:*:*:*:*:*:*
+          stacks: [a, b]
+          labels: {channel: lts}
+      - path: [one, two]
+"#);
+    let arts = &wf.jobs["a"].artifacts;
+    assert_eq!(arts.len(), 2);
+    assert_eq!(arts[0].name, "node-${{ github.sha }}");
+    assert_eq!(arts[0].paths, ["dist/*.tgz", "!dist/skip.tgz"]);
+    assert_eq!(arts[0].if_no_files_found, IfNoFiles::Warn);
+    assert_eq!(
+        arts[0].metadata["cpes"],
+        json!(["cpe:2.3:a:x:y:1:*:*:*:*:*:*:*"])
+    );
+    assert_eq!(arts[0].metadata["stacks"], json!(["a", "b"]));
+    assert_eq!(arts[0].metadata["labels"], json!({"channel": "lts"}));
+    assert_eq!(arts[1].name, "artifact");
+    assert_eq!(arts[1].if_no_files_found, IfNoFiles::Error);
+    assert_eq!(arts[1].paths, ["one", "two"]);
+}
+
+#[test]
+fn bad_artifacts_are_reported_at_their_key() {
+    let d = errs(
+        r#"on: push
+jobs:
+  a:
+    runs-on: x
+    steps: [{run: x}]
+    artifacts:
+      - name: a
+      - name: b
+        path: x
+        metadata:
+          colour: red
+      - name: c
+        path: x
+        if-no-files-found: panic
+      - name: d
+        path: x
+        size: 3
+      - name: d
+        path: y
+"#,
+    );
+    assert_eq!(find(&d, "needs `path:`").path, "jobs.a.artifacts[0]");
+    assert_eq!(
+        find(&d, "unknown artifact metadata `colour`").path,
+        "jobs.a.artifacts[1].metadata.colour"
+    );
+    assert_eq!(
+        find(&d, "not `panic`").path,
+        "jobs.a.artifacts[2].if-no-files-found"
+    );
+    assert_eq!(find(&d, "size").path, "jobs.a.artifacts[3].size");
+    let e =
+        errs("on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x}]\n    artifacts: dist\n");
+    assert_eq!(find(&e, "must be a list").path, "jobs.a.artifacts");
+}
+
+#[test]
+fn upload_and_download_artifact_are_built_in() {
+    assert_eq!(
+        StepAction::uses_kind("actions/upload-artifact@v4"),
+        UsesKind::UploadArtifact
+    );
+    assert_eq!(
+        StepAction::uses_kind("actions/download-artifact@v4"),
+        UsesKind::DownloadArtifact
+    );
+    let wf = ok(
+        "on: push\njobs:\n  a:\n    runs-on: x\n    steps:\n      - uses: actions/upload-artifact@v4\n        with: {name: x, path: y}\n",
+    );
+    assert!(crate::plan::check_runnable(&wf).is_empty());
 }
