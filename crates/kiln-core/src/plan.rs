@@ -71,7 +71,7 @@ pub fn check_runnable(wf: &Workflow) -> Vec<Diagnostic> {
                     pos: step.pos,
                     path: format!("jobs.{}.steps[{i}].uses", job.id),
                     message: format!(
-                        "the action `{action}` cannot run here: kiln runs only `actions/checkout` and local actions (`uses: ./path`); replace this step with a `run:` step that does the same"
+                        "the action `{action}` cannot run here: kiln runs only `actions/checkout`, `actions/upload-artifact`, `actions/download-artifact` and local actions (`uses: ./path`); replace this step with a `run:` step that does the same"
                     ),
                 });
             }

@@ -678,7 +678,7 @@ impl<'a> Runner<'a> {
                     self.step_error(
                         log_index,
                         format!(
-                            "step `{name}`: action `{uses}` cannot run here: kiln runs `run:` steps, `actions/checkout` and local composite actions (`uses: ./path`); replace it with a `run:` step"
+                            "step `{name}`: action `{uses}` cannot run here: kiln runs `run:` steps, `actions/checkout`, `actions/upload-artifact`, `actions/download-artifact` and local composite actions (`uses: ./path`); replace it with a `run:` step"
                         ),
                     )
                     .await;

@@ -264,7 +264,7 @@ fn remote_actions_are_not_runnable() {
     assert_eq!(d.len(), 1);
     assert_eq!(
         d[0].to_string(),
-        "ci.yml:8:9: error: the action `actions/setup-node@v4` cannot run here: kiln runs only `actions/checkout` and local actions (`uses: ./path`); replace this step with a `run:` step that does the same (at `jobs.a.steps[2].uses`)"
+        "ci.yml:8:9: error: the action `actions/setup-node@v4` cannot run here: kiln runs only `actions/checkout`, `actions/upload-artifact`, `actions/download-artifact` and local actions (`uses: ./path`); replace this step with a `run:` step that does the same (at `jobs.a.steps[2].uses`)"
     );
     // The dry run still plans it.
     assert_eq!(dry_run(&w, &Map::new()).expect("plans").len(), 1);

@@ -289,6 +289,10 @@ impl Server {
     }
 
     /// The server's data dir is the test's temporary folder.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "every way a test server differs, given once by the constructors above"
+    )]
     async fn start_full(
         store: Store,
         dir: tempfile::TempDir,

@@ -503,10 +503,6 @@ fn matrix_as_one_expression() {
 
 #[test]
 fn matrix_problems() {
-    assert_eq!(
-        find(&d, "two artifacts of this job are named `d`").path,
-        "jobs.a.artifacts[4].name"
-    );
     let e = errs(
         "on: push\njobs:\n  a:\n    runs-on: x\n    strategy:\n      matrix:\n        os: []\n        v: ubuntu\n        include: {a: 1}\n        exclude: [x]\n    steps: [{run: x}]\n",
     );
@@ -1053,9 +1049,11 @@ jobs:
       - name: c
         path: x
         if-no-files-found: panic
-      - name: d
+      - name: e
         path: x
         size: 3
+      - name: d
+        path: x
       - name: d
         path: y
 "#,
@@ -1070,6 +1068,10 @@ jobs:
         "jobs.a.artifacts[2].if-no-files-found"
     );
     assert_eq!(find(&d, "size").path, "jobs.a.artifacts[3].size");
+    assert_eq!(
+        find(&d, "two artifacts of this job are named `d`").path,
+        "jobs.a.artifacts[5].name"
+    );
     let e =
         errs("on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: x}]\n    artifacts: dist\n");
     assert_eq!(find(&e, "must be a list").path, "jobs.a.artifacts");
