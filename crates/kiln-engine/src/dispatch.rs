@@ -295,6 +295,10 @@ pub(crate) enum Command {
         token: i64,
         reply: oneshot::Sender<Option<Arc<Snapshot>>>,
     },
+    /// The unfinished runs this dispatcher drives.
+    Driving {
+        reply: oneshot::Sender<std::collections::HashSet<RunId>>,
+    },
     /// The run of a job a remote worker holds (`None`: it does not hold it).
     Holds {
         owner: String,
@@ -635,6 +639,10 @@ impl Dispatcher {
             status: RunStatus::Queued,
             jobs: new_jobs,
             at: now(),
+            driver: Some(kiln_store::Driver {
+                owner: self.owner.clone(),
+                until: now() + self.lease_ttl,
+            }),
         };
         Ok((
             new,
@@ -1040,6 +1048,9 @@ impl Dispatcher {
                         Some(Command::Source { owner, job, token, reply }) => {
                             let _ = reply.send(self.remote_source(&owner, job, token));
                         }
+                        Some(Command::Driving { reply }) => {
+                            let _ = reply.send(self.driving());
+                        }
                         Some(Command::Holds { owner, job, token, reply }) => {
                             let _ = reply.send(self.remote_holds(&owner, job, token));
                         }
@@ -1055,7 +1066,10 @@ impl Dispatcher {
                         None => self.begin_drain(Duration::ZERO),
                     }
                 }
-                _ = renew.tick() => self.renew_leases(),
+                _ = renew.tick() => {
+                    self.renew_leases();
+                    self.renew_runs();
+                }
                 _ = cancel.cancelled(), if !self.cancelled => self.cancel_all(),
                 _ = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)),
                     if grace.is_some() => {
@@ -1458,6 +1472,37 @@ impl Dispatcher {
             self.cancel_job(id);
         }
         true
+    }
+
+    /// The unfinished runs driven here.
+    fn driving(&self) -> std::collections::HashSet<RunId> {
+        self.runs
+            .iter()
+            .filter(|(_, r)| !r.status.is_terminal())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Keeps this engine's claim on the runs it drives, so that other replicas leave them
+    /// alone; written beside the batch (one statement per run, every renewal period).
+    fn renew_runs(&self) {
+        let runs: Vec<RunId> = self.driving().into_iter().collect();
+        if runs.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        let owner = self.owner.clone();
+        let until = now() + self.lease_ttl;
+        tokio::spawn(async move {
+            match store.renew_runs(&owner, &runs, until).await {
+                Ok(lost) if !lost.is_empty() => tracing::warn!(
+                    runs = ?lost,
+                    "another engine took over runs this one drives (it failed to renew in time)"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot renew the claim on driven runs"),
+            }
+        });
     }
 
     fn renew_leases(&mut self) {

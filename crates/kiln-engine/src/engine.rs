@@ -24,7 +24,7 @@ use kiln_core::plan;
 use kiln_core::workflow::{Diagnostics, Workflow};
 use kiln_proto::{Project, Run};
 use kiln_store::ArtifactStore;
-use kiln_store::{Op, RunFilter, Store};
+use kiln_store::{LeaseScope, Op, Store};
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -201,7 +201,12 @@ impl Engine {
 
     async fn adopt_expired(&self) -> Result<(), EngineError> {
         let store = &self.inner.store;
-        let expired = store.expire_leases(Timestamp::now(), None).await?;
+        let me = self.inner.owner.as_str();
+        // Leases of runs driven here, or that nobody drives any more: another replica's runs
+        // are that replica's to handle.
+        let expired = store
+            .expire_leases_of(Timestamp::now(), LeaseScope::ExpiredDrivenBy(me))
+            .await?;
         if !expired.is_empty() {
             // Remote workers' jobs of runs driven here go back to this dispatcher's queue.
             let (reply, answer) = oneshot::channel();
@@ -211,22 +216,23 @@ impl Engine {
             })?;
             answer.await.map_err(|_| stopped())?;
         }
-        let mut runs: Vec<RunId> = expired.iter().map(|e| e.run).collect();
-        runs.sort();
-        runs.dedup();
-        for id in runs {
+        // Runs whose driver stopped renewing (a replica died, a `kiln run` was killed) are
+        // taken over and driven on here.
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Driving { reply })?;
+        let driving = answer.await.map_err(|_| stopped())?;
+        let now = Timestamp::now();
+        let claimed = store
+            .claim_runs(me, now + self.inner.config.lease_ttl, now)
+            .await?;
+        for id in claimed.into_iter().filter(|id| !driving.contains(id)) {
             let Some(run) = store.get_run(id).await? else {
                 continue;
             };
-            if run.status.is_terminal()
-                || run
-                    .jobs
-                    .iter()
-                    .any(|j| matches!(j.status, JobStatus::Leased | JobStatus::Running))
-            {
+            if run.status.is_terminal() {
                 continue;
             }
-            tracing::info!(run = %id, "driving on a run whose leases expired");
+            tracing::info!(run = %id, "driving on a run nobody drives any more");
             if let Err(e) = self.resume(run.clone()).await {
                 tracing::warn!(run = %id, error = %e, "cannot drive an adopted run on");
                 self.fail_run(&run).await?;
@@ -496,7 +502,14 @@ impl Engine {
     /// is `status` and cannot be retried (still active, or it succeeded).
     pub async fn retry(&self, run: RunId) -> Result<Result<Run, RunStatus>, EngineError> {
         let store = &self.inner.store;
-        if let Err(status) = store.retry_run(run, Timestamp::now()).await? {
+        let driver = kiln_store::Driver {
+            owner: self.inner.owner.clone(),
+            until: Timestamp::now() + self.inner.config.lease_ttl,
+        };
+        if let Err(status) = store
+            .retry_run(run, Timestamp::now(), Some(&driver))
+            .await?
+        {
             return Ok(Err(status));
         }
         let stored = store
@@ -657,31 +670,18 @@ impl Engine {
     /// Drives on every run left queued or running.
     async fn recover(&self, recovery: &mut Recovery) -> Result<(), EngineError> {
         let store = &self.inner.store;
-        let mut ids = Vec::new();
-        for status in [RunStatus::Running, RunStatus::Queued] {
-            let runs = store
-                .list_runs(&RunFilter {
-                    status: Some(status),
-                    ..RunFilter::default()
-                })
-                .await?;
-            ids.extend(runs.into_iter().map(|r| r.id));
-        }
-        // Oldest first, so that their jobs keep their place in the queue.
-        ids.sort();
+        // The runs this data dir's previous server drove, and the runs nobody drives: the
+        // claim leaves runs another live replica drives, and runs with a job under a lease
+        // (a remote worker may yet report; taken over once it expired and was taken back).
+        let now = Timestamp::now();
+        let ids = store
+            .claim_runs(&self.inner.owner, now + self.inner.config.lease_ttl, now)
+            .await?;
+        // Oldest first (ids are time-ordered), so that their jobs keep their place.
         for id in ids {
             let Some(run) = store.get_run(id).await? else {
                 continue;
             };
-            let foreign = run
-                .jobs
-                .iter()
-                .any(|j| matches!(j.status, JobStatus::Leased | JobStatus::Running));
-            if foreign {
-                // Another owner (a `kiln run` on the same data dir, a remote worker) holds a
-                // lease: that run is driven elsewhere.
-                continue;
-            }
             match self.resume(run.clone()).await {
                 Ok(()) => recovery.resumed.push(id),
                 Err(e) => {

@@ -57,7 +57,8 @@ pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
 pub use secrets::SecretKeys;
 pub use types::{
-    Claim, Claimed, ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter,
+    Claim, Claimed, Driver, ExpiredLease, LeaseScope, LogSlice, NewJob, NewRun, Op, OpResult,
+    Refusal, RunFilter,
 };
 pub use watches::{
     ClaimedVersion, NewVersion, PollRecord, SeenVersion, WatchDef, WatchRow, WatchSyncReport,
@@ -314,8 +315,9 @@ impl Store {
         &self,
         run: RunId,
         at: Timestamp,
+        driver: Option<&types::Driver>,
     ) -> Result<Result<(), RunStatus>, StoreError> {
-        let retried = with_backend!(self, b => b.retry_run(run, at).await);
+        let retried = with_backend!(self, b => b.retry_run(run, at, driver).await);
         self.wrote();
         retried
     }
@@ -329,9 +331,45 @@ impl Store {
         now: Timestamp,
         owner: Option<&str>,
     ) -> Result<Vec<ExpiredLease>, StoreError> {
-        let expired = with_backend!(self, b => b.expire_leases(now, owner).await);
+        let scope = match owner {
+            Some(owner) => types::LeaseScope::HeldBy(owner),
+            None => types::LeaseScope::Expired,
+        };
+        self.expire_leases_of(now, scope).await
+    }
+
+    /// Takes back the leases `scope` names (see [`Store::expire_leases`]).
+    pub async fn expire_leases_of(
+        &self,
+        now: Timestamp,
+        scope: types::LeaseScope<'_>,
+    ) -> Result<Vec<ExpiredLease>, StoreError> {
+        let expired = with_backend!(self, b => b.expire_leases(now, scope).await);
         self.wrote();
         expired
+    }
+
+    /// Takes over, for `me` until `until`, the unfinished runs nobody drives, `me` drove
+    /// before, or whose driver stopped renewing before `now`, except runs with a job under a
+    /// lease (take expired leases back first). Several replicas on one database call this; each run goes to one.
+    pub async fn claim_runs(
+        &self,
+        me: &str,
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Vec<RunId>, StoreError> {
+        with_backend!(self, b => b.claim_runs(me, until, now).await)
+    }
+
+    /// Renews `me`'s claim on the runs it drives until `until`; the ones it lost (another
+    /// engine took them over after `me` failed to renew in time, or they ended).
+    pub async fn renew_runs(
+        &self,
+        me: &str,
+        runs: &[RunId],
+        until: Timestamp,
+    ) -> Result<Vec<RunId>, StoreError> {
+        with_backend!(self, b => b.renew_runs(me, runs, until).await)
     }
 
     /// Leases up to `claim.limit` queued jobs, oldest first (then in their run's order),

@@ -22,6 +22,28 @@ pub struct NewRun {
     pub status: RunStatus,
     pub jobs: Vec<NewJob>,
     pub at: Timestamp,
+    /// The engine that drives the run, and until when (it renews that while it runs);
+    /// `None`: any engine may take the run over.
+    pub driver: Option<Driver>,
+}
+
+/// Which leases [`crate::Store::expire_leases_of`] takes back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseScope<'a> {
+    /// Every lease this owner holds, expired or not (a restarting engine's own).
+    HeldBy(&'a str),
+    /// Every lease that expired.
+    Expired,
+    /// Leases that expired, of runs this engine drives or nobody drives any more (replicas
+    /// leave each other's runs alone).
+    ExpiredDrivenBy(&'a str),
+}
+
+/// An engine driving runs: its owner id and until when its claim holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Driver {
+    pub owner: String,
+    pub until: Timestamp,
 }
 
 /// A job to create (one matrix instance is one job).

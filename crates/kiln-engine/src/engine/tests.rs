@@ -52,6 +52,7 @@ async fn a_run_whose_lease_expired_is_driven_on_by_the_server() {
             status: RunStatus::Queued,
             jobs,
             at: Timestamp::now(),
+            driver: None,
         })
         .await
         .unwrap();

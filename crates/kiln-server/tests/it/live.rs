@@ -263,6 +263,7 @@ fn new_run(project: ProjectId, jobs: usize) -> NewRun {
             })
             .collect(),
         at: jiff::Timestamp::now(),
+        driver: None,
     }
 }
 

@@ -52,6 +52,7 @@ fn new_run(project: ProjectId, workflow: &str, at: Timestamp, jobs: Vec<NewJob>)
         status: RunStatus::Queued,
         jobs,
         at,
+        driver: None,
     }
 }
 

@@ -544,6 +544,7 @@ async fn removing_waits_for_runs_then_archives(s: &Server) {
                 labels: Vec::new(),
             }],
             at: jiff::Timestamp::now(),
+            driver: None,
         })
         .await
         .unwrap();

@@ -314,6 +314,7 @@ impl Backend {
         &self,
         run: RunId,
         at: Timestamp,
+        driver: Option<&crate::types::Driver>,
     ) -> Result<Result<(), RunStatus>, StoreError> {
         let mut tx = self.begin_write().await?;
         let run_id = run.to_string();
@@ -336,9 +337,11 @@ impl Backend {
         let at = ms(at);
         sqlx::query(
             "UPDATE runs SET status = 'queued', run_attempt = run_attempt + 1, \
-             started_at = NULL, finished_at = NULL WHERE id = $1",
+             started_at = NULL, finished_at = NULL, driver = $2, driver_until = $3 WHERE id = $1",
         )
         .bind(&run_id)
+        .bind(driver.map(|d| d.owner.clone()))
+        .bind(driver.map(|d| ms(d.until)))
         .execute(&mut *tx)
         .await
         .map_err(query("start a run's next attempt"))?;
@@ -372,8 +375,9 @@ impl Backend {
     pub(crate) async fn expire_leases(
         &self,
         now: Timestamp,
-        owner: Option<&str>,
+        scope: crate::types::LeaseScope<'_>,
     ) -> Result<Vec<ExpiredLease>, StoreError> {
+        use crate::types::LeaseScope;
         let mut tx = self.begin_write().await?;
         let mut pending = Pending::default();
         let now_ms = ms(now);
@@ -382,27 +386,43 @@ impl Backend {
         // than a read-then-write loop. The lease token is kept so the old holder's token
         // stays current-but-unleased and is refused as such, and the next grant moves past it.
         for requeue in [false, true] {
-            let sql = match (owner.is_some(), requeue) {
-                (false, false) => {
+            let sql = match (scope, requeue) {
+                (LeaseScope::Expired, false) => {
                     "UPDATE jobs SET status = 'failure', finished_at = $2, lease_owner = NULL, \
                      lease_expires_at = NULL \
                      WHERE status IN ('leased', 'running') AND lease_expires_at < $1 \
                      AND attempts >= max_attempts RETURNING id, run_id, project_id, attempts"
                 }
-                (false, true) => {
+                (LeaseScope::Expired, true) => {
                     "UPDATE jobs SET status = 'queued', lease_owner = NULL, \
                      lease_expires_at = NULL \
                      WHERE status IN ('leased', 'running') AND lease_expires_at < $1 \
                      AND attempts < max_attempts  \
                      RETURNING id, run_id, project_id, attempts"
                 }
-                (true, false) => {
+                (LeaseScope::ExpiredDrivenBy(_), false) => {
+                    "UPDATE jobs SET status = 'failure', finished_at = $2, lease_owner = NULL, \
+                     lease_expires_at = NULL \
+                     WHERE status IN ('leased', 'running') AND lease_expires_at < $1 \
+                     AND attempts >= max_attempts AND run_id IN (SELECT id FROM runs \
+                     WHERE driver IS NULL OR driver = $3 OR driver_until < $1) \
+                     RETURNING id, run_id, project_id, attempts"
+                }
+                (LeaseScope::ExpiredDrivenBy(_), true) => {
+                    "UPDATE jobs SET status = 'queued', lease_owner = NULL, \
+                     lease_expires_at = NULL \
+                     WHERE status IN ('leased', 'running') AND lease_expires_at < $1 \
+                     AND attempts < max_attempts AND run_id IN (SELECT id FROM runs \
+                     WHERE driver IS NULL OR driver = $2 OR driver_until < $1) \
+                     RETURNING id, run_id, project_id, attempts"
+                }
+                (LeaseScope::HeldBy(_), false) => {
                     "UPDATE jobs SET status = 'failure', finished_at = $2, lease_owner = NULL, \
                      lease_expires_at = NULL \
                      WHERE status IN ('leased', 'running') AND lease_owner = $1 \
                      AND attempts >= max_attempts RETURNING id, run_id, project_id, attempts"
                 }
-                (true, true) => {
+                (LeaseScope::HeldBy(_), true) => {
                     "UPDATE jobs SET status = 'queued', lease_owner = NULL, \
                      lease_expires_at = NULL \
                      WHERE status IN ('leased', 'running') AND lease_owner = $1 \
@@ -411,12 +431,15 @@ impl Backend {
                 }
             };
             let mut q = sqlx::query(sql);
-            q = match owner {
-                Some(owner) => q.bind(owner.to_owned()),
-                None => q.bind(now_ms),
+            q = match scope {
+                LeaseScope::HeldBy(owner) => q.bind(owner.to_owned()),
+                LeaseScope::Expired | LeaseScope::ExpiredDrivenBy(_) => q.bind(now_ms),
             };
             if !requeue {
                 q = q.bind(now_ms);
+            }
+            if let LeaseScope::ExpiredDrivenBy(me) = scope {
+                q = q.bind(me.to_owned());
             }
             let rows = q
                 .fetch_all(&mut *tx)
@@ -538,8 +561,9 @@ async fn insert_run(tx: &mut Conn, pending: &mut Pending, new: NewRun) -> Result
     let finished_at = new.status.is_terminal().then_some(at);
     sqlx::query(
         "INSERT INTO runs (id, project_id, workflow, workflow_name, run_number, run_attempt, \
-         status, event, git_ref, sha, inputs, created_at, started_at, finished_at) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13)",
+         status, event, git_ref, sha, inputs, created_at, started_at, finished_at, driver, \
+         driver_until) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&run_id)
     .bind(&project)
@@ -554,6 +578,8 @@ async fn insert_run(tx: &mut Conn, pending: &mut Pending, new: NewRun) -> Result
     .bind(at)
     .bind(started_at)
     .bind(finished_at)
+    .bind(new.driver.as_ref().map(|d| d.owner.clone()))
+    .bind(new.driver.as_ref().map(|d| ms(d.until)))
     .execute(&mut *tx)
     .await
     .map_err(query("insert a run"))?;

@@ -159,6 +159,8 @@ mod ops {
         ("created_at", Col::Int),
         ("started_at", Col::Int),
         ("finished_at", Col::Int),
+        ("driver", Col::Text),
+        ("driver_until", Col::Int),
     ];
     const JOBS: &[(&str, Col)] = &[
         ("id", Col::Text),
@@ -423,7 +425,8 @@ mod ops {
                 key: Key::Text("id"),
                 page: "SELECT id, project_id, workflow, workflow_name, run_number, \
                        run_attempt, status, event, git_ref, sha, inputs, created_at, \
-                       started_at, finished_at FROM runs WHERE id > $1 ORDER BY id LIMIT $2",
+                       started_at, finished_at, driver, driver_until FROM runs \
+                       WHERE id > $1 ORDER BY id LIMIT $2",
             },
             ExportTable::Jobs => Export {
                 table: "jobs",

@@ -200,6 +200,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "artifacts",
             include_str!("../../migrations/postgres/0015_artifacts.sql"),
         ),
+        (
+            16,
+            "run_drivers",
+            include_str!("../../migrations/postgres/0016_run_drivers.sql"),
+        ),
     ])
 }
 
@@ -305,6 +310,7 @@ include!("packages_body.rs");
 include!("ops_body.rs");
 include!("workers_body.rs");
 include!("artifacts_body.rs");
+include!("drivers_body.rs");
 
 /// A completion and its events in one statement committed alone, as `CLAIM` does for a
 /// claim: `$1` job, `$2` token, `$3` status, `$4` outputs, `$5` now, `$6` the event kinds as

@@ -199,6 +199,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "artifacts",
             include_str!("../../migrations/sqlite/0015_artifacts.sql"),
         ),
+        (
+            16,
+            "run_drivers",
+            include_str!("../../migrations/sqlite/0016_run_drivers.sql"),
+        ),
     ])
 }
 
@@ -398,6 +403,7 @@ include!("packages_body.rs");
 include!("ops_body.rs");
 include!("workers_body.rs");
 include!("artifacts_body.rs");
+include!("drivers_body.rs");
 
 impl Backend {
     /// Applies `ops` in one transaction. The transaction is begun by the first script and

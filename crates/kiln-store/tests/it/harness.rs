@@ -161,5 +161,6 @@ pub(crate) fn new_run(project: ProjectId, workflow: &str, jobs: Vec<NewJob>) -> 
         status: RunStatus::Queued,
         jobs,
         at: at(0),
+        driver: None,
     }
 }

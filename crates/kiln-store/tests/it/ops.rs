@@ -631,7 +631,26 @@ async fn the_export_pages_through_every_column_but_secrets(h: &Harness) {
         ],
     );
     run.inputs.insert("version".to_owned(), json!("1.2.3"));
+    run.driver = Some(kiln_store::Driver {
+        owner: "engine-1".to_owned(),
+        until: at(60_000),
+    });
     let run = s.create_run(run).await.unwrap();
+    s.record_artifact(&kiln_store::NewArtifact {
+        run: run.id,
+        job: run.jobs[0].id,
+        name: "dist".to_owned(),
+        file_name: "dist.tgz".to_owned(),
+        format: kiln_proto::artifacts::ArtifactFormat::File,
+        sha256: "c".repeat(64),
+        size: 1,
+        metadata: kiln_proto::ArtifactMeta {
+            version: Some("1.2.3".to_owned()),
+            ..kiln_proto::ArtifactMeta::default()
+        },
+    })
+    .await
+    .unwrap();
     for (n, job) in run.jobs[..2].iter().enumerate() {
         let token = lease(s, job.id, 1).await;
         let mut ops: Vec<Op> = (0..3)

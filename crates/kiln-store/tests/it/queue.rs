@@ -349,3 +349,98 @@ async fn workers_register_and_show_what_they_hold(h: &Harness) {
     assert!(!s.set_worker_paused(nobody, true).await.unwrap());
     assert!(s.get_worker(nobody, at(7), day).await.unwrap().is_none());
 }
+
+both_backends!(replicas_drive_each_run_alone_and_take_over_runs_whose_driver_stopped);
+
+async fn replicas_drive_each_run_alone_and_take_over_runs_whose_driver_stopped(h: &Harness) {
+    use kiln_store::{Driver, LeaseScope};
+    let s = &h.store;
+    let project = s.upsert_project("p", "/src/p").await.unwrap();
+    let driven = |owner: &str, until: i64| {
+        Some(Driver {
+            owner: owner.to_owned(),
+            until: at(until),
+        })
+    };
+    let mut by_a = new_run(
+        project.id,
+        "ci.yml",
+        vec![new_job("x", JobStatus::Queued, 3)],
+    );
+    by_a.driver = driven("a", 10_000);
+    let by_a = s.create_run(by_a).await.unwrap();
+    let nobody = s
+        .create_run(new_run(
+            project.id,
+            "ci.yml",
+            vec![new_job("y", JobStatus::Queued, 3)],
+        ))
+        .await
+        .unwrap();
+    let mut leased = new_run(
+        project.id,
+        "ci.yml",
+        vec![new_job("z", JobStatus::Queued, 3)],
+    );
+    leased.driver = driven("dead", 1_000);
+    let leased = s.create_run(leased).await.unwrap();
+    let granted = s
+        .commit(vec![Op::GrantLease {
+            job: leased.jobs[0].id,
+            owner: "worker:w".to_owned(),
+            ttl_ms: 4_000,
+            at: at(0),
+        }])
+        .await
+        .unwrap();
+    assert!(matches!(granted[0], OpResult::Lease { .. }));
+
+    // At 5 s: `a` still drives its run; `b` gets the run nobody drives; the run whose
+    // driver is gone still has a job under a live lease.
+    assert_eq!(
+        s.claim_runs("b", at(65_000), at(5_000)).await.unwrap(),
+        [nobody.id]
+    );
+    // `a` takes its own again (a restart), renews, and loses nothing.
+    assert_eq!(
+        s.claim_runs("a", at(20_000), at(5_000)).await.unwrap(),
+        [by_a.id]
+    );
+    assert!(
+        s.renew_runs("a", &[by_a.id], at(30_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // `b` leaves the lease of a run someone else drives alone … until that driver is gone.
+    let none = s
+        .expire_leases_of(at(3_000), LeaseScope::ExpiredDrivenBy("b"))
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "{none:?}");
+    let taken = s
+        .expire_leases_of(at(6_000), LeaseScope::ExpiredDrivenBy("b"))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert!(taken[0].requeued);
+    // (A claim names the runs the claimer drives already, too.)
+    assert_eq!(
+        s.claim_runs("b", at(66_000), at(6_000)).await.unwrap(),
+        [nobody.id, leased.id]
+    );
+
+    // `a` stops renewing: after its claim ran out, `b` takes its run, and `a` hears it lost it.
+    assert!(
+        s.claim_runs("b", at(90_000), at(29_000))
+            .await
+            .unwrap()
+            .contains(&nobody.id)
+    );
+    let later = s.claim_runs("b", at(95_000), at(31_000)).await.unwrap();
+    assert!(later.contains(&by_a.id), "{later:?}");
+    assert_eq!(
+        s.renew_runs("a", &[by_a.id], at(40_000)).await.unwrap(),
+        [by_a.id]
+    );
+}

@@ -1,0 +1,82 @@
+// The queries of run drivers (which engine drives which run), written once for both dialects
+// like `body.rs`: `sqlite.rs` and `postgres.rs` each `include!` this file after `body.rs`. A
+// module of its own so that its imports cannot clash with body.rs's. (An included file cannot
+// carry a `//!`; the module's inner doc below is inside its braces.)
+
+mod api_drivers {
+    //! Run drivers: several servers (replicas) share one database, and each unfinished run is
+    //! driven by exactly one of them at a time. An engine claims the runs nobody drives (or
+    //! whose driver stopped renewing), and renews the claim on the runs it drives.
+
+    use jiff::Timestamp;
+    use kiln_core::ids::RunId;
+
+    use super::{Backend, get};
+    use crate::backend::{ms, parse};
+    use crate::error::{StoreError, query};
+
+    impl Backend {
+        /// Takes over, for `me` until `until`, every unfinished run that nobody drives, that
+        /// `me` drove before, or whose driver's claim ended before `now` — unless one of its
+        /// jobs is still held under a lease (its holder may yet report; an expired lease is
+        /// taken back first, by `expire_leases`). Their ids.
+        pub(crate) async fn claim_runs(
+            &self,
+            me: &str,
+            until: Timestamp,
+            now: Timestamp,
+        ) -> Result<Vec<RunId>, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let rows = sqlx::query(
+                "UPDATE runs SET driver = $1, driver_until = $2 \
+                 WHERE status IN ('queued', 'running') \
+                 AND (driver IS NULL OR driver = $1 OR driver_until < $3) \
+                 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = runs.id \
+                   AND j.status IN ('leased', 'running')) \
+                 RETURNING id",
+            )
+            .bind(me)
+            .bind(ms(until))
+            .bind(ms(now))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query("take over runs"))?;
+            tx.commit().await.map_err(query("commit taking over runs"))?;
+            let mut ids = rows
+                .iter()
+                .map(|r| parse("runs", "id", &get::<String>(r, "runs", "id")?))
+                .collect::<Result<Vec<RunId>, _>>()?;
+            ids.sort();
+            Ok(ids)
+        }
+
+        /// Moves `me`'s claim on `runs` to `until`; the runs of `runs` it no longer drives
+        /// (another engine took them over, or they ended).
+        pub(crate) async fn renew_runs(
+            &self,
+            me: &str,
+            runs: &[RunId],
+            until: Timestamp,
+        ) -> Result<Vec<RunId>, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let mut lost = Vec::new();
+            for run in runs {
+                let done = sqlx::query(
+                    "UPDATE runs SET driver_until = $3 WHERE id = $1 AND driver = $2 \
+                     AND status IN ('queued', 'running')",
+                )
+                .bind(run.to_string())
+                .bind(me)
+                .bind(ms(until))
+                .execute(&mut *tx)
+                .await
+                .map_err(query("renew the runs an engine drives"))?;
+                if done.rows_affected() == 0 {
+                    lost.push(*run);
+                }
+            }
+            tx.commit().await.map_err(query("commit renewing runs"))?;
+            Ok(lost)
+        }
+    }
+}
