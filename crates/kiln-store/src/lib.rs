@@ -120,8 +120,10 @@ impl Store {
         let blobs = BlobStore::local(&data_dir.join("blobs"))?;
         let keys = SecretKeys::resolve(data_dir, false)?;
         let b = backend::postgres::open(url, blobs).await?;
+        let writes: Arc<watch::Sender<u64>> = Arc::default();
+        backend::postgres::listen_for_events(b.reader_pool(), Arc::downgrade(&writes));
         Store {
-            writes: Arc::default(),
+            writes,
             inner: Arc::new(Backend::Postgres(b)),
             keys: None,
         }

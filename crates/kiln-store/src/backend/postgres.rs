@@ -205,6 +205,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "run_drivers",
             include_str!("../../migrations/postgres/0016_run_drivers.sql"),
         ),
+        (
+            17,
+            "events_notify",
+            include_str!("../../migrations/postgres/0017_events_notify.sql"),
+        ),
     ])
 }
 
@@ -235,6 +240,76 @@ pub(crate) async fn open(url: &str, blobs: BlobStore) -> Result<Backend, StoreEr
             source,
         })?;
     Ok(Backend::new(Writer(pool.clone()), pool, blobs))
+}
+
+impl Backend {
+    /// The pool readers use (the event listener takes a connection of its own from its
+    /// options).
+    pub(crate) fn reader_pool(&self) -> Pool<Db> {
+        self.reader.clone()
+    }
+}
+
+/// Wakes this process's outbox readers when any process (another replica, `kiln run`)
+/// appends events: listens on `kiln_events_<schema>` (migration 0017) and bumps `writes` at
+/// each notification, and once after every reconnection, since notifications sent while
+/// disconnected are lost. Ends when the store is dropped.
+pub(crate) fn listen_for_events(
+    pool: Pool<Db>,
+    writes: std::sync::Weak<tokio::sync::watch::Sender<u64>>,
+) {
+    let bump =
+        move |writes: &std::sync::Weak<tokio::sync::watch::Sender<u64>>| match writes.upgrade() {
+            Some(w) => {
+                w.send_modify(|n| *n = n.wrapping_add(1));
+                true
+            }
+            None => false,
+        };
+    tokio::spawn(async move {
+        // Until the first connection: retried every second (the database may be restarting).
+        let mut listener = loop {
+            match connect_listener(&pool).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot listen for other replicas' events");
+                }
+            }
+            if writes.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        };
+        // `try_recv` is not cancel-safe, so it is never raced against a timer: the task
+        // notices the store is gone at the next notification or reconnection.
+        loop {
+            match listener.try_recv().await {
+                // A notification, or the connection was lost (the next call reconnects and
+                // listens again; what was sent meanwhile is lost, so readers poll once now).
+                Ok(_) => {
+                    if !bump(&writes) {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot listen for other replicas' events");
+                    if writes.strong_count() == 0 {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+}
+
+async fn connect_listener(pool: &Pool<Db>) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+        .fetch_one(&mut listener)
+        .await?;
+    listener.listen(&format!("kiln_events_{schema}")).await?;
+    Ok(listener)
 }
 
 /// Parses `url`, taking out kiln's `schema` parameter. Without an explicit `sslmode`, TLS is

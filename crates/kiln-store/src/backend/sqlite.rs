@@ -204,6 +204,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "run_drivers",
             include_str!("../../migrations/sqlite/0016_run_drivers.sql"),
         ),
+        (
+            17,
+            "events_notify",
+            include_str!("../../migrations/sqlite/0017_events_notify.sql"),
+        ),
     ])
 }
 

@@ -107,3 +107,26 @@ async fn sqlite_events_are_visible_as_soon_as_committed() {
         .unwrap();
     assert_eq!(visible_kinds(&h).await, ["run.queued"]);
 }
+
+/// Two processes on one PostgreSQL database (replicas): the one that did not write hears of
+/// the other's events at once through LISTEN/NOTIFY, without waiting for a poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replicas_events_wake_this_ones_readers() {
+    let h = crate::harness::Harness::postgres().await;
+    let other = h.reopen().await;
+    let mut woken = h.store.watch_writes();
+    // The listener's first connection wakes readers once (a poll after connecting): let that
+    // pass, so that only the other store's write can wake them below.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    woken.borrow_and_update();
+    let project = other.upsert_project("p", "/src/p").await.unwrap();
+    other
+        .create_run(crate::harness::new_run(project.id, "ci.yml", vec![]))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), woken.changed())
+        .await
+        .expect("the write of another store woke this one's readers")
+        .unwrap();
+    h.cleanup().await;
+}
