@@ -8,6 +8,7 @@ mod example_deploy;
 mod postgres;
 mod projects;
 mod receivers;
+mod replicas;
 mod run;
 mod schedules;
 mod serve;

@@ -5,11 +5,11 @@ use kiln_testkit::Project;
 
 use crate::{bin, job};
 
-struct Schema {
-    name: String,
+pub(crate) struct Schema {
+    pub(crate) name: String,
 }
 
-fn psql(sql: &str) -> std::process::Output {
+pub(crate) fn psql(sql: &str) -> std::process::Output {
     std::process::Command::new("psql")
         .args([
             "-h",
@@ -28,7 +28,7 @@ fn psql(sql: &str) -> std::process::Output {
 }
 
 impl Schema {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let name = format!("cli_{}", uuid::Uuid::new_v4().simple());
         let out = psql(&format!("CREATE SCHEMA {name}"));
         assert!(
@@ -39,7 +39,7 @@ impl Schema {
         Self { name }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!(
             "postgres://postgres@127.0.0.1:5432/test?schema={}",
             self.name

@@ -32,13 +32,13 @@ jobs:
 "#;
 
 /// A running `kiln worker`, killed on drop.
-struct Worker {
+pub(crate) struct Worker {
     child: Child,
     id: String,
 }
 
 impl Worker {
-    fn start(
+    pub(crate) fn start(
         p: &Project,
         s: &Served,
         token: &str,
@@ -120,7 +120,7 @@ impl Drop for Worker {
     }
 }
 
-fn get(s: &Served, token: &str, path: &str) -> Value {
+pub(crate) fn get(s: &Served, token: &str, path: &str) -> Value {
     let out = Command::new("curl")
         .args(["-sS", "-H", &format!("Authorization: Bearer {token}")])
         .arg(format!("{}{path}", s.url))
@@ -129,7 +129,7 @@ fn get(s: &Served, token: &str, path: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
-fn wait_run(s: &Served, token: &str, run: &str, within: Duration) -> Value {
+pub(crate) fn wait_run(s: &Served, token: &str, run: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
         let r = get(s, token, &format!("/api/v1/runs/{run}"))["data"].clone();

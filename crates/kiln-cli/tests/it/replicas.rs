@@ -1,0 +1,180 @@
+//! Two `kiln serve` replicas on one PostgreSQL schema, with a `kiln worker` on each: a run of
+//! 500 jobs completes with every job succeeded exactly once, also when the replica driving it
+//! is killed (`kill -9`) halfway: the other replica takes the run over once the dead one's
+//! claim on it and its workers' leases ran out, and its own worker runs the rest. The other
+//! replica's live event stream shows what happened on the first.
+
+use std::io::BufRead as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_testkit::Project;
+
+use crate::postgres::{Schema, psql};
+use crate::serve::{Served, kiln};
+use crate::workers::{Worker, get, wait_run};
+
+const ADMIN: &str = "kiln_replicas_test_admin_token_0123456789";
+const SECRETS_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+/// 5 job keys × 100 matrix instances.
+fn workflow() -> String {
+    let mut wf = String::from("name: ci\non: workflow_dispatch\njobs:\n");
+    let list: Vec<String> = (0..100).map(|n| n.to_string()).collect();
+    for k in 0..5 {
+        wf.push_str(&format!(
+            "  j{k}:\n    runs-on: linux\n    strategy:\n      matrix:\n        n: [{}]\n    steps:\n      - run: echo \"j{k}-${{{{ matrix.n }}}}\" >> \"$DONE_LOG\"\n",
+            list.join(", ")
+        ));
+    }
+    wf
+}
+
+fn replica(p: &Project, schema: &Schema, name: &str) -> Served {
+    let data = p.data_dir().join(name);
+    let mut cmd = kiln(
+        p,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--database",
+            &schema.url(),
+            "--workers",
+            "0",
+            "--lease-ttl",
+            "3",
+            "--egress-allow-local-paths",
+        ],
+    );
+    cmd.env("KILN_ADMIN_TOKEN", ADMIN)
+        .env("KILN__SECRETS__KEY", SECRETS_KEY);
+    Served::from_command(&mut cmd)
+}
+
+/// How many jobs of `run` succeeded, and the most successes any one job recorded.
+fn successes(schema: &Schema, run: &str) -> (i64, i64) {
+    let out = psql(&format!(
+        "SELECT count(*), COALESCE(max(n), 0) FROM (SELECT job_id, count(*) AS n \
+         FROM {}.events WHERE run_id = '{run}' AND kind = 'job.completed' \
+         AND data::jsonb->>'status' = 'success' GROUP BY job_id) AS per_job",
+        schema.name
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.contains('|') && !l.contains("count"))
+        .unwrap_or_else(|| panic!("no row in {text}"));
+    let mut cols = row.split('|').map(|c| c.trim().parse::<i64>().unwrap());
+    (cols.next().unwrap(), cols.next().unwrap())
+}
+
+fn completed_jobs(s: &Served, run: &str) -> usize {
+    let r = get(s, ADMIN, &format!("/api/v1/runs/{run}"))["data"].clone();
+    r["jobs"]
+        .as_array()
+        .map(|jobs| jobs.iter().filter(|j| j["status"] == "success").count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn two_replicas_run_500_jobs_exactly_once_even_when_the_driving_replica_is_killed() {
+    let schema = Schema::new();
+    let p = Project::new().workflow("ci.yml", &workflow());
+    let a = replica(&p, &schema, "a");
+    let b = replica(&p, &schema, "b");
+    let out = a.call(
+        &p,
+        ADMIN,
+        &["token", "create", "--name", "w", "--role", "worker"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let token = out.stdout.trim().to_owned();
+    let src = p.root().to_str().unwrap().to_owned();
+    let out = a.call(&p, ADMIN, &["project", "add", &src, "--name", "app"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let log = p.data_dir().join("done.log");
+    let env = [("DONE_LOG", log.to_str().unwrap())];
+    let _w1 = Worker::start(&p, &a, &token, "w1", "linux", &env);
+    let _w2 = Worker::start(&p, &b, &token, "w2", "linux", &env);
+
+    // An SSE client on replica B, which drives nothing yet, sees jobs of A's run.
+    let mut sse = Command::new("curl")
+        .args(["-sSN", "-H", &format!("Authorization: Bearer {ADMIN}")])
+        .arg(format!("{}/api/v1/events", b.url))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read as it comes: a full pipe would make the server drop the stream as too slow.
+    let sse_out = sse.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let into = seen.clone();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(sse_out).lines() {
+            let Ok(line) = line else { break };
+            let mut all = into.lock().unwrap();
+            all.push_str(&line);
+            all.push('\n');
+        }
+    });
+
+    let out = a.call(
+        &p,
+        ADMIN,
+        &["trigger", "app", "--workflow", "ci", "--format", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
+
+    // Halfway through, the replica driving the run dies.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while completed_jobs(&b, &run) < 150 {
+        assert!(Instant::now() < deadline, "the run made no progress");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Jobs driven by A, run by A's worker: B's live stream has shown them completing.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seen.lock().unwrap().contains("event: job.completed") {
+        assert!(
+            Instant::now() < deadline,
+            "B's event stream never showed a job of A's run completing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut a = a;
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+
+    let r = wait_run(&b, ADMIN, &run, Duration::from_secs(180));
+    assert_eq!(r["status"], "success", "{r:#}");
+    let jobs = r["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 500);
+    assert!(jobs.iter().all(|j| j["status"] == "success"));
+    let (succeeded, most) = successes(&schema, &run);
+    assert_eq!(
+        (succeeded, most),
+        (500, 1),
+        "every job succeeded exactly once"
+    );
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &sse.id().to_string()])
+        .status();
+    let _ = sse.wait();
+    reader.join().unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.contains("event: job.completed") && seen.contains(&run),
+        "B's event stream showed A's run: {}",
+        seen.lines()
+            .filter(|l| l.starts_with("event:"))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    assert_eq!(b.stop(), 0);
+}
