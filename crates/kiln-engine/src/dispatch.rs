@@ -1202,7 +1202,7 @@ impl Dispatcher {
                 _ => None,
             })
             .collect();
-        let results = self.store.commit(ops).await?;
+        let results = self.commit_retrying(ops).await;
         for p in self.after.drain(..) {
             let _ = self.progress.send(p);
         }
@@ -1238,6 +1238,38 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// Commits `ops`, trying again (every 100 ms at first, every 5 s at most) while the store
+    /// fails: a database that restarts or drops connections holds the engine up instead of
+    /// stopping it. (Should a commit have applied with its answer lost, its repetition is
+    /// refused op by op: a stale token or a state already reached.)
+    async fn commit_retrying(&self, ops: Vec<Op>) -> Vec<OpResult> {
+        let mut wait = Duration::from_millis(100);
+        let mut failing = false;
+        let started = tokio::time::Instant::now();
+        loop {
+            // A server stopping while its database is away gives up after a while rather
+            // than hang: what was not committed is redone by whoever drives the runs next.
+            if failing && self.draining.is_some() && started.elapsed() > Duration::from_secs(10) {
+                tracing::error!("giving up committing the engine's last changes: stopping");
+                return Vec::new();
+            }
+            match self.store.commit(ops.clone()).await {
+                Ok(results) => {
+                    if failing {
+                        tracing::info!("the store answers again: the engine carries on");
+                    }
+                    return results;
+                }
+                Err(e) => {
+                    failing = true;
+                    tracing::error!(error = %e, retry_in = ?wait, "cannot commit the engine's changes; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// A job reached a terminal status (set by the caller just before): count it and let its

@@ -5,6 +5,7 @@
 //! Only a dev-dependency. Fixtures written by others (the corpus in `../shared/corpus`) are
 //! read by path from [`corpus_dir`], never copied.
 
+pub mod pg;
 pub mod s3;
 pub mod tree;
 

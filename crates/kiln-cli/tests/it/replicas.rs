@@ -178,3 +178,96 @@ fn two_replicas_run_500_jobs_exactly_once_even_when_the_driving_replica_is_kille
     );
     assert_eq!(b.stop(), 0);
 }
+
+const STEADY: &str = r#"
+name: ci
+on: workflow_dispatch
+jobs:
+  first:
+    runs-on: linux
+    steps:
+      - run: sleep 2
+  many:
+    needs: first
+    runs-on: linux
+    strategy:
+      matrix:
+        n: [1, 2, 3, 4, 5, 6, 7, 8]
+    steps:
+      - run: echo "many ${{ matrix.n }}"; sleep 0.5
+  last:
+    needs: many
+    runs-on: linux
+    steps:
+      - run: echo done
+"#;
+
+/// The database restarts under a running run: the server and its worker reconnect and the
+/// run completes. On a private cluster (the shared server stays up for the other tests).
+#[test]
+fn a_run_completes_when_postgres_restarts_under_it() {
+    let pg = kiln_testkit::pg::PrivatePostgres::start();
+    let p = Project::new().workflow("ci.yml", STEADY);
+    let data = p.data_dir().join("server");
+    let mut cmd = kiln(
+        &p,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--database",
+            &pg.url(),
+            "--workers",
+            "0",
+            "--lease-ttl",
+            "20",
+            "--egress-allow-local-paths",
+        ],
+    );
+    cmd.env("KILN_ADMIN_TOKEN", ADMIN)
+        .env("KILN__SECRETS__KEY", SECRETS_KEY);
+    let s = Served::from_command(&mut cmd);
+    let out = s.call(
+        &p,
+        ADMIN,
+        &["token", "create", "--name", "w", "--role", "worker"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let token = out.stdout.trim().to_owned();
+    let src = p.root().to_str().unwrap().to_owned();
+    let out = s.call(&p, ADMIN, &["project", "add", &src, "--name", "app"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let _w = Worker::start(&p, &s, &token, "w", "linux", &[]);
+    let out = s.call(
+        &p,
+        ADMIN,
+        &["trigger", "app", "--workflow", "ci", "--format", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let run = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
+
+    // While `first` runs, the database goes away for longer than a connection is waited for
+    // (5 s), so that writes fail and are tried again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = get(&s, ADMIN, &format!("/api/v1/runs/{run}"))["data"].clone();
+        if r["jobs"]
+            .as_array()
+            .is_some_and(|jobs| jobs.iter().any(|j| j["status"] == "running"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never started: {r:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(7));
+    pg.start_again();
+
+    let r = wait_run(&s, ADMIN, &run, Duration::from_secs(120));
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert_eq!(r["jobs"].as_array().unwrap().len(), 10);
+    assert_eq!(s.stop(), 0);
+}
