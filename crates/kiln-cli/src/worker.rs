@@ -19,8 +19,10 @@ use crate::output::stdout_line;
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct WorkerArgs {
-    /// The server's URL (`http://host:port`).
-    #[arg(long, env = "KILN_SERVER", value_name = "URL")]
+    /// The server's URL (`http://host:port`); several replicas of one database,
+    /// comma-separated: the worker takes jobs from each, and carries on with the others when
+    /// one is down.
+    #[arg(long, env = "KILN_SERVER", value_name = "URL[,URL…]")]
     server: String,
     /// A `worker`-role token (`kiln token create --role worker`); prefer the environment
     /// variable: flags show in `ps`.
@@ -42,7 +44,17 @@ pub(crate) struct WorkerArgs {
 }
 
 pub(crate) async fn worker(a: WorkerArgs) -> Result<i32, Failure> {
-    let server = check_http_url("--server", &a.server)?;
+    let servers = a
+        .server
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| check_http_url("--server", s))
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(Failure::invalid("--server: give the server's URL"));
+    }
+    let server = servers.join(", ");
     let labels: Vec<String> = a
         .labels
         .iter()
@@ -81,7 +93,7 @@ pub(crate) async fn worker(a: WorkerArgs) -> Result<i32, Failure> {
         });
     }
     let config = WorkerConfig {
-        server: server.clone(),
+        servers,
         token: a.token,
         name,
         labels,

@@ -33,8 +33,10 @@ use tokio_util::sync::CancellationToken;
 /// How a worker runs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// The server's base URL (`http://host:port`).
-    pub server: String,
+    /// The servers' base URLs (`http://host:port`): one server, or replicas of one database.
+    /// The worker registers with the first that answers and claims jobs from each in turn;
+    /// a job's reports and heartbeats go to the server that gave it.
+    pub servers: Vec<String>,
     /// A `worker`-role API token.
     pub token: String,
     pub name: String,
@@ -62,6 +64,8 @@ pub enum WorkerError {
 /// A job running here.
 struct Running {
     token: i64,
+    /// Which of the servers gave it (its reports and heartbeats go there).
+    server: usize,
     /// Cancels the job's steps (run cancelled, or draining past its grace).
     cancel: CancellationToken,
     /// Set when the server says this worker lost the lease: report nothing more.
@@ -264,21 +268,48 @@ pub async fn run_worker(
     drain: CancellationToken,
     started: impl FnOnce(WorkerId),
 ) -> Result<(), WorkerError> {
-    let api = Api::new(&config.server, &config.token)?;
-    let registered: Registered = api
-        .post(
-            "/api/v1/worker/register",
-            &RegisterWorker {
-                name: config.name.clone(),
-                labels: config.labels.clone(),
-                slots: config.slots,
-                protocol: PROTOCOL,
-                version: config.version.clone(),
-            },
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|a| answer_error(&format!("register with {}", config.server), a))?;
+    let apis = config
+        .servers
+        .iter()
+        .map(|s| Api::new(s, &config.token))
+        .collect::<Result<Vec<_>, _>>()?;
+    if apis.is_empty() {
+        return Err(WorkerError::Refused("no server to work for".to_owned()));
+    }
+    // Replicas share their database, so the first that answers registers the worker for all.
+    let introduce = RegisterWorker {
+        name: config.name.clone(),
+        labels: config.labels.clone(),
+        slots: config.slots,
+        protocol: PROTOCOL,
+        version: config.version.clone(),
+    };
+    let mut registered: Option<Registered> = None;
+    let mut last_error = None;
+    for (api, server) in apis.iter().zip(&config.servers) {
+        match api
+            .post::<Registered>(
+                "/api/v1/worker/register",
+                &introduce,
+                Duration::from_secs(30),
+            )
+            .await
+        {
+            Ok(r) => {
+                registered = Some(r);
+                break;
+            }
+            Err(a @ Answer::Refused { .. }) => {
+                return Err(answer_error(&format!("register with {server}"), a));
+            }
+            Err(a) => last_error = Some(answer_error(&format!("register with {server}"), a)),
+        }
+    }
+    let Some(registered) = registered else {
+        return Err(last_error.unwrap_or_else(|| {
+            WorkerError::Unreachable("failed to register with any server".to_owned())
+        }));
+    };
     let id = registered.id;
     started(id);
     std::fs::create_dir_all(&config.work_dir).map_err(|e| {
@@ -293,7 +324,7 @@ pub async fn run_worker(
     let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeats(
-        api.clone(),
+        apis.clone(),
         id,
         running.clone(),
         paused.clone(),
@@ -302,14 +333,22 @@ pub async fn run_worker(
     ));
     let mut tasks = tokio::task::JoinSet::new();
     let ctx = job::Context {
-        api: api.clone(),
+        api: apis[0].clone(),
         worker: id,
         name: config.name.clone(),
         work_dir: config.work_dir.clone(),
         lease,
         runs: Arc::default(),
     };
-    let mut failures = 0u32;
+    // One server: a long poll. Several: a short one each in turn, so that no server's jobs
+    // wait long for another's poll to end. A server that gave jobs is asked again at once
+    // (a few times in a row at most, so that the others are asked too).
+    let wait_ms = if apis.len() == 1 { 20_000 } else { 1_000 };
+    const STAY: u32 = 8;
+    let mut failures = vec![0u32; apis.len()];
+    let mut retry_at = vec![tokio::time::Instant::now(); apis.len()];
+    let mut next = 0usize;
+    let mut stayed = 0u32;
     while !drain.is_cancelled() {
         while tasks.try_join_next().is_some() {}
         let busy = running.lock().map_or(0, |r| r.len());
@@ -324,11 +363,25 @@ pub async fn run_worker(
             }
             continue;
         }
-        let claim_path = format!("/api/v1/worker/{id}/claim");
-        let claim_body = ClaimRequest {
-            free,
-            wait_ms: 20_000,
+        // The next server not backing off; when all are, wait for the first to be due.
+        let now = tokio::time::Instant::now();
+        let due = (0..apis.len())
+            .map(|k| (next + k) % apis.len())
+            .find(|&k| retry_at[k] <= now);
+        let Some(server) = due else {
+            let soonest = retry_at.iter().min().copied().unwrap_or(now);
+            tokio::select! {
+                () = drain.cancelled() => break,
+                () = tokio::time::sleep_until(soonest) => {}
+            }
+            continue;
         };
+        next = (server + 1) % apis.len();
+        let api = &apis[server];
+        // Ask a server that just gave jobs without waiting: more may be ready already.
+        let wait_ms = if stayed > 0 { 0 } else { wait_ms };
+        let claim_path = format!("/api/v1/worker/{id}/claim");
+        let claim_body = ClaimRequest { free, wait_ms };
         let ask = api.post::<Claimed>(&claim_path, &claim_body, Duration::from_secs(60));
         let claimed = tokio::select! {
             () = drain.cancelled() => break,
@@ -336,29 +389,38 @@ pub async fn run_worker(
         };
         match claimed {
             Ok(c) => {
-                failures = 0;
+                failures[server] = 0;
+                if !c.jobs.is_empty() && stayed < STAY && apis.len() > 1 {
+                    stayed += 1;
+                    next = server;
+                } else {
+                    stayed = 0;
+                }
+                let ctx = job::Context {
+                    api: api.clone(),
+                    ..ctx.clone()
+                };
                 for assigned in c.jobs {
-                    start_job(&ctx, &running, &mut tasks, assigned);
+                    start_job(&ctx, server, &running, &mut tasks, assigned);
                 }
             }
             Err(Answer::Refused { status: 404, .. }) => {
                 stop_heartbeat.cancel();
-                return Err(WorkerError::Refused(
-                    "the server no longer knows this worker (its store was reset?)".to_owned(),
-                ));
+                return Err(WorkerError::Refused(format!(
+                    "{} does not know this worker (its store was reset, or it is not a \
+                     replica of the server the worker registered with)",
+                    config.servers[server]
+                )));
             }
             Err(Answer::Refused { code, message, .. }) => {
                 stop_heartbeat.cancel();
                 return Err(WorkerError::Refused(format!("claim: {code}: {message}")));
             }
             Err(Answer::Failed(m)) => {
-                failures += 1;
-                let wait = Duration::from_millis(500 * 2u64.pow(failures.min(6)));
-                tracing::warn!(error = %m, retry_in = ?wait, "cannot claim jobs");
-                tokio::select! {
-                    () = drain.cancelled() => break,
-                    () = tokio::time::sleep(wait) => {}
-                }
+                failures[server] += 1;
+                let wait = Duration::from_millis(500 * 2u64.pow(failures[server].min(6)));
+                tracing::warn!(server = %config.servers[server], error = %m, retry_in = ?wait, "cannot claim jobs");
+                retry_at[server] = tokio::time::Instant::now() + wait;
             }
         }
     }
@@ -371,6 +433,7 @@ pub async fn run_worker(
 
 fn start_job(
     ctx: &job::Context,
+    server: usize,
     running: &Arc<Mutex<HashMap<JobId, Running>>>,
     tasks: &mut tokio::task::JoinSet<()>,
     assigned: AssignedJob,
@@ -382,6 +445,7 @@ fn start_job(
             assigned.job,
             Running {
                 token: assigned.token,
+                server,
                 cancel: cancel.clone(),
                 lost: lost.clone(),
             },
@@ -399,10 +463,10 @@ fn start_job(
     });
 }
 
-/// Every `every`, tells the server which jobs run here; cancels what it says to cancel and
-/// stops what it says this worker lost.
+/// Every `every`, tells each server which of its jobs run here; cancels what a server says to
+/// cancel and stops what it says this worker lost.
 async fn heartbeats(
-    api: Api,
+    apis: Vec<Api>,
     id: WorkerId,
     running: Arc<Mutex<HashMap<JobId, Running>>>,
     paused: Arc<std::sync::atomic::AtomicBool>,
@@ -414,44 +478,52 @@ async fn heartbeats(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
-        let jobs: Vec<HeldJob> = running.lock().map_or_else(
-            |_| Vec::new(),
-            |r| {
-                r.iter()
-                    .map(|(job, run)| HeldJob {
-                        job: *job,
-                        token: run.token,
-                    })
-                    .collect()
-            },
-        );
-        let reply: Result<HeartbeatReply, Answer> = api
-            .post(
-                &format!("/api/v1/worker/{id}/heartbeat"),
-                &Heartbeat { jobs },
-                every.max(Duration::from_secs(5)),
-            )
-            .await;
-        match reply {
-            Ok(reply) => {
-                paused.store(reply.paused, std::sync::atomic::Ordering::Relaxed);
-                if let Ok(r) = running.lock() {
-                    for job in &reply.cancel {
-                        if let Some(run) = r.get(job) {
-                            tracing::info!(%job, "the server cancelled the job");
-                            run.cancel.cancel();
+        let beats = apis.iter().enumerate().map(|(server, api)| {
+            let jobs: Vec<HeldJob> = running.lock().map_or_else(
+                |_| Vec::new(),
+                |r| {
+                    r.iter()
+                        .filter(|(_, run)| run.server == server)
+                        .map(|(job, run)| HeldJob {
+                            job: *job,
+                            token: run.token,
+                        })
+                        .collect()
+                },
+            );
+            async move {
+                let reply: Result<HeartbeatReply, Answer> = api
+                    .post(
+                        &format!("/api/v1/worker/{id}/heartbeat"),
+                        &Heartbeat { jobs },
+                        every.max(Duration::from_secs(5)),
+                    )
+                    .await;
+                (server, reply)
+            }
+        });
+        for (server, reply) in futures_util::future::join_all(beats).await {
+            match reply {
+                Ok(reply) => {
+                    paused.store(reply.paused, std::sync::atomic::Ordering::Relaxed);
+                    if let Ok(r) = running.lock() {
+                        for job in &reply.cancel {
+                            if let Some(run) = r.get(job).filter(|run| run.server == server) {
+                                tracing::info!(%job, "the server cancelled the job");
+                                run.cancel.cancel();
+                            }
                         }
-                    }
-                    for job in &reply.lost {
-                        if let Some(run) = r.get(job) {
-                            tracing::warn!(%job, "lease lost: stopping the job");
-                            run.lost.cancel();
-                            run.cancel.cancel();
+                        for job in &reply.lost {
+                            if let Some(run) = r.get(job).filter(|run| run.server == server) {
+                                tracing::warn!(%job, "lease lost: stopping the job");
+                                run.lost.cancel();
+                                run.cancel.cancel();
+                            }
                         }
                     }
                 }
+                Err(e) => tracing::warn!(error = ?e, "heartbeat failed"),
             }
-            Err(e) => tracing::warn!(error = ?e, "heartbeat failed"),
         }
     }
 }

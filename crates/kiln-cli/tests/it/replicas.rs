@@ -1,8 +1,9 @@
-//! Two `kiln serve` replicas on one PostgreSQL schema, with a `kiln worker` on each: a run of
-//! 500 jobs completes with every job succeeded exactly once, also when the replica driving it
-//! is killed (`kill -9`) halfway: the other replica takes the run over once the dead one's
-//! claim on it and its workers' leases ran out, and its own worker runs the rest. The other
-//! replica's live event stream shows what happened on the first.
+//! Two `kiln serve` replicas on one PostgreSQL schema, and two `kiln worker`s each working
+//! for both: a run of 500 jobs completes with every job succeeded exactly once, also when the
+//! replica driving it is killed (`kill -9`) halfway: the other replica takes the run over once
+//! the dead one's claim on it and the leases it gave ran out, and the workers carry on with
+//! it. The other replica's live event stream shows what happened on the first. And a run
+//! survives its PostgreSQL restarting under it (on a private cluster).
 
 use std::io::BufRead as _;
 use std::process::{Command, Stdio};
@@ -97,8 +98,11 @@ fn two_replicas_run_500_jobs_exactly_once_even_when_the_driving_replica_is_kille
     assert_eq!(out.code, 0, "{}", out.stderr);
     let log = p.data_dir().join("done.log");
     let env = [("DONE_LOG", log.to_str().unwrap())];
-    let _w1 = Worker::start(&p, &a, &token, "w1", "linux", &env);
-    let _w2 = Worker::start(&p, &b, &token, "w2", "linux", &env);
+    // Each worker works for both replicas (listing them in another order).
+    let both = format!("{},{}", a.url, b.url);
+    let _w1 = Worker::start_at(&p, &both, &token, "w1", "linux", &env);
+    let both = format!("{},{}", b.url, a.url);
+    let _w2 = Worker::start_at(&p, &both, &token, "w2", "linux", &env);
 
     // An SSE client on replica B, which drives nothing yet, sees jobs of A's run.
     let mut sse = Command::new("curl")

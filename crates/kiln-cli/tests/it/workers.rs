@@ -46,13 +46,25 @@ impl Worker {
         labels: &str,
         env: &[(&str, &str)],
     ) -> Worker {
+        Worker::start_at(p, &s.url, token, name, labels, env)
+    }
+
+    /// A worker of the servers `url` names (one URL, or several comma-separated).
+    pub(crate) fn start_at(
+        p: &Project,
+        url: &str,
+        token: &str,
+        name: &str,
+        labels: &str,
+        env: &[(&str, &str)],
+    ) -> Worker {
         let work = p.data_dir().join(format!("work-{name}"));
         let mut cmd = kiln(
             p,
             &[
                 "worker",
                 "--server",
-                &s.url,
+                url,
                 "--labels",
                 labels,
                 "--name",
