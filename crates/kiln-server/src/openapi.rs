@@ -95,6 +95,7 @@ use crate::state::AppState;
         workers::source,
         workers::list,
         workers::show,
+        workers::log,
         workers::pause,
         workers::resume,
         metrics::scrape,

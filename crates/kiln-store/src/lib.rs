@@ -1300,6 +1300,17 @@ impl Store {
         done
     }
 
+    /// A worker's log, newest first: its `worker.status` and `worker.idle` events and the
+    /// `job.leased` events of the jobs it was given; `before` an event id to page.
+    pub async fn worker_log(
+        &self,
+        id: kiln_proto::WorkerId,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<Event>, StoreError> {
+        with_backend!(self, b => b.worker_log(id, before, limit).await)
+    }
+
     /// Appends `worker.idle`: the worker ended its last job.
     pub async fn worker_idle(&self, id: kiln_proto::WorkerId) -> Result<(), StoreError> {
         with_backend!(self, b => b.worker_idle(id, Timestamp::now()).await)?;

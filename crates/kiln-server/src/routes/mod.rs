@@ -137,6 +137,7 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/dependencies", get(artifacts::dependencies))
         .route("/api/v1/workers", get(workers::list))
         .route("/api/v1/workers/{id}", get(workers::show))
+        .route("/api/v1/workers/{id}/log", get(workers::log))
         .route("/api/v1/workers/{id}/pause", post(workers::pause))
         .route("/api/v1/workers/{id}/resume", post(workers::resume))
 }

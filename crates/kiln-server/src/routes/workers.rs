@@ -402,6 +402,67 @@ pub(crate) async fn show(
     Ok(Data::ok(view))
 }
 
+/// A worker's log, newest first.
+#[derive(serde::Serialize)]
+pub(crate) struct WorkerLog {
+    /// Its `worker.status` and `worker.idle` events and the `job.leased` events of the jobs
+    /// it was given (`job` names each).
+    events: Vec<kiln_proto::Event>,
+    /// Pass as `before` for the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<i64>,
+}
+
+/// What a worker did, newest first: registered, paused and resumed, was given each job
+/// (with its attempt), went idle. Pages with `before` (an event id) and `limit`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/workers/{id}/log",
+    tag = "workers",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The worker's id"),
+        ("before" = Option<i64>, Query, description = "`next` of the previous page"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 500, description = "Events per page, 1–500 (default 50)")
+    ),
+    responses(
+        (status = 200, description = "`{events, next}`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "A malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`WORKER_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 422, description = "`VALIDATION_FAILED` naming the parameter", body = kiln_proto::Envelope<serde_json::Value>)
+    )
+)]
+pub(crate) async fn log(
+    _caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
+) -> Result<Data<WorkerLog>, ApiError> {
+    let wid = parse_worker(&id)?;
+    let limit = super::project_list_limit(&q)?;
+    let before = match q.get("before") {
+        None => None,
+        Some(b) => Some(b.parse::<i64>().map_err(|_| {
+            ApiError::validation(vec![FieldError {
+                field: "before".to_owned(),
+                message: format!("`{b}` is not an event id"),
+            }])
+        })?),
+    };
+    state
+        .store()
+        .get_worker(wid, Timestamp::now(), lease_ttl(&state))
+        .await?
+        .ok_or_else(|| worker_not_found(&id))?;
+    let mut events = state.store().worker_log(wid, before, limit + 1).await?;
+    let more = events.len() > limit as usize;
+    events.truncate(limit as usize);
+    let next = more.then(|| events.last().map(|e| e.id)).flatten();
+    Ok(Data::ok(WorkerLog { events, next }))
+}
+
 async fn set_paused(state: &AppState, id: &str, paused: bool) -> Result<WorkerView, ApiError> {
     let wid = parse_worker(id)?;
     if !state.store().set_worker_paused(wid, paused).await? {

@@ -372,5 +372,54 @@ async fn a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none(s
         )
         .await;
     missing.expect_error(404, "WORKER_NOT_FOUND");
+
+    // The worker's log: registered, given jobs, paused and resumed, newest first, in pages.
+    let log = s
+        .get(&format!("/api/v1/workers/{w}/log"), Some(&s.admin))
+        .await;
+    assert_eq!(log.status, 200, "{}", log.text);
+    let kinds: Vec<String> = log.data()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("job.leased"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("worker.status"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().filter(|k| *k == "worker.status").count() >= 3,
+        "{kinds:?}"
+    );
+    let page = s
+        .get(&format!("/api/v1/workers/{w}/log?limit=1"), Some(&s.admin))
+        .await;
+    let next = page.data()["next"].as_i64().expect("a next page");
+    let rest = s
+        .get(
+            &format!("/api/v1/workers/{w}/log?before={next}"),
+            Some(&s.admin),
+        )
+        .await;
+    assert_eq!(
+        rest.data()["events"].as_array().unwrap().len(),
+        kinds.len() - 1
+    );
+    s.get(&format!("/api/v1/workers/{w}/log?before=x"), Some(&s.admin))
+        .await
+        .expect_invalid("before");
+    s.get(
+        "/api/v1/workers/0190ffff-0000-7000-8000-000000000000/log",
+        Some(&s.admin),
+    )
+    .await
+    .expect_error(404, "WORKER_NOT_FOUND");
     let _ = run;
 }

@@ -136,6 +136,30 @@ mod api_workers {
             Ok(done.rows_affected() > 0)
         }
 
+        /// The worker's log: its `worker.*` events and the `job.leased` events of the jobs it
+        /// was given, newest first, older than event `before` when given.
+        pub(crate) async fn worker_log(
+            &self,
+            id: WorkerId,
+            before: Option<i64>,
+            limit: u32,
+        ) -> Result<Vec<kiln_proto::Event>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
+                 WHERE (($1 IS NULL OR id < $1)) AND ((kind IN ('worker.status', 'worker.idle') \
+                 AND data LIKE $2) OR (kind = 'job.leased' AND data LIKE $3)) \
+                 ORDER BY id DESC LIMIT $4",
+            )
+            .bind(before)
+            .bind(format!("%{id}%"))
+            .bind(format!("%{}%", lease_owner(id)))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("read a worker's log"))?;
+            rows.iter().map(super::event_from_row).collect()
+        }
+
         /// Appends `worker.idle`: the worker ended its last job.
         pub(crate) async fn worker_idle(
             &self,
