@@ -202,6 +202,11 @@ impl Engine {
     async fn adopt_expired(&self) -> Result<(), EngineError> {
         let store = &self.inner.store;
         let me = self.inner.owner.as_str();
+        // Workers silent for longer than a lease are announced offline (once, whichever
+        // replica notices first).
+        store
+            .mark_offline_workers(Timestamp::now() - self.inner.config.lease_ttl)
+            .await?;
         // Leases of runs driven here, or that nobody drives any more: another replica's runs
         // are that replica's to handle.
         let expired = store

@@ -1300,6 +1300,20 @@ impl Store {
         done
     }
 
+    /// Announces `worker.status` offline, once, for every worker not heard from since
+    /// `silent_since` (a lease ago); its ids. It is announced back at its next heartbeat.
+    pub async fn mark_offline_workers(
+        &self,
+        silent_since: Timestamp,
+    ) -> Result<Vec<kiln_proto::WorkerId>, StoreError> {
+        let ids =
+            with_backend!(self, b => b.mark_offline_workers(silent_since, Timestamp::now()).await)?;
+        if !ids.is_empty() {
+            self.wrote();
+        }
+        Ok(ids)
+    }
+
     /// A worker's log, newest first: its `worker.status` and `worker.idle` events and the
     /// `job.leased` events of the jobs it was given; `before` an event id to page.
     pub async fn worker_log(

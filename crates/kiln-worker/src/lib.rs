@@ -340,15 +340,15 @@ pub async fn run_worker(
         lease,
         runs: Arc::default(),
     };
-    // One server: a long poll. Several: a short one each in turn, so that no server's jobs
-    // wait long for another's poll to end. A server that gave jobs is asked again at once
-    // (a few times in a row at most, so that the others are asked too).
-    let wait_ms = if apis.len() == 1 { 20_000 } else { 1_000 };
+    // One server: a long poll. Several: each asked without waiting, starting with the one that
+    // last gave jobs (a few times in a row at most, so that the others are asked too); only
+    // when none of them had a job, a short long poll of each in turn.
     const STAY: u32 = 8;
+    let mut stayed = 0u32;
+    let mut empty_in_a_row = 0usize;
     let mut failures = vec![0u32; apis.len()];
     let mut retry_at = vec![tokio::time::Instant::now(); apis.len()];
     let mut next = 0usize;
-    let mut stayed = 0u32;
     while !drain.is_cancelled() {
         while tasks.try_join_next().is_some() {}
         let busy = running.lock().map_or(0, |r| r.len());
@@ -378,8 +378,13 @@ pub async fn run_worker(
         };
         next = (server + 1) % apis.len();
         let api = &apis[server];
-        // Ask a server that just gave jobs without waiting: more may be ready already.
-        let wait_ms = if stayed > 0 { 0 } else { wait_ms };
+        let wait_ms = if apis.len() == 1 {
+            20_000
+        } else if empty_in_a_row >= apis.len() {
+            1_000
+        } else {
+            0
+        };
         let claim_path = format!("/api/v1/worker/{id}/claim");
         let claim_body = ClaimRequest { free, wait_ms };
         let ask = api.post::<Claimed>(&claim_path, &claim_body, Duration::from_secs(60));
@@ -390,11 +395,17 @@ pub async fn run_worker(
         match claimed {
             Ok(c) => {
                 failures[server] = 0;
-                if !c.jobs.is_empty() && stayed < STAY && apis.len() > 1 {
-                    stayed += 1;
-                    next = server;
-                } else {
+                if c.jobs.is_empty() {
+                    empty_in_a_row += 1;
                     stayed = 0;
+                } else {
+                    empty_in_a_row = 0;
+                    if stayed < STAY && apis.len() > 1 {
+                        stayed += 1;
+                        next = server;
+                    } else {
+                        stayed = 0;
+                    }
                 }
                 let ctx = job::Context {
                     api: api.clone(),

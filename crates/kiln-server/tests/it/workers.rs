@@ -36,6 +36,7 @@ macro_rules! remote {
 }
 
 remote!(
+    a_silent_worker_is_announced_offline_once_and_back_at_its_next_heartbeat,
     workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker,
     a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none,
 );
@@ -422,4 +423,47 @@ async fn a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none(s
     .await
     .expect_error(404, "WORKER_NOT_FOUND");
     let _ = run;
+}
+
+async fn a_silent_worker_is_announced_offline_once_and_back_at_its_next_heartbeat(s: &Server) {
+    let token = s.token("worker").await;
+    let w = register(s, &token, "quiet", &["linux"]).await;
+    let statuses = || async {
+        let log = s
+            .get(&format!("/api/v1/workers/{w}/log"), Some(&s.admin))
+            .await;
+        log.data()["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "worker.status")
+            .map(|e| e["data"]["status"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // Silent for longer than a lease (2 s): announced offline, once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while statuses().await.first().map(String::as_str) != Some("offline") {
+        assert!(
+            Instant::now() < deadline,
+            "never announced offline: {:?}",
+            statuses().await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(statuses().await, ["offline", "idle"], "announced once");
+    let shown = s.get(&format!("/api/v1/workers/{w}"), Some(&s.admin)).await;
+    assert_eq!(shown.data()["status"], "offline");
+    // Heard from again: announced back.
+    let hb = s
+        .post(
+            &format!("/api/v1/worker/{w}/heartbeat"),
+            &token,
+            &json!({"jobs": []}),
+        )
+        .await;
+    assert_eq!(hb.status, 200, "{}", hb.text);
+    assert_eq!(statuses().await, ["idle", "offline", "idle"]);
+    let shown = s.get(&format!("/api/v1/workers/{w}"), Some(&s.admin)).await;
+    assert_eq!(shown.data()["status"], "idle");
 }

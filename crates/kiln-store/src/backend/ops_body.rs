@@ -361,6 +361,7 @@ mod ops {
         ("paused", Col::Int),
         ("registered_at", Col::Int),
         ("last_seen_at", Col::Int),
+        ("offline", Col::Int),
     ];
 
     const ARTIFACTS: &[(&str, Col)] = &[
@@ -553,8 +554,8 @@ mod ops {
                 columns: WORKERS,
                 key: Key::Text("id"),
                 page: "SELECT id, name, labels, slots, protocol, version, paused, \
-                       registered_at, last_seen_at FROM workers WHERE id > $1 ORDER BY id \
-                       LIMIT $2",
+                       registered_at, last_seen_at, offline FROM workers WHERE id > $1 \
+                       ORDER BY id LIMIT $2",
             },
             ExportTable::Artifacts => Export {
                 table: "artifacts",

@@ -210,6 +210,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "events_notify",
             include_str!("../../migrations/postgres/0017_events_notify.sql"),
         ),
+        (
+            18,
+            "worker_offline",
+            include_str!("../../migrations/postgres/0018_worker_offline.sql"),
+        ),
     ])
 }
 

@@ -209,6 +209,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "events_notify",
             include_str!("../../migrations/sqlite/0017_events_notify.sql"),
         ),
+        (
+            18,
+            "worker_offline",
+            include_str!("../../migrations/sqlite/0018_worker_offline.sql"),
+        ),
     ])
 }
 

@@ -96,18 +96,69 @@ mod api_workers {
             at: Timestamp,
         ) -> Result<Option<bool>, StoreError> {
             let mut tx = self.begin_write().await?;
-            let paused: Option<i64> = sqlx::query_scalar(
-                "UPDATE workers SET last_seen_at = $2 WHERE id = $1 RETURNING paused",
+            let seen: Option<(i64, i64)> = sqlx::query_as(
+                "UPDATE workers SET last_seen_at = $2 WHERE id = $1 RETURNING paused, offline",
             )
             .bind(id.to_string())
             .bind(ms(at))
             .fetch_optional(&mut *tx)
             .await
             .map_err(query("note a worker's heartbeat"))?;
-            tx.commit()
-                .await
-                .map_err(query("commit a worker's heartbeat"))?;
-            Ok(paused.map(|p| p != 0))
+            let Some((paused, offline)) = seen else {
+                tx.commit()
+                    .await
+                    .map_err(query("commit a worker's heartbeat"))?;
+                return Ok(None);
+            };
+            let mut pending = Pending::default();
+            if offline != 0 {
+                // Back after being announced offline: announced back, once.
+                let back = sqlx::query("UPDATE workers SET offline = 0 WHERE id = $1 AND offline = 1")
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query("note a worker is back"))?;
+                if back.rows_affected() > 0 {
+                    let status = if paused != 0 { "paused" } else { "idle" };
+                    pending.system_event(
+                        ms(at),
+                        "worker.status",
+                        json!({"worker": id, "status": status}),
+                    );
+                }
+            }
+            self.finish(tx, pending).await?;
+            Ok(Some(paused != 0))
+        }
+
+        /// Announces (`worker.status` offline) the workers not heard from since `silent_since`
+        /// and not announced yet; their ids.
+        pub(crate) async fn mark_offline_workers(
+            &self,
+            silent_since: Timestamp,
+            at: Timestamp,
+        ) -> Result<Vec<WorkerId>, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "UPDATE workers SET offline = 1 WHERE offline = 0 AND last_seen_at < $1 \
+                 RETURNING id, name",
+            )
+            .bind(ms(silent_since))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(query("mark silent workers offline"))?;
+            let mut pending = Pending::default();
+            let mut ids = Vec::with_capacity(rows.len());
+            for (id, name) in rows {
+                pending.system_event(
+                    ms(at),
+                    "worker.status",
+                    json!({"worker": id, "name": name, "status": "offline"}),
+                );
+                ids.push(parse("workers", "id", &id)?);
+            }
+            self.finish(tx, pending).await?;
+            Ok(ids)
         }
 
         pub(crate) async fn set_worker_paused(
