@@ -365,6 +365,25 @@ impl Engine {
             {
                 continue;
             }
+            // Package builds need the server's own pool (its sandbox and package store):
+            // without one they would wait forever.
+            if self.inner.config.slots == 0 {
+                let key = wf
+                    .jobs
+                    .iter()
+                    .find(|(_, j)| j.packages.is_some())
+                    .map_or("", |(k, _)| k.as_str());
+                unplannable.insert(
+                    wf.file.clone(),
+                    format!(
+                        "{}: `jobs.{key}.packages` builds run only on the server's own pool, and \
+                         this server has none (`kiln serve --workers 0`); start it with local \
+                         slots (`--workers N`)",
+                        wf.file
+                    ),
+                );
+                continue;
+            }
             match crate::packages::plan_workflow(
                 &self.inner.store,
                 wf,

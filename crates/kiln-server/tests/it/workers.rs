@@ -36,6 +36,7 @@ macro_rules! remote {
 }
 
 remote!(
+    package_builds_are_refused_by_a_server_without_a_pool,
     a_silent_worker_is_announced_offline_once_and_back_at_its_next_heartbeat,
     workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker,
     a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none,
@@ -466,4 +467,24 @@ async fn a_silent_worker_is_announced_offline_once_and_back_at_its_next_heartbea
     assert_eq!(statuses().await, ["idle", "offline", "idle"]);
     let shown = s.get(&format!("/api/v1/workers/{w}"), Some(&s.admin)).await;
     assert_eq!(shown.data()["status"], "idle");
+}
+
+/// `packages:` jobs build only on the server's own pool: a server with none (`--workers 0`)
+/// refuses such a run at once, saying why, instead of queueing jobs nobody will take.
+async fn package_builds_are_refused_by_a_server_without_a_pool(s: &Server) {
+    let wf = "name: ci\non: workflow_dispatch\njobs:\n  ports:\n    runs-on: linux\n    packages: tree\n";
+    let (_dir, project) = project_with(s, wf).await;
+    let r = s
+        .post(
+            &format!("/api/v1/projects/{project}/runs"),
+            &s.admin,
+            &json!({"workflow": "ci"}),
+        )
+        .await;
+    let e = r.expect_error(422, "RUN_REFUSED");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("jobs.ports.packages") && message.contains("--workers"),
+        "{message}"
+    );
 }
