@@ -37,7 +37,6 @@ use axum::http::StatusCode;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use bans::BanConfig;
@@ -76,9 +75,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(envelope::envelope))
         .layer(TraceLayer::new_for_http().make_span_with(envelope::span))
         .layer(CatchPanicLayer::custom(error::panicked))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::GATEWAY_TIMEOUT,
-            config.request_timeout,
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            deadline,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -95,6 +94,25 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(layers)
         .with_state(state)
+}
+
+/// `504 TIMEOUT` for a request not answered within the configured time — but for a worker's
+/// artifact upload (`PUT …/blobs/{sha256}`), which takes as long as its bytes take to arrive.
+/// (Only the answer's start is timed: a download streams as long as it needs.)
+async fn deadline(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let upload = req.method() == axum::http::Method::PUT && req.uri().path().contains("/blobs/");
+    if upload {
+        return next.run(req).await;
+    }
+    match tokio::time::timeout(state.config().request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => StatusCode::GATEWAY_TIMEOUT.into_response(),
+    }
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes, then lets requests in flight

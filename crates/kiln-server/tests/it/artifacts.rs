@@ -5,6 +5,7 @@
 //! kept by a second run are stored once. On SQLite and PostgreSQL with the local folder, and
 //! on a local S3.
 
+use futures_util::StreamExt as _;
 use kiln_core::ids::{JobStatus, RunId, RunStatus};
 use kiln_testkit::s3::LocalS3;
 use serde_json::json;
@@ -373,5 +374,129 @@ async fn kept_and_served_on_s3() {
     let objects = kiln_store::ArtifactStore::s3_with(&s3.url("kiln"), &|k| s3.var(k)).unwrap();
     let s = Server::with_artifacts(false, Some(objects)).await;
     kept_and_served(&s).await;
+    s.stop().await;
+}
+
+/// The worker side of artifacts, with the test as the worker: an artifact offered by digest
+/// is `BLOB_MISSING` until its bytes are uploaded; bytes that hash otherwise are refused; the
+/// upload may take longer than the request timeout (1 s here) while other requests may not;
+/// the run's artifacts and their bytes come back; a lease the worker lost refuses all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_offer_upload_and_read_artifacts_under_their_lease() {
+    let s = Server::for_remote_workers_with(false, std::time::Duration::from_secs(30), |c| {
+        c.request_timeout = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let wf = "name: release\non: workflow_dispatch\njobs:\n  build:\n    runs-on: linux\n    steps:\n      - run: \"true\"\n";
+    let name = project(&s, wf).await;
+    let r = s
+        .post(
+            &format!("/api/v1/projects/{name}/runs"),
+            &s.admin,
+            &json!({"workflow": "release"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let token = s.token("worker").await;
+    let reg = s
+        .post(
+            "/api/v1/worker/register",
+            &token,
+            &json!({"name": "w", "labels": ["linux"], "slots": 1, "protocol": 1, "version": "t"}),
+        )
+        .await;
+    let w = reg.data()["id"].as_str().unwrap().to_owned();
+    let claimed = s
+        .post(
+            &format!("/api/v1/worker/{w}/claim"),
+            &token,
+            &json!({"free": 1, "wait_ms": 500}),
+        )
+        .await;
+    let job = claimed.data()["jobs"][0].clone();
+    let (id, lease) = (
+        job["job"].as_str().unwrap().to_owned(),
+        job["token"].as_i64().unwrap(),
+    );
+    let at = |tail: &str, lease: i64| format!("/api/v1/worker/{w}/jobs/{id}/{tail}?token={lease}");
+
+    // Another request may not take longer than the timeout: a claim waiting 3 s is cut.
+    let slow_claim = s
+        .post(
+            &format!("/api/v1/worker/{w}/claim"),
+            &token,
+            &json!({"free": 1, "wait_ms": 3000}),
+        )
+        .await;
+    slow_claim.expect_error(504, "TIMEOUT");
+
+    let bytes = b"tool-2.0.0 bytes".to_vec();
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let offer = json!({
+        "name": "tool", "file_name": "tool.tgz", "format": "file", "sha256": sha,
+        "size": bytes.len(), "metadata": {"version": "2.0.0", "licenses": "MIT"}
+    });
+    s.post(&at("artifacts", lease), &token, &offer)
+        .await
+        .expect_error(409, "BLOB_MISSING");
+    // Bytes that hash to something else are refused.
+    let wrong = s
+        .send(
+            s.request(reqwest::Method::PUT, &at(&format!("blobs/{sha}"), lease))
+                .bearer_auth(&token)
+                .body(b"other bytes".to_vec()),
+        )
+        .await;
+    wrong.expect_error(422, "DIGEST_MISMATCH");
+    // A slow upload (2 s, past the 1 s request timeout) goes through.
+    let chunks = bytes.chunks(4).map(<[u8]>::to_vec).collect::<Vec<_>>();
+    let body = futures_util::stream::iter(chunks).then(|c| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        Ok::<_, std::io::Error>(c)
+    });
+    let put = s
+        .send(
+            s.request(reqwest::Method::PUT, &at(&format!("blobs/{sha}"), lease))
+                .bearer_auth(&token)
+                .body(reqwest::Body::wrap_stream(body)),
+        )
+        .await;
+    assert_eq!(put.status, 200, "{}", put.text);
+    assert_eq!(put.data()["size"], bytes.len());
+    let kept = s.post(&at("artifacts", lease), &token, &offer).await;
+    assert_eq!(kept.status, 200, "{}", kept.text);
+    // Bad metadata is refused field by field.
+    let mut bad = offer.clone();
+    bad["metadata"]["licenses"] = json!("MIT OR");
+    bad["name"] = json!("");
+    let refused = s.post(&at("artifacts", lease), &token, &bad).await;
+    let e = refused.expect_error(422, "VALIDATION_FAILED");
+    let fields: Vec<&str> = e["details"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["name", "metadata.licenses"]);
+
+    let listed = s.get(&at("artifacts", lease), Some(&token)).await;
+    assert_eq!(listed.data()["artifacts"][0]["sha256"], sha.as_str());
+    let got = s
+        .get(&at(&format!("blobs/{sha}"), lease), Some(&token))
+        .await;
+    assert_eq!(got.text.as_bytes(), bytes.as_slice());
+    s.get(
+        &at(&format!("blobs/{}", "0".repeat(64)), lease),
+        Some(&token),
+    )
+    .await
+    .expect_error(404, "ARTIFACT_NOT_FOUND");
+    // Under a token that is not the lease's, nothing.
+    s.get(&at("artifacts", lease + 1), Some(&token))
+        .await
+        .expect_error(409, "LEASE_LOST");
+    s.post(&at("artifacts", lease + 1), &token, &offer)
+        .await
+        .expect_error(409, "LEASE_LOST");
     s.stop().await;
 }

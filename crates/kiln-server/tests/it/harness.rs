@@ -260,6 +260,28 @@ impl Server {
         Self::start_full(store, dir, pg, true, policy, None, None, artifacts).await
     }
 
+    /// [`Server::for_remote_workers`] with `tweak` applied to its configuration.
+    pub(crate) async fn for_remote_workers_with(
+        postgres: bool,
+        lease_ttl: std::time::Duration,
+        tweak: impl FnOnce(&mut ServerConfig) + Send + 'static,
+    ) -> Self {
+        let (store, dir, pg) = any_store(postgres).await;
+        let policy = EgressPolicy::default();
+        let tweak: Tweak = Box::new(tweak);
+        Self::start_full(
+            store,
+            dir,
+            pg,
+            true,
+            policy,
+            Some(tweak),
+            Some((0, lease_ttl)),
+            None,
+        )
+        .await
+    }
+
     /// A server with an engine that runs no job itself (`--workers 0`): remote workers run
     /// them, under leases of `lease_ttl`.
     pub(crate) async fn for_remote_workers(postgres: bool, lease_ttl: std::time::Duration) -> Self {
