@@ -127,8 +127,15 @@ pub struct Claimed {
 pub enum ReportEvent {
     /// The steps begin (the workspace is ready).
     Started,
-    /// Output of step `step` (masked by the worker), as text.
-    Log { step: u32, data: String },
+    /// Output of step `step` (masked by the worker), as text. Bytes that are not UTF-8 come
+    /// in `bytes` as well (base64, exactly as the step wrote them), `data` then holding them
+    /// with U+FFFD for what is not text (a server that does not know `bytes` uses it).
+    Log {
+        step: u32,
+        data: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        bytes: Option<String>,
+    },
     /// A step ended (or was skipped).
     Step { step: Step },
     /// The job ended.

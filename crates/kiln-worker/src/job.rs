@@ -102,9 +102,23 @@ pub(crate) async fn run(
                     while let Some(ev) = erx.recv().await {
                         let event = match ev {
                             ExecEvent::StepStarted { .. } => continue,
-                            ExecEvent::Log { index, data } => ReportEvent::Log {
-                                step: index,
-                                data: String::from_utf8_lossy(&data).into_owned(),
+                            ExecEvent::Log { index, data } => match String::from_utf8(data) {
+                                Ok(text) => ReportEvent::Log {
+                                    step: index,
+                                    data: text,
+                                    bytes: None,
+                                },
+                                Err(e) => {
+                                    use base64::Engine as _;
+                                    let raw = e.into_bytes();
+                                    ReportEvent::Log {
+                                        step: index,
+                                        data: String::from_utf8_lossy(&raw).into_owned(),
+                                        bytes: Some(
+                                            base64::engine::general_purpose::STANDARD.encode(&raw),
+                                        ),
+                                    }
+                                }
                             },
                             ExecEvent::StepFinished { step } => ReportEvent::Step { step },
                         };

@@ -141,13 +141,20 @@ impl Dispatcher {
                         self.on_started(job);
                     }
                 }
-                ReportEvent::Log { step, data } => self.on_exec(
-                    job,
-                    ExecEvent::Log {
-                        index: step,
-                        data: data.into_bytes(),
-                    },
-                ),
+                ReportEvent::Log { step, data, bytes } => {
+                    // The exact bytes when the worker sent them (output that is not UTF-8).
+                    let exact = bytes.and_then(|b| {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD.decode(b).ok()
+                    });
+                    self.on_exec(
+                        job,
+                        ExecEvent::Log {
+                            index: step,
+                            data: exact.unwrap_or_else(|| data.into_bytes()),
+                        },
+                    );
+                }
                 ReportEvent::Step { step } => self.on_exec(job, ExecEvent::StepFinished { step }),
                 ReportEvent::Done {
                     status,

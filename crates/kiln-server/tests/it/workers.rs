@@ -204,6 +204,8 @@ async fn workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker(s: &S
     let events = json!([
         {"type": "started"},
         {"type": "log", "step": 0, "data": "hello from linux-1\n"},
+        // Output that is not UTF-8 comes as base64 too, and is kept byte for byte.
+        {"type": "log", "step": 0, "data": "\u{fffd}A\n", "bytes": "/0EK"},
         step(0, json!({"v": "1"})),
         {"type": "done", "status": "success", "outputs": {"v": "1"}},
     ]);
@@ -219,6 +221,12 @@ async fn workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker(s: &S
         .get(&format!("/api/v1/logs/{build_id}"), Some(&s.admin))
         .await;
     assert!(log.text.contains("hello from linux-1"), "{}", log.text);
+    let stored = s.store.read_log(build_id, 0, 1 << 20).await.unwrap();
+    assert!(
+        stored.data.ends_with(b"linux-1\n\xffA\n"),
+        "{:?}",
+        String::from_utf8_lossy(&stored.data)
+    );
 
     // `test` needs a GPU: not for this worker.
     assert!(claim(s, &token, &linux, 300).await.is_empty());
