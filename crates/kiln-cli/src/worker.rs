@@ -19,9 +19,9 @@ use crate::output::stdout_line;
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct WorkerArgs {
-    /// The server's URL (`http://host:port`); several replicas of one database,
-    /// comma-separated: the worker takes jobs from each, and carries on with the others when
-    /// one is down.
+    /// The server's URL (`http://host:port`); or several replicas of one database,
+    /// comma-separated. The worker registers with the first that answers, learns the other
+    /// replicas from it, takes jobs from each, and carries on with the others when one is down.
     #[arg(long, env = "KILN_SERVER", value_name = "URL[,URL…]")]
     server: String,
     /// A `worker`-role token (`kiln token create --role worker`); prefer the environment

@@ -187,6 +187,9 @@ pub struct HeartbeatReply {
     pub lost: Vec<JobId>,
     /// Paused: claim nothing until resumed.
     pub paused: bool,
+    /// The replicas' URLs now (see [`Registered::replicas`]).
+    #[serde(default)]
+    pub replicas: Vec<String>,
 }
 
 /// The lease owner of the jobs a worker runs (`worker:<id>`).
@@ -205,6 +208,10 @@ pub struct Registered {
     pub heartbeat_ms: u64,
     /// How long a lease lasts without a heartbeat.
     pub lease_ms: u64,
+    /// The URLs of the servers sharing this one's database (replicas), this one included:
+    /// a worker asks each of them for jobs. Empty from a server that does not say.
+    #[serde(default)]
+    pub replicas: Vec<String>,
 }
 
 /// The list `GET /api/v1/workers` answers.

@@ -131,6 +131,8 @@ pub async fn serve(
     let closing = state.bus().closing().clone();
     // Outbound notifications from the outbox (see `notify.rs`); ends with the live streams.
     let notifier = notify::spawn(&state, closing.clone());
+    // This server in the replicas table, for workers to find (renewed until shutdown).
+    let announcer = announce_replica(&state, closing.clone());
     let shutdown = async move {
         shutdown.await;
         closing.cancel();
@@ -146,5 +148,39 @@ pub async fn serve(
     if let Some(notifier) = notifier {
         notifier.abort();
     }
+    if let Some(announcer) = announcer {
+        let _ = announcer.await;
+    }
     served
+}
+
+/// Notes this server in the replicas table (its engine's owner id, its public URL) every few
+/// seconds, and removes it when `closing` ends the loop. `None` without an engine (a server
+/// that runs nothing has nothing for workers).
+fn announce_replica(
+    state: &AppState,
+    closing: tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let engine = state.engine()?.clone();
+    let store = state.store().clone();
+    let url = state.config().public_url.clone();
+    Some(tokio::spawn(async move {
+        let owner = engine.owner().to_owned();
+        let every = (engine.lease_ttl() / 4).clamp(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
+        loop {
+            if let Err(e) = store.replica_seen(&owner, &url).await {
+                tracing::warn!(error = %e, "cannot note this replica in the store");
+            }
+            tokio::select! {
+                () = closing.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+        if let Err(e) = store.replica_gone(&owner).await {
+            tracing::warn!(error = %e, "cannot remove this replica from the store");
+        }
+    }))
 }

@@ -363,6 +363,22 @@ impl Store {
         with_backend!(self, b => b.claim_runs(me, until, now).await)
     }
 
+    /// Notes that the replica `owner` (an engine's owner id) answers at `url`; replicas call
+    /// this every few seconds, and workers learn the others from [`Store::live_replicas`].
+    pub async fn replica_seen(&self, owner: &str, url: &str) -> Result<(), StoreError> {
+        with_backend!(self, b => b.replica_seen(owner, url, Timestamp::now()).await)
+    }
+
+    /// Removes a replica that stops.
+    pub async fn replica_gone(&self, owner: &str) -> Result<(), StoreError> {
+        with_backend!(self, b => b.replica_gone(owner).await)
+    }
+
+    /// The URLs of the replicas seen since `since`.
+    pub async fn live_replicas(&self, since: Timestamp) -> Result<Vec<String>, StoreError> {
+        with_backend!(self, b => b.live_replicas(since).await)
+    }
+
     /// Renews `me`'s claim on the runs it drives until `until`; the ones it lost (another
     /// engine took them over after `me` failed to renew in time, or they ended).
     pub async fn renew_runs(

@@ -390,10 +390,12 @@ pub enum ExportTable {
     Workers,
     /// Artifacts kept by jobs (their metadata; the bytes are in the artifact store).
     Artifacts,
+    /// The servers sharing the database.
+    Replicas,
 }
 
 impl ExportTable {
-    pub const ALL: [ExportTable; 21] = [
+    pub const ALL: [ExportTable; 22] = [
         ExportTable::Projects,
         ExportTable::Runs,
         ExportTable::Jobs,
@@ -415,6 +417,7 @@ impl ExportTable {
         ExportTable::PackageBuilds,
         ExportTable::Workers,
         ExportTable::Artifacts,
+        ExportTable::Replicas,
     ];
 
     /// The name an export line carries (`"table"`): the table's name in the schema, but
@@ -442,6 +445,7 @@ impl ExportTable {
             ExportTable::PackageBuilds => "package_builds",
             ExportTable::Workers => "workers",
             ExportTable::Artifacts => "artifacts",
+            ExportTable::Replicas => "replicas",
         }
     }
 }

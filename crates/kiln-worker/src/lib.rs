@@ -61,6 +61,29 @@ pub enum WorkerError {
     Unreachable(String),
 }
 
+/// The servers a worker asks for jobs, by URL, in the order it learned them.
+type Servers = Arc<Mutex<Vec<(String, Api)>>>;
+
+/// Adds the replicas a server named that the worker does not know yet.
+fn learn(servers: &Servers, urls: &[String], token: &str) {
+    let Ok(mut known) = servers.lock() else {
+        return;
+    };
+    for url in urls {
+        let url = url.trim_end_matches('/');
+        if url.is_empty() || known.iter().any(|(u, _)| u.trim_end_matches('/') == url) {
+            continue;
+        }
+        match Api::new(url, token) {
+            Ok(api) => {
+                tracing::info!(server = %url, "a replica to ask for jobs too");
+                known.push((url.to_owned(), api));
+            }
+            Err(e) => tracing::warn!(server = %url, error = %e, "cannot use a replica"),
+        }
+    }
+}
+
 /// A job running here.
 struct Running {
     token: i64,
@@ -312,6 +335,17 @@ pub async fn run_worker(
     };
     let id = registered.id;
     started(id);
+    // The servers asked for jobs: those given, then the replicas they name (learned again at
+    // every heartbeat). Only ever appended to, so a job's server index stays valid.
+    let servers: Servers = Arc::new(Mutex::new(
+        config
+            .servers
+            .iter()
+            .cloned()
+            .zip(apis.iter().cloned())
+            .collect(),
+    ));
+    learn(&servers, &registered.replicas, &config.token);
     std::fs::create_dir_all(&config.work_dir).map_err(|e| {
         WorkerError::Refused(format!(
             "cannot make the work dir {}: {e}",
@@ -324,7 +358,8 @@ pub async fn run_worker(
     let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop_heartbeat = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeats(
-        apis.clone(),
+        servers.clone(),
+        config.token.clone(),
         id,
         running.clone(),
         paused.clone(),
@@ -346,11 +381,17 @@ pub async fn run_worker(
     const STAY: u32 = 8;
     let mut stayed = 0u32;
     let mut empty_in_a_row = 0usize;
-    let mut failures = vec![0u32; apis.len()];
-    let mut retry_at = vec![tokio::time::Instant::now(); apis.len()];
+    let mut failures: Vec<u32> = Vec::new();
+    let mut retry_at: Vec<tokio::time::Instant> = Vec::new();
     let mut next = 0usize;
     while !drain.is_cancelled() {
         while tasks.try_join_next().is_some() {}
+        let (names, apis): (Vec<String>, Vec<Api>) = servers
+            .lock()
+            .map(|s| s.iter().cloned().unzip())
+            .unwrap_or_default();
+        failures.resize(apis.len(), 0);
+        retry_at.resize(apis.len(), tokio::time::Instant::now());
         let busy = running.lock().map_or(0, |r| r.len());
         let free = config
             .slots
@@ -420,7 +461,7 @@ pub async fn run_worker(
                 return Err(WorkerError::Refused(format!(
                     "{} does not know this worker (its store was reset, or it is not a \
                      replica of the server the worker registered with)",
-                    config.servers[server]
+                    names[server]
                 )));
             }
             Err(Answer::Refused { code, message, .. }) => {
@@ -430,7 +471,7 @@ pub async fn run_worker(
             Err(Answer::Failed(m)) => {
                 failures[server] += 1;
                 let wait = Duration::from_millis(500 * 2u64.pow(failures[server].min(6)));
-                tracing::warn!(server = %config.servers[server], error = %m, retry_in = ?wait, "cannot claim jobs");
+                tracing::warn!(server = %names[server], error = %m, retry_in = ?wait, "cannot claim jobs");
                 retry_at[server] = tokio::time::Instant::now() + wait;
             }
         }
@@ -477,7 +518,8 @@ fn start_job(
 /// Every `every`, tells each server which of its jobs run here; cancels what a server says to
 /// cancel and stops what it says this worker lost.
 async fn heartbeats(
-    apis: Vec<Api>,
+    servers: Servers,
+    token: String,
     id: WorkerId,
     running: Arc<Mutex<HashMap<JobId, Running>>>,
     paused: Arc<std::sync::atomic::AtomicBool>,
@@ -489,6 +531,10 @@ async fn heartbeats(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(every) => {}
         }
+        let apis: Vec<Api> = servers
+            .lock()
+            .map(|s| s.iter().map(|(_, api)| api.clone()).collect())
+            .unwrap_or_default();
         let beats = apis.iter().enumerate().map(|(server, api)| {
             let jobs: Vec<HeldJob> = running.lock().map_or_else(
                 |_| Vec::new(),
@@ -516,6 +562,7 @@ async fn heartbeats(
         for (server, reply) in futures_util::future::join_all(beats).await {
             match reply {
                 Ok(reply) => {
+                    learn(&servers, &reply.replicas, &token);
                     paused.store(reply.paused, std::sync::atomic::Ordering::Relaxed);
                     if let Ok(r) = running.lock() {
                         for job in &reply.cancel {

@@ -1,5 +1,5 @@
-//! Two `kiln serve` replicas on one PostgreSQL schema, and two `kiln worker`s each working
-//! for both: a run of 500 jobs completes with every job succeeded exactly once, also when the
+//! Two `kiln serve` replicas on one PostgreSQL schema, and two `kiln worker`s each given one
+//! of them and learning the other from it: a run of 500 jobs completes with every job succeeded exactly once, also when the
 //! replica driving it is killed (`kill -9`) halfway: the other replica takes the run over once
 //! the dead one's claim on it and the leases it gave ran out, and the workers carry on with
 //! it. The other replica's live event stream shows what happened on the first. And a run
@@ -98,11 +98,9 @@ fn two_replicas_run_500_jobs_exactly_once_even_when_the_driving_replica_is_kille
     assert_eq!(out.code, 0, "{}", out.stderr);
     let log = p.data_dir().join("done.log");
     let env = [("DONE_LOG", log.to_str().unwrap())];
-    // Each worker works for both replicas (listing them in another order).
-    let both = format!("{},{}", a.url, b.url);
-    let _w1 = Worker::start_at(&p, &both, &token, "w1", "linux", &env);
-    let both = format!("{},{}", b.url, a.url);
-    let _w2 = Worker::start_at(&p, &both, &token, "w2", "linux", &env);
+    // Each worker is given one replica and learns the other from it.
+    let _w1 = Worker::start(&p, &a, &token, "w1", "linux", &env);
+    let w2 = Worker::start(&p, &b, &token, "w2", "linux", &env);
 
     // An SSE client on replica B, which drives nothing yet, sees jobs of A's run.
     let mut sse = Command::new("curl")
@@ -139,7 +137,23 @@ fn two_replicas_run_500_jobs_exactly_once_even_when_the_driving_replica_is_kille
         assert!(Instant::now() < deadline, "the run made no progress");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Jobs driven by A, run by A's worker: B's live stream has shown them completing.
+    // B drives nothing: the jobs B's worker ran, it got from A, which it learned of from B.
+    let w2_log = get(
+        &b,
+        ADMIN,
+        &format!("/api/v1/workers/{}/log?limit=500", w2.id),
+    );
+    let given = w2_log["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "job.leased")
+        .count();
+    assert!(
+        given > 0,
+        "B's worker never got a job of A's run: {w2_log:#}"
+    );
+    // Jobs driven by A: B's live stream has shown them completing.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !seen.lock().unwrap().contains("event: job.completed") {
         assert!(

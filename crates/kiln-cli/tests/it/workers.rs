@@ -34,7 +34,7 @@ jobs:
 /// A running `kiln worker`, killed on drop.
 pub(crate) struct Worker {
     child: Child,
-    id: String,
+    pub(crate) id: String,
 }
 
 impl Worker {

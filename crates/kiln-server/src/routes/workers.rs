@@ -69,6 +69,18 @@ pub(crate) fn lease_lost(worker: WorkerId, job: JobId) -> ApiError {
     )
 }
 
+/// The URLs of the replicas heard from within two leases (this one's own at least). A store
+/// that fails to say answers only this server's.
+async fn replicas(state: &AppState) -> Vec<String> {
+    let since = Timestamp::now() - lease_ttl(state) * 2;
+    let mut urls = state.store().live_replicas(since).await.unwrap_or_default();
+    let own = &state.config().public_url;
+    if !urls.contains(own) {
+        urls.insert(0, own.clone());
+    }
+    urls
+}
+
 /// Notes that the worker was heard from; whether it is paused.
 async fn seen(state: &AppState, id: WorkerId) -> Result<bool, ApiError> {
     state
@@ -149,6 +161,7 @@ pub(crate) async fn register(
             heartbeat_ms: u64::try_from(heartbeat_every(lease_ttl(&state)).as_millis())
                 .unwrap_or(u64::MAX),
             lease_ms: u64::try_from(lease_ttl(&state).as_millis()).unwrap_or(u64::MAX),
+            replicas: replicas(&state).await,
         }),
     ))
 }
@@ -347,6 +360,7 @@ pub(crate) async fn heartbeat(
         cancel,
         lost,
         paused,
+        replicas: replicas(&state).await,
     }))
 }
 

@@ -50,6 +50,56 @@ mod api_drivers {
             Ok(ids)
         }
 
+        /// Notes that the replica `owner` answers at `url` (an upsert).
+        pub(crate) async fn replica_seen(
+            &self,
+            owner: &str,
+            url: &str,
+            at: Timestamp,
+        ) -> Result<(), StoreError> {
+            let mut tx = self.begin_write().await?;
+            sqlx::query(
+                "INSERT INTO replicas (owner, url, seen_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (owner) DO UPDATE SET url = excluded.url, seen_at = excluded.seen_at",
+            )
+            .bind(owner)
+            .bind(url)
+            .bind(ms(at))
+            .execute(&mut *tx)
+            .await
+            .map_err(query("note a replica"))?;
+            tx.commit().await.map_err(query("commit noting a replica"))?;
+            Ok(())
+        }
+
+        /// Removes a replica that stops.
+        pub(crate) async fn replica_gone(&self, owner: &str) -> Result<(), StoreError> {
+            let mut tx = self.begin_write().await?;
+            sqlx::query("DELETE FROM replicas WHERE owner = $1")
+                .bind(owner)
+                .execute(&mut *tx)
+                .await
+                .map_err(query("remove a replica"))?;
+            tx.commit().await.map_err(query("commit removing a replica"))?;
+            Ok(())
+        }
+
+        /// The URLs of the replicas seen since `since`, oldest first.
+        pub(crate) async fn live_replicas(
+            &self,
+            since: Timestamp,
+        ) -> Result<Vec<String>, StoreError> {
+            let urls: Vec<String> = sqlx::query_scalar(
+                "SELECT url FROM replicas WHERE seen_at >= $1 GROUP BY url \
+                 ORDER BY MIN(seen_at)",
+            )
+            .bind(ms(since))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("list the replicas"))?;
+            Ok(urls)
+        }
+
         /// Moves `me`'s claim on `runs` to `until`; the runs of `runs` it no longer drives
         /// (another engine took them over, or they ended).
         pub(crate) async fn renew_runs(

@@ -380,6 +380,12 @@ mod ops {
         ("created_at", Col::Int),
     ];
 
+    const REPLICAS: &[(&str, Col)] = &[
+        ("owner", Col::Text),
+        ("url", Col::Text),
+        ("seen_at", Col::Int),
+    ];
+
     const BUILD_SESSIONS: &[(&str, Col)] = &[
         ("id", Col::Text),
         ("tree", Col::Text),
@@ -565,6 +571,13 @@ mod ops {
                        size, version, semver, metadata, created_at FROM artifacts \
                        WHERE id > $1 ORDER BY id LIMIT $2",
             },
+            ExportTable::Replicas => Export {
+                table: "replicas",
+                columns: REPLICAS,
+                key: Key::Text("owner"),
+                page: "SELECT owner, url, seen_at FROM replicas WHERE owner > $1 \
+                       ORDER BY owner LIMIT $2",
+            },
             ExportTable::BuildSessions => Export {
                 table: "build_sessions",
                 columns: BUILD_SESSIONS,
@@ -658,6 +671,7 @@ mod ops {
         ("package_builds", "SELECT COUNT(*) AS n FROM package_builds"),
         ("workers", "SELECT COUNT(*) AS n FROM workers"),
         ("artifacts", "SELECT COUNT(*) AS n FROM artifacts"),
+        ("replicas", "SELECT COUNT(*) AS n FROM replicas"),
     ];
 
     impl Backend {

@@ -215,6 +215,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "worker_offline",
             include_str!("../../migrations/postgres/0018_worker_offline.sql"),
         ),
+        (
+            19,
+            "replicas",
+            include_str!("../../migrations/postgres/0019_replicas.sql"),
+        ),
     ])
 }
 

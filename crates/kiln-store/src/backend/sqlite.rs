@@ -214,6 +214,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "worker_offline",
             include_str!("../../migrations/sqlite/0018_worker_offline.sql"),
         ),
+        (
+            19,
+            "replicas",
+            include_str!("../../migrations/sqlite/0019_replicas.sql"),
+        ),
     ])
 }
 

@@ -631,6 +631,9 @@ async fn the_export_pages_through_every_column_but_secrets(h: &Harness) {
         ],
     );
     run.inputs.insert("version".to_owned(), json!("1.2.3"));
+    s.replica_seen("engine-1", "http://replica-1:8080")
+        .await
+        .unwrap();
     run.driver = Some(kiln_store::Driver {
         owner: "engine-1".to_owned(),
         until: at(60_000),
