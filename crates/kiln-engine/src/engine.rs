@@ -564,6 +564,11 @@ impl Engine {
                 Err(e) => tracing::error!(error = %e, "the dispatcher task failed"),
             }
         }
+        // The runs it drove are another replica's to take over now, not after its claim on
+        // them runs out. (A restart of this server takes them back the same way.)
+        if let Err(e) = self.inner.store.release_runs(&self.inner.owner).await {
+            tracing::warn!(error = %e, "cannot hand the runs this engine drove over");
+        }
         Ok(())
     }
 

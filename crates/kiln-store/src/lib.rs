@@ -363,6 +363,12 @@ impl Store {
         with_backend!(self, b => b.claim_runs(me, until, now).await)
     }
 
+    /// Ends `me`'s claim on the runs it drives (an engine stopping): any engine may take
+    /// them over at once.
+    pub async fn release_runs(&self, me: &str) -> Result<(), StoreError> {
+        with_backend!(self, b => b.release_runs(me).await)
+    }
+
     /// Notes that the replica `owner` (an engine's owner id) answers at `url`; replicas call
     /// this every few seconds, and workers learn the others from [`Store::live_replicas`].
     pub async fn replica_seen(&self, owner: &str, url: &str) -> Result<(), StoreError> {

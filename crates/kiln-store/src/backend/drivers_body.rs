@@ -50,6 +50,22 @@ mod api_drivers {
             Ok(ids)
         }
 
+        /// Ends `me`'s claim on every run it drives, so that another engine may take them at
+        /// once.
+        pub(crate) async fn release_runs(&self, me: &str) -> Result<(), StoreError> {
+            let mut tx = self.begin_write().await?;
+            sqlx::query(
+                "UPDATE runs SET driver_until = 0 WHERE driver = $1 \
+                 AND status IN ('queued', 'running')",
+            )
+            .bind(me)
+            .execute(&mut *tx)
+            .await
+            .map_err(query("hand driven runs over"))?;
+            tx.commit().await.map_err(query("commit handing runs over"))?;
+            Ok(())
+        }
+
         /// Notes that the replica `owner` answers at `url` (an upsert).
         pub(crate) async fn replica_seen(
             &self,
