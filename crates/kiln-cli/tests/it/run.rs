@@ -610,3 +610,52 @@ fn jobs_of_a_big_project_are_not_prepared_ahead() {
         }
     }
 }
+
+/// `kiln run` keeps artifacts in its data dir: a later job downloads what an earlier one
+/// uploaded, and the bytes are stored once by their SHA-256.
+#[test]
+fn artifacts_pass_between_jobs_of_a_local_run() {
+    let p = Project::new().workflow(
+        "ci.yml",
+        r#"
+on: push
+jobs:
+  make:
+    runs-on: any
+    steps:
+      - run: mkdir -p out && printf built > out/app.bin
+      - uses: actions/upload-artifact@v4
+        with:
+          name: app
+          path: out/app.bin
+  use:
+    needs: make
+    runs-on: any
+    steps:
+      - uses: actions/download-artifact@v4
+        with:
+          name: app
+          path: got
+      - run: test "$(cat got/app.bin)" = built
+"#,
+    );
+    let out = run_json(&p, &[]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.json()["status"], "success");
+    let blobs: Vec<_> = walk(&p.data_dir().join("artifacts"));
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    assert!(blobs[0].to_string_lossy().contains("sha256"), "{blobs:?}");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
