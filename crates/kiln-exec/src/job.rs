@@ -1137,6 +1137,24 @@ impl Runner<'_> {
             .collect()
     }
 
+    /// How a built-in action's step ends: its outputs, or its error in the step's log.
+    async fn builtin_end(
+        &mut self,
+        result: Result<Map<String, Value>, String>,
+        log_index: u32,
+    ) -> StepEnd {
+        match result {
+            Ok(outputs) => StepEnd {
+                status: StepStatus::Success,
+                outputs,
+            },
+            Err(message) => {
+                self.step_error(log_index, message).await;
+                StepEnd::failure()
+            }
+        }
+    }
+
     fn host(&self) -> Result<std::sync::Arc<dyn ArtifactHost>, String> {
         self.artifacts
             .clone()
@@ -1335,16 +1353,7 @@ impl Runner<'_> {
                 .await
         }
         .await;
-        match result {
-            Ok(outputs) => StepEnd {
-                status: StepStatus::Success,
-                outputs,
-            },
-            Err(message) => {
-                self.step_error(log_index, message).await;
-                StepEnd::failure()
-            }
-        }
+        self.builtin_end(result, log_index).await
     }
 
     /// `actions/download-artifact`: `name` (one artifact into `path`), or every artifact of
@@ -1445,16 +1454,7 @@ impl Runner<'_> {
             Ok(outputs)
         }
         .await;
-        match result {
-            Ok(outputs) => StepEnd {
-                status: StepStatus::Success,
-                outputs,
-            },
-            Err(message) => {
-                self.step_error(log_index, message).await;
-                StepEnd::failure()
-            }
-        }
+        self.builtin_end(result, log_index).await
     }
 }
 

@@ -148,15 +148,19 @@ impl Api {
         Self::data(res).await
     }
 
-    pub(crate) async fn get_bytes(&self, path: &str, timeout: Duration) -> Result<Vec<u8>, Answer> {
-        let res = self
-            .http
+    /// `GET path` with the token; the response whatever its status.
+    async fn send_get(&self, path: &str, timeout: Duration) -> Result<reqwest::Response, Answer> {
+        self.http
             .get(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| Answer::Failed(e.to_string()))?;
+            .map_err(|e| Answer::Failed(e.to_string()))
+    }
+
+    pub(crate) async fn get_bytes(&self, path: &str, timeout: Duration) -> Result<Vec<u8>, Answer> {
+        let res = self.send_get(path, timeout).await?;
         let status = res.status();
         if status.is_success() {
             return res
@@ -173,14 +177,7 @@ impl Api {
         path: &str,
         timeout: Duration,
     ) -> Result<T, Answer> {
-        let res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| Answer::Failed(e.to_string()))?;
+        let res = self.send_get(path, timeout).await?;
         Self::data(res).await
     }
 
@@ -192,14 +189,7 @@ impl Api {
         timeout: Duration,
     ) -> Result<(), Answer> {
         use tokio::io::AsyncWriteExt;
-        let mut res = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(&self.token)
-            .timeout(timeout)
-            .send()
-            .await
-            .map_err(|e| Answer::Failed(e.to_string()))?;
+        let mut res = self.send_get(path, timeout).await?;
         let status = res.status();
         if !status.is_success() {
             return Err(Self::refusal(status, res).await);
