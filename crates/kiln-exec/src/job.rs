@@ -1118,6 +1118,19 @@ pub fn is_step_file(name: &str) -> bool {
         || (tail.starts_with('.') && tail.len() > 1 && !tail[1..].contains(['/', '.']))
 }
 
+/// A built-in action's `with:` names only inputs it takes.
+fn known_inputs(
+    step: &str,
+    action: &str,
+    with: &IndexMap<String, String>,
+    known: &[&str],
+) -> Result<(), String> {
+    match with.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(key) => Err(format!("step `{step}`: {action} takes no input `{key}`")),
+        None => Ok(()),
+    }
+}
+
 /// Artifacts: `jobs.<id>.artifacts`, `actions/upload-artifact`, `actions/download-artifact`.
 impl Runner<'_> {
     /// Renders a `with:` against the frame.
@@ -1299,22 +1312,20 @@ impl Runner<'_> {
     ) -> StepEnd {
         let result = async {
             let with = self.render_with(frame, name, with)?;
-            for key in with.keys() {
-                if !matches!(
-                    key.as_str(),
-                    "name"
-                        | "path"
-                        | "if-no-files-found"
-                        | "retention-days"
-                        | "compression-level"
-                        | "overwrite"
-                        | "include-hidden-files"
-                ) {
-                    return Err(format!(
-                        "step `{name}`: upload-artifact takes no input `{key}`"
-                    ));
-                }
-            }
+            known_inputs(
+                name,
+                "upload-artifact",
+                &with,
+                &[
+                    "name",
+                    "path",
+                    "if-no-files-found",
+                    "retention-days",
+                    "compression-level",
+                    "overwrite",
+                    "include-hidden-files",
+                ],
+            )?;
             let paths: Vec<String> = with
                 .get("path")
                 .map(|p| {
@@ -1368,17 +1379,21 @@ impl Runner<'_> {
     ) -> StepEnd {
         let result = async {
             let with = self.render_with(frame, name, with)?;
-            for key in with.keys() {
-                if !matches!(
-                    key.as_str(),
-                    "name" | "path" | "pattern" | "merge-multiple" | "run-id" | "github-token"
-                        | "repository" | "artifact-ids"
-                ) {
-                    return Err(format!(
-                        "step `{name}`: download-artifact takes no input `{key}`"
-                    ));
-                }
-            }
+            known_inputs(
+                name,
+                "download-artifact",
+                &with,
+                &[
+                    "name",
+                    "path",
+                    "pattern",
+                    "merge-multiple",
+                    "run-id",
+                    "github-token",
+                    "repository",
+                    "artifact-ids",
+                ],
+            )?;
             if with.get("run-id").is_some_and(|v| !v.is_empty()) {
                 return Err(format!(
                     "step `{name}`: download-artifact reads only this run's artifacts here (`run-id` is not supported)"

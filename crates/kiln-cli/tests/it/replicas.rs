@@ -31,7 +31,9 @@ fn workflow() -> String {
     wf
 }
 
-fn replica(p: &Project, schema: &Schema, name: &str) -> Served {
+/// `kiln serve --workers 0` on `database`, with its own data dir `name`, leases of
+/// `lease_ttl` seconds, and the test's admin token and secrets key.
+fn replica(p: &Project, database: &str, name: &str, lease_ttl: &str) -> Served {
     let data = p.data_dir().join(name);
     let mut cmd = kiln(
         p,
@@ -42,17 +44,32 @@ fn replica(p: &Project, schema: &Schema, name: &str) -> Served {
             "--data-dir",
             data.to_str().unwrap(),
             "--database",
-            &schema.url(),
+            database,
             "--workers",
             "0",
             "--lease-ttl",
-            "3",
+            lease_ttl,
             "--egress-allow-local-paths",
         ],
     );
     cmd.env("KILN_ADMIN_TOKEN", ADMIN)
         .env("KILN__SECRETS__KEY", SECRETS_KEY);
     Served::from_command(&mut cmd)
+}
+
+/// A worker token made through `s`, with `p` added as the project `app`.
+fn worker_token_and_project(s: &Served, p: &Project) -> String {
+    let out = s.call(
+        p,
+        ADMIN,
+        &["token", "create", "--name", "w", "--role", "worker"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let token = out.stdout.trim().to_owned();
+    let src = p.root().to_str().unwrap().to_owned();
+    let out = s.call(p, ADMIN, &["project", "add", &src, "--name", "app"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    token
 }
 
 /// How many jobs of `run` succeeded, and the most successes any one job recorded.
@@ -84,18 +101,9 @@ fn completed_jobs(s: &Served, run: &str) -> usize {
 fn two_replicas_run_500_jobs_exactly_once_even_when_the_driving_replica_is_killed() {
     let schema = Schema::new();
     let p = Project::new().workflow("ci.yml", &workflow());
-    let a = replica(&p, &schema, "a");
-    let b = replica(&p, &schema, "b");
-    let out = a.call(
-        &p,
-        ADMIN,
-        &["token", "create", "--name", "w", "--role", "worker"],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let token = out.stdout.trim().to_owned();
-    let src = p.root().to_str().unwrap().to_owned();
-    let out = a.call(&p, ADMIN, &["project", "add", &src, "--name", "app"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let a = replica(&p, &schema.url(), "a", "3");
+    let b = replica(&p, &schema.url(), "b", "3");
+    let token = worker_token_and_project(&a, &p);
     let log = p.data_dir().join("done.log");
     let env = [("DONE_LOG", log.to_str().unwrap())];
     // Each worker is given one replica and learns the other from it.
@@ -226,37 +234,8 @@ jobs:
 fn a_run_completes_when_postgres_restarts_under_it() {
     let pg = kiln_testkit::pg::PrivatePostgres::start();
     let p = Project::new().workflow("ci.yml", STEADY);
-    let data = p.data_dir().join("server");
-    let mut cmd = kiln(
-        &p,
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--database",
-            &pg.url(),
-            "--workers",
-            "0",
-            "--lease-ttl",
-            "20",
-            "--egress-allow-local-paths",
-        ],
-    );
-    cmd.env("KILN_ADMIN_TOKEN", ADMIN)
-        .env("KILN__SECRETS__KEY", SECRETS_KEY);
-    let s = Served::from_command(&mut cmd);
-    let out = s.call(
-        &p,
-        ADMIN,
-        &["token", "create", "--name", "w", "--role", "worker"],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let token = out.stdout.trim().to_owned();
-    let src = p.root().to_str().unwrap().to_owned();
-    let out = s.call(&p, ADMIN, &["project", "add", &src, "--name", "app"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let s = replica(&p, &pg.url(), "server", "20");
+    let token = worker_token_and_project(&s, &p);
     let _w = Worker::start(&p, &s, &token, "w", "linux", &[]);
     let out = s.call(
         &p,
