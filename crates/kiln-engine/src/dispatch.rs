@@ -555,7 +555,7 @@ impl Dispatcher {
     /// Plans a new run (nothing stored yet): the run to record, and what driving it needs.
     fn prepare_run(
         &mut self,
-        spec: RunSpec,
+        mut spec: RunSpec,
         inputs: Map<String, Value>,
     ) -> Result<(NewRun, NewRunState), EngineError> {
         let run_id = RunId::new();
@@ -643,6 +643,12 @@ impl Dispatcher {
                 owner: self.owner.clone(),
                 until: now() + self.lease_ttl,
             }),
+            // Moved, not copied: the contexts made above hold what the run needs from them,
+            // and the store keeps them for whoever drives the run on.
+            context: kiln_store::RunContext {
+                payload: spec.trigger.payload.take(),
+                github: std::mem::take(&mut spec.github),
+            },
         };
         Ok((
             new,

@@ -756,11 +756,13 @@ impl Engine {
             })
             .collect();
         let wf_arc = Arc::new(wf);
+        // The event payload and `github` fields the run was started with.
+        let context = store.run_context(run.id).await?.unwrap_or_default();
         let spec = RunSpec {
             project: project.id,
             trigger: Trigger {
                 event: run.event.clone(),
-                payload: None,
+                payload: context.payload,
                 inputs,
                 git_ref: run.git_ref.clone(),
                 sha: run.sha.clone(),
@@ -777,7 +779,7 @@ impl Engine {
             .await?,
             workflow: wf_arc,
             snapshot: source.snapshot,
-            github: Map::new(),
+            github: context.github,
         };
         let (reply, answer) = oneshot::channel();
         self.send(Command::Resume {

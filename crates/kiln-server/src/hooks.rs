@@ -393,8 +393,9 @@ fn request(
     workflows: Vec<String>,
 ) -> (TriggerRequest, EventTarget) {
     let mut github = triggers::github_context(event);
-    // What the event leaves unknown (a deletion's sha) the engine fills in.
-    github.retain(|_, v| v.as_str() != Some(""));
+    // What the event leaves unknown (a deletion's sha) the engine fills in, and the payload
+    // reaches `github.event` as the trigger's: a second copy would only cost memory.
+    github.retain(|k, v| k != "event" && v.as_str() != Some(""));
     let request = TriggerRequest {
         project,
         event: event.event_name.clone(),

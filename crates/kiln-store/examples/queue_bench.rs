@@ -85,6 +85,7 @@ fn run_of(project: kiln_core::ids::ProjectId, n: usize) -> NewRun {
             .collect(),
         at: Timestamp::now(),
         driver: None,
+        context: Default::default(),
     }
 }
 

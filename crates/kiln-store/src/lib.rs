@@ -58,7 +58,7 @@ pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
 pub use secrets::SecretKeys;
 pub use types::{
     Claim, Claimed, Driver, ExpiredLease, LeaseScope, LogSlice, NewJob, NewRun, Op, OpResult,
-    Refusal, RunFilter,
+    Refusal, RunContext, RunFilter,
 };
 pub use watches::{
     ClaimedVersion, NewVersion, PollRecord, SeenVersion, WatchDef, WatchRow, WatchSyncReport,
@@ -425,6 +425,13 @@ impl Store {
     /// A run with its jobs (in creation order) and each job's steps (latest attempt).
     pub async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
         with_backend!(self, b => b.get_run(id).await)
+    }
+
+    /// What run `id` was triggered with beyond its columns (its event payload and `github`
+    /// fields); empty for a run made without any, or before kiln kept them. `None`: no such
+    /// run.
+    pub async fn run_context(&self, id: RunId) -> Result<Option<RunContext>, StoreError> {
+        with_backend!(self, b => b.run_context(id).await)
     }
 
     /// A run by its full id or a unique prefix of at least 4 characters.

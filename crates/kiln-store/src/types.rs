@@ -25,6 +25,29 @@ pub struct NewRun {
     /// The engine that drives the run, and until when (it renews that while it runs);
     /// `None`: any engine may take the run over.
     pub driver: Option<Driver>,
+    /// What the trigger gave besides the columns (`runs.context`).
+    pub context: RunContext,
+}
+
+/// What a run was triggered with beyond its event name, ref, commit and inputs: read back
+/// whenever an engine drives the run on (after a restart, on a replica taking over, for a
+/// retry), so its jobs see the same `github` context as its first attempt did.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RunContext {
+    /// The event payload (`github.event`); `None`: kiln made one up from the trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<Value>,
+    /// `github` fields laid over the ones kiln makes from the trigger (a webhook's actor,
+    /// head and base refs, …).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub github: Map<String, Value>,
+}
+
+impl RunContext {
+    /// Nothing beyond the columns: stored as NULL.
+    pub fn is_empty(&self) -> bool {
+        self.payload.is_none() && self.github.is_empty()
+    }
 }
 
 /// Which leases [`crate::Store::expire_leases_of`] takes back.

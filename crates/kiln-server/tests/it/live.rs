@@ -264,6 +264,7 @@ fn new_run(project: ProjectId, jobs: usize) -> NewRun {
             .collect(),
         at: jiff::Timestamp::now(),
         driver: None,
+        context: Default::default(),
     }
 }
 

@@ -708,6 +708,7 @@ async fn two_notifiers_on_one_postgres_schema_never_double_send() {
             jobs: Vec::new(),
             at: jiff::Timestamp::now(),
             driver: None,
+            context: Default::default(),
         };
         // Half through each replica's store handle.
         let store = if i % 2 == 0 { &one.store } else { &two.store };

@@ -53,6 +53,7 @@ fn new_run(project: ProjectId, workflow: &str, at: Timestamp, jobs: Vec<NewJob>)
         jobs,
         at,
         driver: None,
+        context: Default::default(),
     }
 }
 

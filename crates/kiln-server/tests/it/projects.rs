@@ -545,6 +545,7 @@ async fn removing_waits_for_runs_then_archives(s: &Server) {
             }],
             at: jiff::Timestamp::now(),
             driver: None,
+            context: Default::default(),
         })
         .await
         .unwrap();

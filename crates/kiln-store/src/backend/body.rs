@@ -562,8 +562,8 @@ async fn insert_run(tx: &mut Conn, pending: &mut Pending, new: NewRun) -> Result
     sqlx::query(
         "INSERT INTO runs (id, project_id, workflow, workflow_name, run_number, run_attempt, \
          status, event, git_ref, sha, inputs, created_at, started_at, finished_at, driver, \
-         driver_until) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+         driver_until, context) \
+         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(&run_id)
     .bind(&project)
@@ -580,6 +580,7 @@ async fn insert_run(tx: &mut Conn, pending: &mut Pending, new: NewRun) -> Result
     .bind(finished_at)
     .bind(new.driver.as_ref().map(|d| d.owner.clone()))
     .bind(new.driver.as_ref().map(|d| ms(d.until)))
+    .bind((!new.context.is_empty()).then(|| json_text(&new.context)))
     .execute(&mut *tx)
     .await
     .map_err(query("insert a run"))?;
@@ -1357,6 +1358,30 @@ async fn apply_batch(
 // ---- reads ----------------------------------------------------------------------------------
 
 impl Backend {
+    pub(crate) async fn run_context(
+        &self,
+        id: RunId,
+    ) -> Result<Option<crate::RunContext>, StoreError> {
+        let mut tx = self.begin_read().await?;
+        let found: Option<Option<String>> =
+            sqlx::query_scalar("SELECT context FROM runs WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query("read a run's trigger context"))?;
+        let Some(text) = found else { return Ok(None) };
+        let Some(text) = text else {
+            return Ok(Some(crate::RunContext::default()));
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Decode {
+                column: "context",
+                table: "runs",
+                detail: format!("run {id}: {e}"),
+            })
+    }
+
     pub(crate) async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {
         let mut tx = self.begin_read().await?;
         let run_id = id.to_string();

@@ -161,6 +161,7 @@ mod ops {
         ("finished_at", Col::Int),
         ("driver", Col::Text),
         ("driver_until", Col::Int),
+        ("context", Col::Json),
     ];
     const JOBS: &[(&str, Col)] = &[
         ("id", Col::Text),
@@ -432,7 +433,7 @@ mod ops {
                 key: Key::Text("id"),
                 page: "SELECT id, project_id, workflow, workflow_name, run_number, \
                        run_attempt, status, event, git_ref, sha, inputs, created_at, \
-                       started_at, finished_at, driver, driver_until FROM runs \
+                       started_at, finished_at, driver, driver_until, context FROM runs \
                        WHERE id > $1 ORDER BY id LIMIT $2",
             },
             ExportTable::Jobs => Export {

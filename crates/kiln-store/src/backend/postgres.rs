@@ -220,6 +220,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "replicas",
             include_str!("../../migrations/postgres/0019_replicas.sql"),
         ),
+        (
+            20,
+            "run_context",
+            include_str!("../../migrations/postgres/0020_run_context.sql"),
+        ),
     ])
 }
 

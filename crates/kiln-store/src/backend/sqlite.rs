@@ -219,6 +219,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "replicas",
             include_str!("../../migrations/sqlite/0019_replicas.sql"),
         ),
+        (
+            20,
+            "run_context",
+            include_str!("../../migrations/sqlite/0020_run_context.sql"),
+        ),
     ])
 }
 

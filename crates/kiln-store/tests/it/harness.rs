@@ -162,5 +162,6 @@ pub(crate) fn new_run(project: ProjectId, workflow: &str, jobs: Vec<NewJob>) -> 
         jobs,
         at: at(0),
         driver: None,
+        context: Default::default(),
     }
 }
