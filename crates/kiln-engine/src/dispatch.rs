@@ -369,8 +369,11 @@ struct RunState {
     keys: IndexMap<String, KeyState>,
     status: RunStatus,
     cancelled: bool,
-    /// `GITHUB_EVENT_PATH`: the payload, written once for all the run's jobs.
+    /// `GITHUB_EVENT_PATH`: the payload, written once for all the run's jobs when the first
+    /// of them starts here (a run waiting for remote workers, or in a burst of webhook
+    /// deliveries, costs no file).
     event_path: PathBuf,
+    event_written: bool,
     /// Key → the keys that need it, so that a job's end re-examines only its dependents.
     dependents: HashMap<String, Vec<String>>,
     /// Keys to re-examine for readiness at the next turn.
@@ -728,7 +731,7 @@ impl Dispatcher {
         }
         let open = run.jobs.len();
         let undecided = keys.len();
-        let event_path = self.write_event_file(run_id, &base)?;
+        let event_path = self.event_file(run_id);
         let candidates = keys.keys().cloned().collect();
         self.runs.insert(
             run_id,
@@ -743,6 +746,7 @@ impl Dispatcher {
                 status: RunStatus::Queued,
                 cancelled: false,
                 event_path,
+                event_written: false,
                 dependents,
                 candidates,
                 open,
@@ -855,7 +859,7 @@ impl Dispatcher {
                     .push(key.clone());
             }
         }
-        let event_path = self.write_event_file(run.id, &base)?;
+        let event_path = self.event_file(run.id);
         let candidates = keys
             .iter()
             .filter(|(_, k)| !k.decided)
@@ -872,6 +876,7 @@ impl Dispatcher {
             status: run.status,
             cancelled: false,
             event_path,
+            event_written: false,
             dependents,
             candidates,
             open,
@@ -968,31 +973,42 @@ impl Dispatcher {
         }
     }
 
-    /// `GITHUB_EVENT_PATH`: the payload, written once for all the run's jobs.
-    fn write_event_file(
-        &self,
-        run_id: RunId,
-        base: &Map<String, Value>,
-    ) -> Result<PathBuf, EngineError> {
-        let event_path = self.work_dir.join(format!("event-{run_id}.json"));
-        let payload = base
+    /// Where run `run_id`'s `GITHUB_EVENT_PATH` goes.
+    fn event_file(&self, run_id: RunId) -> PathBuf {
+        self.work_dir.join(format!("event-{run_id}.json"))
+    }
+
+    /// Writes run `run_id`'s event payload to its `GITHUB_EVENT_PATH`, unless already done.
+    /// A failure is logged and tried again by the run's next job; the job goes on, and a
+    /// step that reads the file finds it missing.
+    fn write_event_file(&mut self, run_id: RunId) {
+        let Some(run) = self.runs.get_mut(&run_id) else {
+            return;
+        };
+        if run.event_written {
+            return;
+        }
+        let empty = json!({});
+        let payload = run
+            .base
             .get("github")
             .and_then(|g| g.get("event"))
-            .cloned()
-            .unwrap_or_else(|| json!({}));
-        std::fs::create_dir_all(&self.work_dir)
-            .and_then(|()| {
-                std::fs::write(
-                    &event_path,
-                    serde_json::to_vec(&payload).unwrap_or_default(),
-                )
-            })
-            .map_err(|source| EngineError::Io {
-                action: "write the event payload to",
-                path: event_path.clone(),
-                source,
-            })?;
-        Ok(event_path)
+            .unwrap_or(&empty);
+        let written = std::fs::create_dir_all(&self.work_dir).and_then(|()| {
+            std::fs::write(
+                &run.event_path,
+                serde_json::to_vec(payload).unwrap_or_default(),
+            )
+        });
+        match written {
+            Ok(()) => run.event_written = true,
+            Err(e) => tracing::error!(
+                run = %run_id,
+                path = %run.event_path.display(),
+                error = %e,
+                "cannot write the event payload for GITHUB_EVENT_PATH"
+            ),
+        }
     }
 
     async fn drive(mut self, cancel: CancellationToken) -> Result<RunOutcome, EngineError> {
@@ -2258,12 +2274,14 @@ impl Dispatcher {
     }
 
     fn spawn(&mut self, job: JobId, token: i64) {
-        {
+        let run_id = {
             let Some(rec) = self.jobs.get_mut(&job) else {
                 return;
             };
             rec.token = Some(token);
-        }
+            rec.run
+        };
+        self.write_event_file(run_id);
         let Some(rec) = self.jobs.get(&job) else {
             return;
         };
