@@ -31,7 +31,7 @@ use crate::state::AppState;
 const RESUME_LIMIT: u32 = 1000;
 /// Deliveries processed together, at most: claimed in one transaction, their runs created
 /// in one, their outcomes recorded in one.
-const BATCH: usize = 256;
+const BATCH: usize = 64;
 /// How long a server's claim on a delivery lasts: processing includes a git fetch.
 const CLAIM_FOR: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
 /// How often deliveries nobody processes (a server died with them claimed, or before it
