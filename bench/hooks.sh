@@ -6,7 +6,9 @@
 #   is its answered requests per second.
 # - kiln: a folder project whose workflow runs one `true` job on push; throughput is
 #   deliveries per second from the first request until the last delivery's run is queued
-#   (recorded durably), and the acknowledgement latency is wrk's.
+#   (recorded durably), and the acknowledgement latency is wrk's. Twice: with no local
+#   workers (`--workers 0`: the runs wait for remote workers, so this is the intake alone),
+#   and with 2 local workers running the runs' jobs on the same 2 cores meanwhile.
 # The two run one after the other in this script; results are appended to bench/results.md.
 #
 # usage: bench/hooks.sh [SECONDS]     (builds kiln in release mode; installs webhook, wrk)
@@ -27,7 +29,7 @@ signature="sha256=$(openssl dgst -sha256 -hmac "$secret" -r "$payload" | cut -d'
 work=$(mktemp -d)
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}" $(cat "$work/kiln.pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -96,48 +98,63 @@ jobs:
     steps:
       - run: "true"
 YAML
-"$kiln" serve --listen 127.0.0.1:0 --data-dir "$work/data" --workers 2 \
-  --egress-allow-local-paths >"$work/serve.out" 2>"$work/serve.err" &
-pids+=($!)
-for _ in $(seq 100); do grep -q '^listening on ' "$work/serve.out" && break; sleep 0.1; done
-url=$(sed -n 's/^listening on //p' "$work/serve.out")
-token=$(sed -n 's/^admin token: //p' "$work/serve.out")
-hook=$(curl -sf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
-  -d "{\"source\":\"$work/app\",\"name\":\"app\",\"provider\":\"github\",\"secret\":\"$secret\"}" \
-  "$url/api/v1/projects" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["hook_url"])')
-start=$(date +%s.%N)
-wrk -t2 -c2 -d"${seconds}s" --latency -s "$work/post.lua" "$hook" >"$work/wrk-kiln.txt"
-acked=$(date +%s.%N)
-total=$(requests "$work/wrk-kiln.txt")
-# Until every delivery's run is queued (created durably).
-for _ in $(seq 6000); do
-  runs=$(sqlite3 "$work/data/kiln.db" "SELECT count(*) FROM runs")
-  [ "$runs" -ge "$total" ] && break
-  sleep 0.05
-done
-end=$(date +%s.%N)
-runs=$(sqlite3 "$work/data/kiln.db" "SELECT count(*) FROM runs")
-ack_rate=$(echo "$total / ($acked - $start)" | bc -l)
-kiln_rate=$(echo "$runs / ($end - $start)" | bc -l)
-k_p50=$(percentile 50% "$work/wrk-kiln.txt")
-k_p99=$(percentile 99% "$work/wrk-kiln.txt")
-non2xx=$(grep -o 'Non-2xx or 3xx responses: [0-9]*' "$work/wrk-kiln.txt" || true)
+# kiln_round WORKERS: one round against a fresh server; prints
+# "deliveries ack_rate run_rate runs p50 p99 peak_rss_mb non2xx".
+kiln_round() {
+  local data="$work/data-$1" start acked end total runs spid hook url token rss
+  "$kiln" serve --listen 127.0.0.1:0 --data-dir "$data" --workers "$1" \
+    --egress-allow-local-paths >"$work/serve-$1.out" 2>"$work/serve-$1.err" &
+  spid=$!
+  echo "$spid" >>"$work/kiln.pids" # the round runs in a subshell: cleanup finds it here
+  for _ in $(seq 100); do grep -q '^listening on ' "$work/serve-$1.out" && break; sleep 0.1; done
+  url=$(sed -n 's/^listening on //p' "$work/serve-$1.out")
+  token=$(sed -n 's/^admin token: //p' "$work/serve-$1.out")
+  hook=$(curl -sf -X POST -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+    -d "{\"source\":\"$work/app\",\"name\":\"app\",\"provider\":\"github\",\"secret\":\"$secret\"}" \
+    "$url/api/v1/projects" | python3 -c 'import json,sys; print(json.load(sys.stdin)["data"]["hook_url"])')
+  start=$(date +%s.%N)
+  wrk -t2 -c2 -d"${seconds}s" --latency -s "$work/post.lua" "$hook" >"$work/wrk-kiln-$1.txt"
+  acked=$(date +%s.%N)
+  total=$(requests "$work/wrk-kiln-$1.txt")
+  # Until every delivery's run is queued (created durably).
+  for _ in $(seq 6000); do
+    runs=$(sqlite3 "$data/kiln.db" "SELECT count(*) FROM runs")
+    [ "$runs" -ge "$total" ] && break
+    sleep 0.05
+  done
+  end=$(date +%s.%N)
+  runs=$(sqlite3 "$data/kiln.db" "SELECT count(*) FROM runs")
+  rss=$(awk '/^VmHWM/ { print int($2 / 1024) }' "/proc/$spid/status")
+  kill "$spid"
+  wait "$spid" 2>/dev/null || true
+  echo "$total $(echo "$total / ($acked - $start)" | bc -l) $(echo "$runs / ($end - $start)" | bc -l)" \
+    "$runs $(percentile 50% "$work/wrk-kiln-$1.txt") $(percentile 99% "$work/wrk-kiln-$1.txt") $rss" \
+    "$(grep -o 'Non-2xx or 3xx responses: [0-9]*' "$work/wrk-kiln-$1.txt" | grep -o '[0-9]*$' || echo 0)"
+}
+read -r i_total i_ack i_rate i_runs i_p50 i_p99 i_rss i_bad < <(kiln_round 0)
+read -r w_total w_ack w_rate w_runs w_p50 w_p99 w_rss w_bad < <(kiln_round 2)
 
-ratio=$(echo "$kiln_rate / $wh_rate" | bc -l)
+ratio=$(echo "$i_rate / $wh_rate" | bc -l)
+wratio=$(echo "$w_rate / $wh_rate" | bc -l)
 {
   echo
-  echo "## Webhook deliveries into runs (\`kiln serve\`, SQLite, 2 workers) vs adnanh/webhook"
+  echo "## Webhook deliveries into runs (\`kiln serve\`, SQLite) vs adnanh/webhook"
   echo
   echo "Written by \`bench/hooks.sh\` on $(date -u +%Y-%m-%d) — $(nproc) cores. Signed GitHub \`push\` deliveries (8 KB),"
-  echo "\`wrk -t2 -c2 -d${seconds}s\` ($wh_total to webhook, $total to kiln), each tool alone, one after the other. kiln's throughput counts until"
-  echo "the last delivery's run is queued; webhook's until its last answer (its command runs after)."
+  echo "\`wrk -t2 -c2 -d${seconds}s\` each, one tool at a time: $wh_total to webhook; $i_total to kiln with no local workers (the runs"
+  echo "wait, queued, for remote workers: kiln's intake alone), $w_total to kiln with 2 local workers running each run's job meanwhile."
+  echo "kiln's throughput counts until the last delivery's run is queued; webhook's until its last answer (its command runs after)."
   echo
-  echo "| | deliveries/s | ack p50 | ack p99 |"
-  echo "| --- | --- | --- | --- |"
-  printf '| adnanh/webhook 2.8 (`/bin/true`) | %.0f | %s ms | %s ms |\n' "$wh_rate" "$wh_p50" "$wh_p99"
-  printf '| kiln: acknowledged (202, delivery recorded) | %.0f | %s ms | %s ms |\n' "$ack_rate" "$k_p50" "$k_p99"
-  printf '| kiln: into queued runs (%s runs) | %.0f | | |\n' "$runs" "$kiln_rate"
+  echo "| | deliveries/s | ack p50 | ack p99 | server peak RSS |"
+  echo "| --- | --- | --- | --- | --- |"
+  printf '| adnanh/webhook 2.8 (`/bin/true`) | %.0f | %s ms | %s ms | |\n' "$wh_rate" "$wh_p50" "$wh_p99"
+  printf '| kiln `--workers 0`: acknowledged (202, delivery recorded) | %.0f | %s ms | %s ms | %s MiB |\n' "$i_ack" "$i_p50" "$i_p99" "$i_rss"
+  printf '| kiln `--workers 0`: into queued runs (%s runs) | %.0f | | | |\n' "$i_runs" "$i_rate"
+  printf '| kiln `--workers 2`: acknowledged | %.0f | %s ms | %s ms | %s MiB |\n' "$w_ack" "$w_p50" "$w_p99" "$w_rss"
+  printf '| kiln `--workers 2`: into queued runs (%s runs), jobs running meanwhile | %.0f | | | |\n' "$w_runs" "$w_rate"
   echo
-  printf 'Ratio (kiln into queued runs ÷ webhook): **%.2f×** (target ≥3×).%s\n' "$ratio" "${non2xx:+ kiln: $non2xx.}"
+  printf 'Ratio (kiln into queued runs ÷ webhook): **%.2f×** with no local workers, %.2f× with 2 running the jobs (target ≥3×).' "$ratio" "$wratio"
+  [ "$i_bad$w_bad" = "00" ] || printf ' Non-2xx answers from kiln: %s and %s.' "$i_bad" "$w_bad"
+  echo
 } >> bench/results.md
-tail -n 12 bench/results.md
+tail -n 14 bench/results.md

@@ -364,8 +364,12 @@ struct RunState {
     spec: RunSpec,
     number: i64,
     attempt: i64,
-    /// `github`, `inputs`, `vars`, `secrets`, `runner` — shared by every job of the run.
+    /// `github` (but its `event`), `inputs`, `vars`, `secrets`, `runner` — shared by every
+    /// job of the run; [`RunState::contexts`] adds the event.
     base: Map<String, Value>,
+    /// `github.event` as JSON text: a payload kept as text takes a fraction of the memory
+    /// it takes parsed, and a queue of thousands of webhook runs holds one each.
+    event: Box<str>,
     keys: IndexMap<String, KeyState>,
     status: RunStatus,
     cancelled: bool,
@@ -731,6 +735,7 @@ impl Dispatcher {
         }
         let open = run.jobs.len();
         let undecided = keys.len();
+        let event = take_event(&mut base);
         let event_path = self.event_file(run_id);
         let candidates = keys.keys().cloned().collect();
         self.runs.insert(
@@ -742,6 +747,7 @@ impl Dispatcher {
                 number: run.run_number,
                 attempt: run.run_attempt,
                 base,
+                event,
                 keys,
                 status: RunStatus::Queued,
                 cancelled: false,
@@ -755,6 +761,30 @@ impl Dispatcher {
         );
         Ok(run)
     }
+}
+
+impl RunState {
+    /// The contexts every job of the run starts from, `github.event` included.
+    fn contexts(&self) -> Map<String, Value> {
+        let mut contexts = self.base.clone();
+        if let Some(Value::Object(github)) = contexts.get_mut("github") {
+            let event = serde_json::from_str(&self.event).unwrap_or_else(|_| json!({}));
+            github.insert("event".into(), event);
+        }
+        contexts
+    }
+}
+
+/// Takes `github.event` out of a run's contexts, as JSON text (see [`RunState::event`]).
+fn take_event(base: &mut Map<String, Value>) -> Box<str> {
+    let event = match base.get_mut("github") {
+        Some(Value::Object(github)) => github.shift_remove("event"),
+        _ => None,
+    };
+    let event = event.unwrap_or_else(|| json!({}));
+    serde_json::to_string(&event)
+        .unwrap_or_else(|_| "{}".to_owned())
+        .into_boxed_str()
 }
 
 /// A planned run between [`Dispatcher::prepare_run`] and [`Dispatcher::install_run`].
@@ -859,6 +889,8 @@ impl Dispatcher {
                     .push(key.clone());
             }
         }
+        let mut base = base;
+        let event = take_event(&mut base);
         let event_path = self.event_file(run.id);
         let candidates = keys
             .iter()
@@ -872,6 +904,7 @@ impl Dispatcher {
             number: run.run_number,
             attempt: run.run_attempt,
             base,
+            event,
             keys,
             status: run.status,
             cancelled: false,
@@ -988,18 +1021,8 @@ impl Dispatcher {
         if run.event_written {
             return;
         }
-        let empty = json!({});
-        let payload = run
-            .base
-            .get("github")
-            .and_then(|g| g.get("event"))
-            .unwrap_or(&empty);
-        let written = std::fs::create_dir_all(&self.work_dir).and_then(|()| {
-            std::fs::write(
-                &run.event_path,
-                serde_json::to_vec(payload).unwrap_or_default(),
-            )
-        });
+        let written = std::fs::create_dir_all(&self.work_dir)
+            .and_then(|()| std::fs::write(&run.event_path, run.event.as_bytes()));
         match written {
             Ok(()) => run.event_written = true,
             Err(e) => tracing::error!(
@@ -1684,7 +1707,7 @@ impl Dispatcher {
         let needs = self.needs_context(run, &job.needs);
         let ancestor_failed = self.ancestor_failed(run, key);
         let all_needs_succeeded = results.iter().all(|(_, r)| *r == "success");
-        let mut ctx = run.base.clone();
+        let mut ctx = run.contexts();
         ctx.insert("needs".into(), Value::Object(needs));
 
         let scope = Scope {
@@ -2195,7 +2218,7 @@ impl Dispatcher {
         let run = self.runs.get(&rec.run)?;
         let def = run.wf.jobs.get(&rec.key)?;
         let ks = run.keys.get(&rec.key);
-        let mut contexts = run.base.clone();
+        let mut contexts = run.contexts();
         if let Some(Value::Object(gh)) = contexts.get_mut("github") {
             gh.insert("job".into(), Value::String(rec.key.clone()));
         }
