@@ -91,9 +91,25 @@ pub struct Prepared {
     project: Project,
     source: Source,
     local: crate::project::LocalProject,
+    /// Per workflow (as in `local`), the one copy its runs share: a burst of webhook runs
+    /// holds one parsed workflow, not one each.
+    shared: Vec<std::sync::OnceLock<Arc<Workflow>>>,
 }
 
 impl Prepared {
+    /// The shared copy of `wf`, one of [`Prepared::workflows`].
+    fn shared(&self, wf: &Workflow) -> Arc<Workflow> {
+        let index = self
+            .local
+            .workflows
+            .iter()
+            .position(|w| std::ptr::eq(w, wf));
+        match index.and_then(|i| self.shared.get(i)) {
+            Some(cell) => cell.get_or_init(|| Arc::new(wf.clone())).clone(),
+            None => Arc::new(wf.clone()),
+        }
+    }
+
     /// The workflows, as parsed.
     pub fn workflows(&self) -> &[Workflow] {
         &self.local.workflows
@@ -321,10 +337,16 @@ impl Engine {
             .ok_or_else(|| EngineError::Usage(format!("no project {project}")))?;
         let source = self.materialise(&project, git_ref, sha).await?;
         let local = load_project(&source.root)?;
+        let shared = local
+            .workflows
+            .iter()
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         Ok(Prepared {
             project,
             source,
             local,
+            shared,
         })
     }
 
@@ -463,6 +485,7 @@ impl Engine {
             project,
             source,
             local,
+            ..
         } = prepared;
         let selected = match &target.workflows {
             Some(files) => local
@@ -483,7 +506,7 @@ impl Engine {
         for wf in selected {
             problems.extend(plan::check_runnable(wf));
             let inputs = resolve_inputs(wf, &req.inputs).map_err(EngineError::Usage)?;
-            prepared_wfs.push((wf.clone(), inputs));
+            prepared_wfs.push((prepared.shared(wf), inputs));
         }
         if !problems.is_empty() {
             return Err(EngineError::Invalid(Diagnostics(problems)));
@@ -501,7 +524,7 @@ impl Engine {
             .map(|(wf, inputs)| {
                 let spec = RunSpec {
                     project: project.id,
-                    workflow: Arc::new(wf),
+                    workflow: wf,
                     trigger: trigger.clone(),
                     secrets: Arc::new(IndexMap::new()),
                     snapshot: source.snapshot.clone(),
