@@ -367,9 +367,8 @@ struct RunState {
     /// `github` (but its `event`), `inputs`, `vars`, `secrets`, `runner` — shared by every
     /// job of the run; [`RunState::contexts`] adds the event.
     base: Map<String, Value>,
-    /// `github.event` as JSON text: a payload kept as text takes a fraction of the memory
-    /// it takes parsed, and a queue of thousands of webhook runs holds one each.
-    event: Box<str>,
+    /// `github.event`.
+    event: Payload,
     keys: IndexMap<String, KeyState>,
     status: RunStatus,
     cancelled: bool,
@@ -498,6 +497,8 @@ struct Dispatcher {
     cancelled: bool,
     /// Package sets of runs that ended, to close ([`PackageSet::close`]) at the next flush.
     closing: Vec<Arc<PackageSet>>,
+    /// Runs whose event payload is still parsed ([`Dispatcher::compact_payloads`]).
+    compact: Vec<RunId>,
     /// Told when the ready queue grew, for remote workers waiting for a job.
     ready_signal: Option<Arc<tokio::sync::Notify>>,
     /// The ready queue's length when last looked at.
@@ -552,6 +553,7 @@ impl Dispatcher {
             max_attempts: req.max_attempts.max(1),
             cancelled: false,
             closing: Vec::new(),
+            compact: Vec::new(),
             ready_signal: None,
             ready_seen: 0,
             lease_ttl: req.lease_ttl.max(Duration::from_millis(100)),
@@ -735,7 +737,8 @@ impl Dispatcher {
         }
         let open = run.jobs.len();
         let undecided = keys.len();
-        let event = take_event(&mut base);
+        let event = Payload::Parsed(take_event(&mut base));
+        self.compact.push(run_id);
         let event_path = self.event_file(run_id);
         let candidates = keys.keys().cloned().collect();
         self.runs.insert(
@@ -763,28 +766,36 @@ impl Dispatcher {
     }
 }
 
+/// A run's `github.event`: parsed while the run's first jobs are decided, then kept as JSON
+/// text ([`Dispatcher::compact_payloads`]) — a payload takes several times its size parsed,
+/// and a queue of thousands of webhook runs holds one each.
+enum Payload {
+    Parsed(Value),
+    Text(Box<str>),
+}
+
 impl RunState {
     /// The contexts every job of the run starts from, `github.event` included.
     fn contexts(&self) -> Map<String, Value> {
         let mut contexts = self.base.clone();
         if let Some(Value::Object(github)) = contexts.get_mut("github") {
-            let event = serde_json::from_str(&self.event).unwrap_or_else(|_| json!({}));
+            let event = match &self.event {
+                Payload::Parsed(v) => v.clone(),
+                Payload::Text(t) => serde_json::from_str(t).unwrap_or_else(|_| json!({})),
+            };
             github.insert("event".into(), event);
         }
         contexts
     }
 }
 
-/// Takes `github.event` out of a run's contexts, as JSON text (see [`RunState::event`]).
-fn take_event(base: &mut Map<String, Value>) -> Box<str> {
+/// Takes `github.event` out of a run's contexts (see [`RunState::event`]).
+fn take_event(base: &mut Map<String, Value>) -> Value {
     let event = match base.get_mut("github") {
         Some(Value::Object(github)) => github.shift_remove("event"),
         _ => None,
     };
-    let event = event.unwrap_or_else(|| json!({}));
-    serde_json::to_string(&event)
-        .unwrap_or_else(|_| "{}".to_owned())
-        .into_boxed_str()
+    event.unwrap_or_else(|| json!({}))
 }
 
 /// A planned run between [`Dispatcher::prepare_run`] and [`Dispatcher::install_run`].
@@ -890,7 +901,8 @@ impl Dispatcher {
             }
         }
         let mut base = base;
-        let event = take_event(&mut base);
+        let event = Payload::Parsed(take_event(&mut base));
+        self.compact.push(run.id);
         let event_path = self.event_file(run.id);
         let candidates = keys
             .iter()
@@ -1021,8 +1033,12 @@ impl Dispatcher {
         if run.event_written {
             return;
         }
-        let written = std::fs::create_dir_all(&self.work_dir)
-            .and_then(|()| std::fs::write(&run.event_path, run.event.as_bytes()));
+        let written = std::fs::create_dir_all(&self.work_dir).and_then(|()| match &run.event {
+            Payload::Parsed(v) => {
+                std::fs::write(&run.event_path, serde_json::to_vec(v).unwrap_or_default())
+            }
+            Payload::Text(t) => std::fs::write(&run.event_path, t.as_bytes()),
+        });
         match written {
             Ok(()) => run.event_written = true,
             Err(e) => tracing::error!(
@@ -1608,6 +1624,19 @@ impl Dispatcher {
         self.fill_slots();
         for run in run_ids {
             self.maybe_finish(run);
+        }
+        self.compact_payloads();
+    }
+
+    /// Turns the event payloads of runs whose first jobs are now decided into JSON text.
+    fn compact_payloads(&mut self) {
+        for id in std::mem::take(&mut self.compact) {
+            if let Some(run) = self.runs.get_mut(&id)
+                && let Payload::Parsed(v) = &run.event
+            {
+                let text = serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned());
+                run.event = Payload::Text(text.into_boxed_str());
+            }
         }
     }
 

@@ -289,7 +289,7 @@ async fn process_project(
         for item in items {
             match choose(state, git, &prepared, &item).await {
                 Ok(workflows) => {
-                    requests.push(request(project, &git_ref, &sha, &item.event, workflows));
+                    requests.push(request(project, &git_ref, &sha, item.event, workflows));
                     asked.push(item.delivery);
                 }
                 Err(outcome) => done.push((item.delivery, outcome)),
@@ -389,18 +389,18 @@ fn request(
     project: ProjectId,
     git_ref: &Option<String>,
     sha: &Option<String>,
-    event: &HookEvent,
+    event: HookEvent,
     workflows: Vec<String>,
 ) -> (TriggerRequest, EventTarget) {
-    let mut github = triggers::github_context(event);
-    // What the event leaves unknown (a deletion's sha) the engine fills in, and the payload
-    // reaches `github.event` as the trigger's: a second copy would only cost memory.
-    github.retain(|k, v| k != "event" && v.as_str() != Some(""));
+    // The payload reaches `github.event` as the trigger's (moved, not copied).
+    let mut github = triggers::github_fields(&event);
+    // What the event leaves unknown (a deletion's sha) the engine fills in.
+    github.retain(|_, v| v.as_str() != Some(""));
     let request = TriggerRequest {
         project,
-        event: event.event_name.clone(),
+        event: event.event_name,
         git_ref: git_ref.clone(),
-        payload: Some(event.payload.clone()),
+        payload: Some(event.payload),
         ..TriggerRequest::default()
     };
     let target = EventTarget {

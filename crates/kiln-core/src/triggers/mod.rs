@@ -242,6 +242,14 @@ pub enum Match {
 /// requests. The caller adds what the run knows (`run_id`, `workspace`, `server_url`, …) and
 /// overwrites `sha` (and `ref` for deletions) once it has resolved them with git.
 pub fn github_context(event: &HookEvent) -> Map<String, Value> {
+    let mut m = github_fields(event);
+    m.insert("event".into(), event.payload.clone());
+    m
+}
+
+/// [`github_context`] but `event`: for a caller that passes the payload on by itself (a
+/// webhook's run takes it as its trigger's payload), so it is not copied.
+pub fn github_fields(event: &HookEvent) -> Map<String, Value> {
     let s = |v: &Option<String>| Value::String(v.clone().unwrap_or_default());
     let mut m = Map::new();
     m.insert("event_name".into(), Value::String(event.event_name.clone()));
@@ -274,7 +282,6 @@ pub fn github_context(event: &HookEvent) -> Map<String, Value> {
     );
     m.insert("head_ref".into(), s(&event.head_ref));
     m.insert("base_ref".into(), s(&event.base_ref));
-    m.insert("event".into(), event.payload.clone());
     m
 }
 
