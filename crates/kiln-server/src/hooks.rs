@@ -15,13 +15,14 @@
 //!
 //! Not here: HTTP and signatures (`routes/hooks.rs`), SQL (the store's).
 
+use axum::body::Bytes;
 use indexmap::IndexMap;
 use kiln_core::ids::ProjectId;
 use kiln_core::triggers::{self, HookEvent, Match, Provider};
 use kiln_engine::source::GitRepo;
 use kiln_engine::{EventTarget, Prepared, TriggerRequest};
 use kiln_proto::{DeliveryStatus, DeliveryView, HookProvider, ProjectKind};
-use kiln_store::DeliveryOutcome;
+use kiln_store::{DeliveryClaim, DeliveryOutcome};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -38,17 +39,36 @@ const CLAIM_FOR: jiff::SignedDuration = jiff::SignedDuration::from_secs(600);
 /// claimed them) are looked for.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The deliveries recorded and waiting to be processed, in the order they came: one task
-/// takes whatever has gathered while it processed the last batch, so a burst of pushes is
-/// read, matched and turned into runs in a few transactions rather than several each.
+/// The deliveries recorded (claimed by this process as they were: [`claim`]) and waiting to
+/// be processed, with their payloads, in the order they came: one task takes whatever has
+/// gathered while it processed the last batch, so a burst of pushes is read, matched and
+/// turned into runs in a few transactions rather than several each.
 #[derive(Default)]
-pub(crate) struct Queue(std::sync::OnceLock<mpsc::UnboundedSender<String>>);
+pub(crate) struct Queue(std::sync::OnceLock<mpsc::UnboundedSender<(DeliveryView, Bytes)>>);
 
-/// Processes delivery `id` in the background (see [`Queue`]).
-pub(crate) fn spawn(state: &AppState, id: String) {
+/// The claim the receiver records a new delivery under, so that it can hand it straight to
+/// [`spawn`]: this process's, for as long as processing may take. `None`: this server has
+/// no engine, and leaves deliveries for one that has.
+pub(crate) fn claim(state: &AppState) -> Option<DeliveryClaim> {
+    let engine = state.engine()?;
+    let now = jiff::Timestamp::now();
+    Some(DeliveryClaim {
+        owner: claimant(engine),
+        until: now.checked_add(CLAIM_FOR).unwrap_or(now),
+    })
+}
+
+/// This process's claims carry the engine's id (kept across restarts) and a name of their
+/// own: an earlier process of the same server left its claims for this one.
+fn claimant(engine: &kiln_engine::Engine) -> String {
+    format!("{}/{}", engine.owner(), process_name())
+}
+
+/// Processes `delivery`, recorded under [`claim`], in the background (see [`Queue`]).
+pub(crate) fn spawn(state: &AppState, delivery: DeliveryView, payload: Bytes) {
     if state.engine().is_none() {
         tracing::warn!(
-            delivery = id,
+            delivery = delivery.id,
             "no engine: the webhook delivery stays accepted"
         );
         return;
@@ -59,21 +79,24 @@ pub(crate) fn spawn(state: &AppState, id: String) {
         tx
     });
     // The receiver lives as long as the state: a send cannot fail while `state` does.
-    let _ = sender.send(id);
+    let _ = sender.send((delivery, payload));
 }
 
 /// The queue's task. It holds the state weakly: once the server is gone, so is the
 /// queue's sender, and the task ends.
-async fn drain(state: crate::state::WeakState, mut rx: mpsc::UnboundedReceiver<String>) {
+async fn drain(
+    state: crate::state::WeakState,
+    mut rx: mpsc::UnboundedReceiver<(DeliveryView, Bytes)>,
+) {
     while let Some(first) = rx.recv().await {
-        let mut ids = vec![first];
-        while ids.len() < BATCH
-            && let Ok(id) = rx.try_recv()
+        let mut batch = vec![first];
+        while batch.len() < BATCH
+            && let Ok(next) = rx.try_recv()
         {
-            ids.push(id);
+            batch.push(next);
         }
         let Some(state) = state.upgrade() else { return };
-        process_batch(&state, ids).await;
+        process_claimed(&state, batch).await;
     }
 }
 
@@ -140,10 +163,8 @@ async fn process_batch(state: &AppState, ids: Vec<String>) {
     let store = state.store();
     let now = jiff::Timestamp::now();
     let until = now.checked_add(CLAIM_FOR).unwrap_or(now);
-    // This process's claims carry the engine's id (kept across restarts) and a name of
-    // their own: an earlier process of the same server left its claims for this one.
     let stale = format!("{}/", engine.owner());
-    let me = format!("{stale}{}", process_name());
+    let me = claimant(engine);
     let claimed = match store.claim_deliveries(&ids, &me, &stale, now, until).await {
         Ok(claimed) => claimed,
         Err(e) => {
@@ -151,10 +172,17 @@ async fn process_batch(state: &AppState, ids: Vec<String>) {
             return;
         }
     };
+    process_claimed(state, claimed).await;
+}
+
+/// Processes deliveries this process has claimed, with their payloads: project by project
+/// (projects side by side), recording every outcome.
+async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(DeliveryView, P)>) {
+    let store = state.store();
     let mut done = Vec::with_capacity(claimed.len());
     let mut by_project: IndexMap<ProjectId, Vec<Item>> = IndexMap::new();
     for (delivery, payload) in claimed {
-        match read_event(&delivery, &payload) {
+        match read_event(&delivery, payload.as_ref()) {
             Ok(event) => by_project
                 .entry(delivery.project)
                 .or_default()

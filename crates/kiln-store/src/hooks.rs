@@ -67,6 +67,17 @@ pub struct NewDelivery {
     pub status: DeliveryStatus,
     pub reason: Option<String>,
     pub payload: Vec<u8>,
+    /// Recorded as claimed by this processor (see `Store::claim_delivery`): the receiver
+    /// hands the delivery, payload and all, straight to its own processor, which then need
+    /// not claim it or read it back. `None`: left for whoever claims it.
+    pub claim: Option<DeliveryClaim>,
+}
+
+/// Who claims a delivery as it is recorded, and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryClaim {
+    pub owner: String,
+    pub until: jiff::Timestamp,
 }
 
 /// What [`Store::record_delivery`](crate::Store::record_delivery) did.

@@ -44,7 +44,8 @@ pub use artifacts::{ArtifactFilter, ArtifactStore, NewArtifact, StoredBlob};
 pub use blob::{BlobStore, ContentBlob};
 pub use error::StoreError;
 pub use hooks::{
-    DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, Recorded, generate_secret,
+    DeliveryClaim, DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, Recorded,
+    generate_secret,
 };
 pub use notifications::{
     AfterAttempt, AttemptRecord, ClaimedNotification, NewNotification, ReceiverTarget,

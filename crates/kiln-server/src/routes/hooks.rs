@@ -110,6 +110,10 @@ pub(crate) async fn receive(
             status,
             reason,
             payload: body.to_vec(),
+            // Claimed as it is recorded when it goes straight to this server's processor.
+            claim: (status == DeliveryStatus::Accepted)
+                .then(|| crate::hooks::claim(&state))
+                .flatten(),
         })
         .await?;
     let d = match recorded {
@@ -152,7 +156,7 @@ pub(crate) async fn receive(
             )
         }
         DeliveryStatus::Accepted => {
-            crate::hooks::spawn(&state, d.id);
+            crate::hooks::spawn(&state, d, body);
             Ok((StatusCode::ACCEPTED, Data::ok(answer)))
         }
         DeliveryStatus::Ignored | DeliveryStatus::Processed => {

@@ -137,8 +137,9 @@ mod api_hooks {
             let size = i64::try_from(new.payload.len()).unwrap_or(i64::MAX);
             let inserted = sqlx::query(concat!(
                 "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, \
-                 received_at, status, reason, run_ids, payload, size, processed_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11) \
+                 received_at, status, reason, run_ids, payload, size, processed_at, \
+                 claimed_by, claim_expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11, $12, $13) \
                  ON CONFLICT (project_id, delivery_id) DO NOTHING RETURNING ",
                 delivery_cols!()
             ))
@@ -153,6 +154,8 @@ mod api_hooks {
             .bind(new.payload.as_slice())
             .bind(size)
             .bind(finished)
+            .bind(new.claim.as_ref().map(|c| c.owner.as_str()))
+            .bind(new.claim.as_ref().map(|c| ms(c.until)))
             .fetch_optional(&mut *conn)
             .await
             .map_err(query("record a webhook delivery"))?;

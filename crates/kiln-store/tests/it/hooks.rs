@@ -4,7 +4,9 @@
 
 use kiln_core::ids::RunId;
 use kiln_proto::{DeliveryStatus, HookProvider};
-use kiln_store::{DeliveryOutcome, HookChange, NewDelivery, Recorded, generate_secret};
+use kiln_store::{
+    DeliveryClaim, DeliveryOutcome, HookChange, NewDelivery, Recorded, generate_secret,
+};
 
 use crate::harness::{Harness, both_backends, new_run};
 
@@ -12,6 +14,7 @@ both_backends!(
     hooks_are_found_by_id_and_rotated,
     deliveries_are_recorded_once_and_finished,
     one_processor_claims_a_delivery,
+    a_delivery_recorded_claimed_is_the_receivers,
     a_batch_is_claimed_and_finished_in_one_go,
     runs_of_a_batch_are_created_all_or_none,
     old_payloads_are_pruned_once_processed,
@@ -79,6 +82,7 @@ async fn deliveries_are_recorded_once_and_finished(h: &Harness) {
         status,
         reason: None,
         payload: br#"{"ref":"refs/heads/main"}"#.to_vec(),
+        claim: None,
     };
     let Recorded::New(first) = s
         .record_delivery(&new("d-1", DeliveryStatus::Accepted))
@@ -173,6 +177,7 @@ async fn one_processor_claims_a_delivery(h: &Harness) {
             status: DeliveryStatus::Accepted,
             reason: None,
             payload: b"{}".to_vec(),
+            claim: None,
         })
         .await
         .unwrap()
@@ -226,6 +231,57 @@ async fn one_processor_claims_a_delivery(h: &Harness) {
     );
 }
 
+/// A delivery recorded under its receiver's claim (handed straight to that server's own
+/// processor) is the receiver's: another server waits for the claim to expire, and the same
+/// server restarted takes it over at once.
+async fn a_delivery_recorded_claimed_is_the_receivers(h: &Harness) {
+    let s = &h.store;
+    let p = s.create_project("app", "/srv/app").await.unwrap();
+    let t = |secs: i64| jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap();
+    let record = |delivery: &str| NewDelivery {
+        project: p.project.id,
+        provider: HookProvider::Github,
+        delivery: delivery.to_owned(),
+        event: "push".to_owned(),
+        status: DeliveryStatus::Accepted,
+        reason: None,
+        payload: b"{}".to_vec(),
+        claim: Some(DeliveryClaim {
+            owner: "a/1".to_owned(),
+            until: t(600),
+        }),
+    };
+    let Recorded::New(d) = s.record_delivery(&record("d-1")).await.unwrap() else {
+        panic!("new")
+    };
+    assert!(
+        !s.claim_delivery(&d.id, "b/1", "b/", t(10), t(610))
+            .await
+            .unwrap(),
+        "another server took a delivery its receiver is processing"
+    );
+    assert!(
+        !s.claim_delivery(&d.id, "a/1", "a/", t(10), t(610))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.claim_delivery(&d.id, "a/2", "a/", t(20), t(620))
+            .await
+            .unwrap(),
+        "the restarted receiver did not take its earlier process's delivery over"
+    );
+    let Recorded::New(e) = s.record_delivery(&record("d-2")).await.unwrap() else {
+        panic!("new")
+    };
+    assert!(
+        s.claim_delivery(&e.id, "b/1", "b/", t(601), t(1200))
+            .await
+            .unwrap(),
+        "an expired claim still held the delivery"
+    );
+}
+
 /// A burst of deliveries is claimed (with payloads, in the order asked) and finished in one
 /// transaction each; what is claimed elsewhere or finished is left out.
 async fn a_batch_is_claimed_and_finished_in_one_go(h: &Harness) {
@@ -242,6 +298,7 @@ async fn a_batch_is_claimed_and_finished_in_one_go(h: &Harness) {
                 status: DeliveryStatus::Accepted,
                 reason: None,
                 payload: format!("{{\"n\":{i}}}").into_bytes(),
+                claim: None,
             })
             .await
             .unwrap()
@@ -362,6 +419,7 @@ async fn old_payloads_are_pruned_once_processed(h: &Harness) {
                 status,
                 reason: None,
                 payload: b"{\"big\":true}".to_vec(),
+                claim: None,
             })
             .await
             .unwrap()

@@ -442,6 +442,7 @@ async fn seed_trigger_tables(s: &Store, p: kiln_core::ids::ProjectId) -> &'stati
         status: DeliveryStatus::Accepted,
         reason: None,
         payload: format!(r#"{{"marker":"{MARKER}"}}"#).into_bytes(),
+        claim: None,
     })
     .await
     .unwrap();
