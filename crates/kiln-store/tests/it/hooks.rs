@@ -184,35 +184,14 @@ async fn one_processor_claims_a_delivery(h: &Harness) {
     else {
         panic!("new")
     };
-    let t = |secs: i64| jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap();
-    assert!(
-        s.claim_delivery(&d.id, "a/1", "a/", t(0), t(600))
-            .await
-            .unwrap()
-    );
+    assert!(claims(s, &d.id, "a/1", 0).await);
     // Another server, and the same server's same process: the claim is live.
-    assert!(
-        !s.claim_delivery(&d.id, "b/1", "b/", t(10), t(610))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !s.claim_delivery(&d.id, "a/1", "a/", t(10), t(610))
-            .await
-            .unwrap()
-    );
+    assert!(!claims(s, &d.id, "b/1", 10).await);
+    assert!(!claims(s, &d.id, "a/1", 10).await);
     // Server a restarted (a new process): its earlier claim is dead at once.
-    assert!(
-        s.claim_delivery(&d.id, "a/2", "a/", t(20), t(620))
-            .await
-            .unwrap()
-    );
+    assert!(claims(s, &d.id, "a/2", 20).await);
     // Expired: anyone may take it.
-    assert!(
-        s.claim_delivery(&d.id, "b/1", "b/", t(700), t(1300))
-            .await
-            .unwrap()
-    );
+    assert!(claims(s, &d.id, "b/1", 700).await);
     // Finished: nobody claims it any more.
     s.finish_delivery(
         &d.id,
@@ -224,11 +203,7 @@ async fn one_processor_claims_a_delivery(h: &Harness) {
     )
     .await
     .unwrap();
-    assert!(
-        !s.claim_delivery(&d.id, "c/1", "c/", t(2000), t(2600))
-            .await
-            .unwrap()
-    );
+    assert!(!claims(s, &d.id, "c/1", 2000).await);
 }
 
 /// A delivery recorded under its receiver's claim (handed straight to that server's own
@@ -255,31 +230,31 @@ async fn a_delivery_recorded_claimed_is_the_receivers(h: &Harness) {
         panic!("new")
     };
     assert!(
-        !s.claim_delivery(&d.id, "b/1", "b/", t(10), t(610))
-            .await
-            .unwrap(),
+        !claims(s, &d.id, "b/1", 10).await,
         "another server took a delivery its receiver is processing"
     );
+    assert!(!claims(s, &d.id, "a/1", 10).await);
     assert!(
-        !s.claim_delivery(&d.id, "a/1", "a/", t(10), t(610))
-            .await
-            .unwrap()
-    );
-    assert!(
-        s.claim_delivery(&d.id, "a/2", "a/", t(20), t(620))
-            .await
-            .unwrap(),
+        claims(s, &d.id, "a/2", 20).await,
         "the restarted receiver did not take its earlier process's delivery over"
     );
     let Recorded::New(e) = s.record_delivery(&record("d-2")).await.unwrap() else {
         panic!("new")
     };
     assert!(
-        s.claim_delivery(&e.id, "b/1", "b/", t(601), t(1200))
-            .await
-            .unwrap(),
+        claims(s, &e.id, "b/1", 601).await,
         "an expired claim still held the delivery"
     );
+}
+
+/// Whether server `owner` (`server/process`) claims delivery `id` at `at` seconds past a fixed
+/// time, for 600 s.
+async fn claims(s: &kiln_store::Store, id: &str, owner: &str, at: i64) -> bool {
+    let t = |secs: i64| jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap();
+    let stale = format!("{}/", owner.split('/').next().unwrap_or(owner));
+    s.claim_delivery(id, owner, &stale, t(at), t(at + 600))
+        .await
+        .unwrap()
 }
 
 /// A burst of deliveries is claimed (with payloads, in the order asked) and finished in one
