@@ -183,10 +183,18 @@ async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(Deliver
     let mut by_project: IndexMap<ProjectId, Vec<Item>> = IndexMap::new();
     for (delivery, payload) in claimed {
         match read_event(&delivery, payload.as_ref()) {
-            Ok(event) => by_project
-                .entry(delivery.project)
-                .or_default()
-                .push(Item { delivery, event }),
+            Ok(event) => {
+                let items = by_project.entry(delivery.project).or_default();
+                // A pull request is also its `pull_request_target`: one item each, their
+                // outcomes merged into the delivery's below.
+                if let Some(target) = triggers::pull_request_target(&event) {
+                    items.push(Item {
+                        delivery: delivery.clone(),
+                        event: target,
+                    });
+                }
+                items.push(Item { delivery, event });
+            }
             Err(outcome) => done.push((delivery, outcome)),
         }
     }
@@ -211,6 +219,7 @@ async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(Deliver
             Err(e) => tracing::error!(error = %e, "processing webhook deliveries panicked"),
         }
     }
+    let done = merge_outcomes(done);
     for (d, outcome) in &done {
         tracing::info!(
             delivery = d.id,
@@ -225,6 +234,48 @@ async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(Deliver
     if let Err(e) = store.finish_deliveries(&done).await {
         tracing::warn!(deliveries = done.len(), error = %e, "failed to record processed webhook deliveries");
     }
+}
+
+/// One outcome per delivery, in the order each first appears: a pull request's own and its
+/// `pull_request_target`'s together. Processed when either started runs (all the runs kept),
+/// failed when either failed, ignored otherwise; the reasons of the parts that started
+/// nothing are kept only when nothing started.
+fn merge_outcomes(
+    done: Vec<(DeliveryView, DeliveryOutcome)>,
+) -> Vec<(DeliveryView, DeliveryOutcome)> {
+    let mut merged: IndexMap<String, (DeliveryView, DeliveryOutcome)> = IndexMap::new();
+    for (d, outcome) in done {
+        match merged.get_mut(&d.id) {
+            None => {
+                merged.insert(d.id.clone(), (d, outcome));
+            }
+            Some((_, into)) => {
+                let rank = |s: DeliveryStatus| match s {
+                    DeliveryStatus::Failed => 3,
+                    DeliveryStatus::Processed => 2,
+                    _ => 1,
+                };
+                let reason = match (rank(into.status), rank(outcome.status)) {
+                    (a, b) if a > b => into.reason.take(),
+                    (a, b) if a < b => outcome.reason,
+                    _ => match (into.reason.take(), outcome.reason) {
+                        (Some(a), Some(b)) => Some(format!("{b}; {a}")),
+                        (a, b) => a.or(b),
+                    },
+                };
+                if rank(outcome.status) > rank(into.status) {
+                    into.status = outcome.status;
+                }
+                into.reason = if into.status == DeliveryStatus::Processed {
+                    None
+                } else {
+                    reason
+                };
+                into.runs.extend(outcome.runs);
+            }
+        }
+    }
+    merged.into_values().collect()
 }
 
 /// The event a delivery's payload describes, or why it starts nothing.
@@ -384,7 +435,13 @@ async fn choose(
                 // A folder has no history to diff: path filters are not applied.
                 answer = Match::Yes;
             } else {
-                match changed_paths(state, d, event, prepared.sha()).await {
+                // A pull_request_target runs the base branch, but judges the pull
+                // request's files, as GitHub does.
+                let to = match event.event_name.as_str() {
+                    "pull_request_target" => triggers::pull_request_head(event),
+                    _ => None,
+                };
+                match changed_paths(state, d, event, to.unwrap_or(prepared.sha())).await {
                     Ok(paths) => {
                         answer = triggers::matches_triggers(event, &wf.on, Some(&paths));
                         changed = Some(paths);

@@ -222,6 +222,42 @@ pub fn normalize(
     }
 }
 
+/// The `pull_request_target` event a pull request delivery also is, as on GitHub: the same
+/// payload, action and branches, but run at the base branch (`refs/heads/<base>`, at the
+/// payload's `pull_request.base.sha` when it names a commit) — the target repository's own
+/// workflows and code, never the pull request's. `None` for any other event.
+pub fn pull_request_target(event: &HookEvent) -> Option<HookEvent> {
+    if event.event_name != "pull_request" {
+        return None;
+    }
+    let base = event.base_ref.clone()?;
+    let sha = event
+        .payload
+        .pointer("/pull_request/base/sha")
+        .and_then(Value::as_str)
+        .filter(|s| is_full_sha(s))
+        .map(str::to_owned);
+    Some(HookEvent {
+        event_name: "pull_request_target".to_owned(),
+        git_ref: Some(format!("refs/heads/{base}")),
+        ref_name: Some(base),
+        ref_type: Some("branch".to_owned()),
+        sha,
+        fetch_ref: None,
+        ..event.clone()
+    })
+}
+
+/// The pull request's head commit, for a `pull_request_target` event's path filters (which
+/// judge the pull request's files, not the base branch's).
+pub fn pull_request_head(event: &HookEvent) -> Option<&str> {
+    event
+        .payload
+        .pointer("/pull_request/head/sha")
+        .and_then(Value::as_str)
+        .filter(|s| is_full_sha(s))
+}
+
 /// Whether a workflow runs for an event, and if not, why (for the delivery record).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Match {

@@ -685,6 +685,46 @@ fn github_context_of_a_push() {
     assert_eq!(cx["event"]["pull_request"]["number"], 2);
 }
 
+/// A pull request is also a `pull_request_target` event, at the base branch and its commit;
+/// path filters look at the pull request's head. Other events are not.
+#[test]
+fn a_pull_request_is_also_its_target_at_the_base_branch() {
+    let pr = event(
+        Provider::Github,
+        "pull_request",
+        "github",
+        "pull_request.opened.payload.json",
+    );
+    let target = pull_request_target(&pr).expect("a pull request has a target");
+    assert_eq!(target.event_name, "pull_request_target");
+    assert_eq!(target.git_ref.as_deref(), Some("refs/heads/master"));
+    assert_eq!(target.ref_name.as_deref(), Some("master"));
+    let base = pr.payload["pull_request"]["base"]["sha"].as_str().unwrap();
+    assert_eq!(target.sha.as_deref(), Some(base));
+    assert_ne!(target.sha, pr.sha, "the target runs the base, not the head");
+    assert_eq!(target.fetch_ref, None);
+    assert_eq!(
+        (target.action.as_deref(), target.head_ref.as_deref()),
+        (Some("opened"), Some("changes"))
+    );
+    assert_eq!(pull_request_head(&target), pr.sha.as_deref());
+    // Its filters are a pull request's: types, then branches against the base.
+    let closed = EventFilter {
+        types: list(&["closed"]),
+        ..Default::default()
+    };
+    assert!(yes(&matches(&target, &EventFilter::default(), None)));
+    assert!(!yes(&matches(&target, &closed, None)));
+
+    let push = event(
+        Provider::Github,
+        "push",
+        "github",
+        "push.go-playground.payload.json",
+    );
+    assert_eq!(pull_request_target(&push), None);
+}
+
 #[test]
 fn malformed_github_payloads_name_the_field() {
     let cases: &[(&str, Value, &str)] = &[

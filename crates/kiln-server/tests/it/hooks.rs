@@ -45,6 +45,7 @@ with_engine!(
     replays_bad_signatures_and_bodies_are_told_apart,
     rotation_changes_the_secret_and_the_url,
     a_pull_request_from_a_fork_runs_at_its_head_commit,
+    a_pull_request_target_runs_the_base_branch_s_workflow_and_code,
 );
 
 fn local() -> EgressPolicy {
@@ -596,26 +597,38 @@ fn pull_request_headers(body: &[u8], delivery: &str) -> Vec<(String, String)> {
     headers
 }
 
+/// A pull request from a fork into `main` (at `base`): a commit of `files` reachable upstream
+/// only through `refs/pull/<number>/head`, and GitHub's `opened` payload for it (head branch
+/// `topic`). Its head commit and the payload.
+fn fork_pull_request(
+    up: &GitUpstream,
+    number: u64,
+    files: &[(&str, &str)],
+    base: &str,
+) -> (String, serde_json::Value) {
+    let branch = format!("fork-topic-{number}");
+    up.git(&["checkout", "--quiet", "-b", &branch]);
+    let head = up.commit(files, "fork work");
+    up.git(&["update-ref", &format!("refs/pull/{number}/head"), &head]);
+    up.git(&["checkout", "--quiet", "main"]);
+    up.git(&["branch", "--quiet", "-D", &branch]);
+    let mut p = corpus("github/pull_request.opened.payload.json");
+    p["number"] = json!(number);
+    p["pull_request"]["number"] = json!(number);
+    p["pull_request"]["head"]["sha"] = json!(head);
+    p["pull_request"]["head"]["ref"] = json!("topic");
+    p["pull_request"]["base"]["ref"] = json!("main");
+    p["pull_request"]["base"]["sha"] = json!(base);
+    (head, p)
+}
+
 /// A pull request from a fork: its head commit is on no branch of the repository, only under
 /// `refs/pull/N/head`. kiln fetches that ref and runs at the commit.
 async fn a_pull_request_from_a_fork_runs_at_its_head_commit(s: &Server) {
     let up = GitUpstream::new();
     let base = up.commit(&[(".kiln/workflows/pr.yml", PR)], "base");
     let (_, hook) = s.hooked(&up, "app-fork-pr", "github").await;
-    // The fork's commit, reachable upstream only through the pull request's ref.
-    up.git(&["checkout", "--quiet", "-b", "fork-topic"]);
-    let head = up.commit(&[("fork.txt", "from the fork")], "fork work");
-    up.git(&["update-ref", "refs/pull/7/head", &head]);
-    up.git(&["checkout", "--quiet", "main"]);
-    up.git(&["branch", "--quiet", "-D", "fork-topic"]);
-
-    let mut p = corpus("github/pull_request.opened.payload.json");
-    p["number"] = json!(7);
-    p["pull_request"]["number"] = json!(7);
-    p["pull_request"]["head"]["sha"] = json!(head);
-    p["pull_request"]["head"]["ref"] = json!("topic");
-    p["pull_request"]["base"]["ref"] = json!("main");
-    p["pull_request"]["base"]["sha"] = json!(base);
+    let (head, p) = fork_pull_request(&up, 7, &[("fork.txt", "from the fork")], &base);
     let body = serde_json::to_vec(&p).unwrap();
     let headers = pull_request_headers(&body, "fork-pr-1");
     let r = s.deliver(&hook, &headers, body).await;
@@ -655,4 +668,74 @@ async fn a_pull_request_from_a_fork_runs_at_its_head_commit(s: &Server) {
     );
     let data = s.data_dir().display().to_string();
     assert!(!reason.contains(&data), "{reason}");
+}
+
+const PR_TARGET: &str = r#"
+on:
+  pull_request_target:
+    types: [opened]
+    paths: ["src/**"]
+jobs:
+  label:
+    runs-on: local
+    steps:
+      - run: echo "base workflow sha=$GITHUB_SHA ref=${{ github.ref }} event=${{ github.event_name }} head=${{ github.head_ref }} pr=${{ github.event.number }}"; test ! -e fork.txt
+"#;
+
+/// `pull_request_target`: the same delivery as a pull request's, but the run is the base
+/// branch's workflow at the base commit — a fork that rewrites the workflow cannot change what
+/// runs — while its path filters judge the pull request's files. A pull request whose files
+/// the filters leave out starts nothing, and says why.
+async fn a_pull_request_target_runs_the_base_branch_s_workflow_and_code(s: &Server) {
+    let up = GitUpstream::new();
+    let base = up.commit(&[(".kiln/workflows/target.yml", PR_TARGET)], "base");
+    let (_, hook) = s.hooked(&up, "app-pr-target", "github").await;
+    // The fork rewrites the workflow and touches src/: only the second may count.
+    let (_, p) = fork_pull_request(
+        &up,
+        9,
+        &[
+            (
+                ".kiln/workflows/target.yml",
+                "on: pull_request_target\njobs: {evil: {runs-on: local, steps: [{run: 'echo pwned'}]}}\n",
+            ),
+            ("src/lib.rs", "// from the fork"),
+            ("fork.txt", "from the fork"),
+        ],
+        &base,
+    );
+    let body = serde_json::to_vec(&p).unwrap();
+    let r = s
+        .deliver(&hook, &pull_request_headers(&body, "target-1"), body)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let d = s.processed(r.data()["delivery_id"].as_str().unwrap()).await;
+    assert_eq!(d["status"], "processed", "{d:#}");
+    assert_eq!(d["runs"].as_array().unwrap().len(), 1, "{d:#}");
+    let run = s.finished(d["runs"][0].as_str().unwrap()).await;
+    assert_eq!(
+        (run.event.as_str(), run.git_ref.as_str(), run.sha.as_str()),
+        ("pull_request_target", "refs/heads/main", base.as_str())
+    );
+    let log = s.store.read_log(run.jobs[0].id, 0, 1 << 20).await.unwrap();
+    let log = String::from_utf8_lossy(&log.data);
+    assert_eq!(run.status, RunStatus::Success, "{log}");
+    assert!(
+        log.contains(&format!(
+            "base workflow sha={base} ref=refs/heads/main event=pull_request_target head=topic pr=9"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("pwned"), "{log}");
+
+    // A pull request touching no file under src/: nothing runs, and the delivery says why.
+    let (_, p) = fork_pull_request(&up, 10, &[("README.md", "docs only")], &base);
+    let body = serde_json::to_vec(&p).unwrap();
+    let r = s
+        .deliver(&hook, &pull_request_headers(&body, "target-2"), body)
+        .await;
+    let d = s.processed(r.data()["delivery_id"].as_str().unwrap()).await;
+    assert_eq!(d["status"], "ignored", "{d:#}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.contains("paths"), "{reason}");
 }
