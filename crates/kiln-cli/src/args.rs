@@ -336,6 +336,8 @@ pub(crate) struct ServeArgs {
     #[command(flatten)]
     pub(crate) bans: crate::ban::BanFlags,
     #[command(flatten)]
+    pub(crate) notify: crate::receiver::NotifyFlags,
+    #[command(flatten)]
     pub(crate) watch: crate::watch::WatchFlags,
     /// The package tree (`CATEGORY/NAME/kiln-package.toml` folders) whose dependencies
     /// `GET /api/v1/packages/{category}/{name}/deps` answers with, read as it is at each

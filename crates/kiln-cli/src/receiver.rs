@@ -13,6 +13,76 @@ use crate::args::{Format, ServerArgs};
 use crate::client::{Client, path_segment};
 use crate::output::{print_json, stdout_line};
 
+/// `kiln serve`'s flags for the notifier, which sends receivers their events.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct NotifyFlags {
+    /// Attempts at a notification before it is `failed` (its attempts stay listed, and
+    /// `POST /api/v1/notifications/{id}/retry` sends it again).
+    #[arg(
+        long,
+        default_value_t = 6,
+        env = "KILN__NOTIFY__ATTEMPTS",
+        value_name = "N"
+    )]
+    notify_attempts: u32,
+    /// Seconds to wait after the 1st, 2nd, … failed attempt (comma-separated; the last
+    /// repeats).
+    #[arg(
+        long,
+        default_value = "5,30,120,600,3600",
+        env = "KILN__NOTIFY__BACKOFF",
+        value_delimiter = ',',
+        value_name = "SECONDS,…"
+    )]
+    notify_backoff: Vec<u64>,
+    /// Seconds one attempt may take, connection and answer included.
+    #[arg(
+        long,
+        default_value_t = 10,
+        env = "KILN__NOTIFY__TIMEOUT",
+        value_name = "SECONDS"
+    )]
+    notify_timeout: u64,
+    /// Send no notifications from this server (another replica sends them; nothing is lost:
+    /// they wait in the store).
+    #[arg(long, env = "KILN__NOTIFY__DISABLED")]
+    no_notify: bool,
+}
+
+impl NotifyFlags {
+    /// The notifier's settings; a zero count or time is exit 2 naming the flag.
+    pub(crate) fn config(&self) -> Result<kiln_server::NotifyConfig, Failure> {
+        if self.notify_attempts == 0 {
+            return Err(Failure::invalid("--notify-attempts must be at least 1"));
+        }
+        if self.notify_backoff.is_empty() || self.notify_backoff.contains(&0) {
+            return Err(Failure::invalid(
+                "--notify-backoff: every wait must be at least 1 second",
+            ));
+        }
+        if self.notify_timeout == 0 {
+            return Err(Failure::invalid(
+                "--notify-timeout must be at least 1 second",
+            ));
+        }
+        let timeout = std::time::Duration::from_secs(self.notify_timeout);
+        let defaults = kiln_server::NotifyConfig::default();
+        Ok(kiln_server::NotifyConfig {
+            enabled: !self.no_notify,
+            backoff: self
+                .notify_backoff
+                .iter()
+                .map(|&s| std::time::Duration::from_secs(s))
+                .collect(),
+            max_attempts: self.notify_attempts,
+            timeout,
+            // A claim outlives the attempt it covers, so a live sender never loses it.
+            lease: defaults.lease.max(timeout * 2),
+            ..defaults
+        })
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ReceiverArgs {
     #[command(subcommand)]

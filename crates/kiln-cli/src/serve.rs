@@ -33,6 +33,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     };
     let egress = a.egress.policy()?;
     let bans = a.bans.config()?;
+    let notify = a.notify.config()?;
     let watch_config = a
         .watch
         .config(std::env::var(crate::watch::GITHUB_TOKEN_ENV).ok())?;
@@ -126,6 +127,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
     config.data_dir = data_dir;
     config.worker_slots = Some(slots);
     config.bans = bans;
+    config.notify = notify;
     config.hook_payload_retention = a.bans.payload_retention();
     config.metrics_open = !a.metrics_need_token;
     config.package_tree = package_tree;
