@@ -6,7 +6,7 @@
 //! on a local S3.
 
 use futures_util::StreamExt as _;
-use kiln_core::ids::{JobStatus, RunId, RunStatus};
+use kiln_core::ids::{JobStatus, RunStatus};
 use kiln_testkit::s3::LocalS3;
 use serde_json::json;
 
@@ -76,15 +76,7 @@ async fn project(s: &Server, workflow: &str) -> String {
 }
 
 async fn run(s: &Server, project: &str) -> kiln_proto::Run {
-    let r = s
-        .post(
-            &format!("/api/v1/projects/{project}/runs"),
-            &s.admin,
-            &json!({"workflow": "release"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let id: RunId = r.data()["runs"][0]["id"].as_str().unwrap().parse().unwrap();
+    let id = s.start_workflow(project, "release").await;
     wait_until(s, id, |r| r.status.is_terminal()).await
 }
 
@@ -389,14 +381,7 @@ async fn workers_offer_upload_and_read_artifacts_under_their_lease() {
     .await;
     let wf = "name: release\non: workflow_dispatch\njobs:\n  build:\n    runs-on: linux\n    steps:\n      - run: \"true\"\n";
     let name = project(&s, wf).await;
-    let r = s
-        .post(
-            &format!("/api/v1/projects/{name}/runs"),
-            &s.admin,
-            &json!({"workflow": "release"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
+    s.start_workflow(&name, "release").await;
     let token = s.token("worker").await;
     let reg = s
         .post(

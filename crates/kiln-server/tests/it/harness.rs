@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 
+use kiln_core::ids::RunId;
 use kiln_engine::egress::EgressPolicy;
 use kiln_server::{AppState, LiveConfig, ServerConfig};
 use kiln_store::Store;
 use reqwest::header::HeaderMap;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
 use tokio::sync::oneshot;
@@ -285,19 +286,7 @@ impl Server {
     /// A server with an engine that runs no job itself (`--workers 0`): remote workers run
     /// them, under leases of `lease_ttl`.
     pub(crate) async fn for_remote_workers(postgres: bool, lease_ttl: std::time::Duration) -> Self {
-        let (store, dir, pg) = any_store(postgres).await;
-        let policy = EgressPolicy::default();
-        Self::start_full(
-            store,
-            dir,
-            pg,
-            true,
-            policy,
-            None,
-            Some((0, lease_ttl)),
-            None,
-        )
-        .await
+        Self::for_remote_workers_with(postgres, lease_ttl, |_| {}).await
     }
 
     async fn start_configured(
@@ -412,6 +401,20 @@ impl Server {
     }
 
     /// `POST path` with a JSON body, as `token`.
+    /// `POST /api/v1/projects/{project}/runs` of `workflow`, as the admin: its id when
+    /// created (201), or a failed assertion showing the answer.
+    pub(crate) async fn start_workflow(&self, project: &str, workflow: &str) -> RunId {
+        let r = self
+            .post(
+                &format!("/api/v1/projects/{project}/runs"),
+                &self.admin,
+                &json!({ "workflow": workflow }),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.data()["runs"][0]["id"].as_str().unwrap().parse().unwrap()
+    }
+
     pub(crate) async fn post(&self, path: &str, token: &str, body: &Value) -> Reply {
         self.send(
             self.request(reqwest::Method::POST, path)

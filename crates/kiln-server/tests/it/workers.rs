@@ -76,15 +76,7 @@ async fn project_with(s: &Server, workflow: &str) -> (tempfile::TempDir, String)
 }
 
 async fn trigger(s: &Server, project: &str) -> RunId {
-    let r = s
-        .post(
-            &format!("/api/v1/projects/{project}/runs"),
-            &s.admin,
-            &json!({"workflow": "ci"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    r.data()["runs"][0]["id"].as_str().unwrap().parse().unwrap()
+    s.start_workflow(project, "ci").await
 }
 
 async fn register(s: &Server, token: &str, name: &str, labels: &[&str]) -> String {
