@@ -282,7 +282,7 @@ fn merge_outcomes(
 fn read_event(d: &DeliveryView, payload: &[u8]) -> Result<HookEvent, DeliveryOutcome> {
     let body: Value = serde_json::from_slice(payload)
         .map_err(|e| failed(format!("the body is not JSON: {e}")))?;
-    match triggers::normalize(provider(d.provider), &d.event, &body) {
+    match triggers::normalize(provider(d.provider), &d.event, body) {
         Ok(Some(event)) => Ok(event),
         Ok(None) => Err(ignored(format!(
             "kiln runs nothing on the {} event `{}`",

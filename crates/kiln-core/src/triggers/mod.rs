@@ -205,20 +205,22 @@ impl NormalizeError {
 pub fn normalize(
     provider: Provider,
     event_header: &str,
-    payload: &Value,
+    payload: Value,
 ) -> Result<Option<HookEvent>, NormalizeError> {
     if !payload.is_object() {
         return Err(NormalizeError::NotAnObject);
     }
     let header = event_header.trim();
+    // GitHub-shaped payloads become `github.event` as they are (moved, not copied); GitLab's
+    // and Gitea's are translated into new ones.
     match provider {
-        Provider::Github => github::normalize(Provider::Github, header, payload.clone()),
+        Provider::Github => github::normalize(Provider::Github, header, payload),
         Provider::Generic => {
             let name = if header.is_empty() { "push" } else { header };
-            github::normalize(Provider::Generic, name, payload.clone())
+            github::normalize(Provider::Generic, name, payload)
         }
-        Provider::Gitea => gitea::normalize(header, payload),
-        Provider::Gitlab => gitlab::normalize(header, payload),
+        Provider::Gitea => gitea::normalize(header, &payload),
+        Provider::Gitlab => gitlab::normalize(header, &payload),
     }
 }
 

@@ -500,7 +500,7 @@ fn load(provider: &str, file: &str) -> Value {
 }
 
 fn event(provider: Provider, header: &str, dir: &str, file: &str) -> HookEvent {
-    normalize(provider, header, &load(dir, file))
+    normalize(provider, header, load(dir, file))
         .unwrap_or_else(|e| panic!("{dir}/{file}: {e}"))
         .unwrap_or_else(|| panic!("{dir}/{file}: no event"))
 }
@@ -521,7 +521,7 @@ fn every_github_delivery_normalizes() {
         }
         seen += 1;
         let header = name.split('.').next().expect("an event name");
-        let out = normalize(Provider::Github, header, &load("github", name))
+        let out = normalize(Provider::Github, header, load("github", name))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let runs = matches!(
             header,
@@ -641,7 +641,7 @@ fn github_known_deliveries() {
         "ping.with-organization.payload.json",
     ] {
         assert_eq!(
-            normalize(Provider::Github, "ping", &load("github", ping)),
+            normalize(Provider::Github, "ping", load("github", ping)),
             Ok(None),
             "{ping}"
         );
@@ -770,11 +770,11 @@ fn malformed_github_payloads_name_the_field() {
         ("delete", json!({"ref_type": "tag"}), "ref"),
     ];
     for (header, payload, field) in cases {
-        let err = normalize(Provider::Github, header, payload).expect_err(header);
+        let err = normalize(Provider::Github, header, payload.clone()).expect_err(header);
         assert_eq!(err.field(), Some(*field), "{header} {payload}: {err}");
     }
     assert_eq!(
-        normalize(Provider::Github, "push", &json!([1])),
+        normalize(Provider::Github, "push", json!([1])),
         Err(NormalizeError::NotAnObject)
     );
 }
@@ -786,13 +786,13 @@ fn generic_deliveries_are_github_shaped() {
         "after": "b".repeat(40),
         "commits": [{"id": "b", "added": ["a"], "modified": ["b"], "removed": ["a"]}],
     });
-    let ev = normalize(Provider::Generic, "", &body)
+    let ev = normalize(Provider::Generic, "", body.clone())
         .expect("valid")
         .expect("a push");
     assert_eq!(ev.event_name, "push");
     assert_eq!(ev.provider, Provider::Generic);
     assert_eq!(ev.changed_paths, strs(&["a", "b"]));
-    assert_eq!(normalize(Provider::Generic, "ping", &body), Ok(None));
+    assert_eq!(normalize(Provider::Generic, "ping", body), Ok(None));
 }
 
 #[test]
@@ -844,7 +844,7 @@ fn cases(dir: &str) -> Vec<(String, String)> {
 }
 
 fn outcome(provider: Provider, dir: &str, file: &str, header: &str) -> String {
-    match normalize(provider, header, &load(dir, file)) {
+    match normalize(provider, header, load(dir, file)) {
         Ok(Some(ev)) => ev.event_name,
         Ok(None) => "-".to_owned(),
         Err(e) => format!("error at {}", e.field().unwrap_or("?")),
@@ -1091,7 +1091,7 @@ fn gitlab_merge_request_actions() {
         if let Some(o) = oldrev {
             p["object_attributes"]["oldrev"] = json!(o);
         }
-        normalize(Provider::Gitlab, "Merge Request Hook", &p).expect("valid")
+        normalize(Provider::Gitlab, "Merge Request Hook", p.clone()).expect("valid")
     };
     let action = |action: &str, oldrev: Option<&str>| with(action, oldrev).and_then(|e| e.action);
     assert_eq!(action("open", None).as_deref(), Some("opened"));
@@ -1160,7 +1160,7 @@ fn malformed_gitlab_payloads_name_the_field() {
         ("Release Hook", json!({"action": "create"}), "tag"),
     ];
     for (header, payload, field) in cases {
-        let err = normalize(Provider::Gitlab, header, payload).expect_err(field);
+        let err = normalize(Provider::Gitlab, header, payload.clone()).expect_err(field);
         assert_eq!(err.field(), Some(*field), "{header}: {err}");
     }
 }
@@ -1200,7 +1200,7 @@ fn gitea_and_gogs_known_deliveries() {
 
     let mut sync = load("gitea", "pull-request-event.json");
     sync["action"] = json!("synchronized");
-    let ev = normalize(Provider::Gitea, "pull_request", &sync)
+    let ev = normalize(Provider::Gitea, "pull_request", sync.clone())
         .expect("valid")
         .expect("an event");
     assert_eq!(ev.action.as_deref(), Some("synchronize"));
@@ -1241,14 +1241,14 @@ fn gitea_and_gogs_known_deliveries() {
 fn gitea_cut_commit_lists_leave_files_to_git() {
     let mut p = load("gitea", "push-event.json");
     p["total_commits"] = json!(7);
-    let ev = normalize(Provider::Gitea, "push", &p)
+    let ev = normalize(Provider::Gitea, "push", p.clone())
         .expect("valid")
         .expect("a push");
     assert_eq!(ev.changed_paths, None);
     let mut p = load("gitea", "push-event.json");
     let c = p["commits"][0].clone();
     p["commits"] = json!([c.clone(), c.clone(), c.clone(), c.clone(), c]);
-    let ev = normalize(Provider::Gitea, "push", &p)
+    let ev = normalize(Provider::Gitea, "push", p.clone())
         .expect("valid")
         .expect("a push");
     assert_eq!(
@@ -1261,7 +1261,7 @@ fn gitea_cut_commit_lists_leave_files_to_git() {
 fn github_forced_and_deleted_pushes() {
     let mut p = load("github", "push.go-playground.payload.json");
     p["forced"] = json!(true);
-    let ev = normalize(Provider::Github, "push", &p)
+    let ev = normalize(Provider::Github, "push", p.clone())
         .expect("valid")
         .expect("a push");
     assert_eq!(ev.changed_paths, None, "a forced push may drop files");
@@ -1269,7 +1269,7 @@ fn github_forced_and_deleted_pushes() {
     p["after"] = json!("0".repeat(40));
     p["deleted"] = json!(true);
     p["commits"] = json!([]);
-    let ev = normalize(Provider::Github, "push", &p)
+    let ev = normalize(Provider::Github, "push", p.clone())
         .expect("valid")
         .expect("a push");
     assert!(ev.deleted);
@@ -1317,7 +1317,7 @@ fn damaged_deliveries_never_panic() {
                 let mut p = payload.clone();
                 *p.pointer_mut(pointer).expect("the field is there") = d.clone();
                 tried += 1;
-                if let Err(e) = normalize(*provider, header, &p) {
+                if let Err(e) = normalize(*provider, header, p.clone()) {
                     assert!(e.field().is_some(), "{header} {pointer}={d}: {e}");
                 }
             }
