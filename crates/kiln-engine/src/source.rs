@@ -569,6 +569,24 @@ impl GitRepo {
         Ok(split_z(&out))
     }
 
+    /// The files a pull request changes: `git diff --name-only base...head`, what `head`
+    /// changed since it left `base`'s history (their merge base), whatever `base` did since.
+    pub async fn pull_request_paths(
+        &self,
+        base: &str,
+        head: &str,
+    ) -> Result<Vec<String>, SourceError> {
+        check_sha(base)?;
+        check_sha(head)?;
+        let span = format!("{base}...{head}");
+        let out = self
+            .git()
+            .args(["diff", "--name-only", "-z", "--no-renames", &span, "--"])
+            .run()
+            .await?;
+        Ok(split_z(&out))
+    }
+
     /// Every file of commit `sha` (submodules as their path), sorted as git sorts them.
     pub async fn ls_files(&self, sha: &str) -> Result<Vec<String>, SourceError> {
         check_sha(sha)?;

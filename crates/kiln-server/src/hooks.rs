@@ -435,13 +435,8 @@ async fn choose(
                 // A folder has no history to diff: path filters are not applied.
                 answer = Match::Yes;
             } else {
-                // A pull_request_target runs the base branch, but judges the pull
-                // request's files, as GitHub does.
-                let to = match event.event_name.as_str() {
-                    "pull_request_target" => triggers::pull_request_head(event),
-                    _ => None,
-                };
-                match changed_paths(state, d, event, to.unwrap_or(prepared.sha())).await {
+                // A pull request's paths (either event) are judged on its own changes.
+                match changed_paths(state, d, event, prepared.sha()).await {
                     Ok(paths) => {
                         answer = triggers::matches_triggers(event, &wf.on, Some(&paths));
                         changed = Some(paths);
@@ -541,8 +536,11 @@ fn provider(p: HookProvider) -> Provider {
     }
 }
 
-/// The files the push changed, from the mirror: `git diff --name-only before..sha` (every
-/// file of `sha` when `before` is unknown or all zeros).
+/// The files the event changed, from the mirror. A pull request's (either event): what its
+/// head changed since it left the base branch, `git diff --name-only base...head`, as GitHub
+/// judges pull request paths. Otherwise — or when the base commit is not in the mirror —
+/// `git diff --name-only before..sha` (every file of `sha` when `before` is unknown or all
+/// zeros).
 async fn changed_paths(
     state: &AppState,
     d: &DeliveryView,
@@ -551,6 +549,21 @@ async fn changed_paths(
 ) -> Result<Vec<String>, String> {
     let dir = crate::fetch::mirror_dir(&state.config().data_dir, d.project);
     let repo = GitRepo::open(&dir).await.map_err(|e| e.to_string())?;
+    if let (Some(base), Some(head)) = (
+        triggers::pull_request_base(event),
+        triggers::pull_request_head(event),
+    ) {
+        match repo.pull_request_paths(base, head).await {
+            Ok(paths) => return Ok(paths),
+            // The base commit is not in the mirror (the branch moved on since the last
+            // fetch): judge the head's files as a push would be.
+            Err(e) => tracing::warn!(
+                delivery = d.id,
+                error = %e,
+                "cannot diff a pull request against its base; judging its head's files"
+            ),
+        }
+    }
     let before = event.before.as_deref().unwrap_or("");
     let before = if before.is_empty() {
         "0000000000000000000000000000000000000000"

@@ -233,12 +233,7 @@ pub fn pull_request_target(event: &HookEvent) -> Option<HookEvent> {
         return None;
     }
     let base = event.base_ref.clone()?;
-    let sha = event
-        .payload
-        .pointer("/pull_request/base/sha")
-        .and_then(Value::as_str)
-        .filter(|s| is_full_sha(s))
-        .map(str::to_owned);
+    let sha = pull_request_base(event).map(str::to_owned);
     Some(HookEvent {
         event_name: "pull_request_target".to_owned(),
         git_ref: Some(format!("refs/heads/{base}")),
@@ -250,12 +245,27 @@ pub fn pull_request_target(event: &HookEvent) -> Option<HookEvent> {
     })
 }
 
-/// The pull request's head commit, for a `pull_request_target` event's path filters (which
-/// judge the pull request's files, not the base branch's).
+/// A pull request's head commit (`pull_request` or `pull_request_target`), for path filters,
+/// which judge the pull request's own changes. `None` for other events.
 pub fn pull_request_head(event: &HookEvent) -> Option<&str> {
+    pull_request_commit(event, "/pull_request/head/sha")
+}
+
+/// A pull request's base commit, as the payload names it. `None` for other events.
+pub fn pull_request_base(event: &HookEvent) -> Option<&str> {
+    pull_request_commit(event, "/pull_request/base/sha")
+}
+
+fn pull_request_commit<'e>(event: &'e HookEvent, pointer: &str) -> Option<&'e str> {
+    if !matches!(
+        event.event_name.as_str(),
+        "pull_request" | "pull_request_target"
+    ) {
+        return None;
+    }
     event
         .payload
-        .pointer("/pull_request/head/sha")
+        .pointer(pointer)
         .and_then(Value::as_str)
         .filter(|s| is_full_sha(s))
 }

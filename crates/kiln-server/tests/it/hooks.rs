@@ -688,7 +688,15 @@ jobs:
 /// the filters leave out starts nothing, and says why.
 async fn a_pull_request_target_runs_the_base_branch_s_workflow_and_code(s: &Server) {
     let up = GitUpstream::new();
-    let base = up.commit(&[(".kiln/workflows/target.yml", PR_TARGET)], "base");
+    // The base branch has files under src/ already: a pull request is judged on what it
+    // changes, not on every file its head holds.
+    let base = up.commit(
+        &[
+            (".kiln/workflows/target.yml", PR_TARGET),
+            ("src/main.rs", "// on the base branch"),
+        ],
+        "base",
+    );
     let (_, hook) = s.hooked(&up, "app-pr-target", "github").await;
     // The fork rewrites the workflow and touches src/: only the second may count.
     let (_, p) = fork_pull_request(
