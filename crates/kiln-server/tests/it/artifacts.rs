@@ -383,14 +383,8 @@ async fn workers_offer_upload_and_read_artifacts_under_their_lease() {
     let name = project(&s, wf).await;
     s.start_workflow(&name, "release").await;
     let token = s.token("worker").await;
-    let reg = s
-        .post(
-            "/api/v1/worker/register",
-            &token,
-            &json!({"name": "w", "labels": ["linux"], "slots": 1, "protocol": 1, "version": "t"}),
-        )
-        .await;
-    let w = reg.data()["id"].as_str().unwrap().to_owned();
+    let reg = s.register_worker(&token, "w", &["linux"], 1).await;
+    let w = reg["id"].as_str().unwrap().to_owned();
     let claimed = s
         .post(
             &format!("/api/v1/worker/{w}/claim"),

@@ -401,6 +401,26 @@ impl Server {
     }
 
     /// `POST path` with a JSON body, as `token`.
+    /// `POST /api/v1/worker/register` of a worker `name` with `labels` and `slots`, under
+    /// `token`: the registration as answered (201 asserted).
+    pub(crate) async fn register_worker(
+        &self,
+        token: &str,
+        name: &str,
+        labels: &[&str],
+        slots: u32,
+    ) -> Value {
+        let r = self
+            .post(
+                "/api/v1/worker/register",
+                token,
+                &json!({"name": name, "labels": labels, "slots": slots, "protocol": 1, "version": "test"}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        r.data()
+    }
+
     /// `POST /api/v1/projects/{project}/runs` of `workflow`, as the admin: its id when
     /// created (201), or a failed assertion showing the answer.
     pub(crate) async fn start_workflow(&self, project: &str, workflow: &str) -> RunId {

@@ -80,16 +80,9 @@ async fn trigger(s: &Server, project: &str) -> RunId {
 }
 
 async fn register(s: &Server, token: &str, name: &str, labels: &[&str]) -> String {
-    let r = s
-        .post(
-            "/api/v1/worker/register",
-            token,
-            &json!({"name": name, "labels": labels, "slots": 2, "protocol": 1, "version": "test"}),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    assert_eq!(r.data()["lease_ms"], 2000);
-    r.data()["id"].as_str().unwrap().to_owned()
+    let r = s.register_worker(token, name, labels, 2).await;
+    assert_eq!(r["lease_ms"], 2000);
+    r["id"].as_str().unwrap().to_owned()
 }
 
 async fn claim(s: &Server, token: &str, worker: &str, wait_ms: u64) -> Vec<Value> {
