@@ -123,6 +123,7 @@ impl Store {
         let b = backend::postgres::open(url, blobs).await?;
         let writes: Arc<watch::Sender<u64>> = Arc::default();
         backend::postgres::listen_for_events(b.reader_pool(), Arc::downgrade(&writes));
+        backend::postgres::announce_events(b.reader_pool(), b.announcements());
         Store {
             writes,
             inner: Arc::new(Backend::Postgres(b)),

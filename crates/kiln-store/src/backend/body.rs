@@ -60,6 +60,10 @@ pub(crate) struct Backend {
     writer: Writer,
     reader: Pool<Db>,
     blobs: BlobStore,
+    /// What outbox readers may hand out (`Settle`; used where ids are not in commit order).
+    settle: std::sync::Mutex<super::Settle>,
+    /// Woken after each commit that appended events (`Dialect::announce`).
+    announce: std::sync::Arc<tokio::sync::Notify>,
 }
 
 fn get<'r, T>(row: &'r DbRow, table: &'static str, column: &'static str) -> Result<T, StoreError>
@@ -200,6 +204,8 @@ impl Backend {
             writer,
             reader,
             blobs,
+            settle: std::sync::Mutex::default(),
+            announce: std::sync::Arc::default(),
         }
     }
 
@@ -226,7 +232,8 @@ impl Backend {
         if let Some((key, bytes)) = pending.take_segment() {
             self.blobs.put(&key, bytes).await?;
         }
-        if pending.has_events() {
+        let appends = pending.has_events();
+        if appends {
             sqlx::query(SQL.insert_events)
                 .bind(pending.events_json())
                 .execute(&mut *tx)
@@ -235,7 +242,11 @@ impl Backend {
         }
         tx.commit()
             .await
-            .map_err(query("commit a write transaction"))
+            .map_err(query("commit a write transaction"))?;
+        if appends {
+            self.announce.notify_one();
+        }
+        Ok(())
     }
 
     // ---- projects ----------------------------------------------------------------------
@@ -486,7 +497,11 @@ impl Backend {
         // write transaction that appends them.
         let (rows, tx) = if SQL.claim_appends_events {
             let rows = statement.fetch_all(&self.reader).await;
-            (rows.map_err(query("claim jobs"))?, None)
+            let rows = rows.map_err(query("claim jobs"))?;
+            if !rows.is_empty() {
+                self.announce.notify_one();
+            }
+            (rows, None)
         } else {
             let mut tx = self.begin_write().await?;
             let rows = statement.fetch_all(&mut *tx).await;
@@ -1605,7 +1620,38 @@ impl Backend {
             .fetch_one(&self.reader)
             .await
             .map_err(query("read the newest event id"))?;
-        get(&row, "events", "head")
+        let head: i64 = get(&row, "events", "head")?;
+        if SQL.events_in_commit_order {
+            return Ok(head);
+        }
+        // Every id up to `head` is final once the transactions in flight at that read have
+        // ended (`Settle`): wait for them, briefly.
+        let xnext: i64 = get(&row, "events", "xnext")?;
+        let mut xmin: i64 = get(&row, "events", "xmin")?;
+        let mut pause = std::time::Duration::from_millis(1);
+        let deadline = std::time::Instant::now() + HEAD_WAIT;
+        while xmin < xnext {
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    head,
+                    "a transaction has been open for over {}s; the outbox head is taken \
+                     without waiting for it",
+                    HEAD_WAIT.as_secs()
+                );
+                return Ok(head);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            xmin = sqlx::query_scalar(SQL.event_horizon)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(query("read the oldest transaction in flight"))?;
+        }
+        self.settle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .settled(head);
+        Ok(head)
     }
 
     pub(crate) async fn events_after(
@@ -1619,6 +1665,24 @@ impl Backend {
             .fetch_all(&self.reader)
             .await
             .map_err(query("read events"))?;
-        rows.iter().map(event_from_row).collect()
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        if !SQL.events_in_commit_order && let Some(first) = rows.first() {
+            let xmin: i64 = get(first, "events", "xmin")?;
+            let xnext: i64 = get(first, "events", "xnext")?;
+            let ids: Vec<i64> = events.iter().map(|e| e.id).collect();
+            let n = self
+                .settle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take(after, &ids, xmin, xnext);
+            events.truncate(n);
+        }
+        Ok(events)
     }
 }
+
+/// How long `event_head` waits for the transactions in flight when it read the head.
+const HEAD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

@@ -36,13 +36,19 @@ pub(crate) struct Dialect {
     /// max_attempts, finished_at, labels]` rows; `$1` run, `$2` project, `$3` first seq, `$4` now.
     pub(crate) insert_jobs: &'static str,
     /// Inserts a JSON array of `[at, kind, project, run, job, data]` rows in array order.
-    /// On PostgreSQL it first takes the outbox lock (see `postgres.rs`): one round trip for
-    /// both.
+    /// On PostgreSQL it first makes sure the transaction has its xid (see `Settle`).
     pub(crate) insert_events: &'static str,
-    /// `$1`: the last id seen, `$2`: the limit.
+    /// `$1`: the last id seen, `$2`: the limit. Where ids are not in commit order, each row
+    /// also has the snapshot's `xmin` and the next xid `xnext` (as `int8`) for `Settle`.
     pub(crate) events_after: &'static str,
-    /// The id of the newest event `events_after` may return now (0 when none).
+    /// The newest event id (`head`, 0 when none); where ids are not in commit order, with
+    /// the snapshot's `xmin` and the next xid `xnext`.
     pub(crate) event_head: &'static str,
+    /// The `xmin` of a fresh snapshot (unused where ids are in commit order).
+    pub(crate) event_horizon: &'static str,
+    /// Whether event ids become visible in the order they were drawn (SQLite: one writer).
+    /// If not, readers hand out events through `Settle`.
+    pub(crate) events_in_commit_order: bool,
     /// The batched job transitions (see `batch.rs`). Each statement takes a JSON array of
     /// rows and returns `kind, id, run_id, project_id, token, attempts, idx` per applied row.
     pub(crate) batch: Batch,
@@ -366,9 +372,116 @@ pub(crate) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator 
     )
 }
 
+/// Which events an outbox reader may hand out where event ids are not drawn in commit order
+/// (PostgreSQL: an identity value is taken at insert and becomes visible at commit, and
+/// writers do not serialise their commits). A reader that handed out event 8 while 7 was
+/// still in flight would resume past 7 forever, so a row that follows a gap waits until the
+/// gap is *settled*: filled, or known never to be.
+///
+/// The rule needs one promise from writers: a transaction has its xid before it draws an
+/// event id (the outbox statements call `pg_current_xact_id()` first). Then, when row `b`
+/// is visible after a gap, whoever holds an id of the gap drew it before `b` was drawn, so
+/// its xid is below the next xid as the reading statement began (`xnext`). Once a later
+/// snapshot's `xmin` reaches that, every such holder has ended: the gap's ids are visible or
+/// never will be.
+/// Exact, with no lock and no timeout; a reader only waits for the transactions that were
+/// in flight when it first saw the gap.
+#[derive(Debug, Default)]
+pub(crate) struct Settle {
+    /// Every id up to this one is final: visible, or never to be.
+    final_upto: i64,
+    /// For a row first read after a gap: the next xid when it was read.
+    seen: std::collections::BTreeMap<i64, i64>,
+}
+
+/// How many rows after a gap `Settle` remembers; the oldest are forgotten first (a forgotten
+/// gap is timed again from its next read, a little later than it need be).
+const SETTLE_SEEN_MAX: usize = 4096;
+
+impl Settle {
+    /// Of `ids` (ascending, after `after`, read in one snapshot with `xmin`, when the next
+    /// xid was `xnext`), how many from the first a reader may hand out now.
+    pub(crate) fn take(&mut self, after: i64, ids: &[i64], xmin: i64, xnext: i64) -> usize {
+        let mut prev = after;
+        // Whether every id up to `prev` is final.
+        let mut chained = after <= self.final_upto;
+        let mut n = 0;
+        for &id in ids {
+            if id - 1 <= self.final_upto {
+                chained = true;
+            } else if id == prev + 1 {
+                // Nothing in between: final below `id` exactly when it was below `prev`.
+            } else {
+                let first = *self.seen.entry(id).or_insert(xnext);
+                if xmin < first {
+                    break;
+                }
+                // Every holder of an id below `id` has ended.
+                chained = true;
+            }
+            if chained {
+                self.final_upto = self.final_upto.max(id);
+            }
+            prev = id;
+            n += 1;
+        }
+        self.seen = self.seen.split_off(&(self.final_upto + 1));
+        while self.seen.len() > SETTLE_SEEN_MAX {
+            self.seen.pop_first();
+        }
+        n
+    }
+
+    /// Records that every id up to `id` is final (a head waited for).
+    pub(crate) fn settled(&mut self, id: i64) {
+        self.final_upto = self.final_upto.max(id);
+        self.seen = self.seen.split_off(&(self.final_upto + 1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_row_after_a_gap_waits_until_the_gap_s_holders_ended() {
+        let mut s = Settle::default();
+        // 1, 2 visible; 3 in flight (a transaction below the next xid, 10); 4 visible.
+        assert_eq!(s.take(0, &[1, 2, 4], 7, 10), 2);
+        // Read again while 3's holder still runs (xmin 8 < 10): still 1..2 only.
+        assert_eq!(s.take(2, &[4], 8, 12), 0);
+        // 3 committed: contiguous, no wait.
+        assert_eq!(s.take(2, &[3, 4, 5], 9, 12), 3);
+        assert_eq!(s.final_upto, 5);
+        // 6 rolled back: 7 waits until every transaction in flight when 7 was first read
+        // (next xid 15) has ended, then goes out although 6 never appears.
+        assert_eq!(s.take(5, &[7], 11, 15), 0);
+        assert_eq!(s.take(5, &[7, 8], 14, 16), 0);
+        assert_eq!(s.take(5, &[7, 8], 15, 16), 2);
+        assert_eq!(s.final_upto, 8);
+        assert!(s.seen.is_empty());
+    }
+
+    #[test]
+    fn a_gap_below_what_is_final_costs_no_wait() {
+        let mut s = Settle::default();
+        s.settled(100);
+        // 50..60 were never committed (or pruned): below the final mark, nothing to wait for.
+        assert_eq!(s.take(10, &[61, 62], 1, 99), 2);
+        // A cursor that did not come from this process (an SSE client's Last-Event-ID
+        // beyond what is final) is not chained: a gap after it still waits.
+        let mut s = Settle::default();
+        assert_eq!(s.take(40, &[41, 43], 5, 9), 1);
+        assert_eq!(
+            s.final_upto, 0,
+            "41 is not known final: ids below 40 were not read"
+        );
+        assert_eq!(s.take(41, &[43], 9, 12), 1);
+        assert_eq!(
+            s.final_upto, 43,
+            "43 settled by xmin: everything below it is final"
+        );
+    }
 
     #[test]
     fn every_status_has_an_event_kind() {

@@ -2,24 +2,35 @@
 //!
 //! One `PgPool` serves reads and writes. The outbox needs care here: identity values are
 //! taken when a row is inserted but become visible when its transaction commits, so a reader
-//! could see event 7 before event 6 commits and then resume past 6 forever. Two things close
-//! that gap:
-//! - every event row records its transaction (`xid8`), and `events_after` only returns events
-//!   whose transaction is older than the oldest transaction still in flight
-//!   (`pg_snapshot_xmin(pg_current_snapshot())`): anything still invisible is newer than
-//!   that horizon, whatever its id;
-//! - the store appends a transaction's events last, under a transaction-scoped advisory
-//!   lock held until commit, so event ids are taken in commit order. Without it a
-//!   transaction with an older xid could take a larger id than a younger one that is still
-//!   in flight, and the xid horizon alone would let the larger id through first.
-//!
-//! The lock is taken after every row lock of the transaction, so it cannot deadlock with
-//! them. The queries themselves are in `body.rs`.
+//! could see event 8 before event 7 commits and then resume past 7 forever. Writers do not
+//! queue for the outbox (an outbox lock held to commit halved the job queue's throughput);
+//! instead every writer has its xid before it draws an event id, and readers hand out a row
+//! that follows a gap only once every transaction that could hold the gap has ended
+//! (`Settle` in `mod.rs`). Other replicas hear of new events through `NOTIFY`, sent once per
+//! burst of commits by `announce_events`, outside the writers' transactions: a `NOTIFY` in
+//! a transaction takes a database-wide lock at its commit. The queries themselves are in
+//! `body.rs`.
 
 use sqlx::Postgres as Db;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgSslMode};
 
 use super::{Batch, Dialect};
+
+/// The reading snapshot's `xmin`, and `xnext`: a transaction id above every one assigned
+/// before the statement began (`Settle`), as `h`. A snapshot's `xmax` is not that: it is one
+/// past the newest *completed* transaction, so a transaction that took its xid and is still
+/// running may be at or above it. PostgreSQL's next xid is read without taking one through
+/// `age()`, which counts from it for a reader without an xid (32 bits, put back on the
+/// snapshot's epoch: the next xid is at or above `xmax`, and less than 2^31 beyond it).
+macro_rules! horizon {
+    () => {
+        "(SELECT xmin, x - x % 4294967296 + n + CASE WHEN n < x % 4294967296 \
+         THEN 4294967296 ELSE 0 END AS xnext FROM (SELECT \
+         pg_snapshot_xmin(pg_current_snapshot())::text::int8 AS xmin, \
+         pg_snapshot_xmax(pg_current_snapshot())::text::int8 AS x, \
+         ((age('3'::xid)::int8 + 3) % 4294967296 + 4294967296) % 4294967296 AS n) AS v) AS h"
+    };
+}
 
 const SQL: Dialect = Dialect {
     begin_write: "BEGIN",
@@ -31,17 +42,25 @@ const SQL: Dialect = Dialect {
                   SELECT e->>0, $1, $2, $3 + n - 1, e->>1, e->>2, e->>3, e->>4, e->>5, 0, \
                   (e->>6)::bigint, NULL, 0, NULL, 0, '{}', $4, NULL, (e->>7)::bigint, e->>8 \
                   FROM jsonb_array_elements($5::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n",
-    // The outbox lock (0x6b696c6e = "kiln") is taken by the join before any row is made,
-    // so before any event id is drawn.
+    // The xid is taken by the join before any row is made, so before any event id is
+    // drawn (`Settle` relies on it).
     insert_events: "INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
                     SELECT (e->>0)::bigint, e->>1, e->>2, e->>3, e->>4, e->>5 \
-                    FROM (SELECT pg_advisory_xact_lock(1802071150)) AS lock, \
+                    FROM (SELECT pg_current_xact_id()) AS xid, \
                     jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n",
-    events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
-                   WHERE id > $1 AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
-                   ORDER BY id LIMIT $2",
-    event_head: "SELECT COALESCE(MAX(id), 0)::int8 AS head FROM events \
-                 WHERE xid < pg_snapshot_xmin(pg_current_snapshot())",
+    events_after: concat!(
+        "SELECT id, at, kind, project_id, run_id, job_id, data, h.xmin, h.xnext \
+         FROM events, ",
+        horizon!(),
+        " WHERE id > $1 ORDER BY id LIMIT $2"
+    ),
+    event_head: concat!(
+        "SELECT (SELECT COALESCE(MAX(id), 0) FROM events)::int8 AS head, h.xmin, h.xnext \
+         FROM ",
+        horizon!()
+    ),
+    event_horizon: "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8",
+    events_in_commit_order: false,
     batch: Batch::Statements([
         "UPDATE jobs SET status = b.status, finished_at = COALESCE(b.fin, \
         jobs.finished_at) FROM (SELECT e->>0 AS id, e->>1 AS status, (e->>2)::bigint AS \
@@ -97,8 +116,8 @@ const SQL: Dialect = Dialect {
     // may run the subquery once per outer row, and each run skips past the rows the last
     // one locked — one claim of `LIMIT 1` then leased the whole queue.
     // The claim and its events in one statement, committed alone: one round trip. The
-    // outbox lock is taken once every claimed row is updated (`count(*)` needs all of
-    // `claimed`), so after the row locks, as in every other write; and only when something
+    // events are drawn once every claimed row is updated (`count(*)` needs all of
+    // `claimed`), so the transaction has its xid by then (`Settle`); and only when something
     // was claimed.
     claim_jobs: "WITH next AS MATERIALIZED (SELECT id FROM jobs WHERE status = 'queued' \
                  AND ($3::text IS NULL OR labels::jsonb <@ $3::jsonb) \
@@ -111,7 +130,7 @@ const SQL: Dialect = Dialect {
                  RETURNING jobs.id, run_id, job_key, name, matrix, needs, status, attempts, \
                  max_attempts, started_at, finished_at, outputs, labels, project_id, \
                  lease_token, seq, created_at), \
-                 outbox AS MATERIALIZED (SELECT pg_advisory_xact_lock(1802071150) \
+                 outbox AS MATERIALIZED (SELECT pg_current_xact_id() \
                  FROM (SELECT count(*) AS n FROM claimed) AS c WHERE c.n > 0), \
                  appended AS (INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
                  SELECT $5, 'job.leased', c.project_id, c.run_id, c.id, \
@@ -225,6 +244,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "run_context",
             include_str!("../../migrations/postgres/0020_run_context.sql"),
         ),
+        (
+            21,
+            "outbox without lock",
+            include_str!("../../migrations/postgres/0021_outbox_without_lock.sql"),
+        ),
     ])
 }
 
@@ -240,6 +264,18 @@ pub(crate) async fn open(url: &str, blobs: BlobStore) -> Result<Backend, StoreEr
     let pool = PgPoolOptions::new()
         .max_connections(POOL_SIZE)
         .acquire_timeout(std::time::Duration::from_secs(5))
+        // sqlx pings every connection it hands out by default: a round trip more for each
+        // statement. Only a connection idle for a while may have been cut (a database
+        // restart); one in use is checked by its next statement failing.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= std::time::Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Open {
@@ -263,10 +299,16 @@ impl Backend {
     pub(crate) fn reader_pool(&self) -> Pool<Db> {
         self.reader.clone()
     }
+
+    /// Woken after each commit of this backend that appended events: what tells other
+    /// processes (`announce_events`).
+    pub(crate) fn announcements(&self) -> std::sync::Weak<tokio::sync::Notify> {
+        std::sync::Arc::downgrade(&self.announce)
+    }
 }
 
 /// Wakes this process's outbox readers when any process (another replica, `kiln run`)
-/// appends events: listens on `kiln_events_<schema>` (migration 0017) and bumps `writes` at
+/// appends events: listens on `kiln_events_<schema>` (`announce_events`) and bumps `writes` at
 /// each notification, and once after every reconnection, since notifications sent while
 /// disconnected are lost. Ends when the store is dropped.
 pub(crate) fn listen_for_events(
@@ -314,6 +356,49 @@ pub(crate) fn listen_for_events(
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
+        }
+    });
+}
+
+/// The least time between two announcements of one process (`announce_events`).
+const ANNOUNCE_GAP: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Tells other processes' outbox readers (`listen_for_events`) that this one appended
+/// events: one `NOTIFY kiln_events_<schema>` after each burst of commits, at most one per
+/// `ANNOUNCE_GAP` (a commit alone is told at once; under load, readers elsewhere hear within
+/// that gap instead of once per commit). Ends when the store is dropped.
+pub(crate) fn announce_events(pool: Pool<Db>, announce: std::sync::Weak<tokio::sync::Notify>) {
+    tokio::spawn(async move {
+        let mut channel: Option<String> = None;
+        loop {
+            let Some(wake) = announce.upgrade() else {
+                return;
+            };
+            // Checked every second for the store being gone.
+            let woken = tokio::time::timeout(std::time::Duration::from_secs(1), wake.notified())
+                .await
+                .is_ok();
+            drop(wake);
+            if !woken {
+                continue;
+            }
+            let sent = async {
+                if channel.is_none() {
+                    let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+                        .fetch_one(&pool)
+                        .await?;
+                    channel = Some(format!("kiln_events_{schema}"));
+                }
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(channel.as_deref())
+                    .execute(&pool)
+                    .await
+            };
+            if let Err(e) = sent.await {
+                // Readers elsewhere still poll; they hear of these events at their next.
+                tracing::debug!(error = %e, "cannot tell other replicas of new events");
+            }
+            tokio::time::sleep(ANNOUNCE_GAP).await;
         }
     });
 }
@@ -409,7 +494,7 @@ const COMPLETE_ALONE: &str = "WITH done AS (UPDATE jobs SET status = $3, outputs
     finished_at = $5, lease_owner = NULL, lease_expires_at = NULL \
     WHERE id = $1 AND lease_token = $2 AND status IN ('leased', 'running') \
     RETURNING id, run_id, project_id, attempts), \
-    outbox AS MATERIALIZED (SELECT pg_advisory_xact_lock(1802071150) \
+    outbox AS MATERIALIZED (SELECT pg_current_xact_id() \
     FROM (SELECT count(*) AS n FROM done) AS c WHERE c.n > 0), \
     appended AS (INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
     SELECT $5, k.kind, d.project_id, d.run_id, d.id, \
@@ -446,6 +531,7 @@ impl Backend {
                 .await
                 .map_err(query("complete a job"))?;
             if done.is_some() {
+                self.announce.notify_one();
                 return Ok(vec![OpResult::Done]);
             }
             let mut conn = self.writer.single().await?;

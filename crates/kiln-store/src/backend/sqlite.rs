@@ -102,6 +102,8 @@ const SQL: Dialect = Dialect {
     events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
                    WHERE id > $1 ORDER BY id LIMIT $2",
     event_head: "SELECT COALESCE(MAX(id), 0) AS head FROM events",
+    event_horizon: "SELECT 0",
+    events_in_commit_order: true,
     batch: Batch::Script {
         batch: batch_script!(),
         begin_batch: concat!("BEGIN IMMEDIATE; ", batch_script!()),
@@ -223,6 +225,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             20,
             "run_context",
             include_str!("../../migrations/sqlite/0020_run_context.sql"),
+        ),
+        (
+            21,
+            "outbox without lock",
+            include_str!("../../migrations/sqlite/0021_outbox_without_lock.sql"),
         ),
     ])
 }

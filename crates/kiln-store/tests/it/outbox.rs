@@ -1,6 +1,7 @@
-//! PostgreSQL's outbox horizon: an event whose transaction commits late must not be
-//! overtaken by one with a larger id that committed first, or a reader resuming after the
-//! larger id would never see the smaller one.
+//! PostgreSQL's outbox: an event whose transaction commits late must not be overtaken by
+//! one with a larger id that committed first, or a reader resuming after the larger id would
+//! never see the smaller one. Writers do not queue for the outbox, so readers settle gaps
+//! (`Settle` in the store's backend).
 
 use std::time::Duration;
 
@@ -26,12 +27,16 @@ fn kiln_store_connect_options(url: &str) -> sqlx::postgres::PgConnectOptions {
         .options([("search_path", schema)])
 }
 
+/// Appends an event as the store's writers do: the transaction's xid first, then the id.
 async fn insert_event(conn: &mut PgConnection, kind: &str) -> i64 {
-    sqlx::query_scalar("INSERT INTO events (at, kind, data) VALUES (0, $1, '{}') RETURNING id")
-        .bind(kind)
-        .fetch_one(conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "INSERT INTO events (at, kind, data) SELECT 0, $1, '{}' \
+         FROM (SELECT pg_current_xact_id()) AS xid RETURNING id",
+    )
+    .bind(kind)
+    .fetch_one(conn)
+    .await
+    .unwrap()
 }
 
 async fn visible_kinds(h: &Harness) -> Vec<String> {
@@ -63,8 +68,19 @@ async fn postgres_readers_never_skip_an_event_that_commits_late() {
         assert!(!visible_kinds(&h).await.contains(&"big".to_owned()));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Nor may a stream starting "from now" start after `big`: the head waits for `small`.
+    let head = tokio::spawn({
+        let store = h.store.clone();
+        async move { store.event_head().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !head.is_finished(),
+        "the head waits for the transaction in flight"
+    );
 
     sqlx::query("COMMIT").execute(&mut early).await.unwrap();
+    assert_eq!(head.await.unwrap(), big);
     let mut kinds = Vec::new();
     for _ in 0..200 {
         kinds = visible_kinds(&h).await;
@@ -93,6 +109,76 @@ async fn postgres_readers_never_skip_an_event_that_commits_late() {
     assert_eq!(kinds, ["small", "big", "after"]);
     early.close().await.unwrap();
     late.close().await.unwrap();
+    h.cleanup().await;
+}
+
+/// Writers racing through the store while a reader tails the outbox: the reader ends with
+/// every event, in id order, none skipped. (Without settling gaps, a reader regularly
+/// resumes past an event whose transaction committed after a younger one.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_tailing_racing_writers_misses_nothing() {
+    let h = Harness::postgres().await;
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        // A project each: runs of one project queue for its row lock.
+        let p = h
+            .store
+            .upsert_project(&format!("p{w}"), "/p")
+            .await
+            .unwrap();
+        let store = h.store.clone();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                let jobs = (0..3)
+                    .map(|i| {
+                        crate::harness::new_job(
+                            &format!("j{i}"),
+                            kiln_core::ids::JobStatus::Queued,
+                            1,
+                        )
+                    })
+                    .collect();
+                store
+                    .create_run(crate::harness::new_run(p.id, "ci.yml", jobs))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let mut seen: Vec<i64> = Vec::new();
+    let mut cursor = 0;
+    loop {
+        let done = writers.iter().all(tokio::task::JoinHandle::is_finished);
+        let page = h.store.events_after(cursor, 50).await.unwrap();
+        if let Some(last) = page.last() {
+            cursor = last.id;
+        }
+        seen.extend(page.iter().map(|e| e.id));
+        if done && page.is_empty() {
+            // Nothing in flight any more: one more read settles whatever gap is left.
+            let rest = h.store.events_after(cursor, 10_000).await.unwrap();
+            seen.extend(rest.iter().map(|e| e.id));
+            if rest.is_empty() {
+                break;
+            }
+            cursor = rest.last().unwrap().id;
+        }
+    }
+    let mut conn = connect(&h).await;
+    let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM events ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    // Each run: run.queued and one job.queued per job.
+    assert_eq!(all.len(), 4 * 100 * 4);
+    let missed: Vec<i64> = all
+        .iter()
+        .filter(|id| !seen.contains(id))
+        .copied()
+        .collect();
+    assert!(missed.is_empty(), "the reader skipped events {missed:?}");
+    assert_eq!(seen, all, "every event once, in id order");
+    conn.close().await.unwrap();
     h.cleanup().await;
 }
 
