@@ -234,6 +234,9 @@ pub(crate) struct RunArgs {
     /// (warning loudly when not), `require` (refuse to run without it), `off`.
     #[arg(long, default_value = "auto", value_name = "auto|require|off")]
     pub(crate) sandbox: kiln_engine::packages::SandboxMode,
+    /// What `packages:` jobs' sandboxed `fetch` phases may reach.
+    #[command(flatten)]
+    pub(crate) egress: EgressArgs,
     #[command(flatten)]
     pub(crate) store: StoreArgs,
     /// Print the jobs that would run, run nothing.
@@ -346,8 +349,9 @@ pub(crate) struct ServeArgs {
     pub(crate) tree: Option<PathBuf>,
 }
 
-/// What the server's own outbound connections may reach (DESIGN.md "Security model"). By
-/// default: any public address; never loopback, private or link-local ones; no local paths.
+/// What the server's own outbound connections, and the sandboxed `fetch` phases of package
+/// builds, may reach (DESIGN.md "Security model"). By default: any public address; never
+/// loopback, private or link-local ones; no local paths.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EgressArgs {
     /// Allow only these hosts (`git.example.com`, `*.example.com`) among public addresses,

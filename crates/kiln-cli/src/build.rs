@@ -65,6 +65,10 @@ struct BuildRunArgs {
     /// `require` (refuse to build without it), `off`.
     #[arg(long, default_value = "auto", value_name = "auto|require|off")]
     sandbox: SandboxMode,
+    /// What sandboxed `fetch` phases may reach: they have no network but an HTTP proxy
+    /// (`http_proxy`, `https_proxy`) that checks this policy.
+    #[command(flatten)]
+    egress: crate::args::EgressArgs,
     /// A label in every package's key (`KILN_TOOLCHAIN`): change it to rebuild everything,
     /// e.g. after a compiler upgrade.
     #[arg(long, env = "KILN_TOOLCHAIN", value_name = "LABEL")]
@@ -151,6 +155,7 @@ async fn run(a: BuildRunArgs) -> Result<i32, Failure> {
     }
 
     opts.sandbox = detect_sandbox(a.sandbox).await?;
+    opts.fetch_egress = fetch_egress(&a.egress)?;
 
     let (cancel, ctrl_c) = cancel_on_ctrl_c();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -631,6 +636,20 @@ async fn history(a: BuildHistoryArgs) -> Result<i32, Failure> {
         }
     }
     Ok(exit::OK)
+}
+
+/// How sandboxed `fetch` phases reach the network: through a proxy checking the policy of
+/// `egress`, relayed into the sandbox by this very binary.
+pub(crate) fn fetch_egress(
+    egress: &crate::args::EgressArgs,
+) -> Result<Option<kiln_engine::packages::FetchEgress>, Failure> {
+    let policy = egress.policy()?;
+    let relay = std::env::current_exe().map_err(|e| {
+        Failure::internal(format!(
+            "failed to find kiln's own executable for the fetch phase's relay: {e}"
+        ))
+    })?;
+    Ok(Some(kiln_engine::packages::FetchEgress { policy, relay }))
 }
 
 /// The sandbox of `--sandbox MODE`, probed off the async threads; `auto`'s warning, when

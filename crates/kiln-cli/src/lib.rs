@@ -80,6 +80,15 @@ impl From<kiln_store::StoreError> for Failure {
 
 /// Run the `kiln` binary; returns the process exit code.
 pub fn main() -> i32 {
+    // The relay a sandboxed `fetch` phase starts first (kiln-exec's `relay`): not a command
+    // people type, so not in the help.
+    let mut argv = std::env::args_os().skip(1);
+    if argv
+        .next()
+        .is_some_and(|a| a == kiln_exec::relay::RELAY_ARG)
+    {
+        return kiln_exec::relay::relay_main(argv);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -139,6 +139,7 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
         max_attempts: 1,
         data_dir: data_dir.clone(),
         sandbox,
+        fetch_egress: crate::build::fetch_egress(&a.egress)?,
         artifacts: None,
     };
 

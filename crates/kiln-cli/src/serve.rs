@@ -96,6 +96,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
             data_dir: data_dir.clone(),
             max_attempts: 3,
             sandbox,
+            fetch_egress: crate::build::fetch_egress(&a.egress)?,
             lease_ttl: std::time::Duration::from_secs(a.lease_ttl),
             artifacts: Some(artifacts),
         },

@@ -129,6 +129,8 @@ pub struct LocalRun {
     pub data_dir: PathBuf,
     /// What confines `packages:` jobs' builds (detected once by the caller).
     pub sandbox: crate::packages::Sandbox,
+    /// How their sandboxed `fetch` phases reach the network (`None`: the host's network).
+    pub fetch_egress: Option<crate::packages::FetchEgress>,
     /// Where jobs' artifacts are kept; `None`: `<data dir>/artifacts`.
     pub artifacts: Option<kiln_store::ArtifactStore>,
 }
@@ -215,6 +217,7 @@ pub async fn run_local(
             &req.snapshot.root,
             &req.data_dir,
             &req.sandbox,
+            req.fetch_egress.as_ref(),
         )
         .await
         .map_err(EngineError::from)?;

@@ -31,6 +31,8 @@
 //! Not here: connecting, HTTP clients, configuration files (the server maps its
 //! configuration onto [`EgressPolicy::from_config`]).
 
+pub mod proxy;
+
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;

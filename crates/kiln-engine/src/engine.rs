@@ -47,6 +47,8 @@ pub struct EngineConfig {
     pub max_attempts: i64,
     /// What confines `packages:` jobs' builds (detected once by the caller).
     pub sandbox: crate::packages::Sandbox,
+    /// How their sandboxed `fetch` phases reach the network (`None`: the host's network).
+    pub fetch_egress: Option<crate::packages::FetchEgress>,
     /// How long a lease lasts unless renewed ([`crate::dispatch::LEASE_TTL`] by default): how
     /// soon the job of a vanished remote worker goes back to the queue.
     pub lease_ttl: Duration,
@@ -412,6 +414,7 @@ impl Engine {
                 &spec.snapshot.root,
                 &self.inner.config.data_dir,
                 &self.inner.config.sandbox,
+                self.inner.config.fetch_egress.as_ref(),
             )
             .await
             {
@@ -798,6 +801,7 @@ impl Engine {
                 &source.snapshot.root,
                 &self.inner.config.data_dir,
                 &self.inner.config.sandbox,
+                self.inner.config.fetch_egress.as_ref(),
             )
             .await?,
             workflow: wf_arc,

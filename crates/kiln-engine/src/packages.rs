@@ -205,6 +205,20 @@ pub struct BuildOptions {
     pub toolchain: Toolchain,
     /// How a cancelled build's processes are ended.
     pub limits: Limits,
+    /// The `fetch` phase's way out when sandboxed: only through the egress proxy, which
+    /// checks this policy. `None`: the phase has the host's network (the policy is not
+    /// enforced), as it has anyway when builds are not sandboxed.
+    pub fetch_egress: Option<FetchEgress>,
+}
+
+/// How a sandboxed `fetch` phase reaches the network: the policy its egress proxy checks,
+/// and the `kiln` binary whose relay carries the phase's connections to it
+/// (`kiln_exec::relay`).
+#[derive(Clone, Debug)]
+pub struct FetchEgress {
+    pub policy: crate::egress::EgressPolicy,
+    /// A `kiln` executable (the running one: `std::env::current_exe()`).
+    pub relay: PathBuf,
 }
 
 impl BuildOptions {
@@ -219,6 +233,7 @@ impl BuildOptions {
             sandbox: Sandbox::off(),
             toolchain: Toolchain::detect(None, &[]),
             limits: Limits::default(),
+            fetch_egress: None,
         }
     }
 }
@@ -462,6 +477,7 @@ struct Shared {
     work: PathBuf,
     data_dir: PathBuf,
     sandbox: Sandbox,
+    fetch_egress: Option<FetchEgress>,
     env: Vec<(String, String)>,
     limits: Limits,
     /// Per package: the folder holding its output in this session, filled when it is built
@@ -665,6 +681,7 @@ async fn start(
         work: work.to_owned(),
         data_dir: opts.data_dir.clone(),
         sandbox: opts.sandbox.clone(),
+        fetch_egress: opts.fetch_egress.clone(),
         env: opts.toolchain.env.clone(),
         limits: opts.limits,
         outputs: (0..tree.len()).map(|_| OnceCell::new()).collect(),
@@ -1044,6 +1061,49 @@ async fn execute(
     }
 }
 
+/// The egress proxy of one package's `fetch` phase, on a Unix socket of its own
+/// (`crate::egress::proxy`).
+struct EgressProxy {
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    refused: mpsc::UnboundedReceiver<String>,
+}
+
+impl EgressProxy {
+    fn start(egress: &FetchEgress) -> Result<Self, String> {
+        // In the host's temporary folder: a socket's path must be short (108 bytes), and the
+        // sandbox binds it in by name whatever covers its folder there.
+        let socket = std::env::temp_dir().join(format!(
+            "kiln-egress-{}.sock",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .map_err(|e| format!("{}: {e}", socket.display()))?;
+        let (tx, refused) = mpsc::unbounded_channel();
+        let task = tokio::spawn(crate::egress::proxy::serve(
+            listener,
+            egress.policy.clone(),
+            tx,
+        ));
+        Ok(Self {
+            socket,
+            task,
+            refused,
+        })
+    }
+
+    /// Stops the proxy; the lines to log for what it refused.
+    fn finish(mut self) -> Vec<String> {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
+        let mut lines = Vec::new();
+        while let Ok(line) = self.refused.try_recv() {
+            lines.push(line);
+        }
+        lines
+    }
+}
+
 /// Prepares the package's folders and runs `fetch`, the distfile checks and `build`.
 async fn run_phases(
     shared: &Shared,
@@ -1116,8 +1176,18 @@ async fn run_phases(
     }
     if let Some(fetch) = &pkg.fetch {
         log.line(&format!("fetch: {fetch}"));
-        let confinement = base.clone().network(Network::Allowed);
-        phase(
+        let proxy = match &shared.fetch_egress {
+            Some(egress) if shared.sandbox.is_confined() => Some(
+                EgressProxy::start(egress)
+                    .map_err(|e| prepare("start the fetch phase's egress proxy", e))?,
+            ),
+            _ => None,
+        };
+        let confinement = match (&proxy, &shared.fetch_egress) {
+            (Some(p), Some(egress)) => base.clone().egress(&p.socket, &egress.relay),
+            _ => base.clone().network(Network::Allowed),
+        };
+        let ran = phase(
             shared,
             "fetch",
             fetch,
@@ -1127,7 +1197,13 @@ async fn run_phases(
             log,
             cancel,
         )
-        .await?;
+        .await;
+        if let Some(proxy) = proxy {
+            for line in proxy.finish() {
+                log.line(&line);
+            }
+        }
+        ran?;
     }
     if !pkg.distfiles.is_empty() {
         log.line("checking distfiles");

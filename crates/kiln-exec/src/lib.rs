@@ -30,6 +30,7 @@ mod job;
 mod logs;
 mod place;
 mod process;
+pub mod relay;
 pub mod sandbox;
 mod shell;
 

@@ -21,7 +21,9 @@
 //! start-up, and the configured [`SandboxMode`] decides what happens when it fails.
 //!
 //! Not here: which folders a build gets (the caller describes them in a [`Confinement`]),
-//! the egress policy for the `fetch` phase, landlock as a second layer.
+//! the egress policy itself (a `fetch` phase reaches the network only through a proxy that
+//! checks it, outside the sandbox: [`Confinement::egress`], [`crate::relay`]), landlock as a
+//! second layer.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -163,6 +165,8 @@ pub struct Confinement {
     read_only: Vec<PathBuf>,
     hidden: Vec<PathBuf>,
     network: Network,
+    /// The egress proxy's socket and the relay program (`Confinement::egress`).
+    egress: Option<(PathBuf, PathBuf)>,
 }
 
 impl Confinement {
@@ -175,6 +179,7 @@ impl Confinement {
             read_only: Vec::new(),
             hidden: Vec::new(),
             network: Network::Denied,
+            egress: None,
         }
     }
 
@@ -210,6 +215,18 @@ impl Confinement {
         self
     }
 
+    /// Gives the command the network only through the egress proxy listening on the Unix
+    /// socket `socket`: a network namespace of its own, that socket bound in, and `relay` (a
+    /// `kiln` binary, for its [`crate::relay`]) started first to carry connections from
+    /// `127.0.0.1` to it, with the proxy variables set for the command. Only when sandboxed:
+    /// an unconfined command has the host's network whatever this says.
+    #[must_use]
+    pub fn egress(mut self, socket: impl Into<PathBuf>, relay: impl Into<PathBuf>) -> Self {
+        self.network = Network::Denied;
+        self.egress = Some((socket.into(), relay.into()));
+        self
+    }
+
     /// The working directory the command starts in.
     pub fn workdir(&self) -> &Path {
         &self.workdir
@@ -238,6 +255,10 @@ impl Confinement {
                 .collect::<Result<_, _>>()?,
             hidden: self.hidden.iter().map(resolve).collect::<Result<_, _>>()?,
             network: self.network,
+            egress: match &self.egress {
+                Some((socket, relay)) => Some((resolve(socket)?, resolve(relay)?)),
+                None => None,
+            },
         })
     }
 }
@@ -301,6 +322,10 @@ impl Confinement {
         mounts.extend(self.writable.iter().map(|p| Mount::Writable(p)));
         mounts.extend(self.read_only.iter().map(|p| Mount::ReadOnly(p)));
         mounts.extend(self.hidden.iter().map(|p| Mount::Tmpfs(p)));
+        if let Some((socket, relay)) = &self.egress {
+            mounts.push(Mount::Writable(socket));
+            mounts.push(Mount::ReadOnly(relay));
+        }
         mounts
     }
 }
@@ -472,7 +497,16 @@ impl Sandbox {
                 args: args.collect(),
             });
         };
-        let mut all = confinement_args(&confinement.resolved()?);
+        let confinement = confinement.resolved()?;
+        let mut all = confinement_args(&confinement);
+        if let Some((socket, relay)) = &confinement.egress {
+            all.extend([
+                relay.clone().into_os_string(),
+                crate::relay::RELAY_ARG.into(),
+                socket.clone().into_os_string(),
+                "--".into(),
+            ]);
+        }
         all.push(program.as_ref().to_owned());
         all.extend(args);
         Ok(WrappedCommand {
@@ -586,10 +620,21 @@ mod tests {
              --bind /b/scratch /b/scratch --bind /b/out /b/out --ro-bind /b/deps /b/deps \
              --chdir /b/scratch --"
         );
-        let fetch = strings(&confinement_args(&c.network(Network::Allowed))).join(" ");
+        let fetch = strings(&confinement_args(&c.clone().network(Network::Allowed))).join(" ");
         assert!(
             fetch.starts_with("--unshare-all --share-net --die-with-parent --new-session "),
             "{fetch}"
+        );
+        // Through the egress proxy: no host network, the socket and the relay bound in.
+        let proxied = c
+            .network(Network::Allowed)
+            .egress("/tmp/kiln-egress-1.sock", "/usr/bin/kiln");
+        let args = strings(&confinement_args(&proxied)).join(" ");
+        assert!(!args.contains("--share-net"), "{args}");
+        assert!(
+            args.contains("--bind /tmp/kiln-egress-1.sock /tmp/kiln-egress-1.sock")
+                && args.contains("--ro-bind /usr/bin/kiln /usr/bin/kiln"),
+            "{args}"
         );
     }
 

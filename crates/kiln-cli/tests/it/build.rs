@@ -267,3 +267,87 @@ fn a_reader_that_stops_early_ends_the_output_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
 }
+
+/// An HTTP server on loopback answering every request with `body` (one request per
+/// connection); its base URL.
+fn serve_forever(body: &'static str) -> String {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\r\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// The sandboxed `fetch` phase reaches the network only through kiln's egress proxy: what
+/// the policy admits downloads (plain HTTP and a CONNECT tunnel, as HTTPS goes), what it
+/// refuses gets a 403 and a line in the package's log naming the policy's reason, and a
+/// client that ignores the proxy reaches nothing at all.
+#[test]
+fn the_fetch_phase_reaches_only_what_the_egress_policy_admits() {
+    if let Err(e) = kiln_exec::Sandbox::detect(kiln_exec::SandboxMode::Require) {
+        #[expect(clippy::print_stderr, reason = "say why the test checked nothing")]
+        {
+            eprintln!("skipped: bubblewrap cannot run here: {e}");
+        }
+        return;
+    }
+    let url = serve_forever("dist-bytes\n");
+    let fetch_ok = format!(
+        "version = \"1\"\nfetch = 'curl -sSf {url}/d.txt -o d.txt && curl -sSf -p {url}/t.txt -o t.txt'\n\
+         build = 'cp d.txt t.txt \"$KILN_OUT/\"'\n"
+    );
+    let fetch_direct = format!(
+        "version = \"1\"\nfetch = 'curl -sS --noproxy \"*\" --max-time 5 {url}/d.txt'\nbuild = 'true'\n"
+    );
+    let p = tree(&[("net/ok", &fetch_ok), ("net/direct", &fetch_direct)]);
+
+    let newest = |origin: &str| {
+        let out = kiln(&p, &["build", "history", origin, "--format", "json"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let build = out.json()["builds"][0].clone();
+        let log = std::fs::read_to_string(build["log_path"].as_str().unwrap()).unwrap();
+        (build["status"].as_str().unwrap().to_owned(), log)
+    };
+
+    // Loopback refused (the default policy): the download gets kiln's 403, and the log says
+    // which rule refused it.
+    let out = kiln_build(&p, &["--sandbox", "require", "net/ok"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let (status, log) = newest("net/ok");
+    assert_eq!(status, "failure", "{log}");
+    assert!(log.contains("error: 403"), "{log}");
+    assert!(
+        log.contains("egress refused 127.0.0.1:") && log.contains("a loopback address"),
+        "{log}"
+    );
+
+    // Admitted: both downloads go through; going around the proxy reaches nothing.
+    let out = kiln_build(&p, &["--sandbox", "require", "--egress-allow-loopback"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let (status, log) = newest("net/ok");
+    assert_eq!(status, "success", "{log}");
+    let (status, log) = newest("net/direct");
+    assert_eq!(status, "failure", "{log}");
+    assert!(
+        log.contains("Failed to connect") || log.contains("Couldn't connect"),
+        "{log}"
+    );
+}

@@ -127,6 +127,7 @@ fn engine_config(data: &std::path::Path, slots: usize) -> EngineConfig {
         data_dir: data.to_owned(),
         max_attempts: 3,
         sandbox: crate::packages::Sandbox::off(),
+        fetch_egress: None,
         lease_ttl: crate::dispatch::LEASE_TTL,
         artifacts: None,
     }

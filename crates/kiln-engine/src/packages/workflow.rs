@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BuildError, BuildOptions, BuildPlan, Job, Sandbox, Shared, Start, begin_session, execute, plan,
-    start,
+    BuildError, BuildOptions, BuildPlan, FetchEgress, Job, Sandbox, Shared, Start, begin_session,
+    execute, plan, start,
 };
 use kiln_store::Store;
 
@@ -61,9 +61,10 @@ pub async fn plan_workflow(
     root: &Path,
     data_dir: &Path,
     sandbox: &Sandbox,
+    fetch_egress: Option<&FetchEgress>,
 ) -> Result<WorkflowPackages, BuildError> {
     let mut out = HashMap::new();
-    for (key, planned, opts) in plan_jobs(store, wf, root, data_dir, sandbox).await? {
+    for (key, planned, opts) in plan_jobs(store, wf, root, data_dir, sandbox, fetch_egress).await? {
         out.insert(
             key,
             Arc::new(PackageSet::begin(store, planned, &opts).await?),
@@ -82,7 +83,7 @@ pub async fn preview_workflow(
     data_dir: &Path,
 ) -> Result<HashMap<String, PackagePreview>, BuildError> {
     let mut out = HashMap::new();
-    for (key, planned, _) in plan_jobs(store, wf, root, data_dir, &Sandbox::off()).await? {
+    for (key, planned, _) in plan_jobs(store, wf, root, data_dir, &Sandbox::off(), None).await? {
         let jobs = planned
             .packages()
             .filter(|p| p.cached.is_none())
@@ -115,6 +116,7 @@ async fn plan_jobs(
     root: &Path,
     data_dir: &Path,
     sandbox: &Sandbox,
+    fetch_egress: Option<&FetchEgress>,
 ) -> Result<Vec<(String, BuildPlan, BuildOptions)>, BuildError> {
     let mut out = Vec::new();
     for (key, job) in &wf.jobs {
@@ -141,6 +143,7 @@ async fn plan_jobs(
         let mut opts = BuildOptions::new(&tree_dir, data_dir);
         opts.origins = spec.origins.clone();
         opts.sandbox = sandbox.clone();
+        opts.fetch_egress = fetch_egress.cloned();
         if let Some(slots) = spec.slots {
             opts.slots = slots as usize;
         }

@@ -66,6 +66,7 @@ async fn start(store: &Store, data: &std::path::Path) -> Engine {
             data_dir: data.to_path_buf(),
             max_attempts: 1,
             sandbox: crate::packages::Sandbox::off(),
+            fetch_egress: None,
             lease_ttl: crate::dispatch::LEASE_TTL,
             artifacts: None,
         },

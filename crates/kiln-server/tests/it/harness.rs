@@ -339,6 +339,7 @@ impl Server {
                 data_dir: dir.path().to_owned(),
                 max_attempts: 3,
                 sandbox: sandbox(),
+                fetch_egress: None,
                 lease_ttl,
                 artifacts,
             };

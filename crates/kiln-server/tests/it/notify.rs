@@ -265,6 +265,7 @@ impl Srv {
                     data_dir: data_dir.to_owned(),
                     max_attempts: 3,
                     sandbox: kiln_engine::packages::Sandbox::off(),
+                    fetch_egress: None,
                     lease_ttl: kiln_engine::dispatch::LEASE_TTL,
                     artifacts: None,
                 },

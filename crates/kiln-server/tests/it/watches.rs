@@ -118,6 +118,7 @@ impl Polled {
                 data_dir: dir.path().to_owned(),
                 max_attempts: 3,
                 sandbox: kiln_engine::packages::Sandbox::off(),
+                fetch_egress: None,
                 lease_ttl: kiln_engine::dispatch::LEASE_TTL,
                 artifacts: None,
             },
