@@ -27,7 +27,10 @@ pub const RELAY_ARG: &str = "__egress-relay";
 /// Returns the exit code: the command's, 128 + its signal, or 125 when the relay itself
 /// could not start (a message on stderr says why: it runs as the phase's first process, and
 /// its stderr is the phase's log).
-#[expect(clippy::print_stderr, reason = "the relay's own errors go to the phase's log")]
+#[expect(
+    clippy::print_stderr,
+    reason = "the relay's own errors go to the phase's log"
+)]
 pub fn relay_main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let mut args = args.into_iter();
     let socket = args.next().map(PathBuf::from);
