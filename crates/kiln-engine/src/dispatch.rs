@@ -1306,8 +1306,9 @@ impl Dispatcher {
 
     /// Commits `ops`, trying again (every 100 ms at first, every 5 s at most) while the store
     /// fails: a database that restarts or drops connections holds the engine up instead of
-    /// stopping it. (Should a commit have applied with its answer lost, its repetition is
-    /// refused op by op: a stale token or a state already reached.)
+    /// stopping it. (Should a commit have applied with its answer lost, its repetition
+    /// answers each lease it granted again, with the same token, and refuses the other ops
+    /// harmlessly: a stale token or a state already reached.)
     async fn commit_retrying(&self, ops: Vec<Op>) -> Vec<OpResult> {
         let mut wait = Duration::from_millis(100);
         let mut failing = false;

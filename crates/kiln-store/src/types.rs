@@ -109,7 +109,9 @@ pub enum Op {
         at: Timestamp,
     },
     /// `queued → leased`: the token becomes the previous one + 1, attempts + 1, the log of
-    /// the new attempt starts empty. Answers [`OpResult::Lease`].
+    /// the new attempt starts empty. Answers [`OpResult::Lease`]. Asked again by the owner
+    /// that holds the lease (its first answer was lost and it committed again), it answers
+    /// the same token and changes nothing.
     GrantLease {
         job: JobId,
         owner: String,

@@ -980,6 +980,23 @@ async fn grant_lease(
     .await
     .map_err(query("grant a lease"))?;
     let Some(row) = row else {
+        // The same owner asking again for the lease it holds: its commit applied but the
+        // answer was lost (a connection cut at commit), and it commits again. The lease is
+        // its own: answer it again rather than leave the job held by nobody who knows.
+        let held = sqlx::query(
+            "SELECT lease_token FROM jobs WHERE id = $1 AND status = 'leased' \
+             AND lease_owner = $2",
+        )
+        .bind(&job_id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(query("read a job's lease"))?;
+        if let Some(held) = held {
+            return Ok(OpResult::Lease {
+                token: get(&held, "jobs", "lease_token")?,
+            });
+        }
         return Ok(match lease_state(tx, job).await? {
             None => refused(Refusal::NotFound),
             Some(state) => refused(Refusal::WrongState {

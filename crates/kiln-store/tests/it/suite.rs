@@ -297,6 +297,15 @@ async fn a_grant_increments_the_token_and_the_attempts(h: &Harness) {
         }
     );
 
+    // The holder asking again (its commit applied, its answer was lost): the same token,
+    // nothing changed, no second `job.leased`.
+    let leased = |events: &[Event]| events.iter().filter(|e| e.kind == "job.leased").count();
+    let before = leased(&events_until(s, 0, 3).await);
+    assert_eq!(grant(s, id, "w1", 1_000, 2).await, 1);
+    let j = s.get_job(id).await.unwrap().unwrap();
+    assert_eq!((j.status, j.attempts), (JobStatus::Leased, 1));
+    assert_eq!(leased(&s.events_after(0, 10_000).await.unwrap()), before);
+
     for (round, expected) in [(1, 2), (2, 3)] {
         let expired = s.expire_leases(at(10_000 * round), None).await.unwrap();
         assert_eq!(expired.len(), 1);
