@@ -188,7 +188,8 @@ async fn ops_out_of_lifecycle_order_apply_as_given(h: &Harness) {
                 status: JobStatus::Cancelled,
                 at: at(1),
             },
-            // Two grants of one job in one commit: the second finds it leased.
+            // Two grants of one job in one commit: the second (another owner's) finds it
+            // leased.
             Op::GrantLease {
                 job: b,
                 owner: "w".into(),
@@ -197,7 +198,7 @@ async fn ops_out_of_lifecycle_order_apply_as_given(h: &Harness) {
             },
             Op::GrantLease {
                 job: b,
-                owner: "w".into(),
+                owner: "w2".into(),
                 ttl_ms: 60_000,
                 at: at(1),
             },
