@@ -502,6 +502,10 @@ struct Dispatcher {
     closing: Vec<Arc<PackageSet>>,
     /// Runs whose event payload is still parsed ([`Dispatcher::compact_payloads`]).
     compact: Vec<RunId>,
+    /// Runs that may have something to decide or may have ended since the last turn
+    /// ([`Dispatcher::advance_all`]): a new run, a job that ended, a cancel. A turn looks at
+    /// these only, so its cost follows what happened, not how many runs are in memory.
+    touched: Vec<RunId>,
     /// Told when the ready queue grew, for remote workers waiting for a job.
     ready_signal: Option<Arc<tokio::sync::Notify>>,
     /// The ready queue's length when last looked at.
@@ -557,6 +561,7 @@ impl Dispatcher {
             cancelled: false,
             closing: Vec::new(),
             compact: Vec::new(),
+            touched: Vec::new(),
             ready_signal: None,
             ready_seen: 0,
             lease_ttl: req.lease_ttl.max(Duration::from_millis(100)),
@@ -744,6 +749,7 @@ impl Dispatcher {
         self.compact.push(run_id);
         let event_path = self.event_file(run_id);
         let candidates = keys.keys().cloned().collect();
+        self.touched.push(run_id);
         self.runs.insert(
             run_id,
             RunState {
@@ -930,6 +936,7 @@ impl Dispatcher {
             open,
             undecided,
         };
+        self.touched.push(run.id);
         self.runs.insert(run.id, state);
         // Ancestors' failures, in an order where every need comes first.
         let order: Vec<String> = plan::topological_order(&wf.jobs);
@@ -1350,6 +1357,7 @@ impl Dispatcher {
         if let Some(deps) = run.dependents.get(&rec.key) {
             run.candidates.extend(deps.iter().cloned());
         }
+        self.touched.push(rec.run);
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -1560,6 +1568,7 @@ impl Dispatcher {
             return true;
         }
         run.cancelled = true;
+        self.touched.push(run_id);
         let ids: Vec<JobId> = run
             .keys
             .values()
@@ -1621,7 +1630,10 @@ impl Dispatcher {
 
     /// Decide every job whose needs have ended, fill free slots, and end finished runs.
     fn advance_all(&mut self) {
-        let run_ids: Vec<RunId> = self.runs.keys().copied().collect();
+        // In the order the runs came, as a scan of every run would take them.
+        let mut run_ids = std::mem::take(&mut self.touched);
+        run_ids.sort_by_key(|id| self.runs.get_index_of(id));
+        run_ids.dedup();
         for run in &run_ids {
             self.decide(*run);
         }
