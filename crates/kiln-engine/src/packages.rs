@@ -1095,12 +1095,19 @@ impl EgressProxy {
     /// Stops the proxy; the lines to log for what it refused.
     fn finish(mut self) -> Vec<String> {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.socket);
         let mut lines = Vec::new();
         while let Ok(line) = self.refused.try_recv() {
             lines.push(line);
         }
         lines
+    }
+}
+
+impl Drop for EgressProxy {
+    /// Also when the build is dropped mid-phase (cancelled): no proxy outlives its phase.
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
     }
 }
 
