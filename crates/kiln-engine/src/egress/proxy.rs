@@ -287,6 +287,111 @@ mod tests {
         );
     }
 
+    /// A proxy on a fresh socket with `policy`; its socket and where refusals arrive.
+    fn proxy(
+        policy: EgressPolicy,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        tokio::sync::mpsc::UnboundedReceiver<String>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("egress.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(serve(listener, policy, tx));
+        (dir, socket, rx, task)
+    }
+
+    /// Sends `request` through the proxy at `socket`; everything it answers.
+    async fn through(socket: &std::path::Path, request: &str) -> String {
+        let mut conn = UnixStream::connect(socket).await.unwrap();
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    #[tokio::test]
+    async fn admitted_requests_go_through_and_refused_ones_get_403_and_a_reason() {
+        // An upstream on loopback that echoes the request line it got, once per connection.
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = upstream.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = upstream.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    let closing = head.contains("Connection: close");
+                    let body = format!("{line} close={closing}");
+                    let _ = conn
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                });
+            }
+        });
+
+        // Loopback refused (the default policy): 403, the reason, and a line for the log.
+        let (_dir, socket, mut refused, task) = proxy(EgressPolicy::default());
+        let answer = through(
+            &socket,
+            &format!("GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: h\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 403 Forbidden"), "{answer}");
+        assert!(answer.contains("a loopback address"), "{answer}");
+        let line = refused.recv().await.unwrap();
+        assert!(
+            line.starts_with(&format!("egress refused 127.0.0.1:{port}: ")),
+            "{line}"
+        );
+        let answer = through(
+            &socket,
+            &format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n"),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        let answer = through(&socket, "GET /relative HTTP/1.1\r\n\r\n").await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        task.abort();
+
+        // Admitted: a plain request goes on in origin form with `Connection: close`; a
+        // CONNECT tunnel carries bytes both ways.
+        let policy = EgressPolicy {
+            allow_loopback: true,
+            ..EgressPolicy::default()
+        };
+        let (_dir, socket, _refused, task) = proxy(policy);
+        let answer = through(
+            &socket,
+            &format!(
+                "GET http://127.0.0.1:{port}/a?b HTTP/1.1\r\nHost: h\r\nProxy-Connection: keep-alive\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(answer.ends_with("GET /a?b HTTP/1.1 close=true"), "{answer}");
+        let answer = through(
+            &socket,
+            &format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\nGET /t HTTP/1.1\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 Connection established\r\n\r\n"),
+            "{answer}"
+        );
+        assert!(answer.ends_with("GET /t HTTP/1.1 close=false"), "{answer}");
+        task.abort();
+    }
+
     #[test]
     fn bad_requests_say_what_is_wrong() {
         for (head, says) in [
