@@ -663,7 +663,7 @@ impl Dispatcher {
             // Moved, not copied: the contexts made above hold what the run needs from them,
             // and the store keeps them for whoever drives the run on.
             context: kiln_store::RunContext {
-                payload: spec.trigger.payload.take(),
+                payload: spec.trigger.payload.take().map(Arc::new),
                 github: std::mem::take(&mut spec.github),
             },
         };

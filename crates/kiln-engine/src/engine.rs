@@ -788,7 +788,7 @@ impl Engine {
             project: project.id,
             trigger: Trigger {
                 event: run.event.clone(),
-                payload: context.payload,
+                payload: context.payload.map(Arc::unwrap_or_clone),
                 inputs,
                 git_ref: run.git_ref.clone(),
                 sha: run.sha.clone(),

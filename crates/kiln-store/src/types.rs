@@ -34,9 +34,11 @@ pub struct NewRun {
 /// retry), so its jobs see the same `github` context as its first attempt did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunContext {
-    /// The event payload (`github.event`); `None`: kiln made one up from the trigger.
+    /// The event payload (`github.event`); `None`: kiln made one up from the trigger. Shared,
+    /// so that a copy of a new run (kept to record it again alone should a batch fail) does
+    /// not copy a webhook's whole payload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<Value>,
+    pub payload: Option<std::sync::Arc<Value>>,
     /// `github` fields laid over the ones kiln makes from the trigger (a webhook's actor,
     /// head and base refs, …).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
