@@ -218,8 +218,7 @@ impl Backend {
     }
 
     async fn begin_read(&self) -> Result<ReadTx, StoreError> {
-        self.reader
-            .begin_with(SQL.begin_read)
+        super::begin_detached(&self.reader, SQL.begin_read)
             .await
             .map_err(query("begin a read transaction"))
     }

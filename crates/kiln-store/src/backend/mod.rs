@@ -372,6 +372,21 @@ pub(crate) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator 
     )
 }
 
+/// `pool.begin_with(statement)`, in a task of its own, so that a caller dropped meanwhile (an
+/// HTTP client gone, a timeout) cannot stop it half-way: sqlx then leaves the server inside
+/// the transaction without knowing it, and the pool hands that connection to the next user,
+/// whose statements never commit. Finished in its task, the transaction is rolled back as
+/// any dropped one is.
+pub(crate) async fn begin_detached<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: &'static str,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin_with(statement).await })
+        .await
+        .map_err(|e| sqlx::Error::Protocol(format!("beginning a transaction stopped: {e}")))?
+}
+
 /// Which events an outbox reader may hand out where event ids are not drawn in commit order
 /// (PostgreSQL: an identity value is taken at insert and becomes visible at commit, and
 /// writers do not serialise their commits). A reader that handed out event 8 while 7 was

@@ -264,6 +264,20 @@ pub(crate) async fn open(url: &str, blobs: BlobStore) -> Result<Backend, StoreEr
     let pool = PgPoolOptions::new()
         .max_connections(POOL_SIZE)
         .acquire_timeout(std::time::Duration::from_secs(5))
+        // sqlx pings every connection it hands out by default: a round trip more for each
+        // statement. Only a connection idle for a while may have been cut (a database
+        // restart); one in use is checked by its next statement failing. (What a dropped
+        // caller leaves behind is cleaned when the connection is released, and transactions
+        // begin where no caller can stop them half-way: `begin_detached`.)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= std::time::Duration::from_secs(1) {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Open {
@@ -553,8 +567,7 @@ impl Writer {
     }
 
     pub(crate) async fn begin(&self) -> Result<WriteTx, StoreError> {
-        self.0
-            .begin_with(SQL.begin_write)
+        super::begin_detached(&self.0, SQL.begin_write)
             .await
             .map_err(query("begin a write transaction"))
     }
