@@ -982,27 +982,22 @@ async fn grant_lease(
         // The same owner asking again for the lease it holds: its commit applied but the
         // answer was lost (a connection cut at commit), and it commits again. The lease is
         // its own: answer it again rather than leave the job held by nobody who knows.
-        let held = sqlx::query(
-            "SELECT lease_token FROM jobs WHERE id = $1 AND status = 'leased' \
-             AND lease_owner = $2",
-        )
-        .bind(&job_id)
-        .bind(owner)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query("read a job's lease"))?;
-        if let Some(held) = held {
+        let row = sqlx::query("SELECT status, lease_token, lease_owner FROM jobs WHERE id = $1")
+            .bind(&job_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("read a job's lease"))?;
+        let Some(row) = row else {
+            return Ok(refused(Refusal::NotFound));
+        };
+        let status: JobStatus = parse("jobs", "status", &get::<String>(&row, "jobs", "status")?)?;
+        let holder: Option<String> = get(&row, "jobs", "lease_owner")?;
+        if status == JobStatus::Leased && holder.as_deref() == Some(owner) {
             return Ok(OpResult::Lease {
-                token: get(&held, "jobs", "lease_token")?,
+                token: get(&row, "jobs", "lease_token")?,
             });
         }
-        return Ok(match lease_state(tx, job).await? {
-            None => refused(Refusal::NotFound),
-            Some(state) => refused(Refusal::WrongState {
-                job,
-                status: state.status,
-            }),
-        });
+        return Ok(refused(Refusal::WrongState { job, status }));
     };
     let (run, project) = owners(&row)?;
     let token: i64 = get(&row, "jobs", "lease_token")?;
