@@ -169,6 +169,8 @@ struct LeaseState {
     status: JobStatus,
     token: i64,
     log_length: i64,
+    /// Who holds the lease (`None` when nobody does).
+    owner: Option<String>,
 }
 
 /// Why an op carrying `token` does not apply to a job in `state` (`None`: it applies).
@@ -692,7 +694,9 @@ async fn insert_jobs(
 }
 
 async fn lease_state(tx: &mut Conn, job: JobId) -> Result<Option<LeaseState>, StoreError> {
-    let row = sqlx::query("SELECT status, lease_token, log_length FROM jobs WHERE id = $1")
+    let row = sqlx::query(
+        "SELECT status, lease_token, log_length, lease_owner FROM jobs WHERE id = $1",
+    )
         .bind(job.to_string())
         .fetch_optional(&mut *tx)
         .await
@@ -702,6 +706,7 @@ async fn lease_state(tx: &mut Conn, job: JobId) -> Result<Option<LeaseState>, St
         status: parse("jobs", "status", &get::<String>(&row, "jobs", "status")?)?,
         token: get(&row, "jobs", "lease_token")?,
         log_length: get(&row, "jobs", "log_length")?,
+        owner: get(&row, "jobs", "lease_owner")?,
     }))
 }
 
@@ -982,22 +987,18 @@ async fn grant_lease(
         // The same owner asking again for the lease it holds: its commit applied but the
         // answer was lost (a connection cut at commit), and it commits again. The lease is
         // its own: answer it again rather than leave the job held by nobody who knows.
-        let row = sqlx::query("SELECT status, lease_token, lease_owner FROM jobs WHERE id = $1")
-            .bind(&job_id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(query("read a job's lease"))?;
-        let Some(row) = row else {
-            return Ok(refused(Refusal::NotFound));
-        };
-        let status: JobStatus = parse("jobs", "status", &get::<String>(&row, "jobs", "status")?)?;
-        let holder: Option<String> = get(&row, "jobs", "lease_owner")?;
-        if status == JobStatus::Leased && holder.as_deref() == Some(owner) {
-            return Ok(OpResult::Lease {
-                token: get(&row, "jobs", "lease_token")?,
-            });
-        }
-        return Ok(refused(Refusal::WrongState { job, status }));
+        return Ok(match lease_state(tx, job).await? {
+            None => refused(Refusal::NotFound),
+            Some(state)
+                if state.status == JobStatus::Leased && state.owner.as_deref() == Some(owner) =>
+            {
+                OpResult::Lease { token: state.token }
+            }
+            Some(state) => refused(Refusal::WrongState {
+                job,
+                status: state.status,
+            }),
+        });
     };
     let (run, project) = owners(&row)?;
     let token: i64 = get(&row, "jobs", "lease_token")?;
