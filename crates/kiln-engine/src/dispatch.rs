@@ -24,6 +24,7 @@ use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use indexmap::IndexMap;
@@ -70,6 +71,8 @@ const LOOKAHEAD_MAX_FILES: usize = 2_000;
 const REFILL_BELOW: usize = 2;
 /// How often running jobs' leases are renewed.
 const RENEW_EVERY: Duration = Duration::from_secs(15);
+/// How often a server's dispatcher looks for cancellations of its runs asked elsewhere.
+const CANCEL_LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// One run to create: a workflow of a project, what triggered it, and where its files come
 /// from.
@@ -457,6 +460,9 @@ enum Msg {
     Started(JobId),
     Exec(JobId, ExecEvent),
     Done(JobId, Box<JobOutcome>, Slot),
+    /// Runs driven here whose cancellation was asked of another replica (or of the API while
+    /// nobody drove them): see [`Dispatcher::ask_for_cancellations`].
+    CancelRequested(Vec<RunId>),
 }
 
 /// A place where jobs run, one per local slot: its folder (`workspace/` and `temp/`) is
@@ -513,6 +519,8 @@ struct Dispatcher {
     lease_ttl: Duration,
     /// Where jobs' artifacts are kept.
     artifacts: kiln_store::ArtifactStore,
+    /// A look for cancellations asked elsewhere is under way.
+    asking: Arc<AtomicBool>,
 }
 
 fn now() -> Timestamp {
@@ -566,6 +574,7 @@ impl Dispatcher {
             ready_seen: 0,
             lease_ttl: req.lease_ttl.max(Duration::from_millis(100)),
             artifacts: req.artifacts.clone(),
+            asking: Arc::default(),
         }
     }
 
@@ -1063,6 +1072,9 @@ impl Dispatcher {
     async fn drive(mut self, cancel: CancellationToken) -> Result<RunOutcome, EngineError> {
         let mut renew = tokio::time::interval(RENEW_EVERY.min(self.lease_ttl / 4));
         renew.tick().await;
+        // A server's dispatcher looks for cancellations asked through other replicas.
+        let mut asked = tokio::time::interval(CANCEL_LOOK_EVERY);
+        asked.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut run_ids: Vec<RunId> = self.runs.keys().copied().collect();
         // The first turn decides the jobs that need nothing.
         self.advance_all();
@@ -1141,6 +1153,7 @@ impl Dispatcher {
                     self.renew_leases();
                     self.renew_runs();
                 }
+                _ = asked.tick(), if self.commands.is_some() => self.ask_for_cancellations(),
                 _ = cancel.cancelled(), if !self.cancelled => self.cancel_all(),
                 _ = tokio::time::sleep_until(grace.unwrap_or_else(tokio::time::Instant::now)),
                     if grace.is_some() => {
@@ -1368,7 +1381,37 @@ impl Dispatcher {
                 self.free.push(slot);
                 self.on_done(job, *outcome);
             }
+            Msg::CancelRequested(runs) => {
+                for run in runs {
+                    if self.runs.get(&run).is_some_and(|r| !r.cancelled) {
+                        tracing::info!(%run, "cancelling a run as asked through another replica");
+                        self.cancel_run(run);
+                    }
+                }
+            }
         }
+    }
+
+    /// Looks up (in a task of its own, one at a time) the runs driven here whose cancellation
+    /// was asked through the store; they come back as [`Msg::CancelRequested`].
+    fn ask_for_cancellations(&self) {
+        if self.runs.is_empty() || self.asking.swap(true, AtomicOrdering::AcqRel) {
+            return;
+        }
+        let (store, owner, tx) = (self.store.clone(), self.owner.clone(), self.tx.clone());
+        let asking = self.asking.clone();
+        tokio::spawn(async move {
+            match store.cancel_requests(&owner).await {
+                Ok(runs) if !runs.is_empty() => {
+                    let _ = tx.send(Msg::CancelRequested(runs));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for cancellations asked elsewhere")
+                }
+            }
+            asking.store(false, AtomicOrdering::Release);
+        });
     }
 
     fn on_started(&mut self, job: JobId) {

@@ -387,6 +387,19 @@ impl Store {
         with_backend!(self, b => b.live_replicas(since).await)
     }
 
+    /// Asks whoever drives `run` to cancel it: recorded with the time and a
+    /// `run.cancel_requested` event (once, however often it is asked). `false`: no such run,
+    /// or it has ended. The driver finds it through [`Store::cancel_requests`].
+    pub async fn request_cancel(&self, run: RunId, at: Timestamp) -> Result<bool, StoreError> {
+        with_backend!(self, b => b.request_cancel(run, at).await)
+    }
+
+    /// The unfinished runs `me` drives whose cancellation was asked for
+    /// ([`Store::request_cancel`]).
+    pub async fn cancel_requests(&self, me: &str) -> Result<Vec<RunId>, StoreError> {
+        with_backend!(self, b => b.cancel_requests(me).await)
+    }
+
     /// Renews `me`'s claim on the runs it drives until `until`; the ones it lost (another
     /// engine took them over after `me` failed to renew in time, or they ended).
     pub async fn renew_runs(

@@ -13,7 +13,7 @@ use kiln_testkit::Project;
 
 use crate::postgres::{Schema, psql};
 use crate::serve::{Served, kiln};
-use crate::workers::{Worker, get, wait_run};
+use crate::workers::{Worker, get, post, wait_run};
 
 const ADMIN: &str = "kiln_replicas_test_admin_token_0123456789";
 const SECRETS_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -70,6 +70,17 @@ fn worker_token_and_project(s: &Served, p: &Project) -> String {
     let out = s.call(p, ADMIN, &["project", "add", &src, "--name", "app"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     token
+}
+
+/// Starts the workflow `ci` of the project `app` through `s`: the run's id.
+fn trigger_ci(s: &Served, p: &Project) -> String {
+    let out = s.call(
+        p,
+        ADMIN,
+        &["trigger", "app", "--workflow", "ci", "--format", "json"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.json()["runs"][0]["id"].as_str().unwrap().to_owned()
 }
 
 /// How many jobs of `run` succeeded, and the most successes any one job recorded.
@@ -131,13 +142,7 @@ fn two_replicas_run_500_jobs_exactly_once_even_when_the_driving_replica_is_kille
         }
     });
 
-    let out = a.call(
-        &p,
-        ADMIN,
-        &["trigger", "app", "--workflow", "ci", "--format", "json"],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let run = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
+    let run = trigger_ci(&a, &p);
 
     // Halfway through, the replica driving the run dies.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -228,6 +233,58 @@ jobs:
       - run: echo done
 "#;
 
+const LONG: &str = r#"
+name: ci
+on: workflow_dispatch
+jobs:
+  long:
+    runs-on: linux
+    steps:
+      - run: echo started; sleep 300
+"#;
+
+/// A user cancels through a replica that does not drive the run (behind a load balancer,
+/// say): the replica asks the driver through the store, and the job stops on its worker.
+#[test]
+fn a_run_is_cancelled_through_a_replica_that_does_not_drive_it() {
+    let schema = Schema::new();
+    let p = Project::new().workflow("ci.yml", LONG);
+    let a = replica(&p, &schema.url(), "a", "3");
+    let b = replica(&p, &schema.url(), "b", "3");
+    let token = worker_token_and_project(&a, &p);
+    let _w = Worker::start(&p, &a, &token, "w1", "linux", &[]);
+    let run = trigger_ci(&a, &p);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = get(&b, ADMIN, &format!("/api/v1/runs/{run}"))["data"].clone();
+        if r["jobs"][0]["status"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never started: {r:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (status, answer) = post(&b, ADMIN, &format!("/api/v1/runs/{run}/cancel"));
+    assert_eq!(status, 202, "{answer:#}");
+    assert_eq!(answer["data"]["id"], run.as_str(), "{answer:#}");
+    // The job sleeps for minutes: ending at all means it was stopped.
+    let r = wait_run(&b, ADMIN, &run, Duration::from_secs(60));
+    assert_eq!(r["status"], "cancelled", "{r:#}");
+    assert_eq!(r["jobs"][0]["status"], "cancelled", "{r:#}");
+    let out = psql(&format!(
+        "SELECT 'asked=' || count(*) FROM {}.events WHERE run_id = '{run}' \
+         AND kind = 'run.cancel_requested'",
+        schema.name
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("asked=1"), "one request recorded: {text}");
+    let (status, answer) = post(&b, ADMIN, &format!("/api/v1/runs/{run}/cancel"));
+    assert_eq!(status, 409, "{answer:#}");
+    assert_eq!(answer["error"]["code"], "RUN_NOT_ACTIVE", "{answer:#}");
+    assert_eq!(b.stop(), 0);
+    assert_eq!(a.stop(), 0);
+}
+
 /// The database restarts under a running run: the server and its worker reconnect and the
 /// run completes. On a private cluster (the shared server stays up for the other tests).
 #[test]
@@ -237,13 +294,7 @@ fn a_run_completes_when_postgres_restarts_under_it() {
     let s = replica(&p, &pg.url(), "server", "20");
     let token = worker_token_and_project(&s, &p);
     let _w = Worker::start(&p, &s, &token, "w", "linux", &[]);
-    let out = s.call(
-        &p,
-        ADMIN,
-        &["trigger", "app", "--workflow", "ci", "--format", "json"],
-    );
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let run = out.json()["runs"][0]["id"].as_str().unwrap().to_owned();
+    let run = trigger_ci(&s, &p);
 
     // While `first` runs, the database goes away for longer than a connection is waited for
     // (5 s), so that writes fail and are tried again.

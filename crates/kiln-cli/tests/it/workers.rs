@@ -141,6 +141,22 @@ pub(crate) fn get(s: &Served, token: &str, path: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
+/// `POST path` with no body, as `token`: the status and the answer's JSON.
+pub(crate) fn post(s: &Served, token: &str, path: &str) -> (u16, Value) {
+    let out = Command::new("curl")
+        .args(["-sS", "-X", "POST", "-w", "\n%{http_code}"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("{}{path}", s.url))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        code.trim().parse().unwrap_or(0),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
 pub(crate) fn wait_run(s: &Served, token: &str, run: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {

@@ -4,6 +4,7 @@
 
 use axum::extract::{Path, State};
 use indexmap::IndexMap;
+use jiff::Timestamp;
 use kiln_core::ids::RunId;
 use kiln_engine::{EngineError, TriggerRequest};
 use kiln_proto::Run;
@@ -132,7 +133,8 @@ pub(crate) async fn trigger(
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The run's id")),
     responses(
-        (status = 200, description = "The run", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 200, description = "The run, its jobs cancelled (this server drives it)", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 202, description = "The run, its cancellation asked of the replica that drives it", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 404, description = "`RUN_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
@@ -144,7 +146,7 @@ pub(crate) async fn cancel(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Data<Run>, ApiError> {
+) -> Result<(axum::http::StatusCode, Data<Run>), ApiError> {
     let engine = state.engine().ok_or_else(engine_unavailable)?;
     let not_found = || ApiError::not_found("RUN_NOT_FOUND", format!("no run `{id}`"));
     let run_id: RunId = id.parse().map_err(|_| not_found())?;
@@ -161,15 +163,26 @@ pub(crate) async fn cancel(
             format!("run {id} has already ended ({})", run.status.as_str()),
         ));
     }
+    let mut status = axum::http::StatusCode::OK;
     if !engine.cancel(run_id).await.map_err(engine_error)? {
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "RUN_NOT_ACTIVE",
-            format!("run {id} is not driven by this server"),
-        ));
+        // Another replica drives it (or nobody does, for now): ask through the store; its
+        // driver cancels within a second, a replica taking it over at once.
+        if !state
+            .store()
+            .request_cancel(run_id, Timestamp::now())
+            .await?
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "RUN_NOT_ACTIVE",
+                format!("run {id} has already ended"),
+            ));
+        }
+        tracing::info!(run = %run_id, by = %caller.0.id, "cancellation asked of the run's driver");
+        status = axum::http::StatusCode::ACCEPTED;
     }
     let run = state.store().get_run(run_id).await?.ok_or_else(not_found)?;
-    Ok(Data::ok(run))
+    Ok((status, Data::ok(run)))
 }
 
 /// Re-runs a failed or cancelled run's failed jobs, and the jobs they held back, as the

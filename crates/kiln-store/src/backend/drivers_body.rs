@@ -12,6 +12,7 @@ mod api_drivers {
     use kiln_core::ids::RunId;
 
     use super::{Backend, get};
+    use crate::backend::Pending;
     use crate::backend::{ms, parse};
     use crate::error::{StoreError, query};
 
@@ -64,6 +65,57 @@ mod api_drivers {
             .map_err(query("hand driven runs over"))?;
             tx.commit().await.map_err(query("commit handing runs over"))?;
             Ok(())
+        }
+
+        /// Asks whoever drives `run` to cancel it (at `at`), appending `run.cancel_requested`
+        /// once. `false`: no such run, or it has ended.
+        pub(crate) async fn request_cancel(
+            &self,
+            run: RunId,
+            at: Timestamp,
+        ) -> Result<bool, StoreError> {
+            let mut tx = self.begin_write().await?;
+            let row = sqlx::query(
+                "UPDATE runs SET cancel_requested_at = COALESCE(cancel_requested_at, $2) \
+                 WHERE id = $1 AND status NOT IN ('success', 'failure', 'cancelled') \
+                 RETURNING project_id, cancel_requested_at",
+            )
+            .bind(run.to_string())
+            .bind(ms(at))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("request a run's cancellation"))?;
+            let Some(row) = row else {
+                return Ok(false);
+            };
+            let first = get::<i64>(&row, "runs", "cancel_requested_at")? == ms(at);
+            let mut pending = Pending::default();
+            if first {
+                let project: String = get(&row, "runs", "project_id")?;
+                pending.event(
+                    ms(at),
+                    "run.cancel_requested",
+                    &project,
+                    &run.to_string(),
+                    None,
+                    serde_json::json!({}),
+                );
+            }
+            self.finish(tx, pending).await?;
+            Ok(true)
+        }
+
+        /// The unfinished runs `me` drives whose cancellation was asked for elsewhere.
+        pub(crate) async fn cancel_requests(&self, me: &str) -> Result<Vec<RunId>, StoreError> {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM runs WHERE driver = $1 AND cancel_requested_at IS NOT NULL \
+                 AND status IN ('pending', 'queued', 'running', 'waiting')",
+            )
+            .bind(me)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(query("list the cancellations asked of a driver"))?;
+            ids.iter().map(|id| parse("runs", "id", id)).collect()
         }
 
         /// Notes that the replica `owner` answers at `url` (an upsert).

@@ -249,6 +249,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "outbox without lock",
             include_str!("../../migrations/postgres/0021_outbox_without_lock.sql"),
         ),
+        (
+            22,
+            "cancel requests",
+            include_str!("../../migrations/postgres/0022_cancel_requests.sql"),
+        ),
     ])
 }
 

@@ -231,6 +231,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "outbox without lock",
             include_str!("../../migrations/sqlite/0021_outbox_without_lock.sql"),
         ),
+        (
+            22,
+            "cancel requests",
+            include_str!("../../migrations/sqlite/0022_cancel_requests.sql"),
+        ),
     ])
 }
 

@@ -444,3 +444,79 @@ async fn replicas_drive_each_run_alone_and_take_over_runs_whose_driver_stopped(h
         [by_a.id]
     );
 }
+
+both_backends!(a_cancellation_asked_elsewhere_reaches_the_run_s_driver);
+async fn a_cancellation_asked_elsewhere_reaches_the_run_s_driver(h: &Harness) {
+    use kiln_store::Driver;
+    let s = &h.store;
+    let project = s.upsert_project("p", "/src/p").await.unwrap();
+    let driven_by = |owner: &str| {
+        Some(Driver {
+            owner: owner.to_owned(),
+            until: at(60_000),
+        })
+    };
+    let mut by_a = new_run(
+        project.id,
+        "ci.yml",
+        vec![new_job("x", JobStatus::Queued, 3)],
+    );
+    by_a.driver = driven_by("a");
+    let by_a = s.create_run(by_a).await.unwrap();
+    let mut by_b = new_run(
+        project.id,
+        "ci.yml",
+        vec![new_job("y", JobStatus::Queued, 3)],
+    );
+    by_b.driver = driven_by("b");
+    let by_b = s.create_run(by_b).await.unwrap();
+    assert!(s.cancel_requests("a").await.unwrap().is_empty());
+
+    let head = s.event_head().await.unwrap();
+    // Asked twice: one request, one event; only the driver is told.
+    assert!(s.request_cancel(by_a.id, at(1_000)).await.unwrap());
+    assert!(s.request_cancel(by_a.id, at(2_000)).await.unwrap());
+    assert_eq!(s.cancel_requests("a").await.unwrap(), [by_a.id]);
+    assert!(s.cancel_requests("b").await.unwrap().is_empty());
+    let mut asked = Vec::new();
+    for _ in 0..100 {
+        asked = s
+            .events_after(head, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.kind == "run.cancel_requested")
+            .collect::<Vec<_>>();
+        if !asked.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0].run, Some(by_a.id));
+
+    // A run that ended cannot be asked, and one cancelled since is no longer listed.
+    s.commit(vec![Op::SetRunStatus {
+        run: by_b.id,
+        status: RunStatus::Failure,
+        at: at(3_000),
+    }])
+    .await
+    .unwrap();
+    assert!(!s.request_cancel(by_b.id, at(4_000)).await.unwrap());
+    assert!(s.cancel_requests("b").await.unwrap().is_empty());
+    s.commit(vec![Op::SetRunStatus {
+        run: by_a.id,
+        status: RunStatus::Cancelled,
+        at: at(5_000),
+    }])
+    .await
+    .unwrap();
+    assert!(s.cancel_requests("a").await.unwrap().is_empty());
+    // A run nobody knows of.
+    assert!(
+        !s.request_cancel(kiln_core::ids::RunId::new(), at(6_000))
+            .await
+            .unwrap()
+    );
+}
