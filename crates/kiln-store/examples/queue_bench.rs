@@ -128,6 +128,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 limit: 1,
                 ttl_ms: 60_000,
                 at,
+                offered_only: false,
             };
             while Instant::now() < deadline {
                 let got = store

@@ -58,8 +58,8 @@ pub use projects::{Archived, FetchOutcome, ProjectChange, ProjectRecord};
 pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
 pub use secrets::SecretKeys;
 pub use types::{
-    Claim, Claimed, Driver, ExpiredLease, LeaseScope, LogSlice, NewJob, NewRun, Op, OpResult,
-    Refusal, RunContext, RunFilter,
+    Claim, Claimed, Driver, ExpiredLease, Lease, LeaseScope, LogSlice, NewJob, NewRun, Op,
+    OpResult, Refusal, RunContext, RunFilter,
 };
 pub use watches::{
     ClaimedVersion, NewVersion, PollRecord, SeenVersion, WatchDef, WatchRow, WatchSyncReport,
@@ -385,6 +385,16 @@ impl Store {
     /// The URLs of the replicas seen since `since`.
     pub async fn live_replicas(&self, since: Timestamp) -> Result<Vec<String>, StoreError> {
         with_backend!(self, b => b.live_replicas(since).await)
+    }
+
+    /// The lease `job` is under now (`None`: no such job).
+    pub async fn lease_of(&self, job: JobId) -> Result<Option<Lease>, StoreError> {
+        with_backend!(self, b => b.lease_of(job).await)
+    }
+
+    /// The URL the replica `owner` last noted for itself ([`Store::replica_seen`]).
+    pub async fn replica_url(&self, owner: &str) -> Result<Option<String>, StoreError> {
+        with_backend!(self, b => b.replica_url(owner).await)
     }
 
     /// Asks whoever drives `run` to cancel it: recorded with the time and a

@@ -146,6 +146,9 @@ pub enum Op {
         offset: u64,
         data: Vec<u8>,
     },
+    /// Offers `jobs` to claims from the shared queue ([`Claim::offered_only`]): their
+    /// driver lets any replica lease them to a remote worker while they are queued.
+    OfferJobs { jobs: Vec<JobId>, at: Timestamp },
     /// Ends the execution with a terminal status and releases the lease.
     CompleteJob {
         job: JobId,
@@ -209,6 +212,10 @@ pub struct Claim {
     /// How long each lease lasts unless renewed.
     pub ttl_ms: i64,
     pub at: Timestamp,
+    /// Only jobs their driver offered ([`Op::OfferJobs`]) of runs whose driver is alive
+    /// (its claim on the run runs past `at`): what a remote worker may take through any
+    /// replica. `false` takes any queued job.
+    pub offered_only: bool,
 }
 
 /// A job [`Store::claim_jobs`](crate::Store::claim_jobs) leased.
@@ -218,6 +225,18 @@ pub struct Claimed {
     pub job: kiln_proto::Job,
     pub project: ProjectId,
     /// The lease's fencing token: every op of this execution carries it.
+    pub token: i64,
+    /// Who drives the job's run (a server engine's owner id), if anyone does.
+    pub driver: Option<String>,
+}
+
+/// A job's lease as the store has it now ([`Store::lease_of`](crate::Store::lease_of)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub status: JobStatus,
+    /// Who holds it; `None` when nobody does.
+    pub owner: Option<String>,
+    /// The current (or last) lease's fencing token.
     pub token: i64,
 }
 

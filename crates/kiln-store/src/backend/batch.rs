@@ -35,7 +35,8 @@ pub(crate) fn kind(op: &Op) -> Option<i64> {
         Op::AddJobs { .. }
         | Op::SetRunStatus { .. }
         | Op::RenewLease { .. }
-        | Op::ReleaseLease { .. } => return None,
+        | Op::ReleaseLease { .. }
+        | Op::OfferJobs { .. } => return None,
     })
 }
 
@@ -50,7 +51,7 @@ pub(crate) fn job_of(op: &Op) -> Option<JobId> {
         | Op::CompleteJob { job, .. }
         | Op::RenewLease { job, .. }
         | Op::ReleaseLease { job, .. } => Some(*job),
-        Op::AddJobs { .. } | Op::SetRunStatus { .. } => None,
+        Op::AddJobs { .. } | Op::SetRunStatus { .. } | Op::OfferJobs { .. } => None,
     }
 }
 
@@ -153,7 +154,8 @@ impl Plan {
                 Op::AddJobs { .. }
                 | Op::SetRunStatus { .. }
                 | Op::RenewLease { .. }
-                | Op::ReleaseLease { .. } => {
+                | Op::ReleaseLease { .. }
+                | Op::OfferJobs { .. } => {
                     return None;
                 }
             }

@@ -19,7 +19,9 @@ use crate::backend::{
 };
 use crate::blob::BlobStore;
 use crate::error::{StoreError, query};
-use crate::types::{Claim, Claimed, ExpiredLease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter};
+use crate::types::{
+    Claim, Claimed, ExpiredLease, Lease, LogSlice, NewJob, NewRun, Op, OpResult, Refusal, RunFilter,
+};
 
 type DbRow = <Db as sqlx::Database>::Row;
 /// A read transaction. (Write transactions are each backend's `WriteTx`.)
@@ -486,6 +488,19 @@ impl Backend {
         Ok(expired)
     }
 
+    pub(crate) async fn lease_of(&self, job: JobId) -> Result<Option<Lease>, StoreError> {
+        let mut conn = self
+            .reader
+            .acquire()
+            .await
+            .map_err(query("read a job's lease"))?;
+        Ok(lease_state(&mut conn, job).await?.map(|l| Lease {
+            status: l.status,
+            owner: l.owner,
+            token: l.token,
+        }))
+    }
+
     pub(crate) async fn claim_jobs(&self, claim: &Claim) -> Result<Vec<Claimed>, StoreError> {
         let at = ms(claim.at);
         let statement = sqlx::query(SQL.claim_jobs)
@@ -493,7 +508,8 @@ impl Backend {
             .bind(at.saturating_add(claim.ttl_ms))
             .bind(claim.labels.as_ref().map(json_text))
             .bind(i64::from(claim.limit))
-            .bind(at);
+            .bind(at)
+            .bind(claim.offered_only);
         // Either the statement appends its own events and commits alone, or it runs in a
         // write transaction that appends them.
         let (rows, tx) = if SQL.claim_appends_events {
@@ -524,6 +540,7 @@ impl Backend {
                 Claimed {
                     project: parse("jobs", "project_id", &project)?,
                     token,
+                    driver: get(row, "jobs", "driver")?,
                     job,
                 },
             ));
@@ -774,6 +791,16 @@ async fn apply(tx: &mut Conn, pending: &mut Pending, op: Op) -> Result<OpResult,
             } else {
                 explain(tx, job, token, &HELD).await
             }
+        }
+        Op::OfferJobs { jobs, at } => {
+            let ids: Vec<String> = jobs.iter().map(ToString::to_string).collect();
+            sqlx::query(SQL.offer_jobs)
+                .bind(json_text(&ids))
+                .bind(ms(at))
+                .execute(&mut *tx)
+                .await
+                .map_err(query("offer jobs to claims"))?;
+            Ok(OpResult::Done)
         }
         Op::ReleaseLease { job, token } => {
             let job_id = job.to_string();

@@ -152,6 +152,15 @@ mod api_drivers {
             Ok(())
         }
 
+        /// The URL the replica `owner` noted last.
+        pub(crate) async fn replica_url(&self, owner: &str) -> Result<Option<String>, StoreError> {
+            sqlx::query_scalar("SELECT url FROM replicas WHERE owner = $1")
+                .bind(owner)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(query("look a replica up"))
+        }
+
         /// The URLs of the replicas seen since `since`, oldest first.
         pub(crate) async fn live_replicas(
             &self,

@@ -53,14 +53,17 @@ pub(crate) struct Dialect {
     /// rows and returns `kind, id, run_id, project_id, token, attempts, idx` per applied row.
     pub(crate) batch: Batch,
     /// Leases queued jobs: `$1` owner, `$2` lease expiry, `$3` the claimer's labels as a
-    /// JSON array (NULL: any), `$4` limit, `$5` now. Returns `job_cols!()` plus
-    /// `project_id`, `lease_token`, `seq` and `created_at`.
+    /// JSON array (NULL: any), `$4` limit, `$5` now, `$6` only jobs offered by a live
+    /// driver. Returns `job_cols!()` plus `project_id`, `lease_token`, `seq`, `created_at`
+    /// and the run's `driver`.
     pub(crate) claim_jobs: &'static str,
     /// Whether `claim_jobs` also appends the `job.leased` events, so that a claim is one
     /// statement committed on its own (PostgreSQL: one round trip instead of five).
     pub(crate) claim_appends_events: bool,
     /// Inserts a JSON array of `[job, attempt, offset, length, step, blob_key, blob_offset]`.
     pub(crate) insert_chunks: &'static str,
+    /// Offers jobs to claims: `$1` a JSON array of job ids, `$2` now.
+    pub(crate) offer_jobs: &'static str,
 }
 
 /// How a dialect runs the batched statements.

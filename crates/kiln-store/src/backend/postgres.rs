@@ -121,6 +121,8 @@ const SQL: Dialect = Dialect {
     // was claimed.
     claim_jobs: "WITH next AS MATERIALIZED (SELECT id FROM jobs WHERE status = 'queued' \
                  AND ($3::text IS NULL OR labels::jsonb <@ $3::jsonb) \
+                 AND (NOT $6::bool OR (offered_at IS NOT NULL AND EXISTS (SELECT 1 FROM runs \
+                 WHERE runs.id = jobs.run_id AND runs.driver_until > $5))) \
                  ORDER BY created_at, run_id, seq LIMIT $4 FOR UPDATE SKIP LOCKED), \
                  claimed AS (UPDATE jobs SET status = 'leased', lease_owner = $1, \
                  lease_token = jobs.lease_token + 1, lease_expires_at = $2, \
@@ -129,7 +131,8 @@ const SQL: Dialect = Dialect {
                  FROM next WHERE jobs.id = next.id \
                  RETURNING jobs.id, run_id, job_key, name, matrix, needs, status, attempts, \
                  max_attempts, started_at, finished_at, outputs, labels, project_id, \
-                 lease_token, seq, created_at), \
+                 lease_token, seq, created_at, \
+                 (SELECT driver FROM runs WHERE runs.id = jobs.run_id) AS driver), \
                  outbox AS MATERIALIZED (SELECT pg_current_xact_id() \
                  FROM (SELECT count(*) AS n FROM claimed) AS c WHERE c.n > 0), \
                  appended AS (INSERT INTO events (at, kind, project_id, run_id, job_id, data) \
@@ -144,6 +147,8 @@ const SQL: Dialect = Dialect {
                     SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint, \
                     (e->>4)::bigint, e->>5, (e->>6)::bigint \
                     FROM jsonb_array_elements($1::jsonb) AS t(e)",
+    offer_jobs: "UPDATE jobs SET offered_at = $2 \
+                 WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))",
 };
 
 /// The embedded PostgreSQL migrations, oldest first. Forward-only.
@@ -253,6 +258,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             22,
             "cancel requests",
             include_str!("../../migrations/postgres/0022_cancel_requests.sql"),
+        ),
+        (
+            23,
+            "job offers",
+            include_str!("../../migrations/postgres/0023_job_offers.sql"),
         ),
     ])
 }

@@ -117,15 +117,19 @@ const SQL: Dialect = Dialect {
                  WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' \
                  AND ($3 IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(jobs.labels) AS l \
                  WHERE l.value NOT IN (SELECT value FROM json_each($3)))) \
+                 AND (NOT $6 OR (offered_at IS NOT NULL AND EXISTS (SELECT 1 FROM runs \
+                 WHERE runs.id = jobs.run_id AND runs.driver_until > $5))) \
                  ORDER BY created_at, run_id, seq LIMIT $4) \
                  RETURNING id, run_id, job_key, name, matrix, needs, status, attempts, max_attempts, \
-                 started_at, finished_at, outputs, labels, project_id, lease_token, seq, created_at",
+                 started_at, finished_at, outputs, labels, project_id, lease_token, seq, created_at, \
+                 (SELECT driver FROM runs WHERE runs.id = jobs.run_id) AS driver",
     insert_chunks: "INSERT INTO log_chunks (job_id, attempt, byte_offset, length, step, blob_key, \
                     blob_offset) \
                     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
                     json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
                     json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
                     json_extract(value, '$[6]') FROM json_each($1)",
+    offer_jobs: "UPDATE jobs SET offered_at = $2 WHERE id IN (SELECT value FROM json_each($1))",
 };
 
 /// The embedded SQLite migrations, oldest first. Forward-only.
@@ -235,6 +239,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             22,
             "cancel requests",
             include_str!("../../migrations/sqlite/0022_cancel_requests.sql"),
+        ),
+        (
+            23,
+            "job offers",
+            include_str!("../../migrations/sqlite/0023_job_offers.sql"),
         ),
     ])
 }

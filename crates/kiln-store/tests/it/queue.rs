@@ -33,6 +33,7 @@ fn claim(owner: &str, labels: Option<&[&str]>, limit: u32, now: i64) -> Claim {
         limit,
         ttl_ms: 10_000,
         at: at(now),
+        offered_only: false,
     }
 }
 
@@ -326,6 +327,7 @@ async fn workers_register_and_show_what_they_hold(h: &Harness) {
             limit: 2,
             ttl_ms: 10_000,
             at: at(2),
+            offered_only: false,
         })
         .await
         .unwrap();
@@ -519,4 +521,80 @@ async fn a_cancellation_asked_elsewhere_reaches_the_run_s_driver(h: &Harness) {
             .await
             .unwrap()
     );
+}
+
+both_backends!(remote_claims_take_only_what_a_live_driver_offered);
+async fn remote_claims_take_only_what_a_live_driver_offered(h: &Harness) {
+    use kiln_store::{Driver, Lease};
+    let s = &h.store;
+    let project = s.upsert_project("p", "/src/p").await.unwrap();
+    let driven_by = |owner: &str, until: i64| {
+        Some(Driver {
+            owner: owner.to_owned(),
+            until: at(until),
+        })
+    };
+    let mut live = new_run(
+        project.id,
+        "ci.yml",
+        vec![
+            new_job("offered", JobStatus::Queued, 3),
+            new_job("kept", JobStatus::Queued, 3),
+            labelled("gpu", JobStatus::Queued, &["gpu"]),
+        ],
+    );
+    live.driver = driven_by("a", 60_000);
+    let live = s.create_run(live).await.unwrap();
+    let mut orphan = new_run(
+        project.id,
+        "ci.yml",
+        vec![new_job("orphan", JobStatus::Queued, 3)],
+    );
+    orphan.driver = driven_by("dead", 1_000);
+    let orphan = s.create_run(orphan).await.unwrap();
+    let offered = vec![live.jobs[0].id, live.jobs[2].id, orphan.jobs[0].id];
+    s.commit(vec![Op::OfferJobs {
+        jobs: offered,
+        at: at(2_000),
+    }])
+    .await
+    .unwrap();
+
+    // Offered, fitting, and its run's driver alive: only `offered`. The claim names the
+    // driver, whom the worker then asks for the job's details.
+    let remote = |owner: &str, labels: &[&str]| Claim {
+        offered_only: true,
+        ..claim(owner, Some(labels), 10, 5_000)
+    };
+    let got = s.claim_jobs(&remote("worker:1", &["linux"])).await.unwrap();
+    assert_eq!(keys(&got), ["offered"]);
+    assert_eq!(got[0].driver.as_deref(), Some("a"));
+    assert_eq!(
+        s.lease_of(live.jobs[0].id).await.unwrap(),
+        Some(Lease {
+            status: JobStatus::Leased,
+            owner: Some("worker:1".to_owned()),
+            token: got[0].token,
+        })
+    );
+    let got = s.claim_jobs(&remote("worker:2", &["gpu"])).await.unwrap();
+    assert_eq!(keys(&got), ["gpu"]);
+    assert!(
+        s.claim_jobs(&remote("worker:3", &["gpu", "linux"]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A claim that is not remote takes the rest.
+    let got = s.claim_jobs(&claim("pool", None, 10, 5_000)).await.unwrap();
+    assert_eq!(keys(&got), ["kept", "orphan"]);
+    assert_eq!(s.lease_of(JobId::new()).await.unwrap(), None);
+
+    // Replicas are found by their owner id.
+    s.replica_seen("a", "http://a.example:8080").await.unwrap();
+    assert_eq!(
+        s.replica_url("a").await.unwrap().as_deref(),
+        Some("http://a.example:8080")
+    );
+    assert_eq!(s.replica_url("b").await.unwrap(), None);
 }
