@@ -162,6 +162,7 @@ mod ops {
         ("driver", Col::Text),
         ("driver_until", Col::Int),
         ("context", Col::Json),
+        ("cancel_requested_at", Col::Int),
     ];
     const JOBS: &[(&str, Col)] = &[
         ("id", Col::Text),
@@ -184,6 +185,7 @@ mod ops {
         ("started_at", Col::Int),
         ("finished_at", Col::Int),
         ("labels", Col::Json),
+        ("offered_at", Col::Int),
     ];
     const STEPS: &[(&str, Col)] = &[
         ("job_id", Col::Text),
@@ -433,7 +435,8 @@ mod ops {
                 key: Key::Text("id"),
                 page: "SELECT id, project_id, workflow, workflow_name, run_number, \
                        run_attempt, status, event, git_ref, sha, inputs, created_at, \
-                       started_at, finished_at, driver, driver_until, context FROM runs \
+                       started_at, finished_at, driver, driver_until, context, \
+                       cancel_requested_at FROM runs \
                        WHERE id > $1 ORDER BY id LIMIT $2",
             },
             ExportTable::Jobs => Export {
@@ -443,7 +446,8 @@ mod ops {
                 page: "SELECT id, run_id, project_id, seq, job_key, name, matrix, needs, \
                        status, attempts, max_attempts, lease_owner, lease_token, \
                        lease_expires_at, log_length, outputs, created_at, started_at, \
-                       finished_at, labels FROM jobs WHERE id > $1 ORDER BY id LIMIT $2",
+                       finished_at, labels, offered_at FROM jobs WHERE id > $1 ORDER BY id \
+                       LIMIT $2",
             },
             ExportTable::Steps => Export {
                 table: "steps",
