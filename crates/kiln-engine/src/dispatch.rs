@@ -49,6 +49,7 @@ use crate::project::{Snapshot, Written};
 /// How long a local lease lasts without a heartbeat.
 mod remote;
 
+pub(crate) use remote::Adoption;
 pub use remote::ReportRefusal;
 
 /// How long a lease lasts unless renewed, by default (the local pool renews every
@@ -108,6 +109,9 @@ pub struct DispatchConfig {
     pub lease_ttl: Duration,
     /// Where jobs' artifacts are kept.
     pub artifacts: kiln_store::ArtifactStore,
+    /// Offer ready jobs to remote workers claiming from the shared queue through any
+    /// replica (a server on PostgreSQL); otherwise remote workers are served from memory.
+    pub offer: bool,
 }
 
 /// What `kiln run` asks the engine to do.
@@ -210,6 +214,7 @@ pub async fn run_local(
         max_attempts: req.max_attempts,
         lease_ttl: LEASE_TTL,
         artifacts,
+        offer: false,
     };
     // Package trees are planned (validated, keyed, looked up) before any run is created.
     let mut planned = Vec::with_capacity(prepared.len());
@@ -300,6 +305,14 @@ pub(crate) enum Command {
         job: JobId,
         token: i64,
         reply: oneshot::Sender<Option<Arc<Snapshot>>>,
+    },
+    /// The remote worker `owner` leased `job` (`token`) from the shared queue: record it
+    /// as that worker's and describe it.
+    Adopt {
+        owner: String,
+        job: JobId,
+        token: i64,
+        reply: oneshot::Sender<remote::Adoption>,
     },
     /// The unfinished runs this dispatcher drives.
     Driving {
@@ -521,6 +534,10 @@ struct Dispatcher {
     artifacts: kiln_store::ArtifactStore,
     /// A look for cancellations asked elsewhere is under way.
     asking: Arc<AtomicBool>,
+    /// See [`DispatchConfig::offer`].
+    offer: bool,
+    /// Jobs made ready since the last flush, to offer with it.
+    offers: Vec<JobId>,
 }
 
 fn now() -> Timestamp {
@@ -575,6 +592,8 @@ impl Dispatcher {
             lease_ttl: req.lease_ttl.max(Duration::from_millis(100)),
             artifacts: req.artifacts.clone(),
             asking: Arc::default(),
+            offer: req.offer,
+            offers: Vec::new(),
         }
     }
 
@@ -964,6 +983,7 @@ impl Dispatcher {
         }
         for (priority, seq, job) in ready {
             self.ready.push(Ready { priority, seq, job });
+            self.offer(job);
         }
         Ok(())
     }
@@ -1131,6 +1151,9 @@ impl Dispatcher {
                         Some(Command::Source { owner, job, token, reply }) => {
                             let _ = reply.send(self.remote_source(&owner, job, token));
                         }
+                        Some(Command::Adopt { owner, job, token, reply }) => {
+                            let _ = reply.send(self.adopt_remote(&owner, job, token));
+                        }
                         Some(Command::Driving { reply }) => {
                             let _ = reply.send(self.driving());
                         }
@@ -1272,6 +1295,14 @@ impl Dispatcher {
         for set in std::mem::take(&mut self.closing) {
             set.close().await;
         }
+        let offered = !self.offers.is_empty();
+        if offered {
+            // Last: after the batch's status changes (the offer itself does not care).
+            self.ops.push(Op::OfferJobs {
+                jobs: std::mem::take(&mut self.offers),
+                at: now(),
+            });
+        }
         if self.ops.is_empty() {
             for p in self.after.drain(..) {
                 let _ = self.progress.send(p);
@@ -1290,6 +1321,11 @@ impl Dispatcher {
         for p in self.after.drain(..) {
             let _ = self.progress.send(p);
         }
+        // Claims waiting on this replica look at the shared queue again now that the offers
+        // are in it.
+        if offered && let Some(signal) = &self.ready_signal {
+            signal.notify_waiters();
+        }
         for (granted, result) in kinds.into_iter().zip(results) {
             match (granted, result) {
                 (Some(job), OpResult::Lease { token }) => {
@@ -1303,12 +1339,17 @@ impl Dispatcher {
                     }
                 }
                 (Some(job), other) => {
-                    // The store refused a lease we decided on: the in-memory view was wrong.
-                    // Give the slot back and record the job as failed rather than hang.
-                    tracing::warn!(%job, ?other, "lease refused");
                     if self.jobs.get(&job).is_some_and(|r| r.remote.is_none()) {
                         self.busy = self.busy.saturating_sub(1);
                     }
+                    // A remote worker took it from the shared queue first: it is that
+                    // worker's (it asks for the details next).
+                    if self.offer && self.taken_from_queue(job).await {
+                        continue;
+                    }
+                    // The store refused a lease we decided on: the in-memory view was wrong.
+                    // Record the job as failed rather than hang.
+                    tracing::warn!(%job, ?other, "lease refused");
                     if let Some(rec) = self.jobs.get_mut(&job) {
                         rec.remote = None;
                         rec.status = JobStatus::Failure;
@@ -1322,6 +1363,34 @@ impl Dispatcher {
             }
         }
         Ok(())
+    }
+
+    /// Whether a remote worker holds `job`, whose lease this dispatcher was refused, from the
+    /// shared queue; if so, it is recorded as that worker's.
+    async fn taken_from_queue(&mut self, job: JobId) -> bool {
+        let lease = match self.store.lease_of(job).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(%job, error = %e, "cannot read a refused lease");
+                return false;
+            }
+        };
+        let Some(owner) = lease.owner.filter(|o| *o != self.owner) else {
+            return false;
+        };
+        if !matches!(lease.status, JobStatus::Leased | JobStatus::Running) {
+            return false;
+        }
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return false;
+        };
+        tracing::debug!(%job, %owner, "a worker took the job from the shared queue first");
+        rec.status = lease.status;
+        rec.remote = Some(owner);
+        rec.token = Some(lease.token);
+        rec.attempts += 1;
+        true
     }
 
     /// Commits `ops`, trying again (every 100 ms at first, every 5 s at most) while the store
@@ -1389,6 +1458,14 @@ impl Dispatcher {
                     }
                 }
             }
+        }
+    }
+
+    /// Offers `job`, just made ready, to remote workers claiming from the shared queue (with
+    /// the next flush), when this dispatcher offers jobs and a remote worker may run it.
+    fn offer(&mut self, job: JobId) {
+        if self.offer && self.remote_eligible(job) {
+            self.offers.push(job);
         }
     }
 
@@ -1539,6 +1616,7 @@ impl Dispatcher {
                     seq: r.seq,
                     job: next,
                 });
+                self.offer(next);
             }
         }
         if failed {
@@ -1968,6 +2046,10 @@ impl Dispatcher {
                             seq: rec.seq,
                             job: *id,
                         });
+                        // Not a package key's (those are queued by their schedule below).
+                        if self.offer {
+                            self.offers.push(*id);
+                        }
                     }
                     queued += 1;
                 }

@@ -35,6 +35,10 @@ use crate::packages::WorkflowPackages;
 use crate::project::{Snapshot, load_project, snapshot};
 use crate::source::GitRepo;
 
+/// How often a remote worker's waiting claim looks at the shared queue again: other
+/// replicas' offers wake nobody here.
+const OFFER_POLL: Duration = Duration::from_millis(250);
+
 /// How the server's engine runs.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -173,6 +177,8 @@ impl Engine {
             max_attempts: config.max_attempts.max(1),
             lease_ttl: config.lease_ttl,
             artifacts: artifacts.clone(),
+            // Replicas share PostgreSQL: remote workers claim from its queue through any.
+            offer: store.backend_name() == "postgres",
         };
         let ready = Arc::new(tokio::sync::Notify::new());
         let task = dispatch::spawn_long_lived(store.clone(), &dispatch_config, rx, ready.clone());
@@ -232,18 +238,15 @@ impl Engine {
             .await?;
         if !expired.is_empty() {
             // Remote workers' jobs of runs driven here go back to this dispatcher's queue.
-            let (reply, answer) = oneshot::channel();
-            self.send(Command::Expired {
+            self.ask(|reply| Command::Expired {
                 expired: expired.clone(),
                 reply,
-            })?;
-            answer.await.map_err(|_| stopped())?;
+            })
+            .await?;
         }
         // Runs whose driver stopped renewing (a replica died, a `kiln run` was killed) are
         // taken over and driven on here.
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Driving { reply })?;
-        let driving = answer.await.map_err(|_| stopped())?;
+        let driving = self.ask(|reply| Command::Driving { reply }).await?;
         let now = Timestamp::now();
         let claimed = store
             .claim_runs(me, now + self.inner.config.lease_ttl, now)
@@ -454,9 +457,7 @@ impl Engine {
         let mut created = if specs.is_empty() {
             Vec::new()
         } else {
-            let (reply, answer) = oneshot::channel();
-            self.send(Command::Submit { specs, reply })?;
-            answer.await.map_err(|_| stopped())?
+            self.ask(|reply| Command::Submit { specs, reply }).await?
         }
         .into_iter();
         for (answer, count) in answers.iter_mut().zip(counts) {
@@ -542,9 +543,7 @@ impl Engine {
     /// Cancels a run's jobs (running ones are stopped and recorded as cancelled). Whether
     /// this engine was driving the run.
     pub async fn cancel(&self, run: RunId) -> Result<bool, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Cancel { run, reply })?;
-        answer.await.map_err(|_| stopped())
+        self.ask(|reply| Command::Cancel { run, reply }).await
     }
 
     /// Re-runs a failed or cancelled run's failed jobs (and the jobs they held back) as the
@@ -601,6 +600,11 @@ impl Engine {
     /// Leases to the remote worker `owner` up to `max` ready jobs whose every label it has,
     /// waiting up to `wait` for one when none is ready — or until `stop` (the server is
     /// shutting down, and a waiting request must not hold it up).
+    ///
+    /// On PostgreSQL the jobs come from the shared queue (`FOR UPDATE SKIP LOCKED`), offered
+    /// by whichever replica drives their run: the jobs of runs driven here come described,
+    /// the others as hand-offs naming the replica to ask for the details (and to report to).
+    /// On SQLite, from this dispatcher's ready queue, highest priority first.
     pub async fn claim_remote(
         &self,
         owner: &str,
@@ -608,30 +612,146 @@ impl Engine {
         max: usize,
         wait: Duration,
         stop: &tokio_util::sync::CancellationToken,
-    ) -> Result<Vec<kiln_proto::workers::AssignedJob>, EngineError> {
+    ) -> Result<kiln_proto::workers::Claimed, EngineError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let offered = self.inner.store.backend_name() == "postgres";
         loop {
             // Listening before asking: a job made ready meanwhile still wakes us.
             let notified = self.inner.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (reply, answer) = oneshot::channel();
-            self.send(Command::Claim {
-                owner: owner.to_owned(),
-                labels: labels.to_vec(),
-                max,
-                reply,
-            })?;
-            let jobs = answer.await.map_err(|_| stopped())??;
-            if !jobs.is_empty() || tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
-                return Ok(jobs);
+            let claimed = if offered {
+                self.claim_offered(owner, labels, max).await?
+            } else {
+                let jobs = self
+                    .ask(|reply| Command::Claim {
+                        owner: owner.to_owned(),
+                        labels: labels.to_vec(),
+                        max,
+                        reply,
+                    })
+                    .await??;
+                kiln_proto::workers::Claimed {
+                    jobs,
+                    handoffs: Vec::new(),
+                }
+            };
+            let none = claimed.jobs.is_empty() && claimed.handoffs.is_empty();
+            if !none || tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
+                return Ok(claimed);
             }
+            // Other replicas' offers wake nobody here: look again now and then.
+            let poll = tokio::time::Instant::now() + OFFER_POLL;
             tokio::select! {
                 () = &mut notified => {}
-                () = tokio::time::sleep_until(deadline) => {}
+                () = tokio::time::sleep_until(deadline.min(poll)), if offered => {}
+                () = tokio::time::sleep_until(deadline), if !offered => {}
                 () = stop.cancelled() => {}
             }
         }
+    }
+
+    /// One claim from the shared queue (see [`Engine::claim_remote`]).
+    async fn claim_offered(
+        &self,
+        owner: &str,
+        labels: &[String],
+        max: usize,
+    ) -> Result<kiln_proto::workers::Claimed, EngineError> {
+        let store = &self.inner.store;
+        let claimed = store
+            .claim_jobs(&kiln_store::Claim {
+                owner: owner.to_owned(),
+                labels: Some(labels.to_vec()),
+                limit: u32::try_from(max).unwrap_or(u32::MAX),
+                ttl_ms: i64::try_from(self.inner.config.lease_ttl.as_millis()).unwrap_or(i64::MAX),
+                at: Timestamp::now(),
+                offered_only: true,
+            })
+            .await?;
+        let mut out = kiln_proto::workers::Claimed::default();
+        for c in claimed {
+            let (job, token) = (c.job.id, c.token);
+            let server = match c.driver.as_deref() {
+                Some(me) if me == self.inner.owner => {
+                    match self.adopt(owner, job, token).await? {
+                        dispatch::Adoption::Assigned(assigned) => out.jobs.push(*assigned),
+                        // (Not known here yet: a run this engine is taking over.)
+                        dispatch::Adoption::Refused | dispatch::Adoption::NotDriven => {
+                            self.give_back(job, token).await?;
+                        }
+                    }
+                    continue;
+                }
+                Some(driver) => store.replica_url(driver).await?,
+                None => None,
+            };
+            match server {
+                Some(server) => out.handoffs.push(kiln_proto::workers::Handoff {
+                    job,
+                    token,
+                    attempt: c.job.attempts,
+                    server,
+                }),
+                // A driver that never said where it answers: nobody could report to it.
+                None => self.give_back(job, token).await?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hands a lease taken from the shared queue back (it does not count as an attempt).
+    async fn give_back(&self, job: JobId, token: i64) -> Result<(), EngineError> {
+        self.inner
+            .store
+            .commit(vec![Op::ReleaseLease { job, token }])
+            .await?;
+        Ok(())
+    }
+
+    async fn adopt(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+    ) -> Result<dispatch::Adoption, EngineError> {
+        self.ask(|reply| Command::Adopt {
+            owner: owner.to_owned(),
+            job,
+            token,
+            reply,
+        })
+        .await
+    }
+
+    /// The details of `job`, which the remote worker `owner` leased (`token`) from the shared
+    /// queue through another replica, and which this engine drives; from now on the worker
+    /// reports to this engine. `None`: the worker does not hold that lease, this engine does
+    /// not drive the job's run, or it will not have the job run (the lease is then given
+    /// back).
+    pub async fn adopt_remote(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+    ) -> Result<Option<kiln_proto::workers::AssignedJob>, EngineError> {
+        let lease = self.inner.store.lease_of(job).await?;
+        let held = lease.is_some_and(|l| {
+            l.owner.as_deref() == Some(owner)
+                && l.token == token
+                && matches!(l.status, JobStatus::Leased | JobStatus::Running)
+        });
+        if !held {
+            return Ok(None);
+        }
+        Ok(match self.adopt(owner, job, token).await? {
+            dispatch::Adoption::Assigned(assigned) => Some(*assigned),
+            dispatch::Adoption::Refused => {
+                self.give_back(job, token).await?;
+                None
+            }
+            dispatch::Adoption::NotDriven => None,
+        })
     }
 
     /// Takes a remote worker's report on a job it holds; answers once it is committed.
@@ -643,15 +763,14 @@ impl Engine {
         token: i64,
         events: Vec<kiln_proto::workers::ReportEvent>,
     ) -> Result<Result<(), dispatch::ReportRefusal>, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Report {
+        self.ask(|reply| Command::Report {
             owner: owner.to_owned(),
             job,
             token,
             events,
             reply,
-        })?;
-        answer.await.map_err(|_| stopped())?
+        })
+        .await?
     }
 
     /// A remote worker's heartbeat over the jobs it holds: renews their leases; answers the
@@ -661,13 +780,12 @@ impl Engine {
         owner: &str,
         jobs: Vec<kiln_proto::workers::HeldJob>,
     ) -> Result<(Vec<JobId>, Vec<JobId>), EngineError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Heartbeat {
+        self.ask(|reply| Command::Heartbeat {
             owner: owner.to_owned(),
             jobs,
             reply,
-        })?;
-        answer.await.map_err(|_| stopped())
+        })
+        .await
     }
 
     /// The run of a job the remote worker `owner` holds under lease `token`; `None` when it
@@ -678,14 +796,13 @@ impl Engine {
         job: JobId,
         token: i64,
     ) -> Result<Option<RunId>, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Holds {
+        self.ask(|reply| Command::Holds {
             owner: owner.to_owned(),
             job,
             token,
             reply,
-        })?;
-        answer.await.map_err(|_| stopped())
+        })
+        .await
     }
 
     /// The project files of a job the remote worker `owner` holds (lease `token`), as a tar
@@ -696,14 +813,15 @@ impl Engine {
         job: JobId,
         token: i64,
     ) -> Result<Option<Vec<u8>>, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Source {
-            owner: owner.to_owned(),
-            job,
-            token,
-            reply,
-        })?;
-        let Some(snapshot) = answer.await.map_err(|_| stopped())? else {
+        let Some(snapshot) = self
+            .ask(|reply| Command::Source {
+                owner: owner.to_owned(),
+                job,
+                token,
+                reply,
+            })
+            .await?
+        else {
             return Ok(None);
         };
         let root = snapshot.root.clone();
@@ -716,6 +834,16 @@ impl Engine {
                 source,
             })?;
         Ok(Some(tar))
+    }
+
+    /// Sends the dispatcher the command `make` builds around a reply channel; its answer.
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(make(reply))?;
+        answer.await.map_err(|_| stopped())
     }
 
     fn send(&self, cmd: Command) -> Result<(), EngineError> {
@@ -808,13 +936,12 @@ impl Engine {
             snapshot: source.snapshot,
             github: context.github,
         };
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::Resume {
+        self.ask(|reply| Command::Resume {
             run: Box::new(run),
             spec: Box::new(spec),
             reply,
-        })?;
-        answer.await.map_err(|_| stopped())?
+        })
+        .await?
     }
 
     /// Ends a run that cannot be driven on: its unfinished jobs cancelled, the run failed.

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::Step;
 
 /// The worker protocol this build speaks.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 kiln_core::typed_id!(
     /// A registered worker.
@@ -118,7 +118,35 @@ pub struct AssignedJob {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Claimed {
+    /// Jobs of runs the answering server drives, described.
     pub jobs: Vec<AssignedJob>,
+    /// Jobs leased to the worker from the shared queue whose runs another replica drives:
+    /// the worker asks that replica for each one's details
+    /// (`POST /api/v1/worker/{id}/jobs/{job}/assignment`) and reports to it.
+    #[serde(default)]
+    pub handoffs: Vec<Handoff>,
+}
+
+/// A job leased to a worker through one replica and driven by another (see [`Claimed`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Handoff {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub job: JobId,
+    /// The lease's fencing token.
+    pub token: i64,
+    /// Which execution of the job this is.
+    pub attempt: i64,
+    /// The base URL of the replica that drives the job's run.
+    pub server: String,
+}
+
+/// `POST /api/v1/worker/{id}/jobs/{job}/assignment`: the details of a job handed off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AssignmentRequest {
+    /// The lease's fencing token, as the hand-off gave it.
+    pub token: i64,
 }
 
 /// One thing that happened in a job on a worker, in order.

@@ -93,6 +93,7 @@ use crate::state::AppState;
         workers::heartbeat,
         workers::report,
         workers::source,
+        workers::assignment,
         workers::list,
         workers::show,
         workers::log,

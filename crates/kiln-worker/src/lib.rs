@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use kiln_core::ids::JobId;
 use kiln_proto::workers::{
-    AssignedJob, ClaimRequest, Claimed, Heartbeat, HeartbeatReply, HeldJob, PROTOCOL,
-    RegisterWorker, Registered, WorkerId,
+    AssignedJob, AssignmentRequest, ClaimRequest, Claimed, Heartbeat, HeartbeatReply, HeldJob,
+    PROTOCOL, RegisterWorker, Registered, WorkerId,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -426,7 +426,7 @@ pub async fn run_worker(
         match claimed {
             Ok(c) => {
                 failures[server] = 0;
-                if c.jobs.is_empty() {
+                if c.jobs.is_empty() && c.handoffs.is_empty() {
                     empty_in_a_row += 1;
                     stayed = 0;
                 } else {
@@ -444,6 +444,32 @@ pub async fn run_worker(
                 };
                 for assigned in c.jobs {
                     start_job(&ctx, server, &running, &mut tasks, assigned);
+                }
+                for handoff in c.handoffs {
+                    let Some((driver, api)) = server_of(&servers, &handoff.server, &config.token)
+                    else {
+                        continue;
+                    };
+                    let path = format!("/api/v1/worker/{id}/jobs/{}/assignment", handoff.job);
+                    let body = AssignmentRequest {
+                        token: handoff.token,
+                    };
+                    match api
+                        .post::<AssignedJob>(&path, &body, Duration::from_secs(30))
+                        .await
+                    {
+                        Ok(assigned) => {
+                            let ctx = job::Context { api, ..ctx.clone() };
+                            start_job(&ctx, driver, &running, &mut tasks, assigned);
+                        }
+                        // Its lease runs out and the job goes back to the queue.
+                        Err(e) => tracing::warn!(
+                            job = %handoff.job,
+                            server = %handoff.server,
+                            error = ?e,
+                            "cannot get a handed-off job's details from the replica driving it"
+                        ),
+                    }
                 }
             }
             Err(Answer::Refused { status: 404, .. }) => {
@@ -471,6 +497,17 @@ pub async fn run_worker(
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
     Ok(())
+}
+
+/// The index and client of the server at `url`, learned now if new.
+fn server_of(servers: &Servers, url: &str, token: &str) -> Option<(usize, Api)> {
+    learn(servers, &[url.to_owned()], token);
+    let url = url.trim_end_matches('/');
+    let known = servers.lock().ok()?;
+    known
+        .iter()
+        .position(|(u, _)| u.trim_end_matches('/') == url)
+        .map(|i| (i, known[i].1.clone()))
 }
 
 fn start_job(

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_testkit::Project;
+use serde_json::json;
 
 use crate::postgres::{Schema, psql};
 use crate::serve::{Served, kiln};
@@ -264,7 +265,8 @@ fn a_run_is_cancelled_through_a_replica_that_does_not_drive_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let (status, answer) = post(&b, ADMIN, &format!("/api/v1/runs/{run}/cancel"));
+    let cancel = format!("/api/v1/runs/{run}/cancel");
+    let (status, answer) = post(&b.url, ADMIN, &cancel, &json!({}));
     assert_eq!(status, 202, "{answer:#}");
     assert_eq!(answer["data"]["id"], run.as_str(), "{answer:#}");
     // The job sleeps for minutes: ending at all means it was stopped.
@@ -278,9 +280,83 @@ fn a_run_is_cancelled_through_a_replica_that_does_not_drive_it() {
     ));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("asked=1"), "one request recorded: {text}");
-    let (status, answer) = post(&b, ADMIN, &format!("/api/v1/runs/{run}/cancel"));
+    let (status, answer) = post(&b.url, ADMIN, &cancel, &json!({}));
     assert_eq!(status, 409, "{answer:#}");
     assert_eq!(answer["error"]["code"], "RUN_NOT_ACTIVE", "{answer:#}");
+    assert_eq!(b.stop(), 0);
+    assert_eq!(a.stop(), 0);
+}
+
+const ONE: &str = r#"
+name: ci
+on: workflow_dispatch
+jobs:
+  one:
+    runs-on: linux
+    steps:
+      - run: echo one
+"#;
+
+/// A worker that claims through replica B gets a job of a run replica A drives, leased from
+/// the shared queue, as a hand-off naming A: A describes it and takes its reports; B, which
+/// does not drive it, refuses to and leaves the lease alone.
+#[test]
+fn a_claim_through_one_replica_hands_off_a_job_another_drives() {
+    let schema = Schema::new();
+    let p = Project::new().workflow("ci.yml", ONE);
+    let a = replica(&p, &schema.url(), "a", "60");
+    let b = replica(&p, &schema.url(), "b", "60");
+    let token = worker_token_and_project(&a, &p);
+    let run = trigger_ci(&a, &p);
+
+    let (status, registered) = post(
+        &b.url,
+        &token,
+        "/api/v1/worker/register",
+        &json!({"name": "w", "labels": ["linux"], "slots": 1,
+                "protocol": kiln_proto::workers::PROTOCOL, "version": "test"}),
+    );
+    assert_eq!(status, 201, "{registered:#}");
+    let worker = registered["data"]["id"].as_str().unwrap().to_owned();
+    let (status, claimed) = post(
+        &b.url,
+        &token,
+        &format!("/api/v1/worker/{worker}/claim"),
+        &json!({"free": 1, "wait_ms": 10_000}),
+    );
+    assert_eq!(status, 200, "{claimed:#}");
+    let data = &claimed["data"];
+    assert_eq!(data["jobs"], json!([]), "{claimed:#}");
+    let handoff = &data["handoffs"][0];
+    assert_eq!(handoff["server"], a.url.as_str(), "{claimed:#}");
+    assert_eq!(handoff["attempt"], 1, "{claimed:#}");
+    let job = handoff["job"].as_str().unwrap().to_owned();
+    let lease = json!({ "token": handoff["token"] });
+
+    let assignment = format!("/api/v1/worker/{worker}/jobs/{job}/assignment");
+    let (status, refused) = post(&b.url, &token, &assignment, &lease);
+    assert_eq!(status, 409, "{refused:#}");
+    assert_eq!(refused["error"]["code"], "LEASE_LOST", "{refused:#}");
+    let (status, assigned) = post(&a.url, &token, &assignment, &lease);
+    assert_eq!(status, 200, "{assigned:#}");
+    assert_eq!(assigned["data"]["key"], "one", "{assigned:#}");
+    assert_eq!(assigned["data"]["token"], handoff["token"], "{assigned:#}");
+    assert_eq!(assigned["data"]["run"], run.as_str(), "{assigned:#}");
+
+    let (status, answer) = post(
+        &a.url,
+        &token,
+        &format!("/api/v1/worker/{worker}/jobs/{job}/report"),
+        &json!({"token": handoff["token"], "events": [
+            {"type": "started"},
+            {"type": "log", "step": 0, "data": "one\n"},
+            {"type": "done", "status": "success"}
+        ]}),
+    );
+    assert_eq!(status, 200, "{answer:#}");
+    let r = wait_run(&b, ADMIN, &run, Duration::from_secs(30));
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert_eq!(r["jobs"][0]["attempts"], 1, "{r:#}");
     assert_eq!(b.stop(), 0);
     assert_eq!(a.stop(), 0);
 }

@@ -141,12 +141,15 @@ pub(crate) fn get(s: &Served, token: &str, path: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
-/// `POST path` with no body, as `token`: the status and the answer's JSON.
-pub(crate) fn post(s: &Served, token: &str, path: &str) -> (u16, Value) {
+/// `POST path` with the JSON `body`, as `token`, to the server at `url`: the status and the
+/// answer's JSON.
+pub(crate) fn post(url: &str, token: &str, path: &str, body: &Value) -> (u16, Value) {
     let out = Command::new("curl")
         .args(["-sS", "-X", "POST", "-w", "\n%{http_code}"])
         .args(["-H", &format!("Authorization: Bearer {token}")])
-        .arg(format!("{}{path}", s.url))
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(body.to_string())
+        .arg(format!("{url}{path}"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -14,6 +14,19 @@ use serde_json::Value;
 use super::{Dispatcher, Ready, now};
 use crate::EngineError;
 
+/// What became of a job a remote worker leased from the shared queue, when it asked the
+/// dispatcher for its details.
+#[derive(Debug)]
+pub(crate) enum Adoption {
+    /// Now the worker's: what it needs to run it.
+    Assigned(Box<AssignedJob>),
+    /// Not to be run remotely (it ended or was cancelled, it is a package build, or the
+    /// dispatcher is shutting down): the lease should be given back.
+    Refused,
+    /// Not a job of a run this dispatcher drives.
+    NotDriven,
+}
+
 /// Why a worker's report was not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportRefusal {
@@ -45,12 +58,7 @@ impl Dispatcher {
             if rec.status != JobStatus::Queued {
                 continue;
             }
-            // Package builds need the server's tree and blob store: the local pool's.
-            let local_only = self
-                .runs
-                .get(&rec.run)
-                .is_some_and(|r| r.spec.packages.contains_key(&rec.key));
-            if local_only || !rec.labels.iter().all(|l| labels.contains(l)) {
+            if !self.remote_eligible(next.job) || !rec.labels.iter().all(|l| labels.contains(l)) {
                 passed.push(next);
                 continue;
             }
@@ -78,41 +86,81 @@ impl Dispatcher {
             return Ok(Vec::new());
         }
         self.flush().await?;
-        let mut out = Vec::with_capacity(picked.len());
-        for job in picked {
-            let Some(token) = self.jobs.get(&job).and_then(|r| r.token) else {
-                continue; // refused by the store: already handled by flush
-            };
-            let Some(inputs) = self.job_inputs(job) else {
-                continue;
-            };
-            let Some(rec) = self.jobs.get(&job) else {
-                continue;
-            };
-            let Some(run) = self.runs.get(&rec.run) else {
-                continue;
-            };
-            let event = run
-                .base
-                .get("github")
-                .and_then(|g| g.get("event"))
-                .cloned()
-                .unwrap_or(Value::Null);
-            out.push(AssignedJob {
-                job,
-                run: rec.run,
-                token,
-                attempt: rec.attempts,
-                name: rec.name.clone(),
-                key: rec.key.clone(),
-                workflow: run.wf.file.clone(),
-                contexts: inputs.contexts,
-                env: inputs.env,
-                masks: inputs.masks,
-                event,
-            });
+        // A job the store refused is left out: flush handled it.
+        Ok(picked
+            .into_iter()
+            .filter_map(|job| self.assignment(job))
+            .collect())
+    }
+
+    /// What a remote worker needs to run `job`, which it holds (under the token recorded).
+    fn assignment(&self, job: JobId) -> Option<AssignedJob> {
+        let rec = self.jobs.get(&job)?;
+        let token = rec.token?;
+        let inputs = self.job_inputs(job)?;
+        let run = self.runs.get(&rec.run)?;
+        let event = run
+            .base
+            .get("github")
+            .and_then(|g| g.get("event"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        Some(AssignedJob {
+            job,
+            run: rec.run,
+            token,
+            attempt: rec.attempts,
+            name: rec.name.clone(),
+            key: rec.key.clone(),
+            workflow: run.wf.file.clone(),
+            contexts: inputs.contexts,
+            env: inputs.env,
+            masks: inputs.masks,
+            event,
+        })
+    }
+
+    /// Whether a remote worker may run `job` (package builds need the server's tree and blob
+    /// store: its own pool's).
+    pub(super) fn remote_eligible(&self, job: JobId) -> bool {
+        self.jobs.get(&job).is_some_and(|rec| {
+            self.runs
+                .get(&rec.run)
+                .is_some_and(|r| !r.spec.packages.contains_key(&rec.key))
+        })
+    }
+
+    /// The remote worker `owner` leased `job` (`token`) from the shared queue, through this
+    /// replica or another (the store said so; see `Engine::adopt_remote`): record it as
+    /// that worker's and describe it.
+    pub(super) fn adopt_remote(&mut self, owner: &str, job: JobId, token: i64) -> Adoption {
+        let Some(rec) = self.jobs.get(&job) else {
+            return Adoption::NotDriven;
+        };
+        if rec.remote.as_deref() == Some(owner) && rec.token == Some(token) {
+            // Asked again (its first answer was lost).
+            return self
+                .assignment(job)
+                .map_or(Adoption::Refused, |a| Adoption::Assigned(Box::new(a)));
         }
-        Ok(out)
+        if rec.status != JobStatus::Queued
+            || self.draining.is_some()
+            || self.cancelled
+            || !self.remote_eligible(job)
+        {
+            return Adoption::Refused;
+        }
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return Adoption::NotDriven;
+        };
+        rec.status = JobStatus::Leased;
+        rec.remote = Some(owner.to_owned());
+        rec.token = Some(token);
+        rec.attempts += 1;
+        let run = rec.run;
+        self.mark_run_running(run);
+        self.assignment(job)
+            .map_or(Adoption::Refused, |a| Adoption::Assigned(Box::new(a)))
     }
 
     /// Takes a worker's report on `job` under lease `token`, as a local executor's events.
@@ -244,6 +292,19 @@ impl Dispatcher {
             let Some(rec) = self.jobs.get_mut(&e.job) else {
                 continue;
             };
+            if rec.status == JobStatus::Queued {
+                // Leased from the shared queue by a worker that never asked for its details
+                // (it died, or could not reach this replica): still in the ready queue here.
+                if e.requeued {
+                    rec.attempts += 1;
+                } else {
+                    rec.status = JobStatus::Failure;
+                    let (run, key) = (rec.run, rec.key.clone());
+                    self.ended(e.job);
+                    self.fail_fast(run, &key, e.job);
+                }
+                continue;
+            }
             let ours = rec.remote.is_none() && rec.token.is_some();
             if ours || !matches!(rec.status, JobStatus::Leased | JobStatus::Running) {
                 continue;

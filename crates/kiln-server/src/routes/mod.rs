@@ -124,6 +124,10 @@ pub(crate) fn api() -> Router<AppState> {
             get(workers::source),
         )
         .route(
+            "/api/v1/worker/{id}/jobs/{job}/assignment",
+            post(workers::assignment),
+        )
+        .route(
             "/api/v1/worker/{id}/jobs/{job}/artifacts",
             get(artifacts::worker_list).post(artifacts::worker_keep),
         )

@@ -20,8 +20,8 @@ use kiln_core::ids::JobId;
 use kiln_engine::Engine;
 use kiln_engine::dispatch::{LEASE_TTL, ReportRefusal};
 use kiln_proto::workers::{
-    ClaimRequest, Claimed, Heartbeat, HeartbeatReply, JobReport, PROTOCOL, RegisterWorker,
-    Registered, WorkerId, WorkerList, WorkerView, lease_owner,
+    AssignedJob, AssignmentRequest, ClaimRequest, Claimed, Heartbeat, HeartbeatReply, JobReport,
+    PROTOCOL, RegisterWorker, Registered, WorkerId, WorkerList, WorkerView, lease_owner,
 };
 use serde::Deserialize;
 
@@ -203,7 +203,7 @@ pub(crate) async fn claim(
         .ok_or_else(|| worker_not_found(&id.to_string()))?;
     let wait = Duration::from_millis(body.wait_ms).min(MAX_WAIT);
     let max = usize::try_from(body.free.min(worker.slots)).unwrap_or(1);
-    let jobs = engine
+    let claimed = engine
         .claim_remote(
             &lease_owner(id),
             &worker.labels,
@@ -213,10 +213,56 @@ pub(crate) async fn claim(
         )
         .await
         .map_err(engine_error)?;
-    for j in &jobs {
+    for j in &claimed.jobs {
         tracing::info!(worker = %id, job = %j.job, attempt = j.attempt, "job leased to a worker");
     }
-    Ok(Data::ok(Claimed { jobs }))
+    for h in &claimed.handoffs {
+        tracing::info!(worker = %id, job = %h.job, attempt = h.attempt, driver = %h.server, "job leased to a worker, handed off to its driver");
+    }
+    Ok(Data::ok(claimed))
+}
+
+/// The details of a job the worker leased through another replica from the shared queue
+/// (a hand-off), when this server drives its run; the worker reports to this server from
+/// now on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/worker/{id}/jobs/{job}/assignment",
+    tag = "workers",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The worker's id"),
+        ("job" = String, Path, description = "The job's id")
+    ),
+    request_body = AssignmentRequest,
+    responses(
+        (status = 200, description = "The job", body = kiln_proto::Envelope<AssignedJob>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 409, description = "`LEASE_LOST`: the worker does not hold the job, or this server does not drive it (the lease is given back)", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "`MALFORMED_JSON` or a malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`WORKER_NOT_FOUND` or `JOB_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: not JSON", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 422, description = "`VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>)
+    )
+)]
+pub(crate) async fn assignment(
+    _caller: Caller,
+    State(state): State<AppState>,
+    Path((id, job)): Path<(String, String)>,
+    ApiJson(body): ApiJson<AssignmentRequest>,
+) -> Result<Data<AssignedJob>, ApiError> {
+    let id = parse_worker(&id)?;
+    let job = parse_job(&job)?;
+    let engine = state.engine().ok_or_else(engine_unavailable)?;
+    seen(&state, id).await?;
+    let assigned = engine
+        .adopt_remote(&lease_owner(id), job, body.token)
+        .await
+        .map_err(engine_error)?
+        .ok_or_else(|| lease_lost(id, job))?;
+    tracing::info!(worker = %id, job = %job, attempt = assigned.attempt, "job handed off to a worker");
+    Ok(Data::ok(assigned))
 }
 
 #[derive(Deserialize)]

@@ -415,7 +415,7 @@ impl Server {
             .post(
                 "/api/v1/worker/register",
                 token,
-                &json!({"name": name, "labels": labels, "slots": slots, "protocol": 1, "version": "test"}),
+                &json!({"name": name, "labels": labels, "slots": slots, "protocol": kiln_proto::workers::PROTOCOL, "version": "test"}),
             )
             .await;
         assert_eq!(r.status, 201, "{}", r.text);

@@ -129,12 +129,18 @@ async fn workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker(s: &S
         )
         .await;
     let e = r.expect_error(409, "PROTOCOL_MISMATCH");
-    assert!(e["message"].as_str().unwrap().contains("protocol 1"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("protocol {}", kiln_proto::workers::PROTOCOL)),
+        "{e}"
+    );
     let r = s
         .post(
             "/api/v1/worker/register",
             &token,
-            &json!({"name": "", "labels": ["a b "], "slots": 0, "protocol": 1, "version": "x"}),
+            &json!({"name": "", "labels": ["a b "], "slots": 0, "protocol": kiln_proto::workers::PROTOCOL, "version": "x"}),
         )
         .await;
     let e = r.expect_invalid("name");
