@@ -36,7 +36,7 @@ use kiln_core::plan::{self, JobInstance, PlannedJob};
 use kiln_core::workflow::{Diagnostics, Workflow};
 use kiln_exec::{ExecEvent, JobOutcome, JobSpec};
 use kiln_proto::Run;
-use kiln_store::{NewJob, NewRun, Op, OpResult, Store};
+use kiln_store::{NewJob, NewRun, Op, OpResult, Refusal, Store};
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -1317,6 +1317,17 @@ impl Dispatcher {
                 _ => None,
             })
             .collect();
+        // Jobs ended here (cancelled) whose end the store may refuse: a remote worker may
+        // have taken them from the shared queue meanwhile.
+        let ends: Vec<Option<(JobId, JobStatus)>> = ops
+            .iter()
+            .map(|op| match op {
+                Op::SetJobStatus { job, status, .. } if self.offer && status.is_terminal() => {
+                    Some((*job, *status))
+                }
+                _ => None,
+            })
+            .collect();
         let results = self.commit_retrying(ops).await;
         for p in self.after.drain(..) {
             let _ = self.progress.send(p);
@@ -1326,7 +1337,20 @@ impl Dispatcher {
         if offered && let Some(signal) = &self.ready_signal {
             signal.notify_waiters();
         }
-        for (granted, result) in kinds.into_iter().zip(results) {
+        let mut taken_ends = Vec::new();
+        for ((end, granted), result) in ends.into_iter().zip(kinds).zip(results) {
+            if let (Some(end), OpResult::Refused { reason }) = (end, &result)
+                && matches!(
+                    reason,
+                    Refusal::WrongState {
+                        status: JobStatus::Leased | JobStatus::Running,
+                        ..
+                    }
+                )
+            {
+                taken_ends.push(end);
+                continue;
+            }
             match (granted, result) {
                 (Some(job), OpResult::Lease { token }) => {
                     if let Some(rec) = self.jobs.get_mut(&job) {
@@ -1362,7 +1386,39 @@ impl Dispatcher {
                 _ => {}
             }
         }
+        if !taken_ends.is_empty() {
+            self.end_taken(taken_ends).await;
+        }
         Ok(())
+    }
+
+    /// Jobs that ended here (`status`: cancelled) while a remote worker held them from the
+    /// shared queue, before it asked for their details: they end so in the store too, under
+    /// the worker's lease, which it then finds lost.
+    async fn end_taken(&mut self, ended: Vec<(JobId, JobStatus)>) {
+        let mut ops = Vec::new();
+        for (job, status) in ended {
+            match self.store.lease_of(job).await {
+                Ok(Some(lease))
+                    if matches!(lease.status, JobStatus::Leased | JobStatus::Running) =>
+                {
+                    ops.push(Op::CompleteJob {
+                        job,
+                        token: lease.token,
+                        status,
+                        outputs: Map::new(),
+                        at: now(),
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(%job, error = %e, "cannot read the lease of a job that ended")
+                }
+            }
+        }
+        if !ops.is_empty() {
+            self.commit_retrying(ops).await;
+        }
     }
 
     /// Whether a remote worker holds `job`, whose lease this dispatcher was refused, from the

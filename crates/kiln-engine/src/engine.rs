@@ -680,6 +680,7 @@ impl Engine {
                         dispatch::Adoption::Refused | dispatch::Adoption::NotDriven => {
                             self.give_back(job, token).await?;
                         }
+                        dispatch::Adoption::Ended => self.end_cancelled(job, token).await?,
                     }
                     continue;
                 }
@@ -698,6 +699,21 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// Ends a job taken from the shared queue after its run was cancelled here.
+    async fn end_cancelled(&self, job: JobId, token: i64) -> Result<(), EngineError> {
+        self.inner
+            .store
+            .commit(vec![Op::CompleteJob {
+                job,
+                token,
+                status: JobStatus::Cancelled,
+                outputs: Map::new(),
+                at: Timestamp::now(),
+            }])
+            .await?;
+        Ok(())
     }
 
     /// Hands a lease taken from the shared queue back (it does not count as an attempt).
@@ -748,6 +764,10 @@ impl Engine {
             dispatch::Adoption::Assigned(assigned) => Some(*assigned),
             dispatch::Adoption::Refused => {
                 self.give_back(job, token).await?;
+                None
+            }
+            dispatch::Adoption::Ended => {
+                self.end_cancelled(job, token).await?;
                 None
             }
             dispatch::Adoption::NotDriven => None,

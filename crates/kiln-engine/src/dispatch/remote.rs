@@ -20,9 +20,12 @@ use crate::EngineError;
 pub(crate) enum Adoption {
     /// Now the worker's: what it needs to run it.
     Assigned(Box<AssignedJob>),
-    /// Not to be run remotely (it ended or was cancelled, it is a package build, or the
-    /// dispatcher is shutting down): the lease should be given back.
+    /// Not to be run remotely (a package build, or the dispatcher is shutting down): the
+    /// lease should be given back.
     Refused,
+    /// Ended here already (cancelled while the worker's lease was being taken): the lease
+    /// should end the job as cancelled.
+    Ended,
     /// Not a job of a run this dispatcher drives.
     NotDriven,
 }
@@ -142,6 +145,9 @@ impl Dispatcher {
             return self
                 .assignment(job)
                 .map_or(Adoption::Refused, |a| Adoption::Assigned(Box::new(a)));
+        }
+        if rec.status.is_terminal() {
+            return Adoption::Ended;
         }
         if rec.status != JobStatus::Queued
             || self.draining.is_some()
@@ -292,6 +298,17 @@ impl Dispatcher {
             let Some(rec) = self.jobs.get_mut(&e.job) else {
                 continue;
             };
+            if rec.status.is_terminal() && e.requeued {
+                // Ended here (cancelled) while a worker held it from the shared queue: the
+                // store has it queued again; it ends as it did here.
+                let status = rec.status;
+                self.ops.push(Op::SetJobStatus {
+                    job: e.job,
+                    status,
+                    at: now(),
+                });
+                continue;
+            }
             if rec.status == JobStatus::Queued {
                 // Leased from the shared queue by a worker that never asked for its details
                 // (it died, or could not reach this replica): still in the ready queue here.

@@ -361,7 +361,7 @@ impl Backend {
         .map_err(query("start a run's next attempt"))?;
         let reset = sqlx::query(
             "UPDATE jobs SET status = 'pending', outputs = '{}', started_at = NULL, \
-             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL \
+             finished_at = NULL, lease_owner = NULL, lease_expires_at = NULL, offered_at = NULL \
              WHERE run_id = $1 AND status IN ('failure', 'cancelled', 'timed_out', 'skipped') \
              RETURNING id",
         )
