@@ -178,7 +178,9 @@ reported under its lease.
 
 Ratio (workers ÷ local pool): **{ratio:.2f}×**; through two replicas on PostgreSQL ÷ local
 pool: **{float(replicas[0]) / float(local[0]):.2f}×**. (The run is driven by the replica it
-was triggered on; the other one serves its event stream and would take it over.)
+was triggered on; a worker's claim through either replica takes a job from the shared
+PostgreSQL queue, and one through the other replica is a hand-off: the worker asks the
+driving replica for the job's details and reports to it.)
 """
 path = pathlib.Path("bench/results.md")
 text = path.read_text()
