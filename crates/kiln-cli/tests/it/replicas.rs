@@ -35,6 +35,18 @@ fn workflow() -> String {
 /// `kiln serve --workers 0` on `database`, with its own data dir `name`, leases of
 /// `lease_ttl` seconds, and the test's admin token and secrets key.
 fn replica(p: &Project, database: &str, name: &str, lease_ttl: &str) -> Served {
+    replica_with(p, database, name, lease_ttl, "0", &[])
+}
+
+/// [`replica`] with `workers` local slots and `env` for the server (and its local jobs).
+fn replica_with(
+    p: &Project,
+    database: &str,
+    name: &str,
+    lease_ttl: &str,
+    workers: &str,
+    env: &[(&str, &str)],
+) -> Served {
     let data = p.data_dir().join(name);
     let mut cmd = kiln(
         p,
@@ -47,14 +59,15 @@ fn replica(p: &Project, database: &str, name: &str, lease_ttl: &str) -> Served {
             "--database",
             database,
             "--workers",
-            "0",
+            workers,
             "--lease-ttl",
             lease_ttl,
             "--egress-allow-local-paths",
         ],
     );
     cmd.env("KILN_ADMIN_TOKEN", ADMIN)
-        .env("KILN__SECRETS__KEY", SECRETS_KEY);
+        .env("KILN__SECRETS__KEY", SECRETS_KEY)
+        .envs(env.iter().copied());
     Served::from_command(&mut cmd)
 }
 
@@ -285,6 +298,60 @@ fn a_run_is_cancelled_through_a_replica_that_does_not_drive_it() {
     assert_eq!(answer["error"]["code"], "RUN_NOT_ACTIVE", "{answer:#}");
     assert_eq!(b.stop(), 0);
     assert_eq!(a.stop(), 0);
+}
+
+/// 120 matrix jobs that each note their number and the runner they ran on.
+const SHARED: &str = r#"
+name: ci
+on: workflow_dispatch
+jobs:
+  j:
+    runs-on: linux
+    strategy:
+      matrix:
+        n: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,
+            25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46,
+            47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68,
+            69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 90,
+            91, 92, 93, 94, 95, 96, 97, 98, 99, 100, 101, 102, 103, 104, 105, 106, 107, 108, 109,
+            110, 111, 112, 113, 114, 115, 116, 117, 118, 119, 120]
+    steps:
+      - run: echo "${{ matrix.n }} $RUNNER_NAME" >> "$DONE_LOG"; sleep 0.05
+"#;
+
+/// A server on PostgreSQL with a local pool of its own and a remote worker: both take jobs
+/// from one queue (the pool by lease, the worker by claim), racing for the same jobs, and
+/// every job runs exactly once.
+#[test]
+fn a_local_pool_and_a_remote_worker_share_the_queue_and_run_each_job_once() {
+    let schema = Schema::new();
+    let p = Project::new().workflow("ci.yml", SHARED);
+    let log = p.data_dir().join("done.log");
+    let env = [("DONE_LOG", log.to_str().unwrap())];
+    let s = replica_with(&p, &schema.url(), "server", "20", "1", &env);
+    let token = worker_token_and_project(&s, &p);
+    let _w = Worker::start(&p, &s, &token, "remote", "linux", &env);
+    let run = trigger_ci(&s, &p);
+    let r = wait_run(&s, ADMIN, &run, Duration::from_secs(120));
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert_eq!(
+        successes(&schema, &run),
+        (120, 1),
+        "every job succeeded once"
+    );
+    let done = std::fs::read_to_string(&log).unwrap();
+    let mut numbers: Vec<u32> = done
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (1..=120).collect::<Vec<_>>(), "{done}");
+    let remote = done.lines().filter(|l| l.ends_with(" remote")).count();
+    assert!(
+        remote > 0 && remote < 120,
+        "both the pool and the worker ran jobs ({remote} remote): {done}"
+    );
+    assert_eq!(s.stop(), 0);
 }
 
 const TWO: &str = r#"
