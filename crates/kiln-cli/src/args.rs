@@ -305,6 +305,10 @@ pub(crate) struct ServeArgs {
     /// How clients reach this server (default: `http://` and the address it listens on).
     #[arg(long, value_name = "URL")]
     pub(crate) public_url: Option<String>,
+    /// How remote workers reach this replica when several share a database (default:
+    /// `--public-url`); needed when `--public-url` is a load balancer's address.
+    #[arg(long, env = "KILN_REPLICA_URL", value_name = "URL")]
+    pub(crate) replica_url: Option<String>,
     /// Where artifacts are kept: a folder (default `<data dir>/artifacts`), or S3-compatible
     /// storage as `s3://bucket/prefix`, configured by the standard AWS environment variables
     /// (`AWS_ENDPOINT_URL` for a store other than AWS).

@@ -31,6 +31,10 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
         Some(url) => Some(check_http_url("--public-url", url)?),
         None => None,
     };
+    let replica_url = match &a.replica_url {
+        Some(url) => Some(check_http_url("--replica-url", url)?),
+        None => None,
+    };
     let egress = a.egress.policy()?;
     let bans = a.bans.config()?;
     let notify = a.notify.config()?;
@@ -125,6 +129,7 @@ pub(crate) async fn serve(a: ServeArgs) -> Result<i32, Failure> {
 
     let mut config = ServerConfig::new(public_url.unwrap_or_else(|| listening.clone()));
     config.egress = egress;
+    config.replica_url = replica_url;
     config.data_dir = data_dir;
     config.worker_slots = Some(slots);
     config.bans = bans;

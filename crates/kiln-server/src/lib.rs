@@ -163,7 +163,7 @@ fn announce_replica(
 ) -> Option<tokio::task::JoinHandle<()>> {
     let engine = state.engine()?.clone();
     let store = state.store().clone();
-    let url = state.config().public_url.clone();
+    let url = state.config().worker_url().to_owned();
     Some(tokio::spawn(async move {
         let owner = engine.owner().to_owned();
         let every = (engine.lease_ttl() / 4).clamp(

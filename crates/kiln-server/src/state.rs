@@ -22,6 +22,10 @@ pub struct ServerConfig {
     /// How clients reach this server (`http://host:port`, no trailing slash); listed in the
     /// OpenAPI document's `servers`.
     pub public_url: String,
+    /// How workers reach this replica when several share a database (it drives their jobs'
+    /// runs): listed to workers and named in hand-offs. `None`: `public_url`. Set it when
+    /// `public_url` is a load balancer's address in front of every replica.
+    pub replica_url: Option<String>,
     /// The largest request body the API routes read, in bytes.
     pub body_limit: usize,
     /// The largest artifact a remote worker may upload, in bytes (16 GiB by default).
@@ -60,11 +64,17 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// How workers reach this replica: [`ServerConfig::replica_url`] or the public URL.
+    pub fn worker_url(&self) -> &str {
+        self.replica_url.as_deref().unwrap_or(&self.public_url)
+    }
+
     /// The defaults: a 2 MB body limit, a 30 s request timeout, the default egress policy
     /// (public hosts only, no local paths) and `kiln-data` as the data dir.
     pub fn new(public_url: impl Into<String>) -> Self {
         Self {
             public_url: public_url.into().trim_end_matches('/').to_owned(),
+            replica_url: None,
             body_limit: 2 * 1024 * 1024,
             hook_body_limit: 25 * 1024 * 1024,
             artifact_body_limit: 16 * 1024 * 1024 * 1024,

@@ -35,10 +35,11 @@ fn workflow() -> String {
 /// `kiln serve --workers 0` on `database`, with its own data dir `name`, leases of
 /// `lease_ttl` seconds, and the test's admin token and secrets key.
 fn replica(p: &Project, database: &str, name: &str, lease_ttl: &str) -> Served {
-    replica_with(p, database, name, lease_ttl, "0", &[])
+    replica_with(p, database, name, lease_ttl, "0", &[], &[])
 }
 
-/// [`replica`] with `workers` local slots and `env` for the server (and its local jobs).
+/// [`replica`] with `workers` local slots, `env` for the server (and its local jobs), and
+/// `extra` flags (`--listen` among them replaces the free port it listens on otherwise).
 fn replica_with(
     p: &Project,
     database: &str,
@@ -46,24 +47,31 @@ fn replica_with(
     lease_ttl: &str,
     workers: &str,
     env: &[(&str, &str)],
+    extra: &[&str],
 ) -> Served {
     let data = p.data_dir().join(name);
+    let mut args = vec!["serve"];
+    if !extra.contains(&"--listen") {
+        args.extend(["--listen", "127.0.0.1:0"]);
+    }
+    args.extend(extra);
     let mut cmd = kiln(
         p,
         &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--database",
-            database,
-            "--workers",
-            workers,
-            "--lease-ttl",
-            lease_ttl,
-            "--egress-allow-local-paths",
-        ],
+            &args[..],
+            &[
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--database",
+                database,
+                "--workers",
+                workers,
+                "--lease-ttl",
+                lease_ttl,
+                "--egress-allow-local-paths",
+            ],
+        ]
+        .concat(),
     );
     cmd.env("KILN_ADMIN_TOKEN", ADMIN)
         .env("KILN__SECRETS__KEY", SECRETS_KEY)
@@ -328,7 +336,7 @@ fn a_local_pool_and_a_remote_worker_share_the_queue_and_run_each_job_once() {
     let p = Project::new().workflow("ci.yml", SHARED);
     let log = p.data_dir().join("done.log");
     let env = [("DONE_LOG", log.to_str().unwrap())];
-    let s = replica_with(&p, &schema.url(), "server", "20", "1", &env);
+    let s = replica_with(&p, &schema.url(), "server", "20", "1", &env, &[]);
     let token = worker_token_and_project(&s, &p);
     let _w = Worker::start(&p, &s, &token, "remote", "linux", &env);
     let run = trigger_ci(&s, &p);
@@ -467,6 +475,53 @@ fn a_claim_through_one_replica_hands_off_jobs_another_drives() {
     assert_eq!(done["attempts"], 1, "{r:#}");
     let other = by_key(if key == "one" { "two" } else { "one" });
     assert_eq!(other["status"], "cancelled", "{r:#}");
+    assert_eq!(b.stop(), 0);
+    assert_eq!(a.stop(), 0);
+}
+
+/// Two replicas behind one load balancer address (`--public-url`, which hook URLs show), each
+/// reachable by workers at its own `--replica-url`: a worker that knows only one replica
+/// learns the other at its own address and runs jobs handed off to it.
+#[test]
+fn replicas_behind_one_public_url_hand_jobs_off_at_their_replica_urls() {
+    let schema = Schema::new();
+    let p = Project::new().workflow("ci.yml", TWO);
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let lb = "http://kiln.example.invalid";
+    let start = |name: &str, listen: &str| {
+        let own = format!("http://{listen}");
+        let extra = [
+            "--listen",
+            listen,
+            "--public-url",
+            lb,
+            "--replica-url",
+            &own,
+        ];
+        replica_with(&p, &schema.url(), name, "60", "0", &[], &extra)
+    };
+    let bad = crate::serve::run(&p, &["serve", "--replica-url", "kiln.example:8080"]);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert!(bad.stderr.contains("--replica-url"), "{}", bad.stderr);
+    let (listen_a, listen_b) = (free(), free());
+    let a = start("a", &listen_a);
+    let b = start("b", &listen_b);
+    let token = worker_token_and_project(&a, &p);
+    let config = get(&b, ADMIN, "/api/v1/config");
+    assert_eq!(config["data"]["public_url"], lb, "{config:#}");
+    assert_eq!(
+        config["data"]["replica_url"],
+        format!("http://{listen_b}").as_str(),
+        "{config:#}"
+    );
+    // The worker is given B only; A drives the run.
+    let _w = Worker::start(&p, &b, &token, "w", "linux", &[]);
+    let run = trigger_ci(&a, &p);
+    let r = wait_run(&a, ADMIN, &run, Duration::from_secs(60));
+    assert_eq!(r["status"], "success", "{r:#}");
     assert_eq!(b.stop(), 0);
     assert_eq!(a.stop(), 0);
 }

@@ -279,6 +279,8 @@ pub(crate) struct EgressView {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ConfigView {
     public_url: String,
+    /// How remote workers reach this replica (`--replica-url`, else the public URL).
+    replica_url: String,
     /// The largest request body, in bytes.
     body_limit: usize,
     /// How long a request may take, in seconds.
@@ -315,6 +317,7 @@ pub(crate) async fn config(_: Admin, State(state): State<AppState>) -> Data<Conf
     let engine = state.engine().is_some();
     Data::ok(ConfigView {
         public_url: c.public_url.clone(),
+        replica_url: c.worker_url().to_owned(),
         body_limit: c.body_limit,
         request_timeout_seconds: c.request_timeout.as_secs_f64(),
         egress: EgressView {

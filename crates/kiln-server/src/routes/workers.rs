@@ -74,9 +74,9 @@ pub(crate) fn lease_lost(worker: WorkerId, job: JobId) -> ApiError {
 async fn replicas(state: &AppState) -> Vec<String> {
     let since = Timestamp::now() - lease_ttl(state) * 2;
     let mut urls = state.store().live_replicas(since).await.unwrap_or_default();
-    let own = &state.config().public_url;
-    if !urls.contains(own) {
-        urls.insert(0, own.clone());
+    let own = state.config().worker_url();
+    if !urls.iter().any(|u| u == own) {
+        urls.insert(0, own.to_owned());
     }
     urls
 }
