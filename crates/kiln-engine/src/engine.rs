@@ -651,6 +651,12 @@ impl Engine {
         }
     }
 
+    /// Wakes the remote workers' claims waiting here to look at the shared queue again (a
+    /// job was offered, perhaps by another replica).
+    pub fn wake_claims(&self) {
+        self.inner.ready.notify_waiters();
+    }
+
     /// One claim from the shared queue (see [`Engine::claim_remote`]).
     async fn claim_offered(
         &self,

@@ -133,6 +133,8 @@ pub async fn serve(
     let notifier = notify::spawn(&state, closing.clone());
     // This server in the replicas table, for workers to find (renewed until shutdown).
     let announcer = announce_replica(&state, closing.clone());
+    // Workers waiting on this replica hear of jobs other replicas offer (see below).
+    let waker = wake_claims_on_offers(&state, closing.clone());
     let shutdown = async move {
         shutdown.await;
         closing.cancel();
@@ -148,10 +150,57 @@ pub async fn serve(
     if let Some(notifier) = notifier {
         notifier.abort();
     }
+    if let Some(waker) = waker {
+        waker.abort();
+    }
     if let Some(announcer) = announcer {
         let _ = announcer.await;
     }
     served
+}
+
+/// On PostgreSQL, wakes the claims of remote workers waiting on this replica whenever a job
+/// is queued anywhere (the event stream, which other replicas' `NOTIFY` wakes): a job another
+/// replica offers is claimable here at once, not at the claim's next look. `None` on SQLite
+/// (one server: its dispatcher wakes them itself) or without an engine.
+fn wake_claims_on_offers(
+    state: &AppState,
+    closing: tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let engine = state.engine()?.clone();
+    if state.store().backend_name() != "postgres" {
+        return None;
+    }
+    let (bus, store) = (state.bus().clone(), state.store().clone());
+    Some(tokio::spawn(async move {
+        while !closing.is_cancelled() {
+            let mut rx = match bus.subscribe(&store).await {
+                Ok((rx, _)) => rx,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot follow the event stream for offered jobs");
+                    tokio::select! {
+                        () = closing.cancelled() => break,
+                        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            loop {
+                let live = tokio::select! {
+                    () = closing.cancelled() => break,
+                    live = rx.recv() => live,
+                };
+                match live {
+                    Ok(live) if live.event.kind == "job.queued" => engine.wake_claims(),
+                    Ok(_) => {}
+                    // Behind: something may have been offered among what was missed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        engine.wake_claims();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }
+    }))
 }
 
 /// Notes this server in the replicas table (its engine's owner id, its public URL) every few
