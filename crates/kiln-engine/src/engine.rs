@@ -731,6 +731,31 @@ impl Engine {
         Ok(())
     }
 
+    /// The remote worker `owner` gives back `job`, which it leased (`token`) from the shared
+    /// queue and cannot run (it could not reach the replica driving it): queued again at
+    /// once, the grant not counted as an attempt. `false`: it does not hold that lease, or
+    /// the job has started.
+    pub async fn release_remote(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+    ) -> Result<bool, EngineError> {
+        let lease = self.inner.store.lease_of(job).await?;
+        let held = lease.is_some_and(|l| {
+            l.owner.as_deref() == Some(owner) && l.token == token && l.status == JobStatus::Leased
+        });
+        if !held {
+            return Ok(false);
+        }
+        let done = self
+            .inner
+            .store
+            .commit(vec![Op::ReleaseLease { job, token }])
+            .await?;
+        Ok(matches!(done.first(), Some(kiln_store::OpResult::Done)))
+    }
+
     async fn adopt(
         &self,
         owner: &str,

@@ -94,6 +94,7 @@ use crate::state::AppState;
         workers::report,
         workers::source,
         workers::assignment,
+        workers::release,
         workers::list,
         workers::show,
         workers::log,

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use kiln_core::ids::JobId;
 use kiln_proto::workers::{
-    AssignedJob, AssignmentRequest, ClaimRequest, Claimed, Heartbeat, HeartbeatReply, HeldJob,
-    PROTOCOL, RegisterWorker, Registered, WorkerId,
+    AssignedJob, AssignmentRequest, ClaimRequest, Claimed, Handoff, Heartbeat, HeartbeatReply,
+    HeldJob, PROTOCOL, RegisterWorker, Registered, WorkerId,
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -450,25 +450,35 @@ pub async fn run_worker(
                     else {
                         continue;
                     };
-                    let path = format!("/api/v1/worker/{id}/jobs/{}/assignment", handoff.job);
-                    let body = AssignmentRequest {
-                        token: handoff.token,
-                    };
-                    match api
-                        .post::<AssignedJob>(&path, &body, Duration::from_secs(30))
-                        .await
-                    {
+                    match assignment(&api, id, &handoff).await {
                         Ok(assigned) => {
-                            let ctx = job::Context { api, ..ctx.clone() };
+                            let ctx = job::Context {
+                                api: api.clone(),
+                                ..ctx.clone()
+                            };
                             start_job(&ctx, driver, &running, &mut tasks, assigned);
                         }
-                        // Its lease runs out and the job goes back to the queue.
-                        Err(e) => tracing::warn!(
-                            job = %handoff.job,
-                            server = %handoff.server,
-                            error = ?e,
-                            "cannot get a handed-off job's details from the replica driving it"
-                        ),
+                        Err(e) => {
+                            tracing::warn!(
+                                job = %handoff.job,
+                                server = %handoff.server,
+                                error = ?e,
+                                "cannot get a handed-off job's details from the replica driving \
+                                 it: giving the job back"
+                            );
+                            // Through the replica that gave it: queued again at once rather
+                            // than when the lease runs out, and not counted as an attempt.
+                            let path = format!("/api/v1/worker/{id}/jobs/{}/release", handoff.job);
+                            let body = AssignmentRequest {
+                                token: handoff.token,
+                            };
+                            if let Err(e) = apis[server]
+                                .post::<serde_json::Value>(&path, &body, Duration::from_secs(10))
+                                .await
+                            {
+                                tracing::warn!(job = %handoff.job, error = ?e, "cannot give a job back; its lease will run out");
+                            }
+                        }
                     }
                 }
             }
@@ -497,6 +507,28 @@ pub async fn run_worker(
     stop_heartbeat.cancel();
     let _ = heartbeat.await;
     Ok(())
+}
+
+/// The details of a handed-off job from the replica driving it (`api`), asked up to three
+/// times while it does not answer.
+async fn assignment(api: &Api, worker: WorkerId, handoff: &Handoff) -> Result<AssignedJob, Answer> {
+    let path = format!("/api/v1/worker/{worker}/jobs/{}/assignment", handoff.job);
+    let body = AssignmentRequest {
+        token: handoff.token,
+    };
+    let mut tries = 0;
+    loop {
+        match api
+            .post::<AssignedJob>(&path, &body, Duration::from_secs(30))
+            .await
+        {
+            Err(Answer::Failed(_)) if tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(250 * tries)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The index and client of the server at `url`, learned now if new.

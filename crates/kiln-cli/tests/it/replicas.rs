@@ -455,7 +455,36 @@ fn a_claim_through_one_replica_hands_off_jobs_another_drives() {
     );
     assert_eq!(status, 200, "{answer:#}");
 
-    // The run is cancelled before the worker asks for the second job.
+    // The worker gives the second job back through B (say A did not answer): queued again
+    // at once, the grant not counted; claimed again, it is the same job's first attempt.
+    let second = &handoffs[1];
+    let release = format!(
+        "/api/v1/worker/{worker}/jobs/{}/release",
+        second["job"].as_str().unwrap()
+    );
+    let stale = json!({ "token": second["token"].as_i64().unwrap() + 1 });
+    let (status, refused) = post(&b.url, &token, &release, &stale);
+    assert_eq!(status, 409, "{refused:#}");
+    let (status, answer) = post(&b.url, &token, &release, &lease(second));
+    assert_eq!(status, 200, "{answer:#}");
+    let job = get(
+        &b,
+        ADMIN,
+        &format!("/api/v1/jobs/{}", second["job"].as_str().unwrap()),
+    );
+    assert_eq!(job["data"]["status"], "queued", "{job:#}");
+    assert_eq!(job["data"]["attempts"], 0, "{job:#}");
+    let (_, again) = post(
+        &b.url,
+        &token,
+        &format!("/api/v1/worker/{worker}/claim"),
+        &json!({"free": 1, "wait_ms": 10_000}),
+    );
+    let second = again["data"]["handoffs"][0].clone();
+    assert_eq!(second["job"], handoffs[1]["job"], "{again:#}");
+    assert_eq!(second["attempt"], 1, "{again:#}");
+
+    // The run is cancelled before the worker asks for the second job's details.
     let (status, answer) = post(
         &a.url,
         ADMIN,
@@ -463,7 +492,7 @@ fn a_claim_through_one_replica_hands_off_jobs_another_drives() {
         &json!({}),
     );
     assert_eq!(status, 200, "{answer:#}");
-    let second = &handoffs[1];
+    let second = &second;
     let (status, refused) = post(&a.url, &token, &assignment(second), &lease(second));
     assert_eq!(status, 409, "{refused:#}");
     let r = wait_run(&b, ADMIN, &run, Duration::from_secs(30));
@@ -479,6 +508,60 @@ fn a_claim_through_one_replica_hands_off_jobs_another_drives() {
     assert_eq!(a.stop(), 0);
 }
 
+/// A local address nobody listens on (for now).
+fn free_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+}
+
+/// A worker that cannot reach the replica driving a job it claimed through another gives the
+/// job back at once (not counted as an attempt) instead of sitting on it until its lease
+/// runs out.
+#[test]
+fn a_worker_that_cannot_reach_the_driving_replica_gives_the_job_back() {
+    let schema = Schema::new();
+    let p = Project::new().workflow("ci.yml", TWO);
+    // A names an address where nothing answers.
+    let nowhere = format!("http://{}", free_address());
+    let extra = ["--replica-url", nowhere.as_str()];
+    let a = replica_with(&p, &schema.url(), "a", "60", "0", &[], &extra);
+    let b = replica(&p, &schema.url(), "b", "60");
+    let token = worker_token_and_project(&a, &p);
+    let _w = Worker::start(&p, &b, &token, "w", "linux", &[]);
+    let run = trigger_ci(&a, &p);
+    let leased = || {
+        let out = psql(&format!(
+            "SELECT 'leased=' || count(*) FROM {}.events WHERE run_id = '{run}' \
+             AND kind = 'job.leased'",
+            schema.name
+        ));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("leased=")
+            .nth(1)
+            .and_then(|n| n.split_whitespace().next()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    // Each of the two jobs leased, given back, and leased again, well within a lease.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while leased() < 4 {
+        assert!(Instant::now() < deadline, "the jobs were not given back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let r = get(&b, ADMIN, &format!("/api/v1/runs/{run}"))["data"].clone();
+    for j in r["jobs"].as_array().unwrap() {
+        assert!(
+            j["attempts"].as_i64().unwrap() <= 1,
+            "no attempt spent: {r:#}"
+        );
+        assert!(
+            matches!(j["status"].as_str(), Some("queued" | "leased")),
+            "{r:#}"
+        );
+    }
+    assert_eq!(b.stop(), 0);
+    assert_eq!(a.stop(), 0);
+}
+
 /// Two replicas behind one load balancer address (`--public-url`, which hook URLs show), each
 /// reachable by workers at its own `--replica-url`: a worker that knows only one replica
 /// learns the other at its own address and runs jobs handed off to it.
@@ -486,10 +569,6 @@ fn a_claim_through_one_replica_hands_off_jobs_another_drives() {
 fn replicas_behind_one_public_url_hand_jobs_off_at_their_replica_urls() {
     let schema = Schema::new();
     let p = Project::new().workflow("ci.yml", TWO);
-    let free = || {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
-    };
     let lb = "http://kiln.example.invalid";
     let start = |name: &str, listen: &str| {
         let own = format!("http://{listen}");
@@ -506,7 +585,7 @@ fn replicas_behind_one_public_url_hand_jobs_off_at_their_replica_urls() {
     let bad = crate::serve::run(&p, &["serve", "--replica-url", "kiln.example:8080"]);
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert!(bad.stderr.contains("--replica-url"), "{}", bad.stderr);
-    let (listen_a, listen_b) = (free(), free());
+    let (listen_a, listen_b) = (free_address(), free_address());
     let a = start("a", &listen_a);
     let b = start("b", &listen_b);
     let token = worker_token_and_project(&a, &p);

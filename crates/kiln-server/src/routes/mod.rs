@@ -128,6 +128,10 @@ pub(crate) fn api() -> Router<AppState> {
             post(workers::assignment),
         )
         .route(
+            "/api/v1/worker/{id}/jobs/{job}/release",
+            post(workers::release),
+        )
+        .route(
             "/api/v1/worker/{id}/jobs/{job}/artifacts",
             get(artifacts::worker_list).post(artifacts::worker_keep),
         )

@@ -90,6 +90,20 @@ async fn seen(state: &AppState, id: WorkerId) -> Result<bool, ApiError> {
         .ok_or_else(|| worker_not_found(&id.to_string()))
 }
 
+/// A worker's request about one of its jobs: the ids parsed, the engine, the worker noted as
+/// heard from.
+async fn worker_job(
+    state: &AppState,
+    id: &str,
+    job: &str,
+) -> Result<(WorkerId, JobId, Engine), ApiError> {
+    let id = parse_worker(id)?;
+    let job = parse_job(job)?;
+    let engine = state.engine().ok_or_else(engine_unavailable)?.clone();
+    seen(state, id).await?;
+    Ok((id, job, engine))
+}
+
 /// Registers a worker (each start of `kiln worker`).
 #[utoipa::path(
     post,
@@ -252,10 +266,7 @@ pub(crate) async fn assignment(
     Path((id, job)): Path<(String, String)>,
     ApiJson(body): ApiJson<AssignmentRequest>,
 ) -> Result<Data<AssignedJob>, ApiError> {
-    let id = parse_worker(&id)?;
-    let job = parse_job(&job)?;
-    let engine = state.engine().ok_or_else(engine_unavailable)?;
-    seen(&state, id).await?;
+    let (id, job, engine) = worker_job(&state, &id, &job).await?;
     let assigned = engine
         .adopt_remote(&lease_owner(id), job, body.token)
         .await
@@ -263,6 +274,47 @@ pub(crate) async fn assignment(
         .ok_or_else(|| lease_lost(id, job))?;
     tracing::info!(worker = %id, job = %job, attempt = assigned.attempt, "job handed off to a worker");
     Ok(Data::ok(assigned))
+}
+
+/// Gives back a job the worker leased from the shared queue and cannot run (the replica
+/// driving it did not answer): queued again at once, the grant not counted as an attempt.
+#[utoipa::path(
+    post,
+    path = "/api/v1/worker/{id}/jobs/{job}/release",
+    tag = "workers",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The worker's id"),
+        ("job" = String, Path, description = "The job's id")
+    ),
+    request_body = AssignmentRequest,
+    responses(
+        (status = 200, description = "Given back", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 409, description = "`LEASE_LOST`: the worker does not hold the job, or it has started", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 400, description = "`MALFORMED_JSON` or a malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`WORKER_NOT_FOUND` or `JOB_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 415, description = "`UNSUPPORTED_MEDIA_TYPE`: not JSON", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 422, description = "`VALIDATION_FAILED`", body = kiln_proto::Envelope<serde_json::Value>)
+    )
+)]
+pub(crate) async fn release(
+    _caller: Caller,
+    State(state): State<AppState>,
+    Path((id, job)): Path<(String, String)>,
+    ApiJson(body): ApiJson<AssignmentRequest>,
+) -> Result<Data<serde_json::Value>, ApiError> {
+    let (id, job, engine) = worker_job(&state, &id, &job).await?;
+    if !engine
+        .release_remote(&lease_owner(id), job, body.token)
+        .await
+        .map_err(engine_error)?
+    {
+        return Err(lease_lost(id, job));
+    }
+    tracing::info!(worker = %id, job = %job, "a worker gave a job back");
+    Ok(Data::ok(serde_json::json!({})))
 }
 
 #[derive(Deserialize)]
@@ -296,10 +348,7 @@ pub(crate) async fn source(
     Path((id, job)): Path<(String, String)>,
     Query(q): Query<SourceQuery>,
 ) -> Result<Response, ApiError> {
-    let id = parse_worker(&id)?;
-    let job = parse_job(&job)?;
-    let engine = state.engine().ok_or_else(engine_unavailable)?;
-    seen(&state, id).await?;
+    let (id, job, engine) = worker_job(&state, &id, &job).await?;
     let tar = engine
         .job_source(&lease_owner(id), job, q.token)
         .await
@@ -337,10 +386,7 @@ pub(crate) async fn report(
     Path((id, job)): Path<(String, String)>,
     ApiJson(body): ApiJson<JobReport>,
 ) -> Result<Data<serde_json::Value>, ApiError> {
-    let id = parse_worker(&id)?;
-    let job = parse_job(&job)?;
-    let engine = state.engine().ok_or_else(engine_unavailable)?;
-    seen(&state, id).await?;
+    let (id, job, engine) = worker_job(&state, &id, &job).await?;
     let ends = body
         .events
         .iter()
