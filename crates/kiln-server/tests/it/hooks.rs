@@ -46,6 +46,7 @@ with_engine!(
     rotation_changes_the_secret_and_the_url,
     a_pull_request_from_a_fork_runs_at_its_head_commit,
     a_pull_request_target_runs_the_base_branch_s_workflow_and_code,
+    a_pull_request_onto_a_base_newer_than_the_mirror_is_judged_on_its_own_changes,
 );
 
 fn local() -> EgressPolicy {
@@ -742,6 +743,55 @@ async fn a_pull_request_target_runs_the_base_branch_s_workflow_and_code(s: &Serv
     let r = s
         .deliver(&hook, &pull_request_headers(&body, "target-2"), body)
         .await;
+    let d = s.processed(r.data()["delivery_id"].as_str().unwrap()).await;
+    assert_eq!(d["status"], "ignored", "{d:#}");
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.contains("paths"), "{reason}");
+}
+
+const PR_PATHS: &str = r#"
+on:
+  pull_request:
+    paths: ["src/**"]
+jobs:
+  check:
+    runs-on: local
+    steps:
+      - run: echo checked
+"#;
+
+/// A pull request onto a base commit newer than the mirror (the base branch moved on after
+/// the last fetch; the head was fetched before): kiln fetches again and judges what the pull
+/// request changes — here nothing under src/ — not every file its head holds.
+async fn a_pull_request_onto_a_base_newer_than_the_mirror_is_judged_on_its_own_changes(s: &Server) {
+    let up = GitUpstream::new();
+    let first = up.commit(
+        &[
+            (".kiln/workflows/pr.yml", PR_PATHS),
+            ("src/main.rs", "// on main"),
+        ],
+        "base",
+    );
+    // The mirror is made while main holds the pull request's head too.
+    let head = up.commit(&[("docs/readme.md", "docs only")], "docs");
+    let (_, hook) = s.hooked(&up, "app-pr-moved", "github").await;
+    // Then the head moves to a branch of its own and main moves on without it.
+    up.git(&["branch", "--quiet", "docs-topic", &head]);
+    up.git(&["reset", "--quiet", "--hard", &first]);
+    let base = up.commit(&[("src/later.rs", "// later on main")], "later");
+
+    let mut p = corpus("github/pull_request.opened.payload.json");
+    p["number"] = json!(11);
+    p["pull_request"]["number"] = json!(11);
+    p["pull_request"]["head"]["sha"] = json!(head);
+    p["pull_request"]["head"]["ref"] = json!("docs-topic");
+    p["pull_request"]["base"]["ref"] = json!("main");
+    p["pull_request"]["base"]["sha"] = json!(base);
+    let body = serde_json::to_vec(&p).unwrap();
+    let r = s
+        .deliver(&hook, &pull_request_headers(&body, "moved-1"), body)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
     let d = s.processed(r.data()["delivery_id"].as_str().unwrap()).await;
     assert_eq!(d["status"], "ignored", "{d:#}");
     let reason = d["reason"].as_str().unwrap();
