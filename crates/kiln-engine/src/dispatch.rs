@@ -1446,6 +1446,8 @@ impl Dispatcher {
         rec.remote = Some(owner);
         rec.token = Some(lease.token);
         rec.attempts += 1;
+        let run = rec.run;
+        self.mark_run_running(run);
         true
     }
 
