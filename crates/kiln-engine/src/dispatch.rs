@@ -476,6 +476,9 @@ enum Msg {
     /// Runs driven here whose cancellation was asked of another replica (or of the API while
     /// nobody drove them): see [`Dispatcher::ask_for_cancellations`].
     CancelRequested(Vec<RunId>),
+    /// Leases remote workers held (job, the token this dispatcher knew) that the store has
+    /// otherwise now ([`Dispatcher::check_remote_leases`]).
+    LeasesMoved(Vec<(JobId, i64, kiln_store::Lease)>),
 }
 
 /// A place where jobs run, one per local slot: its folder (`workspace/` and `temp/`) is
@@ -1175,6 +1178,9 @@ impl Dispatcher {
                 _ = renew.tick() => {
                     self.renew_leases();
                     self.renew_runs();
+                    if self.offer {
+                        self.check_remote_leases();
+                    }
                 }
                 _ = asked.tick(), if self.commands.is_some() => self.ask_for_cancellations(),
                 _ = cancel.cancelled(), if !self.cancelled => self.cancel_all(),
@@ -1367,9 +1373,23 @@ impl Dispatcher {
                         self.busy = self.busy.saturating_sub(1);
                     }
                     // A remote worker took it from the shared queue first: it is that
-                    // worker's (it asks for the details next).
-                    if self.offer && self.taken_from_queue(job).await {
-                        continue;
+                    // worker's (it asks for the details next); or the store has it queued
+                    // again already (that worker gave it back).
+                    if self.offer {
+                        match self.store.lease_of(job).await {
+                            Ok(Some(lease)) if self.another_holds_or_queued(&lease) => {
+                                if let Some(rec) = self.jobs.get_mut(&job) {
+                                    rec.remote = None;
+                                    rec.token = None;
+                                }
+                                self.follow_store(job, lease);
+                                continue;
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(%job, error = %e, "cannot read a refused lease")
+                            }
+                        }
                     }
                     // The store refused a lease we decided on: the in-memory view was wrong.
                     // Record the job as failed rather than hang.
@@ -1410,6 +1430,14 @@ impl Dispatcher {
                         at: now(),
                     });
                 }
+                // Given back meanwhile: queued, so the status applies now.
+                Ok(Some(lease)) if lease.status == JobStatus::Queued => {
+                    ops.push(Op::SetJobStatus {
+                        job,
+                        status,
+                        at: now(),
+                    });
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(%job, error = %e, "cannot read the lease of a job that ended")
@@ -1421,34 +1449,105 @@ impl Dispatcher {
         }
     }
 
-    /// Whether a remote worker holds `job`, whose lease this dispatcher was refused, from the
-    /// shared queue; if so, it is recorded as that worker's.
-    async fn taken_from_queue(&mut self, job: JobId) -> bool {
-        let lease = match self.store.lease_of(job).await {
-            Ok(Some(lease)) => lease,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::warn!(%job, error = %e, "cannot read a refused lease");
-                return false;
-            }
-        };
-        let Some(owner) = lease.owner.filter(|o| *o != self.owner) else {
-            return false;
-        };
-        if !matches!(lease.status, JobStatus::Leased | JobStatus::Running) {
-            return false;
-        }
+    /// Makes this dispatcher's view of `job` the store's `lease`, which a remote worker's
+    /// claim from the shared queue (or its giving the job back, or its lease expiring)
+    /// changed behind it: held by that worker, or queued again.
+    fn follow_store(&mut self, job: JobId, lease: kiln_store::Lease) {
         let Some(rec) = self.jobs.get_mut(&job) else {
-            return false;
+            return;
         };
-        tracing::debug!(%job, %owner, "a worker took the job from the shared queue first");
-        rec.status = lease.status;
-        rec.remote = Some(owner);
-        rec.token = Some(lease.token);
-        rec.attempts += 1;
-        let run = rec.run;
-        self.mark_run_running(run);
-        true
+        match (lease.status, lease.owner) {
+            (JobStatus::Leased | JobStatus::Running, Some(owner)) if owner != self.owner => {
+                tracing::debug!(%job, %owner, "a worker holds the job from the shared queue");
+                if rec.remote.is_none() || rec.token.is_none() {
+                    rec.attempts += 1;
+                }
+                rec.status = lease.status;
+                rec.remote = Some(owner);
+                rec.token = Some(lease.token);
+                rec.started = None;
+                rec.log_offset = 0;
+                let run = rec.run;
+                self.mark_run_running(run);
+            }
+            (JobStatus::Queued, _) => {
+                tracing::debug!(%job, "the job is queued again in the store");
+                let was_held = rec.remote.is_some() && rec.token.is_some();
+                rec.status = JobStatus::Queued;
+                rec.remote = None;
+                rec.token = None;
+                rec.started = None;
+                rec.log_offset = 0;
+                if was_held {
+                    rec.attempts = (rec.attempts - 1).max(0);
+                }
+                let (run, key, seq) = (rec.run, rec.key.clone(), rec.seq);
+                let priority = self
+                    .runs
+                    .get(&run)
+                    .and_then(|r| r.keys.get(&key))
+                    .map_or(0, |k| k.priority);
+                self.ready.push(Ready { priority, seq, job });
+                self.offer(job);
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the store's `lease` is a remote worker's, or the job is queued again.
+    fn another_holds_or_queued(&self, lease: &kiln_store::Lease) -> bool {
+        match lease.status {
+            JobStatus::Queued => true,
+            JobStatus::Leased | JobStatus::Running => {
+                lease.owner.as_deref().is_some_and(|o| o != self.owner)
+            }
+            _ => false,
+        }
+    }
+
+    /// Every renewal period: the leases remote workers hold from the shared queue, checked
+    /// against the store (in a task of its own); what changed behind this dispatcher's back
+    /// (a worker gave a job back, another took it) comes back as [`Msg::LeasesMoved`].
+    fn check_remote_leases(&self) {
+        let held: Vec<(JobId, String, i64)> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, rec)| {
+                let owner = rec.remote.clone()?;
+                let token = rec.token?;
+                matches!(rec.status, JobStatus::Leased | JobStatus::Running)
+                    .then_some((*id, owner, token))
+            })
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let (store, tx) = (self.store.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let mut moved = Vec::new();
+            for (job, owner, token) in held {
+                match store.lease_of(job).await {
+                    Ok(Some(lease))
+                        if lease.token != token || lease.owner.as_deref() != Some(&owner) =>
+                    {
+                        if matches!(
+                            lease.status,
+                            JobStatus::Queued | JobStatus::Leased | JobStatus::Running
+                        ) {
+                            moved.push((job, token, lease));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check the leases of remote workers");
+                        return;
+                    }
+                }
+            }
+            if !moved.is_empty() {
+                let _ = tx.send(Msg::LeasesMoved(moved));
+            }
+        });
     }
 
     /// Commits `ops`, trying again (every 100 ms at first, every 5 s at most) while the store
@@ -1507,6 +1606,14 @@ impl Dispatcher {
             Msg::Done(job, outcome, slot) => {
                 self.free.push(slot);
                 self.on_done(job, *outcome);
+            }
+            Msg::LeasesMoved(moved) => {
+                for (job, token, lease) in moved {
+                    // Only if nothing changed here since the look.
+                    if self.jobs.get(&job).is_some_and(|r| r.token == Some(token)) {
+                        self.follow_store(job, lease);
+                    }
+                }
             }
             Msg::CancelRequested(runs) => {
                 for run in runs {

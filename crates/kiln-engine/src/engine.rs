@@ -620,8 +620,11 @@ impl Engine {
             let notified = self.inner.ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            let mut gave_back = false;
             let claimed = if offered {
-                self.claim_offered(owner, labels, max).await?
+                let (claimed, given) = self.claim_offered(owner, labels, max).await?;
+                gave_back = given;
+                claimed
             } else {
                 let jobs = self
                     .ask(|reply| Command::Claim {
@@ -640,10 +643,12 @@ impl Engine {
             if !none || tokio::time::Instant::now() >= deadline || stop.is_cancelled() {
                 return Ok(claimed);
             }
-            // Other replicas' offers wake nobody here: look again now and then.
+            // Other replicas' offers wake nobody here: look again now and then. Jobs just
+            // given back (their driver cannot have them now) wake every claim again as they
+            // are queued: wait the poll out rather than take them straight back.
             let poll = tokio::time::Instant::now() + OFFER_POLL;
             tokio::select! {
-                () = &mut notified => {}
+                () = &mut notified, if !gave_back => {}
                 () = tokio::time::sleep_until(deadline.min(poll)), if offered => {}
                 () = tokio::time::sleep_until(deadline), if !offered => {}
                 () = stop.cancelled() => {}
@@ -663,7 +668,7 @@ impl Engine {
         owner: &str,
         labels: &[String],
         max: usize,
-    ) -> Result<kiln_proto::workers::Claimed, EngineError> {
+    ) -> Result<(kiln_proto::workers::Claimed, bool), EngineError> {
         let store = &self.inner.store;
         let claimed = store
             .claim_jobs(&kiln_store::Claim {
@@ -676,35 +681,73 @@ impl Engine {
             })
             .await?;
         let mut out = kiln_proto::workers::Claimed::default();
-        for c in claimed {
+        let mut gave_back = false;
+        let mut claimed = claimed.into_iter();
+        while let Some(c) = claimed.next() {
             let (job, token) = (c.job.id, c.token);
-            let server = match c.driver.as_deref() {
-                Some(me) if me == self.inner.owner => {
-                    match self.adopt(owner, job, token).await? {
-                        dispatch::Adoption::Assigned(assigned) => out.jobs.push(*assigned),
-                        // (Not known here yet: a run this engine is taking over.)
-                        dispatch::Adoption::Refused | dispatch::Adoption::NotDriven => {
-                            self.give_back(job, token).await?;
+            match self.hand_out(owner, &c, &mut out).await {
+                Ok(kept) => gave_back |= !kept,
+                Err(e) => {
+                    // The worker hears of none of these: give them back rather than let
+                    // their leases run out (each would cost an attempt).
+                    for rest in
+                        std::iter::once((job, token)).chain(claimed.map(|c| (c.job.id, c.token)))
+                    {
+                        if let Err(e) = self.give_back(rest.0, rest.1).await {
+                            tracing::warn!(job = %rest.0, error = %e, "cannot give a claimed job back");
                         }
-                        dispatch::Adoption::Ended => self.end_cancelled(job, token).await?,
                     }
-                    continue;
+                    return Err(e);
                 }
-                Some(driver) => store.replica_url(driver).await?,
-                None => None,
-            };
-            match server {
-                Some(server) => out.handoffs.push(kiln_proto::workers::Handoff {
+            }
+        }
+        Ok((out, gave_back))
+    }
+
+    /// One job claimed from the shared queue for `owner`, into `out`: described when this
+    /// engine drives its run, else as a hand-off to its driver. `false`: given back (or
+    /// ended) instead.
+    async fn hand_out(
+        &self,
+        owner: &str,
+        c: &kiln_store::Claimed,
+        out: &mut kiln_proto::workers::Claimed,
+    ) -> Result<bool, EngineError> {
+        let (job, token) = (c.job.id, c.token);
+        let server = match c.driver.as_deref() {
+            Some(me) if me == self.inner.owner => {
+                match self.adopt(owner, job, token).await? {
+                    dispatch::Adoption::Assigned(assigned) => {
+                        out.jobs.push(*assigned);
+                        return Ok(true);
+                    }
+                    // (Not known here yet: a run this engine is taking over.)
+                    dispatch::Adoption::Refused | dispatch::Adoption::NotDriven => {
+                        self.give_back(job, token).await?;
+                    }
+                    dispatch::Adoption::Ended => self.end_cancelled(job, token).await?,
+                }
+                return Ok(false);
+            }
+            Some(driver) => self.inner.store.replica_url(driver).await?,
+            None => None,
+        };
+        match server {
+            Some(server) => {
+                out.handoffs.push(kiln_proto::workers::Handoff {
                     job,
                     token,
                     attempt: c.job.attempts,
                     server,
-                }),
-                // A driver that never said where it answers: nobody could report to it.
-                None => self.give_back(job, token).await?,
+                });
+                Ok(true)
+            }
+            // A driver that never said where it answers: nobody could report to it.
+            None => {
+                self.give_back(job, token).await?;
+                Ok(false)
             }
         }
-        Ok(out)
     }
 
     /// Ends a job taken from the shared queue after its run was cancelled here.

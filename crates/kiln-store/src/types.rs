@@ -212,9 +212,10 @@ pub struct Claim {
     /// How long each lease lasts unless renewed.
     pub ttl_ms: i64,
     pub at: Timestamp,
-    /// Only jobs their driver offered ([`Op::OfferJobs`]) of runs whose driver is alive
-    /// (its claim on the run runs past `at`): what a remote worker may take through any
-    /// replica. `false` takes any queued job.
+    /// Only jobs their driver offered ([`Op::OfferJobs`]) of runs whose driver is alive (its
+    /// claim on the run runs past `at`, and it is a replica noted in the store — one that
+    /// is stopping has left): what a remote worker may take through any replica. `false`
+    /// takes any queued job.
     pub offered_only: bool,
 }
 

@@ -445,17 +445,19 @@ pub async fn run_worker(
                 for assigned in c.jobs {
                     start_job(&ctx, server, &running, &mut tasks, assigned);
                 }
-                for handoff in c.handoffs {
-                    let Some((driver, api)) = server_of(&servers, &handoff.server, &config.token)
-                    else {
-                        continue;
-                    };
-                    match assignment(&api, id, &handoff).await {
+                // Every hand-off's details at once: a slow driver must not hold the others'
+                // leases up until they run out.
+                let fetched = c.handoffs.into_iter().filter_map(|handoff| {
+                    let (driver, api) = server_of(&servers, &handoff.server, &config.token)?;
+                    Some(async move {
+                        let got = assignment(&api, id, &handoff).await;
+                        (handoff, driver, api, got)
+                    })
+                });
+                for (handoff, driver, api, got) in futures_util::future::join_all(fetched).await {
+                    match got {
                         Ok(assigned) => {
-                            let ctx = job::Context {
-                                api: api.clone(),
-                                ..ctx.clone()
-                            };
+                            let ctx = job::Context { api, ..ctx.clone() };
                             start_job(&ctx, driver, &running, &mut tasks, assigned);
                         }
                         Err(e) => {

@@ -149,6 +149,21 @@ impl Dispatcher {
         if rec.status.is_terminal() {
             return Adoption::Ended;
         }
+        if rec.remote.is_some() && matches!(rec.status, JobStatus::Leased | JobStatus::Running) {
+            // Held here by a lease the store has since given to `owner` (the worker that held
+            // it gave it back, and this one claimed it): the store is right.
+            let Some(rec) = self.jobs.get_mut(&job) else {
+                return Adoption::NotDriven;
+            };
+            rec.status = JobStatus::Leased;
+            rec.remote = Some(owner.to_owned());
+            rec.token = Some(token);
+            rec.started = None;
+            rec.log_offset = 0;
+            return self
+                .assignment(job)
+                .map_or(Adoption::Refused, |a| Adoption::Assigned(Box::new(a)));
+        }
         if rec.status != JobStatus::Queued
             || self.draining.is_some()
             || self.cancelled

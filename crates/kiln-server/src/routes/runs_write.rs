@@ -138,7 +138,7 @@ pub(crate) async fn trigger(
         (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 403, description = "`FORBIDDEN`", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 404, description = "`RUN_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
-        (status = 409, description = "`RUN_NOT_ACTIVE`: the run has ended", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 409, description = "`RUN_NOT_ACTIVE`: the run has ended, or (SQLite) a `kiln run` drives it", body = kiln_proto::Envelope<serde_json::Value>),
         (status = 503, description = "`ENGINE_UNAVAILABLE`", body = kiln_proto::Envelope<serde_json::Value>)
     )
 )]
@@ -165,6 +165,15 @@ pub(crate) async fn cancel(
     }
     let mut status = axum::http::StatusCode::OK;
     if !engine.cancel(run_id).await.map_err(engine_error)? {
+        // On SQLite the only other driver is a `kiln run` on the same data dir, which does
+        // not look for requests.
+        if state.store().backend_name() != "postgres" {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "RUN_NOT_ACTIVE",
+                format!("run {id} is not driven by this server"),
+            ));
+        }
         // Another replica drives it (or nobody does, for now): ask through the store; its
         // driver cancels within a second, a replica taking it over at once.
         if !state

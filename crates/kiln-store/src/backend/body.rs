@@ -351,7 +351,8 @@ impl Backend {
         let at = ms(at);
         sqlx::query(
             "UPDATE runs SET status = 'queued', run_attempt = run_attempt + 1, \
-             started_at = NULL, finished_at = NULL, driver = $2, driver_until = $3 WHERE id = $1",
+             started_at = NULL, finished_at = NULL, driver = $2, driver_until = $3, \
+             cancel_requested_at = NULL WHERE id = $1",
         )
         .bind(&run_id)
         .bind(driver.map(|d| d.owner.clone()))

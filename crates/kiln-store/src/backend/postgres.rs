@@ -122,6 +122,7 @@ const SQL: Dialect = Dialect {
     claim_jobs: "WITH next AS MATERIALIZED (SELECT id FROM jobs WHERE status = 'queued' \
                  AND ($3::text IS NULL OR labels::jsonb <@ $3::jsonb) \
                  AND (NOT $6::bool OR (offered_at IS NOT NULL AND EXISTS (SELECT 1 FROM runs \
+                 JOIN replicas ON replicas.owner = runs.driver \
                  WHERE runs.id = jobs.run_id AND runs.driver_until > $5))) \
                  ORDER BY created_at, run_id, seq LIMIT $4 FOR UPDATE SKIP LOCKED), \
                  claimed AS (UPDATE jobs SET status = 'leased', lease_owner = $1, \

@@ -118,6 +118,7 @@ const SQL: Dialect = Dialect {
                  AND ($3 IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(jobs.labels) AS l \
                  WHERE l.value NOT IN (SELECT value FROM json_each($3)))) \
                  AND (NOT $6 OR (offered_at IS NOT NULL AND EXISTS (SELECT 1 FROM runs \
+                 JOIN replicas ON replicas.owner = runs.driver \
                  WHERE runs.id = jobs.run_id AND runs.driver_until > $5))) \
                  ORDER BY created_at, run_id, seq LIMIT $4) \
                  RETURNING id, run_id, job_key, name, matrix, needs, status, attempts, max_attempts, \

@@ -515,6 +515,16 @@ async fn a_cancellation_asked_elsewhere_reaches_the_run_s_driver(h: &Harness) {
     .await
     .unwrap();
     assert!(s.cancel_requests("a").await.unwrap().is_empty());
+    // Its next attempt starts without the old request.
+    let driver = Driver {
+        owner: "a".to_owned(),
+        until: at(90_000),
+    };
+    s.retry_run(by_a.id, at(5_500), Some(&driver))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(s.cancel_requests("a").await.unwrap().is_empty());
     // A run nobody knows of.
     assert!(
         !s.request_cancel(kiln_core::ids::RunId::new(), at(6_000))
@@ -552,7 +562,22 @@ async fn remote_claims_take_only_what_a_live_driver_offered(h: &Harness) {
     );
     orphan.driver = driven_by("dead", 1_000);
     let orphan = s.create_run(orphan).await.unwrap();
-    let offered = vec![live.jobs[0].id, live.jobs[2].id, orphan.jobs[0].id];
+    // Driven by a replica that has left (stopping, it removed itself) though its claim on
+    // the run has not run out yet.
+    let mut leaving = new_run(
+        project.id,
+        "ci.yml",
+        vec![new_job("leaving", JobStatus::Queued, 3)],
+    );
+    leaving.driver = driven_by("gone", 60_000);
+    let leaving = s.create_run(leaving).await.unwrap();
+    s.replica_seen("a", "http://a.example:8080").await.unwrap();
+    let offered = vec![
+        live.jobs[0].id,
+        live.jobs[2].id,
+        orphan.jobs[0].id,
+        leaving.jobs[0].id,
+    ];
     s.commit(vec![Op::OfferJobs {
         jobs: offered,
         at: at(2_000),
@@ -587,11 +612,10 @@ async fn remote_claims_take_only_what_a_live_driver_offered(h: &Harness) {
     );
     // A claim that is not remote takes the rest.
     let got = s.claim_jobs(&claim("pool", None, 10, 5_000)).await.unwrap();
-    assert_eq!(keys(&got), ["kept", "orphan"]);
+    assert_eq!(keys(&got), ["kept", "orphan", "leaving"]);
     assert_eq!(s.lease_of(JobId::new()).await.unwrap(), None);
 
     // Replicas are found by their owner id.
-    s.replica_seen("a", "http://a.example:8080").await.unwrap();
     assert_eq!(
         s.replica_url("a").await.unwrap().as_deref(),
         Some("http://a.example:8080")
