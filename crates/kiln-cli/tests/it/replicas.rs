@@ -94,6 +94,18 @@ fn worker_token_and_project(s: &Served, p: &Project) -> String {
     token
 }
 
+/// Two replicas (leases of 60 s) on a fresh schema, the project `app` holding `workflow` as
+/// `ci`, a worker token, and a run of it started through A (which drives it).
+fn two_replicas_running(workflow: &str) -> (Schema, Project, Served, Served, String, String) {
+    let schema = Schema::new();
+    let p = Project::new().workflow("ci.yml", workflow);
+    let a = replica(&p, &schema.url(), "a", "60");
+    let b = replica(&p, &schema.url(), "b", "60");
+    let token = worker_token_and_project(&a, &p);
+    let run = trigger_ci(&a, &p);
+    (schema, p, a, b, token, run)
+}
+
 /// Starts the workflow `ci` of the project `app` through `s`: the run's id.
 fn trigger_ci(s: &Served, p: &Project) -> String {
     let out = s.call(
@@ -382,12 +394,7 @@ jobs:
 /// cancelled before the worker asked for it ends cancelled.
 #[test]
 fn a_claim_through_one_replica_hands_off_jobs_another_drives() {
-    let schema = Schema::new();
-    let p = Project::new().workflow("ci.yml", TWO);
-    let a = replica(&p, &schema.url(), "a", "60");
-    let b = replica(&p, &schema.url(), "b", "60");
-    let token = worker_token_and_project(&a, &p);
-    let run = trigger_ci(&a, &p);
+    let (_schema, _p, a, b, token, run) = two_replicas_running(TWO);
 
     let (status, registered) = post(
         &b.url,
@@ -504,6 +511,78 @@ fn a_claim_through_one_replica_hands_off_jobs_another_drives() {
     assert_eq!(done["attempts"], 1, "{r:#}");
     let other = by_key(if key == "one" { "two" } else { "one" });
     assert_eq!(other["status"], "cancelled", "{r:#}");
+    assert_eq!(b.stop(), 0);
+    assert_eq!(a.stop(), 0);
+}
+
+/// Registers a worker named `name` through `s`'s `url`: its id.
+fn register_raw(url: &str, token: &str, name: &str) -> String {
+    let (status, registered) = post(
+        url,
+        token,
+        "/api/v1/worker/register",
+        &json!({"name": name, "labels": ["linux"], "slots": 1,
+                "protocol": kiln_proto::workers::PROTOCOL, "version": "test"}),
+    );
+    assert_eq!(status, 201, "{registered:#}");
+    registered["data"]["id"].as_str().unwrap().to_owned()
+}
+
+/// `POST /api/v1/worker/{worker}/jobs/{job}/{what}` with `body` to the server at `url`,
+/// answered 200.
+fn worker_job_call(
+    url: &str,
+    token: &str,
+    worker: &str,
+    job: &str,
+    what: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let path = format!("/api/v1/worker/{worker}/jobs/{job}/{what}");
+    let (status, answer) = post(url, token, &path, body);
+    assert_eq!(status, 200, "{path}: {answer:#}");
+    answer
+}
+
+/// A worker's claim of one job through `url`: its hand-off.
+fn claim_handoff(url: &str, token: &str, worker: &str) -> serde_json::Value {
+    let (status, claimed) = post(
+        url,
+        token,
+        &format!("/api/v1/worker/{worker}/claim"),
+        &json!({"free": 1, "wait_ms": 10_000}),
+    );
+    assert_eq!(status, 200, "{claimed:#}");
+    claimed["data"]["handoffs"][0].clone()
+}
+
+/// A worker asked the driving replica for a job's details, then gave the job back (it is
+/// queued again in the store while the driver still counts it as that worker's); the next
+/// worker that claims it gets it from the driver all the same, and the run succeeds.
+#[test]
+fn a_job_given_back_after_its_driver_described_it_runs_on_the_next_worker() {
+    let (_schema, _p, a, b, token, run) = two_replicas_running(LONG);
+    let first = register_raw(&b.url, &token, "first");
+    let second = register_raw(&b.url, &token, "second");
+
+    let h1 = claim_handoff(&b.url, &token, &first);
+    let job = h1["job"].as_str().unwrap().to_owned();
+    let lease1 = json!({ "token": h1["token"] });
+    worker_job_call(&a.url, &token, &first, &job, "assignment", &lease1);
+    worker_job_call(&b.url, &token, &first, &job, "release", &lease1);
+
+    let h2 = claim_handoff(&b.url, &token, &second);
+    assert_eq!(h2["job"], job.as_str(), "{h2:#}");
+    let lease2 = json!({ "token": h2["token"] });
+    worker_job_call(&a.url, &token, &second, &job, "assignment", &lease2);
+    let report = json!({"token": h2["token"], "events": [
+        {"type": "started"},
+        {"type": "done", "status": "success"}
+    ]});
+    worker_job_call(&a.url, &token, &second, &job, "report", &report);
+    let r = wait_run(&a, ADMIN, &run, Duration::from_secs(30));
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert_eq!(r["jobs"][0]["attempts"], 1, "{r:#}");
     assert_eq!(b.stop(), 0);
     assert_eq!(a.stop(), 0);
 }
