@@ -178,7 +178,7 @@ impl Engine {
             lease_ttl: config.lease_ttl,
             artifacts: artifacts.clone(),
             // Replicas share PostgreSQL: remote workers claim from its queue through any.
-            offer: store.backend_name() == "postgres",
+            offer: store.is_shared(),
         };
         let ready = Arc::new(tokio::sync::Notify::new());
         let task = dispatch::spawn_long_lived(store.clone(), &dispatch_config, rx, ready.clone());
@@ -614,7 +614,7 @@ impl Engine {
         stop: &tokio_util::sync::CancellationToken,
     ) -> Result<kiln_proto::workers::Claimed, EngineError> {
         let deadline = tokio::time::Instant::now() + wait;
-        let offered = self.inner.store.backend_name() == "postgres";
+        let offered = self.inner.store.is_shared();
         loop {
             // Listening before asking: a job made ready meanwhile still wakes us.
             let notified = self.inner.ready.notified();

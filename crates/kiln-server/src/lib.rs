@@ -168,7 +168,7 @@ fn wake_claims_on_offers(
     closing: tokio_util::sync::CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let engine = state.engine()?.clone();
-    if state.store().backend_name() != "postgres" {
+    if !state.store().is_shared() {
         return None;
     }
     let (bus, store) = (state.bus().clone(), state.store().clone());

@@ -195,6 +195,13 @@ impl Store {
         }
     }
 
+    /// Whether several servers may share this store (PostgreSQL: replicas), so that what one
+    /// server decides must go through it for the others — jobs offered to the shared queue,
+    /// cancellations asked of a run's driver. An embedded SQLite store has one server.
+    pub fn is_shared(&self) -> bool {
+        matches!(&*self.inner, Backend::Postgres(_))
+    }
+
     /// The blob store (for artifacts and other large bytes).
     pub fn blobs(&self) -> &BlobStore {
         with_backend!(self, b => b.blobs())

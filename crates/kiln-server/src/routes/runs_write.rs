@@ -167,7 +167,7 @@ pub(crate) async fn cancel(
     if !engine.cancel(run_id).await.map_err(engine_error)? {
         // On SQLite the only other driver is a `kiln run` on the same data dir, which does
         // not look for requests.
-        if state.store().backend_name() != "postgres" {
+        if !state.store().is_shared() {
             return Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
                 "RUN_NOT_ACTIVE",
