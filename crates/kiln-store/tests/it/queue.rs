@@ -37,6 +37,22 @@ fn claim(owner: &str, labels: Option<&[&str]>, limit: u32, now: i64) -> Claim {
     }
 }
 
+/// A run of `jobs` in `project` that the engine `owner` drives until `until` (ms).
+async fn driven_run(
+    s: &kiln_store::Store,
+    project: kiln_core::ids::ProjectId,
+    jobs: Vec<NewJob>,
+    owner: &str,
+    until: i64,
+) -> kiln_proto::Run {
+    let mut run = new_run(project, "ci.yml", jobs);
+    run.driver = Some(kiln_store::Driver {
+        owner: owner.to_owned(),
+        until: at(until),
+    });
+    s.create_run(run).await.unwrap()
+}
+
 fn keys(claimed: &[Claimed]) -> Vec<&str> {
     claimed.iter().map(|c| c.job.key.as_str()).collect()
 }
@@ -355,22 +371,17 @@ async fn workers_register_and_show_what_they_hold(h: &Harness) {
 both_backends!(replicas_drive_each_run_alone_and_take_over_runs_whose_driver_stopped);
 
 async fn replicas_drive_each_run_alone_and_take_over_runs_whose_driver_stopped(h: &Harness) {
-    use kiln_store::{Driver, LeaseScope};
+    use kiln_store::LeaseScope;
     let s = &h.store;
     let project = s.upsert_project("p", "/src/p").await.unwrap();
-    let driven = |owner: &str, until: i64| {
-        Some(Driver {
-            owner: owner.to_owned(),
-            until: at(until),
-        })
-    };
-    let mut by_a = new_run(
+    let by_a = driven_run(
+        s,
         project.id,
-        "ci.yml",
         vec![new_job("x", JobStatus::Queued, 3)],
-    );
-    by_a.driver = driven("a", 10_000);
-    let by_a = s.create_run(by_a).await.unwrap();
+        "a",
+        10_000,
+    )
+    .await;
     let nobody = s
         .create_run(new_run(
             project.id,
@@ -379,13 +390,14 @@ async fn replicas_drive_each_run_alone_and_take_over_runs_whose_driver_stopped(h
         ))
         .await
         .unwrap();
-    let mut leased = new_run(
+    let leased = driven_run(
+        s,
         project.id,
-        "ci.yml",
         vec![new_job("z", JobStatus::Queued, 3)],
-    );
-    leased.driver = driven("dead", 1_000);
-    let leased = s.create_run(leased).await.unwrap();
+        "dead",
+        1_000,
+    )
+    .await;
     let granted = s
         .commit(vec![Op::GrantLease {
             job: leased.jobs[0].id,
@@ -449,29 +461,24 @@ async fn replicas_drive_each_run_alone_and_take_over_runs_whose_driver_stopped(h
 
 both_backends!(a_cancellation_asked_elsewhere_reaches_the_run_s_driver);
 async fn a_cancellation_asked_elsewhere_reaches_the_run_s_driver(h: &Harness) {
-    use kiln_store::Driver;
     let s = &h.store;
     let project = s.upsert_project("p", "/src/p").await.unwrap();
-    let driven_by = |owner: &str| {
-        Some(Driver {
-            owner: owner.to_owned(),
-            until: at(60_000),
-        })
-    };
-    let mut by_a = new_run(
+    let by_a = driven_run(
+        s,
         project.id,
-        "ci.yml",
         vec![new_job("x", JobStatus::Queued, 3)],
-    );
-    by_a.driver = driven_by("a");
-    let by_a = s.create_run(by_a).await.unwrap();
-    let mut by_b = new_run(
+        "a",
+        60_000,
+    )
+    .await;
+    let by_b = driven_run(
+        s,
         project.id,
-        "ci.yml",
         vec![new_job("y", JobStatus::Queued, 3)],
-    );
-    by_b.driver = driven_by("b");
-    let by_b = s.create_run(by_b).await.unwrap();
+        "b",
+        60_000,
+    )
+    .await;
     assert!(s.cancel_requests("a").await.unwrap().is_empty());
 
     let head = s.event_head().await.unwrap();
@@ -516,7 +523,7 @@ async fn a_cancellation_asked_elsewhere_reaches_the_run_s_driver(h: &Harness) {
     .unwrap();
     assert!(s.cancel_requests("a").await.unwrap().is_empty());
     // Its next attempt starts without the old request.
-    let driver = Driver {
+    let driver = kiln_store::Driver {
         owner: "a".to_owned(),
         until: at(90_000),
     };
@@ -535,42 +542,39 @@ async fn a_cancellation_asked_elsewhere_reaches_the_run_s_driver(h: &Harness) {
 
 both_backends!(remote_claims_take_only_what_a_live_driver_offered);
 async fn remote_claims_take_only_what_a_live_driver_offered(h: &Harness) {
-    use kiln_store::{Driver, Lease};
+    use kiln_store::Lease;
     let s = &h.store;
     let project = s.upsert_project("p", "/src/p").await.unwrap();
-    let driven_by = |owner: &str, until: i64| {
-        Some(Driver {
-            owner: owner.to_owned(),
-            until: at(until),
-        })
-    };
-    let mut live = new_run(
+    let live = driven_run(
+        s,
         project.id,
-        "ci.yml",
         vec![
             new_job("offered", JobStatus::Queued, 3),
             new_job("kept", JobStatus::Queued, 3),
             labelled("gpu", JobStatus::Queued, &["gpu"]),
         ],
-    );
-    live.driver = driven_by("a", 60_000);
-    let live = s.create_run(live).await.unwrap();
-    let mut orphan = new_run(
+        "a",
+        60_000,
+    )
+    .await;
+    let orphan = driven_run(
+        s,
         project.id,
-        "ci.yml",
         vec![new_job("orphan", JobStatus::Queued, 3)],
-    );
-    orphan.driver = driven_by("dead", 1_000);
-    let orphan = s.create_run(orphan).await.unwrap();
+        "dead",
+        1_000,
+    )
+    .await;
     // Driven by a replica that has left (stopping, it removed itself) though its claim on
     // the run has not run out yet.
-    let mut leaving = new_run(
+    let leaving = driven_run(
+        s,
         project.id,
-        "ci.yml",
         vec![new_job("leaving", JobStatus::Queued, 3)],
-    );
-    leaving.driver = driven_by("gone", 60_000);
-    let leaving = s.create_run(leaving).await.unwrap();
+        "gone",
+        60_000,
+    )
+    .await;
     s.replica_seen("a", "http://a.example:8080").await.unwrap();
     let offered = vec![
         live.jobs[0].id,
