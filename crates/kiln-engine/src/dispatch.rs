@@ -468,6 +468,16 @@ struct JobInputs {
     masks: Vec<String>,
 }
 
+/// Whether the store's `lease` is held by another than `me` (a remote worker), or the job is
+/// queued again.
+fn another_holds_or_queued(lease: &kiln_store::Lease, me: &str) -> bool {
+    match lease.status {
+        JobStatus::Queued => true,
+        JobStatus::Leased | JobStatus::Running => lease.owner.as_deref().is_some_and(|o| o != me),
+        _ => false,
+    }
+}
+
 enum Msg {
     /// The executor got a run permit and is starting the job's steps.
     Started(JobId),
@@ -478,7 +488,7 @@ enum Msg {
     CancelRequested(Vec<RunId>),
     /// Leases remote workers held (job, the token this dispatcher knew) that the store has
     /// otherwise now ([`Dispatcher::check_remote_leases`]).
-    LeasesMoved(Vec<(JobId, i64, kiln_store::Lease)>),
+    LeasesMoved(Vec<(JobId, Option<i64>, kiln_store::Lease)>),
 }
 
 /// A place where jobs run, one per local slot: its folder (`workspace/` and `temp/`) is
@@ -1377,7 +1387,7 @@ impl Dispatcher {
                     // again already (that worker gave it back).
                     if self.offer {
                         match self.store.lease_of(job).await {
-                            Ok(Some(lease)) if self.another_holds_or_queued(&lease) => {
+                            Ok(Some(lease)) if another_holds_or_queued(&lease, &self.owner) => {
                                 if let Some(rec) = self.jobs.get_mut(&job) {
                                     rec.remote = None;
                                     rec.token = None;
@@ -1456,10 +1466,14 @@ impl Dispatcher {
         let Some(rec) = self.jobs.get_mut(&job) else {
             return;
         };
+        // Leased or running by nobody known here (a view of the store from a take-over): that
+        // grant was counted, and has been given back since.
+        let stale =
+            rec.token.is_none() && matches!(rec.status, JobStatus::Leased | JobStatus::Running);
         match (lease.status, lease.owner) {
             (JobStatus::Leased | JobStatus::Running, Some(owner)) if owner != self.owner => {
                 tracing::debug!(%job, %owner, "a worker holds the job from the shared queue");
-                if rec.remote.is_none() || rec.token.is_none() {
+                if !stale && (rec.remote.is_none() || rec.token.is_none()) {
                     rec.attempts += 1;
                 }
                 rec.status = lease.status;
@@ -1478,7 +1492,7 @@ impl Dispatcher {
                 rec.token = None;
                 rec.started = None;
                 rec.log_offset = 0;
-                if was_held {
+                if was_held || stale {
                     rec.attempts = (rec.attempts - 1).max(0);
                 }
                 let (run, key, seq) = (rec.run, rec.key.clone(), rec.seq);
@@ -1494,50 +1508,49 @@ impl Dispatcher {
         }
     }
 
-    /// Whether the store's `lease` is a remote worker's, or the job is queued again.
-    fn another_holds_or_queued(&self, lease: &kiln_store::Lease) -> bool {
-        match lease.status {
-            JobStatus::Queued => true,
-            JobStatus::Leased | JobStatus::Running => {
-                lease.owner.as_deref().is_some_and(|o| o != self.owner)
-            }
-            _ => false,
-        }
-    }
-
     /// Every renewal period: the leases remote workers hold from the shared queue, checked
     /// against the store (in a task of its own); what changed behind this dispatcher's back
-    /// (a worker gave a job back, another took it) comes back as [`Msg::LeasesMoved`].
+    /// (a worker gave a job back, another took it) comes back as [`Msg::LeasesMoved`]. Jobs
+    /// leased or running that nobody here holds are checked too: a run taken over from a view
+    /// of the store in which a worker held one, which it has given back (queued again) or
+    /// another worker claimed since, would otherwise wait for it for ever.
     fn check_remote_leases(&self) {
-        let held: Vec<(JobId, String, i64)> = self
+        let held: Vec<(JobId, Option<String>, Option<i64>)> = self
             .jobs
             .iter()
-            .filter_map(|(id, rec)| {
-                let owner = rec.remote.clone()?;
-                let token = rec.token?;
-                matches!(rec.status, JobStatus::Leased | JobStatus::Running)
-                    .then_some((*id, owner, token))
+            .filter(|(_, rec)| matches!(rec.status, JobStatus::Leased | JobStatus::Running))
+            .filter_map(|(id, rec)| match (&rec.remote, rec.token) {
+                (Some(owner), Some(token)) => Some((*id, Some(owner.clone()), Some(token))),
+                (_, None) => Some((*id, None, None)),
+                // This server's own pool runs it.
+                (None, Some(_)) => None,
             })
             .collect();
         if held.is_empty() {
             return;
         }
-        let (store, tx) = (self.store.clone(), self.tx.clone());
+        let (store, tx, me) = (self.store.clone(), self.tx.clone(), self.owner.clone());
         tokio::spawn(async move {
             let mut moved = Vec::new();
             for (job, owner, token) in held {
                 match store.lease_of(job).await {
-                    Ok(Some(lease))
-                        if lease.token != token || lease.owner.as_deref() != Some(&owner) =>
-                    {
-                        if matches!(
-                            lease.status,
-                            JobStatus::Queued | JobStatus::Leased | JobStatus::Running
-                        ) {
+                    Ok(Some(lease)) => {
+                        let changed = match (&owner, token) {
+                            (Some(owner), Some(token)) => {
+                                (lease.token != token || lease.owner.as_deref() != Some(owner))
+                                    && matches!(
+                                        lease.status,
+                                        JobStatus::Queued | JobStatus::Leased | JobStatus::Running
+                                    )
+                            }
+                            // Held by nobody known here: queued, or a worker's.
+                            _ => another_holds_or_queued(&lease, &me),
+                        };
+                        if changed {
                             moved.push((job, token, lease));
                         }
                     }
-                    Ok(_) => {}
+                    Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot check the leases of remote workers");
                         return;
@@ -1610,7 +1623,7 @@ impl Dispatcher {
             Msg::LeasesMoved(moved) => {
                 for (job, token, lease) in moved {
                     // Only if nothing changed here since the look.
-                    if self.jobs.get(&job).is_some_and(|r| r.token == Some(token)) {
+                    if self.jobs.get(&job).is_some_and(|r| r.token == token) {
                         self.follow_store(job, lease);
                     }
                 }

@@ -1,9 +1,69 @@
-//! A PostgreSQL cluster of a test's own, for tests that stop and start the database (never
-//! the shared server other tests use): `initdb` and `pg_ctl` from `/usr/lib/postgresql/*/bin`
-//! run as the `postgres` user, in a temporary folder, on a free port. Stopped on drop.
+//! PostgreSQL for tests: a schema of a test's own on the shared server (127.0.0.1:5432,
+//! trust auth, database `test`), and a cluster of a test's own for tests that stop and start
+//! the database (never the shared server other tests use): `initdb` and `pg_ctl` from
+//! `/usr/lib/postgresql/*/bin` run as the `postgres` user, in a temporary folder, on a free
+//! port. Stopped on drop.
 
 use std::path::PathBuf;
 use std::process::Command;
+
+/// `psql -c sql` on the shared server's database `test`, as `postgres`.
+pub fn psql(sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("run psql")
+}
+
+/// A schema of its own on the shared server, dropped (with everything in it) on drop.
+pub struct Schema {
+    pub name: String,
+}
+
+impl Default for Schema {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Schema {
+    /// A new schema with a unique name.
+    pub fn new() -> Self {
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let out = psql(&format!("CREATE SCHEMA {name}"));
+        assert!(
+            out.status.success(),
+            "PostgreSQL must run on 127.0.0.1:5432: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { name }
+    }
+
+    /// The URL of the database `test` with this schema (`?schema=`, as kiln takes it).
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:5432/test?schema={}",
+            self.name
+        )
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let _ = psql(&format!("DROP SCHEMA {} CASCADE", self.name));
+    }
+}
 
 /// A running private cluster with trust authentication.
 pub struct PrivatePostgres {

@@ -2,56 +2,9 @@
 //! trust auth, database `test`), each test in a schema of its own.
 
 use kiln_testkit::Project;
+pub(crate) use kiln_testkit::pg::{Schema, psql};
 
 use crate::{bin, job};
-
-pub(crate) struct Schema {
-    pub(crate) name: String,
-}
-
-pub(crate) fn psql(sql: &str) -> std::process::Output {
-    std::process::Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "test",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            sql,
-        ])
-        .output()
-        .expect("run psql")
-}
-
-impl Schema {
-    pub(crate) fn new() -> Self {
-        let name = format!("cli_{}", uuid::Uuid::new_v4().simple());
-        let out = psql(&format!("CREATE SCHEMA {name}"));
-        assert!(
-            out.status.success(),
-            "PostgreSQL must run on 127.0.0.1:5432: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self { name }
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!(
-            "postgres://postgres@127.0.0.1:5432/test?schema={}",
-            self.name
-        )
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let _ = psql(&format!("DROP SCHEMA {} CASCADE", self.name));
-    }
-}
 
 #[test]
 fn a_run_is_recorded_in_postgres() {

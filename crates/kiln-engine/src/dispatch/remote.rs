@@ -149,9 +149,14 @@ impl Dispatcher {
         if rec.status.is_terminal() {
             return Adoption::Ended;
         }
-        if rec.remote.is_some() && matches!(rec.status, JobStatus::Leased | JobStatus::Running) {
+        let unheld = rec.token.is_none();
+        if (rec.remote.is_some() || unheld)
+            && matches!(rec.status, JobStatus::Leased | JobStatus::Running)
+        {
             // Held here by a lease the store has since given to `owner` (the worker that held
-            // it gave it back, and this one claimed it): the store is right.
+            // it gave it back, and this one claimed it), or held by nobody known here (the
+            // run was taken over from a view of the store in which a worker held the job,
+            // which it has given back since): the store is right.
             let Some(rec) = self.jobs.get_mut(&job) else {
                 return Adoption::NotDriven;
             };

@@ -1,33 +1,39 @@
-//! The server's engine against a real SQLite store: adopting a run whose holder died.
+//! The server's engine against a real store (SQLite, or PostgreSQL where replicas share it):
+//! adopting a run whose holder died, and a run taken over from a stale view of the store.
 
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kiln_core::ids::{JobId, JobStatus, RunId, RunStatus};
-use kiln_store::{NewJob, NewRun, Op, OpResult, Store};
+use kiln_store::{Driver, NewJob, NewRun, Op, OpResult, Store};
 use serde_json::Map;
 
 use super::{Engine, EngineConfig};
 
 const CI: &str = "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n  b:\n    needs: a\n    runs-on: x\n    steps: [{run: 'true'}]\n";
 
-/// A folder project `p` with one workflow, on a fresh SQLite store in a temporary folder
-/// (kept while the first value lives): the folder, the data dir, the store, the project.
-async fn folder_project(
-    file: &str,
-    workflow: &str,
-) -> (
+/// The folder (kept while it lives), the data dir, the store, the project.
+type Fixture = (
     tempfile::TempDir,
     std::path::PathBuf,
     Store,
     kiln_proto::Project,
-) {
+);
+
+/// A folder project `p` with one workflow, on a fresh SQLite store in a temporary folder
+/// (kept while the first value lives): the folder, the data dir, the store, the project.
+async fn folder_project(file: &str, workflow: &str) -> Fixture {
+    folder_project_on(None, file, workflow).await
+}
+
+/// [`folder_project`] on the store `database` names (`None`: SQLite in the data dir).
+async fn folder_project_on(database: Option<&str>, file: &str, workflow: &str) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
     std::fs::create_dir_all(src.join(".kiln/workflows")).unwrap();
     std::fs::write(src.join(".kiln/workflows").join(file), workflow).unwrap();
     let data = dir.path().join("data");
-    let store = Store::open_sqlite(&data).await.unwrap();
+    let store = Store::open(database, &data).await.unwrap();
     let project = store
         .upsert_project("p", &src.to_string_lossy())
         .await
@@ -38,40 +44,12 @@ async fn folder_project(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_lease_expired_is_driven_on_by_the_server() {
     let (_dir, data, store, project) = folder_project("ci.yml", CI).await;
-    let job = |key: &str, status| NewJob {
-        id: JobId::new(),
-        key: key.to_owned(),
-        name: key.to_owned(),
-        matrix: Map::new(),
-        needs: if key == "b" {
-            vec!["a".to_owned()]
-        } else {
-            vec![]
-        },
-        status,
-        max_attempts: 3,
-        labels: Vec::new(),
-    };
-    let jobs = vec![job("a", JobStatus::Queued), job("b", JobStatus::Pending)];
+    let jobs = vec![
+        new_job("a", &[], JobStatus::Queued),
+        new_job("b", &["a"], JobStatus::Pending),
+    ];
     let a = jobs[0].id;
-    let run = store
-        .create_run(NewRun {
-            id: RunId::new(),
-            project: project.id,
-            workflow: ".kiln/workflows/ci.yml".to_owned(),
-            workflow_name: "ci".to_owned(),
-            event: "push".to_owned(),
-            git_ref: "refs/heads/main".to_owned(),
-            sha: "0".repeat(40),
-            inputs: Map::new(),
-            status: RunStatus::Queued,
-            jobs,
-            at: Timestamp::now(),
-            driver: None,
-            context: Default::default(),
-        })
-        .await
-        .unwrap();
+    let run = create_run(&store, &project, jobs, None).await;
     // A `kiln run` that leased job a and died: its lease ran out long ago.
     let long_ago = Timestamp::now() - jiff::SignedDuration::from_secs(600);
     let granted = store
@@ -93,19 +71,24 @@ async fn a_run_whose_lease_expired_is_driven_on_by_the_server() {
     assert_eq!(recovery.expired_leases, 0);
 
     engine.adopt_expired_every(Duration::from_millis(100));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        let r = store.get_run(run.id).await.unwrap().unwrap();
-        if r.status.is_terminal() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "run not adopted: {r:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = ended(&store, run, "run not adopted").await;
     assert_eq!(done.status, RunStatus::Success, "{done:#?}");
     let a = done.jobs.iter().find(|j| j.key == "a").unwrap();
     assert_eq!(a.attempts, 2, "the dead holder's attempt counts: {a:#?}");
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// `run` once it has ended (within 30 s, else the test fails saying `what`).
+async fn ended(store: &Store, run: RunId, what: &str) -> kiln_proto::Run {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = store.get_run(run).await.unwrap().unwrap();
+        if r.status.is_terminal() {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "{what}: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 const SEES_EVENT: &str = r#"on: pull_request
@@ -175,15 +158,7 @@ async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
         .await
         .unwrap();
     assert_eq!(recovery.resumed, vec![run], "{recovery:?}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let done = loop {
-        let r = store.get_run(run).await.unwrap().unwrap();
-        if r.status.is_terminal() {
-            break r;
-        }
-        assert!(Instant::now() < deadline, "run not driven on: {r:#?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let done = ended(&store, run, "run not driven on").await;
     assert_eq!(done.status, RunStatus::Success, "{done:#?}");
     assert_eq!(
         done.jobs[0].outputs.get("seen").and_then(|v| v.as_str()),
@@ -191,4 +166,126 @@ async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
         "{done:#?}"
     );
     second.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+const ONE: &str = "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n";
+
+/// A job of the workflow's key `key` (its one instance) with `needs`, stored as `status`.
+fn new_job(key: &str, needs: &[&str], status: JobStatus) -> NewJob {
+    NewJob {
+        id: JobId::new(),
+        key: key.to_owned(),
+        name: key.to_owned(),
+        matrix: Map::new(),
+        needs: needs.iter().map(|n| (*n).to_owned()).collect(),
+        status,
+        max_attempts: 3,
+        labels: Vec::new(),
+    }
+}
+
+/// A queued push run of `.kiln/workflows/ci.yml` holding `jobs`, driven by `driver`.
+async fn create_run(
+    store: &Store,
+    project: &kiln_proto::Project,
+    jobs: Vec<NewJob>,
+    driver: Option<Driver>,
+) -> RunId {
+    store
+        .create_run(NewRun {
+            id: RunId::new(),
+            project: project.id,
+            workflow: ".kiln/workflows/ci.yml".to_owned(),
+            workflow_name: "ci".to_owned(),
+            event: "push".to_owned(),
+            git_ref: "refs/heads/main".to_owned(),
+            sha: "0".repeat(40),
+            inputs: Map::new(),
+            status: RunStatus::Queued,
+            jobs,
+            at: Timestamp::now(),
+            driver,
+            context: Default::default(),
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+/// A queued run of `ONE` (job `a`) that another replica claims to drive for ten minutes, so
+/// that the engine under test leaves it alone until told to drive it: the run and job `a`.
+async fn run_driven_elsewhere(store: &Store, project: &kiln_proto::Project) -> (RunId, JobId) {
+    let job = new_job("a", &[], JobStatus::Queued);
+    let a = job.id;
+    let driver = Driver {
+        owner: "replica:elsewhere".to_owned(),
+        until: Timestamp::now() + jiff::SignedDuration::from_secs(600),
+    };
+    (create_run(store, project, vec![job], Some(driver)).await, a)
+}
+
+/// The engine takes `run` over from a view of the store in which a worker held job `a` (it
+/// has given the job back since): what a replica reads when a worker's claim races its
+/// take-over.
+async fn drive_from_a_stale_view(engine: &Engine, store: &Store, run: RunId, a: JobId) {
+    let mut seen = store.get_run(run).await.unwrap().unwrap();
+    let job = seen.jobs.iter_mut().find(|j| j.id == a).unwrap();
+    job.status = JobStatus::Leased;
+    job.attempts = 1;
+    engine.resume(seen).await.unwrap();
+}
+
+/// A worker that claims a job the engine last saw leased by someone else (the take-over's
+/// stale view) is given it. Refused, the job went back to the queue, was claimed again, was
+/// refused again, for ever: the oldest job of the queue, it held every claim of one job up,
+/// and a replica that took a run over stalled with hundreds of jobs queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_engine_last_saw_held_is_given_to_the_worker_that_claims_it() {
+    let (_dir, data, store, project) = folder_project("ci.yml", ONE).await;
+    let (run, a) = run_driven_elsewhere(&store, &project).await;
+    let (engine, _) = Engine::start(store.clone(), engine_config(&data, 0))
+        .await
+        .unwrap();
+    drive_from_a_stale_view(&engine, &store, run, a).await;
+
+    let granted = store
+        .commit(vec![Op::GrantLease {
+            job: a,
+            owner: "worker:w2".to_owned(),
+            ttl_ms: 60_000,
+            at: Timestamp::now(),
+        }])
+        .await
+        .unwrap();
+    let OpResult::Lease { token } = granted[0] else {
+        panic!("not granted: {granted:?}");
+    };
+    let assigned = engine.adopt_remote("worker:w2", a, token).await.unwrap();
+    let assigned = assigned.expect("the claim is adopted, not refused");
+    assert_eq!((assigned.job, assigned.token), (a, token));
+    let lease = store.lease_of(a).await.unwrap().unwrap();
+    assert_eq!(lease.owner.as_deref(), Some("worker:w2"));
+    assert_eq!(lease.status, JobStatus::Leased);
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// On a store replicas share, a job the engine last saw leased by someone else, and which is
+/// queued in the store, is found at the next lease check and run by the engine's own pool
+/// (no worker need claim it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_the_engine_last_saw_held_but_queued_again_runs() {
+    let schema = kiln_testkit::pg::Schema::new();
+    let url = schema.url();
+    let (_dir, data, store, project) = folder_project_on(Some(&url), "ci.yml", ONE).await;
+    assert!(store.is_shared());
+    let (run, a) = run_driven_elsewhere(&store, &project).await;
+    let mut config = engine_config(&data, 1);
+    config.lease_ttl = Duration::from_secs(2);
+    let (engine, _) = Engine::start(store.clone(), config).await.unwrap();
+    drive_from_a_stale_view(&engine, &store, run, a).await;
+
+    let done = ended(&store, run, "job a never ran").await;
+    assert_eq!(done.status, RunStatus::Success, "{done:#?}");
+    assert_eq!(done.jobs[0].attempts, 1, "{done:#?}");
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
 }
