@@ -31,18 +31,19 @@
 //! killing processes (kiln-exec), printing (kiln-cli).
 
 use std::collections::HashMap;
-use std::ffi::OsString;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use kiln_core::packages::{
-    DepsWalker, Distfile, Key, KeyErrors, Keys, Outcome, PackageId, Schedule, Selection, State,
-    Tree, TreeErrors, UnknownOrigins, compute_keys, toolchain_fingerprint,
+    DepsWalker, Key, KeyErrors, Keys, Outcome, PackageId, Schedule, Selection, State, Tree,
+    TreeErrors, UnknownOrigins, compute_keys, toolchain_fingerprint,
 };
-use kiln_exec::{CommandEnd, CommandSpec, Confinement, ExecEvent, Network, run_command};
+use kiln_exec::Confinement;
+use kiln_exec::package::{
+    BuildLog, FetchNetwork, Phases, Stop, build_env, copy_tree, lay_out_deps,
+};
 /// The sandbox and process limits a build is configured with (in [`BuildOptions`]).
 pub use kiln_exec::{Limits, Sandbox, SandboxError, SandboxMode};
 pub use workflow::{PackagePreview, PackageSet, WorkflowPackages, plan_workflow, preview_workflow};
@@ -58,10 +59,7 @@ use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// The `PATH` every build gets, whatever kiln's own: a build must not change with the shell
-/// kiln was started from, and its key does not cover kiln's `PATH`. Name `PATH` among the
-/// toolchain's variables to pass (and key) kiln's own instead.
-pub const BUILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+pub use kiln_exec::package::BUILD_PATH;
 
 /// How many packages beyond the slots `kiln build` prepares ahead (folder copied, `$KILN_DEPS`
 /// laid out) while the slots are busy. More would let low-priority packages queue for a
@@ -75,9 +73,6 @@ const FLUSH_ROWS: usize = 1000;
 /// without a commit per package.
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// At most this much of one build's log is kept (a runaway build must not exhaust memory);
-/// the rest is dropped with a note.
-const MAX_LOG: usize = 64 * 1024 * 1024;
 /// The log tail kept with each build for summaries.
 const TAIL_LINES: usize = 30;
 const TAIL_BYTES: usize = 8 * 1024;
@@ -932,49 +927,6 @@ async fn create_dir(path: &Path) -> Result<(), BuildError> {
         })
 }
 
-/// One package's log: kiln's own lines and both phases' output, in order, bounded.
-#[derive(Default)]
-struct Log {
-    data: Vec<u8>,
-    truncated: bool,
-    /// Where each piece also goes as it comes (a workflow job's live log).
-    tap: Option<mpsc::UnboundedSender<Vec<u8>>>,
-}
-
-impl Log {
-    fn push(&mut self, bytes: &[u8]) {
-        if self.truncated {
-            return;
-        }
-        if self.data.len() + bytes.len() > MAX_LOG {
-            let start = self.data.len();
-            let room = MAX_LOG - start;
-            self.data.extend_from_slice(&bytes[..room]);
-            self.data
-                .extend_from_slice(b"\n==> kiln: the log was cut here: it exceeded 64 MiB\n");
-            self.truncated = true;
-            if let Some(tap) = &self.tap {
-                let _ = tap.send(self.data[start..].to_vec());
-            }
-            return;
-        }
-        self.data.extend_from_slice(bytes);
-        if let Some(tap) = &self.tap {
-            let _ = tap.send(bytes.to_vec());
-        }
-    }
-
-    fn line(&mut self, text: &str) {
-        self.push(format!("==> {text}\n").as_bytes());
-    }
-}
-
-/// How a phase or a preparation step ended when it did not succeed.
-enum Stop {
-    Failed(String),
-    Cancelled,
-}
-
 /// One package's build from its scratch copy to its stored output; never fails itself:
 /// kiln's own trouble while preparing or storing fails the package with the reason.
 async fn execute(
@@ -985,10 +937,7 @@ async fn execute(
 ) -> Done {
     let started_at = Timestamp::now();
     let clock = std::time::Instant::now();
-    let mut log = Log {
-        tap,
-        ..Log::default()
-    };
+    let mut log = BuildLog::new(tap);
     let origin = shared.tree.origin(job.id).to_owned();
     let dir = shared.work.join(&origin);
     log.line(&format!(
@@ -1029,8 +978,8 @@ async fn execute(
     if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::warn!(path = %dir.display(), error = %e, "cannot remove a package's build folder");
     }
-    let tail = log_tail(&log.data, TAIL_LINES, TAIL_BYTES);
-    let (log_blob, status, reason) = match shared.store.blobs().put_content(log.data).await {
+    let tail = log_tail(log.data(), TAIL_LINES, TAIL_BYTES);
+    let (log_blob, status, reason) = match shared.store.blobs().put_content(log.into_data()).await {
         Ok(blob) => (Some(blob), status, reason),
         // A build whose log cannot be kept has no history worth trusting.
         Err(e) if status == PackageBuildStatus::Success => (
@@ -1117,7 +1066,7 @@ async fn run_phases(
     job: &Job,
     dir: &Path,
     deps_dir: &Path,
-    log: &mut Log,
+    log: &mut BuildLog,
     cancel: &CancellationToken,
 ) -> Result<(), Stop> {
     let origin = shared.tree.origin(job.id);
@@ -1150,19 +1099,7 @@ async fn run_phases(
         .await
         .map_err(|e| prepare("lay out $KILN_DEPS", e))?;
 
-    let mut env: Vec<(OsString, OsString)> = vec![
-        ("PATH".into(), BUILD_PATH.into()),
-        ("HOME".into(), src.clone().into()),
-        ("TMPDIR".into(), "/tmp".into()),
-        ("KILN_PACKAGE".into(), origin.into()),
-        ("KILN_VERSION".into(), pkg.version.clone().into()),
-        ("KILN_OUT".into(), out.clone().into()),
-        ("KILN_DEPS".into(), deps.clone().into()),
-    ];
-    // Configured variables come last: one named `PATH` replaces the default.
-    env.retain(|(k, _)| !shared.env.iter().any(|(n, _)| k == n.as_str()));
-    env.extend(shared.env.iter().map(|(k, v)| (k.into(), v.into())));
-
+    let env = build_env(&src, &out, &deps, origin, &pkg.version, &shared.env);
     let base = Confinement::new(&src)
         .read_only(&deps)
         .read_only(&shared.root)
@@ -1181,166 +1118,39 @@ async fn run_phases(
             expected: job.expected,
         });
     }
-    if let Some(fetch) = &pkg.fetch {
-        log.line(&format!("fetch: {fetch}"));
-        let proxy = match &shared.fetch_egress {
-            Some(egress) if shared.sandbox.is_confined() => Some(
-                EgressProxy::start(egress)
-                    .map_err(|e| prepare("start the fetch phase's egress proxy", e))?,
-            ),
-            _ => None,
-        };
-        let confinement = match (&proxy, &shared.fetch_egress) {
-            (Some(p), Some(egress)) => base.clone().egress(&p.socket, &egress.relay),
-            _ => base.clone().network(Network::Allowed),
-        };
-        let ran = phase(
-            shared,
-            "fetch",
-            fetch,
-            &confinement,
-            &src,
-            &env,
-            log,
-            cancel,
-        )
-        .await;
-        if let Some(proxy) = proxy {
-            for line in proxy.finish() {
-                log.line(&line);
-            }
-        }
-        ran?;
-    }
-    if !pkg.distfiles.is_empty() {
-        log.line("checking distfiles");
-        let files = pkg.distfiles.clone();
-        let at = src.clone();
-        let problems = blocking(move || Ok(check_distfiles(&at, &files)))
-            .await
-            .map_err(|e| prepare("check the distfiles", e))?;
-        if !problems.is_empty() {
-            for p in &problems {
-                log.line(p);
-            }
-            return Err(Stop::Failed(problems.join("; ")));
-        }
-    }
-    log.line(&format!("build: {}", pkg.build));
-    let confinement = base.writable(&out).network(Network::Denied);
-    phase(
-        shared,
-        "build",
-        &pkg.build,
-        &confinement,
-        &src,
-        &env,
-        log,
-        cancel,
-    )
-    .await
-}
-
-/// Runs one phase's command confined, its output into the log.
-#[expect(clippy::too_many_arguments, reason = "the pieces of one phase")]
-async fn phase(
-    shared: &Shared,
-    name: &str,
-    command: &str,
-    confinement: &Confinement,
-    dir: &Path,
-    env: &[(OsString, OsString)],
-    log: &mut Log,
-    cancel: &CancellationToken,
-) -> Result<(), Stop> {
-    if cancel.is_cancelled() {
-        return Err(Stop::Cancelled);
-    }
-    let wrapped = shared
-        .sandbox
-        .wrap(confinement, "sh", ["-ec", command])
-        .map_err(|e| Stop::Failed(format!("kiln could not confine the {name} phase: {e}")))?;
-    let spec = CommandSpec {
-        program: wrapped.program.to_string_lossy().into_owned(),
-        args: wrapped
-            .args
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect(),
-        env: env.to_vec(),
-        dir: dir.to_owned(),
+    let proxy = match &shared.fetch_egress {
+        Some(egress) if pkg.fetch.is_some() && shared.sandbox.is_confined() => Some(
+            EgressProxy::start(egress)
+                .map_err(|e| prepare("start the fetch phase's egress proxy", e))?,
+        ),
+        _ => None,
     };
-    let (tx, mut rx) = mpsc::channel::<ExecEvent>(64);
-    // No deadline: a manifest has no timeout, and Ctrl-C ends a build that hangs.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
-    let limits = shared.limits;
-    let run = async move {
-        let tx = tx;
-        run_command(&spec, deadline, cancel, limits, &tx).await
+    let fetch_network = match (&proxy, &shared.fetch_egress) {
+        (Some(p), Some(egress)) => FetchNetwork::Relay {
+            socket: &p.socket,
+            relay: &egress.relay,
+        },
+        _ => FetchNetwork::Host,
     };
-    let collect = async {
-        while let Some(ev) = rx.recv().await {
-            if let ExecEvent::Log { data, .. } = ev {
-                log.push(&data);
-            }
-        }
+    let phases = Phases {
+        fetch: pkg.fetch.as_deref(),
+        distfiles: &pkg.distfiles,
+        build: &pkg.build,
+        src: &src,
+        out: &out,
+        base,
+        env: &env,
+        sandbox: &shared.sandbox,
+        limits: shared.limits,
+        fetch_network,
     };
-    let (ended, ()) = tokio::join!(run, collect);
-    match ended {
-        Err(e) => Err(Stop::Failed(format!(
-            "the {name} phase could not start: {e}"
-        ))),
-        Ok(CommandEnd::Exited(status)) if status.success() => Ok(()),
-        Ok(CommandEnd::Exited(status)) => {
-            use std::os::unix::process::ExitStatusExt;
-            Err(Stop::Failed(match (status.code(), status.signal()) {
-                (Some(code), _) => format!("the {name} phase exited with status {code}"),
-                (None, Some(sig)) => format!("the {name} phase was killed by signal {sig}"),
-                _ => format!("the {name} phase failed"),
-            }))
-        }
-        Ok(CommandEnd::Cancelled) => Err(Stop::Cancelled),
-        Ok(CommandEnd::TimedOut) => Err(Stop::Failed(format!("the {name} phase timed out"))),
-    }
-}
-
-/// Every distfile that is missing or does not match its checksum, described.
-fn check_distfiles(dir: &Path, files: &[Distfile]) -> Vec<String> {
-    let mut problems = Vec::new();
-    for f in files {
-        let path = dir.join(&f.name);
-        let expected = hex::encode(f.sha256);
-        match sha256_of(&path) {
-            Ok(got) if got == expected => {}
-            Ok(got) => problems.push(format!(
-                "distfile {}: checksum mismatch: expected sha256:{expected}, got sha256:{got}",
-                f.name
-            )),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(format!(
-                "distfile {}: missing after the fetch phase",
-                f.name
-            )),
-            Err(e) => problems.push(format!("distfile {}: cannot read: {e}", f.name)),
+    let ran = kiln_exec::package::run_phases(&phases, log, cancel).await;
+    if let Some(proxy) = proxy {
+        for line in proxy.finish() {
+            log.line(&line);
         }
     }
-    problems
-}
-
-fn sha256_of(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    ran
 }
 
 /// Packs a successful build's `$KILN_OUT` into the blob store and keeps it as this session's
@@ -1398,160 +1208,9 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| e.to_string())?
 }
 
-/// Copies the folder `from` to `to` (created): files with their executable bit, folders, and
-/// symbolic links as links.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
-    mirror(from, to, &|src, dst| std::fs::copy(src, dst).map(|_| ()))
-}
-
-/// Makes the folder `deps` hold exactly `layout` (`(output, deps/<category>/<name>)`, sorted
-/// by origin), changing only what differs from what it holds: `deps` is a reused folder
-/// ([`Shared::take_deps`]), and consecutive builds' closures share most packages (those
-/// thousands depend on). A build costs a folder made and removed per package that changed,
-/// not per package of its closure: ext4 makes folders ever slower as more were deleted
-/// recently, and a fresh layout per build made that the slowest part of a large build.
-/// Anything else found in `deps` (a stray file) is removed.
-fn lay_out_deps(deps: &Path, layout: &[(PathBuf, PathBuf)]) -> Result<(), String> {
-    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
-    std::fs::create_dir_all(deps).map_err(|e| err(deps, e))?;
-    let wanted: std::collections::HashSet<&Path> =
-        layout.iter().map(|(_, l)| l.as_path()).collect();
-    let mut present: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
-    for category in std::fs::read_dir(deps).map_err(|e| err(deps, e))? {
-        let category = category.map_err(|e| err(deps, e))?;
-        let cpath = category.path();
-        if !category.file_type().map_err(|e| err(&cpath, e))?.is_dir() {
-            std::fs::remove_file(&cpath).map_err(|e| err(&cpath, e))?;
-            continue;
-        }
-        let mut kept = 0usize;
-        for entry in std::fs::read_dir(&cpath).map_err(|e| err(&cpath, e))? {
-            let entry = entry.map_err(|e| err(&cpath, e))?;
-            let path = entry.path();
-            if wanted.contains(path.as_path()) && entry.file_type().is_ok_and(|t| t.is_dir()) {
-                present.insert(path);
-                kept += 1;
-            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&path).map_err(|e| err(&path, e))?;
-            } else {
-                std::fs::remove_file(&path).map_err(|e| err(&path, e))?;
-            }
-        }
-        if kept == 0 {
-            std::fs::remove_dir(&cpath).map_err(|e| err(&cpath, e))?;
-        }
-    }
-    for (output, link) in layout {
-        if !present.contains(link) {
-            link_tree(output, link)?;
-        }
-    }
-    Ok(())
-}
-
-/// Lays out `from` at `to` (created) with hard links to its files (copies where the file
-/// system cannot link): a dependency's output costs a link per file per dependent instead of
-/// its bytes. Only unconfined builds use it: a sandboxed one sees the outputs bound read-only
-/// at their place instead, without a folder made per dependency and per build.
-fn link_tree(from: &Path, to: &Path) -> Result<(), String> {
-    mirror(from, to, &|src, dst| {
-        std::fs::hard_link(src, dst).or_else(|_| std::fs::copy(src, dst).map(|_| ()))
-    })
-}
-
-fn mirror(
-    from: &Path,
-    to: &Path,
-    file: &dyn Fn(&Path, &Path) -> std::io::Result<()>,
-) -> Result<(), String> {
-    let fail = |path: &Path, e: std::io::Error| format!("{}: {e}", path.display());
-    std::fs::create_dir_all(to).map_err(|e| fail(to, e))?;
-    for entry in std::fs::read_dir(from).map_err(|e| fail(from, e))? {
-        let entry = entry.map_err(|e| fail(from, e))?;
-        let src = entry.path();
-        let dst = to.join(entry.file_name());
-        let ty = entry.file_type().map_err(|e| fail(&src, e))?;
-        if ty.is_dir() {
-            mirror(&src, &dst, file)?;
-        } else if ty.is_symlink() {
-            let target = std::fs::read_link(&src).map_err(|e| fail(&src, e))?;
-            std::os::unix::fs::symlink(&target, &dst).map_err(|e| fail(&dst, e))?;
-        } else if ty.is_file() {
-            file(&src, &dst).map_err(|e| fail(&dst, e))?;
-        } else {
-            return Err(format!(
-                "{}: not a file, folder or symbolic link",
-                src.display()
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(path: &Path, text: &str) {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
-    }
-
-    /// Every file under `dir`, relative, sorted.
-    fn files(dir: &Path) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).unwrap() {
-                let e = e.unwrap();
-                if e.file_type().unwrap().is_dir() {
-                    stack.push(e.path());
-                } else {
-                    let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
-                    out.push(rel);
-                }
-            }
-        }
-        out.sort();
-        out
-    }
-
-    #[test]
-    fn a_reused_deps_folder_is_made_to_hold_exactly_the_new_closure() {
-        let root = tempfile::tempdir().unwrap();
-        let outputs = root.path().join("outputs");
-        for origin in ["a/one", "a/two", "b/three"] {
-            write(&outputs.join(origin).join("lib/file"), origin);
-        }
-        let deps = root.path().join("deps");
-        let layout = |origins: &[&str]| -> Vec<(PathBuf, PathBuf)> {
-            origins
-                .iter()
-                .map(|o| (outputs.join(o), deps.join(o)))
-                .collect()
-        };
-        lay_out_deps(&deps, &layout(&["a/one", "b/three"])).unwrap();
-        assert_eq!(files(&deps), ["a/one/lib/file", "b/three/lib/file"]);
-
-        // A stray file at each level, and an origin no longer wanted: all go; the kept one
-        // is not remade (a marker inside it survives).
-        write(&deps.join("stray"), "x");
-        write(&deps.join("a/stray"), "x");
-        write(&deps.join("a/one/marker"), "kept");
-        lay_out_deps(&deps, &layout(&["a/one", "a/two"])).unwrap();
-        assert_eq!(
-            files(&deps),
-            ["a/one/lib/file", "a/one/marker", "a/two/lib/file"]
-        );
-        assert!(!deps.join("b").exists(), "an emptied category goes");
-        assert_eq!(
-            std::fs::read_to_string(deps.join("a/two/lib/file")).unwrap(),
-            "a/two"
-        );
-
-        lay_out_deps(&deps, &[]).unwrap();
-        assert_eq!(files(&deps), Vec::<String>::new());
-    }
 
     #[test]
     fn sorted_difference_counts_what_is_in_one_list_only() {

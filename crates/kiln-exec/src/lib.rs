@@ -16,6 +16,8 @@
 //! - `envfile` — `$GITHUB_OUTPUT`, `$GITHUB_ENV`, `$GITHUB_PATH` parsing.
 //! - [`logs`](Masker) — secret masking, `::add-mask::`, whole-line log chunks.
 //! - [`hash`](WorkspaceHasher) — `hashFiles()` over the workspace.
+//! - [`package`] — one package build's phases (`fetch`, distfile checks, `build`) and its
+//!   folders, for `kiln build`, the server and remote workers alike.
 //! - [`sandbox`] — bubblewrap confinement for package builds (and later steps): detection at
 //!   start-up, and the `bwrap … --` prefix that confines a command.
 //!
@@ -28,6 +30,7 @@ mod envfile;
 mod hash;
 mod job;
 mod logs;
+pub mod package;
 mod place;
 mod process;
 pub mod relay;

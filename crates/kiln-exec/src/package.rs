@@ -1,0 +1,436 @@
+//! One package build's commands (DESIGN.md "Package trees"), wherever it runs — `kiln
+//! build`, the server's pool, a remote worker: the `fetch` phase, the distfile checks, and the
+//! network-less `build` phase, each `sh -ec COMMAND` under the [`Sandbox`] with a fixed
+//! environment ([`build_env`]), their output into a bounded [`BuildLog`]; and the folder work
+//! around them: the scratch copy ([`copy_tree`]) and the `$KILN_DEPS` layout
+//! ([`lay_out_deps`]).
+//!
+//! Not here: keys, the blob store, history (the engine and the store), the egress proxy that
+//! a confined `fetch` reaches the network through (the caller starts it and passes its socket
+//! in [`FetchNetwork::Relay`]).
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln_core::packages::Distfile;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::sandbox::{Confinement, Network, Sandbox};
+use crate::{CommandEnd, CommandSpec, ExecEvent, Limits, run_command};
+
+/// The `PATH` every build gets, whatever kiln's own: a build must not change with the shell
+/// kiln was started from, and its key does not cover kiln's `PATH`. Name `PATH` among the
+/// toolchain's variables to pass (and key) kiln's own instead.
+pub const BUILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+
+/// At most this much of one build's log is kept (a runaway build must not exhaust memory);
+/// the rest is dropped with a note.
+const MAX_LOG: usize = 64 * 1024 * 1024;
+
+/// Where a confined `fetch` phase reaches the network.
+#[derive(Clone, Copy, Debug)]
+pub enum FetchNetwork<'a> {
+    /// The host's network (unconfined builds, or no egress policy).
+    Host,
+    /// Only through an egress proxy listening on the Unix socket `socket`, which `relay` (the
+    /// kiln binary, `kiln __egress-relay`) carries connections to from inside.
+    Relay { socket: &'a Path, relay: &'a Path },
+}
+
+/// One package's commands and where they run.
+pub struct Phases<'a> {
+    pub fetch: Option<&'a str>,
+    pub distfiles: &'a [Distfile],
+    pub build: &'a str,
+    /// The scratch copy of the package's folder: both phases run here, and may write here.
+    pub src: &'a Path,
+    /// `$KILN_OUT`: writable in `build` only.
+    pub out: &'a Path,
+    /// What both phases see of the host besides `src` (read-only folders, hidden ones).
+    pub base: Confinement,
+    /// The whole environment ([`build_env`]).
+    pub env: &'a [(OsString, OsString)],
+    pub sandbox: &'a Sandbox,
+    pub limits: Limits,
+    pub fetch_network: FetchNetwork<'a>,
+}
+
+/// A build's environment: [`BUILD_PATH`], `HOME` = `src`, `TMPDIR`, the four `KILN_*`
+/// variables, then the toolchain's variables (one named `PATH` replaces the default).
+pub fn build_env(
+    src: &Path,
+    out: &Path,
+    deps: &Path,
+    origin: &str,
+    version: &str,
+    toolchain: &[(String, String)],
+) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = vec![
+        ("PATH".into(), BUILD_PATH.into()),
+        ("HOME".into(), src.into()),
+        ("TMPDIR".into(), "/tmp".into()),
+        ("KILN_PACKAGE".into(), origin.into()),
+        ("KILN_VERSION".into(), version.into()),
+        ("KILN_OUT".into(), out.into()),
+        ("KILN_DEPS".into(), deps.into()),
+    ];
+    env.retain(|(k, _)| !toolchain.iter().any(|(n, _)| k == n.as_str()));
+    env.extend(toolchain.iter().map(|(k, v)| (k.into(), v.into())));
+    env
+}
+
+/// Runs `fetch` (when there is one), checks the distfiles, and runs `build`: the first that
+/// fails ends the build.
+pub async fn run_phases(
+    p: &Phases<'_>,
+    log: &mut BuildLog,
+    cancel: &CancellationToken,
+) -> Result<(), Stop> {
+    if let Some(fetch) = p.fetch {
+        log.line(&format!("fetch: {fetch}"));
+        let confinement = match p.fetch_network {
+            FetchNetwork::Relay { socket, relay } => p.base.clone().egress(socket, relay),
+            FetchNetwork::Host => p.base.clone().network(Network::Allowed),
+        };
+        phase(p, "fetch", fetch, &confinement, log, cancel).await?;
+    }
+    if !p.distfiles.is_empty() {
+        log.line("checking distfiles");
+        let files = p.distfiles.to_vec();
+        let at = p.src.to_owned();
+        let problems = tokio::task::spawn_blocking(move || check_distfiles(&at, &files))
+            .await
+            .map_err(|e| Stop::Failed(format!("kiln could not check the distfiles: {e}")))?;
+        if !problems.is_empty() {
+            for problem in &problems {
+                log.line(problem);
+            }
+            return Err(Stop::Failed(problems.join("; ")));
+        }
+    }
+    log.line(&format!("build: {}", p.build));
+    let confinement = p.base.clone().writable(p.out).network(Network::Denied);
+    phase(p, "build", p.build, &confinement, log, cancel).await
+}
+
+/// One package's log: kiln's own lines and both phases' output, in order, bounded.
+#[derive(Default)]
+pub struct BuildLog {
+    data: Vec<u8>,
+    truncated: bool,
+    /// Where each piece also goes as it comes (a workflow job's live log).
+    tap: Option<mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+impl BuildLog {
+    /// A log whose pieces also go to `tap` as they come.
+    pub fn new(tap: Option<mpsc::UnboundedSender<Vec<u8>>>) -> Self {
+        Self {
+            tap,
+            ..Self::default()
+        }
+    }
+
+    /// Appends output as it came (cut, with a note, past 64 MiB).
+    pub fn push(&mut self, bytes: &[u8]) {
+        if self.truncated {
+            return;
+        }
+        if self.data.len() + bytes.len() > MAX_LOG {
+            let start = self.data.len();
+            let room = MAX_LOG - start;
+            self.data.extend_from_slice(&bytes[..room]);
+            self.data
+                .extend_from_slice(b"\n==> kiln: the log was cut here: it exceeded 64 MiB\n");
+            self.truncated = true;
+            if let Some(tap) = &self.tap {
+                let _ = tap.send(self.data[start..].to_vec());
+            }
+            return;
+        }
+        self.data.extend_from_slice(bytes);
+        if let Some(tap) = &self.tap {
+            let _ = tap.send(bytes.to_vec());
+        }
+    }
+
+    /// Appends one line of kiln's own, as `==> text`.
+    pub fn line(&mut self, text: &str) {
+        self.push(format!("==> {text}\n").as_bytes());
+    }
+
+    /// Everything logged so far.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn into_data(self) -> Vec<u8> {
+        self.data
+    }
+}
+
+/// How a phase or a preparation step ended when it did not succeed.
+#[derive(Debug)]
+pub enum Stop {
+    Failed(String),
+    Cancelled,
+}
+
+/// Runs one phase's command confined, its output into the log.
+async fn phase(
+    p: &Phases<'_>,
+    name: &str,
+    command: &str,
+    confinement: &Confinement,
+    log: &mut BuildLog,
+    cancel: &CancellationToken,
+) -> Result<(), Stop> {
+    if cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
+    let wrapped = p
+        .sandbox
+        .wrap(confinement, "sh", ["-ec", command])
+        .map_err(|e| Stop::Failed(format!("kiln could not confine the {name} phase: {e}")))?;
+    let spec = CommandSpec {
+        program: wrapped.program.to_string_lossy().into_owned(),
+        args: wrapped
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect(),
+        env: p.env.to_vec(),
+        dir: p.src.to_owned(),
+    };
+    let (tx, mut rx) = mpsc::channel::<ExecEvent>(64);
+    // No deadline: a manifest has no timeout, and Ctrl-C ends a build that hangs.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10 * 365 * 86_400);
+    let limits = p.limits;
+    let run = async move {
+        let tx = tx;
+        run_command(&spec, deadline, cancel, limits, &tx).await
+    };
+    let collect = async {
+        while let Some(ev) = rx.recv().await {
+            if let ExecEvent::Log { data, .. } = ev {
+                log.push(&data);
+            }
+        }
+    };
+    let (ended, ()) = tokio::join!(run, collect);
+    match ended {
+        Err(e) => Err(Stop::Failed(format!(
+            "the {name} phase could not start: {e}"
+        ))),
+        Ok(CommandEnd::Exited(status)) if status.success() => Ok(()),
+        Ok(CommandEnd::Exited(status)) => {
+            use std::os::unix::process::ExitStatusExt;
+            Err(Stop::Failed(match (status.code(), status.signal()) {
+                (Some(code), _) => format!("the {name} phase exited with status {code}"),
+                (None, Some(sig)) => format!("the {name} phase was killed by signal {sig}"),
+                _ => format!("the {name} phase failed"),
+            }))
+        }
+        Ok(CommandEnd::Cancelled) => Err(Stop::Cancelled),
+        Ok(CommandEnd::TimedOut) => Err(Stop::Failed(format!("the {name} phase timed out"))),
+    }
+}
+
+/// Every distfile that is missing or does not match its checksum, described.
+pub fn check_distfiles(dir: &Path, files: &[Distfile]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for f in files {
+        let path = dir.join(&f.name);
+        let expected = hex::encode(f.sha256);
+        match sha256_of(&path) {
+            Ok(got) if got == expected => {}
+            Ok(got) => problems.push(format!(
+                "distfile {}: checksum mismatch: expected sha256:{expected}, got sha256:{got}",
+                f.name
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(format!(
+                "distfile {}: missing after the fetch phase",
+                f.name
+            )),
+            Err(e) => problems.push(format!("distfile {}: cannot read: {e}", f.name)),
+        }
+    }
+    problems
+}
+
+fn sha256_of(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Copies the folder `from` to `to` (created): files with their executable bit, folders, and
+/// symbolic links as links.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    mirror(from, to, &|src, dst| std::fs::copy(src, dst).map(|_| ()))
+}
+
+/// Makes the folder `deps` hold exactly `layout` (`(output, deps/<category>/<name>)`, sorted
+/// by origin), changing only what differs from what it holds: `deps` is a reused folder
+/// (the engine reuses its `deps` folders from build to build), and consecutive builds' closures share most packages (those
+/// thousands depend on). A build costs a folder made and removed per package that changed,
+/// not per package of its closure: ext4 makes folders ever slower as more were deleted
+/// recently, and a fresh layout per build made that the slowest part of a large build.
+/// Anything else found in `deps` (a stray file) is removed.
+pub fn lay_out_deps(deps: &Path, layout: &[(PathBuf, PathBuf)]) -> Result<(), String> {
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    std::fs::create_dir_all(deps).map_err(|e| err(deps, e))?;
+    let wanted: std::collections::HashSet<&Path> =
+        layout.iter().map(|(_, l)| l.as_path()).collect();
+    let mut present: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
+    for category in std::fs::read_dir(deps).map_err(|e| err(deps, e))? {
+        let category = category.map_err(|e| err(deps, e))?;
+        let cpath = category.path();
+        if !category.file_type().map_err(|e| err(&cpath, e))?.is_dir() {
+            std::fs::remove_file(&cpath).map_err(|e| err(&cpath, e))?;
+            continue;
+        }
+        let mut kept = 0usize;
+        for entry in std::fs::read_dir(&cpath).map_err(|e| err(&cpath, e))? {
+            let entry = entry.map_err(|e| err(&cpath, e))?;
+            let path = entry.path();
+            if wanted.contains(path.as_path()) && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                present.insert(path);
+                kept += 1;
+            } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&path).map_err(|e| err(&path, e))?;
+            } else {
+                std::fs::remove_file(&path).map_err(|e| err(&path, e))?;
+            }
+        }
+        if kept == 0 {
+            std::fs::remove_dir(&cpath).map_err(|e| err(&cpath, e))?;
+        }
+    }
+    for (output, link) in layout {
+        if !present.contains(link) {
+            link_tree(output, link)?;
+        }
+    }
+    Ok(())
+}
+
+/// Lays out `from` at `to` (created) with hard links to its files (copies where the file
+/// system cannot link): a dependency's output costs a link per file per dependent instead of
+/// its bytes. Only unconfined builds use it: a sandboxed one sees the outputs bound read-only
+/// at their place instead, without a folder made per dependency and per build.
+fn link_tree(from: &Path, to: &Path) -> Result<(), String> {
+    mirror(from, to, &|src, dst| {
+        std::fs::hard_link(src, dst).or_else(|_| std::fs::copy(src, dst).map(|_| ()))
+    })
+}
+
+fn mirror(
+    from: &Path,
+    to: &Path,
+    file: &dyn Fn(&Path, &Path) -> std::io::Result<()>,
+) -> Result<(), String> {
+    let fail = |path: &Path, e: std::io::Error| format!("{}: {e}", path.display());
+    std::fs::create_dir_all(to).map_err(|e| fail(to, e))?;
+    for entry in std::fs::read_dir(from).map_err(|e| fail(from, e))? {
+        let entry = entry.map_err(|e| fail(from, e))?;
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let ty = entry.file_type().map_err(|e| fail(&src, e))?;
+        if ty.is_dir() {
+            mirror(&src, &dst, file)?;
+        } else if ty.is_symlink() {
+            let target = std::fs::read_link(&src).map_err(|e| fail(&src, e))?;
+            std::os::unix::fs::symlink(&target, &dst).map_err(|e| fail(&dst, e))?;
+        } else if ty.is_file() {
+            file(&src, &dst).map_err(|e| fail(&dst, e))?;
+        } else {
+            return Err(format!(
+                "{}: not a file, folder or symbolic link",
+                src.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    /// Every file under `dir`, relative, sorted.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+                    out.push(rel);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_reused_deps_folder_is_made_to_hold_exactly_the_new_closure() {
+        let root = tempfile::tempdir().unwrap();
+        let outputs = root.path().join("outputs");
+        for origin in ["a/one", "a/two", "b/three"] {
+            write(&outputs.join(origin).join("lib/file"), origin);
+        }
+        let deps = root.path().join("deps");
+        let layout = |origins: &[&str]| -> Vec<(PathBuf, PathBuf)> {
+            origins
+                .iter()
+                .map(|o| (outputs.join(o), deps.join(o)))
+                .collect()
+        };
+        lay_out_deps(&deps, &layout(&["a/one", "b/three"])).unwrap();
+        assert_eq!(files(&deps), ["a/one/lib/file", "b/three/lib/file"]);
+
+        // A stray file at each level, and an origin no longer wanted: all go; the kept one
+        // is not remade (a marker inside it survives).
+        write(&deps.join("stray"), "x");
+        write(&deps.join("a/stray"), "x");
+        write(&deps.join("a/one/marker"), "kept");
+        lay_out_deps(&deps, &layout(&["a/one", "a/two"])).unwrap();
+        assert_eq!(
+            files(&deps),
+            ["a/one/lib/file", "a/one/marker", "a/two/lib/file"]
+        );
+        assert!(!deps.join("b").exists(), "an emptied category goes");
+        assert_eq!(
+            std::fs::read_to_string(deps.join("a/two/lib/file")).unwrap(),
+            "a/two"
+        );
+
+        lay_out_deps(&deps, &[]).unwrap();
+        assert_eq!(files(&deps), Vec::<String>::new());
+    }
+}
