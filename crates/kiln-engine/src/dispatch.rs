@@ -318,6 +318,24 @@ pub(crate) enum Command {
     Driving {
         reply: oneshot::Sender<std::collections::HashSet<RunId>>,
     },
+    /// A part of a package job's build that the remote worker holding it uploaded (`false`:
+    /// it does not hold it).
+    PackagePart {
+        owner: String,
+        job: JobId,
+        token: i64,
+        part: PackageParts,
+        reply: oneshot::Sender<bool>,
+    },
+    /// Whether the remote worker holding a package job may fetch the output `digest` (one of
+    /// its `$KILN_DEPS`); `None`: it does not hold the job.
+    PackageDep {
+        owner: String,
+        job: JobId,
+        token: i64,
+        digest: String,
+        reply: oneshot::Sender<Option<bool>>,
+    },
     /// The run of a job a remote worker holds (`None`: it does not hold it).
     Holds {
         owner: String,
@@ -457,6 +475,19 @@ struct JobRec {
     labels: Vec<String>,
     /// The lease owner (`worker:<id>`) of the remote worker running it, if one is.
     remote: Option<String>,
+    /// What the remote worker building it (a package job) has uploaded so far.
+    parts: Option<Box<PackageParts>>,
+    /// A remote worker reported its end, which is being recorded (a package job's history
+    /// row) before the job ends.
+    ending: bool,
+}
+
+/// A package job's output and log as a remote worker uploaded them, for its history row.
+#[derive(Default)]
+pub(crate) struct PackageParts {
+    pub(crate) output: Option<kiln_store::ContentBlob>,
+    /// The log, and its tail.
+    pub(crate) log: Option<(kiln_store::ContentBlob, String)>,
 }
 
 /// What [`Dispatcher::job_inputs`] gives: a job's definition, contexts and environment,
@@ -483,6 +514,8 @@ enum Msg {
     Started(JobId),
     Exec(JobId, ExecEvent),
     Done(JobId, Box<JobOutcome>, Slot),
+    /// A remote worker's package job ended, its history row recorded.
+    RemoteDone(JobId, Box<JobOutcome>),
     /// Runs driven here whose cancellation was asked of another replica (or of the API while
     /// nobody drove them): see [`Dispatcher::ask_for_cancellations`].
     CancelRequested(Vec<RunId>),
@@ -1170,6 +1203,12 @@ impl Dispatcher {
                         Some(Command::Driving { reply }) => {
                             let _ = reply.send(self.driving());
                         }
+                        Some(Command::PackagePart { owner, job, token, part, reply }) => {
+                            let _ = reply.send(self.remote_package_part(&owner, job, token, part));
+                        }
+                        Some(Command::PackageDep { owner, job, token, digest, reply }) => {
+                            let _ = reply.send(self.remote_package_dep(&owner, job, token, &digest));
+                        }
                         Some(Command::Holds { owner, job, token, reply }) => {
                             let _ = reply.send(self.remote_holds(&owner, job, token));
                         }
@@ -1620,6 +1659,7 @@ impl Dispatcher {
                 self.free.push(slot);
                 self.on_done(job, *outcome);
             }
+            Msg::RemoteDone(job, outcome) => self.remote_done(job, *outcome),
             Msg::LeasesMoved(moved) => {
                 for (job, token, lease) in moved {
                     // Only if nothing changed here since the look.
@@ -2310,6 +2350,7 @@ impl Dispatcher {
     /// whose jobs ended earlier (a resumed run) are passed through the schedule at once.
     fn pump_packages(&mut self, run_id: RunId, key: &str) {
         let mut skipped: Vec<(PackageId, PackageId)> = Vec::new();
+        let mut queued = Vec::new();
         {
             let Some(run) = self.runs.get_mut(&run_id) else {
                 return;
@@ -2360,11 +2401,16 @@ impl Dispatcher {
                             job,
                         });
                         pk.in_flight += 1;
+                        queued.push(job);
                     }
                     // Queued again by a resume: already in the ready queue.
                     _ => pk.in_flight += 1,
                 }
             }
+        }
+        // Remote workers may build them too (through the shared queue, on PostgreSQL).
+        for job in queued {
+            self.offer(job);
         }
         self.skip_packages(run_id, key, skipped);
     }
@@ -2844,6 +2890,8 @@ impl JobRec {
             attempts: 0,
             labels: Vec::new(),
             remote: None,
+            parts: None,
+            ending: false,
         }
     }
 }
@@ -2968,12 +3016,22 @@ async fn execute_package(
         ended
     };
     let ((status, outputs, reason), ()) = tokio::join!(build, forward);
+    let outcome = package_outcome(status, outputs, reason);
+    let _ = tx.send(Msg::Done(job, Box::new(outcome), slot));
+}
+
+/// A package job's end as its build's status, outputs and failure reason give it.
+fn package_outcome(
+    status: kiln_store::PackageBuildStatus,
+    outputs: Map<String, Value>,
+    reason: Option<String>,
+) -> JobOutcome {
     let status = match status {
         kiln_store::PackageBuildStatus::Success => JobStatus::Success,
         kiln_store::PackageBuildStatus::Cancelled => JobStatus::Cancelled,
         _ => JobStatus::Failure,
     };
-    let outcome = JobOutcome {
+    JobOutcome {
         status,
         outputs,
         continue_on_error: false,
@@ -2982,8 +3040,7 @@ async fn execute_package(
         } else {
             None
         },
-    };
-    let _ = tx.send(Msg::Done(job, Box::new(outcome), slot));
+    }
 }
 
 /// A `packages:` job's `slots`: at most this many of its packages build at once.

@@ -392,25 +392,6 @@ impl Engine {
             {
                 continue;
             }
-            // Package builds need the server's own pool (its sandbox and package store):
-            // without one they would wait forever.
-            if self.inner.config.slots == 0 {
-                let key = wf
-                    .jobs
-                    .iter()
-                    .find(|(_, j)| j.packages.is_some())
-                    .map_or("", |(k, _)| k.as_str());
-                unplannable.insert(
-                    wf.file.clone(),
-                    format!(
-                        "{}: `jobs.{key}.packages` builds run only on the server's own pool, and \
-                         this server has none (`kiln serve --workers 0`); start it with local \
-                         slots (`--workers N`)",
-                        wf.file
-                    ),
-                );
-                continue;
-            }
             match crate::packages::plan_workflow(
                 &self.inner.store,
                 wf,
@@ -930,6 +911,125 @@ impl Engine {
         Ok(Some(tar))
     }
 
+    /// Keeps a part of the package job `job` that the remote worker `owner` (lease `token`)
+    /// uploaded into the file `file`: its packed output (unpacked with every check of a
+    /// restore, then packed again as kiln packs outputs) or its build log.
+    pub async fn package_part(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+        part: PackagePart,
+        file: &Path,
+    ) -> Result<PartAnswer, EngineError> {
+        if self.job_holder(owner, job, token).await?.is_none() {
+            return Ok(PartAnswer::Lost);
+        }
+        let store = &self.inner.store;
+        let io = |action: &'static str| {
+            let path = file.to_owned();
+            move |source| EngineError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let parts = match part {
+            PackagePart::Output => {
+                let dir = self
+                    .inner
+                    .config
+                    .data_dir
+                    .join("uploads")
+                    .join(format!("output-{}", uuid::Uuid::now_v7()));
+                let (archive, into) = (file.to_owned(), dir.clone());
+                let unpacked = tokio::task::spawn_blocking(move || {
+                    let mut f = std::fs::File::open(&archive)
+                        .map_err(|e| format!("{}: {e}", archive.display()))?;
+                    kiln_store::packages::unpack_output(&mut f, &into).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| EngineError::Usage(format!("failed to unpack an output: {e}")))?;
+                let kept = match unpacked {
+                    Ok(()) => store.store_package_output(&dir).await.map_err(|e| {
+                        EngineError::Usage(format!("failed to keep a package output: {e}"))
+                    }),
+                    Err(e) => {
+                        let _ = tokio::fs::remove_dir_all(&dir).await;
+                        return Ok(PartAnswer::Invalid(e));
+                    }
+                };
+                let _ = tokio::fs::remove_dir_all(&dir).await;
+                dispatch::PackageParts {
+                    output: Some(kept?),
+                    log: None,
+                }
+            }
+            PackagePart::Log => {
+                let bytes = tokio::fs::read(file)
+                    .await
+                    .map_err(io("read an uploaded log"))?;
+                let tail = kiln_store::packages::log_tail(
+                    &bytes,
+                    crate::packages::TAIL_LINES,
+                    crate::packages::TAIL_BYTES,
+                );
+                let blob = store.blobs().put_content(bytes).await?;
+                dispatch::PackageParts {
+                    output: None,
+                    log: Some((blob, tail)),
+                }
+            }
+        };
+        let blob = parts
+            .output
+            .as_ref()
+            .or(parts.log.as_ref().map(|(blob, _)| blob));
+        let kept = blob.map(|b| kiln_proto::workers::PackagePartKept {
+            digest: b.digest.clone(),
+            size: b.size,
+        });
+        let held = self
+            .ask(|reply| Command::PackagePart {
+                owner: owner.to_owned(),
+                job,
+                token,
+                part: parts,
+                reply,
+            })
+            .await?;
+        Ok(match kept {
+            Some(kept) if held => PartAnswer::Kept(kept),
+            _ => PartAnswer::Lost,
+        })
+    }
+
+    /// The packed output `digest` of a dependency of the package job `job`, which the remote
+    /// worker `owner` holds (lease `token`). `Ok(Err(false))`: it does not hold the job;
+    /// `Ok(Err(true))`: no dependency of the job has that output.
+    pub async fn package_dep(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+        digest: &str,
+    ) -> Result<Result<Vec<u8>, bool>, EngineError> {
+        let allowed = self
+            .ask(|reply| Command::PackageDep {
+                owner: owner.to_owned(),
+                job,
+                token,
+                digest: digest.to_owned(),
+                reply,
+            })
+            .await?;
+        match allowed {
+            None => Ok(Err(false)),
+            Some(false) => Ok(Err(true)),
+            Some(true) => Ok(Ok(self.inner.store.blobs().get_content(digest).await?)),
+        }
+    }
+
     /// Sends the dispatcher the command `make` builds around a reply channel; its answer.
     async fn ask<T>(
         &self,
@@ -1207,6 +1307,25 @@ fn engine_owner(data_dir: &Path) -> Result<String, EngineError> {
             Ok(format!("kiln-serve:{id}"))
         }
     }
+}
+
+/// Which part of a package build a remote worker uploads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackagePart {
+    /// `$KILN_OUT`, as a tar archive.
+    Output,
+    /// The build's log.
+    Log,
+}
+
+/// What became of a package part a worker uploaded.
+#[derive(Debug)]
+pub enum PartAnswer {
+    Kept(kiln_proto::workers::PackagePartKept),
+    /// The worker does not hold the job.
+    Lost,
+    /// An output archive that cannot be unpacked safely (why).
+    Invalid(String),
 }
 
 #[cfg(test)]

@@ -38,7 +38,9 @@ use std::path::PathBuf;
 use kiln_core::workflow::Diagnostics;
 
 pub use dispatch::{LocalRun, Progress, RunOutcome, run_local};
-pub use engine::{Engine, EngineConfig, EventTarget, Prepared, Recovery, TriggerRequest};
+pub use engine::{
+    Engine, EngineConfig, EventTarget, PackagePart, PartAnswer, Prepared, Recovery, TriggerRequest,
+};
 
 /// Why the engine could not do what it was asked.
 #[derive(Debug, thiserror::Error)]

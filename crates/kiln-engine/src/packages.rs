@@ -42,7 +42,7 @@ use kiln_core::packages::{
 };
 use kiln_exec::Confinement;
 use kiln_exec::package::{
-    BuildLog, FetchNetwork, Phases, Stop, build_env, copy_tree, lay_out_deps,
+    BuildLog, FetchNetwork, Phases, Stop, blocking, build_env, copy_tree, lay_out_deps,
 };
 /// The sandbox and process limits a build is configured with (in [`BuildOptions`]).
 pub use kiln_exec::{Limits, Sandbox, SandboxError, SandboxMode};
@@ -74,8 +74,8 @@ const FLUSH_ROWS: usize = 1000;
 const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// The log tail kept with each build for summaries.
-const TAIL_LINES: usize = 30;
-const TAIL_BYTES: usize = 8 * 1024;
+pub(crate) const TAIL_LINES: usize = 30;
+pub(crate) const TAIL_BYTES: usize = 8 * 1024;
 
 /// Why a plan or a build could not be made. Messages read after "failed to …" where they are
 /// kiln's own trouble; user errors ([`BuildError::is_user_error`]) name the file, package or
@@ -480,6 +480,9 @@ struct Shared {
     outputs: Vec<OnceCell<PathBuf>>,
     /// Per package: the output blob of its cached build.
     cached_output: Vec<Option<String>>,
+    /// Per package: the output blob of its build in this session, here or on a remote
+    /// worker.
+    built_output: Vec<std::sync::OnceLock<String>>,
     /// Held while a package's commands run (`kiln build`'s slots): its folder is prepared
     /// before and its output stored after, so a slot never waits for kiln's own file work.
     /// `None` where the caller bounds whole builds itself (a workflow's package jobs).
@@ -513,6 +516,13 @@ impl Shared {
             path: self.work.join("deps").join(n.to_string()),
             laid_out: Vec::new(),
         }
+    }
+
+    /// The digest of `p`'s output: its cached build's, or its build's in this session.
+    fn output_digest(&self, p: PackageId) -> Option<&str> {
+        self.cached_output[p.index()]
+            .as_deref()
+            .or_else(|| self.built_output[p.index()].get().map(String::as_str))
     }
 
     fn give_back_deps(&self, deps: DepsDir) {
@@ -559,16 +569,16 @@ struct Job {
 }
 
 /// How one package's task ended.
-struct Done {
-    id: PackageId,
-    status: PackageBuildStatus,
-    reason: Option<String>,
-    started_at: Timestamp,
-    finished_at: Timestamp,
-    duration: Duration,
-    log: Option<ContentBlob>,
-    log_tail: String,
-    output: Option<ContentBlob>,
+pub(crate) struct Done {
+    pub(crate) id: PackageId,
+    pub(crate) status: PackageBuildStatus,
+    pub(crate) reason: Option<String>,
+    pub(crate) started_at: Timestamp,
+    pub(crate) finished_at: Timestamp,
+    pub(crate) duration: Duration,
+    pub(crate) log: Option<ContentBlob>,
+    pub(crate) log_tail: String,
+    pub(crate) output: Option<ContentBlob>,
 }
 
 /// Builds `plan`: every package not cached, `opts.slots` at a time, highest remaining
@@ -681,6 +691,9 @@ async fn start(
         limits: opts.limits,
         outputs: (0..tree.len()).map(|_| OnceCell::new()).collect(),
         cached_output,
+        built_output: (0..tree.len())
+            .map(|_| std::sync::OnceLock::new())
+            .collect(),
         deps_pool: std::sync::Mutex::new(Vec::new()),
         deps_made: std::sync::atomic::AtomicUsize::new(0),
         slots: None,
@@ -1172,6 +1185,7 @@ async fn finish_output(shared: &Shared, job: &Job, dir: &Path) -> Result<Content
         .await
         .map_err(|e| format!("kiln could not keep the output at {}: {e}", kept.display()))?;
     let _ = shared.outputs[job.id.index()].set(kept);
+    let _ = shared.built_output[job.id.index()].set(blob.digest.clone());
     Ok(blob)
 }
 
@@ -1181,7 +1195,7 @@ async fn dependency_output(shared: &Shared, d: PackageId) -> Result<PathBuf, Str
     let origin = shared.tree.origin(d);
     shared.outputs[d.index()]
         .get_or_try_init(|| async {
-            let Some(digest) = &shared.cached_output[d.index()] else {
+            let Some(digest) = shared.output_digest(d) else {
                 return Err(format!(
                     "kiln has no output of the dependency {origin} (it was not built)"
                 ));
@@ -1198,14 +1212,6 @@ async fn dependency_output(shared: &Shared, d: PackageId) -> Result<PathBuf, Str
         })
         .await
         .cloned()
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| e.to_string())?
 }
 
 #[cfg(test)]

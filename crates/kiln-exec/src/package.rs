@@ -83,6 +83,16 @@ pub fn build_env(
     env
 }
 
+/// Runs the file work `f` on the blocking pool (a build's folder work touches thousands of
+/// files); a panic in it comes back as its error.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())?
+}
+
 /// Runs `fetch` (when there is one), checks the distfiles, and runs `build`: the first that
 /// fails ends the build.
 pub async fn run_phases(

@@ -395,6 +395,9 @@ pub struct Sandbox {
     /// The bwrap that passed the probe; `None` when commands run unsandboxed.
     bwrap: Option<PathBuf>,
     warning: Option<String>,
+    /// The mode it was detected with (a remote worker building for this one detects its own
+    /// sandbox with it).
+    mode: SandboxMode,
 }
 
 impl Sandbox {
@@ -403,7 +406,13 @@ impl Sandbox {
         Self {
             bwrap: None,
             warning: None,
+            mode: SandboxMode::Off,
         }
+    }
+
+    /// The mode this sandbox was detected with.
+    pub fn mode(&self) -> SandboxMode {
+        self.mode
     }
 
     /// Finds `bwrap` on kiln's own `PATH` and probes it, then applies `mode`.
@@ -445,11 +454,13 @@ impl Sandbox {
                 Ok(Self {
                     bwrap: Some(bwrap),
                     warning: None,
+                    mode,
                 })
             }
             (Err(e), SandboxMode::Require) => Err(e),
             (Err(e), SandboxMode::Auto) => Ok(Self {
                 bwrap: None,
+                mode,
                 warning: Some(format!(
                     "WARNING: builds run WITHOUT A SANDBOX: {e}. They can write anywhere kiln \
                      can and reach the network in every phase. Make bubblewrap work here, or \
@@ -681,6 +692,7 @@ mod tests {
         let s = Sandbox {
             bwrap: Some("/usr/bin/bwrap".into()),
             warning: None,
+            mode: SandboxMode::Require,
         };
         let dir = tempfile::tempdir().expect("temp dir");
         let missing = dir.path().join("out");

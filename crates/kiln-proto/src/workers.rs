@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::Step;
 
 /// The worker protocol this build speaks.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 kiln_core::typed_id!(
     /// A registered worker.
@@ -112,6 +112,60 @@ pub struct AssignedJob {
     pub masks: Vec<String>,
     /// The event payload (`github.event`).
     pub event: Value,
+    /// A `packages:` job's package: the worker builds it instead of running steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageAssignment>,
+}
+
+/// One package of a `packages:` job to build (DESIGN.md "Package trees"), as `kiln build`
+/// would: a scratch copy of its folder, `fetch`, the distfile checks, then `build` without
+/// the network, under the sandbox mode given. Its output goes back packed
+/// (`PUT /api/v1/worker/{id}/jobs/{job}/package/output`), its log too (`…/package/log`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PackageAssignment {
+    pub origin: String,
+    pub version: String,
+    /// The build's key (hex): what its output is kept under.
+    pub key: String,
+    /// The tree's folder in the job's source, relative (the build sees it read-only).
+    pub tree: String,
+    pub fetch: Option<String>,
+    pub build: String,
+    pub distfiles: Vec<PackageDistfile>,
+    /// `$KILN_DEPS`: every package of the closure, each with the digest of its output (fetch
+    /// it from `GET /api/v1/worker/{id}/jobs/{job}/package/deps/{digest}`).
+    pub deps: Vec<PackageDep>,
+    /// The toolchain's variables (after the fixed ones; one named `PATH` replaces it).
+    pub env: Vec<(String, String)>,
+    /// `auto`, `require` or `off`, as the server builds packages.
+    pub sandbox: String,
+}
+
+/// A distfile the `fetch` phase must leave, with its SHA-256 (hex).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PackageDistfile {
+    pub name: String,
+    pub sha256: String,
+}
+
+/// A package of a build's `$KILN_DEPS` closure: laid out at `$KILN_DEPS/<origin>/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PackageDep {
+    pub origin: String,
+    /// The SHA-256 (hex) of its packed output.
+    pub output: String,
+}
+
+/// What `PUT /api/v1/worker/{id}/jobs/{job}/package/{part}` kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PackagePartKept {
+    /// The SHA-256 (hex) of the kept bytes (an output is packed again, deterministically).
+    pub digest: String,
+    pub size: u64,
 }
 
 /// The answer to a claim.

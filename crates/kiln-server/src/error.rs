@@ -73,6 +73,14 @@ impl ApiError {
             .with_details(json!({ "line": line, "column": column }))
     }
 
+    /// [`ApiError::validation`] of the one field `name`.
+    pub(crate) fn field(name: &str, message: impl Into<String>) -> Self {
+        Self::validation(vec![FieldError {
+            field: name.to_owned(),
+            message: message.into(),
+        }])
+    }
+
     /// JSON of the wrong shape or values out of range; the message names every field.
     pub(crate) fn validation(fields: Vec<FieldError>) -> Self {
         let list: Vec<String> = fields

@@ -93,6 +93,8 @@ use crate::state::AppState;
         workers::heartbeat,
         workers::report,
         workers::source,
+        workers::package_dep,
+        workers::package_part,
         workers::assignment,
         workers::release,
         workers::list,

@@ -30,6 +30,8 @@ pub(crate) struct Context {
     /// The sources and workflows of the last few runs: every job of a run has the same, so
     /// the next job of a run neither fetches nor parses them again.
     pub(crate) runs: Arc<Mutex<RunCache>>,
+    /// The sandboxes package builds run in, detected when first needed.
+    pub(crate) sandboxes: crate::package::Sandboxes,
 }
 
 /// How many runs' sources are kept.
@@ -92,7 +94,53 @@ pub(crate) async fn run(
         cancel.clone(),
         lost.clone(),
     ));
-    let outcome = match prepare(ctx, &a, &dir).await {
+    let outcome = if let Some(pkg) = &a.package {
+        crate::package::build(ctx, &a, pkg, &dir, &tx, &cancel).await
+    } else {
+        steps(ctx, &a, &dir, &tx, &cancel).await
+    };
+    tracing::info!(job = %a.job, status = %outcome.status, "job ended");
+    let _ = tx.send(ReportEvent::Done {
+        status: outcome.status,
+        outputs: outcome.outputs,
+        error: outcome.error,
+        continue_on_error: outcome.continue_on_error,
+    });
+    drop(tx);
+    let _ = reporter.await;
+    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+}
+
+/// A log chunk of step `step` as a report: text, with the exact bytes as well where they
+/// are not UTF-8.
+pub(crate) fn log_event(step: u32, data: Vec<u8>) -> ReportEvent {
+    match String::from_utf8(data) {
+        Ok(text) => ReportEvent::Log {
+            step,
+            data: text,
+            bytes: None,
+        },
+        Err(e) => {
+            use base64::Engine as _;
+            let raw = e.into_bytes();
+            ReportEvent::Log {
+                step,
+                data: String::from_utf8_lossy(&raw).into_owned(),
+                bytes: Some(base64::engine::general_purpose::STANDARD.encode(&raw)),
+            }
+        }
+    }
+}
+
+/// Runs the steps of `a` in `dir`, reporting as they go.
+async fn steps(
+    ctx: &Context,
+    a: &AssignedJob,
+    dir: &Path,
+    tx: &mpsc::UnboundedSender<ReportEvent>,
+    cancel: &CancellationToken,
+) -> JobOutcome {
+    match prepare(ctx, a, dir).await {
         Ok(spec) => {
             let _ = tx.send(ReportEvent::Started);
             let (etx, mut erx) = mpsc::channel::<ExecEvent>(256);
@@ -102,24 +150,7 @@ pub(crate) async fn run(
                     while let Some(ev) = erx.recv().await {
                         let event = match ev {
                             ExecEvent::StepStarted { .. } => continue,
-                            ExecEvent::Log { index, data } => match String::from_utf8(data) {
-                                Ok(text) => ReportEvent::Log {
-                                    step: index,
-                                    data: text,
-                                    bytes: None,
-                                },
-                                Err(e) => {
-                                    use base64::Engine as _;
-                                    let raw = e.into_bytes();
-                                    ReportEvent::Log {
-                                        step: index,
-                                        data: String::from_utf8_lossy(&raw).into_owned(),
-                                        bytes: Some(
-                                            base64::engine::general_purpose::STANDARD.encode(&raw),
-                                        ),
-                                    }
-                                }
-                            },
+                            ExecEvent::Log { index, data } => log_event(index, data),
                             ExecEvent::StepFinished { step } => ReportEvent::Step { step },
                         };
                         let _ = tx.send(event);
@@ -140,17 +171,7 @@ pub(crate) async fn run(
             continue_on_error: false,
             error: Some(error),
         },
-    };
-    tracing::info!(job = %a.job, status = %outcome.status, "job ended");
-    let _ = tx.send(ReportEvent::Done {
-        status: outcome.status,
-        outputs: outcome.outputs,
-        error: outcome.error,
-        continue_on_error: outcome.continue_on_error,
-    });
-    drop(tx);
-    let _ = reporter.await;
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await;
+    }
 }
 
 /// The job's folder with its source unpacked, and what the executor needs.
@@ -161,41 +182,7 @@ async fn prepare(ctx: &Context, a: &AssignedJob, dir: &Path) -> Result<JobSpec, 
         std::fs::create_dir_all(d)
             .map_err(|e| format!("failed to make the job's folder {}: {e}", d.display()))?;
     }
-    let cached = ctx.runs.lock().ok().and_then(|c| c.source(a.run));
-    let tar = match cached {
-        Some(tar) => tar,
-        None => {
-            let tar = ctx
-                .api
-                .get_bytes(
-                    &format!(
-                        "/api/v1/worker/{}/jobs/{}/source?token={}",
-                        ctx.worker, a.job, a.token
-                    ),
-                    Duration::from_secs(300),
-                )
-                .await
-                .map_err(|e| format!("failed to fetch the job's source: {}", describe(&e)))?;
-            let tar = Arc::new(tar);
-            if let Ok(mut c) = ctx.runs.lock() {
-                c.keep_source(a.run, tar.clone());
-            }
-            tar
-        }
-    };
-    let into = workspace.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut archive = tar::Archive::new(&tar[..]);
-        archive.set_preserve_permissions(true);
-        archive.set_overwrite(true);
-        // `unpack` writes nothing outside `into` (entries with `..` or absolute paths are
-        // refused).
-        archive.unpack(&into)
-    })
-    .await
-    .map_err(|e| format!("failed to unpack the job's source: {e}"))?
-    .map_err(|e| format!("failed to unpack the job's source: {e}"))?;
-
+    unpack_source(ctx, a, &workspace).await?;
     let cached = ctx
         .runs
         .lock()
@@ -263,7 +250,50 @@ async fn prepare(ctx: &Context, a: &AssignedJob, dir: &Path) -> Result<JobSpec, 
     })
 }
 
-fn describe(a: &Answer) -> String {
+/// The job's source (the run's, fetched once per run) unpacked into `workspace`.
+pub(crate) async fn unpack_source(
+    ctx: &Context,
+    a: &AssignedJob,
+    workspace: &Path,
+) -> Result<(), String> {
+    let cached = ctx.runs.lock().ok().and_then(|c| c.source(a.run));
+    let tar = match cached {
+        Some(tar) => tar,
+        None => {
+            let tar = ctx
+                .api
+                .get_bytes(
+                    &format!(
+                        "/api/v1/worker/{}/jobs/{}/source?token={}",
+                        ctx.worker, a.job, a.token
+                    ),
+                    Duration::from_secs(300),
+                )
+                .await
+                .map_err(|e| format!("failed to fetch the job's source: {}", describe(&e)))?;
+            let tar = Arc::new(tar);
+            if let Ok(mut c) = ctx.runs.lock() {
+                c.keep_source(a.run, tar.clone());
+            }
+            tar
+        }
+    };
+    let into = workspace.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut archive = tar::Archive::new(&tar[..]);
+        archive.set_preserve_permissions(true);
+        archive.set_overwrite(true);
+        // `unpack` writes nothing outside `into` (entries with `..` or absolute paths are
+        // refused).
+        archive.unpack(&into)
+    })
+    .await
+    .map_err(|e| format!("failed to unpack the job's source: {e}"))?
+    .map_err(|e| format!("failed to unpack the job's source: {e}"))?;
+    Ok(())
+}
+
+pub(crate) fn describe(a: &Answer) -> String {
     match a {
         Answer::Refused { code, message, .. } => format!("{code}: {message}"),
         Answer::Failed(m) => m.clone(),

@@ -15,6 +15,7 @@
 
 mod artifacts;
 mod job;
+mod package;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -364,6 +365,7 @@ pub async fn run_worker(
         work_dir: config.work_dir.clone(),
         lease,
         runs: Arc::default(),
+        sandboxes: Arc::default(),
     };
     // One server: a long poll. Several: each asked without waiting, starting with the one that
     // last gave jobs (a few times in a row at most, so that the others are asked too); only

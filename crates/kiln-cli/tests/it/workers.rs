@@ -423,3 +423,118 @@ fn workers_keep_artifacts_on_the_servers_s3_and_download_them() {
     assert_eq!(String::from_utf8_lossy(&body.stdout), "tool-1.4.0");
     assert_eq!(s.stop(), 0);
 }
+
+const PORTS: &str = r#"
+name: ci
+on: workflow_dispatch
+jobs:
+  ports:
+    runs-on: linux
+    packages:
+      tree: tree
+"#;
+
+const BASE: &str = "version = \"1.0\"\nbuild = 'mkdir -p \"$KILN_OUT/lib\"; echo base-1 > \"$KILN_OUT/lib/base\"'\n";
+const ONE: &str = "version = \"2.0\"\ndepends = [\"lib/base\"]\nbuild = 'cp \"$KILN_DEPS/lib/base/lib/base\" \"$KILN_OUT/from-base\"; ln -s from-base \"$KILN_OUT/link\"'\n";
+
+/// `app/top` reads both of its `$KILN_DEPS` (one of them transitive) and says what it saw.
+fn top(version: &str) -> String {
+    format!(
+        "version = \"{version}\"\ndepends = [\"app/one\"]\nbuild = 'echo \"top saw $(cat \"$KILN_DEPS/app/one/link\") and $(cat \"$KILN_DEPS/lib/base/lib/base\") on $(hostname)\"; touch \"$KILN_OUT/ok\"'\n"
+    )
+}
+
+/// `kiln build history ORIGIN --format json` on the server's data dir: its newest build.
+fn newest_build(p: &Project, origin: &str) -> Value {
+    let data = p.data_dir();
+    let out = crate::serve::run(
+        p,
+        &[
+            "build",
+            "history",
+            origin,
+            "--format",
+            "json",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    out.json()["builds"][0].clone()
+}
+
+/// A `packages:` job on a server without a pool of its own (`--workers 0`): a remote worker
+/// builds every package, each dependent seeing its `$KILN_DEPS` closure laid out from the
+/// outputs the server kept (built on the worker in the same run, or cached from an earlier
+/// one); the builds land in the package history with their logs, and a run with nothing
+/// changed builds nothing.
+#[test]
+fn a_remote_worker_builds_a_package_tree_in_dependency_order() {
+    let p = Project::new()
+        .workflow("ci.yml", PORTS)
+        .file("tree/lib/base/kiln-package.toml", BASE)
+        .file("tree/app/one/kiln-package.toml", ONE)
+        .file("tree/app/top/kiln-package.toml", &top("1"));
+    let s = Served::from_command(&mut serve_for_workers(&p, "127.0.0.1:0"));
+    let (admin, token) = first_start(&s, &p);
+    let w = Worker::start(&p, &s, &token, "builder", "linux", &[]);
+
+    let run = trigger_ci(&s, &p, &admin);
+    let r = wait_run(&s, &admin, &run, Duration::from_secs(120));
+    assert_eq!(r["status"], "success", "{r:#}");
+    let names: std::collections::BTreeSet<&str> = r["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["matrix"]["package"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["app/one", "app/top", "lib/base"]
+    );
+    // All three on the worker.
+    let log = get(
+        &s,
+        &admin,
+        &format!("/api/v1/workers/{}/log?limit=100", w.id),
+    );
+    let leased = log["data"]["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "job.leased")
+        .count();
+    assert_eq!(leased, 3, "{log:#}");
+    let top_build = newest_build(&p, "app/top");
+    assert_eq!(top_build["status"], "success", "{top_build:#}");
+    let text = std::fs::read_to_string(top_build["log_path"].as_str().unwrap()).unwrap();
+    assert!(text.contains("top saw base-1 and base-1"), "{text}");
+    assert!(text.contains("==> build: "), "{text}");
+    // The job's log is the build's.
+    let top_job = r["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["matrix"]["package"] == "app/top")
+        .unwrap();
+    assert_eq!(top_job["outputs"]["output"], top_build["output"]["digest"]);
+
+    // Nothing changed: everything is cached, nothing is built.
+    let again = trigger_ci(&s, &p, &admin);
+    let r = wait_run(&s, &admin, &again, Duration::from_secs(60));
+    assert_eq!(r["status"], "success", "{r:#}");
+    assert_eq!(r["jobs"].as_array().map(Vec::len), Some(0), "{r:#}");
+
+    // One package changed: only it builds, from its dependencies' cached outputs.
+    let p = p.file("tree/app/top/kiln-package.toml", &top("2"));
+    let third = trigger_ci(&s, &p, &admin);
+    let r = wait_run(&s, &admin, &third, Duration::from_secs(60));
+    assert_eq!(r["status"], "success", "{r:#}");
+    let jobs = r["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{r:#}");
+    assert_eq!(jobs[0]["matrix"]["package"], "app/top");
+    let rebuilt = newest_build(&p, "app/top");
+    assert_eq!(rebuilt["version"], "2");
+    let text = std::fs::read_to_string(rebuilt["log_path"].as_str().unwrap()).unwrap();
+    assert!(text.contains("top saw base-1 and base-1"), "{text}");
+}

@@ -5,14 +5,18 @@
 //! to cancel or which it lost. A remote lease that expires (the worker died or was cut off)
 //! sends the job back to the queue with attempt + 1, or fails it when its attempts are spent.
 
+use std::sync::Arc;
+
 use kiln_core::ids::{JobId, JobStatus, RunId};
+use kiln_core::packages::PackageId;
 use kiln_exec::{ExecEvent, JobOutcome};
 use kiln_proto::workers::{AssignedJob, HeldJob, ReportEvent};
-use kiln_store::{ExpiredLease, Op};
+use kiln_store::{ExpiredLease, Op, PackageBuildStatus};
 use serde_json::Value;
 
-use super::{Dispatcher, Ready, now};
+use super::{Dispatcher, Msg, PackageParts, Ready, now, package_outcome};
 use crate::EngineError;
+use crate::packages::PackageSet;
 
 /// What became of a job a remote worker leased from the shared queue, when it asked the
 /// dispatcher for its details.
@@ -20,8 +24,8 @@ use crate::EngineError;
 pub(crate) enum Adoption {
     /// Now the worker's: what it needs to run it.
     Assigned(Box<AssignedJob>),
-    /// Not to be run remotely (a package build, or the dispatcher is shutting down): the
-    /// lease should be given back.
+    /// Not to be run remotely now (the dispatcher is shutting down, or a package job whose
+    /// dependencies' outputs are not known): the lease should be given back.
     Refused,
     /// Ended here already (cancelled while the worker's lease was being taken): the lease
     /// should end the job as cancelled.
@@ -102,6 +106,10 @@ impl Dispatcher {
         let token = rec.token?;
         let inputs = self.job_inputs(job)?;
         let run = self.runs.get(&rec.run)?;
+        let package = match self.package_of(job) {
+            Some((set, p)) => Some(set.assignment(p)?),
+            None => None,
+        };
         let event = run
             .base
             .get("github")
@@ -120,17 +128,131 @@ impl Dispatcher {
             env: inputs.env,
             masks: inputs.masks,
             event,
+            package,
         })
     }
 
-    /// Whether a remote worker may run `job` (package builds need the server's tree and blob
-    /// store: its own pool's).
+    /// The package set and package of a `packages:` job.
+    fn package_of(&self, job: JobId) -> Option<(&Arc<PackageSet>, PackageId)> {
+        let rec = self.jobs.get(&job)?;
+        let set = self.runs.get(&rec.run)?.spec.packages.get(&rec.key)?;
+        Some((set, set.package_of(&rec.matrix)?))
+    }
+
+    /// Whether a remote worker may run `job`: any job of a run driven here (a package job
+    /// too: the worker fetches its dependencies' outputs and uploads its own).
     pub(super) fn remote_eligible(&self, job: JobId) -> bool {
-        self.jobs.get(&job).is_some_and(|rec| {
-            self.runs
-                .get(&rec.run)
-                .is_some_and(|r| !r.spec.packages.contains_key(&rec.key))
-        })
+        self.jobs
+            .get(&job)
+            .is_some_and(|rec| self.runs.contains_key(&rec.run))
+    }
+
+    /// Keeps what the worker `owner` uploaded of the package job it holds (`false`: it does
+    /// not hold it).
+    pub(super) fn remote_package_part(
+        &mut self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+        part: PackageParts,
+    ) -> bool {
+        if self.remote_holds(owner, job, token).is_none() || self.package_of(job).is_none() {
+            return false;
+        }
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return false;
+        };
+        let parts = rec.parts.get_or_insert_with(Box::default);
+        if part.output.is_some() {
+            parts.output = part.output;
+        }
+        if part.log.is_some() {
+            parts.log = part.log;
+        }
+        true
+    }
+
+    /// Whether the worker `owner`, holding the package job `job`, may fetch the output
+    /// `digest`; `None`: it does not hold the job.
+    pub(super) fn remote_package_dep(
+        &self,
+        owner: &str,
+        job: JobId,
+        token: i64,
+        digest: &str,
+    ) -> Option<bool> {
+        self.remote_holds(owner, job, token)?;
+        Some(
+            self.package_of(job)
+                .is_some_and(|(set, p)| set.is_dependency_output(p, digest)),
+        )
+    }
+
+    /// A remote worker's end of the package job `job`: its history row is recorded first (in
+    /// a task: the dispatcher does not wait on the store), then the job ends (`Msg::RemoteDone`),
+    /// as a build of the local pool records its row before its job ends — so the run cannot end,
+    /// and close its package set, before the row is in. The output is known at once to the
+    /// dependents this end will let start. The job's outputs are the server's (`key`, and the
+    /// `output` it kept), whatever the worker said. `Err(outcome)`: not a package job.
+    fn remote_package_done(
+        &mut self,
+        job: JobId,
+        mut outcome: JobOutcome,
+    ) -> Result<(), JobOutcome> {
+        let Some((set, p)) = self.package_of(job).map(|(s, p)| (s.clone(), p)) else {
+            return Err(outcome);
+        };
+        let Some(rec) = self.jobs.get_mut(&job) else {
+            return Err(outcome);
+        };
+        if rec.ending {
+            // The same end reported again (its first answer was lost): recorded once.
+            return Ok(());
+        }
+        rec.ending = true;
+        let parts = rec.parts.take().map(|b| *b).unwrap_or_default();
+        let took = rec.started.map(|at| at.elapsed()).unwrap_or_default();
+        let mut status = match outcome.status {
+            JobStatus::Success => PackageBuildStatus::Success,
+            JobStatus::Cancelled => PackageBuildStatus::Cancelled,
+            _ => PackageBuildStatus::Failure,
+        };
+        let mut reason = outcome.error.take();
+        if status == PackageBuildStatus::Success && parts.output.is_none() {
+            status = PackageBuildStatus::Failure;
+            reason = Some("the worker sent no output for the package".to_owned());
+        }
+        let output = parts
+            .output
+            .filter(|_| status == PackageBuildStatus::Success);
+        if let Some(out) = &output {
+            set.note_output(p, &out.digest);
+        }
+        let finished_at = jiff::Timestamp::now();
+        let (log, log_tail) = match parts.log {
+            Some((blob, tail)) => (Some(blob), tail),
+            None => (None, String::new()),
+        };
+        let done = crate::packages::Done {
+            id: p,
+            status,
+            reason,
+            started_at: finished_at - jiff::SignedDuration::try_from(took).unwrap_or_default(),
+            finished_at,
+            duration: took,
+            log,
+            log_tail,
+            output,
+        };
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let (status, outputs, reason) = set.record(p, done).await;
+            let _ = tx.send(Msg::RemoteDone(
+                job,
+                Box::new(package_outcome(status, outputs, reason)),
+            ));
+        });
+        Ok(())
     }
 
     /// The remote worker `owner` leased `job` (`token`) from the shared queue, through this
@@ -241,22 +363,28 @@ impl Dispatcher {
                             "a job cannot end `{status}`"
                         )));
                     }
-                    self.on_done(
-                        job,
-                        JobOutcome {
-                            status,
-                            outputs,
-                            continue_on_error,
-                            error,
-                        },
-                    );
-                    if let Some(rec) = self.jobs.get_mut(&job) {
-                        rec.remote = None;
+                    let ended = JobOutcome {
+                        status,
+                        outputs,
+                        continue_on_error,
+                        error,
+                    };
+                    if let Err(outcome) = self.remote_package_done(job, ended) {
+                        self.remote_done(job, outcome);
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    /// A remote worker's job ended as `outcome`.
+    pub(super) fn remote_done(&mut self, job: JobId, outcome: JobOutcome) {
+        self.on_done(job, outcome);
+        if let Some(rec) = self.jobs.get_mut(&job) {
+            rec.remote = None;
+            rec.ending = false;
+        }
     }
 
     /// The project files of `job`, when the worker `owner` holds its lease `token`.

@@ -23,8 +23,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    BuildError, BuildOptions, BuildPlan, FetchEgress, Job, Sandbox, Shared, Start, begin_session,
-    execute, plan, start,
+    BuildError, BuildOptions, BuildPlan, Done, FetchEgress, Job, Sandbox, Shared, Start,
+    begin_session, execute, plan, start,
 };
 use kiln_store::Store;
 
@@ -34,6 +34,8 @@ pub type WorkflowPackages = Arc<HashMap<String, Arc<PackageSet>>>;
 /// One `packages:` job's planned tree: what its package jobs build and share.
 pub struct PackageSet {
     shared: Arc<Shared>,
+    /// The tree's folder in the run's files, relative (`jobs.<id>.packages.tree`).
+    tree_dir: String,
     plan: BuildPlan,
     session: BuildSessionId,
     /// Critical-path priority per package (weighted by the last durations).
@@ -65,9 +67,15 @@ pub async fn plan_workflow(
 ) -> Result<WorkflowPackages, BuildError> {
     let mut out = HashMap::new();
     for (key, planned, opts) in plan_jobs(store, wf, root, data_dir, sandbox, fetch_egress).await? {
+        let tree_dir = wf
+            .jobs
+            .get(&key)
+            .and_then(|j| j.packages.as_ref())
+            .map(|p| p.tree.clone())
+            .unwrap_or_default();
         out.insert(
             key,
-            Arc::new(PackageSet::begin(store, planned, &opts).await?),
+            Arc::new(PackageSet::begin(store, planned, &opts, tree_dir).await?),
         );
     }
     Ok(Arc::new(out))
@@ -158,6 +166,7 @@ impl PackageSet {
         store: &Store,
         plan: BuildPlan,
         opts: &BuildOptions,
+        tree_dir: String,
     ) -> Result<Self, BuildError> {
         let (session, work) = begin_session(store, &plan, opts).await?;
         let Start {
@@ -165,6 +174,7 @@ impl PackageSet {
         } = start(store, &plan, opts, &work).await?;
         Ok(Self {
             shared,
+            tree_dir,
             plan,
             session,
             priorities,
@@ -277,10 +287,20 @@ impl PackageSet {
             expected: None,
         };
         let done = execute(self.shared.clone(), job, cancel, Some(log)).await;
-        let mut outputs = Map::new();
-        outputs.insert("key".into(), key.clone().into());
+        self.record(p, done).await
+    }
+
+    /// Records the build of `p` that ended as `done` (here, or on a remote worker) in the
+    /// history: the job's status, outputs (`key`, and `output` on success) and failure reason.
+    pub(crate) async fn record(
+        &self,
+        p: PackageId,
+        done: Done,
+    ) -> (PackageBuildStatus, Map<String, Value>, Option<String>) {
+        let key = self.plan.key(p).to_hex();
+        let outputs = self.outputs_of(p, done.output.as_ref());
         if let Some(out) = &done.output {
-            outputs.insert("output".into(), out.digest.clone().into());
+            self.note_output(p, &out.digest);
         }
         let row = PackageBuild {
             id: PackageBuildId::new(),
@@ -315,6 +335,73 @@ impl PackageSet {
             }
         }
         (status, outputs, reason)
+    }
+
+    /// A package job's outputs: `key`, and `output` (the digest of its packed `$KILN_OUT`)
+    /// when it built one.
+    pub(crate) fn outputs_of(
+        &self,
+        p: PackageId,
+        output: Option<&kiln_store::ContentBlob>,
+    ) -> Map<String, Value> {
+        let mut outputs = Map::new();
+        outputs.insert("key".into(), self.plan.key(p).to_hex().into());
+        if let Some(out) = output {
+            outputs.insert("output".into(), out.digest.clone().into());
+        }
+        outputs
+    }
+
+    /// Notes that `p` was built in this session with the output `digest` (on a remote
+    /// worker): its dependents may use it from now on.
+    pub(crate) fn note_output(&self, p: PackageId, digest: &str) {
+        let _ = self.shared.built_output[p.index()].set(digest.to_owned());
+    }
+
+    /// What a remote worker needs to build `p` as this set would (`None` while a package of
+    /// its `$KILN_DEPS` closure has no output: it cannot be built yet).
+    pub fn assignment(&self, p: PackageId) -> Option<kiln_proto::workers::PackageAssignment> {
+        use kiln_proto::workers::{PackageAssignment, PackageDep, PackageDistfile};
+        let tree = self.tree();
+        let pkg = tree.package(p);
+        let deps = DepsWalker::new(tree.graph())
+            .kiln_deps(p)
+            .iter()
+            .map(|&d| {
+                Some(PackageDep {
+                    origin: tree.origin(d).to_owned(),
+                    output: self.shared.output_digest(d)?.to_owned(),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(PackageAssignment {
+            origin: tree.origin(p).to_owned(),
+            version: pkg.version.clone(),
+            key: self.plan.key(p).to_hex(),
+            tree: self.tree_dir.clone(),
+            fetch: pkg.fetch.clone(),
+            build: pkg.build.clone(),
+            distfiles: pkg
+                .distfiles
+                .iter()
+                .map(|d| PackageDistfile {
+                    name: d.name.clone(),
+                    sha256: hex::encode(d.sha256),
+                })
+                .collect(),
+            deps,
+            env: self.shared.env.clone(),
+            sandbox: self.shared.sandbox.mode().as_str().to_owned(),
+        })
+    }
+
+    /// Whether `digest` is the output of a package of `p`'s `$KILN_DEPS` closure (what a
+    /// worker building `p` may fetch).
+    pub fn is_dependency_output(&self, p: PackageId, digest: &str) -> bool {
+        DepsWalker::new(self.tree().graph())
+            .kiln_deps(p)
+            .iter()
+            .any(|&d| self.shared.output_digest(d) == Some(digest))
     }
 
     /// Ends the set once its run has ended: the rows of packages without a build of their

@@ -42,13 +42,6 @@ fn artifact_not_found(id: &str) -> ApiError {
     ApiError::not_found("ARTIFACT_NOT_FOUND", format!("no artifact `{id}`"))
 }
 
-fn field(name: &str, message: impl Into<String>) -> ApiError {
-    ApiError::validation(vec![FieldError {
-        field: name.to_owned(),
-        message: message.into(),
-    }])
-}
-
 fn objects(state: &AppState) -> Result<&ArtifactStore, ApiError> {
     Ok(state.engine().ok_or_else(engine_unavailable)?.artifacts())
 }
@@ -102,7 +95,7 @@ pub(crate) async fn list(
         "project", "run", "job", "name", "version", "sha256", "label", "before", "limit",
     ];
     if let Some(unknown) = q.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(field(
+        return Err(ApiError::field(
             unknown,
             format!("unknown parameter; the filters are {}", KNOWN.join(", ")),
         ));
@@ -112,7 +105,7 @@ pub(crate) async fn list(
         q.get(key)
             .map(|v| {
                 v.parse::<uuid::Uuid>()
-                    .map_err(|_| field(key, format!("`{v}` is not an id")))
+                    .map_err(|_| ApiError::field(key, format!("`{v}` is not an id")))
             })
             .transpose()
     };
@@ -120,7 +113,10 @@ pub(crate) async fn list(
     if let Some(text) = q.get("label") {
         for pair in text.split(',').filter(|p| !p.is_empty()) {
             let Some((k, v)) = pair.split_once('=') else {
-                return Err(field("label", format!("`{pair}` is not `key=value`")));
+                return Err(ApiError::field(
+                    "label",
+                    format!("`{pair}` is not `key=value`"),
+                ));
             };
             labels.push((k.to_owned(), v.to_owned()));
         }
@@ -128,7 +124,10 @@ pub(crate) async fn list(
     if let Some(sha) = q.get("sha256")
         && !is_sha256(sha)
     {
-        return Err(field("sha256", format!("`{sha}` is not a SHA-256")));
+        return Err(ApiError::field(
+            "sha256",
+            format!("`{sha}` is not a SHA-256"),
+        ));
     }
     let filter = ArtifactFilter {
         project: q.get("project").cloned(),
@@ -356,13 +355,13 @@ pub(crate) async fn dependencies(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Data<Vec<Dependency>>, ApiError> {
     if let Some(unknown) = q.keys().find(|k| !matches!(k.as_str(), "name" | "version")) {
-        return Err(field(
+        return Err(ApiError::field(
             unknown,
             "unknown parameter; give `name` and maybe `version`",
         ));
     }
     let Some(name) = q.get("name").filter(|n| !n.is_empty()) else {
-        return Err(field("name", "the dependency's name is required"));
+        return Err(ApiError::field("name", "the dependency's name is required"));
     };
     enum Want {
         Any,
@@ -372,7 +371,7 @@ pub(crate) async fn dependencies(
     let want = match q.get("version").filter(|v| !v.is_empty()) {
         None => Want::Any,
         Some(v) if is_requirement(v) => Want::Req(semver::VersionReq::parse(v).map_err(|e| {
-            field(
+            ApiError::field(
                 "version",
                 format!("`{v}` is neither a version nor a requirement: {e}"),
             )
@@ -624,7 +623,7 @@ pub(crate) async fn worker_put_blob(
 ) -> Result<Data<StoredBlobView>, ApiError> {
     held(&state, &id, &job, &q).await?;
     if !is_sha256(&sha256) {
-        return Err(field("sha256", "must be 64 hexadecimal digits"));
+        return Err(ApiError::field("sha256", "must be 64 hexadecimal digits"));
     }
     let sha256 = sha256.to_ascii_lowercase();
     let folder = state.config().data_dir.join("uploads");
@@ -632,7 +631,7 @@ pub(crate) async fn worker_put_blob(
         .await
         .map_err(ApiError::internal)?;
     let path = folder.join(format!("{}.part", uuid::Uuid::now_v7()));
-    let result = receive(body, &path, &sha256).await;
+    let result = receive(body, &path, Some(&sha256)).await;
     let stored = match result {
         Ok(()) => objects(&state)?
             .put_file(&path)
@@ -648,8 +647,12 @@ pub(crate) async fn worker_put_blob(
     }))
 }
 
-/// Writes a request body to `path`, checking it hashes to `sha256`.
-async fn receive(body: Body, path: &std::path::Path, sha256: &str) -> Result<(), ApiError> {
+/// Writes a request body to `path`, checking it hashes to `sha256` when one is given.
+pub(crate) async fn receive(
+    body: Body,
+    path: &std::path::Path,
+    sha256: Option<&str>,
+) -> Result<(), ApiError> {
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(ApiError::internal)?;
@@ -663,7 +666,9 @@ async fn receive(body: Body, path: &std::path::Path, sha256: &str) -> Result<(),
     }
     file.flush().await.map_err(ApiError::internal)?;
     let got = hex::encode(hasher.finalize());
-    if got != sha256 {
+    if let Some(sha256) = sha256
+        && got != sha256
+    {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "DIGEST_MISMATCH",

@@ -15,7 +15,7 @@ use kiln_store::{HookChange, generate_secret};
 
 use crate::auth::{Caller, Maintainer};
 use crate::envelope::Data;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::routes::projects::{lookup, refuse_archived};
 use crate::state::AppState;
@@ -113,7 +113,7 @@ pub(crate) async fn rotate(
     let current = lookup(&state, &caller, &id).await?;
     refuse_archived(&current)?;
     if let Some(value) = &req.value {
-        check_hook_secret(value).map_err(|m| field("value", m))?;
+        check_hook_secret(value).map_err(|m| ApiError::field("value", m))?;
     }
     let new_secret = match (req.value, req.secret) {
         (Some(v), _) => Some(v),
@@ -129,11 +129,11 @@ pub(crate) async fn rotate(
     let settings = state.store().set_hook(pid, &change).await?.ok_or_else(|| {
         refuse_archived(&current)
             .err()
-            .unwrap_or_else(|| field(".", "the project is gone"))
+            .unwrap_or_else(|| ApiError::field(".", "the project is gone"))
     })?;
     tracing::info!(project = %pid, by = %caller.id, new_hook_id = change.new_hook_id, new_secret = change.secret.is_some(), "project hook rotated");
     let Some(secret) = settings.secret else {
-        return Err(field(
+        return Err(ApiError::field(
             "secret",
             "the project has no secret yet: leave `secret` out (or true) to draw one",
         ));
@@ -146,11 +146,4 @@ pub(crate) async fn rotate(
         hook_id: settings.hook_id,
         secret,
     }))
-}
-
-fn field(name: &str, message: impl Into<String>) -> ApiError {
-    ApiError::validation(vec![FieldError {
-        field: name.to_owned(),
-        message: message.into(),
-    }])
 }

@@ -139,6 +139,10 @@ pub(crate) fn api() -> Router<AppState> {
             "/api/v1/worker/{id}/jobs/{job}/blobs/{sha256}",
             get(artifacts::worker_get_blob),
         )
+        .route(
+            "/api/v1/worker/{id}/jobs/{job}/package/deps/{digest}",
+            get(workers::package_dep),
+        )
         .route("/api/v1/artifacts", get(artifacts::list))
         .route("/api/v1/artifacts/{id}", get(artifacts::show))
         .route("/api/v1/artifacts/{id}/download", get(artifacts::download))
@@ -150,12 +154,18 @@ pub(crate) fn api() -> Router<AppState> {
         .route("/api/v1/workers/{id}/resume", post(workers::resume))
 }
 
-/// A worker's artifact upload: behind a token like the API, with a body limit of its own.
+/// A worker's uploads (artifacts, package outputs and logs): behind a token like the API,
+/// with a body limit of their own.
 pub(crate) fn blobs() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/worker/{id}/jobs/{job}/blobs/{sha256}",
-        put(artifacts::worker_put_blob),
-    )
+    Router::new()
+        .route(
+            "/api/v1/worker/{id}/jobs/{job}/blobs/{sha256}",
+            put(artifacts::worker_put_blob),
+        )
+        .route(
+            "/api/v1/worker/{id}/jobs/{job}/package/{part}",
+            put(workers::package_part),
+        )
 }
 
 /// `/hooks/{hook_id}`: open (the signature is the credential), with a body limit of its own.

@@ -34,7 +34,7 @@ use serde_json::json;
 
 use crate::auth::{Caller, Maintainer};
 use crate::envelope::Data;
-use crate::error::{ApiError, FieldError};
+use crate::error::ApiError;
 use crate::extract::ApiJson;
 use crate::fetch;
 use crate::state::AppState;
@@ -92,10 +92,10 @@ pub(crate) async fn create(
     ApiJson(req): ApiJson<NewProject>,
 ) -> Result<Data<ProjectView>, ApiError> {
     if let Some(name) = &req.name {
-        check_project_name(name).map_err(|m| field("name", m))?;
+        check_project_name(name).map_err(|m| ApiError::field("name", m))?;
     }
     if let Some(secret) = &req.secret {
-        kiln_proto::check_hook_secret(secret).map_err(|m| field("secret", m))?;
+        kiln_proto::check_hook_secret(secret).map_err(|m| ApiError::field("secret", m))?;
     }
     check_source(&state, &caller, &req.source).await?;
     let name = match &req.name {
@@ -184,13 +184,13 @@ pub(crate) async fn update(
     let current = lookup(&state, &caller, &id).await?;
     refuse_archived(&current)?;
     if req.name.is_none() && req.source.is_none() {
-        return Err(field(
+        return Err(ApiError::field(
             ".",
             "nothing to change: give `name`, `source` or both",
         ));
     }
     if let Some(name) = &req.name {
-        check_project_name(name).map_err(|m| field("name", m))?;
+        check_project_name(name).map_err(|m| ApiError::field("name", m))?;
     }
     let new_source = req
         .source
@@ -345,13 +345,6 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("PROJECT_NOT_FOUND", format!("no project `{id}`"))
 }
 
-fn field(name: &str, message: impl Into<String>) -> ApiError {
-    ApiError::validation(vec![FieldError {
-        field: name.to_owned(),
-        message: message.into(),
-    }])
-}
-
 /// `409 PROJECT_EXISTS`, saying whether the holder of the name is archived.
 async fn name_taken(state: &AppState, name: &str) -> ApiError {
     let holder = state
@@ -379,13 +372,13 @@ async fn name_taken(state: &AppState, name: &str) -> ApiError {
 /// The default name of a project from its source, or why there is none.
 fn derived_name(source: &str) -> Result<&str, ApiError> {
     let name = default_project_name(source).ok_or_else(|| {
-        field(
+        ApiError::field(
             "name",
             "cannot be taken from `source` (it has no last segment); give one",
         )
     })?;
     check_project_name(name).map_err(|why| {
-        field(
+        ApiError::field(
             "name",
             format!("`{name}`, taken from `source`, {why}; give another"),
         )
@@ -396,7 +389,7 @@ fn derived_name(source: &str) -> Result<&str, ApiError> {
 /// the server, a URL must pass the egress policy. Nothing is fetched.
 async fn check_source(state: &AppState, caller: &TokenInfo, source: &str) -> Result<(), ApiError> {
     if source.is_empty() {
-        return Err(field("source", "must not be empty"));
+        return Err(ApiError::field("source", "must not be empty"));
     }
     let kind = ProjectKind::of(source);
     let on_disk = kind == ProjectKind::Path
@@ -413,7 +406,7 @@ async fn check_source(state: &AppState, caller: &TokenInfo, source: &str) -> Res
     let policy = &state.config().egress;
     if kind == ProjectKind::Path {
         if !policy.allow_local_paths {
-            return Err(field(
+            return Err(ApiError::field(
                 "source",
                 "the server's egress policy refuses local paths (kiln serve \
                  --egress-allow-local-paths admits them)",
@@ -421,19 +414,22 @@ async fn check_source(state: &AppState, caller: &TokenInfo, source: &str) -> Res
         }
         return match tokio::fs::metadata(source).await {
             Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(field("source", format!("{source} is not a folder"))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(field(
+            Ok(_) => Err(ApiError::field(
+                "source",
+                format!("{source} is not a folder"),
+            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ApiError::field(
                 "source",
                 format!("there is no folder {source} on the server"),
             )),
-            Err(e) => Err(field(
+            Err(e) => Err(ApiError::field(
                 "source",
                 format!("failed to read {source} on the server: {e}"),
             )),
         };
     }
     match policy.check_url(source).await {
-        Ok(Target::Local { .. }) if !on_disk => Err(field(
+        Ok(Target::Local { .. }) if !on_disk => Err(ApiError::field(
             "source",
             format!(
                 "`{}` is neither a URL nor an absolute path; a folder must be given as an \
@@ -442,11 +438,11 @@ async fn check_source(state: &AppState, caller: &TokenInfo, source: &str) -> Res
             ),
         )),
         Ok(_) => Ok(()),
-        Err(e @ EgressError::LocalRefused { .. }) => Err(field(
+        Err(e @ EgressError::LocalRefused { .. }) => Err(ApiError::field(
             "source",
             format!("{e} (kiln serve --egress-allow-local-paths)"),
         )),
-        Err(e) => Err(field("source", e.to_string())),
+        Err(e) => Err(ApiError::field("source", e.to_string())),
     }
 }
 

@@ -17,11 +17,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use kiln_core::ids::JobId;
-use kiln_engine::Engine;
 use kiln_engine::dispatch::{LEASE_TTL, ReportRefusal};
+use kiln_engine::{Engine, PackagePart, PartAnswer};
 use kiln_proto::workers::{
     AssignedJob, AssignmentRequest, ClaimRequest, Claimed, Heartbeat, HeartbeatReply, JobReport,
-    PROTOCOL, RegisterWorker, Registered, WorkerId, WorkerList, WorkerView, lease_owner,
+    PROTOCOL, PackagePartKept, RegisterWorker, Registered, WorkerId, WorkerList, WorkerView,
+    lease_owner,
 };
 use serde::Deserialize;
 
@@ -355,6 +356,111 @@ pub(crate) async fn source(
         .map_err(engine_error)?
         .ok_or_else(|| lease_lost(id, job))?;
     Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response())
+}
+
+/// The packed output of a dependency of the package job the worker holds (one of its
+/// assignment's `deps`), to lay out under `$KILN_DEPS`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/worker/{id}/jobs/{job}/package/deps/{digest}",
+    tag = "workers",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The worker's id"),
+        ("job" = String, Path, description = "The job's id"),
+        ("digest" = String, Path, description = "The output's SHA-256"),
+        ("token" = i64, Query, description = "The lease's fencing token")
+    ),
+    responses(
+        (status = 200, description = "A tar archive", content_type = "application/x-tar"),
+        (status = 400, description = "A malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`WORKER_NOT_FOUND`, `JOB_NOT_FOUND` or `OUTPUT_NOT_FOUND` (no dependency of the job has that output)", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 409, description = "`LEASE_LOST`", body = kiln_proto::Envelope<serde_json::Value>)
+    )
+)]
+pub(crate) async fn package_dep(
+    _caller: Caller,
+    State(state): State<AppState>,
+    Path((id, job, digest)): Path<(String, String, String)>,
+    Query(q): Query<SourceQuery>,
+) -> Result<Response, ApiError> {
+    let (id, job, engine) = worker_job(&state, &id, &job).await?;
+    let digest = digest.to_ascii_lowercase();
+    let tar = engine
+        .package_dep(&lease_owner(id), job, q.token, &digest)
+        .await
+        .map_err(engine_error)?;
+    match tar {
+        Ok(tar) => Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response()),
+        Err(false) => Err(lease_lost(id, job)),
+        Err(true) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "OUTPUT_NOT_FOUND",
+            format!("no dependency of job {job} has the output {digest}"),
+        )),
+    }
+}
+
+/// A part of the package build the worker holds: `output` (its `$KILN_OUT` as a tar archive,
+/// checked as a restore checks it and kept packed as kiln packs outputs) or `log` (the build's
+/// log). Uploaded before the job's `done` report, which records the build with them.
+#[utoipa::path(
+    put,
+    path = "/api/v1/worker/{id}/jobs/{job}/package/{part}",
+    tag = "workers",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The worker's id"),
+        ("job" = String, Path, description = "The job's id"),
+        ("part" = String, Path, description = "`output` or `log`"),
+        ("token" = i64, Query, description = "The lease's fencing token")
+    ),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Kept", body = kiln_proto::Envelope<PackagePartKept>),
+        (status = 400, description = "A malformed parameter", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 401, description = "`UNAUTHORIZED`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 403, description = "`FORBIDDEN`: a token whose role may not", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 404, description = "`WORKER_NOT_FOUND` or `JOB_NOT_FOUND`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 409, description = "`LEASE_LOST` (also for a job that is not a package build)", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 413, description = "`PAYLOAD_TOO_LARGE`", body = kiln_proto::Envelope<serde_json::Value>),
+        (status = 422, description = "`VALIDATION_FAILED`: an unknown part, or an output archive that cannot be unpacked safely", body = kiln_proto::Envelope<serde_json::Value>)
+    )
+)]
+pub(crate) async fn package_part(
+    _caller: Caller,
+    State(state): State<AppState>,
+    Path((id, job, part)): Path<(String, String, String)>,
+    Query(q): Query<SourceQuery>,
+    body: axum::body::Body,
+) -> Result<Data<PackagePartKept>, ApiError> {
+    let (id, job, engine) = worker_job(&state, &id, &job).await?;
+    let part = match part.as_str() {
+        "output" => PackagePart::Output,
+        "log" => PackagePart::Log,
+        _ => return Err(ApiError::field("part", "must be `output` or `log`")),
+    };
+    let folder = state.config().data_dir.join("uploads");
+    tokio::fs::create_dir_all(&folder)
+        .await
+        .map_err(ApiError::internal)?;
+    let path = folder.join(format!("{}.part", uuid::Uuid::now_v7()));
+    let received = crate::routes::artifacts::receive(body, &path, None).await;
+    let answer = match received {
+        Ok(()) => engine
+            .package_part(&lease_owner(id), job, q.token, part, &path)
+            .await
+            .map_err(engine_error),
+        Err(e) => Err(e),
+    };
+    let _ = tokio::fs::remove_file(&path).await;
+    match answer? {
+        PartAnswer::Kept(kept) => Ok(Data::ok(kept)),
+        PartAnswer::Lost => Err(lease_lost(id, job)),
+        PartAnswer::Invalid(why) => Err(ApiError::field("body", why)),
+    }
 }
 
 /// Reports what happened in a job the worker holds (started, log, steps, done), in order.

@@ -36,7 +36,7 @@ macro_rules! remote {
 }
 
 remote!(
-    package_builds_are_refused_by_a_server_without_a_pool,
+    package_jobs_run_on_workers_that_fetch_their_deps_and_upload_their_outputs,
     a_silent_worker_is_announced_offline_once_and_back_at_its_next_heartbeat,
     workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker,
     a_cancelled_run_stops_its_jobs_on_workers_and_paused_workers_get_none,
@@ -468,22 +468,218 @@ async fn a_silent_worker_is_announced_offline_once_and_back_at_its_next_heartbea
     assert_eq!(shown.data()["status"], "idle");
 }
 
-/// `packages:` jobs build only on the server's own pool: a server with none (`--workers 0`)
-/// refuses such a run at once, saying why, instead of queueing jobs nobody will take.
-async fn package_builds_are_refused_by_a_server_without_a_pool(s: &Server) {
-    let wf = "name: ci\non: workflow_dispatch\njobs:\n  ports:\n    runs-on: linux\n    packages: tree\n";
-    let (_dir, project) = project_with(s, wf).await;
-    let r = s
-        .post(
-            &format!("/api/v1/projects/{project}/runs"),
-            &s.admin,
-            &json!({"workflow": "ci"}),
-        )
-        .await;
-    let e = r.expect_error(422, "RUN_REFUSED");
-    let message = e["message"].as_str().unwrap();
-    assert!(
-        message.contains("jobs.ports.packages") && message.contains("--workers"),
-        "{message}"
+/// A tar archive of `entries`: `(path, Some(content))` a file, `(path, None)` a symlink to
+/// `/etc/passwd` (an output no dependent may be given).
+fn archive(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, content) in entries {
+        let mut header = tar::Header::new_gnu();
+        match content {
+            Some(text) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(text.len() as u64);
+                header.set_mode(0o644);
+                header.set_cksum();
+                tar.append_data(&mut header, path, text.as_bytes()).unwrap();
+            }
+            None => {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                header.set_mode(0o777);
+                header.set_cksum();
+                tar.append_link(&mut header, path, "/etc/passwd").unwrap();
+            }
+        }
+    }
+    tar.into_inner().unwrap()
+}
+
+/// `PUT /api/v1/worker/{worker}/jobs/{job}/package/{part}?token=` of `body`.
+async fn put_part(
+    s: &Server,
+    token: &str,
+    worker: &str,
+    job: &Value,
+    part: &str,
+    body: Vec<u8>,
+) -> crate::harness::Reply {
+    let path = format!(
+        "/api/v1/worker/{worker}/jobs/{}/package/{part}?token={}",
+        job["job"].as_str().unwrap(),
+        job["token"]
     );
+    s.send(
+        s.request(reqwest::Method::PUT, &path)
+            .bearer_auth(token)
+            .body(body),
+    )
+    .await
+}
+
+/// The history of `origin` once it holds a build (rows are recorded as builds end).
+async fn builds_of(s: &Server, origin: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = s
+            .get(
+                &format!("/api/v1/packages/{origin}/history"),
+                Some(&s.admin),
+            )
+            .await;
+        if h.status == 200 && h.data()["builds"].as_array().is_some_and(|b| !b.is_empty()) {
+            return h.data();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no build of {origin}: {}",
+            h.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `packages:` jobs run on remote workers like any job: the worker is told what to build (the
+/// package, its key, its `$KILN_DEPS` closure with the digest of each output), fetches its
+/// dependencies' outputs, uploads its own output and log, and reports; the server records the
+/// build in the package history and gives the output to the dependents. Refused, saying why:
+/// an unknown part, an output that would unpack outside its folder, an output that is not a
+/// dependency's, a lease the worker does not hold.
+async fn package_jobs_run_on_workers_that_fetch_their_deps_and_upload_their_outputs(s: &Server) {
+    let wf = "name: ci\non: workflow_dispatch\njobs:\n  ports:\n    runs-on: linux\n    packages:\n      tree: tree\n";
+    let (dir, project) = project_with(s, wf).await;
+    let manifest = |rel: &str, text: &str| {
+        let path = dir.path().join("tree").join(rel).join("kiln-package.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    manifest("lib/base", "version = \"1.0\"\nbuild = 'echo base'\n");
+    manifest(
+        "app/one",
+        "version = \"2.0\"\ndepends = [\"lib/base\"]\nbuild = 'echo one'\n",
+    );
+    let token = s.token("worker").await;
+    let w = register(s, &token, "builder", &["linux"]).await;
+    let run = trigger(s, &project).await;
+
+    // The dependency first: nothing in its closure.
+    let got = claim(s, &token, &w, 10_000).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let base = &got[0];
+    let pkg = &base["package"];
+    assert_eq!(pkg["origin"], "lib/base", "{base:#}");
+    assert_eq!(
+        (pkg["version"].as_str(), pkg["tree"].as_str()),
+        (Some("1.0"), Some("tree"))
+    );
+    assert_eq!(pkg["build"], "echo base");
+    assert_eq!(pkg["key"].as_str().unwrap().len(), 64);
+    assert_eq!(pkg["deps"], json!([]));
+    assert!(["auto", "require", "off"].contains(&pkg["sandbox"].as_str().unwrap()));
+
+    put_part(s, &token, &w, base, "bogus", b"x".to_vec())
+        .await
+        .expect_invalid("part");
+    let unsafe_output = archive(&[("lib/base", Some("base-1")), ("escape", None)]);
+    let refused = put_part(s, &token, &w, base, "output", unsafe_output).await;
+    let e = refused.expect_invalid("body");
+    assert!(e["message"].as_str().unwrap().contains("escape"), "{e}");
+    let kept = put_part(
+        s,
+        &token,
+        &w,
+        base,
+        "output",
+        archive(&[("lib/base", Some("base-1"))]),
+    )
+    .await;
+    assert_eq!(kept.status, 200, "{}", kept.text);
+    let output = kept.data()["digest"].as_str().unwrap().to_owned();
+    let log = put_part(
+        s,
+        &token,
+        &w,
+        base,
+        "log",
+        b"==> build: echo base\nbase\n".to_vec(),
+    )
+    .await;
+    assert_eq!(log.status, 200, "{}", log.text);
+    let done = json!([{"type": "started"}, {"type": "done", "status": "success", "outputs": {"output": "forged"}}]);
+    assert_eq!(report(s, &token, &w, base, done).await, 200);
+
+    // The dependent: its closure names the output the server kept.
+    let got = claim(s, &token, &w, 10_000).await;
+    assert_eq!(got.len(), 1, "{got:#?}");
+    let one = &got[0];
+    assert_eq!(one["package"]["origin"], "app/one");
+    assert_eq!(
+        one["package"]["deps"],
+        json!([{"origin": "lib/base", "output": output}])
+    );
+    let dep_path = |job: &Value, digest: &str, token_of: &Value| {
+        format!(
+            "/api/v1/worker/{w}/jobs/{}/package/deps/{digest}?token={token_of}",
+            job["job"].as_str().unwrap()
+        )
+    };
+    let fetched = s
+        .request(reqwest::Method::GET, &dep_path(one, &output, &one["token"]))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fetched.status(), 200);
+    let bytes = fetched.bytes().await.unwrap();
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        output
+    );
+    let mut entries = tar::Archive::new(&bytes[..]);
+    let names: Vec<String> = entries
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.trim_end_matches('/') == "lib/base"),
+        "{names:?}"
+    );
+    s.get(&dep_path(one, &"0".repeat(64), &one["token"]), Some(&token))
+        .await
+        .expect_error(404, "OUTPUT_NOT_FOUND");
+    s.get(&dep_path(one, &output, &json!(999)), Some(&token))
+        .await
+        .expect_error(409, "LEASE_LOST");
+    let done = json!([{"type": "done", "status": "failure", "error": "the build phase exited with status 3"}]);
+    assert_eq!(report(s, &token, &w, one, done).await, 200);
+
+    let ended = wait_until(s, run, |r| r.status.is_terminal()).await;
+    assert_eq!(ended.status, RunStatus::Failure);
+    let base_job = ended
+        .jobs
+        .iter()
+        .find(|j| j.matrix["package"] == "lib/base")
+        .unwrap();
+    assert_eq!(
+        base_job.outputs["output"],
+        output.as_str(),
+        "the server's digest, not the worker's word"
+    );
+    // The package history holds both builds, with the log the worker sent.
+    let history = builds_of(s, "lib/base").await;
+    let b = &history["builds"][0];
+    assert_eq!(b["status"], "success", "{history:#}");
+    assert_eq!(b["output"]["digest"], output.as_str());
+    assert!(
+        b["log_tail"].as_str().unwrap().contains("echo base"),
+        "{b:#}"
+    );
+    let history = builds_of(s, "app/one").await;
+    let b = &history["builds"][0];
+    assert_eq!(b["status"], "failure", "{history:#}");
+    assert_eq!(b["reason"], "the build phase exited with status 3");
+    // The run has ended: its jobs' leases are gone.
+    put_part(s, &token, &w, one, "log", b"late".to_vec())
+        .await
+        .expect_error(409, "LEASE_LOST");
 }
