@@ -485,6 +485,8 @@ struct JobRec {
 /// A package job's output and log as a remote worker uploaded them, for its history row.
 #[derive(Default)]
 pub(crate) struct PackageParts {
+    /// The lease they were uploaded under (a later holder's build starts with none).
+    pub(crate) token: i64,
     pub(crate) output: Option<kiln_store::ContentBlob>,
     /// The log, and its tail.
     pub(crate) log: Option<(kiln_store::ContentBlob, String)>,

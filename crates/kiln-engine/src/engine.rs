@@ -961,6 +961,7 @@ impl Engine {
                 };
                 let _ = tokio::fs::remove_dir_all(&dir).await;
                 dispatch::PackageParts {
+                    token,
                     output: Some(kept?),
                     log: None,
                 }
@@ -976,6 +977,7 @@ impl Engine {
                 );
                 let blob = store.blobs().put_content(bytes).await?;
                 dispatch::PackageParts {
+                    token,
                     output: None,
                     log: Some((blob, tail)),
                 }

@@ -162,7 +162,11 @@ impl Dispatcher {
         let Some(rec) = self.jobs.get_mut(&job) else {
             return false;
         };
+        if rec.parts.as_ref().is_some_and(|p| p.token != token) {
+            rec.parts = None;
+        }
         let parts = rec.parts.get_or_insert_with(Box::default);
+        parts.token = token;
         if part.output.is_some() {
             parts.output = part.output;
         }
@@ -210,7 +214,13 @@ impl Dispatcher {
             return Ok(());
         }
         rec.ending = true;
-        let parts = rec.parts.take().map(|b| *b).unwrap_or_default();
+        let token = rec.token;
+        let parts = rec
+            .parts
+            .take()
+            .filter(|p| Some(p.token) == token)
+            .map(|b| *b)
+            .unwrap_or_default();
         let took = rec.started.map(|at| at.elapsed()).unwrap_or_default();
         let mut status = match outcome.status {
             JobStatus::Success => PackageBuildStatus::Success,
