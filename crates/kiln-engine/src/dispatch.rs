@@ -516,8 +516,9 @@ enum Msg {
     Started(JobId),
     Exec(JobId, ExecEvent),
     Done(JobId, Box<JobOutcome>, Slot),
-    /// A remote worker's package job ended, its history row recorded.
-    RemoteDone(JobId, Box<JobOutcome>),
+    /// A remote worker's package job ended under the lease `token`, its history row
+    /// recorded.
+    RemoteDone(JobId, i64, Box<JobOutcome>),
     /// Runs driven here whose cancellation was asked of another replica (or of the API while
     /// nobody drove them): see [`Dispatcher::ask_for_cancellations`].
     CancelRequested(Vec<RunId>),
@@ -1431,6 +1432,8 @@ impl Dispatcher {
                             Ok(Some(lease)) if another_holds_or_queued(&lease, &self.owner) => {
                                 if let Some(rec) = self.jobs.get_mut(&job) {
                                     rec.remote = None;
+                                    rec.ending = false;
+                                    rec.parts = None;
                                     rec.token = None;
                                 }
                                 self.follow_store(job, lease);
@@ -1447,6 +1450,8 @@ impl Dispatcher {
                     tracing::warn!(%job, ?other, "lease refused");
                     if let Some(rec) = self.jobs.get_mut(&job) {
                         rec.remote = None;
+                        rec.ending = false;
+                        rec.parts = None;
                         rec.status = JobStatus::Failure;
                         self.ended(job);
                     }
@@ -1519,6 +1524,8 @@ impl Dispatcher {
                 }
                 rec.status = lease.status;
                 rec.remote = Some(owner);
+                rec.ending = false;
+                rec.parts = None;
                 rec.token = Some(lease.token);
                 rec.started = None;
                 rec.log_offset = 0;
@@ -1530,6 +1537,8 @@ impl Dispatcher {
                 let was_held = rec.remote.is_some() && rec.token.is_some();
                 rec.status = JobStatus::Queued;
                 rec.remote = None;
+                rec.ending = false;
+                rec.parts = None;
                 rec.token = None;
                 rec.started = None;
                 rec.log_offset = 0;
@@ -1661,7 +1670,16 @@ impl Dispatcher {
                 self.free.push(slot);
                 self.on_done(job, *outcome);
             }
-            Msg::RemoteDone(job, outcome) => self.remote_done(job, *outcome),
+            Msg::RemoteDone(job, token, outcome) => {
+                // Only if the lease it ended under still holds (not expired meanwhile).
+                if self
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|r| r.ending && r.token == Some(token))
+                {
+                    self.remote_done(job, *outcome);
+                }
+            }
             Msg::LeasesMoved(moved) => {
                 for (job, token, lease) in moved {
                     // Only if nothing changed here since the look.
@@ -1955,9 +1973,10 @@ impl Dispatcher {
     fn renew_leases(&mut self) {
         let at = now();
         for (id, rec) in &self.jobs {
-            // A remote worker's leases last as long as its heartbeats.
+            // A remote worker's leases last as long as its heartbeats — but for an end being
+            // recorded here (the worker has stopped heartbeating it).
             if let Some(token) = rec.token
-                && rec.remote.is_none()
+                && (rec.remote.is_none() || rec.ending)
             {
                 self.ops.push(Op::RenewLease {
                     job: *id,

@@ -967,6 +967,15 @@ impl Engine {
                 }
             }
             PackagePart::Log => {
+                let size = tokio::fs::metadata(file)
+                    .await
+                    .map_err(io("read an uploaded log"))?
+                    .len();
+                if size > kiln_exec::package::MAX_LOG as u64 + 4096 {
+                    return Ok(PartAnswer::Invalid(format!(
+                        "a build's log is {size} bytes: more than a build keeps (64 MiB)"
+                    )));
+                }
                 let bytes = tokio::fs::read(file)
                     .await
                     .map_err(io("read an uploaded log"))?;

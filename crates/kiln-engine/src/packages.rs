@@ -43,6 +43,7 @@ use kiln_core::packages::{
 use kiln_exec::Confinement;
 use kiln_exec::package::{
     BuildLog, FetchNetwork, Phases, Stop, blocking, build_env, copy_tree, lay_out_deps,
+    machine_facts,
 };
 /// The sandbox and process limits a build is configured with (in [`BuildOptions`]).
 pub use kiln_exec::{Limits, Sandbox, SandboxError, SandboxMode};
@@ -54,7 +55,6 @@ use kiln_store::{
     BuildCounts, BuildSessionId, CachedBuild, ContentBlob, PackageBuild, PackageBuildId,
     PackageBuildStatus, Store, StoreError,
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::{OnceCell, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -138,14 +138,10 @@ impl Toolchain {
     /// unset and not passed). Reads the `sh` binary found on [`BUILD_PATH`] (or on kiln's
     /// `PATH` when `PATH` is configured).
     pub fn detect(label: Option<&str>, env: &[String]) -> Self {
-        let mut facts = vec![
-            ("os".to_owned(), std::env::consts::OS.to_owned()),
-            ("arch".to_owned(), std::env::consts::ARCH.to_owned()),
-            (
-                "KILN_TOOLCHAIN".to_owned(),
-                label.unwrap_or_default().to_owned(),
-            ),
-        ];
+        let mut facts = vec![(
+            "KILN_TOOLCHAIN".to_owned(),
+            label.unwrap_or_default().to_owned(),
+        )];
         let mut passed = Vec::new();
         for name in env {
             match std::env::var(name) {
@@ -160,28 +156,23 @@ impl Toolchain {
             .iter()
             .find(|(k, _)| k == "PATH")
             .map_or(BUILD_PATH, |(_, v)| v.as_str());
-        facts.push(("sh".to_owned(), binary_digest("sh", path)));
+        facts.extend(machine_facts(path));
         Self { facts, env: passed }
+    }
+
+    /// The facts a machine building for this one must share (see
+    /// [`kiln_exec::package::machine_facts`]).
+    pub fn machine(&self) -> Vec<(String, String)> {
+        self.facts
+            .iter()
+            .filter(|(k, _)| matches!(k.as_str(), "os" | "arch" | "sh"))
+            .cloned()
+            .collect()
     }
 
     fn fingerprint(&self) -> Vec<u8> {
         toolchain_fingerprint(self.facts.iter().map(|(k, v)| (k.as_str(), v.as_str())))
     }
-}
-
-/// `name`'s path on `path` and the SHA-256 of its content (links followed), or why not.
-fn binary_digest(name: &str, path: &str) -> String {
-    for dir in std::env::split_paths(path) {
-        let candidate = dir.join(name);
-        if let Ok(bytes) = std::fs::read(&candidate) {
-            return format!(
-                "{} sha256:{}",
-                candidate.display(),
-                hex::encode(Sha256::digest(&bytes))
-            );
-        }
-    }
-    "(not found)".to_owned()
 }
 
 /// What a build is asked to do.
@@ -474,6 +465,8 @@ struct Shared {
     sandbox: Sandbox,
     fetch_egress: Option<FetchEgress>,
     env: Vec<(String, String)>,
+    /// This machine's facts in the keys (a remote worker must share them).
+    machine: Vec<(String, String)>,
     limits: Limits,
     /// Per package: the folder holding its output in this session, filled when it is built
     /// or, for a cached one, restored the first time a dependent needs it.
@@ -688,6 +681,7 @@ async fn start(
         sandbox: opts.sandbox.clone(),
         fetch_egress: opts.fetch_egress.clone(),
         env: opts.toolchain.env.clone(),
+        machine: opts.toolchain.machine(),
         limits: opts.limits,
         outputs: (0..tree.len()).map(|_| OnceCell::new()).collect(),
         cached_output,

@@ -29,7 +29,7 @@ pub const BUILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/
 
 /// At most this much of one build's log is kept (a runaway build must not exhaust memory);
 /// the rest is dropped with a note.
-const MAX_LOG: usize = 64 * 1024 * 1024;
+pub const MAX_LOG: usize = 64 * 1024 * 1024;
 
 /// Where a confined `fetch` phase reaches the network.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +57,28 @@ pub struct Phases<'a> {
     pub sandbox: &'a Sandbox,
     pub limits: Limits,
     pub fetch_network: FetchNetwork<'a>,
+}
+
+/// The facts of this machine that a package's key holds and that a machine building for
+/// another must share: `os`, `arch`, and `sh` (the path and SHA-256 of the `sh` found on
+/// `path`, links followed).
+pub fn machine_facts(path: &str) -> Vec<(String, String)> {
+    let sh = std::env::split_paths(path)
+        .map(|dir| dir.join("sh"))
+        .find_map(|candidate| {
+            let bytes = std::fs::read(&candidate).ok()?;
+            Some(format!(
+                "{} sha256:{}",
+                candidate.display(),
+                hex::encode(Sha256::digest(&bytes))
+            ))
+        })
+        .unwrap_or_else(|| "(not found)".to_owned());
+    vec![
+        ("os".to_owned(), std::env::consts::OS.to_owned()),
+        ("arch".to_owned(), std::env::consts::ARCH.to_owned()),
+        ("sh".to_owned(), sh),
+    ]
 }
 
 /// A build's environment: [`BUILD_PATH`], `HOME` = `src`, `TMPDIR`, the four `KILN_*`

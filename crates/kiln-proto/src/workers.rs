@@ -138,6 +138,10 @@ pub struct PackageAssignment {
     pub deps: Vec<PackageDep>,
     /// The toolchain's variables (after the fixed ones; one named `PATH` replaces it).
     pub env: Vec<(String, String)>,
+    /// The server's machine facts that the key holds (`os`, `arch`, `sh`): a worker whose
+    /// own differ must not build the package, or its output would be kept under a key that
+    /// does not describe it.
+    pub machine: Vec<(String, String)>,
     /// `auto`, `require` or `off`, as the server builds packages.
     pub sandbox: String,
 }

@@ -17,7 +17,8 @@ use kiln_core::ids::JobStatus;
 use kiln_core::packages::Distfile;
 use kiln_exec::JobOutcome;
 use kiln_exec::package::{
-    BuildLog, FetchNetwork, Phases, Stop, blocking, build_env, copy_tree, lay_out_deps, run_phases,
+    BUILD_PATH, BuildLog, FetchNetwork, Phases, Stop, blocking, build_env, copy_tree, lay_out_deps,
+    machine_facts, run_phases,
 };
 use kiln_exec::{Confinement, Limits, Sandbox, SandboxMode};
 use kiln_proto::workers::{AssignedJob, PackageAssignment, ReportEvent};
@@ -110,6 +111,7 @@ async fn steps(
             )));
         }
     }
+    same_machine(pkg)?;
     let distfiles = distfiles(pkg)?;
     let sandbox = sandbox(ctx, &pkg.sandbox).await?;
     if let Some(warning) = sandbox.warning() {
@@ -124,9 +126,11 @@ async fn steps(
         .map_err(Stop::Failed)?;
     let _ = tx.send(ReportEvent::Started);
 
-    let tree = workspace.join(&pkg.tree);
+    // Through symlinks of the source, neither may lead out of it.
+    let tree = inside(&workspace, &workspace.join(&pkg.tree), "tree")?;
+    let folder = inside(&workspace, &tree.join(&pkg.origin), "package folder")?;
     let (src, out, deps) = (dir.join("src"), dir.join("out"), dir.join("deps"));
-    let (from, to) = (tree.join(&pkg.origin), src.clone());
+    let (from, to) = (folder, src.clone());
     blocking(move || copy_tree(&from, &to))
         .await
         .map_err(|e| failed("copy the package's folder", e))?;
@@ -181,6 +185,54 @@ async fn steps(
     upload(ctx, a, "output", &archive)
         .await
         .map_err(|e| Stop::Failed(format!("the output in $KILN_OUT was not kept: {e}")))
+}
+
+/// `path` resolved (symlinks followed), which must be a folder inside `root`.
+fn inside(root: &Path, path: &Path, what: &str) -> Result<PathBuf, Stop> {
+    let fail = |why: String| Stop::Failed(format!("the package's {what} {why}"));
+    let root = root
+        .canonicalize()
+        .map_err(|e| fail(format!("cannot be found: {e}")))?;
+    let resolved = path
+        .canonicalize()
+        .map_err(|e| fail(format!("{} cannot be found: {e}", path.display())))?;
+    if !resolved.starts_with(&root) || !resolved.is_dir() {
+        return Err(fail(format!(
+            "{} is not a folder inside the job's source",
+            path.display()
+        )));
+    }
+    Ok(resolved)
+}
+
+/// Refuses to build where this machine's facts in the key (`os`, `arch`, `sh`) differ from
+/// the server's: the output would be kept under a key that does not describe it.
+fn same_machine(pkg: &PackageAssignment) -> Result<(), Stop> {
+    let path = pkg
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map_or(BUILD_PATH, |(_, v)| v.as_str());
+    let mine = machine_facts(path);
+    let differ: Vec<String> = pkg
+        .machine
+        .iter()
+        .filter_map(|(name, theirs)| {
+            let here = mine
+                .iter()
+                .find(|(k, _)| k == name)
+                .map_or("(unknown)", |(_, v)| v.as_str());
+            (here != theirs).then(|| format!("{name} is `{here}` here, `{theirs}` on the server"))
+        })
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(Stop::Failed(format!(
+        "this worker's toolchain differs from the server's, whose key the output would be kept \
+         under ({}): give the package job `runs-on` labels of workers like the server",
+        differ.join("; ")
+    )))
 }
 
 /// The manifest's distfiles as the server sent them.
@@ -262,9 +314,13 @@ async fn dependency_output(
         archive.set_preserve_permissions(true);
         // `unpack` writes nothing outside `into` (entries with `..` or absolute paths are
         // refused); the server refuses outputs with links out of their folder.
-        archive
-            .unpack(&into)
-            .map_err(|e| format!("cannot unpack it: {e}"))?;
+        if let Err(e) = archive.unpack(&into) {
+            let _ = std::fs::remove_dir_all(&into);
+            return Err(format!("cannot unpack it: {e}"));
+        }
+        // Builds see it through hard links: read-only, so that an unconfined one cannot
+        // change what the next build is given.
+        read_only(&into);
         // Another build may have kept it meanwhile: theirs is the same.
         if std::fs::rename(&into, &done).is_err() {
             let _ = std::fs::remove_dir_all(&into);
@@ -276,6 +332,25 @@ async fn dependency_output(
     })
     .await?;
     Ok(kept)
+}
+
+/// Takes the write bits off every file under `dir`.
+fn read_only(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(ty) = entry.file_type() else { continue };
+        if ty.is_dir() {
+            read_only(&entry.path());
+        } else if ty.is_file()
+            && let Ok(meta) = entry.metadata()
+        {
+            let mode = meta.permissions().mode() & !0o222;
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode));
+        }
+    }
 }
 
 /// Packs the folder `dir`'s content into the tar file `to` (symlinks as symlinks: the server
@@ -314,6 +389,37 @@ fn is_relative_inside(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assignment(machine: Vec<(String, String)>) -> PackageAssignment {
+        PackageAssignment {
+            origin: "lib/base".into(),
+            version: "1".into(),
+            key: "0".repeat(64),
+            tree: "tree".into(),
+            fetch: None,
+            build: "true".into(),
+            distfiles: Vec::new(),
+            deps: Vec::new(),
+            env: Vec::new(),
+            machine,
+            sandbox: "off".into(),
+        }
+    }
+
+    #[test]
+    fn a_worker_unlike_the_server_refuses_to_build_naming_what_differs() {
+        assert!(same_machine(&assignment(machine_facts(BUILD_PATH))).is_ok());
+        let mut other = machine_facts(BUILD_PATH);
+        other[1].1 = "sparc64".into();
+        let Err(Stop::Failed(why)) = same_machine(&assignment(other)) else {
+            panic!("a machine of another architecture builds");
+        };
+        assert!(
+            why.contains("arch is") && why.contains("`sparc64` on the server"),
+            "{why}"
+        );
+        assert!(!why.contains("os is"), "{why}");
+    }
 
     #[test]
     fn only_relative_paths_inside_pass() {

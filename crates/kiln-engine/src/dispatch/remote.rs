@@ -80,6 +80,8 @@ impl Dispatcher {
             };
             rec.status = JobStatus::Leased;
             rec.remote = Some(owner.to_owned());
+            rec.ending = false;
+            rec.parts = None;
             let run = rec.run;
             self.ops.push(Op::GrantLease {
                 job: *job,
@@ -213,12 +215,14 @@ impl Dispatcher {
             // The same end reported again (its first answer was lost): recorded once.
             return Ok(());
         }
+        let Some(token) = rec.token else {
+            return Err(outcome);
+        };
         rec.ending = true;
-        let token = rec.token;
         let parts = rec
             .parts
             .take()
-            .filter(|p| Some(p.token) == token)
+            .filter(|p| p.token == token)
             .map(|b| *b)
             .unwrap_or_default();
         let took = rec.started.map(|at| at.elapsed()).unwrap_or_default();
@@ -228,16 +232,19 @@ impl Dispatcher {
             _ => PackageBuildStatus::Failure,
         };
         let mut reason = outcome.error.take();
-        if status == PackageBuildStatus::Success && parts.output.is_none() {
-            status = PackageBuildStatus::Failure;
-            reason = Some("the worker sent no output for the package".to_owned());
+        // As a build of its own: one whose output or log is not kept has failed.
+        if status == PackageBuildStatus::Success {
+            if parts.output.is_none() {
+                status = PackageBuildStatus::Failure;
+                reason = Some("the worker sent no output for the package".to_owned());
+            } else if parts.log.is_none() {
+                status = PackageBuildStatus::Failure;
+                reason = Some("the worker sent no log for the package".to_owned());
+            }
         }
         let output = parts
             .output
             .filter(|_| status == PackageBuildStatus::Success);
-        if let Some(out) = &output {
-            set.note_output(p, &out.digest);
-        }
         let finished_at = jiff::Timestamp::now();
         let (log, log_tail) = match parts.log {
             Some((blob, tail)) => (Some(blob), tail),
@@ -259,6 +266,7 @@ impl Dispatcher {
             let (status, outputs, reason) = set.record(p, done).await;
             let _ = tx.send(Msg::RemoteDone(
                 job,
+                token,
                 Box::new(package_outcome(status, outputs, reason)),
             ));
         });
@@ -294,6 +302,8 @@ impl Dispatcher {
             };
             rec.status = JobStatus::Leased;
             rec.remote = Some(owner.to_owned());
+            rec.ending = false;
+            rec.parts = None;
             rec.token = Some(token);
             rec.started = None;
             rec.log_offset = 0;
@@ -313,6 +323,8 @@ impl Dispatcher {
         };
         rec.status = JobStatus::Leased;
         rec.remote = Some(owner.to_owned());
+        rec.ending = false;
+        rec.parts = None;
         rec.token = Some(token);
         rec.attempts += 1;
         let run = rec.run;
@@ -394,6 +406,7 @@ impl Dispatcher {
         if let Some(rec) = self.jobs.get_mut(&job) {
             rec.remote = None;
             rec.ending = false;
+            rec.parts = None;
         }
     }
 
@@ -485,6 +498,8 @@ impl Dispatcher {
                 continue;
             }
             rec.remote = None;
+            rec.ending = false;
+            rec.parts = None;
             rec.token = None;
             rec.started = None;
             rec.log_offset = 0;

@@ -299,9 +299,7 @@ impl PackageSet {
     ) -> (PackageBuildStatus, Map<String, Value>, Option<String>) {
         let key = self.plan.key(p).to_hex();
         let outputs = self.outputs_of(p, done.output.as_ref());
-        if let Some(out) = &done.output {
-            self.note_output(p, &out.digest);
-        }
+        let built = done.output.as_ref().map(|o| o.digest.clone());
         let row = PackageBuild {
             id: PackageBuildId::new(),
             session: self.session,
@@ -327,6 +325,10 @@ impl PackageSet {
         {
             status = PackageBuildStatus::Failure;
             reason = Some(format!("kiln could not record the build: {e}"));
+        }
+        // Dependents use it once it is recorded (a local build's output is kept by now).
+        if let Some(digest) = built.filter(|_| status == PackageBuildStatus::Success) {
+            self.note_output(p, &digest);
         }
         {
             let mut book = self.book.lock().expect("book lock");
@@ -391,7 +393,15 @@ impl PackageSet {
                 .collect(),
             deps,
             env: self.shared.env.clone(),
-            sandbox: self.shared.sandbox.mode().as_str().to_owned(),
+            machine: self.shared.machine.clone(),
+            // A server that confines its builds has them confined on workers too (a worker
+            // that cannot fails the package, saying so); one that cannot lets workers confine
+            // where they can.
+            sandbox: if self.shared.sandbox.is_confined() {
+                kiln_exec::SandboxMode::Require.as_str().to_owned()
+            } else {
+                self.shared.sandbox.mode().as_str().to_owned()
+            },
         })
     }
 

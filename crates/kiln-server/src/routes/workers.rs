@@ -442,6 +442,12 @@ pub(crate) async fn package_part(
         "log" => PackagePart::Log,
         _ => return Err(ApiError::field("part", "must be `output` or `log`")),
     };
+    // Before the body is read: a worker that does not hold the job uploads nothing.
+    engine
+        .job_holder(&lease_owner(id), job, q.token)
+        .await
+        .map_err(engine_error)?
+        .ok_or_else(|| lease_lost(id, job))?;
     let folder = state.config().data_dir.join("uploads");
     tokio::fs::create_dir_all(&folder)
         .await

@@ -575,6 +575,13 @@ async fn package_jobs_run_on_workers_that_fetch_their_deps_and_upload_their_outp
     assert_eq!(pkg["key"].as_str().unwrap().len(), 64);
     assert_eq!(pkg["deps"], json!([]));
     assert!(["auto", "require", "off"].contains(&pkg["sandbox"].as_str().unwrap()));
+    let facts: Vec<&str> = pkg["machine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f[0].as_str().unwrap())
+        .collect();
+    assert_eq!(facts, ["os", "arch", "sh"], "{pkg:#}");
 
     put_part(s, &token, &w, base, "bogus", b"x".to_vec())
         .await
