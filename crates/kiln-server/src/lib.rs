@@ -126,6 +126,9 @@ pub async fn serve(
     fetch::resume(&state);
     // Webhook deliveries recorded and never processed (see `hooks.rs`).
     hooks::resume(&state);
+    // Uploads a previous server was receiving when it stopped (artifacts, package outputs
+    // and logs): nothing refers to them. The data dir is this server's alone.
+    clear_uploads(&state.config().data_dir.join("uploads")).await;
     // Live streams never end by themselves: they end when shutdown begins, or the graceful
     // shutdown would wait for them forever.
     let closing = state.bus().closing().clone();
@@ -157,6 +160,23 @@ pub async fn serve(
         let _ = announcer.await;
     }
     served
+}
+
+/// Removes what is left in the uploads folder `dir` (a missing one is fine).
+async fn clear_uploads(dir: &std::path::Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let path = entry.path();
+        let removed = match entry.file_type().await {
+            Ok(t) if t.is_dir() => tokio::fs::remove_dir_all(&path).await,
+            _ => tokio::fs::remove_file(&path).await,
+        };
+        if let Err(e) = removed {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an unfinished upload");
+        }
+    }
 }
 
 /// On PostgreSQL, wakes the claims of remote workers waiting on this replica whenever a job

@@ -418,3 +418,21 @@ fn serve_with_a_required_sandbox_refuses_to_start_without_bubblewrap() {
     crate::assert_sandbox_refused(&out);
     assert!(!out.stdout.contains("listening"), "{}", out.stdout);
 }
+
+/// What a server was receiving when it was killed (an artifact, a package output being
+/// checked) is removed at its next start: nothing refers to it.
+#[test]
+fn unfinished_uploads_are_removed_at_start() {
+    let p = Project::new();
+    let uploads = p.data_dir().join("uploads");
+    std::fs::create_dir_all(uploads.join("output-0190/lib")).unwrap();
+    std::fs::write(uploads.join("output-0190/lib/half"), "half").unwrap();
+    std::fs::write(uploads.join("0190.part"), "half an upload").unwrap();
+    let s = Served::start(&p, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&uploads).unwrap().next().is_some() {
+        assert!(Instant::now() < deadline, "uploads left behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.stop(), 0);
+}
