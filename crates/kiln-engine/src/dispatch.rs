@@ -1523,12 +1523,7 @@ impl Dispatcher {
                     rec.attempts += 1;
                 }
                 rec.status = lease.status;
-                rec.remote = Some(owner);
-                rec.ending = false;
-                rec.parts = None;
-                rec.token = Some(lease.token);
-                rec.started = None;
-                rec.log_offset = 0;
+                rec.held_by(Some((owner, lease.token)));
                 let run = rec.run;
                 self.mark_run_running(run);
             }
@@ -1536,12 +1531,7 @@ impl Dispatcher {
                 tracing::debug!(%job, "the job is queued again in the store");
                 let was_held = rec.remote.is_some() && rec.token.is_some();
                 rec.status = JobStatus::Queued;
-                rec.remote = None;
-                rec.ending = false;
-                rec.parts = None;
-                rec.token = None;
-                rec.started = None;
-                rec.log_offset = 0;
+                rec.held_by(None);
                 if was_held || stale {
                     rec.attempts = (rec.attempts - 1).max(0);
                 }
@@ -2883,6 +2873,19 @@ fn new_job_failed_status(ops: &mut Vec<Op>, job: JobId) {
 }
 
 impl JobRec {
+    /// Records who holds the job now: the remote worker `owner` under lease `token`, or nobody
+    /// (`None`). What an earlier holder ran, uploaded or reported the end of is forgotten.
+    fn held_by(&mut self, holder: Option<(String, i64)>) {
+        let (remote, token) =
+            holder.map_or((None, None), |(owner, token)| (Some(owner), Some(token)));
+        self.remote = remote;
+        self.token = token;
+        self.ending = false;
+        self.parts = None;
+        self.started = None;
+        self.log_offset = 0;
+    }
+
     fn new(
         run: RunId,
         key: String,

@@ -301,12 +301,7 @@ impl Dispatcher {
                 return Adoption::NotDriven;
             };
             rec.status = JobStatus::Leased;
-            rec.remote = Some(owner.to_owned());
-            rec.ending = false;
-            rec.parts = None;
-            rec.token = Some(token);
-            rec.started = None;
-            rec.log_offset = 0;
+            rec.held_by(Some((owner.to_owned(), token)));
             return self
                 .assignment(job)
                 .map_or(Adoption::Refused, |a| Adoption::Assigned(Box::new(a)));
@@ -322,10 +317,7 @@ impl Dispatcher {
             return Adoption::NotDriven;
         };
         rec.status = JobStatus::Leased;
-        rec.remote = Some(owner.to_owned());
-        rec.ending = false;
-        rec.parts = None;
-        rec.token = Some(token);
+        rec.held_by(Some((owner.to_owned(), token)));
         rec.attempts += 1;
         let run = rec.run;
         self.mark_run_running(run);
@@ -497,12 +489,7 @@ impl Dispatcher {
             if ours || !matches!(rec.status, JobStatus::Leased | JobStatus::Running) {
                 continue;
             }
-            rec.remote = None;
-            rec.ending = false;
-            rec.parts = None;
-            rec.token = None;
-            rec.started = None;
-            rec.log_offset = 0;
+            rec.held_by(None);
             let (run, key, seq) = (rec.run, rec.key.clone(), rec.seq);
             if e.requeued {
                 rec.status = JobStatus::Queued;
