@@ -1016,7 +1016,8 @@ impl Engine {
     }
 
     /// The packed output `digest` of a dependency of the package job `job`, which the remote
-    /// worker `owner` holds (lease `token`). `Ok(Err(false))`: it does not hold the job;
+    /// worker `owner` holds (lease `token`), opened for streaming, with its size (the worker
+    /// checks it against the digest). `Ok(Err(false))`: it does not hold the job;
     /// `Ok(Err(true))`: no dependency of the job has that output.
     pub async fn package_dep(
         &self,
@@ -1024,7 +1025,7 @@ impl Engine {
         job: JobId,
         token: i64,
         digest: &str,
-    ) -> Result<Result<Vec<u8>, bool>, EngineError> {
+    ) -> Result<Result<(tokio::fs::File, u64), bool>, EngineError> {
         let allowed = self
             .ask(|reply| Command::PackageDep {
                 owner: owner.to_owned(),
@@ -1037,7 +1038,7 @@ impl Engine {
         match allowed {
             None => Ok(Err(false)),
             Some(false) => Ok(Err(true)),
-            Some(true) => Ok(Ok(self.inner.store.blobs().get_content(digest).await?)),
+            Some(true) => Ok(Ok(self.inner.store.blobs().open_content(digest).await?)),
         }
     }
 

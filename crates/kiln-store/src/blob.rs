@@ -207,6 +207,24 @@ impl BlobStore {
         .await
     }
 
+    /// The content-addressed blob `digest` opened for streaming, with its size. Not checked
+    /// against the digest here: whoever receives the stream checks it (a remote worker does).
+    pub async fn open_content(&self, digest: &str) -> Result<(tokio::fs::File, u64), StoreError> {
+        let key = content_key(digest)?;
+        match self {
+            Self::Local(local) => {
+                let path = local.path_of(&key)?;
+                let read = |source| StoreError::BlobRead {
+                    path: path.clone(),
+                    source,
+                };
+                let file = tokio::fs::File::open(&path).await.map_err(read)?;
+                let size = file.metadata().await.map_err(read)?.len();
+                Ok((file, size))
+            }
+        }
+    }
+
     /// Whether the content-addressed blob `digest` is stored (a cache hit is only as good as
     /// its output: retention may have pruned it).
     pub async fn contains_content(&self, digest: &str) -> Result<bool, StoreError> {

@@ -393,7 +393,17 @@ pub(crate) async fn package_dep(
         .await
         .map_err(engine_error)?;
     match tar {
-        Ok(tar) => Ok(([(header::CONTENT_TYPE, "application/x-tar")], tar).into_response()),
+        Ok((file, size)) => {
+            let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+            Ok((
+                [
+                    (header::CONTENT_TYPE, "application/x-tar".to_owned()),
+                    (header::CONTENT_LENGTH, size.to_string()),
+                ],
+                body,
+            )
+                .into_response())
+        }
         Err(false) => Err(lease_lost(id, job)),
         Err(true) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
