@@ -913,7 +913,9 @@ impl Engine {
 
     /// Keeps a part of the package job `job` that the remote worker `owner` (lease `token`)
     /// uploaded into the file `file`: its packed output (unpacked with every check of a
-    /// restore, then packed again as kiln packs outputs) or its build log.
+    /// restore, then packed again as kiln packs outputs) or its build log. The caller checks
+    /// the lease before receiving the file ([`Engine::job_holder`]); the dispatcher checks it
+    /// again as it keeps the part.
     pub async fn package_part(
         &self,
         owner: &str,
@@ -922,9 +924,6 @@ impl Engine {
         part: PackagePart,
         file: &Path,
     ) -> Result<PartAnswer, EngineError> {
-        if self.job_holder(owner, job, token).await?.is_none() {
-            return Ok(PartAnswer::Lost);
-        }
         let store = &self.inner.store;
         let io = |action: &'static str| {
             let path = file.to_owned();

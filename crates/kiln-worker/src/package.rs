@@ -103,14 +103,6 @@ async fn steps(
 ) -> Result<(), Stop> {
     let failed = |what: &str, e: String| Stop::Failed(format!("kiln could not {what}: {e}"));
     log.line(&format!("{} {} (key {})", pkg.origin, pkg.version, pkg.key));
-    for (name, path) in [("tree", &pkg.tree), ("origin", &pkg.origin)] {
-        if !is_relative_inside(path) {
-            return Err(Stop::Failed(format!(
-                "the server sent a package {name} that is not a relative path inside the \
-                 source: `{path}`"
-            )));
-        }
-    }
     same_machine(pkg)?;
     let distfiles = distfiles(pkg)?;
     let sandbox = sandbox(ctx, &pkg.sandbox).await?;
