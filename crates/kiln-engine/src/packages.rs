@@ -30,7 +30,7 @@
 //! Not here: validation rules and keys (kiln-core), SQL and blobs (kiln-store), spawning and
 //! killing processes (kiln-exec), printing (kiln-cli).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,7 @@ use kiln_exec::package::{
 pub use kiln_exec::{Limits, Sandbox, SandboxError, SandboxMode};
 pub use workflow::{PackagePreview, PackageSet, WorkflowPackages, plan_workflow, preview_workflow};
 
+mod slots;
 mod workflow;
 use kiln_store::packages::log_tail;
 use kiln_store::{
@@ -65,6 +66,10 @@ pub use kiln_exec::package::BUILD_PATH;
 /// laid out) while the slots are busy. More would let low-priority packages queue for a
 /// slot ahead of critical ones that become ready meanwhile (measured: 2 or 4 ahead made the
 /// 8-slot makespan benchmark 6% and 16% longer, 1 ahead 2% shorter than none).
+///
+/// Counted among the packages that have not yet given back their slot: one whose commands
+/// have ended is storing its output and log, and must not hold up the preparation of the
+/// next (counting it left a slot idle whenever two builds ended within a few milliseconds).
 const PREPARED_AHEAD: usize = 1;
 
 /// Rows waiting to be recorded are written when this many have gathered…
@@ -479,9 +484,13 @@ struct Shared {
     /// Held while a package's commands run (`kiln build`'s slots): its folder is prepared
     /// before and its output stored after, so a slot never waits for kiln's own file work.
     /// `None` where the caller bounds whole builds itself (a workflow's package jobs).
-    slots: Option<Arc<tokio::sync::Semaphore>>,
+    slots: Option<Arc<slots::Slots>>,
     /// Where `Started` is reported, once a package holds a slot.
     progress: Option<mpsc::UnboundedSender<BuildEvent>>,
+    /// Where a package is reported once it holds a slot, and once its commands have ended
+    /// and the slot is free again (`kiln build` prepares the next one then:
+    /// [`PREPARED_AHEAD`]).
+    slot_events: Option<mpsc::UnboundedSender<(PackageId, SlotEvent)>>,
     /// `$KILN_DEPS` folders not in use, each left as its last build laid it out.
     deps_pool: std::sync::Mutex<Vec<DepsDir>>,
     deps_made: std::sync::atomic::AtomicUsize,
@@ -559,6 +568,15 @@ struct Job {
     deps: Vec<PackageId>,
     /// Its last successful build's duration (for the `Started` event).
     expected: Option<Duration>,
+    /// Its remaining critical path: the order in which waiting packages get slots.
+    priority: u64,
+}
+
+/// What [`Shared::slot_events`] reports of a package.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotEvent {
+    Taken,
+    Released,
 }
 
 /// How one package's task ended.
@@ -692,6 +710,7 @@ async fn start(
         deps_made: std::sync::atomic::AtomicUsize::new(0),
         slots: None,
         progress: None,
+        slot_events: None,
     });
     Ok(Start {
         durations,
@@ -717,10 +736,12 @@ async fn dispatch(
         priorities,
         mut shared,
     } = start(store, plan, opts, work).await?;
+    let (slot_tx, mut slot_events) = mpsc::unbounded_channel();
     {
         let s = Arc::get_mut(&mut shared).expect("not shared yet");
-        s.slots = Some(Arc::new(tokio::sync::Semaphore::new(opts.slots)));
+        s.slots = Some(slots::Slots::new(opts.slots));
         s.progress = Some(progress.clone());
+        s.slot_events = Some(slot_tx);
     }
     let expected = |p: PackageId| durations.get(tree.origin(p)).copied();
     let _ = progress.send(BuildEvent::Began {
@@ -739,6 +760,10 @@ async fn dispatch(
     let stop = cancel.child_token();
     let mut running: JoinSet<Done> = JoinSet::new();
     let mut task_of: HashMap<tokio::task::Id, PackageId> = HashMap::new();
+    // Started and not yet past their commands: preparing, waiting for a slot, or in one.
+    let mut before_release: HashSet<PackageId> = HashSet::new();
+    // Of those, the ones without a slot yet, with their priorities.
+    let mut unslotted: HashMap<PackageId, u64> = HashMap::new();
     let mut recorded = vec![false; tree.len()];
     let mut rows: Vec<PackageBuild> = Vec::new();
     let mut oldest_row: Option<tokio::time::Instant> = None;
@@ -759,8 +784,15 @@ async fn dispatch(
     let outcome: Result<(), BuildError> = async {
         loop {
             // One package more than slots is prepared ahead (`Shared::slots`), so a slot that
-            // frees finds the next build's folder ready.
-            while !cancelled && running.len() < opts.slots + PREPARED_AHEAD {
+            // frees finds the next build's folder ready. A package that became ready since
+            // and comes before every prepared one is prepared too: slots go by priority, so
+            // it runs next, as it would have without the preparing ahead.
+            while !cancelled
+                && (before_release.len() < opts.slots + PREPARED_AHEAD
+                    || schedule
+                        .next_priority()
+                        .is_some_and(|next| unslotted.values().max().is_some_and(|&m| next > m)))
+            {
                 let Some(p) = schedule.start_next() else {
                     break;
                 };
@@ -777,9 +809,12 @@ async fn dispatch(
                     key: plan.key(p).to_hex(),
                     deps: walker.kiln_deps(p).to_vec(),
                     expected: expected(p),
+                    priority: schedule.priority(p),
                 };
+                unslotted.insert(p, job.priority);
                 let handle = running.spawn(execute(shared.clone(), job, stop.clone(), None));
                 task_of.insert(handle.id(), p);
+                before_release.insert(p);
             }
             if rows.len() >= FLUSH_ROWS {
                 flush(store, &mut rows, &mut oldest_row).await?;
@@ -792,6 +827,12 @@ async fn dispatch(
             }
             let flush_at = oldest_row.map(|t| t + FLUSH_EVERY);
             tokio::select! {
+                Some((p, event)) = slot_events.recv() => {
+                    unslotted.remove(&p);
+                    if event == SlotEvent::Released {
+                        before_release.remove(&p);
+                    }
+                }
                 joined = running.join_next_with_id() => {
                     let Some(joined) = joined else { continue };
                     let done = match joined {
@@ -816,6 +857,8 @@ async fn dispatch(
                         }
                     };
                     let p = done.id;
+                    before_release.remove(&p);
+                    unslotted.remove(&p);
                     let b = PackageBuild {
                         id: PackageBuildId::new(),
                         session,
@@ -954,6 +997,9 @@ async fn execute(
     ));
     let mut deps = shared.take_deps(&job.deps);
     let result = run_phases(&shared, &job, &dir, &deps.path, &mut log, &cancel).await;
+    if let Some(events) = &shared.slot_events {
+        let _ = events.send((job.id, SlotEvent::Released));
+    }
     // Whatever the build did, the next one makes the folder right again.
     deps.laid_out.clone_from(&job.deps);
     shared.give_back_deps(deps);
@@ -1114,11 +1160,14 @@ async fn run_phases(
     // A slot for the commands (released when this returns, before the output is stored).
     let _slot = match &shared.slots {
         Some(slots) => tokio::select! {
-            permit = slots.clone().acquire_owned() => Some(permit.map_err(|_| Stop::Cancelled)?),
+            slot = slots.acquire(job.priority) => Some(slot),
             () = cancel.cancelled() => return Err(Stop::Cancelled),
         },
         None => None,
     };
+    if let Some(events) = &shared.slot_events {
+        let _ = events.send((job.id, SlotEvent::Taken));
+    }
     if let Some(progress) = &shared.progress {
         let _ = progress.send(BuildEvent::Started {
             origin: origin.to_owned(),

@@ -93,6 +93,17 @@ impl Schedule {
         Some(p)
     }
 
+    /// The priority of the package [`Schedule::start_next`] would return, without starting
+    /// it.
+    pub fn next_priority(&self) -> Option<u64> {
+        self.ready.peek().map(|(priority, _)| *priority)
+    }
+
+    /// `p`'s priority: its remaining critical path.
+    pub fn priority(&self, p: PackageId) -> u64 {
+        self.priorities[p.index()]
+    }
+
     /// Records how `p` (returned by [`Schedule::start_next`]) ended. After a failure, returns the
     /// packages skipped because of it (each waiting on `p`, transitively), sorted.
     pub fn finish(&mut self, p: PackageId, outcome: Outcome) -> Vec<PackageId> {

@@ -426,7 +426,17 @@ fn run_one_slot(t: &Tree, fail: &[&str]) -> (Vec<String>, Vec<(String, State)>) 
     let prio = t.graph().priorities(&all, |_| 1);
     let mut s = Schedule::new(t.graph(), &all, prio);
     let mut started = Vec::new();
-    while let Some(p) = s.start_next() {
+    loop {
+        let next = s.next_priority();
+        let Some(p) = s.start_next() else {
+            assert_eq!(next, None, "a priority is seen only for a ready package");
+            break;
+        };
+        assert_eq!(
+            next,
+            Some(s.priority(p)),
+            "the peek sees the package started next"
+        );
         started.push(t.origin(p).to_owned());
         let outcome = if fail.contains(&t.origin(p)) {
             Outcome::Failed

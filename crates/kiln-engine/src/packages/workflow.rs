@@ -285,6 +285,8 @@ impl PackageSet {
             key: key.clone(),
             deps,
             expected: None,
+            // Slots are `kiln build`'s: a workflow's package jobs take none.
+            priority: 0,
         };
         let done = execute(self.shared.clone(), job, cancel, Some(log)).await;
         self.record(p, done).await
