@@ -494,6 +494,12 @@ struct Shared {
     /// `$KILN_DEPS` folders not in use, each left as its last build laid it out.
     deps_pool: std::sync::Mutex<Vec<DepsDir>>,
     deps_made: std::sync::atomic::AtomicUsize,
+    /// Packages of `kiln build` not started yet (`usize::MAX` where the caller does not
+    /// count them): once the free `$KILN_DEPS` folders outnumber them, a folder given back
+    /// is removed at once, beside the last builds, instead of when they are all over.
+    unstarted: std::sync::atomic::AtomicUsize,
+    /// Those removals, awaited before the work area goes.
+    clearing: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Shared {
@@ -528,7 +534,28 @@ impl Shared {
     }
 
     fn give_back_deps(&self, deps: DepsDir) {
-        self.deps_pool.lock().expect("pool lock").push(deps);
+        let mut pool = self.deps_pool.lock().expect("pool lock");
+        if pool.len() < self.unstarted.load(std::sync::atomic::Ordering::Relaxed) {
+            pool.push(deps);
+            return;
+        }
+        drop(pool);
+        let removed = tokio::task::spawn_blocking(move || {
+            if let Err(e) = std::fs::remove_dir_all(&deps.path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %deps.path.display(), error = %e, "cannot remove a $KILN_DEPS folder");
+            }
+        });
+        self.clearing.lock().expect("clearing lock").push(removed);
+    }
+
+    /// Waits for the `$KILN_DEPS` folders being removed.
+    async fn cleared(&self) {
+        let removals = std::mem::take(&mut *self.clearing.lock().expect("clearing lock"));
+        for removal in removals {
+            let _ = removal.await;
+        }
     }
 }
 
@@ -708,6 +735,8 @@ async fn start(
             .collect(),
         deps_pool: std::sync::Mutex::new(Vec::new()),
         deps_made: std::sync::atomic::AtomicUsize::new(0),
+        unstarted: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        clearing: std::sync::Mutex::new(Vec::new()),
         slots: None,
         progress: None,
         slot_events: None,
@@ -742,6 +771,7 @@ async fn dispatch(
         s.slots = Some(slots::Slots::new(opts.slots));
         s.progress = Some(progress.clone());
         s.slot_events = Some(slot_tx);
+        s.unstarted = std::sync::atomic::AtomicUsize::new(plan.to_build());
     }
     let expected = |p: PackageId| durations.get(tree.origin(p)).copied();
     let _ = progress.send(BuildEvent::Began {
@@ -812,6 +842,11 @@ async fn dispatch(
                     priority: schedule.priority(p),
                 };
                 unslotted.insert(p, job.priority);
+                let _ = shared.unstarted.fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| n.checked_sub(1),
+                );
                 let handle = running.spawn(execute(shared.clone(), job, stop.clone(), None));
                 task_of.insert(handle.id(), p);
                 before_release.insert(p);
@@ -941,6 +976,7 @@ async fn dispatch(
         stop.cancel();
         while running.join_next().await.is_some() {}
     }
+    shared.cleared().await;
     outcome?;
     Ok((counts, cancelled, failures))
 }
@@ -1157,23 +1193,24 @@ async fn run_phases(
         .read_only(&deps)
         .read_only(&shared.root)
         .hidden(&shared.data_dir);
-    // A slot for the commands (released when this returns, before the output is stored).
-    let _slot = match &shared.slots {
-        Some(slots) => tokio::select! {
-            slot = slots.acquire(job.priority) => Some(slot),
-            () = cancel.cancelled() => return Err(Stop::Cancelled),
-        },
-        None => None,
-    };
-    if let Some(events) = &shared.slot_events {
-        let _ = events.send((job.id, SlotEvent::Taken));
-    }
-    if let Some(progress) = &shared.progress {
-        let _ = progress.send(BuildEvent::Started {
-            origin: origin.to_owned(),
-            expected: job.expected,
-        });
-    }
+    // A slot for the commands (released when this returns, before the output is stored),
+    // taken as the phases' turn: a sandbox is made while the package waits for it.
+    let mut slot = None;
+    let turn: Option<kiln_exec::package::Turn<'_>> = shared.slots.as_ref().map(|slots| {
+        let taken = async {
+            slot = Some(slots.acquire(job.priority).await);
+            if let Some(events) = &shared.slot_events {
+                let _ = events.send((job.id, SlotEvent::Taken));
+            }
+            if let Some(progress) = &shared.progress {
+                let _ = progress.send(BuildEvent::Started {
+                    origin: origin.to_owned(),
+                    expected: job.expected,
+                });
+            }
+        };
+        Box::pin(taken) as kiln_exec::package::Turn<'_>
+    });
     let proxy = match &shared.fetch_egress {
         Some(egress) if pkg.fetch.is_some() && shared.sandbox.is_confined() => Some(
             EgressProxy::start(egress)
@@ -1200,7 +1237,8 @@ async fn run_phases(
         limits: shared.limits,
         fetch_network,
     };
-    let ran = kiln_exec::package::run_phases(&phases, log, cancel).await;
+    let ran = kiln_exec::package::run_phases_after(&phases, log, cancel, turn).await;
+    drop(slot);
     if let Some(proxy) = proxy {
         for line in proxy.finish() {
             log.line(&line);

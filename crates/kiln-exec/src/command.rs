@@ -60,6 +60,18 @@ pub async fn run_command(
     limits: Limits,
     output: &mpsc::Sender<ExecEvent>,
 ) -> Result<CommandEnd, CommandError> {
+    run_gated(spec, None, deadline, cancel, limits, output).await
+}
+
+/// [`run_command`], started behind `gate` when there is one (`process::Gate`).
+pub(crate) async fn run_gated(
+    spec: &CommandSpec,
+    gate: Option<process::Gate<'_>>,
+    deadline: Instant,
+    cancel: &CancellationToken,
+    limits: Limits,
+    output: &mpsc::Sender<ExecEvent>,
+) -> Result<CommandEnd, CommandError> {
     let mut masker = Masker::new(&[]);
     let mut sink = LogSink::new(0, output, &mut masker);
     let result = process::run(
@@ -68,6 +80,7 @@ pub async fn run_command(
             args: spec.args.clone(),
             env: spec.env.clone(),
             dir: &spec.dir,
+            gate,
         },
         deadline,
         Some(cancel),

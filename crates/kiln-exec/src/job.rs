@@ -799,6 +799,7 @@ impl<'a> Runner<'a> {
             args: shell.args_for(&script_str),
             env,
             dir: &dir,
+            gate: None,
         };
         let limits = self.limits;
         let mut sink = LogSink::new(log_index, self.events, &mut self.masker);

@@ -19,8 +19,12 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::process::Gate;
 use crate::sandbox::{Confinement, Network, Sandbox};
-use crate::{CommandEnd, CommandSpec, ExecEvent, Limits, run_command};
+use crate::{CommandEnd, CommandSpec, ExecEvent, Limits};
+
+/// A package's turn to run its commands (a free slot): see [`run_phases_after`].
+pub type Turn<'t> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 't>>;
 
 /// The `PATH` every build gets, whatever kiln's own: a build must not change with the shell
 /// kiln was started from, and its key does not cover kiln's `PATH`. Name `PATH` among the
@@ -122,13 +126,26 @@ pub async fn run_phases(
     log: &mut BuildLog,
     cancel: &CancellationToken,
 ) -> Result<(), Stop> {
+    run_phases_after(p, log, cancel, None).await
+}
+
+/// [`run_phases`], the commands waiting for `turn` (when given) to resolve. Sandboxed, the
+/// first phase's sandbox is made meanwhile and its command let in when the turn comes
+/// ([`Confinement::gated`]): bubblewrap's few milliseconds of namespaces and mounts are
+/// spent before the turn, not in it.
+pub async fn run_phases_after(
+    p: &Phases<'_>,
+    log: &mut BuildLog,
+    cancel: &CancellationToken,
+    mut turn: Option<Turn<'_>>,
+) -> Result<(), Stop> {
     if let Some(fetch) = p.fetch {
         log.line(&format!("fetch: {fetch}"));
         let confinement = match p.fetch_network {
             FetchNetwork::Relay { socket, relay } => p.base.clone().egress(socket, relay),
             FetchNetwork::Host => p.base.clone().network(Network::Allowed),
         };
-        phase(p, "fetch", fetch, &confinement, log, cancel).await?;
+        phase(p, "fetch", fetch, &confinement, log, cancel, turn.take()).await?;
     }
     if !p.distfiles.is_empty() {
         log.line("checking distfiles");
@@ -146,7 +163,7 @@ pub async fn run_phases(
     }
     log.line(&format!("build: {}", p.build));
     let confinement = p.base.clone().writable(p.out).network(Network::Denied);
-    phase(p, "build", p.build, &confinement, log, cancel).await
+    phase(p, "build", p.build, &confinement, log, cancel, turn.take()).await
 }
 
 /// One package's log: kiln's own lines and both phases' output, in order, bounded.
@@ -220,13 +237,28 @@ async fn phase(
     confinement: &Confinement,
     log: &mut BuildLog,
     cancel: &CancellationToken,
+    turn: Option<Turn<'_>>,
 ) -> Result<(), Stop> {
     if cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
+    // Unconfined, there is nothing to make ahead: the command waits for its turn unstarted.
+    let mut gate = None;
+    let mut confined = std::borrow::Cow::Borrowed(confinement);
+    if let Some(turn) = turn {
+        if p.sandbox.is_confined() {
+            confined = std::borrow::Cow::Owned(confinement.clone().gated(Gate::FD));
+            gate = Some(Gate { open: turn });
+        } else {
+            tokio::select! {
+                () = turn => {}
+                () = cancel.cancelled() => return Err(Stop::Cancelled),
+            }
+        }
+    }
     let wrapped = p
         .sandbox
-        .wrap(confinement, "sh", ["-ec", command])
+        .wrap(&confined, "sh", ["-ec", command])
         .map_err(|e| Stop::Failed(format!("kiln could not confine the {name} phase: {e}")))?;
     let spec = CommandSpec {
         program: wrapped.program.to_string_lossy().into_owned(),
@@ -244,7 +276,7 @@ async fn phase(
     let limits = p.limits;
     let run = async move {
         let tx = tx;
-        run_command(&spec, deadline, cancel, limits, &tx).await
+        crate::command::run_gated(&spec, gate, deadline, cancel, limits, &tx).await
     };
     let collect = async {
         while let Some(ev) = rx.recv().await {
@@ -464,5 +496,118 @@ mod tests {
 
         lay_out_deps(&deps, &[]).unwrap();
         assert_eq!(files(&deps), Vec::<String>::new());
+    }
+
+    /// A package folder with its `out`, for phases that write `marker` into `$KILN_OUT`.
+    struct Gated {
+        _root: tempfile::TempDir,
+        src: PathBuf,
+        out: PathBuf,
+        env: Vec<(OsString, OsString)>,
+    }
+
+    fn gated_package() -> Gated {
+        let root = tempfile::tempdir().unwrap();
+        let src = root.path().join("src");
+        let out = root.path().join("out");
+        let deps = root.path().join("deps");
+        for d in [&src, &out, &deps] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let env = build_env(&src, &out, &deps, "a/one", "1.0", &[]);
+        Gated {
+            _root: root,
+            src,
+            out,
+            env,
+        }
+    }
+
+    async fn phases_after(
+        sandbox: &Sandbox,
+        g: &Gated,
+        turn: Turn<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
+        let phases = Phases {
+            fetch: None,
+            distfiles: &[],
+            build: "touch \"$KILN_OUT/marker\"",
+            src: &g.src,
+            out: &g.out,
+            base: Confinement::new(&g.src),
+            env: &g.env,
+            sandbox,
+            limits: Limits::default(),
+            fetch_network: FetchNetwork::Host,
+        };
+        let mut log = BuildLog::default();
+        run_phases_after(&phases, &mut log, cancel, Some(turn)).await
+    }
+
+    /// Both ways a build waits for its turn: unconfined (nothing started) and sandboxed (the
+    /// sandbox made, its command held at the gate).
+    #[expect(
+        clippy::print_stderr,
+        reason = "say why the sandboxed case was not checked"
+    )]
+    fn sandboxes() -> Vec<Sandbox> {
+        let mut all = vec![Sandbox::off()];
+        match Sandbox::detect(crate::SandboxMode::Require) {
+            Ok(s) => all.push(s),
+            Err(e) => eprintln!("sandboxed case skipped: bubblewrap cannot run here: {e}"),
+        }
+        all
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_build_runs_its_commands_only_when_its_turn_comes() {
+        for sandbox in sandboxes() {
+            let g = gated_package();
+            let (open, opened) = tokio::sync::oneshot::channel::<()>();
+            let turn: Turn<'_> = Box::pin(async move {
+                let _ = opened.await;
+            });
+            let cancel = CancellationToken::new();
+            let marker = g.out.join("marker");
+            let watch = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(
+                    !marker.exists(),
+                    "{:?}: the command ran before its turn",
+                    sandbox.mode()
+                );
+                open.send(()).unwrap();
+            };
+            let (ran, ()) = tokio::join!(phases_after(&sandbox, &g, turn, &cancel), watch);
+            ran.unwrap_or_else(|e| panic!("{:?}: {e:?}", sandbox.mode()));
+            assert!(
+                marker.exists(),
+                "{:?}: the command ran once let in",
+                sandbox.mode()
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_build_cancelled_while_it_waits_for_its_turn_never_runs() {
+        for sandbox in sandboxes() {
+            let g = gated_package();
+            let turn: Turn<'_> = Box::pin(std::future::pending());
+            let cancel = CancellationToken::new();
+            let stop = async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                cancel.cancel();
+            };
+            let (ran, ()) = tokio::join!(phases_after(&sandbox, &g, turn, &cancel), stop);
+            assert!(
+                matches!(ran, Err(Stop::Cancelled)),
+                "{:?}: {ran:?}",
+                sandbox.mode()
+            );
+            // Whatever was made ahead is gone, and never ran the command.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!g.out.join("marker").exists(), "{:?}", sandbox.mode());
+        }
     }
 }

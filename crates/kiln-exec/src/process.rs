@@ -55,6 +55,22 @@ pub(crate) struct ProcessSpec<'a> {
     pub args: Vec<String>,
     pub env: Vec<(OsString, OsString)>,
     pub dir: &'a Path,
+    /// Started behind a gate: see [`Gate`].
+    pub gate: Option<Gate<'a>>,
+}
+
+/// A process started before its turn: it gets the read end of a pipe as descriptor
+/// [`Gate::FD`] and is expected to wait until it can read from it (a sandbox made with
+/// [`crate::Confinement::gated`]). When `open` resolves, a byte is written and the process
+/// goes on. Meanwhile its deadline and cancellation apply as to any process; one that ends
+/// before its turn is never let in.
+pub(crate) struct Gate<'a> {
+    pub open: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+}
+
+impl Gate<'_> {
+    /// The descriptor the process reads its start from.
+    pub(crate) const FD: i32 = 3;
 }
 
 /// How a process ended.
@@ -186,6 +202,21 @@ pub(crate) async fn run(
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);
+    // The gate's write end stays here; its read end goes to the child alone (mapped in the
+    // child after fork: no other process spawned meanwhile inherits it).
+    let (mut gate_open, mut gate_write) = match spec.gate {
+        Some(gate) => {
+            use command_fds::{CommandFdExt, FdMapping};
+            let (read, write) = std::io::pipe().map_err(SpawnError::Pipe)?;
+            cmd.fd_mappings(vec![FdMapping {
+                parent_fd: read.into(),
+                child_fd: Gate::FD,
+            }])
+            .map_err(|e| SpawnError::Pipe(std::io::Error::other(e)))?;
+            (Some(gate.open), Some(write))
+        }
+        None => (None, None),
+    };
     let spawned = cmd.spawn();
     // The command holds our copies of the pipe's write end: drop them now, or the pipe would
     // never report end-of-file.
@@ -259,6 +290,16 @@ pub(crate) async fn run(
                 stop = Some(Ended::Cancelled);
                 break;
             }
+            () = open_gate(&mut gate_open), if gate_open.is_some() && status.is_none() => {
+                gate_open = None;
+                if let Some(mut write) = gate_write.take() {
+                    use std::io::Write as _;
+                    // One byte into an empty pipe: never blocks.
+                    if let Err(e) = write.write_all(b"g") {
+                        tracing::warn!(error = %e, "cannot open a process's start gate");
+                    }
+                }
+            }
             () = sleep_until(drain_until.unwrap_or(never)), if drain_until.is_some() => {
                 // The main process is gone but someone still holds the log pipe.
                 break;
@@ -278,7 +319,17 @@ pub(crate) async fn run(
         });
     }
 
-    // Timeout, cancel, or a pipe held past the drain: end the whole group.
+    // Timeout, cancel, or a pipe held past the drain: end the whole group. Before its gate
+    // opened nothing of the command has run, and a sandbox waiting at its gate does not
+    // end on SIGTERM: no grace then.
+    let limits = if gate_open.is_some() {
+        Limits {
+            grace: Duration::ZERO,
+            ..limits
+        }
+    } else {
+        limits
+    };
     terminate(
         pgid,
         &mut child,
@@ -390,6 +441,16 @@ async fn read_some(rx: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<us
                 None
             }
         },
+        None => std::future::pending().await,
+    }
+}
+
+/// Until the gate opens; never when there is none.
+async fn open_gate(
+    gate: &mut Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>>,
+) {
+    match gate {
+        Some(open) => open.as_mut().await,
         None => std::future::pending().await,
     }
 }
