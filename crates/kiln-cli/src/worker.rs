@@ -41,6 +41,10 @@ pub(crate) struct WorkerArgs {
     /// A name for people (default: the host's name).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// How many MiB of the dependency outputs package jobs fetched are kept in the work dir
+    /// for later builds; past it, the least recently used go.
+    #[arg(long, value_name = "MIB", default_value_t = 10240)]
+    output_cache_mib: u64,
 }
 
 pub(crate) async fn worker(a: WorkerArgs) -> Result<i32, Failure> {
@@ -99,6 +103,7 @@ pub(crate) async fn worker(a: WorkerArgs) -> Result<i32, Failure> {
         labels,
         slots: a.slots,
         work_dir,
+        output_cache: a.output_cache_mib.saturating_mul(1024 * 1024),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let announce = |id| stdout_line(&format!("worker {id} registered with {server}"));

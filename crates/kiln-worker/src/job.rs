@@ -32,6 +32,8 @@ pub(crate) struct Context {
     pub(crate) runs: Arc<Mutex<RunCache>>,
     /// The sandboxes package builds run in, detected when first needed.
     pub(crate) sandboxes: crate::package::Sandboxes,
+    /// The dependency outputs package builds fetched.
+    pub(crate) outputs: Arc<crate::outputs::OutputCache>,
 }
 
 /// How many runs' sources are kept.

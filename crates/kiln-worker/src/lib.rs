@@ -15,6 +15,7 @@
 
 mod artifacts;
 mod job;
+mod outputs;
 mod package;
 
 use std::collections::HashMap;
@@ -46,6 +47,9 @@ pub struct WorkerConfig {
     pub slots: u32,
     /// Where each job gets its folder (`<work dir>/<job id>/`), removed when it ends.
     pub work_dir: PathBuf,
+    /// At most this many bytes of the dependency outputs package builds fetched are kept
+    /// (`<work dir>/outputs`), least recently used ones removed first.
+    pub output_cache: u64,
     /// kiln's version, shown to people.
     pub version: String,
 }
@@ -366,6 +370,7 @@ pub async fn run_worker(
         lease,
         runs: Arc::default(),
         sandboxes: Arc::default(),
+        outputs: outputs::OutputCache::new(config.work_dir.join("outputs"), config.output_cache),
     };
     // One server: a long poll. Several: each asked without waiting, starting with the one that
     // last gave jobs (a few times in a row at most, so that the others are asked too); only

@@ -129,6 +129,9 @@ async fn steps(
     tokio::fs::create_dir_all(&out)
         .await
         .map_err(|e| failed("create", format!("{}: {e}", out.display())))?;
+    // The cached outputs this build takes stay until they are linked into its `$KILN_DEPS`.
+    let digests: Vec<String> = pkg.deps.iter().map(|d| d.output.clone()).collect();
+    let pin = ctx.outputs.pin(&digests);
     let mut layout = Vec::with_capacity(pkg.deps.len());
     for dep in &pkg.deps {
         if cancel.is_cancelled() {
@@ -149,6 +152,7 @@ async fn steps(
     blocking(move || lay_out_deps(&target, &layout))
         .await
         .map_err(|e| failed("lay out $KILN_DEPS", e))?;
+    drop(pin);
 
     let env = build_env(&src, &out, &deps, &pkg.origin, &pkg.version, &pkg.env);
     let phases = Phases {
@@ -268,7 +272,8 @@ async fn sandbox(ctx: &Context, mode: &str) -> Result<Sandbox, Stop> {
 }
 
 /// The folder holding the output `digest` on this worker: fetched from the server and
-/// unpacked the first time a build needs it, kept for the next ones.
+/// unpacked the first time a build needs it, kept for the next ones (within the cache's
+/// limit: `crate::outputs`).
 async fn dependency_output(
     ctx: &Context,
     a: &AssignedJob,
@@ -277,9 +282,11 @@ async fn dependency_output(
     if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("`{digest}` is not a SHA-256"));
     }
-    let outputs = ctx.work_dir.join("outputs");
+    let outputs = ctx.outputs.dir().to_path_buf();
     let kept = outputs.join(digest);
-    if tokio::fs::metadata(&kept).await.is_ok() {
+    let cache = ctx.outputs.clone();
+    let known = digest.to_owned();
+    if blocking(move || Ok(cache.hit(&known))).await? {
         return Ok(kept);
     }
     let path = format!(
@@ -299,6 +306,7 @@ async fn dependency_output(
     }
     let partial = outputs.join(format!("{digest}.{}.part", a.job));
     let (into, done) = (partial.clone(), kept.clone());
+    let (cache, added) = (ctx.outputs.clone(), digest.to_owned());
     blocking(move || {
         let _ = std::fs::remove_dir_all(&into);
         std::fs::create_dir_all(&into).map_err(|e| format!("{}: {e}", into.display()))?;
@@ -320,6 +328,7 @@ async fn dependency_output(
                 return Err(format!("cannot keep it at {}", done.display()));
             }
         }
+        cache.added(&added);
         Ok(())
     })
     .await?;
