@@ -519,6 +519,9 @@ enum Msg {
     /// A remote worker's package job ended under the lease `token`, its history row
     /// recorded.
     RemoteDone(JobId, i64, Box<JobOutcome>),
+    /// A task recording a remote worker's package build is over (after its `RemoteDone`, or
+    /// without one if it failed): a draining dispatcher waits for every such task.
+    Recorded,
     /// Runs driven here whose cancellation was asked of another replica (or of the API while
     /// nobody drove them): see [`Dispatcher::ask_for_cancellations`].
     CancelRequested(Vec<RunId>),
@@ -544,6 +547,8 @@ struct Dispatcher {
     ready: BinaryHeap<Ready>,
     /// Jobs leased or running now (at most `slots * (1 + LOOKAHEAD)`: see the module doc).
     busy: usize,
+    /// Remote package builds whose history rows are being recorded (`Msg::Recorded`).
+    recording: usize,
     /// Jobs running now (holding a permit).
     running: usize,
     slots: usize,
@@ -608,6 +613,7 @@ impl Dispatcher {
             jobs: HashMap::new(),
             ready: BinaryHeap::new(),
             busy: 0,
+            recording: 0,
             running: 0,
             // 0 on a server whose jobs all run on remote workers.
             slots: req.slots,
@@ -1155,7 +1161,13 @@ impl Dispatcher {
             if !long_lived && self.all_done() {
                 break;
             }
-            if self.draining.is_some() && self.busy == 0 && self.ops.is_empty() {
+            // A remote package build being recorded ends its job once the row is in: a
+            // dispatcher that stopped first would leave the job to be built again.
+            if self.draining.is_some()
+                && self.busy == 0
+                && self.recording == 0
+                && self.ops.is_empty()
+            {
                 break;
             }
             let grace = self.draining.filter(|_| !self.grace_over);
@@ -1660,6 +1672,7 @@ impl Dispatcher {
                 self.free.push(slot);
                 self.on_done(job, *outcome);
             }
+            Msg::Recorded => self.recording = self.recording.saturating_sub(1),
             Msg::RemoteDone(job, token, outcome) => {
                 // Only if the lease it ended under still holds (not expired meanwhile).
                 if self

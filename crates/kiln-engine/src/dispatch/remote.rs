@@ -13,6 +13,7 @@ use kiln_exec::{ExecEvent, JobOutcome};
 use kiln_proto::workers::{AssignedJob, HeldJob, ReportEvent};
 use kiln_store::{ExpiredLease, Op, PackageBuildStatus};
 use serde_json::Value;
+use tokio::sync::mpsc;
 
 use super::{Dispatcher, Msg, PackageParts, Ready, now, package_outcome};
 use crate::EngineError;
@@ -262,7 +263,10 @@ impl Dispatcher {
             output,
         };
         let tx = self.tx.clone();
+        self.recording += 1;
         tokio::spawn(async move {
+            // Sent however the task ends (a panic too), after the end if there is one.
+            let _recorded = Recorded(tx.clone());
             let (status, outputs, reason) = set.record(p, done).await;
             let _ = tx.send(Msg::RemoteDone(
                 job,
@@ -509,5 +513,14 @@ impl Dispatcher {
                 self.fail_fast(run, &key, e.job);
             }
         }
+    }
+}
+
+/// Tells the dispatcher, when dropped, that a recording task is over (`Msg::Recorded`).
+struct Recorded(mpsc::UnboundedSender<Msg>);
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        let _ = self.0.send(Msg::Recorded);
     }
 }
