@@ -924,7 +924,14 @@ async fn dispatch(
                                 log: b.log.clone(),
                             });
                             let cause = b.origin.clone();
-                            for s in schedule.finish(p, Outcome::Failed) {
+                            let skipped = schedule.finish(p, Outcome::Failed);
+                            // Never started: no `$KILN_DEPS` folder is kept for them.
+                            let _ = shared.unstarted.fetch_update(
+                                std::sync::atomic::Ordering::Relaxed,
+                                std::sync::atomic::Ordering::Relaxed,
+                                |n| Some(n.saturating_sub(skipped.len())),
+                            );
+                            for s in skipped {
                                 let skipped = row(
                                     s,
                                     PackageBuildStatus::Skipped,
@@ -1033,12 +1040,13 @@ async fn execute(
     ));
     let mut deps = shared.take_deps(&job.deps);
     let result = run_phases(&shared, &job, &dir, &deps.path, &mut log, &cancel).await;
-    if let Some(events) = &shared.slot_events {
-        let _ = events.send((job.id, SlotEvent::Released));
-    }
     // Whatever the build did, the next one makes the folder right again.
     deps.laid_out.clone_from(&job.deps);
     shared.give_back_deps(deps);
+    // After the folder is back: the package this lets start may take it.
+    if let Some(events) = &shared.slot_events {
+        let _ = events.send((job.id, SlotEvent::Released));
+    }
     let mut output = None;
     let (status, reason) = match result {
         Ok(()) => match finish_output(&shared, &job, &dir).await {

@@ -254,6 +254,10 @@ async fn phase(
                 () = turn => {}
                 () = cancel.cancelled() => return Err(Stop::Cancelled),
             }
+            // Both may have come together.
+            if cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
         }
     }
     let wrapped = p

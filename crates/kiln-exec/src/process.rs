@@ -291,6 +291,16 @@ pub(crate) async fn run(
                 break;
             }
             () = open_gate(&mut gate_open), if gate_open.is_some() && status.is_none() => {
+                // The turn and a cancel or the deadline may come together: never let the
+                // command in then.
+                if cancel.is_some_and(CancellationToken::is_cancelled) {
+                    stop = Some(Ended::Cancelled);
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    stop = Some(Ended::TimedOut);
+                    break;
+                }
                 gate_open = None;
                 if let Some(mut write) = gate_write.take() {
                     use std::io::Write as _;

@@ -6,6 +6,10 @@
 //!
 //! After a restart the folders already there are counted once, their last use taken from
 //! their modification time (which each use sets).
+//!
+//! An evicted folder is first renamed (under the cache's lock) to a name that is no digest,
+//! then removed: a build looking for it meanwhile finds it gone and fetches it again, and
+//! never links from a half-removed folder.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,7 +28,7 @@ struct State {
     loaded: bool,
     entries: HashMap<String, Entry>,
     total: u64,
-    /// Increases with every use: the order of last use.
+    /// Increases with every use: the order of last use (and names evicted folders).
     clock: u64,
     /// Digests a build is laying out, with how many builds are.
     pinned: HashMap<String, usize>,
@@ -96,6 +100,11 @@ impl OutputCache {
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
+                if name.contains(EVICTED) {
+                    // Evicted by a run that stopped before removing it.
+                    let _ = std::fs::remove_dir_all(entry.path());
+                    continue;
+                }
                 if !is_digest(&name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
                     continue;
                 }
@@ -121,24 +130,22 @@ impl OutputCache {
         }
     }
 
-    /// Whether `digest` is kept; if so, it counts as used now.
+    /// Whether `digest` is kept; if so, it counts as used now. Pin it first: a kept output
+    /// not pinned may be evicted as soon as this returns.
     pub(crate) fn hit(&self, digest: &str) -> bool {
         self.load();
         let path = self.dir.join(digest);
+        let mut state = self.lock();
+        // Under the lock: eviction renames folders away under it too.
         if !path.is_dir() {
             return false;
         }
         touch(&path);
-        let mut state = self.lock();
         state.clock += 1;
         let now = state.clock;
-        match state.entries.get_mut(digest) {
-            Some(e) => e.used = now,
-            None => {
-                // Kept by a build of this process that raced this one: count it.
-                drop(state);
-                self.added(digest);
-            }
+        // Not counted yet: kept by a build of this process that is about to count it.
+        if let Some(e) = state.entries.get_mut(digest) {
+            e.used = now;
         }
         true
     }
@@ -174,23 +181,29 @@ impl OutputCache {
                 }
                 if let Some(e) = state.entries.remove(&d) {
                     state.total -= e.size;
-                    victims.push(d);
+                    state.clock += 1;
+                    let gone = self.dir.join(format!("{d}{EVICTED}{}", state.clock));
+                    match std::fs::rename(self.dir.join(&d), &gone) {
+                        Ok(()) => victims.push(gone),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(output = %d, error = %e, "cannot evict a cached output")
+                        }
+                    }
                 }
             }
             victims
         };
-        for d in victims {
-            let path = self.dir.join(&d);
-            match std::fs::remove_dir_all(&path) {
-                Ok(()) => tracing::debug!(output = %d, "removed a cached output"),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a cached output");
-                }
+        for path in victims {
+            if let Err(e) = std::fs::remove_dir_all(&path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove an evicted output");
             }
         }
     }
 }
+
+/// In the name of an evicted folder being removed.
+const EVICTED: &str = ".evicted.";
 
 fn is_digest(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
@@ -274,8 +287,10 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             keep(&first, &b, 100);
         }
-        // Something that is not an output is left alone.
+        // Something that is not an output is left alone; an eviction a stopped run did not
+        // finish is finished.
         std::fs::create_dir_all(dir.join(format!("{a}.job.part"))).unwrap();
+        std::fs::create_dir_all(dir.join(format!("{c}{EVICTED}7/lib"))).unwrap();
         let again = OutputCache::new(dir, 250);
         keep(&again, &c, 100);
         assert_eq!(
