@@ -816,7 +816,8 @@ async fn dispatch(
             // One package more than slots is prepared ahead (`Shared::slots`), so a slot that
             // frees finds the next build's folder ready. A package that became ready since
             // and comes before every prepared one is prepared too: slots go by priority, so
-            // it runs next, as it would have without the preparing ahead.
+            // it takes the first slot that frees once it is prepared (one that frees while it
+            // is still being prepared goes to a waiting package).
             while !cancelled
                 && (before_release.len() < opts.slots + PREPARED_AHEAD
                     || schedule
