@@ -1048,28 +1048,24 @@ async fn execute(
     if let Some(events) = &shared.slot_events {
         let _ = events.send((job.id, SlotEvent::Released));
     }
+    let ended = match result {
+        Ok(()) => finish_output(&shared, &job, &dir)
+            .await
+            .map_err(Stop::Failed),
+        Err(stop) => Err(stop),
+    };
     let mut output = None;
-    let (status, reason) = match result {
-        Ok(()) => match finish_output(&shared, &job, &dir).await {
-            Ok(blob) => {
-                output = Some(blob);
-                (PackageBuildStatus::Success, None)
-            }
-            Err(e) => {
-                log.line(&format!("error: {e}"));
-                (PackageBuildStatus::Failure, Some(e))
-            }
-        },
-        Err(Stop::Failed(why)) => {
-            log.line(&format!("error: {why}"));
-            (PackageBuildStatus::Failure, Some(why))
+    let (status, reason) = match ended {
+        Ok(blob) => {
+            output = Some(blob);
+            (PackageBuildStatus::Success, None)
         }
-        Err(Stop::Cancelled) => {
-            log.line("cancelled: its processes were stopped");
-            (
-                PackageBuildStatus::Cancelled,
-                Some("stopped: the build was cancelled".to_owned()),
-            )
+        Err(stop) => {
+            let why = stop.note(&mut log);
+            match stop {
+                Stop::Cancelled => (PackageBuildStatus::Cancelled, Some(why)),
+                Stop::Failed(_) => (PackageBuildStatus::Failure, Some(why)),
+            }
         }
     };
     let duration = clock.elapsed();

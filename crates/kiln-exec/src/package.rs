@@ -229,6 +229,23 @@ pub enum Stop {
     Cancelled,
 }
 
+impl Stop {
+    /// Logs how the build stopped and answers the reason its history gives (the same on
+    /// every builder: `kiln build`, a server's pool, a remote worker).
+    pub fn note(&self, log: &mut BuildLog) -> String {
+        match self {
+            Stop::Failed(why) => {
+                log.line(&format!("error: {why}"));
+                why.clone()
+            }
+            Stop::Cancelled => {
+                log.line("cancelled: its processes were stopped");
+                "stopped: the build was cancelled".to_owned()
+            }
+        }
+    }
+}
+
 /// Runs one phase's command confined, its output into the log.
 async fn phase(
     p: &Phases<'_>,

@@ -58,16 +58,12 @@ pub(crate) async fn build(
         let ended = steps(ctx, a, pkg, dir, tx, &mut log, cancel).await;
         let (status, error) = match ended {
             Ok(()) => (JobStatus::Success, None),
-            Err(Stop::Failed(why)) => {
-                log.line(&format!("error: {why}"));
-                (JobStatus::Failure, Some(why))
-            }
-            Err(Stop::Cancelled) => {
-                log.line("cancelled: its processes were stopped");
-                (
-                    JobStatus::Cancelled,
-                    Some("stopped: the build was cancelled".to_owned()),
-                )
+            Err(stop) => {
+                let why = stop.note(&mut log);
+                match stop {
+                    Stop::Cancelled => (JobStatus::Cancelled, Some(why)),
+                    Stop::Failed(_) => (JobStatus::Failure, Some(why)),
+                }
             }
         };
         // The log goes up whatever happened (the server keeps it with the build's row).
