@@ -317,8 +317,9 @@ impl Backend {
         let mut tx = self.begin_write().await?;
         let mut pending = Pending::default();
         let mut runs = Vec::with_capacity(news.len());
+        let mut numbers = RunNumbers::default();
         for new in news {
-            runs.push(insert_run(&mut tx, &mut pending, new).await?);
+            runs.push(insert_run(&mut tx, &mut pending, &mut numbers, new).await?);
         }
         self.finish(tx, pending).await?;
         Ok(runs)
@@ -566,29 +567,52 @@ impl Backend {
 }
 
 /// Inserts a run and its jobs in `tx` (see `Store::create_run`).
-async fn insert_run(tx: &mut Conn, pending: &mut Pending, new: NewRun) -> Result<Run, StoreError> {
+/// What one transaction creating runs has learnt: the projects it has found (and, on
+/// PostgreSQL, locked) and the next run number of each (project, workflow). A burst of runs of
+/// one workflow thus looks both up once, not once per run; the lock (or SQLite's one writer)
+/// keeps the numbers its own until it commits.
+#[derive(Default)]
+struct RunNumbers {
+    locked: std::collections::HashSet<String>,
+    next: HashMap<(String, String), i64>,
+}
+
+async fn insert_run(
+    tx: &mut Conn,
+    pending: &mut Pending,
+    numbers: &mut RunNumbers,
+    new: NewRun,
+) -> Result<Run, StoreError> {
     let project = new.project.to_string();
     let run_id = new.id.to_string();
-    let found = sqlx::query(SQL.lock_project)
-        .bind(&project)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(query("look up the project of a new run"))?;
-    if found.is_none() {
-        return Err(StoreError::NotFound {
-            what: "project",
-            id: project,
-        });
+    if !numbers.locked.contains(&project) {
+        let found = sqlx::query(SQL.lock_project)
+            .bind(&project)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(query("look up the project of a new run"))?;
+        if found.is_none() {
+            return Err(StoreError::NotFound {
+                what: "project",
+                id: project,
+            });
+        }
+        numbers.locked.insert(project.clone());
     }
-    let run_number: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(MAX(run_number), 0) + 1 FROM runs \
-         WHERE project_id = $1 AND workflow = $2",
-    )
-    .bind(&project)
-    .bind(&new.workflow)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(query("number a new run"))?;
+    let key = (project.clone(), new.workflow.clone());
+    let run_number: i64 = match numbers.next.get(&key) {
+        Some(&n) => n,
+        None => sqlx::query_scalar(
+            "SELECT COALESCE(MAX(run_number), 0) + 1 FROM runs \
+             WHERE project_id = $1 AND workflow = $2",
+        )
+        .bind(&project)
+        .bind(&new.workflow)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(query("number a new run"))?,
+    };
+    numbers.next.insert(key, run_number + 1);
 
     let at = ms(new.at);
     let started_at = (new.status == RunStatus::Running).then_some(at);

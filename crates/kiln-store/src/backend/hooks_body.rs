@@ -232,27 +232,33 @@ mod api_hooks {
             if done.is_empty() {
                 return Ok(Vec::new());
             }
-            let mut tx = self.begin_write().await?;
-            let mut answers = Vec::with_capacity(done.len());
-            for (id, outcome) in done {
-                let runs: Vec<String> = outcome.runs.iter().map(ToString::to_string).collect();
-                let updated = sqlx::query(
-                    "UPDATE deliveries SET status = $2, reason = $3, run_ids = $4, \
-                     processed_at = $5 WHERE id = $1 AND status = 'accepted'",
-                )
-                .bind(id)
-                .bind(outcome.status.as_str())
-                .bind(outcome.reason.as_deref().map(bounded_reason))
-                .bind(json_text(&runs))
+            // One statement for the whole batch, committed on its own.
+            let rows: Vec<serde_json::Value> = done
+                .iter()
+                .map(|(id, outcome)| {
+                    let runs: Vec<String> =
+                        outcome.runs.iter().map(ToString::to_string).collect();
+                    serde_json::json!({
+                        "id": id,
+                        "status": outcome.status.as_str(),
+                        "reason": outcome.reason.as_deref().map(bounded_reason),
+                        "runs": json_text(&runs),
+                    })
+                })
+                .collect();
+            let mut conn = self.writer.single().await?;
+            let updated: Vec<String> = sqlx::query_scalar(super::SQL.finish_deliveries)
+                .bind(json_text(&rows))
                 .bind(ms(now))
-                .execute(&mut *tx)
+                .fetch_all(&mut *conn)
                 .await
-                .map_err(query("record how a delivery was processed"))?;
-                answers.push(updated.rows_affected() > 0);
-            }
-            tx.commit()
-                .await
-                .map_err(query("commit processed deliveries"))?;
+                .map_err(query("record how deliveries were processed"))?;
+            let updated: std::collections::HashSet<&str> =
+                updated.iter().map(String::as_str).collect();
+            let answers = done
+                .iter()
+                .map(|(id, _)| updated.contains(id.as_str()))
+                .collect();
             Ok(answers)
         }
 

@@ -64,6 +64,10 @@ pub(crate) struct Dialect {
     pub(crate) insert_chunks: &'static str,
     /// Offers jobs to claims: `$1` a JSON array of job ids, `$2` now.
     pub(crate) offer_jobs: &'static str,
+    /// Records how accepted deliveries were processed: `$1` a JSON array of
+    /// `{"id","status","reason","runs"}` objects (`runs` a JSON array as text), `$2` now.
+    /// Returns the `id` of each delivery that was still `accepted`.
+    pub(crate) finish_deliveries: &'static str,
 }
 
 /// How a dialect runs the batched statements.

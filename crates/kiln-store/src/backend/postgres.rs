@@ -148,6 +148,12 @@ const SQL: Dialect = Dialect {
                     SELECT e->>0, (e->>1)::bigint, (e->>2)::bigint, (e->>3)::bigint, \
                     (e->>4)::bigint, e->>5, (e->>6)::bigint \
                     FROM jsonb_array_elements($1::jsonb) AS t(e)",
+    finish_deliveries: "UPDATE deliveries SET status = b.status, reason = b.reason, \
+                        run_ids = b.runs, processed_at = $2 \
+                        FROM jsonb_to_recordset($1::jsonb) \
+                        AS b(id TEXT, status TEXT, reason TEXT, runs TEXT) \
+                        WHERE deliveries.id = b.id AND deliveries.status = 'accepted' \
+                        RETURNING deliveries.id",
     offer_jobs: "UPDATE jobs SET offered_at = $2 \
                  WHERE id IN (SELECT jsonb_array_elements_text($1::jsonb))",
 };

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::ConnectOptions as _;
 use sqlx::Sqlite as Db;
@@ -130,6 +131,16 @@ const SQL: Dialect = Dialect {
                     json_extract(value, '$[2]'), json_extract(value, '$[3]'), \
                     json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
                     json_extract(value, '$[6]') FROM json_each($1)",
+    // `+status`: driven from the batch's rows by id, not from the status index (a scan of
+    // every delivery still waiting, for each row of the batch).
+    finish_deliveries: "UPDATE deliveries SET status = b.status, reason = b.reason, \
+                        run_ids = b.runs, processed_at = $2 \
+                        FROM (SELECT json_extract(value, '$.id') AS id, \
+                        json_extract(value, '$.status') AS status, \
+                        json_extract(value, '$.reason') AS reason, \
+                        json_extract(value, '$.runs') AS runs FROM json_each($1)) AS b \
+                        WHERE deliveries.id = b.id AND +deliveries.status = 'accepted' \
+                        RETURNING deliveries.id",
     offer_jobs: "UPDATE jobs SET offered_at = $2 WHERE id IN (SELECT value FROM json_each($1))",
 };
 
@@ -267,7 +278,13 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    let mut writer = options.connect().await.map_err(open_err)?;
+    // The writer never checkpoints: [`checkpoints`] does, beside it (see there).
+    let mut writer = options
+        .clone()
+        .pragma("wal_autocheckpoint", "0")
+        .connect()
+        .await
+        .map_err(open_err)?;
     migrator()
         .run(&mut writer)
         .await
@@ -279,16 +296,48 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
     let reader = SqlitePoolOptions::new()
         .max_connections(READERS)
         .test_before_acquire(false)
-        .connect_with(options.read_only(true))
+        .connect_with(options.clone().read_only(true))
         .await
         .map_err(open_err)?;
-    Ok(Backend::new(Writer::new(writer), reader, blobs))
+    let checkpointer = options.connect().await.map_err(open_err)?;
+    let writer = Writer::new(writer);
+    tokio::spawn(checkpoints(checkpointer, Arc::downgrade(&writer.1)));
+    Ok(Backend::new(writer, reader, blobs))
+}
+
+/// How often the WAL is checkpointed while there are writes.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies what the WAL holds into the database file, on a connection of its own, every
+/// [`CHECKPOINT_EVERY`] while the writer writes, and ends with the store. SQLite would do it
+/// in the writer's commit that crosses 1,000 pages instead: a commit that a webhook's answer
+/// waits on would then wait for several milliseconds of copying, and every write queued
+/// behind it too. `PASSIVE`: it never waits for readers or the writer, and copies what it
+/// can.
+async fn checkpoints(mut conn: SqliteConnection, writes: std::sync::Weak<AtomicU64>) {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        let Some(now) = writes.upgrade().map(|w| w.load(Ordering::Relaxed)) else {
+            break;
+        };
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "could not checkpoint the SQLite WAL");
+        }
+    }
 }
 
 /// SQLite's one writer connection, held for the life of the store (and with it its prepared
 /// statements). Taking it is one lock; a pool would hand it back through a spawned task after
 /// each use, a thread hop that cost as much as the statements.
-pub(crate) struct Writer(Arc<Mutex<Held>>);
+pub(crate) struct Writer(Arc<Mutex<Held>>, Arc<AtomicU64>);
 
 /// The writer connection, and whether a transaction may have been left open on it (by an
 /// error, or a future dropped half-way): the next user rolls it back first.
@@ -309,12 +358,17 @@ impl Held {
 
 impl Writer {
     fn new(conn: SqliteConnection) -> Self {
-        Writer(Arc::new(Mutex::new(Held { conn, open: false })))
+        Writer(
+            Arc::new(Mutex::new(Held { conn, open: false })),
+            Arc::default(),
+        )
     }
 
     /// Waits for the writer; rolls back what an earlier user left open.
     pub(crate) async fn lock(&self) -> Result<OwnedMutexGuard<Held>, StoreError> {
         let mut held = self.0.clone().lock_owned().await;
+        // Counted for the checkpointer: a write may follow.
+        self.1.fetch_add(1, Ordering::Relaxed);
         if held.open {
             // "no transaction is active" when the earlier BEGIN itself failed: fine.
             let _ = sqlx::query("ROLLBACK").execute(&mut held.conn).await;
