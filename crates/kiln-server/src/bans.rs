@@ -150,8 +150,13 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
     let exempt = config.never.iter().any(|n| n.contains(&address));
     if !exempt {
         match state
-            .store()
-            .active_ban(&address.to_string(), &hook_id, Timestamp::now())
+            .lookups()
+            .active_ban(
+                state.store(),
+                &address.to_string(),
+                &hook_id,
+                Timestamp::now(),
+            )
             .await
         {
             Ok(Some(ban)) => return banned(&ban).into_response(),
@@ -195,6 +200,7 @@ pub(crate) async fn guard(State(state): State<AppState>, req: Request, next: Nex
         };
         match state.store().add_ban(&ban).await {
             Ok(()) => {
+                state.lookups().forget_bans();
                 tracing::warn!(address = %address, hook = ?key, "banned a webhook sender");
                 state.bans().clear(&(address, key));
             }

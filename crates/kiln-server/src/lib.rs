@@ -22,6 +22,7 @@ mod error;
 mod extract;
 mod fetch;
 mod hooks;
+mod lookups;
 mod metrics;
 mod notify;
 mod openapi;

@@ -133,6 +133,8 @@ struct Inner {
     bans: Arc<crate::bans::Failures>,
     /// Webhook deliveries waiting to be processed.
     hooks: crate::hooks::Queue,
+    /// Hook targets and bans, kept for a second (see `lookups.rs`).
+    lookups: Arc<crate::lookups::Lookups>,
     /// The package tree `/deps` answers from, kept between requests.
     package_trees: Arc<crate::routes::packages::TreeCache>,
 }
@@ -149,6 +151,7 @@ impl AppState {
                 bus: Arc::new(Bus::new(config.live.clone())),
                 bans: Arc::default(),
                 hooks: crate::hooks::Queue::default(),
+                lookups: Arc::default(),
                 package_trees: Arc::default(),
                 config,
             }),
@@ -169,6 +172,7 @@ impl AppState {
             // A queue of its own: one started for the state without an engine has nobody
             // to process it.
             hooks: crate::hooks::Queue::default(),
+            lookups: shared.lookups.clone(),
             package_trees: shared.package_trees.clone(),
         });
         Self {
@@ -213,6 +217,10 @@ impl AppState {
     /// with the server).
     pub(crate) fn downgrade(&self) -> WeakState {
         WeakState(Arc::downgrade(&self.inner))
+    }
+
+    pub(crate) fn lookups(&self) -> &crate::lookups::Lookups {
+        &self.inner.lookups
     }
 
     pub(crate) fn bans(&self) -> &crate::bans::Failures {

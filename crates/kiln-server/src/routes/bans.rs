@@ -70,6 +70,7 @@ pub(crate) async fn lift(
         .lift_ban(&id, Timestamp::now())
         .await?
         .ok_or_else(|| ApiError::not_found("BAN_NOT_FOUND", format!("no ban `{id}`")))?;
+    state.lookups().forget_bans();
     if let Ok(address) = ban.address.parse() {
         state.bans().forget(address);
     }

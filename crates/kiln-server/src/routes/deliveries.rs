@@ -126,7 +126,10 @@ pub(crate) async fn rotate(
         secret: new_secret,
     };
     let pid = current.project.id;
-    let settings = state.store().set_hook(pid, &change).await?.ok_or_else(|| {
+    let settings = state.store().set_hook(pid, &change).await;
+    // The old secret (or hook id) must stop working now, not when the kept one goes stale.
+    state.lookups().forget_targets();
+    let settings = settings?.ok_or_else(|| {
         refuse_archived(&current)
             .err()
             .unwrap_or_else(|| ApiError::field(".", "the project is gone"))

@@ -73,8 +73,8 @@ pub(crate) async fn receive(
         return Err(not_found());
     }
     let target = state
-        .store()
-        .hook_target(&hook_id)
+        .lookups()
+        .hook_target(state.store(), &hook_id)
         .await?
         .filter(|t| !t.archived)
         .ok_or_else(not_found)?;

@@ -204,7 +204,9 @@ pub(crate) async fn update(
         source: new_source,
     };
     let pid = current.project.id;
-    let record = match state.store().update_project(pid, change).await {
+    let updated = state.store().update_project(pid, change).await;
+    state.lookups().forget_targets();
+    let record = match updated {
         Ok(Some(r)) => r,
         // Archived (or gone) since it was read.
         Ok(None) => return Err(archived(&current)),
@@ -241,7 +243,10 @@ pub(crate) async fn remove(
 ) -> Result<Data<ProjectView>, ApiError> {
     let current = lookup(&state, &caller, &id).await?;
     let pid = current.project.id;
-    match state.store().archive_project(pid).await? {
+    let archived = state.store().archive_project(pid).await;
+    // A removed project's webhook answers 404 from now on.
+    state.lookups().forget_targets();
+    match archived? {
         None => Err(not_found(&id)),
         Some(Archived::Busy { active_runs }) => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -43,6 +43,7 @@ ban_tests!(
     scanning_hook_ids_bans_the_address_from_every_hook: &[], &[],
     exempt_ranges_are_never_banned: &["127.0.0.0/8"], &[],
     forwarded_addresses_count_behind_a_trusted_proxy: &[], &["127.0.0.0/8"],
+    bans_made_by_another_replica_hold_within_a_second: &[], &[],
 );
 
 /// A server banning after 3 failures within a minute, for an hour.
@@ -162,6 +163,43 @@ async fn failed_signatures_ban_the_address_from_that_hook_only(s: &Server) {
     for _ in 0..2 {
         ping(s, &one, "a-wrong-secret-of-enough-length", None).await;
     }
+    assert_eq!(ping(s, &one, SECRET, None).await.status, 200);
+}
+
+/// The hook route keeps the bans it read for a second: a ban made in the store by another
+/// replica (here: straight in the store) is honoured within that, and so is its lift.
+async fn bans_made_by_another_replica_hold_within_a_second(s: &Server) {
+    let one = hooked(s, "one").await;
+    assert_eq!(ping(s, &one, SECRET, None).await.status, 200);
+    let now = jiff::Timestamp::now();
+    let ban = kiln_proto::Ban {
+        id: uuid::Uuid::now_v7().to_string(),
+        address: "127.0.0.1".to_owned(),
+        hook_id: None,
+        reason: "made by another replica".to_owned(),
+        failures: 10,
+        created_at: now,
+        expires_at: now + jiff::SignedDuration::from_secs(3600),
+        lifted_at: None,
+    };
+    s.store.add_ban(&ban).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = ping(s, &one, SECRET, None)
+        .await
+        .expect_error(403, "BANNED");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("made by another replica"),
+        "{e:#}"
+    );
+    s.store
+        .lift_ban(&ban.id, jiff::Timestamp::now())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(ping(s, &one, SECRET, None).await.status, 200);
 }
 

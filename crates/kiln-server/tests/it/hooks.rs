@@ -503,6 +503,11 @@ async fn rotation_changes_the_secret_and_the_url(s: &Server) {
     let pushed = up.commit(&[("a", "2")], "two");
     let (id, hook) = s.hooked(&up, "app", "github").await;
     let body = serde_json::to_vec(&push_payload("github", &first, &pushed)).unwrap();
+    // Delivered once before the rotation: the server has read (and kept) the old secret.
+    let r = s
+        .deliver(&hook, &signed("github", SECRET, "r-0", &body), body.clone())
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
 
     let developer = s.token("developer").await;
     s.post(
