@@ -375,6 +375,42 @@ fn show(v: &Value) -> String {
     }
 }
 
+/// The contexts (of `contexts`) that `names` (lowercased, as [`Template::contexts`] gives
+/// them) name, copied, with `matrix` added: what evaluating an instance's name or labels
+/// reads. Only those are copied: a run's `github` context holds the whole event payload, and
+/// copying it for every instance was most of what planning a webhook's run cost.
+fn with_matrix(
+    names: &std::collections::BTreeSet<String>,
+    contexts: &Map<String, Value>,
+    matrix: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut ctx: Map<String, Value> = contexts
+        .iter()
+        .filter(|(k, _)| names.contains(&k.to_lowercase()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    ctx.insert("matrix".to_owned(), Value::Object(matrix.clone()));
+    ctx
+}
+
+/// The contexts the expressions anywhere in `value` name, lowercased; `Err` when one does
+/// not parse.
+fn value_contexts(value: &Value) -> Result<std::collections::BTreeSet<String>, ()> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if s.contains("${{") => {
+                names.extend(Template::parse(s).map_err(|_| ())?.contexts());
+            }
+            Value::Array(items) => stack.extend(items),
+            Value::Object(m) => stack.extend(m.values()),
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
 /// The display name of one instance: `name:` rendered with `matrix` (and the other
 /// contexts), or the job id; for a matrix job whose name does not read `matrix`, GitHub
 /// appends the instance's values: `test (ubuntu, 1.75)`.
@@ -395,8 +431,7 @@ pub fn display_name(
         });
     };
     let template = Template::parse(name).map_err(|e| e.to_string())?;
-    let mut ctx = contexts.clone();
-    ctx.insert("matrix".to_owned(), Value::Object(matrix.clone()));
+    let ctx = with_matrix(&template.contexts(), contexts, matrix);
     let rendered = expr::render(&template, &scope(&ctx)).map_err(|e| e.to_string())?;
     if matrix.is_empty() || template.contexts().contains("matrix") {
         Ok(rendered)
@@ -418,8 +453,11 @@ pub fn runs_on_labels(
     let Some(runs_on) = &job.runs_on else {
         return Ok(Vec::new());
     };
-    let mut ctx = contexts.clone();
-    ctx.insert("matrix".to_owned(), Value::Object(matrix.clone()));
+    let ctx = match value_contexts(runs_on) {
+        Ok(names) => with_matrix(&names, contexts, matrix),
+        // Evaluating says what is wrong with it.
+        Err(()) => with_matrix(&contexts.keys().cloned().collect(), contexts, matrix),
+    };
     let value = expr::eval_value(runs_on, &scope(&ctx)).map_err(|e| e.to_string())?;
     let mut labels: Vec<String> = Vec::new();
     let mut add = |v: &Value| -> Result<(), String> {

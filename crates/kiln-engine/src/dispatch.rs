@@ -881,6 +881,34 @@ impl RunState {
     }
 }
 
+/// Whether what deciding `job` evaluates — its `if`, name, `runs-on` and strategy — could
+/// read the `github` context (and so `github.event`): whether the word appears in any of
+/// them, in any case, as the named value must. A copy of a webhook's whole payload per job
+/// is saved for the jobs that cannot.
+fn job_reads_github(job: &kiln_core::workflow::Job) -> bool {
+    fn mentions(text: &str) -> bool {
+        text.to_ascii_lowercase().contains("github")
+    }
+    fn value_mentions(v: &Value) -> bool {
+        match v {
+            Value::String(s) => mentions(s),
+            Value::Array(items) => items.iter().any(value_mentions),
+            Value::Object(m) => m.iter().any(|(k, v)| mentions(k) || value_mentions(v)),
+            _ => false,
+        }
+    }
+    let strategy = job.strategy.as_ref();
+    job.condition.as_deref().is_some_and(mentions)
+        || job.name.as_deref().is_some_and(mentions)
+        || job.runs_on.as_ref().is_some_and(value_mentions)
+        || strategy.is_some_and(|s| {
+            [&s.matrix, &s.fail_fast, &s.max_parallel]
+                .into_iter()
+                .flatten()
+                .any(value_mentions)
+        })
+}
+
 /// Takes `github.event` out of a run's contexts (see [`RunState::event`]).
 fn take_event(base: &mut Map<String, Value>) -> Value {
     let event = match base.get_mut("github") {
@@ -2115,7 +2143,12 @@ impl Dispatcher {
         let needs = self.needs_context(run, &job.needs);
         let ancestor_failed = self.ancestor_failed(run, key);
         let all_needs_succeeded = results.iter().all(|(_, r)| *r == "success");
-        let mut ctx = run.contexts();
+        // The event payload is copied in only when the job's own fields could read it.
+        let mut ctx = if run.spec.packages.contains_key(key) || job_reads_github(job) {
+            run.contexts()
+        } else {
+            run.base.clone()
+        };
         ctx.insert("needs".into(), Value::Object(needs));
 
         let scope = Scope {

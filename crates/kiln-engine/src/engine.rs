@@ -504,16 +504,27 @@ impl Engine {
             sha: source.sha.clone(),
             repository: repository_name(project),
         };
+        // The trigger (with the event's whole payload) is copied for every workflow but the
+        // last, which takes it.
+        let mut trigger = Some(trigger);
+        let mut github = Some(target.github);
+        let last = prepared_wfs.len() - 1;
         Ok(prepared_wfs
             .into_iter()
-            .map(|(wf, inputs)| {
+            .enumerate()
+            .map(|(i, (wf, inputs))| {
+                let (trigger, github) = if i == last {
+                    (trigger.take(), github.take())
+                } else {
+                    (trigger.clone(), github.clone())
+                };
                 let spec = RunSpec {
                     project: project.id,
                     workflow: wf,
-                    trigger: trigger.clone(),
+                    trigger: trigger.expect("taken by the last workflow only"),
                     secrets: Arc::new(IndexMap::new()),
                     snapshot: source.snapshot.clone(),
-                    github: target.github.clone(),
+                    github: github.expect("taken by the last workflow only"),
                     packages: Arc::default(),
                 };
                 (spec, inputs)
