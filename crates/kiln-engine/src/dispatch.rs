@@ -661,10 +661,21 @@ impl Dispatcher {
         let run_id = RunId::new();
         let wf = spec.workflow.clone();
         // run_number is the store's to assign; plan with a placeholder and fix the context
-        // once the run is recorded.
-        let base = self.base_contexts(&spec, run_id, 0, 1, &inputs);
+        // once the run is recorded. The payload is moved into `github.event`, not copied: a
+        // webhook's is kilobytes of JSON, and copying it was most of planning's work.
+        let payload = spec.trigger.payload.take();
+        let stored_payload = payload.is_some();
+        let mut base = self.base_contexts(&spec, run_id, 0, 1, &inputs);
+        if let Some(payload) = payload
+            && let Some(Value::Object(github)) = base.get_mut("github")
+        {
+            github.insert("event".into(), payload);
+        }
 
         let planned = plan::dry_run(&wf, &base).map_err(EngineError::Invalid)?;
+        // Out of the contexts again: the store records it with the run, and the run's state
+        // keeps it apart (`RunState::event`).
+        let event = Arc::new(take_event(&mut base));
         let priorities = plan::critical_path(&wf.jobs);
 
         let mut keys: IndexMap<String, KeyState> = wf
@@ -746,7 +757,7 @@ impl Dispatcher {
             // Moved, not copied: the contexts made above hold what the run needs from them,
             // and the store keeps them for whoever drives the run on.
             context: kiln_store::RunContext {
-                payload: spec.trigger.payload.take().map(Arc::new),
+                payload: stored_payload.then(|| event.clone()),
                 github: std::mem::take(&mut spec.github),
             },
         };
@@ -757,6 +768,7 @@ impl Dispatcher {
                 keys,
                 recs,
                 base,
+                event,
             },
         ))
     }
@@ -788,7 +800,9 @@ impl Dispatcher {
                 one_by_one
             }
         };
-        for ((index, _, state), run) in planned.into_iter().zip(stored) {
+        for ((index, new, state), run) in planned.into_iter().zip(stored) {
+            // Its payload is the run state's to keep (see `install_run`).
+            drop(new);
             answers[index] = Some(run.and_then(|run| self.install_run(run, state)));
         }
         answers
@@ -804,6 +818,7 @@ impl Dispatcher {
             keys,
             recs,
             mut base,
+            event,
         } = state;
         let run_id = run.id;
         let wf = spec.workflow.clone();
@@ -828,7 +843,8 @@ impl Dispatcher {
         }
         let open = run.jobs.len();
         let undecided = keys.len();
-        let event = Payload::Parsed(take_event(&mut base));
+        // The store has written the run and let go of the payload by now: no copy.
+        let event = Payload::Parsed(Arc::try_unwrap(event).unwrap_or_else(|e| (*e).clone()));
         self.compact.push(run_id);
         let event_path = self.event_file(run_id);
         let candidates = keys.keys().cloned().collect();
@@ -923,8 +939,10 @@ struct NewRunState {
     spec: RunSpec,
     keys: IndexMap<String, KeyState>,
     recs: Vec<(JobId, JobRec)>,
-    /// The run's contexts, made with run number 0.
+    /// The run's contexts, made with run number 0, without `github.event`.
     base: Map<String, Value>,
+    /// `github.event`, shared with the run being recorded until the store is done with it.
+    event: Arc<Value>,
 }
 
 impl Dispatcher {

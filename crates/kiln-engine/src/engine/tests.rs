@@ -289,3 +289,74 @@ async fn a_job_the_engine_last_saw_held_but_queued_again_runs() {
     assert_eq!(done.jobs[0].attempts, 1, "{done:#?}");
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
 }
+
+const DECIDES_ON_EVENT: &str = r#"on: push
+jobs:
+  first:
+    runs-on: x
+    steps: [{run: 'true'}]
+  wanted:
+    needs: first
+    if: ${{ GitHub.event.head_commit.message == 'a change' }}
+    name: for ${{ github.event.pusher.name }}
+    runs-on: [x]
+    steps: [{run: 'true'}]
+  unwanted:
+    needs: first
+    if: github.event.head_commit.message != 'a change'
+    runs-on: x
+    steps: [{run: 'true'}]
+  plain:
+    needs: first
+    runs-on: x
+    strategy:
+      matrix:
+        n: [1, 2]
+    steps: [{run: 'true'}]
+"#;
+
+/// A job decided after its needs (its `if`, name, labels and matrix evaluated then) reads
+/// the event when its fields name `github` in any case; the others are decided without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_decided_after_their_needs_read_the_event_their_fields_name() {
+    let (_dir, data, store, project) = folder_project("push.yml", DECIDES_ON_EVENT).await;
+    let (engine, _) = Engine::start(store.clone(), engine_config(&data, 2))
+        .await
+        .unwrap();
+    let runs = engine
+        .trigger_at(
+            crate::TriggerRequest {
+                project: project.id,
+                workflow: None,
+                event: "push".to_owned(),
+                git_ref: None,
+                payload: Some(serde_json::json!({
+                    "head_commit": {"message": "a change"},
+                    "pusher": {"name": "octocat"},
+                })),
+                inputs: Default::default(),
+            },
+            crate::EventTarget::default(),
+        )
+        .await
+        .unwrap();
+    let done = ended(&store, runs[0].id, "run did not end").await;
+    assert_eq!(done.status, RunStatus::Success, "{done:#?}");
+    let by_key = |key: &str| -> Vec<(String, JobStatus)> {
+        done.jobs
+            .iter()
+            .filter(|j| j.key == key)
+            .map(|j| (j.name.clone(), j.status))
+            .collect()
+    };
+    assert_eq!(
+        by_key("wanted"),
+        vec![("for octocat".to_owned(), JobStatus::Success)]
+    );
+    assert_eq!(
+        by_key("unwanted"),
+        vec![("unwanted".to_owned(), JobStatus::Skipped)]
+    );
+    assert_eq!(by_key("plain").len(), 2, "{done:#?}");
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+}
