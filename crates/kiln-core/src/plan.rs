@@ -404,7 +404,13 @@ fn value_contexts(value: &Value) -> Result<std::collections::BTreeSet<String>, (
                 names.extend(Template::parse(s).map_err(|_| ())?.contexts());
             }
             Value::Array(items) => stack.extend(items),
-            Value::Object(m) => stack.extend(m.values()),
+            Value::Object(m) => {
+                // Keys are rendered too.
+                for key in m.keys().filter(|k| k.contains("${{")) {
+                    names.extend(Template::parse(key).map_err(|_| ())?.contexts());
+                }
+                stack.extend(m.values());
+            }
             _ => {}
         }
     }

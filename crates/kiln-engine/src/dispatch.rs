@@ -824,7 +824,7 @@ impl Dispatcher {
         let wf = spec.workflow.clone();
         self.jobs.extend(recs);
         // Planned with a placeholder number: the store has numbered the run since. (Patched
-        // rather than made again: the contexts hold the whole event payload.)
+        // rather than made again: cheaper, and the event has been taken out of them.)
         if let Some(Value::Object(github)) = base.get_mut("github") {
             github.insert("run_number".into(), run.run_number.to_string().into());
             github.insert("run_attempt".into(), run.run_attempt.to_string().into());

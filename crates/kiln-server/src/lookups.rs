@@ -12,7 +12,7 @@
 //! too often, see `bans.rs`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -22,80 +22,101 @@ use kiln_store::{HookTarget, Store, StoreError};
 /// How long what is read stays in use.
 pub(crate) const FRESH: Duration = Duration::from_secs(1);
 
-/// Hook targets kept at most; past that, the stale ones are dropped (all, if none is).
-const MAX_TARGETS: usize = 10_000;
-
 #[derive(Default)]
 pub(crate) struct Lookups {
-    targets: Mutex<Kept<HashMap<String, (Instant, HookTarget)>>>,
-    /// The bans in force by address, and when they were read.
-    bans: Mutex<Kept<Option<(Instant, Board)>>>,
+    targets: Mutex<Kept<Target>>,
+    /// The ban in force (or none) by (address, hook id).
+    bans: Mutex<Kept<Option<Ban>>>,
 }
 
-/// The bans in force, by address.
-type Board = Arc<HashMap<String, Vec<Ban>>>;
+type Target = Option<HookTarget>;
 
-/// What is kept, and how many times it has been forgotten: a lookup keeps what it read only
-/// when nothing was forgotten while it read.
-#[derive(Default)]
+/// What is kept by key, when each was read, and how many times all was forgotten: a lookup
+/// keeps what it read only when nothing was forgotten while it read.
 struct Kept<T> {
-    value: T,
+    value: HashMap<String, (Instant, T)>,
     generation: u64,
 }
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Self {
+            value: HashMap::new(),
+            generation: 0,
+        }
+    }
+}
+
+/// Entries kept at most, per kind; past that, the stale ones are dropped (all, if none is).
+const MAX_KEPT: usize = 10_000;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// `key`'s value from `kept` when read within [`FRESH`]; otherwise `read`'s, kept (unless
+/// something was forgotten meanwhile). Its age counts from before the read began.
+async fn kept_or<T: Clone, F>(kept: &Mutex<Kept<T>>, key: String, read: F) -> Result<T, StoreError>
+where
+    F: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let generation = {
+        let kept = lock(kept);
+        if let Some((at, value)) = kept.value.get(&key)
+            && at.elapsed() < FRESH
+        {
+            return Ok(value.clone());
+        }
+        kept.generation
+    };
+    let asked = Instant::now();
+    let value = read.await?;
+    let mut kept = lock(kept);
+    if kept.generation == generation {
+        if kept.value.len() >= MAX_KEPT {
+            kept.value.retain(|_, (at, _)| at.elapsed() < FRESH);
+            if kept.value.len() >= MAX_KEPT {
+                kept.value.clear();
+            }
+        }
+        kept.value.insert(key, (asked, value.clone()));
+    }
+    Ok(value)
+}
+
+fn forget<T>(kept: &Mutex<Kept<T>>) {
+    let mut kept = lock(kept);
+    kept.value.clear();
+    kept.generation += 1;
+}
+
 impl Lookups {
     /// The project whose webhook is `hook_id` ([`Store::hook_target`]), from memory when read
-    /// within [`FRESH`].
+    /// within [`FRESH`]. An unknown id is looked up again each time.
     pub(crate) async fn hook_target(
         &self,
         store: &Store,
         hook_id: &str,
     ) -> Result<Option<HookTarget>, StoreError> {
-        let generation = {
-            let kept = lock(&self.targets);
-            if let Some((at, target)) = kept.value.get(hook_id)
-                && at.elapsed() < FRESH
-            {
-                return Ok(Some(target.clone()));
-            }
-            kept.generation
-        };
-        let found = store.hook_target(hook_id).await?;
-        let mut kept = lock(&self.targets);
-        if kept.generation == generation {
-            match &found {
-                Some(target) => {
-                    if kept.value.len() >= MAX_TARGETS {
-                        kept.value.retain(|_, (at, _)| at.elapsed() < FRESH);
-                        if kept.value.len() >= MAX_TARGETS {
-                            kept.value.clear();
-                        }
-                    }
-                    kept.value
-                        .insert(hook_id.to_owned(), (Instant::now(), target.clone()));
-                }
-                None => {
-                    kept.value.remove(hook_id);
-                }
-            }
+        let found = kept_or(
+            &self.targets,
+            hook_id.to_owned(),
+            store.hook_target(hook_id),
+        )
+        .await?;
+        if found.is_none() {
+            lock(&self.targets).value.remove(hook_id);
         }
         Ok(found)
     }
 
     /// Forgets every hook target: a hook changed, or a project was removed.
     pub(crate) fn forget_targets(&self) {
-        let mut kept = lock(&self.targets);
-        kept.value.clear();
-        kept.generation += 1;
+        forget(&self.targets);
     }
 
-    /// The ban in force at `now` that keeps `address` from hook `hook_id` (one from that
-    /// hook or from every hook; of several, the one that lasts longest), as
-    /// [`Store::active_ban`] answers, from the bans read within [`FRESH`].
+    /// The ban in force at `now` that keeps `address` from hook `hook_id`
+    /// ([`Store::active_ban`]), from memory when read within [`FRESH`] (and still in force).
     pub(crate) async fn active_ban(
         &self,
         store: &Store,
@@ -103,43 +124,13 @@ impl Lookups {
         hook_id: &str,
         now: Timestamp,
     ) -> Result<Option<Ban>, StoreError> {
-        let (board, generation) = {
-            let kept = lock(&self.bans);
-            let fresh = kept
-                .value
-                .as_ref()
-                .filter(|(at, _)| at.elapsed() < FRESH)
-                .map(|(_, board)| board.clone());
-            (fresh, kept.generation)
-        };
-        let board = match board {
-            Some(board) => board,
-            None => {
-                let mut by_address: HashMap<String, Vec<Ban>> = HashMap::new();
-                for ban in store.list_bans(false, now).await? {
-                    by_address.entry(ban.address.clone()).or_default().push(ban);
-                }
-                let board = Arc::new(by_address);
-                let mut kept = lock(&self.bans);
-                if kept.generation == generation {
-                    kept.value = Some((Instant::now(), board.clone()));
-                }
-                board
-            }
-        };
-        Ok(board.get(address).and_then(|bans| {
-            bans.iter()
-                .filter(|b| b.hook_id.as_deref().is_none_or(|h| h == hook_id))
-                .filter(|b| b.lifted_at.is_none() && b.expires_at > now)
-                .max_by_key(|b| b.expires_at)
-                .cloned()
-        }))
+        let key = format!("{address} {hook_id}");
+        let ban = kept_or(&self.bans, key, store.active_ban(address, hook_id, now)).await?;
+        Ok(ban.filter(|b| b.expires_at > now))
     }
 
     /// Forgets the bans read: one was added or lifted.
     pub(crate) fn forget_bans(&self) {
-        let mut kept = lock(&self.bans);
-        kept.value = None;
-        kept.generation += 1;
+        forget(&self.bans);
     }
 }

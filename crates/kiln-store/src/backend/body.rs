@@ -566,7 +566,6 @@ impl Backend {
     }
 }
 
-/// Inserts a run and its jobs in `tx` (see `Store::create_run`).
 /// What one transaction creating runs has learnt: the projects it has found (and, on
 /// PostgreSQL, locked) and the next run number of each (project, workflow). A burst of runs of
 /// one workflow thus looks both up once, not once per run; the lock (or SQLite's one writer)
@@ -577,6 +576,7 @@ struct RunNumbers {
     next: HashMap<(String, String), i64>,
 }
 
+/// Inserts a run and its jobs in `tx` (see `Store::create_run`).
 async fn insert_run(
     tx: &mut Conn,
     pending: &mut Pending,

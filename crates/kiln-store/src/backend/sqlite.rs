@@ -278,10 +278,15 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    // The writer never checkpoints: [`checkpoints`] does, beside it (see there).
+    // [`checkpoints`] checkpoints beside the writer (see there). The writer itself does only
+    // past 10,000 pages (40 MB): a backstop, should the WAL outgrow what runs beside it (a
+    // WAL starts over from its beginning only when a write begins with every frame copied),
+    // or should nothing run beside it (the runtime that opened the store has ended). A WAL
+    // that started over is cut back to 64 MB.
     let mut writer = options
         .clone()
-        .pragma("wal_autocheckpoint", "0")
+        .pragma("wal_autocheckpoint", "10000")
+        .pragma("journal_size_limit", "67108864")
         .connect()
         .await
         .map_err(open_err)?;
@@ -309,22 +314,29 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// Copies what the WAL holds into the database file, on a connection of its own, every
-/// [`CHECKPOINT_EVERY`] while the writer writes, and ends with the store. SQLite would do it
-/// in the writer's commit that crosses 1,000 pages instead: a commit that a webhook's answer
-/// waits on would then wait for several milliseconds of copying, and every write queued
-/// behind it too. `PASSIVE`: it never waits for readers or the writer, and copies what it
-/// can.
+/// [`CHECKPOINT_EVERY`] while the writer writes (and once more after the last write, which
+/// may have committed after the checkpoint before began), and ends with the store, at most
+/// [`CHECKPOINT_EVERY`] later. SQLite would do it in the writer's commit that crosses 1,000
+/// pages instead: a commit that a webhook's answer waits on would then wait for several
+/// milliseconds of copying, and every write queued behind it too. `PASSIVE`: it never waits
+/// for readers or the writer, and copies what it can.
 async fn checkpoints(mut conn: SqliteConnection, writes: std::sync::Weak<AtomicU64>) {
     let mut seen = 0;
+    let mut settled = true;
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
         let Some(now) = writes.upgrade().map(|w| w.load(Ordering::Relaxed)) else {
             break;
         };
         if now == seen {
-            continue;
+            if settled {
+                continue;
+            }
+            settled = true;
+        } else {
+            seen = now;
+            settled = false;
         }
-        seen = now;
         if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&mut conn)
             .await
