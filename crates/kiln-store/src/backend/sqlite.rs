@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::ConnectOptions as _;
 use sqlx::Sqlite as Db;
@@ -278,18 +277,7 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    // [`checkpoints`] checkpoints beside the writer (see there). The writer itself does only
-    // past 10,000 pages (40 MB): a backstop, should the WAL outgrow what runs beside it (a
-    // WAL starts over from its beginning only when a write begins with every frame copied),
-    // or should nothing run beside it (the runtime that opened the store has ended). A WAL
-    // that started over is cut back to 64 MB.
-    let mut writer = options
-        .clone()
-        .pragma("wal_autocheckpoint", "10000")
-        .pragma("journal_size_limit", "67108864")
-        .connect()
-        .await
-        .map_err(open_err)?;
+    let mut writer = options.connect().await.map_err(open_err)?;
     migrator()
         .run(&mut writer)
         .await
@@ -301,55 +289,16 @@ pub(crate) async fn open(db_file: &Path, blobs: BlobStore) -> Result<Backend, St
     let reader = SqlitePoolOptions::new()
         .max_connections(READERS)
         .test_before_acquire(false)
-        .connect_with(options.clone().read_only(true))
+        .connect_with(options.read_only(true))
         .await
         .map_err(open_err)?;
-    let checkpointer = options.connect().await.map_err(open_err)?;
-    let writer = Writer::new(writer);
-    tokio::spawn(checkpoints(checkpointer, Arc::downgrade(&writer.1)));
-    Ok(Backend::new(writer, reader, blobs))
-}
-
-/// How often the WAL is checkpointed while there are writes.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
-
-/// Copies what the WAL holds into the database file, on a connection of its own, every
-/// [`CHECKPOINT_EVERY`] while the writer writes (and once more after the last write, which
-/// may have committed after the checkpoint before began), and ends with the store, at most
-/// [`CHECKPOINT_EVERY`] later. SQLite would do it in the writer's commit that crosses 1,000
-/// pages instead: a commit that a webhook's answer waits on would then wait for several
-/// milliseconds of copying, and every write queued behind it too. `PASSIVE`: it never waits
-/// for readers or the writer, and copies what it can.
-async fn checkpoints(mut conn: SqliteConnection, writes: std::sync::Weak<AtomicU64>) {
-    let mut seen = 0;
-    let mut settled = true;
-    loop {
-        tokio::time::sleep(CHECKPOINT_EVERY).await;
-        let Some(now) = writes.upgrade().map(|w| w.load(Ordering::Relaxed)) else {
-            break;
-        };
-        if now == seen {
-            if settled {
-                continue;
-            }
-            settled = true;
-        } else {
-            seen = now;
-            settled = false;
-        }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
-            tracing::warn!(error = %e, "could not checkpoint the SQLite WAL");
-        }
-    }
+    Ok(Backend::new(Writer::new(writer), reader, blobs))
 }
 
 /// SQLite's one writer connection, held for the life of the store (and with it its prepared
 /// statements). Taking it is one lock; a pool would hand it back through a spawned task after
 /// each use, a thread hop that cost as much as the statements.
-pub(crate) struct Writer(Arc<Mutex<Held>>, Arc<AtomicU64>);
+pub(crate) struct Writer(Arc<Mutex<Held>>);
 
 /// The writer connection, and whether a transaction may have been left open on it (by an
 /// error, or a future dropped half-way): the next user rolls it back first.
@@ -370,17 +319,12 @@ impl Held {
 
 impl Writer {
     fn new(conn: SqliteConnection) -> Self {
-        Writer(
-            Arc::new(Mutex::new(Held { conn, open: false })),
-            Arc::default(),
-        )
+        Writer(Arc::new(Mutex::new(Held { conn, open: false })))
     }
 
     /// Waits for the writer; rolls back what an earlier user left open.
     pub(crate) async fn lock(&self) -> Result<OwnedMutexGuard<Held>, StoreError> {
         let mut held = self.0.clone().lock_owned().await;
-        // Counted for the checkpointer: a write may follow.
-        self.1.fetch_add(1, Ordering::Relaxed);
         if held.open {
             // "no transaction is active" when the earlier BEGIN itself failed: fine.
             let _ = sqlx::query("ROLLBACK").execute(&mut held.conn).await;
