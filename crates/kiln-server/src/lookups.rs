@@ -8,8 +8,8 @@
 //! at most that long, and a ban made there is honoured here at most that late. A lookup that
 //! began before something was forgotten does not keep what it read.
 //!
-//! Unknown hook ids are not kept: they are looked up each time (and banned when they come
-//! too often, see `bans.rs`).
+//! Unknown hook ids are kept too (as unknown): a hook id is drawn at random when a project
+//! is made or its hook moved, so none becomes known after being asked for.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -24,12 +24,10 @@ pub(crate) const FRESH: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub(crate) struct Lookups {
-    targets: Mutex<Kept<Target>>,
+    targets: Mutex<Kept<Option<HookTarget>>>,
     /// The ban in force (or none) by (address, hook id).
     bans: Mutex<Kept<Option<Ban>>>,
 }
-
-type Target = Option<HookTarget>;
 
 /// What is kept by key, when each was read, and how many times all was forgotten: a lookup
 /// keeps what it read only when nothing was forgotten while it read.
@@ -92,22 +90,18 @@ fn forget<T>(kept: &Mutex<Kept<T>>) {
 
 impl Lookups {
     /// The project whose webhook is `hook_id` ([`Store::hook_target`]), from memory when read
-    /// within [`FRESH`]. An unknown id is looked up again each time.
+    /// within [`FRESH`].
     pub(crate) async fn hook_target(
         &self,
         store: &Store,
         hook_id: &str,
     ) -> Result<Option<HookTarget>, StoreError> {
-        let found = kept_or(
+        kept_or(
             &self.targets,
             hook_id.to_owned(),
             store.hook_target(hook_id),
         )
-        .await?;
-        if found.is_none() {
-            lock(&self.targets).value.remove(hook_id);
-        }
-        Ok(found)
+        .await
     }
 
     /// Forgets every hook target: a hook changed, or a project was removed.
