@@ -129,10 +129,10 @@ pub async fn run_phases(
     run_phases_after(p, log, cancel, None).await
 }
 
-/// [`run_phases`], the commands waiting for `turn` (when given) to resolve. Sandboxed, the
-/// first phase's sandbox is made meanwhile and its command let in when the turn comes
-/// ([`Confinement::gated`]): bubblewrap's few milliseconds of namespaces and mounts are
-/// spent before the turn, not in it.
+/// [`run_phases`], the commands waiting for `turn` (when given) to resolve. The first
+/// phase's sandbox is made and its shell started meanwhile, and its script let in when the
+/// turn comes (`process::Gate::SHELL`): bubblewrap's few milliseconds of namespaces and
+/// mounts, and the shell's start, are spent before the turn, not in it.
 pub async fn run_phases_after(
     p: &Phases<'_>,
     log: &mut BuildLog,
@@ -259,27 +259,16 @@ async fn phase(
     if cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
-    // Unconfined, there is nothing to make ahead: the command waits for its turn unstarted.
-    let mut gate = None;
-    let mut confined = std::borrow::Cow::Borrowed(confinement);
-    if let Some(turn) = turn {
-        if p.sandbox.is_confined() {
-            confined = std::borrow::Cow::Owned(confinement.clone().gated(Gate::FD));
-            gate = Some(Gate { open: turn });
-        } else {
-            tokio::select! {
-                () = turn => {}
-                () = cancel.cancelled() => return Err(Stop::Cancelled),
-            }
-            // Both may have come together.
-            if cancel.is_cancelled() {
-                return Err(Stop::Cancelled);
-            }
-        }
-    }
+    // Started ahead of its turn, sandboxed or not: the sandbox is made and the shell started
+    // while it waits, so only the script itself runs in the slot (`Gate::SHELL`).
+    let gate = turn.map(|open| Gate { open });
+    let script = match &gate {
+        Some(_) => std::borrow::Cow::Owned(format!("{}{command}", Gate::SHELL)),
+        None => std::borrow::Cow::Borrowed(command),
+    };
     let wrapped = p
         .sandbox
-        .wrap(&confined, "sh", ["-ec", command])
+        .wrap(confinement, "sh", ["-ec", &*script])
         .map_err(|e| Stop::Failed(format!("kiln could not confine the {name} phase: {e}")))?;
     let spec = CommandSpec {
         program: wrapped.program.to_string_lossy().into_owned(),
@@ -550,10 +539,30 @@ mod tests {
         turn: Turn<'_>,
         cancel: &CancellationToken,
     ) -> Result<(), Stop> {
+        let mut log = BuildLog::default();
+        gated_build(
+            sandbox,
+            g,
+            "touch \"$KILN_OUT/marker\"",
+            &mut log,
+            turn,
+            cancel,
+        )
+        .await
+    }
+
+    async fn gated_build(
+        sandbox: &Sandbox,
+        g: &Gated,
+        build: &str,
+        log: &mut BuildLog,
+        turn: Turn<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Stop> {
         let phases = Phases {
             fetch: None,
             distfiles: &[],
-            build: "touch \"$KILN_OUT/marker\"",
+            build,
             src: &g.src,
             out: &g.out,
             base: Confinement::new(&g.src),
@@ -562,12 +571,11 @@ mod tests {
             limits: Limits::default(),
             fetch_network: FetchNetwork::Host,
         };
-        let mut log = BuildLog::default();
-        run_phases_after(&phases, &mut log, cancel, Some(turn)).await
+        run_phases_after(&phases, log, cancel, Some(turn)).await
     }
 
-    /// Both ways a build waits for its turn: unconfined (nothing started) and sandboxed (the
-    /// sandbox made, its command held at the gate).
+    /// Both ways a build waits for its turn: unconfined (its shell started) and sandboxed
+    /// (the sandbox made too), the script held at the gate.
     #[expect(
         clippy::print_stderr,
         reason = "say why the sandboxed case was not checked"
@@ -629,6 +637,37 @@ mod tests {
             // Whatever was made ahead is gone, and never ran the command.
             tokio::time::sleep(Duration::from_millis(200)).await;
             assert!(!g.out.join("marker").exists(), "{:?}", sandbox.mode());
+        }
+    }
+
+    /// The gate is a line put before the script: the script still sees its own line numbers
+    /// and no descriptor of the gate's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gated_script_keeps_its_line_numbers_and_sees_no_gate() {
+        for sandbox in sandboxes() {
+            let g = gated_package();
+            let mut log = BuildLog::default();
+            let cancel = CancellationToken::new();
+            let ran = gated_build(
+                &sandbox,
+                &g,
+                "test ! -e /dev/fd/3\nkiln_no_such_command_here",
+                &mut log,
+                Box::pin(async {}),
+                &cancel,
+            )
+            .await;
+            let text = String::from_utf8_lossy(log.data()).into_owned();
+            assert!(
+                matches!(&ran, Err(Stop::Failed(why)) if why.contains("status 127")),
+                "{:?}: {ran:?}\n{text}",
+                sandbox.mode()
+            );
+            assert!(
+                text.contains("2: kiln_no_such_command_here"),
+                "{:?}: {text}",
+                sandbox.mode()
+            );
         }
     }
 }

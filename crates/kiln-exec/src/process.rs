@@ -60,10 +60,11 @@ pub(crate) struct ProcessSpec<'a> {
 }
 
 /// A process started before its turn: it gets the read end of a pipe as descriptor
-/// [`Gate::FD`] and is expected to wait until it can read from it (a sandbox made with
-/// [`crate::Confinement::gated`]). When `open` resolves, a byte is written and the process
-/// goes on. Meanwhile its deadline and cancellation apply as to any process; one that ends
-/// before its turn is never let in.
+/// [`Gate::FD`] and is expected to make itself ready (a sandbox set up, a shell started),
+/// then wait until it can read a line from it ([`Gate::SHELL`]). When `open` resolves, a line
+/// is written and the process goes on, at once if it was ready by then. Meanwhile its
+/// deadline and cancellation apply as to any process; one that ends before its turn is never
+/// let in.
 pub(crate) struct Gate<'a> {
     pub open: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
 }
@@ -71,6 +72,11 @@ pub(crate) struct Gate<'a> {
 impl Gate<'_> {
     /// The descriptor the process reads its start from.
     pub(crate) const FD: i32 = 3;
+    /// Put before a `sh -c` script, on its first line (the script's line numbers stay as
+    /// they are): waits for the turn and closes the descriptor, so the script itself runs as
+    /// it would have ungated. A gate closed unopened (the process is being ended) makes
+    /// `read` fail and the shell exit.
+    pub(crate) const SHELL: &'static str = "read -r _ <&3 || exit 125; exec 3<&-; ";
 }
 
 /// How a process ended.
@@ -304,8 +310,8 @@ pub(crate) async fn run(
                 gate_open = None;
                 if let Some(mut write) = gate_write.take() {
                     use std::io::Write as _;
-                    // One byte into an empty pipe: never blocks.
-                    if let Err(e) = write.write_all(b"g") {
+                    // One line into an empty pipe: never blocks.
+                    if let Err(e) = write.write_all(b"\n") {
                         tracing::warn!(error = %e, "cannot open a process's start gate");
                     }
                 }

@@ -167,9 +167,6 @@ pub struct Confinement {
     network: Network,
     /// The egress proxy's socket and the relay program (`Confinement::egress`).
     egress: Option<(PathBuf, PathBuf)>,
-    /// The descriptor the sandbox waits to read from, set up, before it runs the command
-    /// (`Confinement::gated`).
-    gate: Option<i32>,
 }
 
 impl Confinement {
@@ -183,17 +180,7 @@ impl Confinement {
             hidden: Vec::new(),
             network: Network::Denied,
             egress: None,
-            gate: None,
         }
-    }
-
-    /// The sandbox is made (namespaces, mounts) at once but runs the command only once it
-    /// can read from descriptor `fd` (bwrap's `--block-fd`): started ahead of its turn, the
-    /// command then starts as fast as an unconfined one. The caller passes the descriptor.
-    #[must_use]
-    pub fn gated(mut self, fd: i32) -> Self {
-        self.gate = Some(fd);
-        self
     }
 
     /// Lets the command write `path` too (for a package, `$KILN_OUT`).
@@ -272,7 +259,6 @@ impl Confinement {
                 Some((socket, relay)) => Some((resolve(socket)?, resolve(relay)?)),
                 None => None,
             },
-            gate: self.gate,
         })
     }
 }
@@ -379,13 +365,7 @@ fn bwrap_args<'a>(
 
 /// [`bwrap_args`] for a confinement.
 fn confinement_args(c: &Confinement) -> Vec<OsString> {
-    let mut args = bwrap_args(c.network, c.mounts(), &c.workdir);
-    if let Some(fd) = c.gate {
-        // Before the `--` that ends bwrap's own arguments.
-        let at = args.len() - 1;
-        args.splice(at..at, ["--block-fd".into(), fd.to_string().into()]);
-    }
-    args
+    bwrap_args(c.network, c.mounts(), &c.workdir)
 }
 
 /// A command ready to spawn: `bwrap … -- program args…`, or `program args…` unchanged when
