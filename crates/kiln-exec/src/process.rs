@@ -336,8 +336,7 @@ pub(crate) async fn run(
     }
 
     // Timeout, cancel, or a pipe held past the drain: end the whole group. Before its gate
-    // opened nothing of the command has run, and a sandbox waiting at its gate does not
-    // end on SIGTERM: no grace then.
+    // opened nothing of the script has run: there is nothing to let finish, no grace then.
     let limits = if gate_open.is_some() {
         Limits {
             grace: Duration::ZERO,
