@@ -1164,114 +1164,58 @@ async fn run_phases(
     cancel: &CancellationToken,
 ) -> Result<(), Stop> {
     let origin = shared.tree.origin(job.id);
+    let pkg = shared.tree.package(job.id);
     let src = dir.join("src");
     let out = dir.join("out");
     let deps = deps_dir.to_owned();
     let prepare = |what: &str, e: String| Stop::Failed(format!("kiln could not {what}: {e}"));
 
-    // The folders the sandbox binds are made first; what goes in them is put there while the
-    // sandbox is being made (a bound folder shows what is added to it later), when there is a
-    // turn to wait for: the phases do not start before both are done.
-    for d in [&src, &out, &deps] {
-        std::fs::create_dir_all(d)
-            .map_err(|e| prepare("create", format!("{}: {e}", d.display())))?;
+    let from = shared.root.join(origin);
+    let to = src.clone();
+    blocking(move || copy_tree(&from, &to))
+        .await
+        .map_err(|e| prepare("copy the package's folder", e))?;
+    std::fs::create_dir_all(&out)
+        .map_err(|e| prepare("create", format!("{}: {e}", out.display())))?;
+    // Outputs first (a cached one may have to be restored), then the whole layout in one
+    // trip to the blocking pool: a closure can hold thousands of packages, and a trip per
+    // package cost more than the links themselves.
+    let mut layout = Vec::with_capacity(job.deps.len());
+    for &d in &job.deps {
+        if cancel.is_cancelled() {
+            return Err(Stop::Cancelled);
+        }
+        let from = dependency_output(shared, d).await.map_err(Stop::Failed)?;
+        layout.push((from, deps.join(shared.tree.origin(d))));
     }
-    let files = async {
-        let from = shared.root.join(origin);
-        let to = src.clone();
-        blocking(move || copy_tree(&from, &to))
-            .await
-            .map_err(|e| prepare("copy the package's folder", e))?;
-        // Outputs first (a cached one may have to be restored), then the whole layout in one
-        // trip to the blocking pool: a closure can hold thousands of packages, and a trip per
-        // package cost more than the links themselves.
-        let mut layout = Vec::with_capacity(job.deps.len());
-        for &d in &job.deps {
-            if cancel.is_cancelled() {
-                return Err(Stop::Cancelled);
-            }
-            let from = dependency_output(shared, d).await.map_err(Stop::Failed)?;
-            layout.push((from, deps.join(shared.tree.origin(d))));
-        }
-        let target = deps.clone();
-        blocking(move || lay_out_deps(&target, &layout))
-            .await
-            .map_err(|e| prepare("lay out $KILN_DEPS", e))?;
-        Ok(())
-    };
-    let Some(slots) = &shared.slots else {
-        files.await?;
-        return run_commands(shared, job, &src, &out, &deps, log, cancel, None).await;
-    };
-    // The turn waits for the files, then for a slot (released when the commands end, before
-    // the output is stored). Files that cannot be made end the waiting commands.
-    let (files_done, files_ready) = tokio::sync::oneshot::channel::<()>();
-    let commands_cancel = cancel.child_token();
-    let files = async {
-        let made = files.await;
-        match made {
-            Ok(()) => {
-                let _ = files_done.send(());
-            }
-            Err(_) => commands_cancel.cancel(),
-        }
-        made
-    };
-    let mut slot = None;
-    let turn = async {
-        if files_ready.await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        slot = Some(slots.acquire(job.priority).await);
-        if let Some(events) = &shared.slot_events {
-            let _ = events.send((job.id, SlotEvent::Taken));
-        }
-        if let Some(progress) = &shared.progress {
-            let _ = progress.send(BuildEvent::Started {
-                origin: origin.to_owned(),
-                expected: job.expected,
-            });
-        }
-    };
-    let commands = run_commands(
-        shared,
-        job,
-        &src,
-        &out,
-        &deps,
-        log,
-        &commands_cancel,
-        Some(Box::pin(turn)),
-    );
-    let (made, ran) = tokio::join!(files, commands);
-    drop(slot);
-    made?;
-    ran
-}
+    let target = deps.clone();
+    blocking(move || lay_out_deps(&target, &layout))
+        .await
+        .map_err(|e| prepare("lay out $KILN_DEPS", e))?;
 
-/// Runs the package's phases in its sandbox, after `turn` when there is one.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one package's folders and context"
-)]
-async fn run_commands(
-    shared: &Shared,
-    job: &Job,
-    src: &Path,
-    out: &Path,
-    deps: &Path,
-    log: &mut BuildLog,
-    cancel: &CancellationToken,
-    turn: Option<kiln_exec::package::Turn<'_>>,
-) -> Result<(), Stop> {
-    let origin = shared.tree.origin(job.id);
-    let pkg = shared.tree.package(job.id);
-    let prepare = |what: &str, e: String| Stop::Failed(format!("kiln could not {what}: {e}"));
-    let env = build_env(src, out, deps, origin, &pkg.version, &shared.env);
-    let base = Confinement::new(src)
-        .read_only(deps)
+    let env = build_env(&src, &out, &deps, origin, &pkg.version, &shared.env);
+    let base = Confinement::new(&src)
+        .read_only(&deps)
         .read_only(&shared.root)
         .hidden(&shared.data_dir);
+    // A slot for the commands (released when this returns, before the output is stored),
+    // taken as the phases' turn: a sandbox is made while the package waits for it.
+    let mut slot = None;
+    let turn: Option<kiln_exec::package::Turn<'_>> = shared.slots.as_ref().map(|slots| {
+        let taken = async {
+            slot = Some(slots.acquire(job.priority).await);
+            if let Some(events) = &shared.slot_events {
+                let _ = events.send((job.id, SlotEvent::Taken));
+            }
+            if let Some(progress) = &shared.progress {
+                let _ = progress.send(BuildEvent::Started {
+                    origin: origin.to_owned(),
+                    expected: job.expected,
+                });
+            }
+        };
+        Box::pin(taken) as kiln_exec::package::Turn<'_>
+    });
     let proxy = match &shared.fetch_egress {
         Some(egress) if pkg.fetch.is_some() && shared.sandbox.is_confined() => Some(
             EgressProxy::start(egress)
@@ -1290,8 +1234,8 @@ async fn run_commands(
         fetch: pkg.fetch.as_deref(),
         distfiles: &pkg.distfiles,
         build: &pkg.build,
-        src,
-        out,
+        src: &src,
+        out: &out,
         base,
         env: &env,
         sandbox: &shared.sandbox,
@@ -1299,6 +1243,7 @@ async fn run_commands(
         fetch_network,
     };
     let ran = kiln_exec::package::run_phases_after(&phases, log, cancel, turn).await;
+    drop(slot);
     if let Some(proxy) = proxy {
         for line in proxy.finish() {
             log.line(&line);
