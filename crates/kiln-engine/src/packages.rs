@@ -42,7 +42,7 @@ use kiln_core::packages::{
 };
 use kiln_exec::Confinement;
 use kiln_exec::package::{
-    BuildLog, FetchNetwork, Phases, Stop, blocking, build_env, copy_tree, lay_out_deps,
+    BuildLog, FetchNetwork, Phases, Stop, blocking, build_env, copy_tree, lay_out_deps, link_deps,
     machine_facts,
 };
 /// The sandbox and process limits a build is configured with (in [`BuildOptions`]).
@@ -540,17 +540,23 @@ impl Shared {
             return;
         }
         drop(pool);
+        self.remove_beside(deps.path, "a $KILN_DEPS folder");
+    }
+
+    /// Removes the folder `path` (`what`, for a warning) on the blocking pool, beside the
+    /// builds going on; [`Shared::cleared`] waits for it.
+    fn remove_beside(&self, path: PathBuf, what: &'static str) {
         let removed = tokio::task::spawn_blocking(move || {
-            if let Err(e) = std::fs::remove_dir_all(&deps.path)
+            if let Err(e) = std::fs::remove_dir_all(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                tracing::warn!(path = %deps.path.display(), error = %e, "cannot remove a $KILN_DEPS folder");
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove {what}");
             }
         });
         self.clearing.lock().expect("clearing lock").push(removed);
     }
 
-    /// Waits for the `$KILN_DEPS` folders being removed.
+    /// Waits for the folders being removed (`$KILN_DEPS` folders, build folders).
     async fn cleared(&self) {
         let removals = std::mem::take(&mut *self.clearing.lock().expect("clearing lock"));
         for removal in removals {
@@ -593,10 +599,28 @@ struct Job {
     id: PackageId,
     key: String,
     deps: Vec<PackageId>,
+    /// Started ahead, while some of what it needs still runs
+    /// ([`Schedule::pre_start_next`]): those of `deps` not built yet (sorted), and the signal
+    /// that they are. Its folder is copied, its sandbox made and the rest of `$KILN_DEPS` laid
+    /// out meanwhile; these are laid out when the signal comes, then it waits for a slot.
+    pending: Option<Pending>,
     /// Its last successful build's duration (for the `Started` event).
     expected: Option<Duration>,
     /// Its remaining critical path: the order in which waiting packages get slots.
     priority: u64,
+}
+
+/// The dispatcher's handles on a pre-started package's task: the signal that what it needs
+/// is built, and its own stop (it is skipped if one of them fails).
+struct Early {
+    built: tokio::sync::oneshot::Sender<()>,
+    cancel: CancellationToken,
+}
+
+/// What a pre-started package waits for.
+struct Pending {
+    deps: Vec<PackageId>,
+    built: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// What [`Shared::slot_events`] reports of a package.
@@ -794,21 +818,20 @@ async fn dispatch(
     let mut before_release: HashSet<PackageId> = HashSet::new();
     // Of those, the ones without a slot yet, with their priorities.
     let mut unslotted: HashMap<PackageId, u64> = HashMap::new();
-    let mut recorded = vec![false; tree.len()];
-    let mut rows: Vec<PackageBuild> = Vec::new();
+    // Pre-started and waiting for what they need to be built (not in the two above yet).
+    let mut early: HashMap<PackageId, Early> = HashMap::new();
+    let mut ledger = Ledger {
+        progress: progress.clone(),
+        rows: Vec::new(),
+        counts: BuildCounts::default(),
+        recorded: vec![false; tree.len()],
+    };
     let mut oldest_row: Option<tokio::time::Instant> = None;
-    let mut counts = BuildCounts::default();
     let mut failures = Vec::new();
     let mut cancelled = false;
 
     let row = |p: PackageId, status: PackageBuildStatus, reason: Option<String>| {
         plan.unbuilt_row(session, p, status, reason)
-    };
-    let finished = |b: &PackageBuild| BuildEvent::Finished {
-        origin: b.origin.clone(),
-        status: b.status,
-        duration: b.duration,
-        reason: b.reason.clone(),
     };
 
     let outcome: Result<(), BuildError> = async {
@@ -818,44 +841,104 @@ async fn dispatch(
             // and comes before every prepared one is prepared too: slots go by priority, so
             // it takes the first slot that frees once it is prepared (one that frees while it
             // is still being prepared goes to a waiting package).
-            while !cancelled
-                && (before_release.len() < opts.slots + PREPARED_AHEAD
-                    || schedule
-                        .next_priority()
-                        .is_some_and(|next| unslotted.values().max().is_some_and(|&m| next > m)))
-            {
-                let Some(p) = schedule.start_next() else {
-                    break;
-                };
-                if let Some(b) = plan.cached_row(session, p) {
-                    schedule.finish(p, Outcome::Cached);
-                    let _ = progress.send(finished(&b));
-                    counts.add(b.status, 1);
-                    recorded[p.index()] = true;
-                    rows.push(b);
-                    continue;
+            loop {
+                while !cancelled
+                    && (before_release.len() < opts.slots + PREPARED_AHEAD
+                        || schedule.next_priority().is_some_and(|next| {
+                            unslotted.values().max().is_some_and(|&m| next > m)
+                        }))
+                {
+                    let Some(p) = schedule.start_next() else {
+                        break;
+                    };
+                    if let Some(b) = plan.cached_row(session, p) {
+                        schedule.finish(p, Outcome::Cached);
+                        ledger.record(p, b);
+                        continue;
+                    }
+                    let job = Job {
+                        id: p,
+                        key: plan.key(p).to_hex(),
+                        deps: walker.kiln_deps(p).to_vec(),
+                        pending: None,
+                        expected: expected(p),
+                        priority: schedule.priority(p),
+                    };
+                    unslotted.insert(p, job.priority);
+                    let _ = shared.unstarted.fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    );
+                    let handle = running.spawn(execute(shared.clone(), job, stop.clone(), None));
+                    task_of.insert(handle.id(), p);
+                    before_release.insert(p);
                 }
-                let job = Job {
-                    id: p,
-                    key: plan.key(p).to_hex(),
-                    deps: walker.kiln_deps(p).to_vec(),
-                    expected: expected(p),
-                    priority: schedule.priority(p),
-                };
-                unslotted.insert(p, job.priority);
-                let _ = shared.unstarted.fetch_update(
-                    std::sync::atomic::Ordering::Relaxed,
-                    std::sync::atomic::Ordering::Relaxed,
-                    |n| n.checked_sub(1),
-                );
-                let handle = running.spawn(execute(shared.clone(), job, stop.clone(), None));
-                task_of.insert(handle.id(), p);
-                before_release.insert(p);
+                // Packages whose needs all run are started ahead, at most one per slot: their
+                // folder copied and sandbox made while the last of what they need still runs.
+                while !cancelled && early.len() < opts.slots {
+                    let Some(p) = schedule.pre_start_next() else {
+                        break;
+                    };
+                    if plan.cached.contains_key(&p) {
+                        // Nothing to prepare: recorded as cached once released.
+                        continue;
+                    }
+                    let deps = walker.kiln_deps(p).to_vec();
+                    let later = deps
+                        .iter()
+                        .copied()
+                        .filter(|&d| !matches!(schedule.state(d), State::Finished(_)))
+                        .collect();
+                    let (built, waits) = tokio::sync::oneshot::channel();
+                    let token = stop.child_token();
+                    let job = Job {
+                        id: p,
+                        key: plan.key(p).to_hex(),
+                        deps,
+                        pending: Some(Pending {
+                            deps: later,
+                            built: waits,
+                        }),
+                        expected: expected(p),
+                        priority: schedule.priority(p),
+                    };
+                    let _ = shared.unstarted.fetch_update(
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                        |n| n.checked_sub(1),
+                    );
+                    let handle = running.spawn(execute(shared.clone(), job, token.clone(), None));
+                    task_of.insert(handle.id(), p);
+                    early.insert(
+                        p,
+                        Early {
+                            built,
+                            cancel: token,
+                        },
+                    );
+                }
+                let released = schedule.take_released();
+                if released.is_empty() {
+                    break;
+                }
+                for r in released {
+                    if let Some(b) = plan.cached_row(session, r) {
+                        schedule.finish(r, Outcome::Cached);
+                        ledger.record(r, b);
+                        continue;
+                    }
+                    if let Some(task) = early.remove(&r) {
+                        let _ = task.built.send(());
+                        unslotted.insert(r, schedule.priority(r));
+                        before_release.insert(r);
+                    }
+                }
             }
-            if rows.len() >= FLUSH_ROWS {
-                flush(store, &mut rows, &mut oldest_row).await?;
+            if ledger.rows.len() >= FLUSH_ROWS {
+                flush(store, &mut ledger.rows, &mut oldest_row).await?;
             }
-            if !rows.is_empty() && oldest_row.is_none() {
+            if !ledger.rows.is_empty() && oldest_row.is_none() {
                 oldest_row = Some(tokio::time::Instant::now());
             }
             if running.is_empty() {
@@ -895,6 +978,17 @@ async fn dispatch(
                     let p = done.id;
                     before_release.remove(&p);
                     unslotted.remove(&p);
+                    early.remove(&p);
+                    if ledger.recorded[p.index()] {
+                        // Pre-started, then skipped: its row is written.
+                        continue;
+                    }
+                    if schedule.state(p) == State::PreStarted
+                        && done.status == PackageBuildStatus::Cancelled
+                    {
+                        // Cancelled before its turn: recorded as not started with the rest.
+                        continue;
+                    }
                     let b = PackageBuild {
                         id: PackageBuildId::new(),
                         session,
@@ -910,27 +1004,35 @@ async fn dispatch(
                         log_tail: done.log_tail,
                         output: done.output,
                     };
-                    let _ = progress.send(finished(&b));
-                    counts.add(b.status, 1);
-                    recorded[p.index()] = true;
-                    match b.status {
-                        PackageBuildStatus::Success => {
+                    let status = b.status;
+                    let failed = (status == PackageBuildStatus::Failure).then(|| FailedPackage {
+                        origin: b.origin.clone(),
+                        reason: b.reason.clone(),
+                        log_tail: b.log_tail.clone(),
+                        log: b.log.clone(),
+                    });
+                    ledger.record(p, b);
+                    match (status, failed) {
+                        (PackageBuildStatus::Success, _) => {
                             schedule.finish(p, Outcome::Built);
                         }
-                        PackageBuildStatus::Failure => {
-                            failures.push(FailedPackage {
-                                origin: b.origin.clone(),
-                                reason: b.reason.clone(),
-                                log_tail: b.log_tail.clone(),
-                                log: b.log.clone(),
-                            });
-                            let cause = b.origin.clone();
+                        (PackageBuildStatus::Failure, Some(failed)) => {
+                            let cause = failed.origin.clone();
+                            failures.push(failed);
                             let skipped = schedule.finish(p, Outcome::Failed);
-                            // Never started: no `$KILN_DEPS` folder is kept for them.
+                            // Pre-started ones are stopped; the others never started: no
+                            // `$KILN_DEPS` folder is kept for them.
+                            let mut never_started = 0;
+                            for s in &skipped {
+                                match early.remove(s) {
+                                    Some(task) => task.cancel.cancel(),
+                                    None => never_started += 1,
+                                }
+                            }
                             let _ = shared.unstarted.fetch_update(
                                 std::sync::atomic::Ordering::Relaxed,
                                 std::sync::atomic::Ordering::Relaxed,
-                                |n| Some(n.saturating_sub(skipped.len())),
+                                |n| Some(n.saturating_sub(never_started)),
                             );
                             for s in skipped {
                                 let skipped = row(
@@ -938,22 +1040,18 @@ async fn dispatch(
                                     PackageBuildStatus::Skipped,
                                     Some(format!("dependency {cause} failed")),
                                 );
-                                let _ = progress.send(finished(&skipped));
-                                counts.add(skipped.status, 1);
-                                recorded[s.index()] = true;
-                                rows.push(skipped);
+                                ledger.record(s, skipped);
                             }
                         }
                         // Left `Running` in the schedule: nothing after it may start.
                         _ => {}
                     }
-                    rows.push(b);
                 }
                 () = cancel.cancelled(), if !cancelled => {
                     cancelled = true;
                 }
                 () = sleep_until(flush_at), if flush_at.is_some() => {
-                    flush(store, &mut rows, &mut oldest_row).await?;
+                    flush(store, &mut ledger.rows, &mut oldest_row).await?;
                 }
             }
         }
@@ -963,7 +1061,7 @@ async fn dispatch(
         if cancelled {
             let left: Vec<PackageId> = schedule
                 .unfinished()
-                .filter(|p| !recorded[p.index()])
+                .filter(|p| !ledger.recorded[p.index()])
                 .collect();
             for p in left {
                 let why = match schedule.state(p) {
@@ -971,12 +1069,10 @@ async fn dispatch(
                     _ => "not started: the build was cancelled",
                 };
                 let b = row(p, PackageBuildStatus::Cancelled, Some(why.to_owned()));
-                let _ = progress.send(finished(&b));
-                counts.add(b.status, 1);
-                rows.push(b);
+                ledger.record(p, b);
             }
         }
-        flush(store, &mut rows, &mut oldest_row).await
+        flush(store, &mut ledger.rows, &mut oldest_row).await
     }
     .await;
     if outcome.is_err() {
@@ -986,13 +1082,37 @@ async fn dispatch(
     }
     shared.cleared().await;
     outcome?;
-    Ok((counts, cancelled, failures))
+    Ok((ledger.counts, cancelled, failures))
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a build has recorded: the rows not written yet, its counts, and which packages have
+/// a row.
+struct Ledger {
+    progress: mpsc::UnboundedSender<BuildEvent>,
+    rows: Vec<PackageBuild>,
+    counts: BuildCounts,
+    recorded: Vec<bool>,
+}
+
+impl Ledger {
+    /// `p` ended as `b`: reported, counted, and written with the next batch.
+    fn record(&mut self, p: PackageId, b: PackageBuild) {
+        let _ = self.progress.send(BuildEvent::Finished {
+            origin: b.origin.clone(),
+            status: b.status,
+            duration: b.duration,
+            reason: b.reason.clone(),
+        });
+        self.counts.add(b.status, 1);
+        self.recorded[p.index()] = true;
+        self.rows.push(b);
     }
 }
 
@@ -1025,12 +1145,13 @@ async fn create_dir(path: &Path) -> Result<(), BuildError> {
 /// kiln's own trouble while preparing or storing fails the package with the reason.
 async fn execute(
     shared: Arc<Shared>,
-    job: Job,
+    mut job: Job,
     cancel: CancellationToken,
     tap: Option<mpsc::UnboundedSender<Vec<u8>>>,
 ) -> Done {
-    let started_at = Timestamp::now();
-    let clock = std::time::Instant::now();
+    // Reset when a pre-started package's dependencies are built: its history's start and
+    // duration are its own build's, not the wait for theirs.
+    let mut began = (Timestamp::now(), std::time::Instant::now());
     let mut log = BuildLog::new(tap);
     let origin = shared.tree.origin(job.id).to_owned();
     let dir = shared.work.join(&origin);
@@ -1040,7 +1161,10 @@ async fn execute(
         job.key
     ));
     let mut deps = shared.take_deps(&job.deps);
-    let result = run_phases(&shared, &job, &dir, &deps.path, &mut log, &cancel).await;
+    let result = run_phases(
+        &shared, &mut job, &dir, &deps.path, &mut log, &cancel, &mut began,
+    )
+    .await;
     // Whatever the build did, the next one makes the folder right again.
     deps.laid_out.clone_from(&job.deps);
     shared.give_back_deps(deps);
@@ -1068,8 +1192,12 @@ async fn execute(
             }
         }
     };
+    let (started_at, clock) = began;
     let duration = clock.elapsed();
-    if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+    if shared.slots.is_some() {
+        // `kiln build`: not on the way to the packages waiting for this one.
+        shared.remove_beside(dir, "a package's build folder");
+    } else if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::warn!(path = %dir.display(), error = %e, "cannot remove a package's build folder");
     }
     let tail = log_tail(log.data(), TAIL_LINES, TAIL_BYTES);
@@ -1157,11 +1285,12 @@ impl Drop for EgressProxy {
 /// Prepares the package's folders and runs `fetch`, the distfile checks and `build`.
 async fn run_phases(
     shared: &Shared,
-    job: &Job,
+    job: &mut Job,
     dir: &Path,
     deps_dir: &Path,
     log: &mut BuildLog,
     cancel: &CancellationToken,
+    began: &mut (Timestamp, std::time::Instant),
 ) -> Result<(), Stop> {
     let origin = shared.tree.origin(job.id);
     let pkg = shared.tree.package(job.id);
@@ -1179,11 +1308,17 @@ async fn run_phases(
         .map_err(|e| prepare("create", format!("{}: {e}", out.display())))?;
     // Outputs first (a cached one may have to be restored), then the whole layout in one
     // trip to the blocking pool: a closure can hold thousands of packages, and a trip per
-    // package cost more than the links themselves.
+    // package cost more than the links themselves. A pre-started package's dependencies
+    // still running are laid out on its turn.
+    let pending = job.pending.take();
+    let later: &[PackageId] = pending.as_ref().map_or(&[], |p| &p.deps);
     let mut layout = Vec::with_capacity(job.deps.len());
     for &d in &job.deps {
         if cancel.is_cancelled() {
             return Err(Stop::Cancelled);
+        }
+        if later.binary_search(&d).is_ok() {
+            continue;
         }
         let from = dependency_output(shared, d).await.map_err(Stop::Failed)?;
         layout.push((from, deps.join(shared.tree.origin(d))));
@@ -1199,23 +1334,42 @@ async fn run_phases(
         .read_only(&shared.root)
         .hidden(&shared.data_dir);
     // A slot for the commands (released when this returns, before the output is stored),
-    // taken as the phases' turn: a sandbox is made while the package waits for it.
+    // taken as the phases' turn, after a pre-started package's last dependencies are built
+    // and laid out: a sandbox is made while the package waits for them.
     let mut slot = None;
-    let turn: Option<kiln_exec::package::Turn<'_>> = shared.slots.as_ref().map(|slots| {
-        let taken = async {
-            slot = Some(slots.acquire(job.priority).await);
-            if let Some(events) = &shared.slot_events {
-                let _ = events.send((job.id, SlotEvent::Taken));
-            }
-            if let Some(progress) = &shared.progress {
-                let _ = progress.send(BuildEvent::Started {
-                    origin: origin.to_owned(),
-                    expected: job.expected,
-                });
-            }
-        };
-        Box::pin(taken) as kiln_exec::package::Turn<'_>
-    });
+    let turn: Option<kiln_exec::package::Turn<'_>> = (shared.slots.is_some() || pending.is_some())
+        .then(|| {
+            let turn = async {
+                if let Some(Pending { deps: later, built }) = pending {
+                    built
+                        .await
+                        .map_err(|_| "kiln stopped waiting for the packages it needs".to_owned())?;
+                    *began = (Timestamp::now(), std::time::Instant::now());
+                    let mut layout = Vec::with_capacity(later.len());
+                    for d in later {
+                        let from = dependency_output(shared, d).await?;
+                        layout.push((from, deps.join(shared.tree.origin(d))));
+                    }
+                    blocking(move || link_deps(&layout))
+                        .await
+                        .map_err(|e| format!("kiln could not lay out $KILN_DEPS: {e}"))?;
+                }
+                if let Some(slots) = &shared.slots {
+                    slot = Some(slots.acquire(job.priority).await);
+                    if let Some(events) = &shared.slot_events {
+                        let _ = events.send((job.id, SlotEvent::Taken));
+                    }
+                    if let Some(progress) = &shared.progress {
+                        let _ = progress.send(BuildEvent::Started {
+                            origin: origin.to_owned(),
+                            expected: job.expected,
+                        });
+                    }
+                }
+                Ok(())
+            };
+            Box::pin(turn) as kiln_exec::package::Turn<'_>
+        });
     let proxy = match &shared.fetch_egress {
         Some(egress) if pkg.fetch.is_some() && shared.sandbox.is_confined() => Some(
             EgressProxy::start(egress)

@@ -23,8 +23,11 @@ use crate::process::Gate;
 use crate::sandbox::{Confinement, Network, Sandbox};
 use crate::{CommandEnd, CommandSpec, ExecEvent, Limits};
 
-/// A package's turn to run its commands (a free slot): see [`run_phases_after`].
-pub type Turn<'t> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 't>>;
+/// A package's turn to run its commands (a free slot, and whatever must be ready before: the
+/// last dependencies laid out): see [`run_phases_after`]. An error fails the build with it as
+/// the reason, nothing of its commands run.
+pub type Turn<'t> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 't>>;
 
 /// The `PATH` every build gets, whatever kiln's own: a build must not change with the shell
 /// kiln was started from, and its key does not cover kiln's `PATH`. Name `PATH` among the
@@ -261,7 +264,18 @@ async fn phase(
     }
     // Started ahead of its turn, sandboxed or not: the sandbox is made and the shell started
     // while it waits, so only the script itself runs in the slot (`Gate::SHELL`).
-    let gate = turn.map(|open| Gate { open });
+    let refused: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let gate = turn.map(|turn| Gate {
+        open: Box::pin(async {
+            match turn.await {
+                Ok(()) => true,
+                Err(why) => {
+                    *refused.lock().expect("refusal lock") = Some(why);
+                    false
+                }
+            }
+        }),
+    });
     let script = match &gate {
         Some(_) => std::borrow::Cow::Owned(format!("{}{command}", Gate::SHELL)),
         None => std::borrow::Cow::Borrowed(command),
@@ -296,6 +310,11 @@ async fn phase(
         }
     };
     let (ended, ()) = tokio::join!(run, collect);
+    if let Some(why) = refused.lock().expect("refusal lock").take()
+        && !cancel.is_cancelled()
+    {
+        return Err(Stop::Failed(why));
+    }
     match ended {
         Err(e) => Err(Stop::Failed(format!(
             "the {name} phase could not start: {e}"
@@ -404,10 +423,18 @@ pub fn lay_out_deps(deps: &Path, layout: &[(PathBuf, PathBuf)]) -> Result<(), St
     Ok(())
 }
 
+/// Adds `layout` (`(output, deps/<category>/<name>)`) to a `$KILN_DEPS` folder that
+/// [`lay_out_deps`] made without them: the dependencies a build started ahead waited for.
+pub fn link_deps(layout: &[(PathBuf, PathBuf)]) -> Result<(), String> {
+    for (output, link) in layout {
+        link_tree(output, link)?;
+    }
+    Ok(())
+}
+
 /// Lays out `from` at `to` (created) with hard links to its files (copies where the file
 /// system cannot link): a dependency's output costs a link per file per dependent instead of
-/// its bytes. Only unconfined builds use it: a sandboxed one sees the outputs bound read-only
-/// at their place instead, without a folder made per dependency and per build.
+/// its bytes.
 fn link_tree(from: &Path, to: &Path) -> Result<(), String> {
     mirror(from, to, &|src, dst| {
         std::fs::hard_link(src, dst).or_else(|_| std::fs::copy(src, dst).map(|_| ()))
@@ -596,6 +623,7 @@ mod tests {
             let (open, opened) = tokio::sync::oneshot::channel::<()>();
             let turn: Turn<'_> = Box::pin(async move {
                 let _ = opened.await;
+                Ok(())
             });
             let cancel = CancellationToken::new();
             let marker = g.out.join("marker");
@@ -640,6 +668,28 @@ mod tests {
         }
     }
 
+    /// What the turn waited for failed (a dependency's output could not be laid out): the
+    /// build fails with that reason, and its command never ran.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_turn_that_fails_fails_the_build_before_its_command_runs() {
+        for sandbox in sandboxes() {
+            let g = gated_package();
+            let turn: Turn<'_> = Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err("kiln could not lay out $KILN_DEPS: disk full".to_owned())
+            });
+            let cancel = CancellationToken::new();
+            let ran = phases_after(&sandbox, &g, turn, &cancel).await;
+            assert!(
+                matches!(&ran, Err(Stop::Failed(why)) if why == "kiln could not lay out $KILN_DEPS: disk full"),
+                "{:?}: {ran:?}",
+                sandbox.mode()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert!(!g.out.join("marker").exists(), "{:?}", sandbox.mode());
+        }
+    }
+
     /// The gate is a line put before the script: the script still sees its own line numbers
     /// and no descriptor of the gate's.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -653,7 +703,7 @@ mod tests {
                 &g,
                 "test ! -e /dev/fd/3\nkiln_no_such_command_here",
                 &mut log,
-                Box::pin(async {}),
+                Box::pin(async { Ok(()) }),
                 &cancel,
             )
             .await;

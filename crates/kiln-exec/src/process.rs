@@ -66,7 +66,9 @@ pub(crate) struct ProcessSpec<'a> {
 /// deadline and cancellation apply as to any process; one that ends before its turn is never
 /// let in.
 pub(crate) struct Gate<'a> {
-    pub open: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>,
+    /// Resolves when the process may go on (`true`), or must not run at all (`false`: it is
+    /// ended as cancelled, its gate never opened).
+    pub open: std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + 'a>>,
 }
 
 impl Gate<'_> {
@@ -296,10 +298,10 @@ pub(crate) async fn run(
                 stop = Some(Ended::Cancelled);
                 break;
             }
-            () = open_gate(&mut gate_open), if gate_open.is_some() && status.is_none() => {
+            opened = open_gate(&mut gate_open), if gate_open.is_some() && status.is_none() => {
                 // The turn and a cancel or the deadline may come together: never let the
                 // command in then.
-                if cancel.is_some_and(CancellationToken::is_cancelled) {
+                if !opened || cancel.is_some_and(CancellationToken::is_cancelled) {
                     stop = Some(Ended::Cancelled);
                     break;
                 }
@@ -462,8 +464,8 @@ async fn read_some(rx: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> Option<us
 
 /// Until the gate opens; never when there is none.
 async fn open_gate(
-    gate: &mut Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>>,
-) {
+    gate: &mut Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>>,
+) -> bool {
     match gate {
         Some(open) => open.as_mut().await,
         None => std::future::pending().await,

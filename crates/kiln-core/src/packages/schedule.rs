@@ -2,7 +2,10 @@
 //! next, and what a finished package makes ready or skips.
 //!
 //! The executor owns the slots, the processes and the clock; it asks [`Schedule::start_next`] when
-//! a slot is free and reports with [`Schedule::finish`]. Keeping the decisions here, pure,
+//! a slot is free and reports with [`Schedule::finish`]. It may also start a package ahead,
+//! while the last packages it needs still run ([`Schedule::pre_start_next`]), so that
+//! preparing its build is not on the critical path; [`Schedule::take_released`] tells it when
+//! such a package may go on. Keeping the decisions here, pure,
 //! means they are tested without running anything, and the same rules serve `kiln build`
 //! and the server's package jobs. A schedule owns what it needs (a copy of the
 //! [`Graph::waiters`] lists, 1.3 MB for 60,000 packages) rather than borrowing the
@@ -30,6 +33,9 @@ pub enum Outcome {
 pub enum State {
     /// Waiting for packages it needs.
     Waiting,
+    /// Everything it needs has started and some of it still runs; started ahead
+    /// ([`Schedule::pre_start_next`]): its build may be prepared but not run yet.
+    PreStarted,
     /// Everything it needs is built; not started yet.
     Ready,
     Running,
@@ -48,8 +54,15 @@ pub struct Schedule {
     state: Vec<State>,
     /// Per package: how many of what it waits for are not finished yet.
     remaining: Vec<u32>,
+    /// Per package: how many of what it waits for are not started yet.
+    unstarted: Vec<u32>,
     priorities: Vec<u64>,
     ready: BinaryHeap<(u64, Reverse<PackageId>)>,
+    /// Waiting packages whose needs have all started (some may have become ready or been
+    /// skipped since: [`Schedule::pre_start_next`] passes over those).
+    early: BinaryHeap<(u64, Reverse<PackageId>)>,
+    /// Pre-started packages whose needs have all finished, not yet taken.
+    released: Vec<PackageId>,
     unfinished: usize,
 }
 
@@ -78,9 +91,12 @@ impl Schedule {
         Self {
             waiters: graph.waiters_csr().clone(),
             state,
+            unstarted: remaining.clone(),
             remaining,
             priorities,
             ready,
+            early: BinaryHeap::new(),
+            released: Vec::new(),
             unfinished: selection.len(),
         }
     }
@@ -89,8 +105,43 @@ impl Schedule {
     /// ready (wait for a running one to finish, or the build is over: [`Schedule::is_done`]).
     pub fn start_next(&mut self) -> Option<PackageId> {
         let (_, Reverse(p)) = self.ready.pop()?;
-        self.state[p.index()] = State::Running;
+        self.run(p);
         Some(p)
+    }
+
+    /// `p` is `Running` now: what waits for it may be pre-started once all it needs runs.
+    fn run(&mut self, p: PackageId) {
+        self.state[p.index()] = State::Running;
+        for &w in self.waiters.get(p.index()) {
+            if self.state[w.index()] != State::Waiting {
+                continue;
+            }
+            let u = &mut self.unstarted[w.index()];
+            *u -= 1;
+            if *u == 0 {
+                self.early.push((self.priorities[w.index()], Reverse(w)));
+            }
+        }
+    }
+
+    /// Of the waiting packages whose needs have all started (and not all finished), the one
+    /// with the highest priority, now `PreStarted`: its build may be prepared, not run. It
+    /// becomes `Running` when its needs have finished, and is then listed by
+    /// [`Schedule::take_released`]; a failure among them skips it like a waiting package.
+    pub fn pre_start_next(&mut self) -> Option<PackageId> {
+        while let Some((_, Reverse(p))) = self.early.pop() {
+            if self.state[p.index()] == State::Waiting {
+                self.state[p.index()] = State::PreStarted;
+                return Some(p);
+            }
+        }
+        None
+    }
+
+    /// The pre-started packages whose needs have all finished since the last call: now
+    /// `Running`, to be let go on.
+    pub fn take_released(&mut self) -> Vec<PackageId> {
+        std::mem::take(&mut self.released)
     }
 
     /// The priority of the package [`Schedule::start_next`] would return, without starting
@@ -104,13 +155,15 @@ impl Schedule {
         self.priorities[p.index()]
     }
 
-    /// Records how `p` (returned by [`Schedule::start_next`]) ended. After a failure, returns the
-    /// packages skipped because of it (each waiting on `p`, transitively), sorted.
+    /// Records how `p` (returned by [`Schedule::start_next`], or by
+    /// [`Schedule::pre_start_next`]) ended; a pre-started package can end before it was
+    /// released only by failing. After a failure, returns the packages skipped because of it
+    /// (each waiting on `p` or pre-started after it, transitively), sorted.
     pub fn finish(&mut self, p: PackageId, outcome: Outcome) -> Vec<PackageId> {
-        assert_eq!(
-            self.state[p.index()],
-            State::Running,
-            "finish is called once for a package start_next returned"
+        let state = self.state[p.index()];
+        assert!(
+            state == State::Running || (state == State::PreStarted && outcome == Outcome::Failed),
+            "finish is called once for a package start_next or pre_start_next returned"
         );
         self.state[p.index()] = State::Finished(outcome);
         self.unfinished -= 1;
@@ -119,7 +172,7 @@ impl Schedule {
             let mut stack = vec![p];
             while let Some(x) = stack.pop() {
                 for &w in self.waiters.get(x.index()) {
-                    if self.state[w.index()] == State::Waiting {
+                    if matches!(self.state[w.index()], State::Waiting | State::PreStarted) {
                         self.state[w.index()] = State::Skipped { cause: p };
                         self.unfinished -= 1;
                         skipped.push(w);
@@ -130,13 +183,22 @@ impl Schedule {
             skipped.sort_unstable();
             return skipped;
         }
-        for &w in self.waiters.get(p.index()) {
-            if self.state[w.index()] != State::Waiting {
+        // By index: a released package's own waiters are updated on the way.
+        for i in 0..self.waiters.get(p.index()).len() {
+            let w = self.waiters.get(p.index())[i];
+            let state = self.state[w.index()];
+            if !matches!(state, State::Waiting | State::PreStarted) {
                 continue;
             }
             let r = &mut self.remaining[w.index()];
             *r -= 1;
-            if *r == 0 {
+            if *r > 0 {
+                continue;
+            }
+            if state == State::PreStarted {
+                self.run(w);
+                self.released.push(w);
+            } else {
                 self.state[w.index()] = State::Ready;
                 self.ready.push((self.priorities[w.index()], Reverse(w)));
             }
@@ -153,13 +215,18 @@ impl Schedule {
         self.unfinished == 0
     }
 
-    /// Selected packages neither finished nor skipped (ready, running or waiting): what a
+    /// Selected packages neither finished nor skipped (ready, running, pre-started or waiting): what a
     /// cancelled build records as cancelled or never started.
     pub fn unfinished(&self) -> impl Iterator<Item = PackageId> + '_ {
         self.state
             .iter()
             .enumerate()
-            .filter(|(_, s)| matches!(s, State::Waiting | State::Ready | State::Running))
+            .filter(|(_, s)| {
+                matches!(
+                    s,
+                    State::Waiting | State::PreStarted | State::Ready | State::Running
+                )
+            })
             .map(|(i, _)| PackageId::new(i))
     }
 }

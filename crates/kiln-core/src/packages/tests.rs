@@ -521,6 +521,86 @@ fn skipped_lists_come_back_from_finish_and_cached_counts_as_success() {
     assert!(s.is_done());
 }
 
+#[test]
+fn a_package_is_pre_started_once_all_it_needs_runs_and_released_when_it_is_built() {
+    let t = tree(&[
+        ("a/base", &[], &[]),
+        ("b/lib", &["a/base"], &[]),
+        ("c/app", &["b/lib", "d/other"], &[]),
+        ("d/other", &[], &[]),
+    ])
+    .expect("valid");
+    let all = t.graph().select_all();
+    let mut s = Schedule::new(t.graph(), &all, t.graph().priorities(&all, |_| 1));
+    let (a, b, c, d) = (
+        id(&t, "a/base"),
+        id(&t, "b/lib"),
+        id(&t, "c/app"),
+        id(&t, "d/other"),
+    );
+    assert_eq!(s.pre_start_next(), None, "nothing runs yet");
+    assert_eq!(s.start_next(), Some(a));
+    assert_eq!(s.pre_start_next(), Some(b), "all b needs runs");
+    assert_eq!(s.state(b), State::PreStarted);
+    assert_eq!(
+        s.pre_start_next(),
+        None,
+        "c needs b, which is only pre-started, and d, which has not started"
+    );
+    assert_eq!(s.start_next(), Some(d));
+    assert_eq!(s.pre_start_next(), None, "b has not run yet");
+    assert_eq!(s.unfinished().count(), 4);
+    assert!(s.finish(a, Outcome::Built).is_empty());
+    assert_eq!(s.take_released(), vec![b]);
+    assert_eq!(s.take_released(), Vec::<PackageId>::new(), "taken once");
+    assert_eq!(s.state(b), State::Running);
+    assert_eq!(
+        s.start_next(),
+        None,
+        "a released package is not ready again"
+    );
+    assert_eq!(s.pre_start_next(), Some(c), "b and d run now");
+    s.finish(d, Outcome::Cached);
+    assert!(s.take_released().is_empty(), "c still needs b");
+    s.finish(b, Outcome::Built);
+    assert_eq!(s.take_released(), vec![c]);
+    s.finish(c, Outcome::Built);
+    assert!(s.is_done());
+}
+
+#[test]
+fn a_failure_skips_pre_started_packages_and_a_pre_started_one_may_fail_itself() {
+    let t = tree(&[
+        ("a/base", &[], &[]),
+        ("b/lib", &["a/base"], &[]),
+        ("c/app", &["b/lib"], &[]),
+        ("d/tool", &["a/base"], &[]),
+        ("e/uses-tool", &["d/tool"], &[]),
+    ])
+    .expect("valid");
+    let all = t.graph().select_all();
+    let mut s = Schedule::new(t.graph(), &all, t.graph().priorities(&all, |_| 1));
+    let a = s.start_next().expect("a is ready");
+    let first = s.pre_start_next().expect("b or d");
+    let second = s.pre_start_next().expect("the other");
+    assert_eq!(
+        [first, second].map(|p| t.origin(p).to_owned()),
+        ["b/lib", "d/tool"],
+        "by priority, then origin"
+    );
+    // d fails while it is still being prepared: what waits for it is skipped at once.
+    let d = id(&t, "d/tool");
+    assert_eq!(s.finish(d, Outcome::Failed), vec![id(&t, "e/uses-tool")]);
+    // a fails: b, pre-started, is skipped with what waits for it.
+    assert_eq!(
+        s.finish(a, Outcome::Failed),
+        vec![id(&t, "b/lib"), id(&t, "c/app")]
+    );
+    assert_eq!(s.state(id(&t, "b/lib")), State::Skipped { cause: a });
+    assert!(s.take_released().is_empty());
+    assert!(s.is_done());
+}
+
 /// `(depends, run-depends)` lists of a random small tree, edges anywhere (cycles included).
 fn random_tree() -> impl proptest::strategy::Strategy<Value = Vec<(Vec<usize>, Vec<usize>)>> {
     use proptest::prelude::*;
@@ -533,6 +613,32 @@ fn random_tree() -> impl proptest::strategy::Strategy<Value = Vec<(Vec<usize>, V
             n,
         )
     })
+}
+
+/// The tree of `lists` (package `i` is `c/p<i>`).
+fn tree_of(lists: &[(Vec<usize>, Vec<usize>)]) -> Result<Tree, TreeErrors> {
+    let name = |i: usize| format!("c/p{i}");
+    let deps = |l: &[usize]| {
+        l.iter()
+            .map(|&d| Dependency {
+                origin: name(d),
+                line: 1,
+            })
+            .collect()
+    };
+    Tree::from_manifests(lists.iter().enumerate().map(|(i, (depends, run))| {
+        (
+            name(i),
+            Manifest {
+                version: "1".into(),
+                depends: deps(depends),
+                run_depends: deps(run),
+                fetch: None,
+                distfiles: Vec::new(),
+                build: "b".into(),
+            },
+        )
+    }))
 }
 
 /// `$KILN_DEPS` by its definition, for comparison: everything reachable from `depends(p)`
@@ -564,21 +670,8 @@ proptest::proptest! {
     ) {
         let n = lists.len();
         let name = |i: usize| format!("c/p{i}");
-        let manifests = (0..n).map(|i| {
-            let deps = |l: &[usize]| {
-                l.iter().map(|&d| Dependency { origin: name(d), line: 1 }).collect()
-            };
-            (name(i), Manifest {
-                version: "1".into(),
-                depends: deps(&lists[i].0),
-                run_depends: deps(&lists[i].1),
-                fetch: None,
-                distfiles: Vec::new(),
-                build: "b".into(),
-            })
-        });
         let self_needing = (0..n).any(|p| brute_kiln_deps(&lists, p).contains(&p));
-        match Tree::from_manifests(manifests) {
+        match tree_of(&lists) {
             Err(errors) => {
                 proptest::prop_assert!(self_needing, "refused without a cycle: {errors}");
                 for e in errors.iter() {
@@ -624,6 +717,102 @@ proptest::proptest! {
                     let should = of(p) == changed || brute_kiln_deps(&lists, of(p)).contains(&changed);
                     proptest::prop_assert_eq!(before.get(p) != after.get(p), should);
                 }
+            }
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Whatever the executor does (start, pre-start, finish in any order, some failing), a
+    /// package runs only after all it needs was built, is pre-started only while all it
+    /// needs runs or is built, and every package ends built, cached, failed or skipped by a
+    /// failure it waits on.
+    #[test]
+    fn pre_starting_keeps_the_order_of_dependencies(
+        lists in random_tree(),
+        moves in proptest::collection::vec((0u8..4, 0usize..9, proptest::bool::weighted(0.2)), 0..80),
+    ) {
+        let Ok(t) = tree_of(&lists) else { return Ok(()) };
+        let g = t.graph();
+        let all = g.select_all();
+        let mut s = Schedule::new(g, &all, g.priorities(&all, |_| 1));
+        let built = |s: &Schedule, p: PackageId| {
+            matches!(s.state(p), State::Finished(Outcome::Built | Outcome::Cached))
+        };
+        // Started, not finished: running or pre-started.
+        let mut active: Vec<PackageId> = Vec::new();
+        let mut moves = moves.into_iter();
+        loop {
+            let next = moves.next();
+            let draining = next.is_none();
+            let (kind, pick, fail) = next.unwrap_or((3, 0, false));
+            match kind {
+                0 => {
+                    if let Some(p) = s.start_next() {
+                        for &d in g.wait_for(p) {
+                            proptest::prop_assert!(built(&s, d));
+                        }
+                        active.push(p);
+                    }
+                }
+                1 => {
+                    if let Some(p) = s.pre_start_next() {
+                        let needs = g.wait_for(p);
+                        for &d in needs {
+                            proptest::prop_assert!(built(&s, d) || s.state(d) == State::Running);
+                        }
+                        proptest::prop_assert!(needs.iter().any(|&d| s.state(d) == State::Running));
+                        active.push(p);
+                    }
+                }
+                _ => {
+                    // Finish a running package (or fail a pre-started one); when the moves
+                    // are spent, drain: start what is ready, finish the rest.
+                    if active.is_empty() {
+                        match s.start_next() {
+                            Some(p) => active.push(p),
+                            None => break,
+                        }
+                        continue;
+                    }
+                    let k = if draining {
+                        // A pre-started package waits for a running one: finish that.
+                        active
+                            .iter()
+                            .position(|&p| s.state(p) != State::PreStarted)
+                            .expect("something runs")
+                    } else {
+                        pick % active.len()
+                    };
+                    let p = active[k];
+                    let state = s.state(p);
+                    if state == State::PreStarted && !fail {
+                        continue;
+                    }
+                    active.swap_remove(k);
+                    if !matches!(state, State::Running | State::PreStarted) {
+                        // Skipped meanwhile.
+                        continue;
+                    }
+                    let outcome = if fail { Outcome::Failed } else { Outcome::Built };
+                    s.finish(p, outcome);
+                    for r in s.take_released() {
+                        proptest::prop_assert!(active.contains(&r));
+                        for &d in g.wait_for(r) {
+                            proptest::prop_assert!(built(&s, d));
+                        }
+                    }
+                }
+            }
+        }
+        proptest::prop_assert!(s.is_done());
+        for p in t.ids() {
+            match s.state(p) {
+                State::Finished(_) => {}
+                State::Skipped { cause } => {
+                    proptest::prop_assert_eq!(s.state(cause), State::Finished(Outcome::Failed));
+                }
+                other => proptest::prop_assert!(false, "{} ended {other:?}", t.origin(p)),
             }
         }
     }

@@ -284,6 +284,7 @@ impl PackageSet {
             id: p,
             key: key.clone(),
             deps,
+            pending: None,
             expected: None,
             // Slots are `kiln build`'s: a workflow's package jobs take none.
             priority: 0,

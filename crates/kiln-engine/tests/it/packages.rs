@@ -82,16 +82,7 @@ impl Fixture {
 
     /// Plans and builds with `opts`; the report and every event.
     async fn build(&self, opts: &BuildOptions) -> (BuildReport, Vec<BuildEvent>) {
-        let p = self.plan(opts).await;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let report = build(&self.store, p, opts, tx, CancellationToken::new())
-            .await
-            .expect("build");
-        let mut events = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            events.push(e);
-        }
-        (report, events)
+        build_with_events(self.store.clone(), self.plan(opts).await, opts.clone()).await
     }
 
     async fn latest(&self, origin: &str) -> PackageBuild {
@@ -107,6 +98,23 @@ impl Fixture {
         let bytes = self.store.blobs().get_content(&blob.digest).await.unwrap();
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// Builds `p`; the report and every event.
+async fn build_with_events(
+    store: Store,
+    p: BuildPlan,
+    opts: BuildOptions,
+) -> (BuildReport, Vec<BuildEvent>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let report = build(&store, p, &opts, tx, CancellationToken::new())
+        .await
+        .expect("build");
+    let mut events = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    (report, events)
 }
 
 /// Origins of a plan that will be built, sorted.
@@ -276,6 +284,136 @@ async fn cancelling_kills_running_builds_with_their_group_and_records_them_cance
         !pid_alive(pid),
         "the build's background process {pid} survived"
     );
+}
+
+/// Whether a process whose command line holds `tag` runs (a zombie does not count).
+fn process_with(tag: &str) -> bool {
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            return false;
+        };
+        std::fs::read(e.path().join("cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(tag))
+            && pid_alive(pid)
+    })
+}
+
+/// base/slow runs until the test lets it end (then fails when `fail`); top/app needs it.
+/// Returns the build's task, once top/app is seen prepared — its shell started, waiting —
+/// while base/slow still runs, and the file that lets base/slow end.
+async fn with_app_prepared_while_its_dependency_runs(
+    f: &Fixture,
+    opts: &BuildOptions,
+    fail: bool,
+    app: &str,
+) -> (
+    tokio::task::JoinHandle<(BuildReport, Vec<BuildEvent>)>,
+    PathBuf,
+) {
+    // In the tree: a sandboxed build sees it (not the host's temporary folder).
+    let go = f.tree().join(".go");
+    let end = if fail {
+        "exit 3"
+    } else {
+        "echo built > \"$KILN_OUT/file\""
+    };
+    f.package(
+        "base/slow",
+        &[],
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.02; done; {end}",
+            go.display()
+        ),
+        "",
+    )
+    .package("top/app", &["base/slow"], app, "");
+    let task = tokio::spawn(build_with_events(
+        f.store.clone(),
+        f.plan(opts).await,
+        opts.clone(),
+    ));
+    let tag = app.rsplit('#').next().expect("a tag").trim();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !process_with(tag) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top/app was never prepared while base/slow ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!go.exists(), "base/slow still runs");
+    (task, go)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_package_is_prepared_while_its_last_dependency_runs_and_then_sees_its_output() {
+    let mut sandboxes = vec![Sandbox::off()];
+    sandboxes.extend(confining_sandbox());
+    for sandbox in sandboxes {
+        let f = Fixture::new().await;
+        let mut opts = f.options();
+        opts.sandbox = sandbox;
+        let tag = format!("kiln-prepared-{}", uuid::Uuid::new_v4().simple());
+        let app = format!("cat \"$KILN_DEPS/base/slow/file\" # {tag}");
+        let (task, go) = with_app_prepared_while_its_dependency_runs(&f, &opts, false, &app).await;
+        std::fs::write(&go, "").unwrap();
+        let (report, _) = task.await.unwrap();
+        assert_eq!(
+            report.counts.built,
+            2,
+            "{:?}: {report:?}",
+            opts.sandbox.mode()
+        );
+        let app = f.latest("top/app").await;
+        // Its history holds its own build, not its wait for base/slow.
+        let slow = f.latest("base/slow").await;
+        assert!(
+            app.started_at >= slow.finished_at,
+            "{:?}: {app:?} {slow:?}",
+            opts.sandbox.mode()
+        );
+        assert!(
+            f.log(&app).await.contains("\nbuilt\n"),
+            "{:?}: the last dependency's output is in $KILN_DEPS: {}",
+            opts.sandbox.mode(),
+            f.log(&app).await
+        );
+        assert!(!process_with(&tag));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_package_prepared_while_its_dependency_runs_is_skipped_unrun_when_that_fails() {
+    let f = Fixture::new().await;
+    let ran = f.scratch().join("ran");
+    let tag = format!("kiln-prepared-{}", uuid::Uuid::new_v4().simple());
+    let app = format!("touch {} # {tag}", ran.display());
+    let (task, go) =
+        with_app_prepared_while_its_dependency_runs(&f, &f.options(), true, &app).await;
+    std::fs::write(&go, "").unwrap();
+    let (report, events) = task.await.unwrap();
+    assert_eq!(
+        (
+            report.counts.failed,
+            report.counts.skipped,
+            report.counts.cancelled
+        ),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    let app = f.latest("top/app").await;
+    assert_eq!(app.status, PackageBuildStatus::Skipped);
+    assert_eq!(app.reason.as_deref(), Some("dependency base/slow failed"));
+    let reported: Vec<_> = events
+        .iter()
+        .filter(|e| matches!(e, BuildEvent::Finished { origin, .. } if origin == "top/app"))
+        .collect();
+    assert_eq!(reported.len(), 1, "reported once: {reported:?}");
+    assert!(!ran.exists(), "its command never ran");
+    assert!(!process_with(&tag), "its waiting shell is gone");
+    // One row per package in the session: the prepared one is not also recorded cancelled.
+    let history = f.store.package_history("top/app", None, 10).await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
 }
 
 /// a/base ← b/lib ← c/app; a/base ← d/other; e/alone. Each output names the package and
