@@ -613,14 +613,15 @@ struct Job {
 /// The dispatcher's handles on a pre-started package's task: the signal that what it needs
 /// is built, and its own stop (it is skipped if one of them fails).
 struct Early {
-    built: tokio::sync::oneshot::Sender<()>,
+    /// Sent the moment they are: where its history's start is.
+    built: tokio::sync::oneshot::Sender<(Timestamp, std::time::Instant)>,
     cancel: CancellationToken,
 }
 
 /// What a pre-started package waits for.
 struct Pending {
     deps: Vec<PackageId>,
-    built: tokio::sync::oneshot::Receiver<()>,
+    built: tokio::sync::oneshot::Receiver<(Timestamp, std::time::Instant)>,
 }
 
 /// What [`Shared::slot_events`] reports of a package.
@@ -929,7 +930,9 @@ async fn dispatch(
                         continue;
                     }
                     if let Some(task) = early.remove(&r) {
-                        let _ = task.built.send(());
+                        let _ = task
+                            .built
+                            .send((Timestamp::now(), std::time::Instant::now()));
                         unslotted.insert(r, schedule.priority(r));
                         before_release.insert(r);
                     }
@@ -1184,6 +1187,13 @@ async fn execute(
             output = Some(blob);
             (PackageBuildStatus::Success, None)
         }
+        // Ended as cancelled though nobody cancelled it (kiln lost its process): a failure,
+        // so that what waits for it is skipped rather than waiting for ever.
+        Err(Stop::Cancelled) if !cancel.is_cancelled() => {
+            let why =
+                Stop::Failed("kiln lost track of the build's process".to_owned()).note(&mut log);
+            (PackageBuildStatus::Failure, Some(why))
+        }
         Err(stop) => {
             let why = stop.note(&mut log);
             match stop {
@@ -1341,10 +1351,9 @@ async fn run_phases(
         .then(|| {
             let turn = async {
                 if let Some(Pending { deps: later, built }) = pending {
-                    built
+                    *began = built
                         .await
                         .map_err(|_| "kiln stopped waiting for the packages it needs".to_owned())?;
-                    *began = (Timestamp::now(), std::time::Instant::now());
                     let mut layout = Vec::with_capacity(later.len());
                     for d in later {
                         let from = dependency_output(shared, d).await?;
