@@ -434,10 +434,14 @@ pub fn link_deps(layout: &[(PathBuf, PathBuf)]) -> Result<(), String> {
 
 /// Lays out `from` at `to` (created) with hard links to its files (copies where the file
 /// system cannot link): a dependency's output costs a link per file per dependent instead of
-/// its bytes.
+/// its bytes. On failure nothing is left at `to`: a reused `$KILN_DEPS` folder keeps the
+/// dependency folders it finds, so a half-made one would be taken for whole by a later build.
 fn link_tree(from: &Path, to: &Path) -> Result<(), String> {
     mirror(from, to, &|src, dst| {
         std::fs::hard_link(src, dst).or_else(|_| std::fs::copy(src, dst).map(|_| ()))
+    })
+    .inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(to);
     })
 }
 
@@ -533,6 +537,25 @@ mod tests {
 
         lay_out_deps(&deps, &[]).unwrap();
         assert_eq!(files(&deps), Vec::<String>::new());
+    }
+
+    /// A dependency folder that could not be laid out whole is not left behind, for a later
+    /// build of the same folder to take as done.
+    #[test]
+    fn a_failed_layout_leaves_no_half_made_dependency_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let outputs = root.path().join("outputs");
+        write(&outputs.join("a/one/lib/file"), "a/one");
+        let deps = root.path().join("deps");
+        let missing = vec![(outputs.join("a/gone"), deps.join("a/one"))];
+        let e = lay_out_deps(&deps, &missing).unwrap_err();
+        assert!(e.contains("a/gone"), "{e}");
+        assert!(!deps.join("a/one").exists());
+        let e = link_deps(&missing).unwrap_err();
+        assert!(e.contains("a/gone"), "{e}");
+        assert!(!deps.join("a/one").exists());
+        lay_out_deps(&deps, &[(outputs.join("a/one"), deps.join("a/one"))]).unwrap();
+        assert_eq!(files(&deps), ["a/one/lib/file"]);
     }
 
     /// A package folder with its `out`, for phases that write `marker` into `$KILN_OUT`.
