@@ -866,13 +866,7 @@ async fn dispatch(
                         priority: schedule.priority(p),
                     };
                     unslotted.insert(p, job.priority);
-                    let _ = shared.unstarted.fetch_update(
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                        |n| n.checked_sub(1),
-                    );
-                    let handle = running.spawn(execute(shared.clone(), job, stop.clone(), None));
-                    task_of.insert(handle.id(), p);
+                    spawn_job(&shared, &mut running, &mut task_of, job, stop.clone());
                     before_release.insert(p);
                 }
                 // Packages whose needs all run are started ahead, at most one per slot: their
@@ -904,13 +898,7 @@ async fn dispatch(
                         expected: expected(p),
                         priority: schedule.priority(p),
                     };
-                    let _ = shared.unstarted.fetch_update(
-                        std::sync::atomic::Ordering::Relaxed,
-                        std::sync::atomic::Ordering::Relaxed,
-                        |n| n.checked_sub(1),
-                    );
-                    let handle = running.spawn(execute(shared.clone(), job, token.clone(), None));
-                    task_of.insert(handle.id(), p);
+                    spawn_job(&shared, &mut running, &mut task_of, job, token.clone());
                     early.insert(
                         p,
                         Early {
@@ -1086,6 +1074,24 @@ async fn dispatch(
     shared.cleared().await;
     outcome?;
     Ok((ledger.counts, cancelled, failures))
+}
+
+/// Starts `job`'s task (stopped by `cancel`), one package fewer not started.
+fn spawn_job(
+    shared: &Arc<Shared>,
+    running: &mut JoinSet<Done>,
+    task_of: &mut HashMap<tokio::task::Id, PackageId>,
+    job: Job,
+    cancel: CancellationToken,
+) {
+    let p = job.id;
+    let _ = shared.unstarted.fetch_update(
+        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::Relaxed,
+        |n| n.checked_sub(1),
+    );
+    let handle = running.spawn(execute(shared.clone(), job, cancel, None));
+    task_of.insert(handle.id(), p);
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {
