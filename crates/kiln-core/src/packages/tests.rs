@@ -419,12 +419,16 @@ fn toolchain_fingerprints_ignore_order_but_not_content() {
     );
 }
 
+/// A schedule of the whole of `t`, every package weighing 1.
+fn unit_schedule(t: &Tree) -> Schedule {
+    let all = t.graph().select_all();
+    Schedule::new(t.graph(), &all, t.graph().priorities(&all, |_| 1))
+}
+
 /// Runs a schedule with one slot; every package in `fail` fails. The start order and the
 /// final states.
 fn run_one_slot(t: &Tree, fail: &[&str]) -> (Vec<String>, Vec<(String, State)>) {
-    let all = t.graph().select_all();
-    let prio = t.graph().priorities(&all, |_| 1);
-    let mut s = Schedule::new(t.graph(), &all, prio);
+    let mut s = unit_schedule(t);
     let mut started = Vec::new();
     loop {
         let next = s.next_priority();
@@ -510,8 +514,7 @@ fn skipped_lists_come_back_from_finish_and_cached_counts_as_success() {
         ("c/y", &["b/x"], &[]),
     ])
     .expect("valid");
-    let all = t.graph().select_all();
-    let mut s = Schedule::new(t.graph(), &all, t.graph().priorities(&all, |_| 1));
+    let mut s = unit_schedule(&t);
     let base = s.start_next().expect("ready");
     assert_eq!(s.start_next(), None, "nothing else is ready");
     assert_eq!(s.unfinished().count(), 3);
@@ -530,8 +533,7 @@ fn a_package_is_pre_started_once_all_it_needs_runs_and_released_when_it_is_built
         ("d/other", &[], &[]),
     ])
     .expect("valid");
-    let all = t.graph().select_all();
-    let mut s = Schedule::new(t.graph(), &all, t.graph().priorities(&all, |_| 1));
+    let mut s = unit_schedule(&t);
     let (a, b, c, d) = (
         id(&t, "a/base"),
         id(&t, "b/lib"),
@@ -578,8 +580,7 @@ fn a_failure_skips_pre_started_packages_and_a_pre_started_one_may_fail_itself() 
         ("e/uses-tool", &["d/tool"], &[]),
     ])
     .expect("valid");
-    let all = t.graph().select_all();
-    let mut s = Schedule::new(t.graph(), &all, t.graph().priorities(&all, |_| 1));
+    let mut s = unit_schedule(&t);
     let a = s.start_next().expect("a is ready");
     let first = s.pre_start_next().expect("b or d");
     let second = s.pre_start_next().expect("the other");
