@@ -23,4 +23,5 @@ mod secrets;
 mod suite;
 mod throughput;
 mod tokens;
+mod wal;
 mod watches;
