@@ -27,7 +27,7 @@ async fn small_commits_reach_the_database_file_without_the_writers_threshold() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // What was copied is the store's data: a store opened afresh reads every project.
+    // Nothing was lost on the way: a store opened afresh reads every project.
     drop(h.store);
     let again = kiln_store::Store::open_sqlite(h.dir.path()).await.unwrap();
     assert_eq!(again.list_projects(false).await.unwrap().len(), 40);
