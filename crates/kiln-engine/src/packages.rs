@@ -798,7 +798,16 @@ async fn dispatch(
         s.slot_events = Some(slot_tx);
         s.unstarted = std::sync::atomic::AtomicUsize::new(plan.to_build());
     }
-    let expected = |p: PackageId| durations.get(tree.origin(p)).copied();
+    // A package's build, needing `deps` (and with `pending` the part of them still running).
+    let new_job =
+        |p: PackageId, deps: Vec<PackageId>, pending: Option<Pending>, priority: u64| Job {
+            id: p,
+            key: plan.key(p).to_hex(),
+            deps,
+            pending,
+            expected: durations.get(tree.origin(p)).copied(),
+            priority,
+        };
     let _ = progress.send(BuildEvent::Began {
         session,
         total: plan.total(),
@@ -857,14 +866,7 @@ async fn dispatch(
                         ledger.record(p, b);
                         continue;
                     }
-                    let job = Job {
-                        id: p,
-                        key: plan.key(p).to_hex(),
-                        deps: walker.kiln_deps(p).to_vec(),
-                        pending: None,
-                        expected: expected(p),
-                        priority: schedule.priority(p),
-                    };
+                    let job = new_job(p, walker.kiln_deps(p).to_vec(), None, schedule.priority(p));
                     unslotted.insert(p, job.priority);
                     spawn_job(&shared, &mut running, &mut task_of, job, stop.clone());
                     before_release.insert(p);
@@ -887,17 +889,11 @@ async fn dispatch(
                         .collect();
                     let (built, waits) = tokio::sync::oneshot::channel();
                     let token = stop.child_token();
-                    let job = Job {
-                        id: p,
-                        key: plan.key(p).to_hex(),
-                        deps,
-                        pending: Some(Pending {
-                            deps: later,
-                            built: waits,
-                        }),
-                        expected: expected(p),
-                        priority: schedule.priority(p),
+                    let pending = Pending {
+                        deps: later,
+                        built: waits,
                     };
+                    let job = new_job(p, deps, Some(pending), schedule.priority(p));
                     spawn_job(&shared, &mut running, &mut task_of, job, token.clone());
                     early.insert(
                         p,
