@@ -15,7 +15,9 @@
 //! - `out/`: `$KILN_OUT`, empty at the start; on success packed into the blob store
 //!   ([`Store::store_package_output`]) and kept for this session's dependents;
 //! - `$KILN_DEPS`: one of the session's `deps/<n>/` folders (reused from build to build, only
-//!   what differs changed: [`lay_out_deps`]) holding `<origin>/` for each package of its
+//!   what differs changed: [`lay_out_deps`]; a dependency's folder one of them sheds waits in
+//!   `spare-deps/` and is moved whole to the next that needs it: [`SpareDeps`]) holding
+//!   `<origin>/` for each package of its
 //!   `$KILN_DEPS` closure, hard-linked from the session's `outputs/` (a dependency built now,
 //!   or a cached one restored from the blob store once per session, when a dependent first
 //!   needs it).
@@ -42,8 +44,8 @@ use kiln_core::packages::{
 };
 use kiln_exec::Confinement;
 use kiln_exec::package::{
-    BuildLog, FetchNetwork, Phases, Stop, blocking, build_env, copy_tree, lay_out_deps, link_deps,
-    machine_facts,
+    BuildLog, FetchNetwork, Phases, SpareDeps, Stop, blocking, build_env, copy_tree, lay_out_deps,
+    link_deps, machine_facts,
 };
 /// The sandbox and process limits a build is configured with (in [`BuildOptions`]).
 pub use kiln_exec::{Limits, Sandbox, SandboxError, SandboxMode};
@@ -493,6 +495,8 @@ struct Shared {
     slot_events: Option<mpsc::UnboundedSender<(PackageId, SlotEvent)>>,
     /// `$KILN_DEPS` folders not in use, each left as its last build laid it out.
     deps_pool: std::sync::Mutex<Vec<DepsDir>>,
+    /// What those folders shed, for the next that needs it ([`SpareDeps`]).
+    spare_deps: Arc<SpareDeps>,
     deps_made: std::sync::atomic::AtomicUsize,
     /// Packages of `kiln build` not started yet (`usize::MAX` where the caller does not
     /// count them): once the free `$KILN_DEPS` folders outnumber them, a folder given back
@@ -759,6 +763,7 @@ async fn start(
             .map(|_| std::sync::OnceLock::new())
             .collect(),
         deps_pool: std::sync::Mutex::new(Vec::new()),
+        spare_deps: Arc::new(SpareDeps::new(work.join("spare-deps"))),
         deps_made: std::sync::atomic::AtomicUsize::new(0),
         unstarted: std::sync::atomic::AtomicUsize::new(usize::MAX),
         clearing: std::sync::Mutex::new(Vec::new()),
@@ -1335,8 +1340,8 @@ async fn run_phases(
         let from = dependency_output(shared, d).await.map_err(Stop::Failed)?;
         layout.push((from, deps.join(shared.tree.origin(d))));
     }
-    let target = deps.clone();
-    blocking(move || lay_out_deps(&target, &layout))
+    let (target, spares) = (deps.clone(), shared.spare_deps.clone());
+    blocking(move || lay_out_deps(&target, &layout, Some(&spares)))
         .await
         .map_err(|e| prepare("lay out $KILN_DEPS", e))?;
 
@@ -1361,7 +1366,8 @@ async fn run_phases(
                         let from = dependency_output(shared, d).await?;
                         layout.push((from, deps.join(shared.tree.origin(d))));
                     }
-                    blocking(move || link_deps(&layout))
+                    let (target, spares) = (deps.clone(), shared.spare_deps.clone());
+                    blocking(move || link_deps(&target, &layout, Some(&spares)))
                         .await
                         .map_err(|e| format!("kiln could not lay out $KILN_DEPS: {e}"))?;
                 }

@@ -384,8 +384,14 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
 /// thousands depend on). A build costs a folder made and removed per package that changed,
 /// not per package of its closure: ext4 makes folders ever slower as more were deleted
 /// recently, and a fresh layout per build made that the slowest part of a large build.
+/// With `spares`, not even that: what leaves goes to the spares and what comes is taken from
+/// them where they hold it ([`SpareDeps`]).
 /// Anything else found in `deps` (a stray file) is removed.
-pub fn lay_out_deps(deps: &Path, layout: &[(PathBuf, PathBuf)]) -> Result<(), String> {
+pub fn lay_out_deps(
+    deps: &Path,
+    layout: &[(PathBuf, PathBuf)],
+    spares: Option<&SpareDeps>,
+) -> Result<(), String> {
     let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
     std::fs::create_dir_all(deps).map_err(|e| err(deps, e))?;
     let wanted: std::collections::HashSet<&Path> =
@@ -406,30 +412,135 @@ pub fn lay_out_deps(deps: &Path, layout: &[(PathBuf, PathBuf)]) -> Result<(), St
                 present.insert(path);
                 kept += 1;
             } else if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&path).map_err(|e| err(&path, e))?;
+                let origin = path.strip_prefix(deps).unwrap_or(&path).to_owned();
+                if spares.is_none_or(|s| !s.keep(Some(origin), &path)) {
+                    std::fs::remove_dir_all(&path).map_err(|e| err(&path, e))?;
+                }
             } else {
                 std::fs::remove_file(&path).map_err(|e| err(&path, e))?;
             }
         }
-        if kept == 0 {
+        if kept == 0 && spares.is_none_or(|s| !s.keep(None, &cpath)) {
             std::fs::remove_dir(&cpath).map_err(|e| err(&cpath, e))?;
         }
     }
+    let missing: Vec<(PathBuf, PathBuf)> = layout
+        .iter()
+        .filter(|(_, link)| !present.contains(link))
+        .cloned()
+        .collect();
+    link_deps(deps, &missing, spares)
+}
+
+/// Adds `layout` (`(output, deps/<category>/<name>)`) to the `$KILN_DEPS` folder `deps` that
+/// [`lay_out_deps`] made without them (the dependencies a build started ahead waited for),
+/// from `spares` where they hold them.
+pub fn link_deps(
+    deps: &Path,
+    layout: &[(PathBuf, PathBuf)],
+    spares: Option<&SpareDeps>,
+) -> Result<(), String> {
     for (output, link) in layout {
-        if !present.contains(link) {
-            link_tree(output, link)?;
+        if let Some(spares) = spares
+            && let Ok(origin) = link.strip_prefix(deps)
+            && spares.place(origin, link)
+        {
+            continue;
         }
+        link_tree(output, link)?;
     }
     Ok(())
 }
 
-/// Adds `layout` (`(output, deps/<category>/<name>)`) to a `$KILN_DEPS` folder that
-/// [`lay_out_deps`] made without them: the dependencies a build started ahead waited for.
-pub fn link_deps(layout: &[(PathBuf, PathBuf)]) -> Result<(), String> {
-    for (output, link) in layout {
-        link_tree(output, link)?;
+/// Dependency folders taken out of reused `$KILN_DEPS` folders, kept whole for the next
+/// `$KILN_DEPS` folder that needs the same dependency, and emptied category folders for the
+/// next that needs one. Moving a folder in is a rename; laying it out again made a folder,
+/// a new inode. On ext4 without a journal (these build machines' root file system) every new
+/// inode is searched for past each inode deleted in the last 30 seconds (the kernel's
+/// `recently_deleted`), so the folders made and removed for dependencies were most of
+/// `kiln build`'s CPU there, and grew with every build.
+///
+/// One set serves the `$KILN_DEPS` folders of one session, in which an origin always lays
+/// out the same output: a spare is known by its origin only. They wait in their own folder,
+/// on the same file system as the `$KILN_DEPS` folders, until the session's work area goes.
+pub struct SpareDeps {
+    dir: PathBuf,
+    inner: std::sync::Mutex<Spares>,
+}
+
+#[derive(Default)]
+struct Spares {
+    by_origin: std::collections::HashMap<PathBuf, Vec<PathBuf>>,
+    empty: Vec<PathBuf>,
+    named: u64,
+}
+
+impl SpareDeps {
+    /// Spares kept in `dir` (made when the first is kept).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            inner: std::sync::Mutex::default(),
+        }
     }
-    Ok(())
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Spares> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the folder `path` in: the dependency `origin`'s, or an emptied category folder
+    /// (`None`). Whether it moved (if not, the caller removes it).
+    fn keep(&self, origin: Option<PathBuf>, path: &Path) -> bool {
+        let name = {
+            let mut inner = self.lock();
+            inner.named += 1;
+            self.dir.join(inner.named.to_string())
+        };
+        let moved = std::fs::rename(path, &name).or_else(|e| {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e);
+            }
+            std::fs::create_dir_all(&self.dir)?;
+            std::fs::rename(path, &name)
+        });
+        if moved.is_err() {
+            return false;
+        }
+        let mut inner = self.lock();
+        match origin {
+            Some(origin) => inner.by_origin.entry(origin).or_default().push(name),
+            None => inner.empty.push(name),
+        }
+        true
+    }
+
+    /// Moves a spare of the dependency `origin` to `link` (its category folder from the empty
+    /// spares when missing). Whether one was there to move.
+    fn place(&self, origin: &Path, link: &Path) -> bool {
+        let Some(spare) = self.lock().by_origin.get_mut(origin).and_then(Vec::pop) else {
+            return false;
+        };
+        if let Some(category) = link.parent()
+            && !category.is_dir()
+        {
+            let empty = self.lock().empty.pop();
+            let made = match empty {
+                Some(e) => {
+                    std::fs::rename(&e, category).or_else(|_| std::fs::create_dir_all(category))
+                }
+                None => std::fs::create_dir_all(category),
+            };
+            if made.is_err() {
+                let _ = std::fs::remove_dir_all(&spare);
+                return false;
+            }
+        }
+        if std::fs::rename(&spare, link).is_ok() {
+            return true;
+        }
+        let _ = std::fs::remove_dir_all(&spare);
+        false
+    }
 }
 
 /// Lays out `from` at `to` (created) with hard links to its files (copies where the file
@@ -516,7 +627,7 @@ mod tests {
                 .map(|o| (outputs.join(o), deps.join(o)))
                 .collect()
         };
-        lay_out_deps(&deps, &layout(&["a/one", "b/three"])).unwrap();
+        lay_out_deps(&deps, &layout(&["a/one", "b/three"]), None).unwrap();
         assert_eq!(files(&deps), ["a/one/lib/file", "b/three/lib/file"]);
 
         // A stray file at each level, and an origin no longer wanted: all go; the kept one
@@ -524,7 +635,7 @@ mod tests {
         write(&deps.join("stray"), "x");
         write(&deps.join("a/stray"), "x");
         write(&deps.join("a/one/marker"), "kept");
-        lay_out_deps(&deps, &layout(&["a/one", "a/two"])).unwrap();
+        lay_out_deps(&deps, &layout(&["a/one", "a/two"]), None).unwrap();
         assert_eq!(
             files(&deps),
             ["a/one/lib/file", "a/one/marker", "a/two/lib/file"]
@@ -535,8 +646,67 @@ mod tests {
             "a/two"
         );
 
-        lay_out_deps(&deps, &[]).unwrap();
+        lay_out_deps(&deps, &[], None).unwrap();
         assert_eq!(files(&deps), Vec::<String>::new());
+    }
+
+    /// What one `$KILN_DEPS` folder sheds, another takes whole: the same folder (its inode),
+    /// moved, not made again; its category folder is a spare one too.
+    #[test]
+    fn a_shed_dependency_folder_is_moved_to_the_next_folder_that_needs_it() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let outputs = root.path().join("outputs");
+        for origin in ["a/one", "b/two", "c/three"] {
+            write(&outputs.join(origin).join("lib/file"), origin);
+        }
+        let spares = SpareDeps::new(root.path().join("spares"));
+        let (first, second) = (root.path().join("deps/0"), root.path().join("deps/1"));
+        let layout = |deps: &Path, origins: &[&str]| -> Vec<(PathBuf, PathBuf)> {
+            origins
+                .iter()
+                .map(|o| (outputs.join(o), deps.join(o)))
+                .collect()
+        };
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        lay_out_deps(&first, &layout(&first, &["a/one", "b/two"]), Some(&spares)).unwrap();
+        let (one, category_b) = (ino(&first.join("a/one")), ino(&first.join("b")));
+        // `first` sheds a/one and its emptied category a; b/two stays.
+        lay_out_deps(
+            &first,
+            &layout(&first, &["b/two", "c/three"]),
+            Some(&spares),
+        )
+        .unwrap();
+        assert_eq!(files(&first), ["b/two/lib/file", "c/three/lib/file"]);
+        assert_eq!(
+            ino(&first.join("b")),
+            category_b,
+            "a kept folder is not remade"
+        );
+        // `second` takes a/one as it was: the same folder, under a spare category folder.
+        lay_out_deps(&second, &layout(&second, &["a/one"]), Some(&spares)).unwrap();
+        assert_eq!(files(&second), ["a/one/lib/file"]);
+        assert_eq!(ino(&second.join("a/one")), one, "moved, not laid out again");
+        assert_eq!(
+            std::fs::read_to_string(second.join("a/one/lib/file")).unwrap(),
+            "a/one"
+        );
+        // A second taker finds no spare left and lays it out as before; so does a pre-started
+        // build's late dependency.
+        let third = root.path().join("deps/2");
+        lay_out_deps(&third, &layout(&third, &["a/one"]), Some(&spares)).unwrap();
+        assert_eq!(files(&third), ["a/one/lib/file"]);
+        assert_ne!(ino(&third.join("a/one")), one);
+        lay_out_deps(&second, &[], Some(&spares)).unwrap();
+        link_deps(
+            &third,
+            &layout(&third, &["b/two", "a/one"])[..1],
+            Some(&spares),
+        )
+        .unwrap();
+        assert_eq!(files(&third), ["a/one/lib/file", "b/two/lib/file"]);
+        assert_eq!(files(&second), Vec::<String>::new());
     }
 
     /// A dependency folder that could not be laid out whole is not left behind, for a later
@@ -548,13 +718,13 @@ mod tests {
         write(&outputs.join("a/one/lib/file"), "a/one");
         let deps = root.path().join("deps");
         let missing = vec![(outputs.join("a/gone"), deps.join("a/one"))];
-        let e = lay_out_deps(&deps, &missing).unwrap_err();
+        let e = lay_out_deps(&deps, &missing, None).unwrap_err();
         assert!(e.contains("a/gone"), "{e}");
         assert!(!deps.join("a/one").exists());
-        let e = link_deps(&missing).unwrap_err();
+        let e = link_deps(&deps, &missing, None).unwrap_err();
         assert!(e.contains("a/gone"), "{e}");
         assert!(!deps.join("a/one").exists());
-        lay_out_deps(&deps, &[(outputs.join("a/one"), deps.join("a/one"))]).unwrap();
+        lay_out_deps(&deps, &[(outputs.join("a/one"), deps.join("a/one"))], None).unwrap();
         assert_eq!(files(&deps), ["a/one/lib/file"]);
     }
 

@@ -145,7 +145,7 @@ async fn steps(
         layout.push((output, deps.join(&dep.origin)));
     }
     let target = deps.clone();
-    blocking(move || lay_out_deps(&target, &layout))
+    blocking(move || lay_out_deps(&target, &layout, None))
         .await
         .map_err(|e| failed("lay out $KILN_DEPS", e))?;
     drop(pin);
