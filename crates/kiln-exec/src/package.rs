@@ -441,11 +441,14 @@ pub fn link_deps(
     spares: Option<&SpareDeps>,
 ) -> Result<(), String> {
     for (output, link) in layout {
-        if let Some(spares) = spares
-            && let Ok(origin) = link.strip_prefix(deps)
-            && spares.place(origin, link)
-        {
-            continue;
+        if let Some(spares) = spares {
+            if let Ok(origin) = link.strip_prefix(deps)
+                && spares.place(origin, link)
+            {
+                continue;
+            }
+            // Where this fails, `link_tree` makes the folders itself.
+            let _ = spares.make_empty(link);
         }
         link_tree(output, link)?;
     }
@@ -453,8 +456,8 @@ pub fn link_deps(
 }
 
 /// Dependency folders taken out of reused `$KILN_DEPS` folders, kept whole for the next
-/// `$KILN_DEPS` folder that needs the same dependency, and emptied category folders for the
-/// next that needs one. Moving a folder in is a rename; laying it out again made a folder,
+/// `$KILN_DEPS` folder that needs the same dependency, and emptied category folders, made
+/// the next category or dependency folder needed. Moving a folder in is a rename; laying it out again made a folder,
 /// a new inode. On ext4 without a journal (these build machines' root file system) every new
 /// inode is searched for past each inode deleted in the last 30 seconds (the kernel's
 /// `recently_deleted`), so the folders made and removed for dependencies were most of
@@ -520,26 +523,36 @@ impl SpareDeps {
         let Some(spare) = self.lock().by_origin.get_mut(origin).and_then(Vec::pop) else {
             return false;
         };
-        if let Some(category) = link.parent()
-            && !category.is_dir()
-        {
-            let empty = self.lock().empty.pop();
-            let made = match empty {
-                Some(e) => {
-                    std::fs::rename(&e, category).or_else(|_| std::fs::create_dir_all(category))
-                }
-                None => std::fs::create_dir_all(category),
-            };
-            if made.is_err() {
-                let _ = std::fs::remove_dir_all(&spare);
-                return false;
-            }
-        }
-        if std::fs::rename(&spare, link).is_ok() {
+        if self.make_category(link).is_ok() && std::fs::rename(&spare, link).is_ok() {
             return true;
         }
         let _ = std::fs::remove_dir_all(&spare);
         false
+    }
+
+    /// Makes `link`'s category folder where missing, and `link` itself (empty, for
+    /// [`link_tree`] to fill), from the empty spares while there are some.
+    fn make_empty(&self, link: &Path) -> std::io::Result<()> {
+        self.make_category(link)?;
+        if let Some(empty) = self.lock().empty.pop() {
+            std::fs::rename(&empty, link)?;
+        }
+        Ok(())
+    }
+
+    fn make_category(&self, link: &Path) -> std::io::Result<()> {
+        let Some(category) = link.parent() else {
+            return Ok(());
+        };
+        if category.is_dir() {
+            return Ok(());
+        }
+        if let Some(empty) = self.lock().empty.pop()
+            && std::fs::rename(&empty, category).is_ok()
+        {
+            return Ok(());
+        }
+        std::fs::create_dir_all(category)
     }
 }
 
@@ -670,7 +683,8 @@ mod tests {
         };
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
         lay_out_deps(&first, &layout(&first, &["a/one", "b/two"]), Some(&spares)).unwrap();
-        let (one, category_b) = (ino(&first.join("a/one")), ino(&first.join("b")));
+        let (one, category_a) = (ino(&first.join("a/one")), ino(&first.join("a")));
+        let category_b = ino(&first.join("b"));
         // `first` sheds a/one and its emptied category a; b/two stays.
         lay_out_deps(
             &first,
@@ -684,10 +698,16 @@ mod tests {
             category_b,
             "a kept folder is not remade"
         );
-        // `second` takes a/one as it was: the same folder, under a spare category folder.
+        assert_eq!(
+            ino(&first.join("c")),
+            category_a,
+            "the emptied category folder made the new one"
+        );
+        // `second` takes a/one as it was: the same folder.
         lay_out_deps(&second, &layout(&second, &["a/one"]), Some(&spares)).unwrap();
         assert_eq!(files(&second), ["a/one/lib/file"]);
         assert_eq!(ino(&second.join("a/one")), one, "moved, not laid out again");
+        let second_a = ino(&second.join("a"));
         assert_eq!(
             std::fs::read_to_string(second.join("a/one/lib/file")).unwrap(),
             "a/one"
@@ -698,6 +718,8 @@ mod tests {
         lay_out_deps(&third, &layout(&third, &["a/one"]), Some(&spares)).unwrap();
         assert_eq!(files(&third), ["a/one/lib/file"]);
         assert_ne!(ino(&third.join("a/one")), one);
+        // What has no spare of its own is laid out in spare empty folders: `second` sheds
+        // a/one and its category; b/two's category in `third` is that category folder.
         lay_out_deps(&second, &[], Some(&spares)).unwrap();
         link_deps(
             &third,
@@ -706,6 +728,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(files(&third), ["a/one/lib/file", "b/two/lib/file"]);
+        assert_eq!(ino(&third.join("b")), second_a);
         assert_eq!(files(&second), Vec::<String>::new());
     }
 
