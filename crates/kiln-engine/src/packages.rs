@@ -668,11 +668,15 @@ pub async fn build(
         return Err(BuildError::Usage("at least one slot is needed".to_owned()));
     }
     let began = std::time::Instant::now();
-    let (session, work) = begin_session(store, &plan, opts).await?;
+    let (session, work, lock) = begin_session(store, &plan, opts).await?;
+    let sessions = work.parent().unwrap_or(&work).to_owned();
+    let stale = tokio::task::spawn_blocking(move || remove_stale_work_areas(&sessions));
     let result = dispatch(store, &plan, opts, session, &work, progress, cancel).await;
     if let Err(e) = tokio::fs::remove_dir_all(&work).await {
         tracing::warn!(path = %work.display(), error = %e, "cannot remove a build's work area");
     }
+    drop(lock);
+    let _ = stale.await;
     let (counts, cancelled, failures) = result?;
     store
         .finish_build_session(session, &counts, Timestamp::now())
@@ -686,13 +690,19 @@ pub async fn build(
     })
 }
 
+/// The file in a session's work area that the session holds locked while it lasts.
+const WORK_LOCK: &str = ".lock";
+
 /// Begins a build session for `plan` and makes its work area
-/// (`<data dir>/work/packages/<session>`).
+/// (`<data dir>/work/packages/<session>`), with [`WORK_LOCK`] in it locked (the lock is
+/// held as long as the returned file): [`remove_stale_work_areas`] tells a live session's
+/// work area from one left behind by it. The area is made under a dot-name and renamed into
+/// place once locked, so no other kiln ever sees it unlocked.
 async fn begin_session(
     store: &Store,
     plan: &BuildPlan,
     opts: &BuildOptions,
-) -> Result<(BuildSessionId, PathBuf), BuildError> {
+) -> Result<(BuildSessionId, PathBuf, std::fs::File), BuildError> {
     let session = store
         .begin_build_session(
             &plan.root.display().to_string(),
@@ -700,13 +710,64 @@ async fn begin_session(
             Timestamp::now(),
         )
         .await?;
-    let work = opts
-        .data_dir
-        .join("work")
-        .join("packages")
-        .join(session.to_string());
-    create_dir(&work).await?;
-    Ok((session, work))
+    let sessions = opts.data_dir.join("work").join("packages");
+    let work = sessions.join(session.to_string());
+    let making = sessions.join(format!(".new-{session}"));
+    create_dir(&making).await?;
+    let io = |action: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| BuildError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let lock_path = making.join(WORK_LOCK);
+    let lock = std::fs::File::create(&lock_path).map_err(io("create the file", &lock_path))?;
+    lock.try_lock()
+        .map_err(std::io::Error::from)
+        .map_err(io("lock the file", &lock_path))?;
+    std::fs::rename(&making, &work).map_err(io("rename the folder", &making))?;
+    Ok((session, work, lock))
+}
+
+/// Removes the work areas in `sessions` that no session holds ([`begin_session`]): a build
+/// that ended without removing its own (kiln killed, the machine down) left its scratch
+/// copies and outputs there, and nothing else would ever remove them. A live session's area
+/// is locked and kept; so is one still being made (a dot-name without its lock file yet).
+fn remove_stale_work_areas(sessions: &Path) {
+    let Ok(entries) = std::fs::read_dir(sessions) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let area = entry.path();
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let being_made = entry.file_name().to_string_lossy().starts_with('.');
+        let held = match std::fs::File::open(area.join(WORK_LOCK)) {
+            // Locked by nobody: its session is over. The lock is held while it goes, so a
+            // second kiln cleaning up too skips it.
+            Ok(file) => match file.try_lock() {
+                Ok(()) => Some(file),
+                Err(_) => continue,
+            },
+            // A session of a kiln before work areas were locked, or one whose removal was
+            // interrupted after its lock file went.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !being_made => None,
+            Err(_) => continue,
+        };
+        match std::fs::remove_dir_all(&area) {
+            Ok(()) => {
+                tracing::info!(path = %area.display(), "removed a work area left by an earlier build")
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %area.display(), error = %e, "cannot remove a work area left by an earlier build")
+            }
+        }
+        drop(held);
+    }
 }
 
 /// What building `plan` starts from: the last durations of the packages to build, every

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     BuildError, BuildOptions, BuildPlan, Done, FetchEgress, Job, Sandbox, Shared, Start,
-    begin_session, execute, plan, start,
+    begin_session, execute, plan, remove_stale_work_areas, start,
 };
 use kiln_store::Store;
 
@@ -43,6 +43,9 @@ pub struct PackageSet {
     /// What happened to each selected package, for the session's counts and the rows of
     /// packages that got no build of their own (cached, skipped, never started).
     book: Mutex<Book>,
+    /// Holds the work area's lock while the run lasts: no build takes it for one left
+    /// behind (`remove_stale_work_areas`).
+    _lock: std::fs::File,
 }
 
 #[derive(Default)]
@@ -168,7 +171,9 @@ impl PackageSet {
         opts: &BuildOptions,
         tree_dir: String,
     ) -> Result<Self, BuildError> {
-        let (session, work) = begin_session(store, &plan, opts).await?;
+        let (session, work, lock) = begin_session(store, &plan, opts).await?;
+        let sessions = work.parent().unwrap_or(&work).to_owned();
+        tokio::task::spawn_blocking(move || remove_stale_work_areas(&sessions));
         let Start {
             priorities, shared, ..
         } = start(store, &plan, opts, &work).await?;
@@ -179,6 +184,7 @@ impl PackageSet {
             session,
             priorities,
             book: Mutex::new(Book::default()),
+            _lock: lock,
         })
     }
 

@@ -480,6 +480,41 @@ async fn a_second_run_is_all_cached_and_one_changed_file_rebuilds_exactly_its_de
     assert_eq!(origins, ["a/base", "b/lib", "c/app"]);
 }
 
+/// A work area left by a build that never ended (kiln killed, the machine down) is removed by
+/// the next build; one a live build holds, or one being made, is kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_work_area_left_by_a_killed_build_is_removed_by_the_next_and_a_live_one_is_kept() {
+    let f = Fixture::new().await;
+    f.package("a/one", &[], "true", "");
+    let sessions = f.data().join("work/packages");
+    // Left by a killed build: its lock file there, unlocked. And one from a kiln that did
+    // not lock work areas yet.
+    let stale = sessions.join("01-killed");
+    std::fs::create_dir_all(stale.join("a/one/src")).unwrap();
+    std::fs::write(stale.join(".lock"), "").unwrap();
+    std::fs::write(stale.join("a/one/src/object.o"), "x").unwrap();
+    let unlocked = sessions.join("02-older-kiln");
+    std::fs::create_dir_all(unlocked.join("deps/0/a/one")).unwrap();
+    // Held by a live build (this test holds its lock), and one a build is making.
+    let live = sessions.join("03-live");
+    std::fs::create_dir_all(&live).unwrap();
+    let lock = std::fs::File::create(live.join(".lock")).unwrap();
+    lock.try_lock().unwrap();
+    let making = sessions.join(".new-04");
+    std::fs::create_dir_all(&making).unwrap();
+
+    let (report, _) = f.build(&f.options()).await;
+    assert_eq!(report.counts.built, 1, "{report:?}");
+    let mut left: Vec<String> = std::fs::read_dir(&sessions)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    // The build's own area went too, as always.
+    assert_eq!(left, [".new-04", "03-live"]);
+    drop(lock);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dependent_of_cached_packages_sees_their_restored_outputs_in_kiln_deps() {
     dependent_of_cached_packages(None).await;
