@@ -560,6 +560,22 @@ impl Shared {
         self.clearing.lock().expect("clearing lock").push(removed);
     }
 
+    /// Removes a package's build folder `dir` like [`Shared::remove_beside`], its folders
+    /// kept as spares for the next builds' ([`SpareDeps::recycle`]).
+    fn recycle_beside(&self, dir: PathBuf) {
+        let spares = self.spare_deps.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            if let Err(e) = spares.recycle(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %dir.display(), error = %e, "cannot remove a package's build folder");
+            }
+        });
+        self.clearing.lock().expect("clearing lock").push(removed);
+    }
+
     /// Waits for the folders being removed (`$KILN_DEPS` folders, build folders).
     async fn cleared(&self) {
         let removals = std::mem::take(&mut *self.clearing.lock().expect("clearing lock"));
@@ -1274,7 +1290,7 @@ async fn execute(
     let duration = clock.elapsed();
     if shared.slots.is_some() {
         // `kiln build`: not on the way to the packages waiting for this one.
-        shared.remove_beside(dir, "a package's build folder");
+        shared.recycle_beside(dir);
     } else if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
         tracing::warn!(path = %dir.display(), error = %e, "cannot remove a package's build folder");
     }
@@ -1378,11 +1394,18 @@ async fn run_phases(
     let prepare = |what: &str, e: String| Stop::Failed(format!("kiln could not {what}: {e}"));
 
     let from = shared.root.join(origin);
-    let to = src.clone();
-    blocking(move || copy_tree(&from, &to))
-        .await
-        .map_err(|e| prepare("copy the package's folder", e))?;
-    std::fs::create_dir_all(&out)
+    let (to, spares) = (src.clone(), shared.spare_deps.clone());
+    blocking(move || {
+        spares
+            .make_dir(&to)
+            .map_err(|e| format!("{}: {e}", to.display()))?;
+        copy_tree(&from, &to)
+    })
+    .await
+    .map_err(|e| prepare("copy the package's folder", e))?;
+    shared
+        .spare_deps
+        .make_dir(&out)
         .map_err(|e| prepare("create", format!("{}: {e}", out.display())))?;
     // Outputs first (a cached one may have to be restored), then the whole layout in one
     // trip to the blocking pool: a closure can hold thousands of packages, and a trip per

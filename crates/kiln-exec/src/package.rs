@@ -455,9 +455,13 @@ pub fn link_deps(
     Ok(())
 }
 
+/// How many empty folders [`SpareDeps`] keeps at most: a build folder holding a large
+/// source tree would otherwise leave a spare per folder of it.
+pub const MAX_EMPTY_SPARES: usize = 10_000;
+
 /// Dependency folders taken out of reused `$KILN_DEPS` folders, kept whole for the next
-/// `$KILN_DEPS` folder that needs the same dependency, and emptied category folders, made
-/// the next category or dependency folder needed. Moving a folder in is a rename; laying it out again made a folder,
+/// `$KILN_DEPS` folder that needs the same dependency, and emptied folders (categories, a
+/// finished build's folders: [`SpareDeps::recycle`]), made the next folder needed. Moving a folder in is a rename; laying it out again made a folder,
 /// a new inode. On ext4 without a journal (these build machines' root file system) every new
 /// inode is searched for past each inode deleted in the last 30 seconds (the kernel's
 /// `recently_deleted`), so the folders made and removed for dependencies were most of
@@ -536,6 +540,44 @@ impl SpareDeps {
         self.make_category(link)?;
         if let Some(empty) = self.lock().empty.pop() {
             std::fs::rename(&empty, link)?;
+        }
+        Ok(())
+    }
+
+    /// Makes the folder `path` and its missing parents, from the empty spares while there
+    /// are some: a package's build folder, its scratch copy's root, its `$KILN_OUT`.
+    pub fn make_dir(&self, path: &Path) -> std::io::Result<()> {
+        if path.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = path.parent() {
+            self.make_dir(parent)?;
+        }
+        if let Some(empty) = self.lock().empty.pop()
+            && std::fs::rename(&empty, path).is_ok()
+        {
+            return Ok(());
+        }
+        match std::fs::create_dir(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+            made => made,
+        }
+    }
+
+    /// Removes the folder `dir` as `remove_dir_all` would, except that it and the folders in
+    /// it become empty spares (up to [`MAX_EMPTY_SPARES`]): only their files go.
+    pub fn recycle(&self, dir: &Path) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                self.recycle(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        if self.lock().empty.len() >= MAX_EMPTY_SPARES || !self.keep(None, dir) {
+            std::fs::remove_dir(dir)?;
         }
         Ok(())
     }
@@ -730,6 +772,49 @@ mod tests {
         assert_eq!(files(&third), ["a/one/lib/file", "b/two/lib/file"]);
         assert_eq!(ino(&third.join("b")), second_a);
         assert_eq!(files(&second), Vec::<String>::new());
+    }
+
+    /// A finished build's folder goes as `remove_dir_all` would, its folders kept as spares
+    /// that make the next build's folders.
+    #[test]
+    fn a_recycled_build_folder_makes_the_next_builds_folders() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let spares = SpareDeps::new(root.path().join("spares"));
+        let done = root.path().join("work/a/one");
+        write(&done.join("src/files/patch.diff"), "x");
+        write(&done.join("src/Makefile"), "x");
+        std::os::unix::fs::symlink("/etc", done.join("src/link")).unwrap();
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let mut made: Vec<u64> = [&done, &done.join("src"), &done.join("src/files")]
+            .iter()
+            .map(|p| ino(p))
+            .collect();
+        spares.recycle(&done).unwrap();
+        assert!(!done.exists());
+        assert!(
+            root.path().join("work/a").is_dir(),
+            "only the folder itself goes"
+        );
+
+        let next = root.path().join("work/b/two");
+        spares.make_dir(&next.join("src")).unwrap();
+        spares.make_dir(&next.join("out")).unwrap();
+        let mut reused: Vec<u64> = [&next, &next.join("src"), &next.join("out")]
+            .iter()
+            .map(|p| ino(p))
+            .collect();
+        assert!(files(&next).is_empty());
+        // `work/b` was made from a spare too, so one of the three is new.
+        reused.push(ino(&root.path().join("work/b")));
+        made.sort_unstable();
+        reused.sort_unstable();
+        assert!(
+            made.iter().all(|i| reused.contains(i)),
+            "{made:?} {reused:?}"
+        );
+        // An existing folder is left as it is.
+        spares.make_dir(&next.join("src")).unwrap();
     }
 
     /// A dependency folder that could not be laid out whole is not left behind, for a later
