@@ -550,27 +550,33 @@ impl Shared {
     /// Removes the folder `path` (`what`, for a warning) on the blocking pool, beside the
     /// builds going on; [`Shared::cleared`] waits for it.
     fn remove_beside(&self, path: PathBuf, what: &'static str) {
-        let removed = tokio::task::spawn_blocking(move || {
-            if let Err(e) = std::fs::remove_dir_all(&path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove {what}");
-            }
-        });
-        self.clearing.lock().expect("clearing lock").push(removed);
+        self.beside(path, what, |p| std::fs::remove_dir_all(p));
     }
 
     /// Removes a package's build folder `dir` like [`Shared::remove_beside`], its folders
-    /// kept as spares for the next builds' ([`SpareDeps::recycle`]).
+    /// kept as spares for the next builds' ([`SpareDeps::recycle`]; removed outright where
+    /// that fails).
     fn recycle_beside(&self, dir: PathBuf) {
         let spares = self.spare_deps.clone();
+        self.beside(dir, "a package's build folder", move |p| {
+            spares.recycle(p).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Err(e),
+                _ => std::fs::remove_dir_all(p),
+            })
+        });
+    }
+
+    fn beside(
+        &self,
+        path: PathBuf,
+        what: &'static str,
+        remove: impl FnOnce(&Path) -> std::io::Result<()> + Send + 'static,
+    ) {
         let removed = tokio::task::spawn_blocking(move || {
-            if let Err(e) = spares.recycle(&dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-                && let Err(e) = std::fs::remove_dir_all(&dir)
+            if let Err(e) = remove(&path)
                 && e.kind() != std::io::ErrorKind::NotFound
             {
-                tracing::warn!(path = %dir.display(), error = %e, "cannot remove a package's build folder");
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove {what}");
             }
         });
         self.clearing.lock().expect("clearing lock").push(removed);
