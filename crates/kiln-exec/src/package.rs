@@ -448,7 +448,7 @@ pub fn link_deps(
                 continue;
             }
             // Where this fails, `link_tree` makes the folders itself.
-            let _ = spares.make_empty(link);
+            let _ = spares.make_dir(link);
         }
         link_tree(output, link)?;
     }
@@ -461,8 +461,8 @@ pub const MAX_EMPTY_SPARES: usize = 10_000;
 
 /// Dependency folders taken out of reused `$KILN_DEPS` folders, kept whole for the next
 /// `$KILN_DEPS` folder that needs the same dependency, and emptied folders (categories, a
-/// finished build's folders: [`SpareDeps::recycle`]), made the next folder needed. Moving a folder in is a rename; laying it out again made a folder,
-/// a new inode. On ext4 without a journal (these build machines' root file system) every new
+/// finished build's folders: [`SpareDeps::recycle`]), made the next folder needed. Moving a
+/// folder in is a rename; laying it out again made a folder, a new inode. On ext4 without a journal (these build machines' root file system) every new
 /// inode is searched for past each inode deleted in the last 30 seconds (the kernel's
 /// `recently_deleted`), so the folders made and removed for dependencies were most of
 /// `kiln build`'s CPU there, and grew with every build.
@@ -495,8 +495,7 @@ impl SpareDeps {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Moves the folder `path` in: the dependency `origin`'s, or an emptied category folder
-    /// (`None`). Whether it moved (if not, the caller removes it).
+    /// Moves the folder `path` in: the dependency `origin`'s, or an emptied folder (`None`). Whether it moved (if not, the caller removes it).
     fn keep(&self, origin: Option<PathBuf>, path: &Path) -> bool {
         let name = {
             let mut inner = self.lock();
@@ -521,31 +520,23 @@ impl SpareDeps {
         true
     }
 
-    /// Moves a spare of the dependency `origin` to `link` (its category folder from the empty
-    /// spares when missing). Whether one was there to move.
+    /// Moves a spare of the dependency `origin` to `link` (its category folder made by
+    /// [`SpareDeps::make_dir`] when missing). Whether one was there to move.
     fn place(&self, origin: &Path, link: &Path) -> bool {
         let Some(spare) = self.lock().by_origin.get_mut(origin).and_then(Vec::pop) else {
             return false;
         };
-        if self.make_category(link).is_ok() && std::fs::rename(&spare, link).is_ok() {
+        let category = link.parent().unwrap_or(link);
+        if self.make_dir(category).is_ok() && std::fs::rename(&spare, link).is_ok() {
             return true;
         }
         let _ = std::fs::remove_dir_all(&spare);
         false
     }
 
-    /// Makes `link`'s category folder where missing, and `link` itself (empty, for
-    /// [`link_tree`] to fill), from the empty spares while there are some.
-    fn make_empty(&self, link: &Path) -> std::io::Result<()> {
-        self.make_category(link)?;
-        if let Some(empty) = self.lock().empty.pop() {
-            std::fs::rename(&empty, link)?;
-        }
-        Ok(())
-    }
-
     /// Makes the folder `path` and its missing parents, from the empty spares while there
-    /// are some: a package's build folder, its scratch copy's root, its `$KILN_OUT`.
+    /// are some: a dependency's folder and its category, a package's build folder, its
+    /// scratch copy's root, its `$KILN_OUT`.
     pub fn make_dir(&self, path: &Path) -> std::io::Result<()> {
         if path.is_dir() {
             return Ok(());
@@ -580,21 +571,6 @@ impl SpareDeps {
             std::fs::remove_dir(dir)?;
         }
         Ok(())
-    }
-
-    fn make_category(&self, link: &Path) -> std::io::Result<()> {
-        let Some(category) = link.parent() else {
-            return Ok(());
-        };
-        if category.is_dir() {
-            return Ok(());
-        }
-        if let Some(empty) = self.lock().empty.pop()
-            && std::fs::rename(&empty, category).is_ok()
-        {
-            return Ok(());
-        }
-        std::fs::create_dir_all(category)
     }
 }
 
