@@ -674,8 +674,11 @@ impl Dispatcher {
 
         let planned = plan::dry_run(&wf, &base).map_err(EngineError::Invalid)?;
         // Out of the contexts again: the store records it with the run, and the run's state
-        // keeps it apart (`RunState::event`).
-        let event = Arc::new(take_event(&mut base));
+        // keeps it apart (`RunState::event`). Serialised once, here, before the store's write
+        // transaction: the store writes this text as it is, and the run keeps it once its
+        // first jobs are decided.
+        let event = take_event(&mut base);
+        let text = kiln_store::PayloadText::of(&event);
         let priorities = plan::critical_path(&wf.jobs);
 
         let mut keys: IndexMap<String, KeyState> = wf
@@ -757,7 +760,7 @@ impl Dispatcher {
             // Moved, not copied: the contexts made above hold what the run needs from them,
             // and the store keeps them for whoever drives the run on.
             context: kiln_store::RunContext {
-                payload: stored_payload.then(|| event.clone()),
+                payload: stored_payload.then(|| text.clone()),
                 github: std::mem::take(&mut spec.github),
             },
         };
@@ -769,6 +772,7 @@ impl Dispatcher {
                 recs,
                 base,
                 event,
+                text,
             },
         ))
     }
@@ -819,6 +823,7 @@ impl Dispatcher {
             recs,
             mut base,
             event,
+            text,
         } = state;
         let run_id = run.id;
         let wf = spec.workflow.clone();
@@ -844,7 +849,7 @@ impl Dispatcher {
         let open = run.jobs.len();
         let undecided = keys.len();
         // The store has written the run and let go of the payload by now: no copy.
-        let event = Payload::Parsed(Arc::try_unwrap(event).unwrap_or_else(|e| (*e).clone()));
+        let event = Payload::Parsed(event, Some(text));
         self.compact.push(run_id);
         let event_path = self.event_file(run_id);
         let candidates = keys.keys().cloned().collect();
@@ -876,10 +881,11 @@ impl Dispatcher {
 
 /// A run's `github.event`: parsed while the run's first jobs are decided, then kept as JSON
 /// text ([`Dispatcher::compact_payloads`]) — a payload takes several times its size parsed,
-/// and a queue of thousands of webhook runs holds one each.
+/// and a queue of thousands of webhook runs holds one each. A new run has its text already
+/// (made for the store), a run taken over from the store has not.
 enum Payload {
-    Parsed(Value),
-    Text(Box<str>),
+    Parsed(Value, Option<kiln_store::PayloadText>),
+    Text(kiln_store::PayloadText),
 }
 
 impl RunState {
@@ -888,8 +894,8 @@ impl RunState {
         let mut contexts = self.base.clone();
         if let Some(Value::Object(github)) = contexts.get_mut("github") {
             let event = match &self.event {
-                Payload::Parsed(v) => v.clone(),
-                Payload::Text(t) => serde_json::from_str(t).unwrap_or_else(|_| json!({})),
+                Payload::Parsed(v, _) => v.clone(),
+                Payload::Text(t) => t.parse(),
             };
             github.insert("event".into(), event);
         }
@@ -941,8 +947,10 @@ struct NewRunState {
     recs: Vec<(JobId, JobRec)>,
     /// The run's contexts, made with run number 0, without `github.event`.
     base: Map<String, Value>,
-    /// `github.event`, shared with the run being recorded until the store is done with it.
-    event: Arc<Value>,
+    /// `github.event`.
+    event: Value,
+    /// `event` as JSON text, shared with the run being recorded.
+    text: kiln_store::PayloadText,
 }
 
 impl Dispatcher {
@@ -1039,7 +1047,7 @@ impl Dispatcher {
             }
         }
         let mut base = base;
-        let event = Payload::Parsed(take_event(&mut base));
+        let event = Payload::Parsed(take_event(&mut base), None);
         self.compact.push(run.id);
         let event_path = self.event_file(run.id);
         let candidates = keys
@@ -1174,10 +1182,12 @@ impl Dispatcher {
             return;
         }
         let written = std::fs::create_dir_all(&self.work_dir).and_then(|()| match &run.event {
-            Payload::Parsed(v) => {
+            Payload::Parsed(_, Some(t)) | Payload::Text(t) => {
+                std::fs::write(&run.event_path, t.as_str())
+            }
+            Payload::Parsed(v, None) => {
                 std::fs::write(&run.event_path, serde_json::to_vec(v).unwrap_or_default())
             }
-            Payload::Text(t) => std::fs::write(&run.event_path, t.as_bytes()),
         });
         match written {
             Ok(()) => run.event_written = true,
@@ -2057,10 +2067,12 @@ impl Dispatcher {
     fn compact_payloads(&mut self) {
         for id in std::mem::take(&mut self.compact) {
             if let Some(run) = self.runs.get_mut(&id)
-                && let Payload::Parsed(v) = &run.event
+                && let Payload::Parsed(v, text) = &mut run.event
             {
-                let text = serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned());
-                run.event = Payload::Text(text.into_boxed_str());
+                let text = text
+                    .take()
+                    .unwrap_or_else(|| kiln_store::PayloadText::of(v));
+                run.event = Payload::Text(text);
             }
         }
     }

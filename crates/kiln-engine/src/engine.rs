@@ -1132,7 +1132,7 @@ impl Engine {
             project: project.id,
             trigger: Trigger {
                 event: run.event.clone(),
-                payload: context.payload.map(Arc::unwrap_or_clone),
+                payload: context.payload.map(|p| p.parse()),
                 inputs,
                 git_ref: run.git_ref.clone(),
                 sha: run.sha.clone(),

@@ -34,11 +34,10 @@ pub struct NewRun {
 /// retry), so its jobs see the same `github` context as its first attempt did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunContext {
-    /// The event payload (`github.event`); `None`: kiln made one up from the trigger. Shared,
-    /// so that a copy of a new run (kept to record it again alone should a batch fail) does
-    /// not copy a webhook's whole payload.
+    /// The event payload (`github.event`) as JSON text; `None`: kiln made one up from the
+    /// trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub payload: Option<std::sync::Arc<Value>>,
+    pub payload: Option<PayloadText>,
     /// `github` fields laid over the ones kiln makes from the trigger (a webhook's actor,
     /// head and base refs, …).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -49,6 +48,78 @@ impl RunContext {
     /// Nothing beyond the columns: stored as NULL.
     pub fn is_empty(&self) -> bool {
         self.payload.is_none() && self.github.is_empty()
+    }
+
+    /// The context as stored. The payload's text goes in as it is: a webhook's payload is
+    /// kilobytes of JSON, and serialising it again (in the write transaction, which every
+    /// webhook's acknowledgement waits for) was most of recording its run.
+    pub(crate) fn to_json(&self) -> String {
+        let github = (!self.github.is_empty()).then(|| crate::backend::json_text(&self.github));
+        let payload = self.payload.as_ref().map(PayloadText::as_str);
+        let mut out = String::with_capacity(
+            payload.map_or(0, str::len) + github.as_ref().map_or(0, String::len) + 24,
+        );
+        out.push('{');
+        if let Some(payload) = payload {
+            out.push_str("\"payload\":");
+            out.push_str(payload);
+        }
+        if let Some(github) = &github {
+            if payload.is_some() {
+                out.push(',');
+            }
+            out.push_str("\"github\":");
+            out.push_str(github);
+        }
+        out.push('}');
+        out
+    }
+}
+
+/// A JSON value kept as its text: made once by whoever has the value, shared (not copied)
+/// by the run's copies, stored as it is, and written out as it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PayloadText(std::sync::Arc<str>);
+
+impl PayloadText {
+    /// `value`'s compact JSON text.
+    pub fn of(value: &Value) -> Self {
+        PayloadText(
+            serde_json::to_string(value)
+                .unwrap_or_else(|_| "{}".to_owned())
+                .into(),
+        )
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared text itself (no copy).
+    pub fn shared(&self) -> std::sync::Arc<str> {
+        self.0.clone()
+    }
+
+    /// The value again.
+    pub fn parse(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or_else(|_| Value::Object(Map::new()))
+    }
+}
+
+impl serde::Serialize for PayloadText {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match serde_json::value::RawValue::from_string(self.0.to_string()) {
+            Ok(raw) => raw.serialize(serializer),
+            Err(e) => Err(serde::ser::Error::custom(e)),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PayloadText {
+    /// Kept as the text it was read from (one allocation, no tree of values).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
+        Ok(PayloadText(raw.get().into()))
     }
 }
 
@@ -519,4 +590,51 @@ pub(crate) enum ExportKey {
 pub struct ExportPage {
     pub rows: Vec<Map<String, Value>>,
     pub next: Option<ExportCursor>,
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_run_context_is_stored_as_json_that_reads_back_the_same() {
+        let payload = PayloadText::of(&json!({
+            "ref": "refs/heads/main",
+            "commits": [{"id": "a\"b\\c", "added": ["ä/ö.txt"], "n": 1.5}],
+            "deleted": false,
+            "none": null
+        }));
+        let mut github = Map::new();
+        github.insert("actor".into(), json!("octo\ncat"));
+        let contexts = [
+            RunContext {
+                payload: Some(payload.clone()),
+                github: github.clone(),
+            },
+            RunContext {
+                payload: Some(payload.clone()),
+                github: Map::new(),
+            },
+            RunContext {
+                payload: None,
+                github,
+            },
+            RunContext::default(),
+        ];
+        for context in contexts {
+            let text = context.to_json();
+            let back: RunContext = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, context, "{text}");
+            // The same JSON serde would have written.
+            let written: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(written, serde_json::to_value(&context).unwrap(), "{text}");
+        }
+        assert_eq!(
+            payload.parse()["commits"][0]["id"],
+            json!("a\"b\\c"),
+            "the text parses back to the value"
+        );
+    }
 }

@@ -151,7 +151,7 @@ async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
     let run = runs[0].id;
     first.shutdown(Duration::from_secs(5)).await.unwrap();
     let stored = store.run_context(run).await.unwrap().unwrap();
-    assert_eq!(stored.payload.as_ref().unwrap()["number"], 7);
+    assert_eq!(stored.payload.as_ref().unwrap().parse()["number"], 7);
     assert_eq!(stored.github["head_ref"], "feature-x");
 
     let (second, recovery) = Engine::start(store.clone(), engine_config(&data, 1))

@@ -638,7 +638,7 @@ async fn insert_run(
     .bind(finished_at)
     .bind(new.driver.as_ref().map(|d| d.owner.clone()))
     .bind(new.driver.as_ref().map(|d| ms(d.until)))
-    .bind((!new.context.is_empty()).then(|| json_text(&new.context)))
+    .bind((!new.context.is_empty()).then(|| new.context.to_json()))
     .execute(&mut *tx)
     .await
     .map_err(query("insert a run"))?;
