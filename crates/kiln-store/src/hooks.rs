@@ -98,6 +98,37 @@ pub struct DeliveryOutcome {
     pub runs: Vec<RunId>,
 }
 
+/// A delivery's payload as the store keeps it: LZ4-compressed when that makes it smaller
+/// (a JSON payload shrinks about 4×), else as it came. The row's `size` holds the payload's
+/// own length, so a stored payload shorter than `size` is compressed, one as long is not,
+/// and an empty one has been dropped (`Store::prune_delivery_payloads`). Smaller rows are
+/// what the acknowledgement's commit writes: an 8 KB push no longer spills into overflow
+/// pages.
+pub(crate) fn pack_payload(payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if payload.is_empty() {
+        return payload.into();
+    }
+    let packed = lz4_flex::block::compress(payload);
+    if packed.len() < payload.len() {
+        packed.into()
+    } else {
+        payload.into()
+    }
+}
+
+/// The payload [`pack_payload`] stored, from the stored bytes and the row's `size`.
+pub(crate) fn unpack_payload(stored: Vec<u8>, size: i64) -> Result<Vec<u8>, StoreError> {
+    let size = usize::try_from(size).unwrap_or(0);
+    if stored.is_empty() || stored.len() >= size {
+        return Ok(stored);
+    }
+    lz4_flex::block::decompress(&stored, size).map_err(|e| StoreError::Decode {
+        column: "payload",
+        table: "deliveries",
+        detail: format!("a compressed payload of {size} bytes does not decompress: {e}"),
+    })
+}
+
 /// The longest `reason` kept, in bytes (a workflow error can be long).
 pub(crate) const MAX_REASON: usize = 4096;
 
@@ -123,6 +154,38 @@ mod tests {
         assert_eq!(a.len(), 64);
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_ne!(a, generate_secret().unwrap());
+    }
+
+    #[test]
+    fn payloads_are_stored_compressed_only_when_that_is_smaller() {
+        let json = br#"{"ref":"refs/heads/main","commits":[{"id":"1"},{"id":"2"},{"id":"3"}],"repository":{"full_name":"octo/hello","name":"hello"}}"#.repeat(40);
+        let packed = pack_payload(&json);
+        assert!(
+            packed.len() < json.len() / 3,
+            "{} of {}",
+            packed.len(),
+            json.len()
+        );
+        let size = i64::try_from(json.len()).unwrap();
+        assert_eq!(unpack_payload(packed.into_owned(), size).unwrap(), json);
+
+        // Incompressible (and short) bodies are kept as they came, and read back as such.
+        for raw in [b"{}".as_slice(), b"not json \xff\x00", b""] {
+            let packed = pack_payload(raw);
+            assert_eq!(packed.as_ref(), raw);
+            let size = i64::try_from(raw.len()).unwrap();
+            assert_eq!(unpack_payload(packed.into_owned(), size).unwrap(), raw);
+        }
+        // A dropped payload reads back empty, whatever its size was.
+        assert!(unpack_payload(Vec::new(), 8000).unwrap().is_empty());
+        // Bytes that cannot be a compressed payload of that size are an error, not garbage.
+        assert!(matches!(
+            unpack_payload(vec![0xff; 10], 8000),
+            Err(StoreError::Decode {
+                column: "payload",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -131,6 +131,8 @@ mod api_hooks {
             new: &NewDelivery,
             now: Timestamp,
         ) -> Result<Recorded, StoreError> {
+            // Compressed before the writer is taken: every other writer waits for it.
+            let payload = crate::hooks::pack_payload(&new.payload);
             // One statement, committed on its own: the answer to the sender waits for it.
             let mut conn = self.writer.single().await?;
             let finished = (new.status != DeliveryStatus::Accepted).then_some(ms(now));
@@ -151,7 +153,7 @@ mod api_hooks {
             .bind(ms(now))
             .bind(new.status.as_str())
             .bind(new.reason.as_deref().map(bounded_reason))
-            .bind(new.payload.as_slice())
+            .bind(payload.as_ref())
             .bind(size)
             .bind(finished)
             .bind(new.claim.as_ref().map(|c| c.owner.as_str()))
@@ -212,7 +214,9 @@ mod api_hooks {
                 .map_err(query("claim a delivery"))?;
                 if let Some(row) = row {
                     let payload: Vec<u8> = get(&row, "deliveries", "payload")?;
-                    claimed.push((delivery_from_row(&row)?, payload));
+                    let delivery = delivery_from_row(&row)?;
+                    let payload = crate::hooks::unpack_payload(payload, delivery.size)?;
+                    claimed.push((delivery, payload));
                 }
             }
             tx.commit()
@@ -301,11 +305,15 @@ mod api_hooks {
             &self,
             id: &str,
         ) -> Result<Option<Vec<u8>>, StoreError> {
-            sqlx::query_scalar("SELECT payload FROM deliveries WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(query("read a delivery's payload"))
+            let found: Option<(Vec<u8>, i64)> =
+                sqlx::query_as("SELECT payload, size FROM deliveries WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.reader)
+                    .await
+                    .map_err(query("read a delivery's payload"))?;
+            found
+                .map(|(stored, size)| crate::hooks::unpack_payload(stored, size))
+                .transpose()
         }
 
         pub(crate) async fn list_deliveries(

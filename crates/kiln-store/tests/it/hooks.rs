@@ -18,6 +18,7 @@ both_backends!(
     a_batch_is_claimed_and_finished_in_one_go,
     runs_of_a_batch_are_created_all_or_none,
     old_payloads_are_pruned_once_processed,
+    a_large_payload_is_stored_compressed_and_read_back_whole,
 );
 
 async fn hooks_are_found_by_id_and_rotated(h: &Harness) {
@@ -425,4 +426,55 @@ async fn old_payloads_are_pruned_once_processed(h: &Harness) {
     let listed = s.list_deliveries(p.project.id, 10).await.unwrap();
     assert_eq!(listed.len(), 3);
     assert!(listed.iter().all(|d| d.size == 12), "sizes stay");
+}
+
+async fn a_large_payload_is_stored_compressed_and_read_back_whole(h: &Harness) {
+    let s = &h.store;
+    let p = s.create_project("big", "/srv/big").await.unwrap();
+    let commits: Vec<String> = (0..60)
+        .map(|i| format!(r#"{{"id":"{i:040}","message":"change {i}","added":["src/{i}.rs"]}}"#))
+        .collect();
+    let payload = format!(
+        r#"{{"ref":"refs/heads/main","commits":[{}]}}"#,
+        commits.join(",")
+    );
+    let Recorded::New(d) = s
+        .record_delivery(&NewDelivery {
+            project: p.project.id,
+            provider: HookProvider::Github,
+            delivery: "big-1".to_owned(),
+            event: "push".to_owned(),
+            status: DeliveryStatus::Accepted,
+            reason: None,
+            payload: payload.clone().into_bytes(),
+            claim: None,
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("new")
+    };
+    assert_eq!(
+        d.size,
+        i64::try_from(payload.len()).unwrap(),
+        "the size received"
+    );
+    assert_eq!(
+        s.delivery_payload(&d.id).await.unwrap().unwrap(),
+        payload.as_bytes()
+    );
+    let now = jiff::Timestamp::now();
+    let until = now
+        .checked_add(jiff::SignedDuration::from_secs(60))
+        .unwrap();
+    let claimed = s
+        .claim_deliveries(std::slice::from_ref(&d.id), "me/1", "me/", now, until)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        claimed[0].1,
+        payload.as_bytes(),
+        "claimed with the whole payload"
+    );
 }
