@@ -95,11 +95,6 @@ impl PayloadText {
         &self.0
     }
 
-    /// The shared text itself (no copy).
-    pub fn shared(&self) -> std::sync::Arc<str> {
-        self.0.clone()
-    }
-
     /// The value again.
     pub fn parse(&self) -> Value {
         serde_json::from_str(&self.0).unwrap_or_else(|_| Value::Object(Map::new()))
