@@ -111,9 +111,28 @@ async fn drain(
             take_ready(&mut rx, &mut batch);
         }
         let Some(state) = state.upgrade() else { return };
+        if !store_journaled(&state).await {
+            // They stay journaled and claimed: the sweep takes them when the claim ends.
+            continue;
+        }
         process_claimed(&state, batch).await;
         last_batch = Some(tokio::time::Instant::now());
     }
+}
+
+/// Stores the deliveries the intake journal answered for (see `Store::flush_intake`):
+/// their runs must not be created before they are. A few tries; `false` when all failed.
+async fn store_journaled(state: &AppState) -> bool {
+    for attempt in 1..=3 {
+        match state.store().flush_intake().await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(attempt, error = %e, "failed to store journaled webhook deliveries");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    }
+    false
 }
 
 /// Moves what is waiting in the queue into `batch`, up to [`BATCH`].

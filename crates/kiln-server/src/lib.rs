@@ -125,6 +125,17 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     // Fetches a previous server left unfinished run again (see `fetch.rs`).
     fetch::resume(&state);
+    // The embedded store answers webhook deliveries from a journal rather than waiting for
+    // SQLite's writer; what a previous server journaled is stored first (see kiln-store's
+    // `intake.rs`). Only deliveries this server processes itself are journaled.
+    if state.engine().is_some() {
+        let dir = state.config().data_dir.join("intake");
+        state
+            .store()
+            .open_intake_journal(&dir)
+            .await
+            .map_err(std::io::Error::other)?;
+    }
     // Webhook deliveries recorded and never processed (see `hooks.rs`).
     hooks::resume(&state);
     // Uploads a previous server was receiving when it stopped (artifacts, package outputs

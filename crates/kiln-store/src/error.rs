@@ -56,6 +56,11 @@ pub enum StoreError {
         key: String,
         detail: String,
     },
+    #[error("failed to use the webhook intake journal {}: {source}", path.display())]
+    Intake {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("failed to run a blob task: {0}")]
     BlobTask(String),
     #[error("failed to draw random bytes for a token: {detail}")]

@@ -75,6 +75,9 @@ pub struct Store {
     /// Bumped after every write that may have appended events, so that readers of the
     /// outbox in this process need not wait for their next poll ([`Store::watch_writes`]).
     writes: Arc<watch::Sender<u64>>,
+    /// The embedded store's webhook intake journal, once the server opens it
+    /// ([`Store::open_intake_journal`]).
+    intake: Arc<std::sync::OnceLock<intake::Intake>>,
 }
 
 enum Backend {
@@ -92,6 +95,8 @@ macro_rules! with_backend {
     };
 }
 
+mod intake;
+
 impl Store {
     /// Opens the embedded store in `data_dir` (created if missing): the database
     /// `<data_dir>/kiln.db` and blobs under `<data_dir>/blobs`. Migrates the database.
@@ -107,6 +112,7 @@ impl Store {
             writes: Arc::default(),
             inner: Arc::new(Backend::Sqlite(b)),
             keys: None,
+            intake: Arc::default(),
         }
         .with_keys(keys)
         .await
@@ -128,6 +134,7 @@ impl Store {
             writes,
             inner: Arc::new(Backend::Postgres(b)),
             keys: None,
+            intake: Arc::default(),
         }
         .with_keys(keys)
         .await
@@ -656,6 +663,7 @@ impl Store {
         after: Option<&ExportCursor>,
         limit: u32,
     ) -> Result<ExportPage, StoreError> {
+        self.flush_intake().await?;
         with_backend!(self, b => b.export_page(table, after, limit).await)
     }
 }
@@ -838,7 +846,12 @@ impl Store {
 
     /// Records a verified delivery, once per (project, provider delivery id): a delivery id
     /// seen before is [`Recorded::Duplicate`] with the first delivery as it stands.
+    /// With the intake journal open, an accepted delivery this process claims is journaled
+    /// rather than written (see `intake.rs`).
     pub async fn record_delivery(&self, new: &NewDelivery) -> Result<Recorded, StoreError> {
+        if let Some(intake) = self.intake.get() {
+            return self.record_through(intake, new, Timestamp::now()).await;
+        }
         with_backend!(self, b => b.record_delivery(new, Timestamp::now()).await)
     }
 
@@ -883,6 +896,7 @@ impl Store {
         now: Timestamp,
         until: Timestamp,
     ) -> Result<Vec<(kiln_proto::DeliveryView, Vec<u8>)>, StoreError> {
+        self.flush_intake().await?;
         with_backend!(self, b => b.claim_deliveries(ids, owner, stale, now, until).await)
     }
 
@@ -892,6 +906,7 @@ impl Store {
         &self,
         done: &[(String, DeliveryOutcome)],
     ) -> Result<Vec<bool>, StoreError> {
+        self.flush_intake().await?;
         with_backend!(self, b => b.finish_deliveries(done, Timestamp::now()).await)
     }
 
@@ -914,11 +929,13 @@ impl Store {
         &self,
         id: &str,
     ) -> Result<Option<kiln_proto::DeliveryView>, StoreError> {
+        self.flush_intake().await?;
         with_backend!(self, b => b.get_delivery(id).await)
     }
 
     /// The body a delivery came with.
     pub async fn delivery_payload(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.flush_intake().await?;
         with_backend!(self, b => b.delivery_payload(id).await)
     }
 
@@ -928,6 +945,7 @@ impl Store {
         project: ProjectId,
         limit: u32,
     ) -> Result<Vec<kiln_proto::DeliveryView>, StoreError> {
+        self.flush_intake().await?;
         with_backend!(self, b => b.list_deliveries(project, limit).await)
     }
 
@@ -936,6 +954,7 @@ impl Store {
         &self,
         limit: u32,
     ) -> Result<Vec<kiln_proto::DeliveryView>, StoreError> {
+        self.flush_intake().await?;
         with_backend!(self, b => b.accepted_deliveries(limit).await)
     }
 }

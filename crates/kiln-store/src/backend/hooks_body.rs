@@ -20,6 +20,7 @@ mod api_hooks {
         DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, Recorded,
         bounded_reason,
     };
+    use crate::intake::Journaled;
 
     type DbRow = <Db as sqlx::Database>::Row;
 
@@ -50,6 +51,16 @@ mod api_hooks {
             processed_at: opt_ts(T, "processed_at", get(row, T, "processed_at")?)?,
         })
     }
+
+    /// Records one delivery unless its project has its provider delivery id already.
+    const INSERT: &str = concat!(
+        "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, \
+         received_at, status, reason, run_ids, payload, size, processed_at, \
+         claimed_by, claim_expires_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11, $12, $13) \
+         ON CONFLICT (project_id, delivery_id) DO NOTHING RETURNING ",
+        delivery_cols!()
+    );
 
     const BY_ID: &str = concat!(
         "SELECT ",
@@ -137,14 +148,7 @@ mod api_hooks {
             let mut conn = self.writer.single().await?;
             let finished = (new.status != DeliveryStatus::Accepted).then_some(ms(now));
             let size = i64::try_from(new.payload.len()).unwrap_or(i64::MAX);
-            let inserted = sqlx::query(concat!(
-                "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, \
-                 received_at, status, reason, run_ids, payload, size, processed_at, \
-                 claimed_by, claim_expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11, $12, $13) \
-                 ON CONFLICT (project_id, delivery_id) DO NOTHING RETURNING ",
-                delivery_cols!()
-            ))
+            let inserted = sqlx::query(INSERT)
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(new.project.to_string())
             .bind(new.provider.as_str())
@@ -178,6 +182,65 @@ mod api_hooks {
                 }
             };
             Ok(recorded)
+        }
+
+        /// The delivery `project` has under the provider delivery id `delivery`, if any
+        /// (read beside the writer).
+        pub(crate) async fn find_delivery(
+            &self,
+            project: ProjectId,
+            delivery: &str,
+        ) -> Result<Option<DeliveryView>, StoreError> {
+            sqlx::query(concat!(
+                "SELECT ",
+                delivery_cols!(),
+                " FROM deliveries WHERE project_id = $1 AND delivery_id = $2"
+            ))
+            .bind(project.to_string())
+            .bind(delivery)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(query("look for a delivery seen before"))?
+            .map(|row| delivery_from_row(&row))
+            .transpose()
+        }
+
+        /// Stores deliveries the intake journal answered for (see `crate::intake`), all in
+        /// one transaction, each as accepted and claimed as it was journaled: for each,
+        /// whether it was stored (`false`: its project had its provider delivery id already).
+        pub(crate) async fn insert_journaled(
+            &self,
+            entries: &[Journaled],
+        ) -> Result<Vec<bool>, StoreError> {
+            if entries.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut tx = self.begin_write().await?;
+            let mut stored = Vec::with_capacity(entries.len());
+            for e in entries {
+                let row = sqlx::query(INSERT)
+                    .bind(e.id.as_str())
+                    .bind(e.project.to_string())
+                    .bind(e.provider.as_str())
+                    .bind(e.delivery.as_str())
+                    .bind(e.event.as_str())
+                    .bind(ms(e.received_at))
+                    .bind(DeliveryStatus::Accepted.as_str())
+                    .bind(None::<&str>)
+                    .bind(e.payload.as_slice())
+                    .bind(e.size)
+                    .bind(None::<i64>)
+                    .bind(e.claim.as_ref().map(|c| c.owner.as_str()))
+                    .bind(e.claim.as_ref().map(|c| ms(c.until)))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(query("store journaled deliveries"))?;
+                stored.push(row.is_some());
+            }
+            tx.commit()
+                .await
+                .map_err(query("commit journaled deliveries"))?;
+            Ok(stored)
         }
 
         /// Claims accepted deliveries (see `Store::claim_delivery`) in one transaction,

@@ -11,6 +11,7 @@ mod bans;
 mod batch;
 mod harness;
 mod hooks;
+mod intake;
 mod notifications;
 mod ops;
 mod outbox;

@@ -1,0 +1,282 @@
+//! The embedded store's webhook intake journal: deliveries answered from it are recorded once
+//! per provider delivery id, read back as stored by every read, and stored by the next server
+//! when the one that journaled them died first.
+
+use std::path::Path;
+
+use kiln_core::ids::ProjectId;
+use kiln_proto::{DeliveryStatus, HookProvider};
+use kiln_store::{DeliveryClaim, NewDelivery, Recorded, Store};
+
+use crate::harness::Harness;
+
+fn delivery(project: ProjectId, id: &str, status: DeliveryStatus, claimed: bool) -> NewDelivery {
+    NewDelivery {
+        project,
+        provider: HookProvider::Github,
+        delivery: id.to_owned(),
+        event: "push".to_owned(),
+        status,
+        reason: None,
+        payload: format!(
+            r#"{{"ref":"refs/heads/main","delivery":"{id}","pad":"{}"}}"#,
+            "x".repeat(2000)
+        )
+        .into_bytes(),
+        claim: claimed.then(|| DeliveryClaim {
+            owner: "engine/serve-1".to_owned(),
+            until: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600),
+        }),
+    }
+}
+
+fn new(r: Recorded) -> kiln_proto::DeliveryView {
+    match r {
+        Recorded::New(d) => d,
+        Recorded::Duplicate(d) => panic!("a new delivery was taken for a duplicate of {}", d.id),
+    }
+}
+
+fn duplicate(r: Recorded) -> kiln_proto::DeliveryView {
+    match r {
+        Recorded::Duplicate(d) => d,
+        Recorded::New(d) => panic!("a delivery seen before was recorded again as {}", d.id),
+    }
+}
+
+/// Bytes in the journal files of `dir`.
+fn journaled_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("intake-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaled_deliveries_are_recorded_once_and_read_back_stored() {
+    let h = Harness::sqlite().await;
+    let s = &h.store;
+    let journal = h.dir.path().join("intake");
+    assert!(s.open_intake_journal(&journal).await.unwrap());
+    assert!(
+        !s.open_intake_journal(&journal).await.unwrap(),
+        "a journal opened twice"
+    );
+    let other = h.reopen().await;
+    assert!(
+        !other.open_intake_journal(&journal).await.unwrap(),
+        "a second store took the journal another holds"
+    );
+    let p = s
+        .create_project("app", "/srv/app")
+        .await
+        .unwrap()
+        .project
+        .id;
+
+    let first = new(s
+        .record_delivery(&delivery(p, "d-1", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    assert_eq!(first.status, DeliveryStatus::Accepted);
+    assert!(journaled_bytes(&journal) > 0, "nothing was journaled");
+    // Not stored yet, and still a duplicate: for a redelivery, and for a ping with its id.
+    let again = duplicate(
+        s.record_delivery(&delivery(p, "d-1", DeliveryStatus::Accepted, true))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again.id, first.id);
+    let ping = duplicate(
+        s.record_delivery(&delivery(p, "d-1", DeliveryStatus::Ignored, false))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(ping.id, first.id);
+    // Another store (a CLI on the same data dir) reads what is stored, nothing more.
+    assert!(other.get_delivery(&first.id).await.unwrap().is_none());
+
+    // Every read stores what is journaled first.
+    let read = s.get_delivery(&first.id).await.unwrap().unwrap();
+    assert_eq!(read, first);
+    assert_eq!(
+        journaled_bytes(&journal),
+        0,
+        "the stored deliveries stayed journaled"
+    );
+    assert!(other.get_delivery(&first.id).await.unwrap().is_some());
+    let body = delivery(p, "d-1", DeliveryStatus::Accepted, true).payload;
+    assert_eq!(s.delivery_payload(&first.id).await.unwrap().unwrap(), body);
+    // Stored as claimed: another server cannot take it, nor is it left for the sweep.
+    let now = jiff::Timestamp::now();
+    let later = now + jiff::SignedDuration::from_secs(60);
+    let ids = [first.id.clone()];
+    assert!(
+        other
+            .claim_deliveries(&ids, "b/1", "b/", now, later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = duplicate(
+        s.record_delivery(&delivery(p, "d-1", DeliveryStatus::Accepted, true))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again.id, first.id);
+
+    // Deliveries this process does not process itself go straight to the database.
+    let direct = new(s
+        .record_delivery(&delivery(p, "d-2", DeliveryStatus::Accepted, false))
+        .await
+        .unwrap());
+    assert!(other.get_delivery(&direct.id).await.unwrap().is_some());
+    assert_eq!(journaled_bytes(&journal), 0);
+    let listed = s.list_deliveries(p, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    h.cleanup().await;
+}
+
+/// Many requests with the same few delivery ids at once, while the processor stores what
+/// is journaled: exactly one delivery per id, and every duplicate names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_redeliveries_record_one_delivery_per_id() {
+    let h = Harness::sqlite().await;
+    let s = h.store.clone();
+    assert!(
+        s.open_intake_journal(&h.dir.path().join("intake"))
+            .await
+            .unwrap()
+    );
+    let p = s
+        .create_project("app", "/srv/app")
+        .await
+        .unwrap()
+        .project
+        .id;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..160 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let id = format!("d-{}", i % 8);
+            // Some come as pings, recorded straight into the database.
+            let (status, claimed) = if i % 5 == 0 {
+                (DeliveryStatus::Ignored, false)
+            } else {
+                (DeliveryStatus::Accepted, true)
+            };
+            let r = s
+                .record_delivery(&delivery(p, &id, status, claimed))
+                .await
+                .unwrap();
+            if i % 7 == 0 {
+                s.flush_intake().await.unwrap();
+            }
+            (id, r)
+        });
+    }
+    let mut firsts = std::collections::HashMap::new();
+    let mut seen = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (id, r) = done.unwrap();
+        match r {
+            Recorded::New(d) => {
+                assert!(
+                    firsts.insert(id.clone(), d.id).is_none(),
+                    "{id} recorded twice"
+                );
+            }
+            Recorded::Duplicate(d) => seen.push((id, d.id)),
+        }
+    }
+    assert_eq!(firsts.len(), 8);
+    for (id, first) in seen {
+        assert_eq!(
+            firsts[&id], first,
+            "a duplicate of {id} names another delivery"
+        );
+    }
+    let stored = s.list_deliveries(p, 100).await.unwrap();
+    assert_eq!(stored.len(), 8);
+    for d in stored {
+        assert_eq!(firsts[&d.delivery], d.id);
+    }
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_stores_what_the_journal_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("intake");
+    let (p, answered) = {
+        let s = Store::open_sqlite(dir.path()).await.unwrap();
+        assert!(s.open_intake_journal(&journal).await.unwrap());
+        let p = s
+            .create_project("app", "/srv/app")
+            .await
+            .unwrap()
+            .project
+            .id;
+        let mut answered = Vec::new();
+        for id in ["d-1", "d-2", "d-3"] {
+            answered.push(new(s
+                .record_delivery(&delivery(p, id, DeliveryStatus::Accepted, true))
+                .await
+                .unwrap()));
+        }
+        // The process dies before storing them, the last record half written.
+        (p, answered)
+    };
+    let file = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "log"))
+        .unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() - 100]).unwrap();
+
+    let s = Store::open_sqlite(dir.path()).await.unwrap();
+    assert!(
+        s.accepted_deliveries(10).await.unwrap().is_empty(),
+        "read before the journal was opened"
+    );
+    assert!(s.open_intake_journal(&journal).await.unwrap());
+    let waiting = s.accepted_deliveries(10).await.unwrap();
+    assert_eq!(
+        waiting,
+        answered[..2].to_vec(),
+        "the whole records, as answered; not the one cut short"
+    );
+    for d in &answered[..2] {
+        let body = delivery(p, &d.delivery, DeliveryStatus::Accepted, true).payload;
+        assert_eq!(s.delivery_payload(&d.id).await.unwrap().unwrap(), body);
+    }
+    assert_eq!(journaled_bytes(&journal), 0, "the journal read back stayed");
+    // The one cut short was never answered: its redelivery is new.
+    new(s
+        .record_delivery(&delivery(p, "d-3", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    // And an earlier one is a duplicate of what the journal held.
+    let again = duplicate(
+        s.record_delivery(&delivery(p, "d-1", DeliveryStatus::Accepted, true))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(again.id, answered[0].id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stores_keep_no_journal() {
+    let h = Harness::postgres().await;
+    assert!(
+        !h.store
+            .open_intake_journal(&h.dir.path().join("intake"))
+            .await
+            .unwrap()
+    );
+    assert!(!h.dir.path().join("intake").exists());
+    h.cleanup().await;
+}
