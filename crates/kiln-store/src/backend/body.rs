@@ -318,9 +318,15 @@ impl Backend {
         let mut pending = Pending::default();
         let mut runs = Vec::with_capacity(news.len());
         let mut numbers = RunNumbers::default();
+        let mut rows = Vec::with_capacity(news.len());
+        let mut jobs = Vec::new();
         for new in news {
-            runs.push(insert_run(&mut tx, &mut pending, &mut numbers, new).await?);
+            runs.push(run_row(&mut tx, &mut pending, &mut numbers, new, &mut rows, &mut jobs).await?);
         }
+        // A few statements for the whole batch (every statement is a round trip to the
+        // database's thread): the runs in multi-row inserts, their jobs in one.
+        insert_run_rows(&mut tx, rows).await?;
+        insert_job_rows(&mut tx, jobs).await?;
         self.finish(tx, pending).await?;
         Ok(runs)
     }
@@ -576,12 +582,36 @@ struct RunNumbers {
     next: HashMap<(String, String), i64>,
 }
 
-/// Inserts a run and its jobs in `tx` (see `Store::create_run`).
-async fn insert_run(
+/// A run row to insert (see [`insert_run_rows`]).
+struct RunRow {
+    id: String,
+    project: String,
+    workflow: String,
+    workflow_name: String,
+    run_number: i64,
+    status: &'static str,
+    event: String,
+    git_ref: String,
+    sha: String,
+    inputs: String,
+    at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    driver: Option<String>,
+    driver_until: Option<i64>,
+    context: Option<String>,
+}
+
+/// Numbers a new run (locking its project in `tx` the first time) and adds its row to
+/// `rows` and its jobs' rows to `jobs`, for [`insert_run_rows`] and [`insert_job_rows`];
+/// the run as it will read back.
+async fn run_row(
     tx: &mut Conn,
     pending: &mut Pending,
     numbers: &mut RunNumbers,
     new: NewRun,
+    rows: &mut Vec<RunRow>,
+    jobs: &mut Vec<Value>,
 ) -> Result<Run, StoreError> {
     let project = new.project.to_string();
     let run_id = new.id.to_string();
@@ -617,34 +647,27 @@ async fn insert_run(
     let at = ms(new.at);
     let started_at = (new.status == RunStatus::Running).then_some(at);
     let finished_at = new.status.is_terminal().then_some(at);
-    sqlx::query(
-        "INSERT INTO runs (id, project_id, workflow, workflow_name, run_number, run_attempt, \
-         status, event, git_ref, sha, inputs, created_at, started_at, finished_at, driver, \
-         driver_until, context) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(&run_id)
-    .bind(&project)
-    .bind(&new.workflow)
-    .bind(&new.workflow_name)
-    .bind(run_number)
-    .bind(new.status.as_str())
-    .bind(&new.event)
-    .bind(&new.git_ref)
-    .bind(&new.sha)
-    .bind(json_text(&new.inputs))
-    .bind(at)
-    .bind(started_at)
-    .bind(finished_at)
-    .bind(new.driver.as_ref().map(|d| d.owner.clone()))
-    .bind(new.driver.as_ref().map(|d| ms(d.until)))
-    .bind((!new.context.is_empty()).then(|| new.context.to_json()))
-    .execute(&mut *tx)
-    .await
-    .map_err(query("insert a run"))?;
+    rows.push(RunRow {
+        id: run_id.clone(),
+        project: project.clone(),
+        workflow: new.workflow.clone(),
+        workflow_name: new.workflow_name.clone(),
+        run_number,
+        status: new.status.as_str(),
+        event: new.event.clone(),
+        git_ref: new.git_ref.clone(),
+        sha: new.sha.clone(),
+        inputs: json_text(&new.inputs),
+        at,
+        started_at,
+        finished_at,
+        driver: new.driver.as_ref().map(|d| d.owner.clone()),
+        driver_until: new.driver.as_ref().map(|d| ms(d.until)),
+        context: (!new.context.is_empty()).then(|| new.context.to_json()),
+    });
     pending.run_status(at, &project, &run_id, new.status, true);
 
-    let jobs = insert_jobs(tx, pending, new.id, &project, 0, new.jobs, at).await?;
+    let jobs = job_rows(pending, new.id, &project, 0, new.jobs, at, jobs);
 
     let at = truncate(new.at);
     Ok(Run {
@@ -666,47 +689,109 @@ async fn insert_run(
     })
 }
 
-/// Inserts jobs with consecutive `seq` numbers from `first_seq`; returns them as read back.
-async fn insert_jobs(
-    tx: &mut Conn,
+/// `n` rows as chunks whose sizes are powers of two, at most 64, largest first: a
+/// multi-row statement then has one of seven shapes, which stay prepared in sqlx's
+/// statement cache, and a batch of up to 127 rows takes at most seven statements.
+fn row_chunks(n: usize) -> Vec<std::ops::Range<usize>> {
+    let mut chunks = Vec::new();
+    let mut at = 0;
+    while at < n {
+        let left = n - at;
+        let size = if left >= 64 {
+            64
+        } else {
+            1 << (usize::BITS - 1 - left.leading_zeros())
+        };
+        chunks.push(at..at + size);
+        at += size;
+    }
+    chunks
+}
+
+#[cfg(test)]
+#[test]
+fn row_chunks_are_powers_of_two_largest_first() {
+    let sizes = |n| row_chunks(n).iter().map(ExactSizeIterator::len).collect::<Vec<_>>();
+    assert_eq!(sizes(0), Vec::<usize>::new());
+    assert_eq!(sizes(1), [1]);
+    assert_eq!(sizes(63), [32, 16, 8, 4, 2, 1]);
+    assert_eq!(sizes(64), [64]);
+    assert_eq!(sizes(130), [64, 64, 2]);
+    let chunks = row_chunks(100);
+    assert_eq!(chunks.first().map(|c| c.start), Some(0));
+    assert!(chunks.windows(2).all(|w| w[0].end == w[1].start));
+    assert_eq!(chunks.last().map(|c| c.end), Some(100));
+}
+
+/// Inserts the rows [`run_row`] made, a chunk ([`row_chunks`]) per statement.
+async fn insert_run_rows(tx: &mut Conn, rows: Vec<RunRow>) -> Result<(), StoreError> {
+    let mut rows = rows.into_iter();
+    for chunk in row_chunks(rows.len()) {
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO runs (id, project_id, workflow, workflow_name, run_number, \
+             run_attempt, status, event, git_ref, sha, inputs, created_at, started_at, \
+             finished_at, driver, driver_until, context) ",
+        );
+        insert.push_values(rows.by_ref().take(chunk.len()), |mut b, r| {
+            b.push_bind(r.id)
+                .push_bind(r.project)
+                .push_bind(r.workflow)
+                .push_bind(r.workflow_name)
+                .push_bind(r.run_number)
+                .push_bind(1_i64)
+                .push_bind(r.status)
+                .push_bind(r.event)
+                .push_bind(r.git_ref)
+                .push_bind(r.sha)
+                .push_bind(r.inputs)
+                .push_bind(r.at)
+                .push_bind(r.started_at)
+                .push_bind(r.finished_at)
+                .push_bind(r.driver)
+                .push_bind(r.driver_until)
+                .push_bind(r.context);
+        });
+        insert
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(query("insert runs"))?;
+    }
+    Ok(())
+}
+
+/// Adds the rows of jobs with consecutive `seq` numbers from `first_seq` to `rows` (for
+/// [`insert_job_rows`]); returns the jobs as they will read back.
+fn job_rows(
     pending: &mut Pending,
     run: RunId,
     project: &str,
     first_seq: i64,
     jobs: Vec<NewJob>,
     at: i64,
-) -> Result<Vec<Job>, StoreError> {
+    rows: &mut Vec<Value>,
+) -> Vec<Job> {
     let run_id = run.to_string();
     let finished_at = |status: JobStatus| status.is_terminal().then_some(at);
-    // All jobs in one statement over a JSON array: a run of thousands of jobs costs one
-    // round trip to the database, not one per job.
-    let rows: Vec<Value> = jobs
-        .iter()
-        .map(|new| {
-            json!([
-                new.id.to_string(),
-                new.key,
-                new.name,
-                json_text(&new.matrix),
-                json_text(&new.needs),
-                new.status.as_str(),
-                new.max_attempts,
-                finished_at(new.status),
-                json_text(&new.labels),
-            ])
-        })
-        .collect();
-    if !rows.is_empty() {
-        sqlx::query(SQL.insert_jobs)
-            .bind(&run_id)
-            .bind(project)
-            .bind(first_seq)
-            .bind(at)
-            .bind(Value::Array(rows).to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(query("insert jobs"))?;
-    }
+    let mut seq = first_seq;
+    rows.extend(jobs.iter().map(|new| {
+        seq += 1;
+        json!([
+            new.id.to_string(),
+            new.key,
+            new.name,
+            json_text(&new.matrix),
+            json_text(&new.needs),
+            new.status.as_str(),
+            new.max_attempts,
+            finished_at(new.status),
+            json_text(&new.labels),
+            run_id,
+            project,
+            seq - 1,
+            at,
+        ])
+    }));
     let mut out = Vec::with_capacity(jobs.len());
     for new in jobs {
         // `pending` is where every job starts: recording it is creation, not a transition.
@@ -732,7 +817,21 @@ async fn insert_jobs(
             steps: Vec::new(),
         });
     }
-    Ok(out)
+    out
+}
+
+/// Inserts the rows [`job_rows`] made, of one run or many, in one statement over a JSON
+/// array: a run of thousands of jobs costs one round trip to the database, not one per job.
+async fn insert_job_rows(tx: &mut Conn, rows: Vec<Value>) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(SQL.insert_jobs)
+        .bind(Value::Array(rows).to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(query("insert jobs"))?;
+    Ok(())
 }
 
 async fn lease_state(tx: &mut Conn, job: JobId) -> Result<Option<LeaseState>, StoreError> {
@@ -929,7 +1028,9 @@ async fn add_jobs(
     }
     let project: String = get(&row, "runs", "project_id")?;
     let next_seq: i64 = get(&row, "runs", "next_seq")?;
-    insert_jobs(tx, pending, run, &project, next_seq, jobs, at).await?;
+    let mut rows = Vec::with_capacity(jobs.len());
+    job_rows(pending, run, &project, next_seq, jobs, at, &mut rows);
+    insert_job_rows(tx, rows).await?;
     Ok(OpResult::Done)
 }
 

@@ -215,31 +215,43 @@ mod api_hooks {
             if entries.is_empty() {
                 return Ok(Vec::new());
             }
+            // Multi-row inserts (a round trip to the database each), in one transaction.
             let mut tx = self.begin_write().await?;
-            let mut stored = Vec::with_capacity(entries.len());
-            for e in entries {
-                let row = sqlx::query(INSERT)
-                    .bind(e.id.as_str())
-                    .bind(e.project.to_string())
-                    .bind(e.provider.as_str())
-                    .bind(e.delivery.as_str())
-                    .bind(e.event.as_str())
-                    .bind(ms(e.received_at))
-                    .bind(DeliveryStatus::Accepted.as_str())
-                    .bind(None::<&str>)
-                    .bind(e.payload.as_slice())
-                    .bind(e.size)
-                    .bind(None::<i64>)
-                    .bind(e.claim.as_ref().map(|c| c.owner.as_str()))
-                    .bind(e.claim.as_ref().map(|c| ms(c.until)))
-                    .fetch_optional(&mut *tx)
+            let mut inserted = std::collections::HashSet::new();
+            for chunk in super::row_chunks(entries.len()) {
+                let mut insert = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, \
+                     received_at, status, reason, run_ids, payload, size, processed_at, \
+                     claimed_by, claim_expires_at) ",
+                );
+                insert.push_values(&entries[chunk], |mut b, e| {
+                    b.push_bind(e.id.as_str())
+                        .push_bind(e.project.to_string())
+                        .push_bind(e.provider.as_str())
+                        .push_bind(e.delivery.as_str())
+                        .push_bind(e.event.as_str())
+                        .push_bind(ms(e.received_at))
+                        .push_bind(DeliveryStatus::Accepted.as_str())
+                        .push_bind(None::<&str>)
+                        .push_bind("[]")
+                        .push_bind(e.payload.as_slice())
+                        .push_bind(e.size)
+                        .push_bind(None::<i64>)
+                        .push_bind(e.claim.as_ref().map(|c| c.owner.as_str()))
+                        .push_bind(e.claim.as_ref().map(|c| ms(c.until)));
+                });
+                insert.push(" ON CONFLICT (project_id, delivery_id) DO NOTHING RETURNING id");
+                let ids: Vec<String> = insert
+                    .build_query_scalar()
+                    .fetch_all(&mut *tx)
                     .await
                     .map_err(query("store journaled deliveries"))?;
-                stored.push(row.is_some());
+                inserted.extend(ids);
             }
             tx.commit()
                 .await
                 .map_err(query("commit journaled deliveries"))?;
+            let stored = entries.iter().map(|e| inserted.contains(&e.id)).collect();
             Ok(stored)
         }
 

@@ -32,8 +32,9 @@ pub(crate) struct Dialect {
     /// Finds the project of a new run; on PostgreSQL it also locks the project row so that
     /// two concurrent runs of one workflow cannot take the same run number.
     pub(crate) lock_project: &'static str,
-    /// Inserts jobs from a JSON array of `[id, key, name, matrix, needs, status,
-    /// max_attempts, finished_at, labels]` rows; `$1` run, `$2` project, `$3` first seq, `$4` now.
+    /// Inserts jobs, of one run or of many, from `$1`, a JSON array of `[id, key, name,
+    /// matrix, needs, status, max_attempts, finished_at, labels, run, project, seq,
+    /// created_at]` rows.
     pub(crate) insert_jobs: &'static str,
     /// Inserts a JSON array of `[at, kind, project, run, job, data]` rows in array order.
     /// On PostgreSQL it first makes sure the transaction has its xid (see `Settle`).

@@ -39,9 +39,10 @@ const SQL: Dialect = Dialect {
     insert_jobs: "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, \
                   status, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
                   log_length, outputs, created_at, started_at, finished_at, labels) \
-                  SELECT e->>0, $1, $2, $3 + n - 1, e->>1, e->>2, e->>3, e->>4, e->>5, 0, \
-                  (e->>6)::bigint, NULL, 0, NULL, 0, '{}', $4, NULL, (e->>7)::bigint, e->>8 \
-                  FROM jsonb_array_elements($5::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n",
+                  SELECT e->>0, e->>9, e->>10, (e->>11)::bigint, e->>1, e->>2, e->>3, e->>4, \
+                  e->>5, 0, (e->>6)::bigint, NULL, 0, NULL, 0, '{}', (e->>12)::bigint, NULL, \
+                  (e->>7)::bigint, e->>8 \
+                  FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n",
     // The xid is taken by the join before any row is made, so before any event id is
     // drawn (`Settle` relies on it).
     insert_events: "INSERT INTO events (at, kind, project_id, run_id, job_id, data) \

@@ -94,12 +94,13 @@ const SQL: Dialect = Dialect {
     insert_jobs: "INSERT INTO jobs (id, run_id, project_id, seq, job_key, name, matrix, needs, \
                   status, attempts, max_attempts, lease_owner, lease_token, lease_expires_at, \
                   log_length, outputs, created_at, started_at, finished_at, labels) \
-                  SELECT json_extract(value, '$[0]'), $1, $2, $3 + key, \
+                  SELECT json_extract(value, '$[0]'), json_extract(value, '$[9]'), \
+                  json_extract(value, '$[10]'), json_extract(value, '$[11]'), \
                   json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
                   json_extract(value, '$[3]'), json_extract(value, '$[4]'), \
                   json_extract(value, '$[5]'), 0, json_extract(value, '$[6]'), NULL, 0, NULL, \
-                  0, '{}', $4, NULL, json_extract(value, '$[7]'), json_extract(value, '$[8]') \
-                  FROM json_each($5) ORDER BY key",
+                  0, '{}', json_extract(value, '$[12]'), NULL, json_extract(value, '$[7]'), \
+                  json_extract(value, '$[8]') FROM json_each($1) ORDER BY key",
     insert_events: insert_events!(),
     events_after: "SELECT id, at, kind, project_id, run_id, job_id, data FROM events \
                    WHERE id > $1 ORDER BY id LIMIT $2",
