@@ -76,6 +76,47 @@ impl RunContext {
     }
 }
 
+/// Contexts shorter than this are stored as text: compressing them gains too little.
+const PACK_FROM: usize = 512;
+
+/// A run's context as the database keeps it: `(runs.context, runs.context_packed)`, the
+/// text, or when that is smaller its LZ4 block with the text's length first (at most one
+/// is set). A webhook's context is its payload: stored compressed, its run's row no
+/// longer spills into overflow pages, and the run-creating commit writes a quarter of it.
+pub(crate) fn pack_context(text: String) -> (Option<String>, Option<Vec<u8>>) {
+    if text.len() < PACK_FROM {
+        return (Some(text), None);
+    }
+    let packed = lz4_flex::block::compress_prepend_size(text.as_bytes());
+    if packed.len() < text.len() {
+        (None, Some(packed))
+    } else {
+        (Some(text), None)
+    }
+}
+
+/// The context text [`pack_context`] stored, from the two columns; `None`: there is none.
+/// `what` names the row for an error.
+pub(crate) fn unpack_context(
+    text: Option<String>,
+    packed: Option<Vec<u8>>,
+    what: &dyn std::fmt::Display,
+) -> Result<Option<String>, crate::StoreError> {
+    let Some(packed) = packed else {
+        return Ok(text);
+    };
+    let decode = |detail: String| crate::StoreError::Decode {
+        table: "runs",
+        column: "context_packed",
+        detail: format!("{what}: {detail}"),
+    };
+    let bytes = lz4_flex::block::decompress_size_prepended(&packed)
+        .map_err(|e| decode(format!("does not decompress: {e}")))?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|e| decode(format!("is not UTF-8 text: {e}")))
+}
+
 /// A JSON value kept as its text: made once by whoever has the value, shared (not copied)
 /// by the run's copies, stored as it is, and written out as it is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -589,6 +630,40 @@ pub struct ExportPage {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn large_contexts_are_stored_compressed_and_read_back_whole() {
+        let large = format!(
+            r#"{{"payload":{{"commits":[{}]}}}}"#,
+            r#"{"id":"1"},"#.repeat(200) + "{}"
+        );
+        let (text, packed) = pack_context(large.clone());
+        assert_eq!(text, None);
+        let packed = packed.unwrap();
+        assert!(
+            packed.len() < large.len() / 4,
+            "{} of {}",
+            packed.len(),
+            large.len()
+        );
+        let what = "run r";
+        assert_eq!(
+            unpack_context(None, Some(packed), &what).unwrap(),
+            Some(large)
+        );
+        // Short ones stay text; nothing stored reads as none.
+        let short = r#"{"github":{"actor":"octocat"}}"#.to_owned();
+        assert_eq!(pack_context(short.clone()), (Some(short.clone()), None));
+        assert_eq!(
+            unpack_context(Some(short.clone()), None, &what).unwrap(),
+            Some(short)
+        );
+        assert_eq!(unpack_context(None, None, &what).unwrap(), None);
+        // Damage is an error naming the column and the row, not garbage.
+        let err = unpack_context(None, Some(vec![9, 0, 0, 0, 0xff]), &what).unwrap_err();
+        assert!(err.to_string().contains("context_packed"), "{err}");
+        assert!(err.to_string().contains("run r"), "{err}");
+    }
+
     use serde_json::json;
 
     use super::*;

@@ -599,7 +599,8 @@ struct RunRow {
     finished_at: Option<i64>,
     driver: Option<String>,
     driver_until: Option<i64>,
-    context: Option<String>,
+    /// `runs.context` and `runs.context_packed` (see `types::pack_context`).
+    context: (Option<String>, Option<Vec<u8>>),
 }
 
 /// Numbers a new run (locking its project in `tx` the first time) and adds its row to
@@ -663,7 +664,11 @@ async fn run_row(
         finished_at,
         driver: new.driver.as_ref().map(|d| d.owner.clone()),
         driver_until: new.driver.as_ref().map(|d| ms(d.until)),
-        context: (!new.context.is_empty()).then(|| new.context.to_json()),
+        context: if new.context.is_empty() {
+            (None, None)
+        } else {
+            crate::types::pack_context(new.context.to_json())
+        },
     });
     pending.run_status(at, &project, &run_id, new.status, true);
 
@@ -730,7 +735,7 @@ async fn insert_run_rows(tx: &mut Conn, rows: Vec<RunRow>) -> Result<(), StoreEr
         let mut insert = sqlx::QueryBuilder::<Db>::new(
             "INSERT INTO runs (id, project_id, workflow, workflow_name, run_number, \
              run_attempt, status, event, git_ref, sha, inputs, created_at, started_at, \
-             finished_at, driver, driver_until, context) ",
+             finished_at, driver, driver_until, context, context_packed) ",
         );
         insert.push_values(rows.by_ref().take(chunk.len()), |mut b, r| {
             b.push_bind(r.id)
@@ -749,7 +754,8 @@ async fn insert_run_rows(tx: &mut Conn, rows: Vec<RunRow>) -> Result<(), StoreEr
                 .push_bind(r.finished_at)
                 .push_bind(r.driver)
                 .push_bind(r.driver_until)
-                .push_bind(r.context);
+                .push_bind(r.context.0)
+                .push_bind(r.context.1);
         });
         insert
             .build()
@@ -1543,14 +1549,17 @@ impl Backend {
         id: RunId,
     ) -> Result<Option<crate::RunContext>, StoreError> {
         let mut tx = self.begin_read().await?;
-        let found: Option<Option<String>> =
-            sqlx::query_scalar("SELECT context FROM runs WHERE id = $1")
+        let found: Option<(Option<String>, Option<Vec<u8>>)> =
+            sqlx::query_as("SELECT context, context_packed FROM runs WHERE id = $1")
                 .bind(id.to_string())
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(query("read a run's trigger context"))?;
-        let Some(text) = found else { return Ok(None) };
-        let Some(text) = text else {
+        let Some((text, packed)) = found else {
+            return Ok(None);
+        };
+        let Some(text) = crate::types::unpack_context(text, packed, &format_args!("run {id}"))?
+        else {
             return Ok(Some(crate::RunContext::default()));
         };
         serde_json::from_str(&text)

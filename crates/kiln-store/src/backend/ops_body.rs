@@ -100,6 +100,9 @@ mod ops {
         Int,
         /// Text holding JSON: exported as the JSON it holds.
         Json,
+        /// JSON text, or (when this column is NULL) the same LZ4-compressed in the column
+        /// named (see `types::pack_context`): exported as the JSON it holds.
+        PackedJson(&'static str),
     }
 
     /// The primary key an export pages by: the columns it is made of, in order.
@@ -161,7 +164,7 @@ mod ops {
         ("finished_at", Col::Int),
         ("driver", Col::Text),
         ("driver_until", Col::Int),
-        ("context", Col::Json),
+        ("context", Col::PackedJson("context_packed")),
         ("cancel_requested_at", Col::Int),
     ];
     const JOBS: &[(&str, Col)] = &[
@@ -436,7 +439,7 @@ mod ops {
                 page: "SELECT id, project_id, workflow, workflow_name, run_number, \
                        run_attempt, status, event, git_ref, sha, inputs, created_at, \
                        started_at, finished_at, driver, driver_until, context, \
-                       cancel_requested_at FROM runs \
+                       context_packed, cancel_requested_at FROM runs \
                        WHERE id > $1 ORDER BY id LIMIT $2",
             },
             ExportTable::Jobs => Export {
@@ -623,6 +626,19 @@ mod ops {
                     }
                     None => Value::Null,
                 },
+                Col::PackedJson(packed) => {
+                    let text = crate::types::unpack_context(
+                        get::<Option<String>>(row, table, column)?,
+                        get::<Option<Vec<u8>>>(row, table, packed)?,
+                        &format_args!("{table} row"),
+                    )?;
+                    match text {
+                        Some(text) => {
+                            serde_json::from_str(&text).map_err(|e| decode(table, column, e))?
+                        }
+                        None => Value::Null,
+                    }
+                }
             };
             out.insert(column.to_owned(), value);
         }

@@ -272,6 +272,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "job offers",
             include_str!("../../migrations/postgres/0023_job_offers.sql"),
         ),
+        (
+            24,
+            "run context packed",
+            include_str!("../../migrations/postgres/0024_run_context_packed.sql"),
+        ),
     ])
 }
 

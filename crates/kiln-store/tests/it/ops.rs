@@ -371,6 +371,8 @@ const NOT_EXPORTED: &[(&str, &str)] = &[
     ("api_tokens", "hash"),
     ("deliveries", "payload"),
     ("notification_receivers", "secret"),
+    // The compressed form of `context`, exported as `context`.
+    ("runs", "context_packed"),
 ];
 
 /// The table of the schema an export table reads.
@@ -630,6 +632,13 @@ async fn the_export_pages_through_every_column_but_secrets(h: &Harness) {
         ],
     );
     run.inputs.insert("version".to_owned(), json!("1.2.3"));
+    // A webhook-sized payload: stored compressed, exported as the JSON it is.
+    let payload = json!({"ref": "refs/heads/main", "commits": vec![json!({"message": "fix the build", "added": ["src/lib.rs"]}); 100]});
+    run.context.payload = Some(kiln_store::PayloadText::of(&payload));
+    run.context
+        .github
+        .insert("actor".to_owned(), json!("octocat"));
+    let context = run.context.clone();
     s.replica_seen("engine-1", "http://replica-1:8080")
         .await
         .unwrap();
@@ -638,6 +647,7 @@ async fn the_export_pages_through_every_column_but_secrets(h: &Harness) {
         until: at(60_000),
     });
     let run = s.create_run(run).await.unwrap();
+    assert_eq!(s.run_context(run.id).await.unwrap(), Some(context));
     s.record_artifact(&kiln_store::NewArtifact {
         run: run.id,
         job: run.jobs[0].id,
@@ -774,6 +784,10 @@ async fn the_export_pages_through_every_column_but_secrets(h: &Harness) {
     assert_eq!(exported_run["id"], run.id.to_string());
     assert_eq!(exported_run["inputs"], json!({ "version": "1.2.3" }));
     assert_eq!(exported_run["created_at"], json!(at(0).as_millisecond()));
+    assert_eq!(
+        exported_run["context"],
+        json!({"payload": payload, "github": {"actor": "octocat"}})
+    );
     assert_eq!(all["jobs"][0]["needs"], json!([]));
     let exported_token = &all["tokens"][0];
     assert_eq!(exported_token["id"], token.id.to_string());
