@@ -30,13 +30,16 @@ use crate::state::AppState;
 
 /// Deliveries resumed at start-up, at most.
 const RESUME_LIMIT: u32 = 1000;
-/// Deliveries processed together, at most: claimed in one transaction, their runs created
-/// in one, their outcomes recorded in one.
-const BATCH: usize = 64;
+/// Deliveries processed together, at most: claimed (or stored from the intake journal) in
+/// one transaction, their runs created in one, their outcomes recorded in one. Since
+/// acknowledgements no longer wait for SQLite's writer (the intake journal), 256 turned a
+/// stream of pushes into runs 4–26% faster than 64 did (3 pairs, 2 cores).
+const BATCH: usize = 256;
 /// How long a batch waits for more deliveries while they keep coming (see [`drain`]).
-/// Measured under a stream of signed pushes on 2 cores: 3 ms took the CPU per delivery down
-/// 5–10%, as 10 ms did, but 10 ms doubled the acknowledgement p99 (a bigger batch holds
-/// SQLite's writer longer while acknowledgements wait for it).
+/// Measured under a stream of signed pushes on 2 cores, before the intake journal: 3 ms
+/// took the CPU per delivery down 5–10%, as 10 ms did, but 10 ms doubled the
+/// acknowledgement p99 (a bigger batch held SQLite's writer longer while acknowledgements
+/// waited for it).
 const LINGER: std::time::Duration = std::time::Duration::from_millis(3);
 /// Deliveries keep coming when one arrives within this of the last batch's end.
 const STREAM: std::time::Duration = std::time::Duration::from_millis(100);
