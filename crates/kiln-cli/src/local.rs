@@ -104,6 +104,7 @@ pub(crate) async fn run(a: RunArgs) -> Result<i32, Failure> {
     let trigger = Trigger {
         event: a.event.clone(),
         payload,
+        payload_text: None,
         inputs,
         git_ref,
         sha: revision.sha,
@@ -229,6 +230,7 @@ async fn dry_run(
         let trigger = Trigger {
             event: a.event.clone(),
             payload: None,
+            payload_text: None,
             inputs: inputs.clone(),
             git_ref: "refs/heads/main".to_owned(),
             sha: String::new(),

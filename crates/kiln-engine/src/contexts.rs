@@ -16,6 +16,9 @@ pub struct Trigger {
     pub event: String,
     /// The event payload (`github.event`); `--event-file` or one kiln makes up.
     pub payload: Option<Value>,
+    /// `payload`'s JSON text when the caller has it (a webhook's body, a stored run's
+    /// context): the run stores and writes this instead of serialising the payload again.
+    pub payload_text: Option<kiln_store::PayloadText>,
     /// `--input K=V` as given, in order.
     pub inputs: IndexMap<String, String>,
     pub git_ref: String,

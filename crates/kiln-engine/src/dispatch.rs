@@ -664,6 +664,7 @@ impl Dispatcher {
         // once the run is recorded. The payload is moved into `github.event`, not copied: a
         // webhook's is kilobytes of JSON, and copying it was most of planning's work.
         let payload = spec.trigger.payload.take();
+        let payload_text = spec.trigger.payload_text.take();
         let stored_payload = payload.is_some();
         let mut base = self.base_contexts(&spec, run_id, 0, 1, &inputs);
         if let Some(payload) = payload
@@ -678,7 +679,11 @@ impl Dispatcher {
         // transaction: the store writes this text as it is, and the run keeps it once its
         // first jobs are decided.
         let event = take_event(&mut base);
-        let text = kiln_store::PayloadText::of(&event);
+        // A webhook's body is that text already.
+        let text = match payload_text {
+            Some(text) if stored_payload => text,
+            _ => kiln_store::PayloadText::of(&event),
+        };
         let priorities = plan::critical_path(&wf.jobs);
 
         let mut keys: IndexMap<String, KeyState> = wf

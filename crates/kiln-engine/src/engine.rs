@@ -73,6 +73,9 @@ pub struct TriggerRequest {
     pub git_ref: Option<String>,
     /// `github.event`; made up from the trigger when absent.
     pub payload: Option<Value>,
+    /// `payload`'s own JSON text, when the caller has it (a GitHub webhook's body): spares
+    /// serialising a payload of kilobytes again. Must hold the same JSON as `payload`.
+    pub payload_text: Option<kiln_store::PayloadText>,
     pub inputs: IndexMap<String, String>,
 }
 
@@ -499,6 +502,7 @@ impl Engine {
         let trigger = Trigger {
             event: req.event,
             payload: req.payload,
+            payload_text: req.payload_text,
             inputs: req.inputs,
             git_ref: source.git_ref.clone(),
             sha: source.sha.clone(),
@@ -1132,7 +1136,8 @@ impl Engine {
             project: project.id,
             trigger: Trigger {
                 event: run.event.clone(),
-                payload: context.payload.map(|p| p.parse()),
+                payload: context.payload.as_ref().map(|p| p.parse()),
+                payload_text: context.payload,
                 inputs,
                 git_ref: run.git_ref.clone(),
                 sha: run.sha.clone(),

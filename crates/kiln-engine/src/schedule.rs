@@ -193,6 +193,7 @@ impl Scheduler {
             event: "schedule".to_owned(),
             git_ref: None,
             payload: Some(json!({ "schedule": schedule.cron })),
+            payload_text: None,
             inputs: IndexMap::new(),
         };
         let outcome = match self.engine.trigger(request).await {

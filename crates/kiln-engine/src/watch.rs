@@ -430,6 +430,7 @@ impl Watcher {
                 "version": version,
                 "source_uri": source_uri,
             })),
+            payload_text: None,
             inputs,
         };
         match self.engine.trigger(request).await {

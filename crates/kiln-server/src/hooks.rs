@@ -204,6 +204,8 @@ async fn prune(state: &AppState) {
 struct Item {
     delivery: DeliveryView,
     event: HookEvent,
+    /// The event's payload as JSON text, when that is the body as it came (GitHub's).
+    text: Option<kiln_store::PayloadText>,
 }
 
 /// Claims the deliveries `ids` (those still accepted and not claimed by another server),
@@ -234,6 +236,12 @@ async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(Deliver
     for (delivery, payload) in claimed {
         match read_event(&delivery, payload.as_ref()) {
             Ok(event) => {
+                // GitHub's payload is `github.event` as it came: its text is the body's,
+                // which spares serialising it again for the run.
+                let text = (delivery.provider == HookProvider::Github)
+                    .then(|| std::str::from_utf8(payload.as_ref()).ok())
+                    .flatten()
+                    .map(kiln_store::PayloadText::of_json_text);
                 let items = by_project.entry(delivery.project).or_default();
                 // A pull request is also its `pull_request_target`: one item each, their
                 // outcomes merged into the delivery's below.
@@ -241,9 +249,14 @@ async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(Deliver
                     items.push(Item {
                         delivery: delivery.clone(),
                         event: target,
+                        text: text.clone(),
                     });
                 }
-                items.push(Item { delivery, event });
+                items.push(Item {
+                    delivery,
+                    event,
+                    text,
+                });
             }
             Err(outcome) => done.push((delivery, outcome)),
         }
@@ -418,7 +431,9 @@ async fn process_project(
         for item in items {
             match choose(state, git, &prepared, &item).await {
                 Ok(workflows) => {
-                    requests.push(request(project, &git_ref, &sha, item.event, workflows));
+                    requests.push(request(
+                        project, &git_ref, &sha, item.event, item.text, workflows,
+                    ));
                     asked.push(item.delivery);
                 }
                 Err(outcome) => done.push((item.delivery, outcome)),
@@ -520,6 +535,7 @@ fn request(
     git_ref: &Option<String>,
     sha: &Option<String>,
     event: HookEvent,
+    text: Option<kiln_store::PayloadText>,
     workflows: Vec<String>,
 ) -> (TriggerRequest, EventTarget) {
     // The payload reaches `github.event` as the trigger's (moved, not copied).
@@ -531,6 +547,7 @@ fn request(
         event: event.event_name,
         git_ref: git_ref.clone(),
         payload: Some(event.payload),
+        payload_text: text,
         ..TriggerRequest::default()
     };
     let target = EventTarget {

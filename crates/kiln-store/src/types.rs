@@ -132,6 +132,12 @@ impl PayloadText {
         )
     }
 
+    /// `text` as it is, which the caller has parsed as JSON already (a webhook's body): it
+    /// is stored and written out unchanged, whitespace and all.
+    pub fn of_json_text(text: &str) -> Self {
+        PayloadText(text.into())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -104,6 +104,9 @@ jobs:
           echo "seen=${{ github.event.marker }}/${{ github.head_ref }}/${{ github.actor }}" >> "$GITHUB_OUTPUT"
 "#;
 
+/// A webhook body as its sender laid it out: the same JSON as the trigger's payload.
+const BODY: &str = "{ \"marker\": \"from-the-hook\",\n  \"number\": 7 }\n";
+
 fn engine_config(data: &std::path::Path, slots: usize) -> EngineConfig {
     EngineConfig {
         slots,
@@ -138,6 +141,8 @@ async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
                 event: "pull_request".to_owned(),
                 git_ref: None,
                 payload: Some(serde_json::json!({"marker": "from-the-hook", "number": 7})),
+                // The body as a sender wrote it (a webhook's): stored as it is.
+                payload_text: Some(kiln_store::PayloadText::of_json_text(BODY)),
                 inputs: Default::default(),
             },
             crate::EventTarget {
@@ -151,6 +156,8 @@ async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
     let run = runs[0].id;
     first.shutdown(Duration::from_secs(5)).await.unwrap();
     let stored = store.run_context(run).await.unwrap().unwrap();
+    // As it came (read back, JSON ends at its last brace).
+    assert_eq!(stored.payload.as_ref().unwrap().as_str(), BODY.trim_end());
     assert_eq!(stored.payload.as_ref().unwrap().parse()["number"], 7);
     assert_eq!(stored.github["head_ref"], "feature-x");
 
@@ -334,6 +341,7 @@ async fn jobs_decided_after_their_needs_read_the_event_their_fields_name() {
                     "head_commit": {"message": "a change"},
                     "pusher": {"name": "octocat"},
                 })),
+                payload_text: None,
                 inputs: Default::default(),
             },
             crate::EventTarget::default(),

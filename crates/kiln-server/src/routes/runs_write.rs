@@ -105,6 +105,7 @@ pub(crate) async fn trigger(
         event: req.event.unwrap_or_else(|| "workflow_dispatch".to_owned()),
         git_ref: req.git_ref,
         payload: None,
+        payload_text: None,
         inputs,
     };
     // A git project's mirror is fetched first: the ref means what the upstream has now.
