@@ -31,6 +31,15 @@ mod api_hooks {
         };
     }
 
+    /// The start of an insert of deliveries, up to its `VALUES`.
+    macro_rules! insert_deliveries {
+        () => {
+            "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, received_at, \
+             status, reason, run_ids, payload, size, processed_at, claimed_by, \
+             claim_expires_at) "
+        };
+    }
+
     fn delivery_from_row(row: &DbRow) -> Result<DeliveryView, StoreError> {
         const T: &str = "deliveries";
         let runs: Vec<RunId> = parse_strings(T, "run_ids", &get::<String>(row, T, "run_ids")?)?
@@ -54,10 +63,8 @@ mod api_hooks {
 
     /// Records one delivery unless its project has its provider delivery id already.
     const INSERT: &str = concat!(
-        "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, \
-         received_at, status, reason, run_ids, payload, size, processed_at, \
-         claimed_by, claim_expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11, $12, $13) \
+        insert_deliveries!(),
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11, $12, $13) \
          ON CONFLICT (project_id, delivery_id) DO NOTHING RETURNING ",
         delivery_cols!()
     );
@@ -219,11 +226,7 @@ mod api_hooks {
             let mut tx = self.begin_write().await?;
             let mut inserted = std::collections::HashSet::new();
             for chunk in super::row_chunks(entries.len()) {
-                let mut insert = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, \
-                     received_at, status, reason, run_ids, payload, size, processed_at, \
-                     claimed_by, claim_expires_at) ",
-                );
+                let mut insert = sqlx::QueryBuilder::<Db>::new(insert_deliveries!());
                 insert.push_values(&entries[chunk], |mut b, e| {
                     b.push_bind(e.id.as_str())
                         .push_bind(e.project.to_string())
