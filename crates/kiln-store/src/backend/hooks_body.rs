@@ -69,6 +69,13 @@ mod api_hooks {
         delivery_cols!()
     );
 
+    /// A project's delivery by its provider delivery id.
+    const BY_DELIVERY: &str = concat!(
+        "SELECT ",
+        delivery_cols!(),
+        " FROM deliveries WHERE project_id = $1 AND delivery_id = $2"
+    );
+
     const BY_ID: &str = concat!(
         "SELECT ",
         delivery_cols!(),
@@ -175,11 +182,7 @@ mod api_hooks {
             let recorded = match inserted {
                 Some(row) => Recorded::New(delivery_from_row(&row)?),
                 None => {
-                    let row = sqlx::query(concat!(
-                        "SELECT ",
-                        delivery_cols!(),
-                        " FROM deliveries WHERE project_id = $1 AND delivery_id = $2"
-                    ))
+                    let row = sqlx::query(BY_DELIVERY)
                     .bind(new.project.to_string())
                     .bind(new.delivery.as_str())
                     .fetch_one(&mut *conn)
@@ -198,11 +201,7 @@ mod api_hooks {
             project: ProjectId,
             delivery: &str,
         ) -> Result<Option<DeliveryView>, StoreError> {
-            sqlx::query(concat!(
-                "SELECT ",
-                delivery_cols!(),
-                " FROM deliveries WHERE project_id = $1 AND delivery_id = $2"
-            ))
+            sqlx::query(BY_DELIVERY)
             .bind(project.to_string())
             .bind(delivery)
             .fetch_optional(&self.reader)
