@@ -504,6 +504,13 @@ struct Shared {
     unstarted: std::sync::atomic::AtomicUsize,
     /// Those removals, awaited before the work area goes.
     clearing: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// `kiln build`'s packages started whose `$KILN_DEPS` is not laid out in full yet
+    /// ([`LayoutTicket`]). Once none is, and none is left to start, nothing reads the kept
+    /// outputs or the spares again: they are removed beside the last builds
+    /// ([`Shared::layouts_over`]) instead of after them, when the work area goes.
+    laying_out: std::sync::atomic::AtomicUsize,
+    /// Set once they are being removed: an output built since is not kept.
+    layouts_over: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -580,6 +587,46 @@ impl Shared {
             }
         });
         self.clearing.lock().expect("clearing lock").push(removed);
+    }
+
+    /// One package's layout is whole (or will never be): once no package is left to lay
+    /// out or to start, the kept outputs and the spares go.
+    fn laid_out(&self) {
+        use std::sync::atomic::Ordering;
+        let left = self
+            .laying_out
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .map_or(0, |n| n - 1);
+        if left == 0 && self.unstarted.load(Ordering::Acquire) == 0 {
+            self.layouts_over();
+        }
+    }
+
+    /// Removes the kept outputs and the spare folders beside the builds still running, once
+    /// (see [`Shared::laying_out`]). Both are moved aside first, so that what a build still
+    /// running puts back (an output it keeps, a folder it gives back) lands in a new folder,
+    /// removed with the work area.
+    fn layouts_over(&self) {
+        if self
+            .layouts_over
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
+        }
+        let outputs = self.work.join("outputs");
+        let aside = self.work.join("outputs.over");
+        match std::fs::rename(&outputs, &aside) {
+            Ok(()) => self.remove_beside(aside, "the kept outputs"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::warn!(path = %outputs.display(), error = %e, "cannot move the kept outputs aside");
+            }
+        }
+        match self.spare_deps.close() {
+            Ok(Some(aside)) => self.remove_beside(aside, "the spare folders"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot move the spare folders aside"),
+        }
     }
 
     /// Waits for the folders being removed (`$KILN_DEPS` folders, build folders).
@@ -850,6 +897,8 @@ async fn start(
         deps_made: std::sync::atomic::AtomicUsize::new(0),
         unstarted: std::sync::atomic::AtomicUsize::new(usize::MAX),
         clearing: std::sync::Mutex::new(Vec::new()),
+        laying_out: std::sync::atomic::AtomicUsize::new(0),
+        layouts_over: std::sync::atomic::AtomicBool::new(false),
         slots: None,
         progress: None,
         slot_events: None,
@@ -1109,6 +1158,12 @@ async fn dispatch(
                                 std::sync::atomic::Ordering::Relaxed,
                                 |n| Some(n.saturating_sub(never_started)),
                             );
+                            if shared.unstarted.load(std::sync::atomic::Ordering::Acquire) == 0
+                                && shared.laying_out.load(std::sync::atomic::Ordering::Acquire)
+                                    == 0
+                            {
+                                shared.layouts_over();
+                            }
                             for s in skipped {
                                 let skipped = row(
                                     s,
@@ -1169,9 +1224,14 @@ fn spawn_job(
     cancel: CancellationToken,
 ) {
     let p = job.id;
+    // Counted as laying out before it stops counting as unstarted: the two are never both
+    // zero while its layout is still to come.
+    shared
+        .laying_out
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let _ = shared.unstarted.fetch_update(
-        std::sync::atomic::Ordering::Relaxed,
-        std::sync::atomic::Ordering::Relaxed,
+        std::sync::atomic::Ordering::AcqRel,
+        std::sync::atomic::Ordering::Acquire,
         |n| n.checked_sub(1),
     );
     let handle = running.spawn(execute(shared.clone(), job, cancel, None));
@@ -1398,6 +1458,7 @@ async fn run_phases(
     let out = dir.join("out");
     let deps = deps_dir.to_owned();
     let prepare = |what: &str, e: String| Stop::Failed(format!("kiln could not {what}: {e}"));
+    let layout_ticket = LayoutTicket::new(shared);
 
     let from = shared.root.join(origin);
     let (to, spares) = (src.clone(), shared.spare_deps.clone());
@@ -1434,6 +1495,9 @@ async fn run_phases(
     blocking(move || lay_out_deps(&target, &layout, Some(&spares)))
         .await
         .map_err(|e| prepare("lay out $KILN_DEPS", e))?;
+    if pending.is_none() {
+        layout_ticket.done();
+    }
 
     let env = build_env(&src, &out, &deps, origin, &pkg.version, &shared.env);
     let base = Confinement::new(&src)
@@ -1460,6 +1524,7 @@ async fn run_phases(
                     blocking(move || link_deps(&target, &layout, Some(&spares)))
                         .await
                         .map_err(|e| format!("kiln could not lay out $KILN_DEPS: {e}"))?;
+                    layout_ticket.done();
                 }
                 if let Some(slots) = &shared.slots {
                     slot = Some(slots.acquire(job.priority).await);
@@ -1513,8 +1578,37 @@ async fn run_phases(
     ran
 }
 
+/// A started `kiln build` package's part in [`Shared::laying_out`]: done once its
+/// `$KILN_DEPS` is laid out in full, or when its build ends without (failed, cancelled).
+/// Inert where there are no slots (a workflow's package jobs keep their outputs).
+struct LayoutTicket<'a> {
+    shared: &'a Shared,
+    done: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> LayoutTicket<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        Self {
+            shared,
+            done: std::sync::atomic::AtomicBool::new(shared.slots.is_none()),
+        }
+    }
+
+    fn done(&self) {
+        if !self.done.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.shared.laid_out();
+        }
+    }
+}
+
+impl Drop for LayoutTicket<'_> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
 /// Packs a successful build's `$KILN_OUT` into the blob store and keeps it as this session's
-/// copy for dependents.
+/// copy for dependents (unless no dependent will lay it out any more: [`Shared::layouts_over`]).
 async fn finish_output(shared: &Shared, job: &Job, dir: &Path) -> Result<ContentBlob, String> {
     let out = dir.join("out");
     let blob = shared
@@ -1522,6 +1616,14 @@ async fn finish_output(shared: &Shared, job: &Job, dir: &Path) -> Result<Content
         .store_package_output(&out)
         .await
         .map_err(|e| format!("the output in $KILN_OUT cannot be stored: {e}"))?;
+    let _ = shared.built_output[job.id.index()].set(blob.digest.clone());
+    if shared
+        .layouts_over
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        // Removed with the build's folder.
+        return Ok(blob);
+    }
     let kept = shared.work.join("outputs").join(shared.tree.origin(job.id));
     if let Some(parent) = kept.parent() {
         tokio::fs::create_dir_all(parent)
@@ -1532,7 +1634,6 @@ async fn finish_output(shared: &Shared, job: &Job, dir: &Path) -> Result<Content
         .await
         .map_err(|e| format!("kiln could not keep the output at {}: {e}", kept.display()))?;
     let _ = shared.outputs[job.id.index()].set(kept);
-    let _ = shared.built_output[job.id.index()].set(blob.digest.clone());
     Ok(blob)
 }
 

@@ -480,6 +480,8 @@ struct Spares {
     by_origin: std::collections::HashMap<PathBuf, Vec<PathBuf>>,
     empty: Vec<PathBuf>,
     named: u64,
+    /// [`SpareDeps::close`]d: nothing is kept any more.
+    closed: bool,
 }
 
 impl SpareDeps {
@@ -499,6 +501,9 @@ impl SpareDeps {
     fn keep(&self, origin: Option<PathBuf>, path: &Path) -> bool {
         let name = {
             let mut inner = self.lock();
+            if inner.closed {
+                return false;
+            }
             inner.named += 1;
             self.dir.join(inner.named.to_string())
         };
@@ -552,6 +557,27 @@ impl SpareDeps {
         match std::fs::create_dir(path) {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
             made => made,
+        }
+    }
+
+    /// Keeps nothing from now on (the folders offered are left to their callers to remove)
+    /// and moves the spares' folder aside: the path to remove it from, if there was one.
+    /// For when no more folders will be laid out, so that the spares can go beside the
+    /// last builds rather than after them.
+    pub fn close(&self) -> std::io::Result<Option<PathBuf>> {
+        {
+            let mut inner = self.lock();
+            inner.closed = true;
+            inner.by_origin.clear();
+            inner.empty.clear();
+        }
+        let mut gone = self.dir.clone().into_os_string();
+        gone.push(".closed");
+        let gone = PathBuf::from(gone);
+        match std::fs::rename(&self.dir, &gone) {
+            Ok(()) => Ok(Some(gone)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -791,6 +817,29 @@ mod tests {
         );
         // An existing folder is left as it is.
         spares.make_dir(&next.join("src")).unwrap();
+    }
+
+    /// Closed spares move their folder aside whole and keep nothing more: a build folder
+    /// recycled afterwards is removed, and folders are made new.
+    #[test]
+    fn closed_spares_are_moved_aside_and_keep_nothing_more() {
+        let root = tempfile::tempdir().unwrap();
+        let spares = SpareDeps::new(root.path().join("spares"));
+        let done = root.path().join("work/a/one");
+        write(&done.join("src/Makefile"), "x");
+        spares.recycle(&done).unwrap();
+        let aside = spares.close().unwrap().expect("the spares had a folder");
+        assert!(!root.path().join("spares").exists());
+        assert_eq!(std::fs::read_dir(&aside).unwrap().count(), 2, "one, src");
+
+        let later = root.path().join("work/b/two");
+        write(&later.join("out/lib.a"), "x");
+        spares.recycle(&later).unwrap();
+        assert!(!later.exists());
+        assert!(!root.path().join("spares").exists(), "nothing kept");
+        spares.make_dir(&root.path().join("work/c/three")).unwrap();
+        assert!(root.path().join("work/c/three").is_dir());
+        assert_eq!(spares.close().unwrap(), None, "nothing left to move aside");
     }
 
     /// A dependency folder that could not be laid out whole is not left behind, for a later

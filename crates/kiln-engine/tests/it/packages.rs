@@ -515,6 +515,62 @@ async fn a_work_area_left_by_a_killed_build_is_removed_by_the_next_and_a_live_on
     drop(lock);
 }
 
+/// Once every package is started with its `$KILN_DEPS` laid out, the outputs kept for
+/// dependents and the spare folders are removed while the last builds still run, not after
+/// them: `side/last` runs from the start, waits for `top/app` (laid out from `base/lib`'s
+/// kept output) to run, then for the kept outputs and spares to leave the work area
+/// (unsandboxed, it sees the work area itself); were they removed only after the last build,
+/// it would never end.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_outputs_go_while_the_last_builds_run_once_nothing_is_left_to_lay_out() {
+    let f = Fixture::new().await;
+    let app_ran = f.scratch().join("app-ran");
+    f.package("base/lib", &[], "echo built > \"$KILN_OUT/file\"", "")
+        .package(
+            "top/app",
+            &["base/lib"],
+            &format!(
+                "grep -q built \"$KILN_DEPS/base/lib/file\" && touch {}",
+                app_ran.display()
+            ),
+            "",
+        )
+        .package(
+            "side/last",
+            &[],
+            &format!(
+                r#"w="$KILN_DEPS/../.."
+            n=0; until [ -e {} ]; do n=$((n+1)); [ $n -lt 400 ] || {{ echo app never ran; exit 7; }}; sleep 0.05; done
+            n=0; while [ -e "$w/outputs" ] || [ -e "$w/spare-deps" ]; do n=$((n+1)); [ $n -lt 400 ] || {{ echo still there; ls "$w"; exit 8; }}; sleep 0.05; done
+            echo cleared"#,
+                app_ran.display()
+            ),
+            "",
+        );
+    let (report, _) = f.build(&f.options()).await;
+    let last = f.latest("side/last").await;
+    assert_eq!(
+        (report.counts.built, report.counts.failed),
+        (3, 0),
+        "{report:?}\n{}",
+        f.log(&last).await
+    );
+    assert!(f.log(&last).await.contains("\ncleared\n"));
+    let left = std::fs::read_dir(f.data().join("work/packages"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the work area is gone");
+
+    // A dependent of a cached package still finds its output restored and laid out.
+    f.file("top/app", "README", "changed\n");
+    let (again, _) = f.build(&f.options()).await;
+    assert_eq!(
+        (again.counts.built, again.counts.cached),
+        (1, 2),
+        "{again:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dependent_of_cached_packages_sees_their_restored_outputs_in_kiln_deps() {
     dependent_of_cached_packages(None).await;
