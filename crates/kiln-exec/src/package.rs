@@ -1031,7 +1031,7 @@ mod tests {
             let ran = gated_build(
                 &sandbox,
                 &g,
-                "test ! -e /dev/fd/3\nkiln_no_such_command_here",
+                "if read -r line; then echo read \"$line\"; exit 9; fi\nkiln_no_such_command_here",
                 &mut log,
                 Box::pin(async { Ok(()) }),
                 &cancel,

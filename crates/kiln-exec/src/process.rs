@@ -59,9 +59,9 @@ pub(crate) struct ProcessSpec<'a> {
     pub gate: Option<Gate<'a>>,
 }
 
-/// A process started before its turn: it gets the read end of a pipe as descriptor
-/// [`Gate::FD`] and is expected to make itself ready (a sandbox set up, a shell started),
-/// then wait until it can read a line from it ([`Gate::SHELL`]). When `open` resolves, a line
+/// A process started before its turn: it gets the read end of a pipe as its standard input
+/// (instead of `/dev/null`) and is expected to make itself ready (a sandbox set up, a shell
+/// started), then wait until it can read a line from it ([`Gate::SHELL`]). When `open` resolves, a line
 /// is written and the process goes on, at once if it was ready by then. Meanwhile its
 /// deadline and cancellation apply as to any process; one that ends before its turn is never
 /// let in.
@@ -72,13 +72,11 @@ pub(crate) struct Gate<'a> {
 }
 
 impl Gate<'_> {
-    /// The descriptor the process reads its start from.
-    pub(crate) const FD: i32 = 3;
     /// Put before a `sh -c` script, on its first line (the script's line numbers stay as
-    /// they are): waits for the turn and closes the descriptor, so the script itself runs as
-    /// it would have ungated. A gate closed unopened (the process is being ended) makes
-    /// `read` fail and the shell exit.
-    pub(crate) const SHELL: &'static str = "read -r _ <&3 || exit 125; exec 3<&-; ";
+    /// they are): waits for the turn, then gives the shell `/dev/null` as standard input, so
+    /// the script itself runs as it would have ungated. A gate closed unopened (the process
+    /// is being ended) makes `read` fail and the shell exit.
+    pub(crate) const SHELL: &'static str = "read -r _ || exit 125; exec 0</dev/null; ";
 }
 
 /// How a process ended.
@@ -210,17 +208,15 @@ pub(crate) async fn run(
         .stdout(writer)
         .stderr(writer2)
         .process_group(0);
-    // The gate's write end stays here; its read end goes to the child alone (mapped in the
-    // child after fork: no other process spawned meanwhile inherits it).
+    // The gate's write end stays here; its read end is the child's standard input (both ends
+    // are close-on-exec: no other process spawned meanwhile inherits them). Standard input,
+    // not a descriptor of its own: mapping one needs code run in the child after `fork`, and
+    // without such code the standard library spawns with `posix_spawn` (a `vfork`), which
+    // neither copies kiln's page tables nor holds up the thread that spawns.
     let (mut gate_open, mut gate_write) = match spec.gate {
         Some(gate) => {
-            use command_fds::{CommandFdExt, FdMapping};
             let (read, write) = std::io::pipe().map_err(SpawnError::Pipe)?;
-            cmd.fd_mappings(vec![FdMapping {
-                parent_fd: read.into(),
-                child_fd: Gate::FD,
-            }])
-            .map_err(|e| SpawnError::Pipe(std::io::Error::other(e)))?;
+            cmd.stdin(Stdio::from(read));
             (Some(gate.open), Some(write))
         }
         None => (None, None),
