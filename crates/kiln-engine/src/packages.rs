@@ -1630,10 +1630,23 @@ async fn finish_output(shared: &Shared, job: &Job, dir: &Path) -> Result<Content
             .await
             .map_err(|e| format!("kiln could not create {}: {e}", parent.display()))?;
     }
-    tokio::fs::rename(&out, &kept)
-        .await
-        .map_err(|e| format!("kiln could not keep the output at {}: {e}", kept.display()))?;
-    let _ = shared.outputs[job.id.index()].set(kept);
+    match tokio::fs::rename(&out, &kept).await {
+        Ok(()) => {
+            let _ = shared.outputs[job.id.index()].set(kept);
+        }
+        // The kept outputs were moved aside between the check above and the rename (their
+        // folder made, then gone): no dependent needs this one either.
+        Err(_)
+            if shared
+                .layouts_over
+                .load(std::sync::atomic::Ordering::Acquire) => {}
+        Err(e) => {
+            return Err(format!(
+                "kiln could not keep the output at {}: {e}",
+                kept.display()
+            ));
+        }
+    }
     Ok(blob)
 }
 
