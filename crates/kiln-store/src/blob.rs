@@ -242,8 +242,51 @@ impl BlobStore {
 
 /// Counts and hashes what passes through to the temp file of a content-addressed blob; its
 /// errors name that file (a full disk must not read as a failure of the caller's source).
+/// Up to this many bytes a content blob is held in memory while it is written: when the same
+/// bytes are stored already (an empty package output, a log written again), nothing is
+/// written. A file made and renamed per blob is an inode made per blob, which ext4 makes
+/// slower with every inode deleted in the last seconds.
+const SMALL_BLOB: usize = 64 * 1024;
+
+/// What a content blob's writer writes: in memory while it is small, then into the temp file
+/// `tmp`, made then.
+struct Spill<'a> {
+    small: Vec<u8>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    tmp: &'a Path,
+}
+
+impl Spill<'_> {
+    fn file(&mut self) -> std::io::Result<&mut std::io::BufWriter<std::fs::File>> {
+        use std::io::Write as _;
+        if self.file.is_none() {
+            let mut file = std::io::BufWriter::new(std::fs::File::create(self.tmp)?);
+            file.write_all(&std::mem::take(&mut self.small))?;
+            self.file = Some(file);
+        }
+        Ok(self.file.as_mut().expect("made above"))
+    }
+}
+
+impl std::io::Write for Spill<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.file.is_none() && self.small.len() + buf.len() <= SMALL_BLOB {
+            self.small.extend_from_slice(buf);
+            return Ok(buf.len());
+        }
+        self.file()?.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
 struct HashingWriter<'a> {
-    inner: std::io::BufWriter<std::fs::File>,
+    inner: Spill<'a>,
     path: &'a Path,
     hasher: sha2::Sha256,
     size: u64,
@@ -321,12 +364,12 @@ impl LocalBlobs {
         })?;
         // A temp name of its own, in the blobs' file system, so the rename below is atomic.
         let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4().simple()));
-        let file = std::fs::File::create(&tmp).map_err(|source| StoreError::BlobWrite {
-            path: tmp.clone(),
-            source,
-        })?;
         let mut w = HashingWriter {
-            inner: std::io::BufWriter::new(file),
+            inner: Spill {
+                small: Vec::new(),
+                file: None,
+                tmp: &tmp,
+            },
             path: &tmp,
             hasher: sha2::Sha256::new(),
             size: 0,
@@ -348,6 +391,19 @@ impl LocalBlobs {
             size: w.size,
         };
         let path = self.path_of(&content_key(&blob.digest)?)?;
+        let mut spill = w.inner;
+        if spill.file.is_none() {
+            // Small: there already (whole, by its length), or written now.
+            if std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == blob.size) {
+                return Ok(blob);
+            }
+            let written = spill.file().and_then(|f| f.flush());
+            if let Err(source) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(StoreError::BlobWrite { path: tmp, source }.into());
+            }
+        }
+        drop(spill);
         let placed = path
             .parent()
             .map_or(Ok(()), std::fs::create_dir_all)
@@ -444,6 +500,49 @@ mod tests {
         ] {
             assert!(content_key(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    /// Small content already stored whole is not written again (the same file stays); one
+    /// stored short (damaged) is replaced; content past [`SMALL_BLOB`] is streamed through a
+    /// temp file. None leaves a temp file behind.
+    #[tokio::test]
+    async fn small_content_already_stored_is_not_written_again() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::local(&dir.path().join("blobs")).unwrap();
+        let first = blobs.put_content(b"empty output".to_vec()).await.unwrap();
+        let path = dir
+            .path()
+            .join("blobs")
+            .join(content_key(&first.digest).unwrap());
+        let ino = std::fs::metadata(&path).unwrap().ino();
+        let again = blobs.put_content(b"empty output".to_vec()).await.unwrap();
+        assert_eq!(again, first);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().ino(),
+            ino,
+            "not rewritten"
+        );
+
+        std::fs::write(&path, b"empty").unwrap();
+        blobs.put_content(b"empty output".to_vec()).await.unwrap();
+        assert_eq!(
+            blobs.get_content(&first.digest).await.unwrap(),
+            b"empty output"
+        );
+
+        let big: Vec<u8> = (0..SMALL_BLOB * 3 + 7).map(|i| (i % 251) as u8).collect();
+        let stored = blobs.put_content(big.clone()).await.unwrap();
+        assert_eq!(stored.size, big.len() as u64);
+        assert_eq!(blobs.get_content(&stored.digest).await.unwrap(), big);
+        let mut temps = Vec::new();
+        for entry in walkdir::WalkDir::new(dir.path()) {
+            let entry = entry.unwrap();
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                temps.push(entry.path().to_owned());
+            }
+        }
+        assert!(temps.is_empty(), "{temps:?}");
     }
 
     #[tokio::test]
