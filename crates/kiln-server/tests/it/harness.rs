@@ -202,6 +202,13 @@ impl Server {
         Self::start_configured(store, dir, None, engine, egress).await
     }
 
+    /// A server on SQLite with an engine, started on the data folder `dir` as an earlier
+    /// process left it (the store in it is opened anew; it must hold no admin token yet).
+    pub(crate) async fn sqlite_on(dir: tempfile::TempDir, egress: EgressPolicy) -> Self {
+        let store = Store::open_sqlite(dir.path()).await.unwrap();
+        Self::start_configured(store, dir, None, true, egress).await
+    }
+
     /// A server on PostgreSQL whose outbound connections follow `egress`, with an engine or
     /// not.
     pub(crate) async fn postgres_with(engine: bool, egress: EgressPolicy) -> Self {

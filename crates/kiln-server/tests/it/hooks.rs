@@ -49,6 +49,83 @@ with_engine!(
     a_pull_request_onto_a_base_newer_than_the_mirror_is_judged_on_its_own_changes,
 );
 
+/// A server killed after answering deliveries it had only journaled (on SQLite they are
+/// answered from `<data dir>/intake/` and stored a moment later): the next server on the
+/// same data folder stores them and runs them, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_a_killed_server_only_journaled_run_after_the_restart() {
+    let up = GitUpstream::new();
+    let first = up.commit(&[(".kiln/workflows/ci.yml", CI), ("a", "1")], "one");
+    let pushed = up.commit(&[("a", "2")], "two");
+    let dir = tempfile::tempdir().unwrap();
+    let answered: Vec<String> = {
+        // The dead server's part, through its store: answered, journaled, never stored, and
+        // claimed by that server's process, as `kiln serve` claims what it answers (the
+        // engine's id is the data folder's, kept in `engine-id`).
+        std::fs::write(dir.path().join("engine-id"), "the-killed-server").unwrap();
+        let store = kiln_store::Store::open_sqlite(dir.path()).await.unwrap();
+        assert!(
+            store
+                .open_intake_journal(&dir.path().join("intake"))
+                .await
+                .unwrap()
+        );
+        let project = store
+            .create_project("app", &up.url())
+            .await
+            .unwrap()
+            .project
+            .id;
+        let mut answered = Vec::new();
+        for n in 1..=3 {
+            let body = serde_json::to_vec(&push_payload("github", &first, &pushed)).unwrap();
+            let recorded = store
+                .record_delivery(&kiln_store::NewDelivery {
+                    project,
+                    provider: kiln_proto::HookProvider::Github,
+                    delivery: format!("github-{n}"),
+                    event: "push".to_owned(),
+                    status: kiln_proto::DeliveryStatus::Accepted,
+                    reason: None,
+                    payload: body,
+                    claim: Some(kiln_store::DeliveryClaim {
+                        owner: "kiln-serve:the-killed-server/its-process".to_owned(),
+                        until: jiff::Timestamp::now() + jiff::SignedDuration::from_secs(600),
+                    }),
+                })
+                .await
+                .unwrap();
+            match recorded {
+                kiln_store::Recorded::New(d) => answered.push(d.id.to_string()),
+                kiln_store::Recorded::Duplicate(d) => panic!("github-{n} seen before: {d:?}"),
+            }
+        }
+        answered
+    };
+    let journaled = std::fs::read_dir(dir.path().join("intake"))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum::<u64>();
+    assert!(journaled > 0, "the deliveries are in the journal only");
+
+    let s = Server::sqlite_on(dir, local()).await;
+    for id in &answered {
+        let d = s.processed(id).await;
+        assert_eq!(d["status"], "processed", "{d:#}");
+        let runs = d["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{d:#}");
+        let run = s.finished(runs[0].as_str().unwrap()).await;
+        assert_eq!(run.sha, pushed);
+        assert_eq!(run.status, RunStatus::Success, "{run:#?}");
+    }
+    assert_eq!(s.run_count().await, 3, "one run per delivery");
+    assert!(
+        s.store.accepted_deliveries(10).await.unwrap().is_empty(),
+        "none is left waiting"
+    );
+    s.stop().await;
+}
+
 fn local() -> EgressPolicy {
     let mut policy = EgressPolicy::default();
     policy.allow_local_paths = true;
