@@ -593,11 +593,18 @@ impl Shared {
     /// out or to start, the kept outputs and the spares go.
     fn laid_out(&self) {
         use std::sync::atomic::Ordering;
-        let left = self
+        let _ = self
             .laying_out
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .map_or(0, |n| n - 1);
-        if left == 0 && self.unstarted.load(Ordering::Acquire) == 0 {
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.layouts_over_if_none_left();
+    }
+
+    /// [`Shared::layouts_over`] once no package is left to start or to lay out.
+    fn layouts_over_if_none_left(&self) {
+        use std::sync::atomic::Ordering;
+        if self.unstarted.load(Ordering::Acquire) == 0
+            && self.laying_out.load(Ordering::Acquire) == 0
+        {
             self.layouts_over();
         }
     }
@@ -1158,12 +1165,7 @@ async fn dispatch(
                                 std::sync::atomic::Ordering::Relaxed,
                                 |n| Some(n.saturating_sub(never_started)),
                             );
-                            if shared.unstarted.load(std::sync::atomic::Ordering::Acquire) == 0
-                                && shared.laying_out.load(std::sync::atomic::Ordering::Acquire)
-                                    == 0
-                            {
-                                shared.layouts_over();
-                            }
+                            shared.layouts_over_if_none_left();
                             for s in skipped {
                                 let skipped = row(
                                     s,
