@@ -145,16 +145,19 @@ async fn run(a: BuildRunArgs) -> Result<i32, Failure> {
     opts.slots = slots;
     opts.toolchain = Toolchain::detect(a.toolchain.as_deref(), &a.toolchain_env);
 
+    // The sandbox is probed (a bwrap run) while the tree is read and planned; its verdict is
+    // heard only after them, so a bad tree is still reported first.
+    let probe = (!a.dry_run).then(|| probe_sandbox(a.sandbox));
     // The tree is checked before the store is opened: invalid input leaves nothing behind.
     let prepared = prepare(&opts).await?;
     let store = open_store(&a.store).await?;
     let plan = prepared.lookup(&store).await?;
-    if a.dry_run {
+    // Only a dry run has no probe.
+    let Some(probe) = probe else {
         print_plan(&plan, a.format);
         return Ok(exit::OK);
-    }
-
-    opts.sandbox = detect_sandbox(a.sandbox).await?;
+    };
+    opts.sandbox = sandbox_probed(probe).await?;
     opts.fetch_egress = fetch_egress(&a.egress)?;
 
     let (cancel, ctrl_c) = cancel_on_ctrl_c();
@@ -656,7 +659,21 @@ pub(crate) fn fetch_egress(
 /// builds cannot be confined here, is printed once on stderr. `require` without a working
 /// bubblewrap: exit 3 naming why.
 pub(crate) async fn detect_sandbox(mode: SandboxMode) -> Result<Sandbox, Failure> {
-    let sandbox = tokio::task::spawn_blocking(move || Sandbox::detect(mode))
+    sandbox_probed(probe_sandbox(mode)).await
+}
+
+/// Starts probing the sandbox of `--sandbox MODE` on the blocking pool.
+fn probe_sandbox(
+    mode: SandboxMode,
+) -> tokio::task::JoinHandle<Result<Sandbox, kiln_exec::SandboxError>> {
+    tokio::task::spawn_blocking(move || Sandbox::detect(mode))
+}
+
+/// The sandbox [`probe_sandbox`] found, as [`detect_sandbox`] answers.
+async fn sandbox_probed(
+    probe: tokio::task::JoinHandle<Result<Sandbox, kiln_exec::SandboxError>>,
+) -> Result<Sandbox, Failure> {
+    let sandbox = probe
         .await
         .map_err(|e| Failure::internal(format!("failed to detect the sandbox: {e}")))?
         .map_err(|e| {

@@ -133,6 +133,44 @@ fn a_cycle_exits_2_printing_its_path_and_nothing_is_built_or_stored() {
     );
 }
 
+/// The sandbox is probed while the tree is read and planned, yet a bad tree is still what a
+/// build reports first; a good one is refused where bubblewrap cannot run, before anything
+/// is built; a dry run plans without a sandbox.
+#[test]
+fn sandbox_require_is_refused_after_the_tree_is_checked_and_before_anything_builds() {
+    let build = |p: &Project, args: &[&str]| {
+        p.kiln(bin())
+            .args(["build", "--tree"])
+            .args([p.root().join("tree")])
+            .args(["--sandbox", "require"])
+            .args(args)
+            // No `bwrap` on kiln's PATH (builds have a PATH of their own).
+            .env("PATH", &crate::path_without_tools(p))
+            .with_data_dir()
+            .output()
+    };
+    let bad = tree(&[("app/one", APP)]);
+    let out = build(&bad, &[]);
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("`app/one` names `lib/base` in `depends`"),
+        "{}",
+        out.stderr
+    );
+
+    let p = tree(&[("lib/base", BASE), ("app/one", APP)]);
+    let out = build(&p, &[]);
+    crate::assert_sandbox_refused(&out);
+    let status = kiln(&p, &["build", "status", "--format", "json"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert_eq!(status.json()["packages"], serde_json::json!([]));
+
+    let out = build(&p, &["--dry-run", "--format", "json"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.json()["build"], 2);
+}
+
 #[test]
 fn a_build_then_an_all_cached_plan_and_the_history_of_each_package() {
     let p = tree(&[("lib/base", BASE), ("app/one", APP)]);
