@@ -1304,8 +1304,9 @@ async fn execute(
     cancel: CancellationToken,
     tap: Option<mpsc::UnboundedSender<Vec<u8>>>,
 ) -> Done {
-    // Reset when a pre-started package's dependencies are built: its history's start and
-    // duration are its own build's, not the wait for theirs.
+    // Reset when a pre-started package's dependencies are built and when the package gets
+    // its slot: its history's start and duration are its own build's, not the wait for
+    // theirs or for a slot.
     let mut began = (Timestamp::now(), std::time::Instant::now());
     let mut log = BuildLog::new(tap);
     let origin = shared.tree.origin(job.id).to_owned();
@@ -1530,6 +1531,9 @@ async fn run_phases(
                 }
                 if let Some(slots) = &shared.slots {
                     slot = Some(slots.acquire(job.priority).await);
+                    // Its build starts with its slot: the history's start and duration (the
+                    // next build's critical-path weight) leave out the wait for it.
+                    *began = (Timestamp::now(), std::time::Instant::now());
                     if let Some(events) = &shared.slot_events {
                         let _ = events.send((job.id, SlotEvent::Taken));
                     }

@@ -345,6 +345,39 @@ async fn with_app_prepared_while_its_dependency_runs(
     (task, go)
 }
 
+/// One slot, two packages prepared together: the one that waits for the slot starts, in its
+/// history, when it gets it — its duration (the next build's weight for it) is its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_package_waiting_for_a_slot_starts_in_its_history_when_it_gets_one() {
+    let f = Fixture::new().await;
+    f.package("a/one", &[], "sleep 0.5", "")
+        .package("b/two", &[], "sleep 0.5", "");
+    let mut opts = f.options();
+    opts.slots = 1;
+    let (report, _) = f.build(&opts).await;
+    assert_eq!(report.counts.built, 2, "{report:?}");
+    let (one, two) = (f.latest("a/one").await, f.latest("b/two").await);
+    let (first, second) = if one.started_at <= two.started_at {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    assert!(
+        first.started_at.duration_until(second.started_at)
+            >= jiff::SignedDuration::from_millis(500),
+        "the second started while the first held the slot: {first:?} {second:?}"
+    );
+    for b in [&first, &second] {
+        assert!(
+            b.duration >= Duration::from_millis(500)
+                && jiff::SignedDuration::try_from(b.duration).unwrap()
+                    <= b.started_at.duration_until(b.finished_at)
+                        + jiff::SignedDuration::from_millis(2),
+            "{b:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_package_is_prepared_while_its_last_dependency_runs_and_then_sees_its_output() {
     let mut sandboxes = vec![Sandbox::off()];
