@@ -457,6 +457,20 @@ async fn replicas_drive_each_run_alone_and_take_over_runs_whose_driver_stopped(h
         s.renew_runs("a", &[by_a.id], at(40_000)).await.unwrap(),
         [by_a.id]
     );
+    // Many at once (one statement): only the ones no longer driven, or unknown, are lost.
+    let unknown = kiln_core::ids::RunId::new();
+    assert_eq!(
+        s.renew_runs("b", &[nobody.id, unknown, by_a.id, leased.id], at(100_000))
+            .await
+            .unwrap(),
+        [unknown]
+    );
+    assert_eq!(
+        s.renew_runs("a", &[nobody.id, by_a.id], at(100_000))
+            .await
+            .unwrap(),
+        [nobody.id, by_a.id]
+    );
 }
 
 both_backends!(a_cancellation_asked_elsewhere_reaches_the_run_s_driver);
