@@ -693,7 +693,7 @@ struct Job {
 /// The dispatcher's handles on a pre-started package's task: the signal that what it needs
 /// is built, and its own stop (it is skipped if one of them fails).
 struct Early {
-    /// Sent the moment they are: where its history's start is.
+    /// Sent the moment they are: where its history's start is, until it takes a slot.
     built: tokio::sync::oneshot::Sender<(Timestamp, std::time::Instant)>,
     cancel: CancellationToken,
 }
