@@ -113,8 +113,10 @@ impl Dispatcher {
             Some((set, p)) => Some(set.assignment(p)?),
             None => None,
         };
-        let event = run
-            .base
+        // The job's contexts hold the run's `github.event` (the run keeps it apart from
+        // the contexts it shares between jobs: see `RunState::event`).
+        let event = inputs
+            .contexts
             .get("github")
             .and_then(|g| g.get("event"))
             .cloned()

@@ -166,6 +166,9 @@ async fn workers_run_jobs_by_label_and_a_lost_lease_goes_to_another_worker(s: &S
         (Some("build"), Some(1))
     );
     assert_eq!(build["workflow"], ".kiln/workflows/ci.yml");
+    // Its event, for `GITHUB_EVENT_PATH`: the run's payload, as its contexts show it.
+    assert!(build["event"]["head_commit"]["id"].is_string(), "{build}");
+    assert_eq!(build["event"], build["contexts"]["github"]["event"]);
     assert!(
         build["env"]
             .as_array()
