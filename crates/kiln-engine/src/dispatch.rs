@@ -403,7 +403,7 @@ struct RunState {
     attempt: i64,
     /// `github` (but its `event`), `inputs`, `vars`, `secrets`, `runner` — shared by every
     /// job of the run; [`RunState::contexts`] adds the event.
-    base: Map<String, Value>,
+    base: Shared,
     /// `github.event`.
     event: Payload,
     keys: IndexMap<String, KeyState>,
@@ -855,6 +855,7 @@ impl Dispatcher {
         let undecided = keys.len();
         // The store has written the run and let go of the payload by now: no copy.
         let event = Payload::Parsed(event, Some(text));
+        let base = Shared::Live(base);
         self.compact.push(run_id);
         let event_path = self.event_file(run_id);
         let candidates = keys.keys().cloned().collect();
@@ -884,23 +885,41 @@ impl Dispatcher {
     }
 }
 
-/// A run's `github.event`: parsed while the run's first jobs are decided, then kept as JSON
-/// text ([`Dispatcher::compact_payloads`]) — a payload takes several times its size parsed,
-/// and a queue of thousands of webhook runs holds one each. A new run has its text already
-/// (made for the store), a run taken over from the store has not.
+/// A run's `github.event`: parsed while the run's first jobs are decided, then kept as
+/// packed JSON text ([`Dispatcher::compact_payloads`]) — a webhook's payload takes several
+/// times its size parsed and a third of it packed, and a queue of thousands of webhook runs
+/// holds one each. A new run has its text already (made for the store), a run taken over
+/// from the store has not.
 enum Payload {
     Parsed(Value, Option<kiln_store::PayloadText>),
-    Text(kiln_store::PayloadText),
+    Packed(kiln_store::PackedJson),
+}
+
+/// A run's shared contexts ([`RunState::base`]): values while its first jobs are decided,
+/// then packed JSON text, unpacked for each later decision and job (kilobytes of small
+/// strings and maps per run otherwise, for every run in the queue).
+enum Shared {
+    Live(Map<String, Value>),
+    Packed(kiln_store::PackedJson),
+}
+
+impl Shared {
+    fn get(&self) -> Map<String, Value> {
+        match self {
+            Shared::Live(map) => map.clone(),
+            Shared::Packed(packed) => packed.parse(),
+        }
+    }
 }
 
 impl RunState {
     /// The contexts every job of the run starts from, `github.event` included.
     fn contexts(&self) -> Map<String, Value> {
-        let mut contexts = self.base.clone();
+        let mut contexts = self.base.get();
         if let Some(Value::Object(github)) = contexts.get_mut("github") {
             let event = match &self.event {
                 Payload::Parsed(v, _) => v.clone(),
-                Payload::Text(t) => t.parse(),
+                Payload::Packed(p) => p.parse(),
             };
             github.insert("event".into(), event);
         }
@@ -1053,6 +1072,7 @@ impl Dispatcher {
         }
         let mut base = base;
         let event = Payload::Parsed(take_event(&mut base), None);
+        let base = Shared::Live(base);
         self.compact.push(run.id);
         let event_path = self.event_file(run.id);
         let candidates = keys
@@ -1187,9 +1207,8 @@ impl Dispatcher {
             return;
         }
         let written = std::fs::create_dir_all(&self.work_dir).and_then(|()| match &run.event {
-            Payload::Parsed(_, Some(t)) | Payload::Text(t) => {
-                std::fs::write(&run.event_path, t.as_str())
-            }
+            Payload::Parsed(_, Some(t)) => std::fs::write(&run.event_path, t.as_str()),
+            Payload::Packed(p) => std::fs::write(&run.event_path, p.text()),
             Payload::Parsed(v, None) => {
                 std::fs::write(&run.event_path, serde_json::to_vec(v).unwrap_or_default())
             }
@@ -2068,16 +2087,22 @@ impl Dispatcher {
         self.compact_payloads();
     }
 
-    /// Turns the event payloads of runs whose first jobs are now decided into JSON text.
+    /// Packs the event payloads and shared contexts of runs whose first jobs are now
+    /// decided (see [`Payload`] and [`Shared`]).
     fn compact_payloads(&mut self) {
         for id in std::mem::take(&mut self.compact) {
-            if let Some(run) = self.runs.get_mut(&id)
-                && let Payload::Parsed(v, text) = &mut run.event
-            {
-                let text = text
-                    .take()
-                    .unwrap_or_else(|| kiln_store::PayloadText::of(v));
-                run.event = Payload::Text(text);
+            let Some(run) = self.runs.get_mut(&id) else {
+                continue;
+            };
+            if let Payload::Parsed(v, text) = &mut run.event {
+                let packed = match text.take() {
+                    Some(text) => kiln_store::PackedJson::pack(text.as_str()),
+                    None => kiln_store::PackedJson::of(v),
+                };
+                run.event = Payload::Packed(packed);
+            }
+            if let Shared::Live(base) = &run.base {
+                run.base = Shared::Packed(kiln_store::PackedJson::of(base));
             }
         }
     }
@@ -2182,7 +2207,7 @@ impl Dispatcher {
         let mut ctx = if run.spec.packages.contains_key(key) || job_reads_github(job) {
             run.contexts()
         } else {
-            run.base.clone()
+            run.base.get()
         };
         ctx.insert("needs".into(), Value::Object(needs));
 

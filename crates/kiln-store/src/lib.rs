@@ -59,7 +59,7 @@ pub use schedules::{Fire, FireKind, ScheduleDef, SyncReport};
 pub use secrets::SecretKeys;
 pub use types::{
     Claim, Claimed, Driver, ExpiredLease, Lease, LeaseScope, LogSlice, NewJob, NewRun, Op,
-    OpResult, PayloadText, Refusal, RunContext, RunFilter,
+    OpResult, PackedJson, PayloadText, Refusal, RunContext, RunFilter,
 };
 pub use watches::{
     ClaimedVersion, NewVersion, PollRecord, SeenVersion, WatchDef, WatchRow, WatchSyncReport,

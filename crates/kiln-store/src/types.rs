@@ -165,6 +165,46 @@ impl<'de> serde::Deserialize<'de> for PayloadText {
     }
 }
 
+/// JSON text kept LZ4-compressed in memory: what waits long and is read seldom (a queued
+/// run's contexts in the engine's dispatcher), at a third or less of its size.
+#[derive(Clone, Debug)]
+pub struct PackedJson(Box<[u8]>);
+
+impl PackedJson {
+    /// `text` packed; the caller has made it as JSON.
+    pub fn pack(text: &str) -> Self {
+        PackedJson(lz4_flex::block::compress_prepend_size(text.as_bytes()).into_boxed_slice())
+    }
+
+    /// `value` as compact JSON text, packed.
+    pub fn of(value: &impl serde::Serialize) -> Self {
+        Self::pack(&serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned()))
+    }
+
+    /// The text again.
+    pub fn text(&self) -> String {
+        lz4_flex::block::decompress_size_prepended(&self.0)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            // Packed here from a `&str`: it always unpacks.
+            .unwrap_or_else(|| "null".to_owned())
+    }
+
+    /// The value again.
+    pub fn parse<T: serde::de::DeserializeOwned + Default>(&self) -> T {
+        serde_json::from_str(&self.text()).unwrap_or_default()
+    }
+
+    /// Its size packed, in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Which leases [`crate::Store::expire_leases_of`] takes back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseScope<'a> {

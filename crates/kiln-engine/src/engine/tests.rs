@@ -119,21 +119,16 @@ fn engine_config(data: &std::path::Path, slots: usize) -> EngineConfig {
     }
 }
 
-/// A run started by a webhook keeps its event across engines: one that never ran it stops,
-/// the next drives it on, and its job sees the payload and the `github` fields the trigger
-/// gave (not ones made up from the event name), in expressions and `GITHUB_EVENT_PATH`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
-    let (_dir, data, store, project) = folder_project("pr.yml", SEES_EVENT).await;
-
-    // No slots: the run waits, queued, for a worker that never comes.
-    let (first, _) = Engine::start(store.clone(), engine_config(&data, 0))
-        .await
-        .unwrap();
+/// A pull request event as a webhook brings it: its payload, the body it came as, and the
+/// `github` fields its sender gave (`head_ref` feature-x, `actor` octocat).
+async fn trigger_pull_request(
+    engine: &Engine,
+    project: &kiln_proto::Project,
+) -> Vec<kiln_proto::Run> {
     let mut github = Map::new();
     github.insert("head_ref".into(), "feature-x".into());
     github.insert("actor".into(), "octocat".into());
-    let runs = first
+    engine
         .trigger_at(
             crate::TriggerRequest {
                 project: project.id,
@@ -151,7 +146,21 @@ async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
             },
         )
         .await
+        .unwrap()
+}
+
+/// A run started by a webhook keeps its event across engines: one that never ran it stops,
+/// the next drives it on, and its job sees the payload and the `github` fields the trigger
+/// gave (not ones made up from the event name), in expressions and `GITHUB_EVENT_PATH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
+    let (_dir, data, store, project) = folder_project("pr.yml", SEES_EVENT).await;
+
+    // No slots: the run waits, queued, for a worker that never comes.
+    let (first, _) = Engine::start(store.clone(), engine_config(&data, 0))
+        .await
         .unwrap();
+    let runs = trigger_pull_request(&first, &project).await;
     assert_eq!(runs.len(), 1);
     let run = runs[0].id;
     first.shutdown(Duration::from_secs(5)).await.unwrap();
@@ -173,6 +182,48 @@ async fn a_run_driven_on_after_a_restart_sees_the_event_it_was_started_by() {
         "{done:#?}"
     );
     second.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
+/// A job decided after its run's first turn reads what the run keeps packed meanwhile.
+const LATER_JOB_SEES_EVENT: &str = r#"on: pull_request
+jobs:
+  first:
+    runs-on: x
+    steps:
+      - run: "true"
+  later:
+    needs: first
+    if: github.event.number == 7 && github.head_ref == 'feature-x'
+    runs-on: x
+    outputs:
+      seen: ${{ steps.s.outputs.seen }}
+    steps:
+      - id: s
+        run: |
+          grep -q '"marker": *"from-the-hook"' "$GITHUB_EVENT_PATH"
+          echo "seen=${{ github.event.marker }}/${{ github.actor }}/${{ github.run_number }}/${{ github.event_name }}" >> "$GITHUB_OUTPUT"
+"#;
+
+/// A run's payload and shared contexts are packed once its first jobs are decided (a queue
+/// of webhook runs would hold kilobytes each otherwise): a job decided and started after
+/// that sees them whole, in its `if`, its expressions and `GITHUB_EVENT_PATH`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_decided_after_the_runs_first_turn_sees_the_event_and_contexts() {
+    let (_dir, data, store, project) = folder_project("pr.yml", LATER_JOB_SEES_EVENT).await;
+    let (engine, _) = Engine::start(store.clone(), engine_config(&data, 1))
+        .await
+        .unwrap();
+    let runs = trigger_pull_request(&engine, &project).await;
+    let done = ended(&store, runs[0].id, "run not done").await;
+    assert_eq!(done.status, RunStatus::Success, "{done:#?}");
+    let later = done.jobs.iter().find(|j| j.key == "later").unwrap();
+    assert_eq!(later.status, JobStatus::Success, "{done:#?}");
+    assert_eq!(
+        later.outputs.get("seen").and_then(|v| v.as_str()),
+        Some(format!("from-the-hook/octocat/{}/pull_request", done.run_number).as_str()),
+        "{done:#?}"
+    );
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
 const ONE: &str = "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n";
