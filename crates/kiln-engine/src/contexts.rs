@@ -18,6 +18,7 @@ pub struct Trigger {
     pub payload: Option<Value>,
     /// `payload`'s JSON text when the caller has it (a webhook's body, a stored run's
     /// context): the run stores and writes this instead of serialising the payload again.
+    /// Alone (no `payload`), it is the payload, parsed only when something reads it.
     pub payload_text: Option<kiln_store::PayloadText>,
     /// `--input K=V` as given, in order.
     pub inputs: IndexMap<String, String>,
@@ -136,7 +137,11 @@ pub fn github_context(
     let actor = std::env::var("USER").unwrap_or_else(|_| "kiln".to_owned());
     json!({
         "event_name": trigger.event,
-        "event": trigger.payload.clone().unwrap_or_else(|| default_payload(trigger)),
+        "event": trigger
+            .payload
+            .clone()
+            .or_else(|| trigger.payload_text.as_ref().map(kiln_store::PayloadText::parse))
+            .unwrap_or_else(|| default_payload(trigger)),
         "sha": trigger.sha,
         "ref": trigger.git_ref,
         "ref_name": ref_name,

@@ -665,7 +665,16 @@ impl Dispatcher {
         // webhook's is kilobytes of JSON, and copying it was most of planning's work.
         let payload = spec.trigger.payload.take();
         let payload_text = spec.trigger.payload_text.take();
-        let stored_payload = payload.is_some();
+        let stored_payload = payload.is_some() || payload_text.is_some();
+        // A GitHub webhook's payload comes as its text alone: parsed only when planning
+        // could read it (most workflows' jobs do not decide on the event).
+        let payload = payload.or_else(|| {
+            payload_text
+                .as_ref()
+                .filter(|_| wf.jobs.values().any(job_reads_github))
+                .map(kiln_store::PayloadText::parse)
+        });
+        let parsed = payload.is_some();
         let mut base = self.base_contexts(&spec, run_id, 0, 1, &inputs);
         if let Some(payload) = payload
             && let Some(Value::Object(github)) = base.get_mut("github")
@@ -681,9 +690,11 @@ impl Dispatcher {
         let event = take_event(&mut base);
         // A webhook's body is that text already.
         let text = match payload_text {
-            Some(text) if stored_payload => text,
-            _ => kiln_store::PayloadText::of(&event),
+            Some(text) => text,
+            None => kiln_store::PayloadText::of(&event),
         };
+        // Not parsed: the text is the event (`take_event` gave the placeholder).
+        let event = (parsed || !stored_payload).then_some(event);
         let priorities = plan::critical_path(&wf.jobs);
 
         let mut keys: IndexMap<String, KeyState> = wf
@@ -854,7 +865,10 @@ impl Dispatcher {
         let open = run.jobs.len();
         let undecided = keys.len();
         // The store has written the run and let go of the payload by now: no copy.
-        let event = Payload::Parsed(event, Some(text));
+        let event = match event {
+            Some(event) => Payload::Parsed(event, Some(text)),
+            None => Payload::Text(text),
+        };
         let base = Shared::Live(base);
         self.compact.push(run_id);
         let event_path = self.event_file(run_id);
@@ -892,6 +906,8 @@ impl Dispatcher {
 /// from the store has not.
 enum Payload {
     Parsed(Value, Option<kiln_store::PayloadText>),
+    /// Not parsed yet (a webhook's, which planning did not read).
+    Text(kiln_store::PayloadText),
     Packed(kiln_store::PackedJson),
 }
 
@@ -919,6 +935,7 @@ impl RunState {
         if let Some(Value::Object(github)) = contexts.get_mut("github") {
             let event = match &self.event {
                 Payload::Parsed(v, _) => v.clone(),
+                Payload::Text(t) => t.parse(),
                 Payload::Packed(p) => p.parse(),
             };
             github.insert("event".into(), event);
@@ -971,8 +988,8 @@ struct NewRunState {
     recs: Vec<(JobId, JobRec)>,
     /// The run's contexts, made with run number 0, without `github.event`.
     base: Map<String, Value>,
-    /// `github.event`.
-    event: Value,
+    /// `github.event`, unless only `text` holds it (a webhook's, not parsed for planning).
+    event: Option<Value>,
     /// `event` as JSON text, shared with the run being recorded.
     text: kiln_store::PayloadText,
 }
@@ -1207,7 +1224,9 @@ impl Dispatcher {
             return;
         }
         let written = std::fs::create_dir_all(&self.work_dir).and_then(|()| match &run.event {
-            Payload::Parsed(_, Some(t)) => std::fs::write(&run.event_path, t.as_str()),
+            Payload::Parsed(_, Some(t)) | Payload::Text(t) => {
+                std::fs::write(&run.event_path, t.as_str())
+            }
             Payload::Packed(p) => std::fs::write(&run.event_path, p.text()),
             Payload::Parsed(v, None) => {
                 std::fs::write(&run.event_path, serde_json::to_vec(v).unwrap_or_default())
@@ -2094,11 +2113,14 @@ impl Dispatcher {
             let Some(run) = self.runs.get_mut(&id) else {
                 continue;
             };
-            if let Payload::Parsed(v, text) = &mut run.event {
-                let packed = match text.take() {
-                    Some(text) => kiln_store::PackedJson::pack(text.as_str()),
-                    None => kiln_store::PackedJson::of(v),
-                };
+            let packed = match &run.event {
+                Payload::Parsed(_, Some(text)) | Payload::Text(text) => {
+                    Some(kiln_store::PackedJson::pack(text.as_str()))
+                }
+                Payload::Parsed(v, None) => Some(kiln_store::PackedJson::of(v)),
+                Payload::Packed(_) => None,
+            };
+            if let Some(packed) = packed {
                 run.event = Payload::Packed(packed);
             }
             if let Shared::Live(base) = &run.base {

@@ -71,10 +71,11 @@ pub struct TriggerRequest {
     pub event: String,
     /// A branch, tag or commit (git projects; default: the default branch).
     pub git_ref: Option<String>,
-    /// `github.event`; made up from the trigger when absent.
+    /// `github.event`; made up from the trigger when absent (and `payload_text` too).
     pub payload: Option<Value>,
-    /// `payload`'s own JSON text, when the caller has it (a GitHub webhook's body): spares
-    /// serialising a payload of kilobytes again. Must hold the same JSON as `payload`.
+    /// `payload`'s own JSON text, when the caller has it: spares serialising a payload of
+    /// kilobytes again. Must hold the same JSON as `payload`. Alone, it is the payload
+    /// (a GitHub webhook's body), parsed only when a job's fields read `github`.
     pub payload_text: Option<kiln_store::PayloadText>,
     pub inputs: IndexMap<String, String>,
 }

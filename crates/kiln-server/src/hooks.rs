@@ -23,7 +23,6 @@ use kiln_engine::source::GitRepo;
 use kiln_engine::{EventTarget, Prepared, TriggerRequest};
 use kiln_proto::{DeliveryStatus, DeliveryView, HookProvider, ProjectKind};
 use kiln_store::{DeliveryClaim, DeliveryOutcome};
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::state::AppState;
@@ -235,13 +234,7 @@ async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(Deliver
     let mut by_project: IndexMap<ProjectId, Vec<Item>> = IndexMap::new();
     for (delivery, payload) in claimed {
         match read_event(&delivery, payload.as_ref()) {
-            Ok(event) => {
-                // GitHub's payload is `github.event` as it came: its text is the body's,
-                // which spares serialising it again for the run.
-                let text = (delivery.provider == HookProvider::Github)
-                    .then(|| std::str::from_utf8(payload.as_ref()).ok())
-                    .flatten()
-                    .map(kiln_store::PayloadText::of_json_text);
+            Ok((event, text)) => {
                 let items = by_project.entry(delivery.project).or_default();
                 // A pull request is also its `pull_request_target`: one item each, their
                 // outcomes merged into the delivery's below.
@@ -341,12 +334,24 @@ fn merge_outcomes(
     merged.into_values().collect()
 }
 
-/// The event a delivery's payload describes, or why it starts nothing.
-fn read_event(d: &DeliveryView, payload: &[u8]) -> Result<HookEvent, DeliveryOutcome> {
-    let body: Value = serde_json::from_slice(payload)
-        .map_err(|e| failed(format!("the body is not JSON: {e}")))?;
+/// The event a delivery's payload describes, or why it starts nothing; with a GitHub
+/// delivery, its body's text, which is `github.event` as it came (the event's own payload
+/// holds only what kiln reads of it: see [`triggers::read_github_body`]).
+fn read_event(
+    d: &DeliveryView,
+    payload: &[u8],
+) -> Result<(HookEvent, Option<kiln_store::PayloadText>), DeliveryOutcome> {
+    let not_json = |e: serde_json::Error| failed(format!("the body is not JSON: {e}"));
+    let (body, text) = if d.provider == HookProvider::Github {
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| failed(format!("the body is not JSON: it is not UTF-8 ({e})")))?;
+        let body = triggers::read_github_body(text).map_err(not_json)?;
+        (body, Some(kiln_store::PayloadText::of_json_text(text)))
+    } else {
+        (serde_json::from_slice(payload).map_err(not_json)?, None)
+    };
     match triggers::normalize(provider(d.provider), &d.event, body) {
-        Ok(Some(event)) => Ok(event),
+        Ok(Some(event)) => Ok((event, text)),
         Ok(None) => Err(ignored(format!(
             "kiln runs nothing on the {} event `{}`",
             d.provider, d.event
@@ -538,7 +543,8 @@ fn request(
     text: Option<kiln_store::PayloadText>,
     workflows: Vec<String>,
 ) -> (TriggerRequest, EventTarget) {
-    // The payload reaches `github.event` as the trigger's (moved, not copied).
+    // The payload reaches `github.event` as the trigger's (moved, not copied); a GitHub
+    // body's text is the payload, the event holding only the fields kiln read of it.
     let mut github = triggers::github_fields(&event);
     // What the event leaves unknown (a deletion's sha) the engine fills in.
     github.retain(|_, v| v.as_str() != Some(""));
@@ -546,7 +552,11 @@ fn request(
         project,
         event: event.event_name,
         git_ref: git_ref.clone(),
-        payload: Some(event.payload),
+        payload: if text.is_some() {
+            None
+        } else {
+            Some(event.payload)
+        },
         payload_text: text,
         ..TriggerRequest::default()
     };

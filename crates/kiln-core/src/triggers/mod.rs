@@ -59,6 +59,7 @@ mod github;
 mod gitlab;
 mod json;
 pub mod pattern;
+mod pick;
 
 #[cfg(test)]
 mod tests;
@@ -163,7 +164,9 @@ pub struct HookEvent {
     pub changed_paths: Option<Vec<String>>,
     /// A push that deletes its ref.
     pub deleted: bool,
-    /// The payload as GitHub would shape it, for `github.event` (see the module docs).
+    /// The payload as GitHub would shape it, for `github.event` (see the module docs). Made
+    /// from [`read_github_body`], it holds only the fields kiln reads itself: the caller
+    /// keeps the body's text for `github.event`.
     pub payload: Value,
 }
 
@@ -222,6 +225,16 @@ pub fn normalize(
         Provider::Gitea => gitea::normalize(header, &payload),
         Provider::Gitlab => gitlab::normalize(header, &payload),
     }
+}
+
+/// A GitHub delivery's body as [`normalize`] reads it: checked as JSON throughout (the same
+/// errors as [`serde_json::from_str`]), but only the fields kiln reads itself are kept —
+/// the normalised event's, the filters', [`github_fields`]' and the pull request commits'.
+/// A push's body is kilobytes of which a few dozen bytes are read: parsing it all was
+/// most of the work of turning a delivery into runs. The caller keeps `body` itself for
+/// `github.event`.
+pub fn read_github_body(body: &str) -> serde_json::Result<Value> {
+    pick::pick(body, &pick::GITHUB_READS)
 }
 
 /// The `pull_request_target` event a pull request delivery also is, as on GitHub: the same

@@ -544,6 +544,88 @@ fn every_github_delivery_normalizes() {
     assert!(seen >= 25, "only {seen} GitHub payloads");
 }
 
+/// Every GitHub delivery of the corpus reads the same through [`read_github_body`] as
+/// parsed whole: the event, its `github` fields, its `pull_request_target`, its commits and
+/// the filters that read the payload (a draft release too).
+#[test]
+fn github_bodies_read_in_part_give_what_they_give_whole() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(corpus("github")).expect("the GitHub corpus is there") {
+        let name = entry.expect("a directory entry").file_name();
+        let name = name.to_str().expect("a UTF-8 file name").to_owned();
+        if !name.ends_with(".payload.json") {
+            continue;
+        }
+        let header = name.split('.').next().expect("an event name");
+        let text = std::fs::read_to_string(corpus("github").join(&name)).unwrap();
+        let mut bodies = vec![text.clone()];
+        if header == "release" {
+            // The same release as a draft.
+            let mut v: Value = serde_json::from_str(&text).unwrap();
+            v["release"]["draft"] = json!(true);
+            bodies.push(v.to_string());
+        }
+        for body in bodies {
+            seen += 1;
+            let whole = normalize(
+                Provider::Github,
+                header,
+                serde_json::from_str(&body).unwrap(),
+            );
+            let part = normalize(Provider::Github, header, read_github_body(&body).unwrap());
+            let (Ok(whole), Ok(part)) = (whole, part) else {
+                panic!("{name}: both must normalise");
+            };
+            let (Some(whole), Some(part)) = (whole, part) else {
+                continue;
+            };
+            assert_eq!(github_fields(&whole), github_fields(&part), "{name}");
+            assert_eq!(
+                pull_request_head(&whole),
+                pull_request_head(&part),
+                "{name}"
+            );
+            assert_eq!(
+                pull_request_base(&whole),
+                pull_request_base(&part),
+                "{name}"
+            );
+            let targets = (pull_request_target(&whole), pull_request_target(&part));
+            let without_payload = |ev: Option<HookEvent>| {
+                ev.map(|mut ev| {
+                    ev.payload = Value::Null;
+                    ev
+                })
+            };
+            assert_eq!(
+                without_payload(targets.0),
+                without_payload(targets.1),
+                "{name}"
+            );
+            for action in ["created", "published", "opened", "closed"] {
+                let (mut w, mut p) = (whole.clone(), part.clone());
+                w.action = Some(action.to_owned());
+                p.action = Some(action.to_owned());
+                let filter = EventFilter {
+                    types: list(&[action]),
+                    ..Default::default()
+                };
+                assert_eq!(
+                    matches(&w, &filter, None),
+                    matches(&p, &filter, None),
+                    "{name}"
+                );
+            }
+            assert_eq!(
+                without_payload(Some(whole)),
+                without_payload(Some(part)),
+                "{name}"
+            );
+        }
+    }
+    assert!(seen >= 25, "only {seen} GitHub payloads");
+}
+
 #[test]
 fn github_known_deliveries() {
     let ev = event(
