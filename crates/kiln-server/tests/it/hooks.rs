@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit as _, Mac as _};
-use kiln_core::ids::{RunId, RunStatus};
+use kiln_core::ids::{JobStatus, RunId, RunStatus};
 use kiln_engine::egress::EgressPolicy;
 use kiln_testkit::GitUpstream;
 use serde_json::{Value, json};
@@ -144,6 +144,15 @@ jobs:
     runs-on: local
     steps:
       - run: echo "sha=$GITHUB_SHA event=${{ github.event_name }} ref=${{ github.ref }} actor=${{ github.actor }}"
+  # Named and decided on the payload (a GitHub body is parsed for planning; the payload kiln
+  # makes up when it has none has no `before`), and reading it in its step and its
+  # GITHUB_EVENT_PATH.
+  event:
+    name: before ${{ github.event.before }}
+    if: github.event.before
+    runs-on: local
+    steps:
+      - run: echo "before=${{ github.event.before }}"; grep -q '"before"' "$GITHUB_EVENT_PATH"
 "#;
 
 /// `shared/corpus` beside the repository.
@@ -364,13 +373,25 @@ async fn each_provider_runs_the_workflow_at_the_pushed_commit(s: &Server) {
             (run.event.as_str(), run.git_ref.as_str()),
             ("push", "refs/heads/main")
         );
-        let log = s.store.read_log(run.jobs[0].id, 0, 1 << 20).await.unwrap();
-        let log = String::from_utf8_lossy(&log.data);
+        let log_of = async |key: &str| {
+            let job = run.jobs.iter().find(|j| j.key == key).unwrap();
+            let log = s.store.read_log(job.id, 0, 1 << 20).await.unwrap();
+            (job.status, String::from_utf8_lossy(&log.data).into_owned())
+        };
+        let (_, log) = log_of("check").await;
         assert_eq!(run.status, RunStatus::Success, "{provider}: {log}");
         assert!(
             log.contains(&format!(
                 "sha={pushed} event=push ref=refs/heads/main actor="
             )),
+            "{provider}: {log}"
+        );
+        let event = run.jobs.iter().find(|j| j.key == "event").unwrap();
+        assert_eq!(event.name, format!("before {first}"), "{provider}");
+        let (status, log) = log_of("event").await;
+        assert_eq!(status, JobStatus::Success, "{provider}: {log}");
+        assert!(
+            log.contains(&format!("before={first}")),
             "{provider}: {log}"
         );
         let listed = s
