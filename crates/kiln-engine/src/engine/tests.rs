@@ -78,6 +78,19 @@ async fn a_run_whose_lease_expired_is_driven_on_by_the_server() {
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// A folder project holding `workflow` as `file`, and an engine of `slots` on its store.
+async fn started(
+    file: &str,
+    workflow: &str,
+    slots: usize,
+) -> (tempfile::TempDir, Store, kiln_proto::Project, Engine) {
+    let (dir, data, store, project) = folder_project(file, workflow).await;
+    let (engine, _) = Engine::start(store.clone(), engine_config(&data, slots))
+        .await
+        .unwrap();
+    (dir, store, project, engine)
+}
+
 /// `run` once it has ended (within 30 s, else the test fails saying `what`).
 async fn ended(store: &Store, run: RunId, what: &str) -> kiln_proto::Run {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -211,10 +224,7 @@ jobs:
 /// that sees them whole, in its `if`, its expressions and `GITHUB_EVENT_PATH`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_decided_after_the_runs_first_turn_sees_the_event_and_contexts() {
-    let (_dir, data, store, project) = folder_project("pr.yml", LATER_JOB_SEES_EVENT).await;
-    let (engine, _) = Engine::start(store.clone(), engine_config(&data, 1))
-        .await
-        .unwrap();
+    let (_dir, store, project, engine) = started("pr.yml", LATER_JOB_SEES_EVENT, 1).await;
     // The body alone: parsed for planning (`first`'s `if` reads the event), then packed.
     let runs = trigger_pull_request(&engine, &project).await;
     let done = ended(&store, runs[0].id, "run not done").await;
@@ -382,10 +392,7 @@ jobs:
 /// the event when its fields name `github` in any case; the others are decided without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_decided_after_their_needs_read_the_event_their_fields_name() {
-    let (_dir, data, store, project) = folder_project("push.yml", DECIDES_ON_EVENT).await;
-    let (engine, _) = Engine::start(store.clone(), engine_config(&data, 2))
-        .await
-        .unwrap();
+    let (_dir, store, project, engine) = started("push.yml", DECIDES_ON_EVENT, 2).await;
     let runs = engine
         .trigger_at(
             crate::TriggerRequest {
