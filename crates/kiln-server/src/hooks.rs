@@ -117,6 +117,8 @@ async fn drain(
             // They stay journaled and claimed: the sweep takes them when the claim ends.
             continue;
         }
+        // One that another process recorded first is that process's to run.
+        batch.retain(|(d, _)| !state.store().dropped_from_intake(&d.id));
         process_claimed(&state, batch).await;
         last_batch = Some(tokio::time::Instant::now());
     }

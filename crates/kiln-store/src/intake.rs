@@ -29,7 +29,7 @@
 //! PostgreSQL stores never journal: replicas share the deliveries table, and only the
 //! database can tell them apart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -211,6 +211,9 @@ struct State {
     unstored: BTreeMap<u64, usize>,
     /// Bumped whenever a key leaves `keys` (its delivery is then in the database).
     left: u64,
+    /// Journaled deliveries (by row id) dropped when stored: another process had recorded
+    /// their provider delivery id meanwhile (see [`Store::dropped_from_intake`]).
+    dropped: HashSet<String>,
 }
 
 /// The journal of one server (see the module doc).
@@ -396,6 +399,7 @@ impl Store {
             keys: HashMap::new(),
             unstored: BTreeMap::new(),
             left: 0,
+            dropped: HashSet::new(),
         };
         let intake = Intake {
             dir: dir.to_owned(),
@@ -489,6 +493,16 @@ impl Store {
         with_backend!(self, b => b.record_delivery(new, now).await)
     }
 
+    /// Whether the journaled delivery `id` was dropped when it was stored: another process,
+    /// writing the database straight (a second server on the same data without the journal),
+    /// had recorded its provider delivery id meanwhile. Its runs must not start — that
+    /// delivery's do. Answered once (the processor asks before it starts runs).
+    pub fn dropped_from_intake(&self, id: &str) -> bool {
+        self.intake
+            .get()
+            .is_some_and(|intake| intake.state().dropped.remove(id))
+    }
+
     /// Stores the deliveries the intake journal answered for and holds (if it is open), in
     /// one transaction; the processor calls it before it creates their runs, and every read
     /// of deliveries before it reads.
@@ -517,6 +531,7 @@ impl Store {
                     id = entry.id,
                     "a journaled webhook delivery's id was recorded meanwhile: dropped"
                 );
+                st.dropped.insert(entry.id.clone());
             }
             st.keys.remove(&(entry.project, entry.delivery.clone()));
             if let Some(count) = st.unstored.get_mut(&entry.segment) {

@@ -44,6 +44,15 @@ fn duplicate(r: Recorded) -> kiln_proto::DeliveryView {
     }
 }
 
+/// A project for the deliveries.
+async fn app(s: &Store) -> ProjectId {
+    s.create_project("app", "/srv/app")
+        .await
+        .unwrap()
+        .project
+        .id
+}
+
 /// Bytes in the journal files of `dir`.
 fn journaled_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -69,12 +78,7 @@ async fn journaled_deliveries_are_recorded_once_and_read_back_stored() {
         !other.open_intake_journal(&journal).await.unwrap(),
         "a second store took the journal another holds"
     );
-    let p = s
-        .create_project("app", "/srv/app")
-        .await
-        .unwrap()
-        .project
-        .id;
+    let p = app(s).await;
 
     let first = new(s
         .record_delivery(&delivery(p, "d-1", DeliveryStatus::Accepted, true))
@@ -139,6 +143,53 @@ async fn journaled_deliveries_are_recorded_once_and_read_back_stored() {
     h.cleanup().await;
 }
 
+/// A delivery journaled here whose provider id another process (a second server on the
+/// same data, writing the database straight) records before the journal is stored: that
+/// one is kept, and the processor is told once that the journaled one was dropped, so
+/// that it starts no runs for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_delivery_recorded_first_by_another_process_is_reported_dropped() {
+    let h = Harness::sqlite().await;
+    let s = &h.store;
+    assert!(
+        s.open_intake_journal(&h.dir.path().join("intake"))
+            .await
+            .unwrap()
+    );
+    let other = h.reopen().await;
+    let p = app(s).await;
+    let journaled = new(s
+        .record_delivery(&delivery(p, "d-1", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    let kept = new(s
+        .record_delivery(&delivery(p, "d-2", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    // The other process has no journal: it records into the database at once.
+    let theirs = new(other
+        .record_delivery(&delivery(p, "d-1", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    assert!(
+        !s.dropped_from_intake(&journaled.id),
+        "asked before the store"
+    );
+    s.flush_intake().await.unwrap();
+    assert!(s.dropped_from_intake(&journaled.id));
+    assert!(!s.dropped_from_intake(&journaled.id), "answered twice");
+    assert!(!s.dropped_from_intake(&kept.id));
+    assert!(!other.dropped_from_intake(&theirs.id));
+    // What is stored: theirs for d-1, ours for d-2.
+    assert!(s.get_delivery(&journaled.id).await.unwrap().is_none());
+    assert_eq!(
+        s.get_delivery(&theirs.id).await.unwrap().unwrap().delivery,
+        "d-1"
+    );
+    assert!(s.get_delivery(&kept.id).await.unwrap().is_some());
+    h.cleanup().await;
+}
+
 /// Many requests with the same few delivery ids at once, while the processor stores what
 /// is journaled: exactly one delivery per id, and every duplicate names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,12 +201,7 @@ async fn concurrent_redeliveries_record_one_delivery_per_id() {
             .await
             .unwrap()
     );
-    let p = s
-        .create_project("app", "/srv/app")
-        .await
-        .unwrap()
-        .project
-        .id;
+    let p = app(&s).await;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..160 {
         let s = s.clone();
@@ -213,12 +259,7 @@ async fn a_restarted_server_stores_what_the_journal_held() {
     let (p, answered) = {
         let s = Store::open_sqlite(dir.path()).await.unwrap();
         assert!(s.open_intake_journal(&journal).await.unwrap());
-        let p = s
-            .create_project("app", "/srv/app")
-            .await
-            .unwrap()
-            .project
-            .id;
+        let p = app(&s).await;
         let mut answered = Vec::new();
         for id in ["d-1", "d-2", "d-3"] {
             answered.push(new(s
