@@ -43,6 +43,16 @@ use serde::{Deserialize, Serialize};
 use crate::hooks::{DeliveryClaim, NewDelivery, Recorded};
 use crate::{Backend, Store, StoreError};
 
+/// A delivery's (project, provider delivery id) in [`State::known`]. A collision only costs
+/// a database look-up.
+fn known_hash(project: &str, delivery: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    project.hash(&mut h);
+    delivery.hash(&mut h);
+    h.finish()
+}
+
 /// A journal file is closed for appends past this size.
 pub(crate) const SEGMENT_BYTES: u64 = 16 << 20;
 /// Records stored per transaction when a previous process's journal is read back.
@@ -214,6 +224,12 @@ struct State {
     /// Journaled deliveries (by row id) dropped when stored: another process had recorded
     /// their provider delivery id meanwhile (see [`Store::dropped_from_intake`]).
     dropped: HashSet<String>,
+    /// Hashes of every (project, provider delivery id) in the database when the journal was
+    /// opened or recorded by this process since ([`known_hash`]): a delivery whose hash is
+    /// not here is new, and its acknowledgement skips the database look-up. Only another
+    /// process writing the database straight can record one this misses; the journal's
+    /// store then drops ours ([`Store::dropped_from_intake`]).
+    known: HashSet<u64>,
 }
 
 /// The journal of one server (see the module doc).
@@ -391,6 +407,10 @@ impl Store {
             std::fs::remove_file(&path).map_err(io_error(&path))?;
             next = n + 1;
         }
+        let mut known = HashSet::new();
+        with_backend!(self, b => b.each_delivery_key(|project, delivery| {
+            known.insert(known_hash(project, delivery));
+        }).await)?;
         let state = State {
             file: open_segment(dir, next)?,
             segment: next,
@@ -400,6 +420,7 @@ impl Store {
             unstored: BTreeMap::new(),
             left: 0,
             dropped: HashSet::new(),
+            known,
         };
         let intake = Intake {
             dir: dir.to_owned(),
@@ -435,18 +456,20 @@ impl Store {
             claim: new.claim.clone(),
             segment: 0,
         };
+        let hash = known_hash(&new.project.to_string(), &new.delivery);
         let mut record = None;
         for _ in 0..LOOKUPS {
-            let left = {
+            let (left, known) = {
                 let st = intake.state();
                 match st.keys.get(&key) {
                     Some(Slot::Journaled(first)) => return Ok(Recorded::Duplicate(first.clone())),
                     Some(Slot::Direct(_)) => break,
-                    None => st.left,
+                    None => (st.left, st.known.contains(&hash)),
                 }
             };
-            if let Some(first) =
-                with_backend!(self, b => b.find_delivery(new.project, &new.delivery).await)?
+            if known
+                && let Some(first) =
+                    with_backend!(self, b => b.find_delivery(new.project, &new.delivery).await)?
             {
                 return Ok(Recorded::Duplicate(first));
             }
@@ -463,6 +486,7 @@ impl Store {
                     let view = entry.view();
                     let record = record.as_deref().unwrap_or_default();
                     st.append(&intake.dir, entry, record)?;
+                    st.known.insert(hash);
                     return Ok(Recorded::New(view));
                 }
             }
@@ -490,7 +514,11 @@ impl Store {
             }
         }
         let _held = DirectGuard { intake, key };
-        with_backend!(self, b => b.record_delivery(new, now).await)
+        let recorded = with_backend!(self, b => b.record_delivery(new, now).await)?;
+        // Known before its key is let go (when `_held` drops).
+        let hash = known_hash(&new.project.to_string(), &new.delivery);
+        intake.state().known.insert(hash);
+        Ok(recorded)
     }
 
     /// Whether the journaled delivery `id` was dropped when it was stored: another process,

@@ -211,6 +211,34 @@ mod api_hooks {
             .transpose()
         }
 
+        /// Every recorded delivery's project and provider delivery id, `f` called with each,
+        /// read a page at a time (the intake journal's filter of known ids).
+        pub(crate) async fn each_delivery_key(
+            &self,
+            mut f: impl FnMut(&str, &str),
+        ) -> Result<(), StoreError> {
+            const PAGE: i64 = 10_000;
+            let mut after = String::new();
+            loop {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT id, project_id, delivery_id FROM deliveries WHERE id > $1 \
+                     ORDER BY id LIMIT $2",
+                )
+                .bind(&after)
+                .bind(PAGE)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(query("list the delivery ids recorded"))?;
+                for (_, project, delivery) in &rows {
+                    f(project, delivery);
+                }
+                match rows.last() {
+                    Some((id, _, _)) if rows.len() as i64 == PAGE => after = id.clone(),
+                    _ => return Ok(()),
+                }
+            }
+        }
+
         /// Stores deliveries the intake journal answered for (see `crate::intake`), all in
         /// one transaction, each as accepted and claimed as it was journaled: for each,
         /// whether it was stored (`false`: its project had its provider delivery id already).

@@ -190,6 +190,74 @@ async fn a_journaled_delivery_recorded_first_by_another_process_is_reported_drop
     h.cleanup().await;
 }
 
+/// The journal answers a new delivery id without looking in the database: it knows every
+/// id recorded before it opened and since. A delivery recorded before is still answered as
+/// the duplicate it is; one that another process records straight into the database after
+/// the journal opened is answered as new and then dropped, starting nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_recorded_before_the_journal_opened_are_still_duplicates() {
+    let h = Harness::sqlite().await;
+    let s = &h.store;
+    let p = app(s).await;
+    // No journal yet: recorded straight into the database.
+    let before = new(s
+        .record_delivery(&delivery(p, "d-0", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    let ping = new(s
+        .record_delivery(&delivery(p, "ping-0", DeliveryStatus::Ignored, false))
+        .await
+        .unwrap());
+    assert!(
+        s.open_intake_journal(&h.dir.path().join("intake"))
+            .await
+            .unwrap()
+    );
+    for (id, first) in [("d-0", &before), ("ping-0", &ping)] {
+        let again = duplicate(
+            s.record_delivery(&delivery(p, id, DeliveryStatus::Accepted, true))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(again.id, first.id);
+    }
+    // Recorded here since (journaled, or straight): known too.
+    let direct = new(s
+        .record_delivery(&delivery(p, "ping-1", DeliveryStatus::Ignored, false))
+        .await
+        .unwrap());
+    let journaled = new(s
+        .record_delivery(&delivery(p, "d-1", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    s.flush_intake().await.unwrap();
+    for (id, first) in [("ping-1", &direct), ("d-1", &journaled)] {
+        let again = duplicate(
+            s.record_delivery(&delivery(p, id, DeliveryStatus::Accepted, true))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(again.id, first.id);
+    }
+    // Another process's, recorded after the journal opened.
+    let other = h.reopen().await;
+    let theirs = new(other
+        .record_delivery(&delivery(p, "d-2", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    let ours = new(s
+        .record_delivery(&delivery(p, "d-2", DeliveryStatus::Accepted, true))
+        .await
+        .unwrap());
+    s.flush_intake().await.unwrap();
+    assert!(s.dropped_from_intake(&ours.id));
+    assert_eq!(
+        s.get_delivery(&theirs.id).await.unwrap().unwrap().delivery,
+        "d-2"
+    );
+    h.cleanup().await;
+}
+
 /// Many requests with the same few delivery ids at once, while the processor stores what
 /// is journaled: exactly one delivery per id, and every duplicate names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
