@@ -212,28 +212,33 @@ mod api_hooks {
         }
 
         /// Every recorded delivery's project and provider delivery id, `f` called with each,
-        /// read a page at a time (the intake journal's filter of known ids).
+        /// read a page at a time (the intake journal's filter of known ids) in the order of
+        /// their unique index, which holds both: the rows themselves (payloads and all) are
+        /// not read.
         pub(crate) async fn each_delivery_key(
             &self,
             mut f: impl FnMut(&str, &str),
         ) -> Result<(), StoreError> {
             const PAGE: i64 = 10_000;
-            let mut after = String::new();
+            let mut after: Option<(String, String)> = None;
             loop {
-                let rows: Vec<(String, String, String)> = sqlx::query_as(
-                    "SELECT id, project_id, delivery_id FROM deliveries WHERE id > $1 \
-                     ORDER BY id LIMIT $2",
+                let (project, delivery) = after.clone().unwrap_or_default();
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT project_id, delivery_id FROM deliveries \
+                     WHERE (project_id, delivery_id) > ($1, $2) \
+                     ORDER BY project_id, delivery_id LIMIT $3",
                 )
-                .bind(&after)
+                .bind(project)
+                .bind(delivery)
                 .bind(PAGE)
                 .fetch_all(&self.reader)
                 .await
                 .map_err(query("list the delivery ids recorded"))?;
-                for (_, project, delivery) in &rows {
+                for (project, delivery) in &rows {
                     f(project, delivery);
                 }
                 match rows.last() {
-                    Some((id, _, _)) if rows.len() as i64 == PAGE => after = id.clone(),
+                    Some(last) if rows.len() as i64 == PAGE => after = Some(last.clone()),
                     _ => return Ok(()),
                 }
             }
