@@ -87,7 +87,7 @@ pub(crate) fn pack_context(text: String) -> (Option<String>, Option<Vec<u8>>) {
     if text.len() < PACK_FROM {
         return (Some(text), None);
     }
-    let packed = lz4_flex::block::compress_prepend_size(text.as_bytes());
+    let packed = PackedJson::pack(&text).into_bytes();
     if packed.len() < text.len() {
         (None, Some(packed))
     } else {
@@ -165,8 +165,9 @@ impl<'de> serde::Deserialize<'de> for PayloadText {
     }
 }
 
-/// JSON text kept LZ4-compressed in memory: what waits long and is read seldom (a queued
-/// run's contexts in the engine's dispatcher), at a third or less of its size.
+/// JSON text kept LZ4-compressed (an LZ4 block with the text's length first): in memory,
+/// what waits long and is read seldom (a queued run's contexts in the engine's dispatcher),
+/// at a third or less of its size; in `runs.context_packed` (see [`pack_context`]).
 #[derive(Clone, Debug)]
 pub struct PackedJson(Box<[u8]>);
 
@@ -195,13 +196,8 @@ impl PackedJson {
         serde_json::from_str(&self.text()).unwrap_or_default()
     }
 
-    /// Its size packed, in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+    fn into_bytes(self) -> Vec<u8> {
+        self.0.into_vec()
     }
 }
 
