@@ -104,6 +104,7 @@ async fn drain(
     mut rx: mpsc::UnboundedReceiver<(DeliveryView, Bytes)>,
 ) {
     let mut last_batch: Option<tokio::time::Instant> = None;
+    let mut runner: Option<mpsc::Sender<Read>> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         take_ready(&mut rx, &mut batch);
@@ -119,8 +120,36 @@ async fn drain(
         }
         // One that another process recorded first is that process's to run.
         batch.retain(|(d, _)| !state.store().dropped_from_intake(&d.id));
-        process_claimed(&state, batch).await;
+        let read = read_batch(batch);
+        let runner = runner.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(1);
+            tokio::spawn(start_runs(state.downgrade(), rx));
+            tx
+        });
+        if runner.send(read).await.is_err() {
+            return;
+        }
         last_batch = Some(tokio::time::Instant::now());
+    }
+}
+
+/// The queue's second stage: creates the runs of each batch [`drain`] has read, then
+/// records how its deliveries went while the next batch's runs are created. The two stages
+/// and the recording overlap, so that the cores read and plan one batch while SQLite's
+/// writer stores another; runs are still created in the order their deliveries came.
+async fn start_runs(state: crate::state::WeakState, mut rx: mpsc::Receiver<Read>) {
+    let mut recording: Option<tokio::task::JoinHandle<()>> = None;
+    while let Some(read) = rx.recv().await {
+        let Some(state) = state.upgrade() else { return };
+        let done = run_batch(&state, read).await;
+        // One batch's outcomes at a time: the writer takes them in turn anyway.
+        if let Some(previous) = recording.take() {
+            let _ = previous.await;
+        }
+        recording = Some(tokio::spawn(async move { record(&state, done).await }));
+    }
+    if let Some(previous) = recording {
+        let _ = previous.await;
     }
 }
 
@@ -231,15 +260,27 @@ async fn process_batch(state: &AppState, ids: Vec<String>) {
 /// Processes deliveries this process has claimed, with their payloads: project by project
 /// (projects side by side), recording every outcome.
 async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(DeliveryView, P)>) {
-    let store = state.store();
-    let mut done = Vec::with_capacity(claimed.len());
+    let done = run_batch(state, read_batch(claimed)).await;
+    record(state, done).await;
+}
+
+/// A batch of claimed deliveries read: the events they start runs on, by project, and the
+/// outcomes of those that start nothing.
+struct Read {
+    by_project: IndexMap<ProjectId, Vec<Item>>,
+    done: Vec<(DeliveryView, DeliveryOutcome)>,
+}
+
+/// Reads each delivery's event from its payload.
+fn read_batch<P: AsRef<[u8]>>(claimed: Vec<(DeliveryView, P)>) -> Read {
+    let mut done = Vec::new();
     let mut by_project: IndexMap<ProjectId, Vec<Item>> = IndexMap::new();
     for (delivery, payload) in claimed {
         match read_event(&delivery, payload.as_ref()) {
             Ok((event, text)) => {
                 let items = by_project.entry(delivery.project).or_default();
                 // A pull request is also its `pull_request_target`: one item each, their
-                // outcomes merged into the delivery's below.
+                // outcomes merged into the delivery's by `merge_outcomes`.
                 if let Some(target) = triggers::pull_request_target(&event) {
                     items.push(Item {
                         delivery: delivery.clone(),
@@ -256,6 +297,16 @@ async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(Deliver
             Err(outcome) => done.push((delivery, outcome)),
         }
     }
+    Read { by_project, done }
+}
+
+/// Starts the runs of a batch read, project by project (projects side by side): each
+/// delivery's outcome.
+async fn run_batch(state: &AppState, read: Read) -> Vec<(String, DeliveryOutcome)> {
+    let Read {
+        by_project,
+        mut done,
+    } = read;
     let mut projects = tokio::task::JoinSet::new();
     for (project, items) in by_project {
         let state = state.clone();
@@ -288,8 +339,12 @@ async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(Deliver
             "webhook delivery processed"
         );
     }
-    let done: Vec<(String, DeliveryOutcome)> = done.into_iter().map(|(d, o)| (d.id, o)).collect();
-    if let Err(e) = store.finish_deliveries(&done).await {
+    done.into_iter().map(|(d, o)| (d.id, o)).collect()
+}
+
+/// Records how each delivery of a batch went.
+async fn record(state: &AppState, done: Vec<(String, DeliveryOutcome)>) {
+    if let Err(e) = state.store().finish_deliveries(&done).await {
         tracing::warn!(deliveries = done.len(), error = %e, "failed to record processed webhook deliveries");
     }
 }
