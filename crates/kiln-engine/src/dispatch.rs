@@ -731,6 +731,11 @@ impl Dispatcher {
                 continue; // one instance per package to build: made when it is decided
             }
             let total = entries.len();
+            let status = if wf.jobs.get(&key).is_some_and(born_queued) {
+                JobStatus::Queued
+            } else {
+                JobStatus::Pending
+            };
             let mut ids = Vec::new();
             for (index, p) in entries.into_iter().enumerate() {
                 let id = JobId::new();
@@ -741,7 +746,7 @@ impl Dispatcher {
                     name: p.name.clone(),
                     matrix: matrix.clone(),
                     needs: p.needs.clone(),
-                    status: JobStatus::Pending,
+                    status,
                     max_attempts: self.max_attempts,
                     labels: p.labels.clone(),
                 });
@@ -749,6 +754,7 @@ impl Dispatcher {
                 let mut rec =
                     JobRec::new(run_id, key.clone(), p.name, matrix, index, total, self.seq);
                 rec.labels = p.labels;
+                rec.status = status;
                 recs.push((id, rec));
                 ids.push(id);
             }
@@ -942,6 +948,19 @@ impl RunState {
         }
         contexts
     }
+}
+
+/// Whether `job`'s instances are queued as they are made, with their run: it needs nothing
+/// and has no `if` and no `max-parallel`, so its first decision cannot go otherwise (its run
+/// is new, so not cancelled). Recording it with the run spares each run a transition and a
+/// transaction.
+fn born_queued(job: &kiln_core::workflow::Job) -> bool {
+    job.needs.is_empty()
+        && job.condition.as_deref().is_none_or(|c| c.trim().is_empty())
+        && job
+            .strategy
+            .as_ref()
+            .is_none_or(|s| s.max_parallel.is_none())
 }
 
 /// Whether what deciding `job` evaluates — its `if`, name, `runs-on` and strategy — could
@@ -2389,12 +2408,16 @@ impl Dispatcher {
             }
             match &verdict {
                 Ok(true) => {
-                    rec.status = JobStatus::Queued;
-                    self.ops.push(Op::SetJobStatus {
-                        job: *id,
-                        status: JobStatus::Queued,
-                        at: now(),
-                    });
+                    // One made queued with its run (see `born_queued`) has no transition to
+                    // record.
+                    if rec.status != JobStatus::Queued {
+                        rec.status = JobStatus::Queued;
+                        self.ops.push(Op::SetJobStatus {
+                            job: *id,
+                            status: JobStatus::Queued,
+                            at: now(),
+                        });
+                    }
                     if max_parallel.is_some_and(|m| queued >= m.max(1)) {
                         held.push(*id);
                     } else {

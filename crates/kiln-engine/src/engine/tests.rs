@@ -241,6 +241,86 @@ async fn a_job_decided_after_the_runs_first_turn_sees_the_event_and_contexts() {
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// Jobs of every kind of first decision: `a` needs nothing (queued as it is made), `b`
+/// needs it, `c` decides on an `if`, `m`'s two instances go one at a time.
+const FIRST_DECISIONS: &str = r#"on: pull_request
+jobs:
+  a:
+    runs-on: x
+    steps: [{run: 'true'}]
+  b:
+    needs: a
+    runs-on: x
+    steps: [{run: 'true'}]
+  c:
+    if: github.event_name == 'pull_request'
+    runs-on: x
+    steps: [{run: 'true'}]
+  m:
+    runs-on: x
+    strategy:
+      max-parallel: 1
+      matrix:
+        n: [1, 2]
+    steps: [{run: 'true'}]
+"#;
+
+/// A job that needs nothing, with no `if` and no `max-parallel`, is recorded queued with
+/// its run, in the same transaction; the others are recorded pending and decided by the
+/// run's first turn, as before. Either way each queued job has one `job.queued` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_needs_nothing_is_queued_with_its_run() {
+    let (_dir, store, project, engine) = started("pr.yml", FIRST_DECISIONS, 0).await;
+    let runs = trigger_pull_request(&engine, &project).await;
+    let statuses = |r: &kiln_proto::Run, key: &str| -> Vec<JobStatus> {
+        r.jobs
+            .iter()
+            .filter(|j| j.key == key)
+            .map(|j| j.status)
+            .collect()
+    };
+    let created = &runs[0];
+    assert_eq!(statuses(created, "a"), [JobStatus::Queued], "{created:#?}");
+    assert_eq!(statuses(created, "b"), [JobStatus::Pending], "{created:#?}");
+    assert_eq!(statuses(created, "c"), [JobStatus::Pending], "{created:#?}");
+    assert_eq!(
+        statuses(created, "m"),
+        [JobStatus::Pending; 2],
+        "{created:#?}"
+    );
+
+    // The first turn queues `c` and both of `m`'s (one held back); `b` waits for `a`, which
+    // waits for a worker (the engine has no slots).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let r = store.get_run(created.id).await.unwrap().unwrap();
+        if statuses(&r, "c") == [JobStatus::Queued] {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "c never queued: {r:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(statuses(&run, "a"), [JobStatus::Queued], "{run:#?}");
+    assert_eq!(statuses(&run, "b"), [JobStatus::Pending], "{run:#?}");
+    assert_eq!(statuses(&run, "m"), [JobStatus::Queued; 2], "{run:#?}");
+    let events = store.events_after(0, 1000).await.unwrap();
+    let mut queued: Vec<JobId> = events
+        .iter()
+        .filter(|e| e.kind == "job.queued" && e.run == Some(run.id))
+        .filter_map(|e| e.job)
+        .collect();
+    queued.sort();
+    let mut want: Vec<JobId> = run
+        .jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Queued)
+        .map(|j| j.id)
+        .collect();
+    want.sort();
+    assert_eq!(queued, want, "one job.queued per queued job: {events:#?}");
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
 const ONE: &str = "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n";
 
 /// A job of the workflow's key `key` (its one instance) with `needs`, stored as `status`.
