@@ -2133,9 +2133,7 @@ impl Dispatcher {
                 continue;
             };
             let packed = match &run.event {
-                Payload::Parsed(_, Some(text)) | Payload::Text(text) => {
-                    Some(kiln_store::PackedJson::pack(text.as_str()))
-                }
+                Payload::Parsed(_, Some(text)) | Payload::Text(text) => Some(text.packed()),
                 Payload::Parsed(v, None) => Some(kiln_store::PackedJson::of(v)),
                 Payload::Packed(_) => None,
             };

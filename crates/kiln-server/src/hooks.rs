@@ -53,7 +53,15 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// gathered while it processed the last batch, so a burst of pushes is read, matched and
 /// turned into runs in a few transactions rather than several each.
 #[derive(Default)]
-pub(crate) struct Queue(std::sync::OnceLock<mpsc::UnboundedSender<(DeliveryView, Bytes)>>);
+pub(crate) struct Queue(std::sync::OnceLock<mpsc::UnboundedSender<(DeliveryView, Body)>>);
+
+/// A delivery's body on its way to processing.
+pub(crate) enum Body {
+    /// As it came.
+    Raw(Bytes),
+    /// As the intake journal packed it.
+    Packed(kiln_store::PackedBody),
+}
 
 /// The claim the receiver records a new delivery under, so that it can hand it straight to
 /// [`spawn`]: this process's, for as long as processing may take. `None`: this server has
@@ -74,7 +82,7 @@ fn claimant(engine: &kiln_engine::Engine) -> String {
 }
 
 /// Processes `delivery`, recorded under [`claim`], in the background (see [`Queue`]).
-pub(crate) fn spawn(state: &AppState, delivery: DeliveryView, payload: Bytes) {
+pub(crate) fn spawn(state: &AppState, delivery: DeliveryView, payload: Body) {
     if state.engine().is_none() {
         tracing::warn!(
             delivery = delivery.id,
@@ -101,7 +109,7 @@ pub(crate) fn spawn(state: &AppState, delivery: DeliveryView, payload: Bytes) {
 /// processed at once.
 async fn drain(
     state: crate::state::WeakState,
-    mut rx: mpsc::UnboundedReceiver<(DeliveryView, Bytes)>,
+    mut rx: mpsc::UnboundedReceiver<(DeliveryView, Body)>,
 ) {
     let mut last_batch: Option<tokio::time::Instant> = None;
     let mut runner: Option<mpsc::Sender<Read>> = None;
@@ -170,8 +178,8 @@ async fn store_journaled(state: &AppState) -> bool {
 
 /// Moves what is waiting in the queue into `batch`, up to [`BATCH`].
 fn take_ready(
-    rx: &mut mpsc::UnboundedReceiver<(DeliveryView, Bytes)>,
-    batch: &mut Vec<(DeliveryView, Bytes)>,
+    rx: &mut mpsc::UnboundedReceiver<(DeliveryView, Body)>,
+    batch: &mut Vec<(DeliveryView, Body)>,
 ) {
     while batch.len() < BATCH
         && let Ok(next) = rx.try_recv()
@@ -259,7 +267,11 @@ async fn process_batch(state: &AppState, ids: Vec<String>) {
 
 /// Processes deliveries this process has claimed, with their payloads: project by project
 /// (projects side by side), recording every outcome.
-async fn process_claimed<P: AsRef<[u8]>>(state: &AppState, claimed: Vec<(DeliveryView, P)>) {
+async fn process_claimed(state: &AppState, claimed: Vec<(DeliveryView, Vec<u8>)>) {
+    let claimed = claimed
+        .into_iter()
+        .map(|(d, payload)| (d, Body::Raw(payload.into())))
+        .collect();
     let done = run_batch(state, read_batch(claimed)).await;
     record(state, done).await;
 }
@@ -272,11 +284,11 @@ struct Read {
 }
 
 /// Reads each delivery's event from its payload.
-fn read_batch<P: AsRef<[u8]>>(claimed: Vec<(DeliveryView, P)>) -> Read {
+fn read_batch(claimed: Vec<(DeliveryView, Body)>) -> Read {
     let mut done = Vec::new();
     let mut by_project: IndexMap<ProjectId, Vec<Item>> = IndexMap::new();
-    for (delivery, payload) in claimed {
-        match read_event(&delivery, payload.as_ref()) {
+    for (delivery, body) in claimed {
+        match read_event(&delivery, body) {
             Ok((event, text)) => {
                 let items = by_project.entry(delivery.project).or_default();
                 // A pull request is also its `pull_request_target`: one item each, their
@@ -396,14 +408,28 @@ fn merge_outcomes(
 /// holds only what kiln reads of it: see [`triggers::read_github_body`]).
 fn read_event(
     d: &DeliveryView,
-    payload: &[u8],
+    body: Body,
 ) -> Result<(HookEvent, Option<kiln_store::PayloadText>), DeliveryOutcome> {
+    let (payload, packed) = match body {
+        Body::Raw(raw) => (raw, None),
+        Body::Packed(packed) => {
+            let raw = packed
+                .unpack()
+                .map_err(|e| failed(format!("the body cannot be read back: {e}")))?;
+            (Bytes::from(raw), Some(packed))
+        }
+    };
+    let payload: &[u8] = &payload;
     let not_json = |e: serde_json::Error| failed(format!("the body is not JSON: {e}"));
     let (body, text) = if d.provider == HookProvider::Github {
         let text = std::str::from_utf8(payload)
             .map_err(|e| failed(format!("the body is not JSON: it is not UTF-8 ({e})")))?;
         let body = triggers::read_github_body(text).map_err(not_json)?;
-        (body, Some(kiln_store::PayloadText::of_json_text(text)))
+        // The run keeps the text packed once its first jobs are decided: as the journal
+        // packed it.
+        let text =
+            kiln_store::PayloadText::of_json_text(text).with_packed(packed.and_then(|p| p.json()));
+        (body, Some(text))
     } else {
         (serde_json::from_slice(payload).map_err(not_json)?, None)
     };

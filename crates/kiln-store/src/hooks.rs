@@ -116,6 +116,36 @@ pub(crate) fn pack_payload(payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// A delivery's body as the intake journal packed it ([`pack_payload`]), with its own
+/// length: what the receiver hands its processor, so that a backlog of deliveries waiting to
+/// be processed holds a third of their bodies, and each body is packed once.
+#[derive(Clone, Debug)]
+pub struct PackedBody {
+    stored: bytes::Bytes,
+    size: i64,
+}
+
+impl PackedBody {
+    pub(crate) fn new(stored: &[u8], size: i64) -> Self {
+        PackedBody {
+            stored: bytes::Bytes::copy_from_slice(stored),
+            size,
+        }
+    }
+
+    /// The body as it came.
+    pub fn unpack(&self) -> Result<Vec<u8>, StoreError> {
+        unpack_payload(self.stored.to_vec(), self.size)
+    }
+
+    /// The body as [`PackedJson`](crate::PackedJson) keeps JSON text, without packing it
+    /// again; `None` when LZ4 did not shrink it (it is kept as it came).
+    pub fn json(&self) -> Option<crate::PackedJson> {
+        let size = usize::try_from(self.size).ok()?;
+        (self.stored.len() < size).then(|| crate::PackedJson::from_block(&self.stored, size))
+    }
+}
+
 /// The payload [`pack_payload`] stored, from the stored bytes and the row's `size`.
 pub(crate) fn unpack_payload(stored: Vec<u8>, size: i64) -> Result<Vec<u8>, StoreError> {
     let size = usize::try_from(size).unwrap_or(0);

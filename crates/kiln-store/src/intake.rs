@@ -40,7 +40,7 @@ use kiln_core::ids::ProjectId;
 use kiln_proto::{DeliveryStatus, DeliveryView, HookProvider};
 use serde::{Deserialize, Serialize};
 
-use crate::hooks::{DeliveryClaim, NewDelivery, Recorded};
+use crate::hooks::{DeliveryClaim, NewDelivery, PackedBody, Recorded};
 use crate::{Backend, Store, StoreError};
 
 /// A delivery's (project, provider delivery id) in [`State::known`]. A collision only costs
@@ -438,10 +438,10 @@ impl Store {
         intake: &Intake,
         new: &NewDelivery,
         now: Timestamp,
-    ) -> Result<Recorded, StoreError> {
+    ) -> Result<(Recorded, Option<PackedBody>), StoreError> {
         let key: Key = (new.project, new.delivery.clone());
         if new.status != DeliveryStatus::Accepted || new.claim.is_none() {
-            return self.record_direct(intake, key, new, now).await;
+            return Ok((self.record_direct(intake, key, new, now).await?, None));
         }
         let mut entry = Journaled {
             id: uuid::Uuid::now_v7().to_string(),
@@ -462,7 +462,9 @@ impl Store {
             let (left, known) = {
                 let st = intake.state();
                 match st.keys.get(&key) {
-                    Some(Slot::Journaled(first)) => return Ok(Recorded::Duplicate(first.clone())),
+                    Some(Slot::Journaled(first)) => {
+                        return Ok((Recorded::Duplicate(first.clone()), None));
+                    }
                     Some(Slot::Direct(_)) => break,
                     None => (st.left, st.known.contains(&hash)),
                 }
@@ -471,7 +473,7 @@ impl Store {
                 && let Some(first) =
                     with_backend!(self, b => b.find_delivery(new.project, &new.delivery).await)?
             {
-                return Ok(Recorded::Duplicate(first));
+                return Ok((Recorded::Duplicate(first), None));
             }
             if record.is_none() {
                 entry.payload = crate::hooks::pack_payload(&new.payload).into_owned();
@@ -479,19 +481,22 @@ impl Store {
             }
             let mut st = intake.state();
             match st.keys.get(&key) {
-                Some(Slot::Journaled(first)) => return Ok(Recorded::Duplicate(first.clone())),
+                Some(Slot::Journaled(first)) => {
+                    return Ok((Recorded::Duplicate(first.clone()), None));
+                }
                 Some(Slot::Direct(_)) => break,
                 None if st.left != left => continue,
                 None => {
                     let view = entry.view();
+                    let body = PackedBody::new(&entry.payload, entry.size);
                     let record = record.as_deref().unwrap_or_default();
                     st.append(&intake.dir, entry, record)?;
                     st.known.insert(hash);
-                    return Ok(Recorded::New(view));
+                    return Ok((Recorded::New(view), Some(body)));
                 }
             }
         }
-        self.record_direct(intake, key, new, now).await
+        Ok((self.record_direct(intake, key, new, now).await?, None))
     }
 
     /// Records `new` straight into the database, holding its delivery id meanwhile so that

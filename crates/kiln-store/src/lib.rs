@@ -44,8 +44,8 @@ pub use artifacts::{ArtifactFilter, ArtifactStore, NewArtifact, StoredBlob};
 pub use blob::{BlobStore, ContentBlob};
 pub use error::StoreError;
 pub use hooks::{
-    DeliveryClaim, DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, Recorded,
-    generate_secret,
+    DeliveryClaim, DeliveryOutcome, HookChange, HookSettings, HookTarget, NewDelivery, PackedBody,
+    Recorded, generate_secret,
 };
 pub use notifications::{
     AfterAttempt, AttemptRecord, ClaimedNotification, NewNotification, ReceiverTarget,
@@ -849,10 +849,20 @@ impl Store {
     /// With the intake journal open, an accepted delivery this process claims is journaled
     /// rather than written (see `intake.rs`).
     pub async fn record_delivery(&self, new: &NewDelivery) -> Result<Recorded, StoreError> {
+        Ok(self.record_delivery_packed(new).await?.0)
+    }
+
+    /// [`Store::record_delivery`], with the body as the intake journal packed it when it
+    /// journaled the delivery (for its processor to keep rather than the body).
+    pub async fn record_delivery_packed(
+        &self,
+        new: &NewDelivery,
+    ) -> Result<(Recorded, Option<PackedBody>), StoreError> {
         if let Some(intake) = self.intake.get() {
             return self.record_through(intake, new, Timestamp::now()).await;
         }
-        with_backend!(self, b => b.record_delivery(new, Timestamp::now()).await)
+        let recorded = with_backend!(self, b => b.record_delivery(new, Timestamp::now()).await)?;
+        Ok((recorded, None))
     }
 
     /// Marks an accepted delivery processed, ignored or failed, with the runs it started.

@@ -118,9 +118,18 @@ pub(crate) fn unpack_context(
 }
 
 /// A JSON value kept as its text: made once by whoever has the value, shared (not copied)
-/// by the run's copies, stored as it is, and written out as it is.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PayloadText(std::sync::Arc<str>);
+/// by the run's copies, stored as it is, and written out as it is. It may come with the
+/// text packed already (a webhook's body, as the intake journal packed it).
+#[derive(Clone, Debug)]
+pub struct PayloadText(std::sync::Arc<str>, Option<std::sync::Arc<PackedJson>>);
+
+impl PartialEq for PayloadText {
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for PayloadText {}
 
 impl PayloadText {
     /// `value`'s compact JSON text.
@@ -129,17 +138,31 @@ impl PayloadText {
             serde_json::to_string(value)
                 .unwrap_or_else(|_| "{}".to_owned())
                 .into(),
+            None,
         )
     }
 
     /// `text` as it is, which the caller has parsed as JSON already (a webhook's body): it
     /// is stored and written out unchanged, whitespace and all.
     pub fn of_json_text(text: &str) -> Self {
-        PayloadText(text.into())
+        PayloadText(text.into(), None)
+    }
+
+    /// The same text, with `packed` as its packed form (which the caller made of it).
+    pub fn with_packed(self, packed: Option<PackedJson>) -> Self {
+        PayloadText(self.0, packed.map(std::sync::Arc::new))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The text packed: as it came when it came packed, else packed now.
+    pub fn packed(&self) -> PackedJson {
+        match &self.1 {
+            Some(packed) => PackedJson::clone(packed),
+            None => PackedJson::pack(&self.0),
+        }
     }
 
     /// The value again.
@@ -161,7 +184,7 @@ impl<'de> serde::Deserialize<'de> for PayloadText {
     /// Kept as the text it was read from (one allocation, no tree of values).
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
-        Ok(PayloadText(raw.get().into()))
+        Ok(PayloadText(raw.get().into(), None))
     }
 }
 
@@ -175,6 +198,14 @@ impl PackedJson {
     /// `text` packed; the caller has made it as JSON.
     pub fn pack(text: &str) -> Self {
         PackedJson(lz4_flex::block::compress_prepend_size(text.as_bytes()).into_boxed_slice())
+    }
+
+    /// JSON text of `size` bytes that is already an LZ4 block (`block`).
+    pub(crate) fn from_block(block: &[u8], size: usize) -> Self {
+        let mut bytes = Vec::with_capacity(4 + block.len());
+        bytes.extend_from_slice(&u32::try_from(size).unwrap_or(u32::MAX).to_le_bytes());
+        bytes.extend_from_slice(block);
+        PackedJson(bytes.into_boxed_slice())
     }
 
     /// `value` as compact JSON text, packed.

@@ -53,6 +53,18 @@ async fn app(s: &Store) -> ProjectId {
         .id
 }
 
+/// An embedded store with its intake journal open (in `intake/` of its folder).
+async fn journaled() -> Harness {
+    let h = Harness::sqlite().await;
+    assert!(
+        h.store
+            .open_intake_journal(&h.dir.path().join("intake"))
+            .await
+            .unwrap()
+    );
+    h
+}
+
 /// Bytes in the journal files of `dir`.
 fn journaled_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
@@ -149,13 +161,8 @@ async fn journaled_deliveries_are_recorded_once_and_read_back_stored() {
 /// that it starts no runs for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_journaled_delivery_recorded_first_by_another_process_is_reported_dropped() {
-    let h = Harness::sqlite().await;
+    let h = journaled().await;
     let s = &h.store;
-    assert!(
-        s.open_intake_journal(&h.dir.path().join("intake"))
-            .await
-            .unwrap()
-    );
     let other = h.reopen().await;
     let p = app(s).await;
     let journaled = new(s
@@ -387,5 +394,53 @@ async fn postgres_stores_keep_no_journal() {
             .unwrap()
     );
     assert!(!h.dir.path().join("intake").exists());
+    h.cleanup().await;
+}
+
+/// A journaled delivery's body comes back packed as the journal packed it: it unpacks to the
+/// body, and as packed JSON it is the body's text. One LZ4 does not shrink comes back as it
+/// came, with no packed JSON; one recorded straight (not claimed) comes back without a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journaled_delivery_hands_back_its_body_packed_once() {
+    let h = journaled().await;
+    let s = &h.store;
+    let project = app(s).await;
+
+    let json = delivery(project, "d-json", DeliveryStatus::Accepted, true);
+    let (recorded, body) = s.record_delivery_packed(&json).await.unwrap();
+    new(recorded);
+    let body = body.expect("a journaled delivery hands back its body");
+    assert_eq!(body.unpack().unwrap(), json.payload);
+    let packed = body.json().expect("JSON text shrinks");
+    assert_eq!(packed.text().as_bytes(), json.payload.as_slice());
+
+    // Bytes LZ4 cannot shrink.
+    let mut noise = delivery(project, "d-noise", DeliveryStatus::Accepted, true);
+    let mut x: u32 = 12345;
+    noise.payload = (0..3000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x.to_le_bytes()[0]
+        })
+        .collect();
+    let (recorded, body) = s.record_delivery_packed(&noise).await.unwrap();
+    new(recorded);
+    let body = body.expect("a journaled delivery hands back its body");
+    assert_eq!(body.unpack().unwrap(), noise.payload);
+    assert!(
+        body.json().is_none(),
+        "bytes that did not shrink are not packed JSON"
+    );
+
+    // Not claimed: recorded straight, nothing packed to hand back; a duplicate neither.
+    let straight = delivery(project, "d-straight", DeliveryStatus::Accepted, false);
+    let (recorded, body) = s.record_delivery_packed(&straight).await.unwrap();
+    new(recorded);
+    assert!(body.is_none());
+    let (recorded, body) = s.record_delivery_packed(&json).await.unwrap();
+    duplicate(recorded);
+    assert!(body.is_none());
     h.cleanup().await;
 }
