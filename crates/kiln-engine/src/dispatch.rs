@@ -421,6 +421,10 @@ struct RunState {
     /// Jobs not yet ended, and keys not yet decided: the run ends when both reach zero.
     open: usize,
     undecided: usize,
+    /// When this engine's claim on the run was last written (made with the run, taken over,
+    /// or renewed): it lasts the lease TTL from then (see [`Dispatcher::renew_runs`]).
+    /// `None`: a renewal failed, and the next period renews it.
+    claimed_at: Option<tokio::time::Instant>,
 }
 
 struct KeyState {
@@ -525,6 +529,8 @@ enum Msg {
     /// Runs driven here whose cancellation was asked of another replica (or of the API while
     /// nobody drove them): see [`Dispatcher::ask_for_cancellations`].
     CancelRequested(Vec<RunId>),
+    /// Runs whose claim could not be renewed: renewed again at the next turn.
+    RenewFailed(Vec<RunId>),
     /// Leases remote workers held (job, the token this dispatcher knew) that the store has
     /// otherwise now ([`Dispatcher::check_remote_leases`]).
     LeasesMoved(Vec<(JobId, Option<i64>, kiln_store::Lease)>),
@@ -899,6 +905,7 @@ impl Dispatcher {
                 candidates,
                 open,
                 undecided,
+                claimed_at: Some(tokio::time::Instant::now()),
             },
         );
         Ok(run)
@@ -1133,6 +1140,7 @@ impl Dispatcher {
             candidates,
             open,
             undecided,
+            claimed_at: Some(tokio::time::Instant::now()),
         };
         self.touched.push(run.id);
         self.runs.insert(run.id, state);
@@ -1817,6 +1825,13 @@ impl Dispatcher {
                     }
                 }
             }
+            Msg::RenewFailed(runs) => {
+                for run in runs {
+                    if let Some(r) = self.runs.get_mut(&run) {
+                        r.claimed_at = None;
+                    }
+                }
+            }
         }
     }
 
@@ -2070,15 +2085,38 @@ impl Dispatcher {
     }
 
     /// Keeps this engine's claim on the runs it drives, so that other replicas leave them
-    /// alone; written beside the batch (one statement per run, every renewal period).
-    fn renew_runs(&self) {
-        let runs: Vec<RunId> = self.driving().into_iter().collect();
+    /// alone; written beside the batch (chunks of runs per statement), each renewal period.
+    ///
+    /// A claim written less than a period ago is left: it has most of the lease TTL to run,
+    /// and a run's row holds its context (kilobytes), so renewing every run each period
+    /// rewrote a burst of new runs moments after they were written (100,000 runs held
+    /// SQLite's writer for over a second). A claim is renewed when one to two periods old:
+    /// with the period a quarter of the TTL at most, it never has less than half the TTL
+    /// left, and a renewal that fails is tried again at the next period.
+    fn renew_runs(&mut self) {
+        let at = tokio::time::Instant::now();
+        let period = RENEW_EVERY.min(self.lease_ttl / 4);
+        // A tenth of a period's slack: ticks come a little early or late.
+        let due = |r: &RunState| {
+            r.claimed_at
+                .is_none_or(|c| at.saturating_duration_since(c) + period / 10 >= period)
+        };
+        let runs: Vec<RunId> = self
+            .runs
+            .values_mut()
+            .filter(|r| !r.status.is_terminal() && due(r))
+            .map(|r| {
+                r.claimed_at = Some(at);
+                r.id
+            })
+            .collect();
         if runs.is_empty() {
             return;
         }
         let store = self.store.clone();
         let owner = self.owner.clone();
         let until = now() + self.lease_ttl;
+        let tx = self.tx.clone();
         tokio::spawn(async move {
             match store.renew_runs(&owner, &runs, until).await {
                 Ok(lost) if !lost.is_empty() => tracing::warn!(
@@ -2086,7 +2124,10 @@ impl Dispatcher {
                     "another engine took over runs this one drives (it failed to renew in time)"
                 ),
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot renew the claim on driven runs"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the claim on driven runs");
+                    let _ = tx.send(Msg::RenewFailed(runs));
+                }
             }
         });
     }

@@ -321,6 +321,34 @@ async fn a_job_that_needs_nothing_is_queued_with_its_run() {
     engine.shutdown(Duration::from_secs(5)).await.unwrap();
 }
 
+/// A run waiting for a worker stays claimed by its engine for as long as the engine lives:
+/// with a lease of 2 s (renewed every half second, each claim when it is one to two periods
+/// old), another replica looking for runs whose driver stopped renewing finds none over
+/// twice the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_run_stays_claimed_past_its_lease_while_its_engine_lives() {
+    let (_dir, data, store, project) = folder_project("pr.yml", FIRST_DECISIONS).await;
+    let config = EngineConfig {
+        lease_ttl: Duration::from_secs(2),
+        ..engine_config(&data, 0)
+    };
+    let (engine, _) = Engine::start(store.clone(), config).await.unwrap();
+    let runs = trigger_pull_request(&engine, &project).await;
+    let until = Instant::now() + Duration::from_millis(4500);
+    while Instant::now() < until {
+        let now = Timestamp::now();
+        let taken = store
+            .claim_runs("replica:other", now + jiff::SignedDuration::from_secs(600), now)
+            .await
+            .unwrap();
+        assert!(taken.is_empty(), "the engine's claim lapsed: {taken:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let run = store.get_run(runs[0].id).await.unwrap().unwrap();
+    assert_eq!(run.status, RunStatus::Queued, "{run:#?}");
+    engine.shutdown(Duration::from_secs(5)).await.unwrap();
+}
+
 const ONE: &str = "on: push\njobs:\n  a:\n    runs-on: x\n    steps: [{run: 'true'}]\n";
 
 /// A job of the workflow's key `key` (its one instance) with `needs`, stored as `status`.
