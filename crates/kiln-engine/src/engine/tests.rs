@@ -338,7 +338,11 @@ async fn a_waiting_run_stays_claimed_past_its_lease_while_its_engine_lives() {
     while Instant::now() < until {
         let now = Timestamp::now();
         let taken = store
-            .claim_runs("replica:other", now + jiff::SignedDuration::from_secs(600), now)
+            .claim_runs(
+                "replica:other",
+                now + jiff::SignedDuration::from_secs(600),
+                now,
+            )
             .await
             .unwrap();
         assert!(taken.is_empty(), "the engine's claim lapsed: {taken:?}");
