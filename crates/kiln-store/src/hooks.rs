@@ -126,33 +126,44 @@ pub struct PackedBody {
 }
 
 impl PackedBody {
-    pub(crate) fn new(stored: &[u8], size: i64) -> Self {
-        PackedBody {
-            stored: bytes::Bytes::copy_from_slice(stored),
-            size,
-        }
+    /// The journal's own bytes, shared (not copied).
+    pub(crate) fn new(stored: bytes::Bytes, size: i64) -> Self {
+        PackedBody { stored, size }
     }
 
     /// The body as it came.
     pub fn unpack(&self) -> Result<Vec<u8>, StoreError> {
-        unpack_payload(self.stored.to_vec(), self.size)
+        match packed_size(&self.stored, self.size) {
+            Some(size) => decompress_payload(&self.stored, size),
+            None => Ok(self.stored.to_vec()),
+        }
     }
 
     /// The body as [`PackedJson`](crate::PackedJson) keeps JSON text, without packing it
     /// again; `None` when LZ4 did not shrink it (it is kept as it came).
     pub fn json(&self) -> Option<crate::PackedJson> {
-        let size = usize::try_from(self.size).ok()?;
-        (self.stored.len() < size).then(|| crate::PackedJson::from_block(&self.stored, size))
+        let size = packed_size(&self.stored, self.size)?;
+        Some(crate::PackedJson::from_block(&self.stored, size))
     }
 }
 
 /// The payload [`pack_payload`] stored, from the stored bytes and the row's `size`.
 pub(crate) fn unpack_payload(stored: Vec<u8>, size: i64) -> Result<Vec<u8>, StoreError> {
-    let size = usize::try_from(size).unwrap_or(0);
-    if stored.is_empty() || stored.len() >= size {
-        return Ok(stored);
+    match packed_size(&stored, size) {
+        Some(size) => decompress_payload(&stored, size),
+        None => Ok(stored),
     }
-    lz4_flex::block::decompress(&stored, size).map_err(|e| StoreError::Decode {
+}
+
+/// The payload's own length when `stored` is compressed ([`pack_payload`]): shorter than
+/// `size` and not emptied. `None`: stored as it came (or dropped).
+fn packed_size(stored: &[u8], size: i64) -> Option<usize> {
+    let size = usize::try_from(size).ok()?;
+    (!stored.is_empty() && stored.len() < size).then_some(size)
+}
+
+fn decompress_payload(stored: &[u8], size: usize) -> Result<Vec<u8>, StoreError> {
+    lz4_flex::block::decompress(stored, size).map_err(|e| StoreError::Decode {
         column: "payload",
         table: "deliveries",
         detail: format!("a compressed payload of {size} bytes does not decompress: {e}"),

@@ -73,7 +73,7 @@ pub(crate) struct Journaled {
     /// The payload's own length.
     pub size: i64,
     /// The payload as the store keeps it ([`crate::hooks::pack_payload`]).
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     pub claim: Option<DeliveryClaim>,
     /// The journal file that holds it.
     segment: u64,
@@ -186,7 +186,7 @@ fn decode(bytes: &[u8], segment: u64) -> (Vec<Journaled>, Option<String>) {
             event: h.event,
             received_at: stamp(h.received_at),
             size: h.size,
-            payload: body[4 + header_len..].to_vec(),
+            payload: bytes::Bytes::copy_from_slice(&body[4 + header_len..]),
             claim: h.claim_owner.map(|owner| DeliveryClaim {
                 owner,
                 until: stamp(h.claim_until.unwrap_or(0)),
@@ -452,7 +452,7 @@ impl Store {
             // As the database keeps it, so that the answer and every read agree.
             received_at: Timestamp::from_millisecond(now.as_millisecond()).unwrap_or(now),
             size: i64::try_from(new.payload.len()).unwrap_or(i64::MAX),
-            payload: Vec::new(),
+            payload: bytes::Bytes::new(),
             claim: new.claim.clone(),
             segment: 0,
         };
@@ -476,7 +476,7 @@ impl Store {
                 return Ok((Recorded::Duplicate(first), None));
             }
             if record.is_none() {
-                entry.payload = crate::hooks::pack_payload(&new.payload).into_owned();
+                entry.payload = crate::hooks::pack_payload(&new.payload).into_owned().into();
                 record = Some(encode(&entry));
             }
             let mut st = intake.state();
@@ -488,7 +488,7 @@ impl Store {
                 None if st.left != left => continue,
                 None => {
                     let view = entry.view();
-                    let body = PackedBody::new(&entry.payload, entry.size);
+                    let body = PackedBody::new(entry.payload.clone(), entry.size);
                     let record = record.as_deref().unwrap_or_default();
                     st.append(&intake.dir, entry, record)?;
                     st.known.insert(hash);
@@ -544,7 +544,8 @@ impl Store {
             return Ok(());
         };
         let _one = intake.storing.lock().await;
-        // Copied, not taken: if this is cancelled or fails, they stay journaled and held.
+        // Copied (their payloads shared), not taken: if this is cancelled or fails, they stay
+        // journaled and held.
         let batch = {
             let st = intake.state();
             if st.pending.is_empty() {
@@ -590,7 +591,7 @@ mod tests {
             event: "push".to_owned(),
             received_at: Timestamp::from_millisecond(1_700_000_000_123).unwrap(),
             size: i64::try_from(payload.len()).unwrap(),
-            payload: payload.to_vec(),
+            payload: bytes::Bytes::copy_from_slice(payload),
             claim: Some(DeliveryClaim {
                 owner: "engine/serve-1".to_owned(),
                 until: Timestamp::from_millisecond(1_700_000_600_000).unwrap(),

@@ -269,7 +269,7 @@ mod api_hooks {
                         .push_bind(DeliveryStatus::Accepted.as_str())
                         .push_bind(None::<&str>)
                         .push_bind("[]")
-                        .push_bind(e.payload.as_slice())
+                        .push_bind(e.payload.as_ref())
                         .push_bind(e.size)
                         .push_bind(None::<i64>)
                         .push_bind(e.claim.as_ref().map(|c| c.owner.as_str()))
