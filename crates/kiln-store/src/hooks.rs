@@ -101,9 +101,9 @@ pub struct DeliveryOutcome {
 /// A delivery's payload as the store keeps it: LZ4-compressed when that makes it smaller
 /// (a JSON payload shrinks about 4×), else as it came. The row's `size` holds the payload's
 /// own length, so a stored payload shorter than `size` is compressed, one as long is not,
-/// and an empty one has been dropped (`Store::prune_delivery_payloads`). Smaller rows are
-/// what the acknowledgement's commit writes: an 8 KB push no longer spills into overflow
-/// pages.
+/// and an empty one (no row in `delivery_payloads`) has been dropped
+/// (`Store::prune_delivery_payloads`). Smaller rows are what the acknowledgement's commit
+/// writes: an 8 KB push no longer spills into overflow pages.
 pub(crate) fn pack_payload(payload: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if payload.is_empty() {
         return payload.into();

@@ -35,8 +35,7 @@ mod api_hooks {
     macro_rules! insert_deliveries {
         () => {
             "INSERT INTO deliveries (id, project_id, provider, delivery_id, event, received_at, \
-             status, reason, run_ids, payload, size, processed_at, claimed_by, \
-             claim_expires_at) "
+             status, reason, run_ids, size, processed_at, claimed_by, claim_expires_at) "
         };
     }
 
@@ -64,10 +63,13 @@ mod api_hooks {
     /// Records one delivery unless its project has its provider delivery id already.
     const INSERT: &str = concat!(
         insert_deliveries!(),
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11, $12, $13) \
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, '[]', $9, $10, $11, $12) \
          ON CONFLICT (project_id, delivery_id) DO NOTHING RETURNING ",
         delivery_cols!()
     );
+
+    /// A delivery's payload, stored beside its row (see `crate::hooks::pack_payload`).
+    const INSERT_PAYLOAD: &str = "INSERT INTO delivery_payloads (id, payload) VALUES ($1, $2)";
 
     /// A project's delivery by its provider delivery id.
     const BY_DELIVERY: &str = concat!(
@@ -158,12 +160,13 @@ mod api_hooks {
         ) -> Result<Recorded, StoreError> {
             // Compressed before the writer is taken: every other writer waits for it.
             let payload = crate::hooks::pack_payload(&new.payload);
-            // One statement, committed on its own: the answer to the sender waits for it.
-            let mut conn = self.writer.single().await?;
+            // The row and its payload in one transaction: the answer to the sender waits for it.
+            let mut tx = self.begin_write().await?;
             let finished = (new.status != DeliveryStatus::Accepted).then_some(ms(now));
             let size = i64::try_from(new.payload.len()).unwrap_or(i64::MAX);
+            let id = uuid::Uuid::now_v7().to_string();
             let inserted = sqlx::query(INSERT)
-            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(id.as_str())
             .bind(new.project.to_string())
             .bind(new.provider.as_str())
             .bind(new.delivery.as_str())
@@ -171,26 +174,38 @@ mod api_hooks {
             .bind(ms(now))
             .bind(new.status.as_str())
             .bind(new.reason.as_deref().map(bounded_reason))
-            .bind(payload.as_ref())
             .bind(size)
             .bind(finished)
             .bind(new.claim.as_ref().map(|c| c.owner.as_str()))
             .bind(new.claim.as_ref().map(|c| ms(c.until)))
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(query("record a webhook delivery"))?;
             let recorded = match inserted {
-                Some(row) => Recorded::New(delivery_from_row(&row)?),
+                Some(row) => {
+                    if !payload.is_empty() {
+                        sqlx::query(INSERT_PAYLOAD)
+                        .bind(id.as_str())
+                        .bind(payload.as_ref())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query("record a webhook delivery's payload"))?;
+                    }
+                    Recorded::New(delivery_from_row(&row)?)
+                }
                 None => {
                     let row = sqlx::query(BY_DELIVERY)
                     .bind(new.project.to_string())
                     .bind(new.delivery.as_str())
-                    .fetch_one(&mut *conn)
+                    .fetch_one(&mut *tx)
                     .await
                     .map_err(query("read a delivery seen before"))?;
                     Recorded::Duplicate(delivery_from_row(&row)?)
                 }
             };
+            tx.commit()
+                .await
+                .map_err(query("commit a webhook delivery"))?;
             Ok(recorded)
         }
 
@@ -259,7 +274,7 @@ mod api_hooks {
             let mut inserted = std::collections::HashSet::new();
             for chunk in super::row_chunks(entries.len()) {
                 let mut insert = sqlx::QueryBuilder::<Db>::new(insert_deliveries!());
-                insert.push_values(&entries[chunk], |mut b, e| {
+                insert.push_values(&entries[chunk.clone()], |mut b, e| {
                     b.push_bind(e.id.as_str())
                         .push_bind(e.project.to_string())
                         .push_bind(e.provider.as_str())
@@ -269,7 +284,6 @@ mod api_hooks {
                         .push_bind(DeliveryStatus::Accepted.as_str())
                         .push_bind(None::<&str>)
                         .push_bind("[]")
-                        .push_bind(e.payload.as_ref())
                         .push_bind(e.size)
                         .push_bind(None::<i64>)
                         .push_bind(e.claim.as_ref().map(|c| c.owner.as_str()))
@@ -281,6 +295,25 @@ mod api_hooks {
                     .fetch_all(&mut *tx)
                     .await
                     .map_err(query("store journaled deliveries"))?;
+                let ids: std::collections::HashSet<String> = ids.into_iter().collect();
+                // The payloads of those stored: another's delivery id has its own.
+                let payloads: Vec<&Journaled> = entries[chunk]
+                    .iter()
+                    .filter(|e| !e.payload.is_empty() && ids.contains(&e.id))
+                    .collect();
+                if !payloads.is_empty() {
+                    let mut insert = sqlx::QueryBuilder::<Db>::new(
+                        "INSERT INTO delivery_payloads (id, payload) ",
+                    );
+                    insert.push_values(payloads, |mut b, e| {
+                        b.push_bind(e.id.as_str()).push_bind(e.payload.as_ref());
+                    });
+                    insert
+                        .build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(query("store journaled deliveries' payloads"))?;
+                }
                 inserted.extend(ids);
             }
             tx.commit()
@@ -311,7 +344,7 @@ mod api_hooks {
                      WHERE id = $1 AND status = 'accepted' \
                      AND (claim_expires_at IS NULL OR claim_expires_at <= $4 \
                      OR (claimed_by <> $2 AND substr(claimed_by, 1, length($5)) = $5)) \
-                     RETURNING payload, ",
+                     RETURNING ",
                     delivery_cols!()
                 ))
                 .bind(id)
@@ -323,9 +356,15 @@ mod api_hooks {
                 .await
                 .map_err(query("claim a delivery"))?;
                 if let Some(row) = row {
-                    let payload: Vec<u8> = get(&row, "deliveries", "payload")?;
                     let delivery = delivery_from_row(&row)?;
-                    let payload = crate::hooks::unpack_payload(payload, delivery.size)?;
+                    let stored: Option<Vec<u8>> =
+                        sqlx::query_scalar("SELECT payload FROM delivery_payloads WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(query("read a claimed delivery's payload"))?;
+                    let payload =
+                        crate::hooks::unpack_payload(stored.unwrap_or_default(), delivery.size)?;
                     claimed.push((delivery, payload));
                 }
             }
@@ -376,7 +415,7 @@ mod api_hooks {
             Ok(answers)
         }
 
-        /// Empties the payloads of deliveries received before `before` and no longer
+        /// Drops the payloads of deliveries received before `before` and no longer
         /// waiting to be processed, at most `limit`: how many.
         pub(crate) async fn prune_delivery_payloads(
             &self,
@@ -385,11 +424,10 @@ mod api_hooks {
         ) -> Result<u64, StoreError> {
             let mut conn = self.writer.single().await?;
             let done = sqlx::query(
-                "UPDATE deliveries SET payload = $1 WHERE id IN (SELECT id FROM deliveries \
-                 WHERE received_at < $2 AND status <> 'accepted' AND length(payload) > 0 \
-                 ORDER BY id LIMIT $3)",
+                "DELETE FROM delivery_payloads WHERE id IN (SELECT p.id FROM delivery_payloads p \
+                 JOIN deliveries d ON d.id = p.id \
+                 WHERE d.received_at < $1 AND d.status <> 'accepted' ORDER BY p.id LIMIT $2)",
             )
-            .bind(Vec::<u8>::new())
             .bind(ms(before))
             .bind(i64::from(limit))
             .execute(&mut *conn)
@@ -415,14 +453,17 @@ mod api_hooks {
             &self,
             id: &str,
         ) -> Result<Option<Vec<u8>>, StoreError> {
-            let found: Option<(Vec<u8>, i64)> =
-                sqlx::query_as("SELECT payload, size FROM deliveries WHERE id = $1")
+            // No payload row: the body was pruned, read as empty.
+            let found: Option<(Option<Vec<u8>>, i64)> = sqlx::query_as(
+                "SELECT p.payload, d.size FROM deliveries d \
+                 LEFT JOIN delivery_payloads p ON p.id = d.id WHERE d.id = $1",
+            )
                     .bind(id)
                     .fetch_optional(&self.reader)
                     .await
                     .map_err(query("read a delivery's payload"))?;
             found
-                .map(|(stored, size)| crate::hooks::unpack_payload(stored, size))
+                .map(|(stored, size)| crate::hooks::unpack_payload(stored.unwrap_or_default(), size))
                 .transpose()
         }
 

@@ -462,6 +462,97 @@ impl Settle {
     }
 }
 
+/// Both backends' test of migration 25: deliveries stored by an earlier kiln (payloads in
+/// `deliveries`) keep their bodies when the payloads move to `delivery_payloads`. A
+/// compressed body and one stored as it came read back as they were; one already pruned
+/// stays empty.
+#[cfg(test)]
+pub(crate) mod moved_payloads {
+    /// The migrations before 25.
+    pub(crate) fn before(mut all: Migrator) -> Migrator {
+        all.migrations = all
+            .migrations
+            .iter()
+            .filter(|m| m.version < 25)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into();
+        assert_eq!(all.migrations.last().map(|m| m.version), Some(24));
+        all
+    }
+
+    /// Migrates the connection `$conn` to 24 (of the backend's `$migrator`) and stores a
+    /// project with the deliveries of [`rows`].
+    macro_rules! seed {
+        ($migrator:expr, $conn:expr) => {
+            $crate::backend::moved_payloads::before($migrator)
+                .run(&mut *$conn)
+                .await
+                .unwrap();
+            sqlx::query($crate::backend::moved_payloads::PROJECT)
+                .execute(&mut *$conn)
+                .await
+                .unwrap();
+            for (id, stored, size) in $crate::backend::moved_payloads::rows() {
+                sqlx::query($crate::backend::moved_payloads::DELIVERY)
+                    .bind(id)
+                    .bind(stored)
+                    .bind(size)
+                    .execute(&mut *$conn)
+                    .await
+                    .unwrap();
+            }
+        };
+    }
+    pub(crate) use seed;
+
+    pub(crate) const PROJECT: &str = "INSERT INTO projects (id, name, source, hook_id, \
+        created_at) VALUES ('00000000-0000-0000-0000-000000000001', 'app', '/src', 'h', 0)";
+
+    /// A delivery as migration 24 stored it: `$1` id, `$2` stored payload, `$3` size.
+    pub(crate) const DELIVERY: &str = "INSERT INTO deliveries (id, project_id, provider, \
+        delivery_id, event, received_at, status, run_ids, payload, size) VALUES ($1, \
+        '00000000-0000-0000-0000-000000000001', 'github', $1, 'push', 0, 'processed', '[]', \
+        $2, $3)";
+
+    fn json() -> Vec<u8> {
+        br#"{"ref":"refs/heads/main","commits":[]}"#.repeat(20)
+    }
+
+    const RAW: &[u8] = b"\x01\x02not json";
+
+    /// `(id, stored payload, size)`: packed, as it came, pruned.
+    pub(crate) fn rows() -> Vec<(&'static str, Vec<u8>, i64)> {
+        let json = json();
+        let packed = crate::hooks::pack_payload(&json).into_owned();
+        assert!(packed.len() < json.len());
+        let size = |b: &[u8]| i64::try_from(b.len()).unwrap();
+        vec![
+            ("d1", packed, size(&json)),
+            ("d2", RAW.to_vec(), size(RAW)),
+            ("d3", Vec::new(), 99),
+        ]
+    }
+
+    /// What the migrated store reads back.
+    pub(crate) async fn check(store: &crate::Store) {
+        assert_eq!(store.delivery_payload("d1").await.unwrap(), Some(json()));
+        assert_eq!(
+            store.delivery_payload("d2").await.unwrap(),
+            Some(RAW.to_vec())
+        );
+        assert_eq!(
+            store.delivery_payload("d3").await.unwrap(),
+            Some(Vec::new())
+        );
+        assert_eq!(store.delivery_payload("d4").await.unwrap(), None);
+        let view = store.get_delivery("d1").await.unwrap().unwrap();
+        assert_eq!(view.size, i64::try_from(json().len()).unwrap());
+    }
+
+    use sqlx::migrate::Migrator;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

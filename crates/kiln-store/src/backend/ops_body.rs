@@ -667,6 +667,10 @@ mod ops {
         ("events", "SELECT COUNT(*) AS n FROM events"),
         ("api_tokens", "SELECT COUNT(*) AS n FROM api_tokens"),
         ("deliveries", "SELECT COUNT(*) AS n FROM deliveries"),
+        (
+            "delivery_payloads",
+            "SELECT COUNT(*) AS n FROM delivery_payloads",
+        ),
         ("schedules", "SELECT COUNT(*) AS n FROM schedules"),
         ("schedule_fires", "SELECT COUNT(*) AS n FROM schedule_fires"),
         ("watches", "SELECT COUNT(*) AS n FROM watches"),

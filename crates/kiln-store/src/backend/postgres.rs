@@ -277,6 +277,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "run context packed",
             include_str!("../../migrations/postgres/0024_run_context_packed.sql"),
         ),
+        (
+            25,
+            "delivery payloads",
+            include_str!("../../migrations/postgres/0025_delivery_payloads.sql"),
+        ),
     ])
 }
 
@@ -604,6 +609,36 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::moved_payloads as seed;
+    use sqlx::Connection;
+
+    /// As SQLite's test of the same name: migration 25 keeps every webhook body.
+    #[tokio::test]
+    async fn delivery_payloads_move_to_their_own_table() {
+        let schema = kiln_testkit::pg::Schema::new();
+        let url = schema.url();
+        let mut conn = sqlx::PgConnection::connect_with(&connect_options(&url).unwrap())
+            .await
+            .unwrap();
+        seed::seed!(migrator(), &mut conn);
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open_postgres(&url, dir.path()).await.unwrap();
+        seed::check(&store).await;
+        let moved: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_payloads")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(moved, 2);
+        let payload: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = 'deliveries' AND column_name = 'payload'",
+        )
+        .bind(&schema.name)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(payload, 0);
+    }
 
     #[test]
     fn passwords_are_redacted() {

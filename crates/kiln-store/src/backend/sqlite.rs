@@ -264,6 +264,11 @@ pub(crate) fn migrator() -> sqlx::migrate::Migrator {
             "run context packed",
             include_str!("../../migrations/sqlite/0024_run_context_packed.sql"),
         ),
+        (
+            25,
+            "delivery payloads",
+            include_str!("../../migrations/sqlite/0025_delivery_payloads.sql"),
+        ),
     ])
 }
 
@@ -545,5 +550,41 @@ impl Backend {
         }
         held.set_open(false);
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::moved_payloads as seed;
+
+    /// A database made by an earlier kiln keeps its webhook bodies when migration 25 moves
+    /// them to `delivery_payloads` (see `moved_payloads`).
+    #[tokio::test]
+    async fn delivery_payloads_move_to_their_own_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("kiln.db"))
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let mut conn = options.connect().await.unwrap();
+        seed::seed!(migrator(), &mut conn);
+        drop(conn);
+
+        let store = crate::Store::open_sqlite(dir.path()).await.unwrap();
+        seed::check(&store).await;
+        let mut conn = options.connect().await.unwrap();
+        let moved: i64 = sqlx::query_scalar("SELECT count(*) FROM delivery_payloads")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(moved, 2);
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('deliveries')")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+        assert!(columns.contains(&"size".to_owned()), "{columns:?}");
+        assert!(!columns.contains(&"payload".to_owned()), "{columns:?}");
     }
 }

@@ -369,7 +369,6 @@ async fn columns_of(h: &Harness, table: &str) -> BTreeSet<String> {
 const NOT_EXPORTED: &[(&str, &str)] = &[
     ("projects", "hook_secret"),
     ("api_tokens", "hash"),
-    ("deliveries", "payload"),
     ("notification_receivers", "secret"),
     // The compressed form of `context`, exported as `context`.
     ("runs", "context_packed"),
@@ -711,7 +710,10 @@ async fn the_export_pages_through_every_column_but_secrets(h: &Harness) {
         ExportTable::ALL.len(),
         "a table exported twice"
     );
-    assert_eq!(exported, tables_of(h).await);
+    let mut schema = tables_of(h).await;
+    // Webhook bodies are not exported (their sizes are, with the deliveries).
+    assert!(schema.remove("delivery_payloads"));
+    assert_eq!(exported, schema);
 
     let stats = s.database_stats().await.unwrap();
     let rows: BTreeMap<&str, i64> = stats.tables.iter().map(|t| (t.name, t.rows)).collect();
