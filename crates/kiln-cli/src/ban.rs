@@ -94,8 +94,9 @@ pub(crate) struct BanFlags {
         value_name = "CIDR"
     )]
     hook_trusted_proxy: Vec<String>,
-    /// Days a processed webhook delivery keeps its body (its row, outcome and size stay
-    /// for good); 0 keeps bodies forever.
+    /// Days a webhook delivery that started no run keeps its body (its row, outcome and
+    /// size stay for good; a body that started runs stays with them); 0 keeps bodies
+    /// forever.
     #[arg(
         long,
         default_value_t = 30,

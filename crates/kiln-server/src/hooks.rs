@@ -426,9 +426,10 @@ fn read_event(
             .map_err(|e| failed(format!("the body is not JSON: it is not UTF-8 ({e})")))?;
         let body = triggers::read_github_body(text).map_err(not_json)?;
         // The run keeps the text packed once its first jobs are decided: as the journal
-        // packed it.
-        let text =
-            kiln_store::PayloadText::of_json_text(text).with_packed(packed.and_then(|p| p.json()));
+        // packed it. It is the delivery's stored body: the run's row refers to it.
+        let text = kiln_store::PayloadText::of_json_text(text)
+            .with_packed(packed.and_then(|p| p.json()))
+            .of_delivery(&d.id);
         (body, Some(text))
     } else {
         (serde_json::from_slice(payload).map_err(not_json)?, None)

@@ -920,9 +920,11 @@ impl Store {
         with_backend!(self, b => b.finish_deliveries(done, Timestamp::now()).await)
     }
 
-    /// Drops the bodies of webhook deliveries received before `before` that are processed,
-    /// ignored or failed (their rows, outcomes and sizes stay), in rounds of at most a
-    /// thousand: how many were emptied. Deliveries still waiting keep theirs.
+    /// Drops the bodies of webhook deliveries received before `before` that were ignored or
+    /// failed and started no run (their rows, outcomes and sizes stay), in rounds of at most
+    /// a thousand: how many were emptied. Deliveries still waiting keep theirs, and so do
+    /// those that started runs: a run's `github.event` is its delivery's body
+    /// ([`PayloadText::of_delivery`]), kept as long as the run.
     pub async fn prune_delivery_payloads(&self, before: Timestamp) -> Result<u64, StoreError> {
         let mut total = 0;
         loop {

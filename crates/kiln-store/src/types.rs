@@ -50,17 +50,27 @@ impl RunContext {
         self.payload.is_none() && self.github.is_empty()
     }
 
-    /// The context as stored. The payload's text goes in as it is: a webhook's payload is
-    /// kilobytes of JSON, and serialising it again (in the write transaction, which every
-    /// webhook's acknowledgement waits for) was most of recording its run.
+    /// The context as stored ([`StoredContext`]). The payload's text goes in as it is: a
+    /// webhook's payload is kilobytes of JSON, and serialising it again (in the write
+    /// transaction, which every webhook's acknowledgement waits for) was most of recording
+    /// its run. A payload that is a webhook delivery's stored body
+    /// ([`PayloadText::of_delivery`]) is not copied: the delivery's id stands for it.
     pub(crate) fn to_json(&self) -> String {
         let github = (!self.github.is_empty()).then(|| crate::backend::json_text(&self.github));
+        let delivery = self
+            .payload
+            .as_ref()
+            .and_then(|p| p.delivery.as_deref())
+            .map(|id| crate::backend::json_text(&id));
         let payload = self.payload.as_ref().map(PayloadText::as_str);
         let mut out = String::with_capacity(
             payload.map_or(0, str::len) + github.as_ref().map_or(0, String::len) + 24,
         );
         out.push('{');
-        if let Some(payload) = payload {
+        if let Some(delivery) = &delivery {
+            out.push_str("\"payload_of\":");
+            out.push_str(delivery);
+        } else if let Some(payload) = payload {
             out.push_str("\"payload\":");
             out.push_str(payload);
         }
@@ -74,6 +84,18 @@ impl RunContext {
         out.push('}');
         out
     }
+}
+
+/// A run's context as [`RunContext::to_json`] stores it: the payload itself, or the id of
+/// the webhook delivery whose stored body it is (`delivery_payloads`; read back with it).
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct StoredContext {
+    #[serde(default)]
+    pub payload: Option<PayloadText>,
+    #[serde(default)]
+    pub payload_of: Option<String>,
+    #[serde(default)]
+    pub github: Map<String, Value>,
 }
 
 /// Contexts shorter than this are stored as text: compressing them gains too little.
@@ -119,13 +141,19 @@ pub(crate) fn unpack_context(
 
 /// A JSON value kept as its text: made once by whoever has the value, shared (not copied)
 /// by the run's copies, stored as it is, and written out as it is. It may come with the
-/// text packed already (a webhook's body, as the intake journal packed it).
+/// text packed already (a webhook's body, as the intake journal packed it), and may be a
+/// webhook delivery's body as the store keeps it, which a run then stores by reference.
 #[derive(Clone, Debug)]
-pub struct PayloadText(std::sync::Arc<str>, Option<std::sync::Arc<PackedJson>>);
+pub struct PayloadText {
+    text: std::sync::Arc<str>,
+    packed: Option<std::sync::Arc<PackedJson>>,
+    /// The webhook delivery whose stored body this is, byte for byte.
+    delivery: Option<std::sync::Arc<str>>,
+}
 
 impl PartialEq for PayloadText {
     fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
+        self.text == other.text
     }
 }
 
@@ -134,46 +162,60 @@ impl Eq for PayloadText {}
 impl PayloadText {
     /// `value`'s compact JSON text.
     pub fn of(value: &Value) -> Self {
-        PayloadText(
-            serde_json::to_string(value)
-                .unwrap_or_else(|_| "{}".to_owned())
-                .into(),
-            None,
-        )
+        Self::of_json_text(&serde_json::to_string(value).unwrap_or_else(|_| "{}".to_owned()))
     }
 
     /// `text` as it is, which the caller has parsed as JSON already (a webhook's body): it
     /// is stored and written out unchanged, whitespace and all.
     pub fn of_json_text(text: &str) -> Self {
-        PayloadText(text.into(), None)
+        PayloadText {
+            text: text.into(),
+            packed: None,
+            delivery: None,
+        }
     }
 
     /// The same text, with `packed` as its packed form (which the caller made of it).
     pub fn with_packed(self, packed: Option<PackedJson>) -> Self {
-        PayloadText(self.0, packed.map(std::sync::Arc::new))
+        PayloadText {
+            packed: packed.map(std::sync::Arc::new),
+            ..self
+        }
+    }
+
+    /// The same text, which is the body the store keeps for the webhook delivery `id`
+    /// (`Store::delivery_payload`), byte for byte: a run started with it stores the
+    /// delivery's id instead of a copy, and reads the body back from the delivery. That
+    /// body then stays as long as the delivery lists the run
+    /// (`Store::prune_delivery_payloads`).
+    pub fn of_delivery(self, id: &str) -> Self {
+        PayloadText {
+            delivery: Some(id.into()),
+            ..self
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.text
     }
 
     /// The text packed: as it came when it came packed, else packed now.
     pub fn packed(&self) -> PackedJson {
-        match &self.1 {
+        match &self.packed {
             Some(packed) => PackedJson::clone(packed),
-            None => PackedJson::pack(&self.0),
+            None => PackedJson::pack(&self.text),
         }
     }
 
     /// The value again.
     pub fn parse(&self) -> Value {
-        serde_json::from_str(&self.0).unwrap_or_else(|_| Value::Object(Map::new()))
+        serde_json::from_str(&self.text).unwrap_or_else(|_| Value::Object(Map::new()))
     }
 }
 
 impl serde::Serialize for PayloadText {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match serde_json::value::RawValue::from_string(self.0.to_string()) {
+        match serde_json::value::RawValue::from_string(self.text.to_string()) {
             Ok(raw) => raw.serialize(serializer),
             Err(e) => Err(serde::ser::Error::custom(e)),
         }
@@ -184,7 +226,7 @@ impl<'de> serde::Deserialize<'de> for PayloadText {
     /// Kept as the text it was read from (one allocation, no tree of values).
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let raw = Box::<serde_json::value::RawValue>::deserialize(deserializer)?;
-        Ok(PayloadText(raw.get().into(), None))
+        Ok(Self::of_json_text(raw.get()))
     }
 }
 

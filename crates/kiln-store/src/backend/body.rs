@@ -1562,13 +1562,44 @@ impl Backend {
         else {
             return Ok(Some(crate::RunContext::default()));
         };
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| StoreError::Decode {
-                column: "context",
-                table: "runs",
-                detail: format!("run {id}: {e}"),
-            })
+        let decode = |detail: String| StoreError::Decode {
+            column: "context",
+            table: "runs",
+            detail: format!("run {id}: {detail}"),
+        };
+        let stored: crate::types::StoredContext =
+            serde_json::from_str(&text).map_err(|e| decode(e.to_string()))?;
+        let payload = match stored.payload_of {
+            None => stored.payload,
+            // The body of the webhook delivery that started the run (see
+            // `PayloadText::of_delivery`), read back as it is kept.
+            Some(delivery) => {
+                let found: Option<(Vec<u8>, i64)> = sqlx::query_as(
+                    "SELECT p.payload, d.size FROM deliveries d \
+                     JOIN delivery_payloads p ON p.id = d.id WHERE d.id = $1",
+                )
+                .bind(&delivery)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(query("read the webhook body of a run's context"))?;
+                let (stored, size) = found.ok_or_else(|| {
+                    decode(format!("the body of webhook delivery {delivery} is gone"))
+                })?;
+                let body = crate::hooks::PackedBody::new(stored.into(), size);
+                let text = String::from_utf8(body.unpack()?).map_err(|e| {
+                    decode(format!("the body of webhook delivery {delivery}: {e}"))
+                })?;
+                Some(
+                    crate::PayloadText::of_json_text(&text)
+                        .with_packed(body.json())
+                        .of_delivery(&delivery),
+                )
+            }
+        };
+        Ok(Some(crate::RunContext {
+            payload,
+            github: stored.github,
+        }))
     }
 
     pub(crate) async fn get_run(&self, id: RunId) -> Result<Option<Run>, StoreError> {

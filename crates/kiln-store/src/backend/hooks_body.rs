@@ -415,8 +415,9 @@ mod api_hooks {
             Ok(answers)
         }
 
-        /// Drops the payloads of deliveries received before `before` and no longer
-        /// waiting to be processed, at most `limit`: how many.
+        /// Drops the payloads of deliveries received before `before`, no longer waiting to
+        /// be processed and that started no run (a run's context may be the body: see
+        /// `PayloadText::of_delivery`), at most `limit`: how many.
         pub(crate) async fn prune_delivery_payloads(
             &self,
             before: Timestamp,
@@ -426,7 +427,8 @@ mod api_hooks {
             let done = sqlx::query(
                 "DELETE FROM delivery_payloads WHERE id IN (SELECT p.id FROM delivery_payloads p \
                  JOIN deliveries d ON d.id = p.id \
-                 WHERE d.received_at < $1 AND d.status <> 'accepted' ORDER BY p.id LIMIT $2)",
+                 WHERE d.received_at < $1 AND d.status <> 'accepted' AND d.run_ids = '[]' \
+                 ORDER BY p.id LIMIT $2)",
             )
             .bind(ms(before))
             .bind(i64::from(limit))

@@ -19,6 +19,7 @@ both_backends!(
     runs_of_a_batch_are_created_all_or_none,
     old_payloads_are_pruned_once_processed,
     a_large_payload_is_stored_compressed_and_read_back_whole,
+    a_run_reads_its_event_from_the_delivery_that_started_it,
 );
 
 async fn hooks_are_found_by_id_and_rotated(h: &Harness) {
@@ -477,4 +478,102 @@ async fn a_large_payload_is_stored_compressed_and_read_back_whole(h: &Harness) {
         payload.as_bytes(),
         "claimed with the whole payload"
     );
+}
+
+/// A run started by a webhook delivery stores the delivery's id, not a copy of its body,
+/// and reads the body back as its `github.event`; the body then outlives the retention
+/// that drops the bodies of deliveries that started nothing.
+async fn a_run_reads_its_event_from_the_delivery_that_started_it(h: &Harness) {
+    let s = &h.store;
+    let p = s.create_project("ref", "/srv/ref").await.unwrap();
+    let commits: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"id":"{i:040}","message":"change {i}"}}"#))
+        .collect();
+    // Whitespace and key order as the sender wrote them.
+    let body = format!(
+        "{{ \"ref\": \"refs/heads/main\",\n  \"commits\": [{}] }}",
+        commits.join(",")
+    );
+    let record = |delivery: &'static str, status| NewDelivery {
+        project: p.project.id,
+        provider: HookProvider::Github,
+        delivery: delivery.to_owned(),
+        event: "push".to_owned(),
+        status,
+        reason: None,
+        payload: body.clone().into_bytes(),
+        claim: None,
+    };
+    let Recorded::New(started) = s
+        .record_delivery(&record("ref-1", DeliveryStatus::Accepted))
+        .await
+        .unwrap()
+    else {
+        panic!("new")
+    };
+    let Recorded::New(ignored) = s
+        .record_delivery(&record("ref-2", DeliveryStatus::Ignored))
+        .await
+        .unwrap()
+    else {
+        panic!("new")
+    };
+    let mut new = new_run(p.project.id, "ci.yml", Vec::new());
+    new.context.payload =
+        Some(kiln_store::PayloadText::of_json_text(&body).of_delivery(&started.id));
+    new.context
+        .github
+        .insert("actor".to_owned(), serde_json::json!("octocat"));
+    let run = s.create_run(new).await.unwrap();
+    s.finish_deliveries(&[(
+        started.id.clone(),
+        DeliveryOutcome {
+            status: DeliveryStatus::Processed,
+            reason: None,
+            runs: vec![run.id],
+        },
+    )])
+    .await
+    .unwrap();
+
+    let read = |id| async move { s.run_context(id).await.unwrap().unwrap() };
+    let context = read(run.id).await;
+    assert_eq!(
+        context.payload.as_ref().unwrap().as_str(),
+        body,
+        "byte for byte"
+    );
+    assert_eq!(context.github["actor"], "octocat");
+    // Stored as the delivery's id: the run's exported context holds no copy of the body.
+    let page = s
+        .export_page(kiln_store::ExportTable::Runs, None, 10)
+        .await
+        .unwrap();
+    let stored = serde_json::to_string(&page.rows[0]["context"]).unwrap();
+    assert!(stored.contains(&started.id), "{stored}");
+    assert!(!stored.contains("change 1"), "{stored}");
+
+    // A run made from that context (a re-run) refers to the same body.
+    let mut again = new_run(p.project.id, "ci.yml", Vec::new());
+    again.context = context;
+    let again = s.create_run(again).await.unwrap();
+    assert_eq!(read(again.id).await.payload.unwrap().as_str(), body);
+
+    // Past the retention, only the body that started nothing goes.
+    let later = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_secs(60))
+        .unwrap();
+    assert_eq!(s.prune_delivery_payloads(later).await.unwrap(), 1);
+    assert!(
+        s.delivery_payload(&ignored.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.delivery_payload(&started.id).await.unwrap().unwrap(),
+        body.as_bytes()
+    );
+    assert_eq!(read(run.id).await.payload.unwrap().as_str(), body);
 }
