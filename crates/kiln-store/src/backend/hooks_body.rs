@@ -68,8 +68,13 @@ mod api_hooks {
         delivery_cols!()
     );
 
-    /// A delivery's payload, stored beside its row (see `crate::hooks::pack_payload`).
-    const INSERT_PAYLOAD: &str = "INSERT INTO delivery_payloads (id, payload) VALUES ($1, $2)";
+    /// The start of an insert of deliveries' payloads, stored beside their rows (see
+    /// `crate::hooks::pack_payload`), up to its `VALUES`.
+    macro_rules! insert_payloads {
+        () => {
+            "INSERT INTO delivery_payloads (id, payload) "
+        };
+    }
 
     /// A project's delivery by its provider delivery id.
     const BY_DELIVERY: &str = concat!(
@@ -184,7 +189,7 @@ mod api_hooks {
             let recorded = match inserted {
                 Some(row) => {
                     if !payload.is_empty() {
-                        sqlx::query(INSERT_PAYLOAD)
+                        sqlx::query(concat!(insert_payloads!(), "VALUES ($1, $2)"))
                         .bind(id.as_str())
                         .bind(payload.as_ref())
                         .execute(&mut *tx)
@@ -302,9 +307,7 @@ mod api_hooks {
                     .filter(|e| !e.payload.is_empty() && ids.contains(&e.id))
                     .collect();
                 if !payloads.is_empty() {
-                    let mut insert = sqlx::QueryBuilder::<Db>::new(
-                        "INSERT INTO delivery_payloads (id, payload) ",
-                    );
+                    let mut insert = sqlx::QueryBuilder::<Db>::new(insert_payloads!());
                     insert.push_values(payloads, |mut b, e| {
                         b.push_bind(e.id.as_str()).push_bind(e.payload.as_ref());
                     });
@@ -425,10 +428,12 @@ mod api_hooks {
         ) -> Result<u64, StoreError> {
             let mut conn = self.writer.single().await?;
             let done = sqlx::query(
-                "DELETE FROM delivery_payloads WHERE id IN (SELECT p.id FROM delivery_payloads p \
-                 JOIN deliveries d ON d.id = p.id \
-                 WHERE d.received_at < $1 AND d.status <> 'accepted' AND d.run_ids = '[]' \
-                 ORDER BY p.id LIMIT $2)",
+                // Through the status index: a processed delivery started runs, so only
+                // ignored and failed ones are looked at, not every body kept.
+                "DELETE FROM delivery_payloads WHERE id IN (SELECT d.id FROM deliveries d \
+                 JOIN delivery_payloads p ON p.id = d.id \
+                 WHERE d.status IN ('ignored', 'failed') AND d.run_ids = '[]' \
+                 AND d.received_at < $1 ORDER BY d.id LIMIT $2)",
             )
             .bind(ms(before))
             .bind(i64::from(limit))
